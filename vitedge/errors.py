@@ -1,0 +1,41 @@
+"""One exception family for problems the user can fix; the CLI prints them as one line."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+
+class VitedgeError(Exception):
+    """A user-facing error: what went wrong and, where known, what to do about it."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class CheckpointError(VitedgeError):
+    """A checkpoint that cannot be read or does not hold a ViT vitedge supports."""
+
+
+class ExportError(VitedgeError):
+    """An export that failed its checks (verification, operator support)."""
+
+
+class MissingDependency(VitedgeError):
+    """An optional package is needed for this step; the hint names the extra to install."""
+
+
+def require(module: str, extra: str, purpose: str) -> ModuleType:
+    """Import an optional dependency, or fail with the pip extra that provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependency(
+            f"{purpose} needs the Python package '{module.split('.')[0]}', which is not installed",
+            f"pip install 'vitedge[{extra}]'",
+        ) from exc

@@ -1,0 +1,228 @@
+"""Build the ONNX graph of a ViT directly from its configuration and weights.
+
+Writing the graph ourselves (rather than tracing PyTorch) gives a graph whose nodes are
+named after the model's modules (`blocks.3.attn.qkv`), that uses only operators
+TensorRT's ONNX parser supports, keeps LayerNormalization as one op, and builds in
+seconds. PyTorch stays the reference: every export is verified against it.
+
+Linear weights are stored transposed, (in, out), as the right operand of a MatMul.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from vitedge.model.config import ViTConfig
+
+MIN_OPSET, MAX_OPSET = 17, 20
+INPUT_KINDS = ("images", "patches")
+
+
+class GraphBuilder:
+    """Collects nodes and initializers; names every output after the node that makes it."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._names: set[str] = set()
+
+    def const(self, name: str, value: Any, dtype: Any = np.float32) -> str:
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def ints(self, name: str, values: list[int]) -> str:
+        return self.const(name, values, np.int64)
+
+    def node(self, op: str, inputs: list[str], name: str, **attrs: Any) -> str:
+        if name in self._names:
+            raise ValueError(f"duplicate node name {name}")
+        self._names.add(name)
+        self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+
+def onnx_from_vit(
+    cfg: ViTConfig,
+    weights: Mapping[str, Any],
+    input_kind: str = "images",
+    batch: int | None = None,
+    opset: int = 17,
+    attention_outputs: bool = False,
+) -> onnx.ModelProto:
+    """The ViT as an ONNX model: `images` (B, C, H, W) or `patches` (B, N, C*P*P) in,
+    `logits` (B, classes) out (`features` (B, D) for a model without a head).
+
+    `batch=None` makes the batch dimension dynamic. `attention_outputs` adds each block's
+    attention probabilities as outputs `attn.{i}` (B, heads, T, T).
+    """
+    if input_kind not in INPUT_KINDS:
+        raise ValueError(f"input must be one of {INPUT_KINDS}")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset must be {MIN_OPSET}..{MAX_OPSET}")
+    w = {k: _numpy(v) for k, v in weights.items()}
+    g = GraphBuilder()
+    d, k = cfg.embed_dim, cfg.num_prefix_tokens
+    batch_dim: int | str = batch if batch is not None else "batch"
+
+    if input_kind == "images":
+        x_in = helper.make_tensor_value_info(
+            "images", TensorProto.FLOAT, [batch_dim, cfg.in_chans, *cfg.img_size])
+        conv = g.node("Conv", ["images", g.const("patch_embed.proj.weight", w["patch_embed.proj.weight"]),
+                               g.const("patch_embed.proj.bias", w["patch_embed.proj.bias"])],
+                      "patch_embed.proj", kernel_shape=[cfg.patch_size] * 2,
+                      strides=[cfg.patch_size] * 2)
+        flat = g.node("Reshape", [conv, g.ints("patch_embed.shape", [0, d, -1])], "patch_embed.flatten")
+        x = g.node("Transpose", [flat], "patch_embed.tokens", perm=[0, 2, 1])
+    else:
+        x_in = helper.make_tensor_value_info(
+            "patches", TensorProto.FLOAT, [batch_dim, cfg.num_patches, cfg.patch_dim])
+        weight = w["patch_embed.proj.weight"].reshape(d, -1).T
+        x = _linear(g, "patch_embed.proj", "patches", weight, w["patch_embed.proj.bias"], transposed=True)
+
+    # Position embeddings: added to the patch tokens; the prefix tokens (class,
+    # distillation, registers) get theirs folded in, then are broadcast over the batch.
+    pos = w["pos_embed"]
+    prefix = [w[n].reshape(-1, d) for n in ("cls_token", "dist_token", "reg_token") if n in w]
+    if cfg.no_embed_class:
+        patch_pos = pos
+    else:
+        patch_pos = pos[:, k:]
+        prefix = [np.concatenate(prefix) + pos[0, :k]] if prefix else []
+    x = g.node("Add", [x, g.const("pos_embed", patch_pos)], "pos_embed.add")
+    if k:
+        tokens = g.const("prefix_tokens", np.concatenate(prefix).reshape(1, k, d))
+        shape = g.node("Shape", [x], "prefix_tokens.input_shape")
+        bdim = g.node("Slice", [shape, g.ints("prefix_tokens.start", [0]),
+                                g.ints("prefix_tokens.end", [1]), g.ints("prefix_tokens.axis", [0])],
+                      "prefix_tokens.batch")
+        target = g.node("Concat", [bdim, g.ints("prefix_tokens.ones", [1, 1])],
+                        "prefix_tokens.shape", axis=0)
+        expanded = g.node("Expand", [tokens, target], "prefix_tokens.expand")
+        x = g.node("Concat", [expanded, x], "tokens", axis=1)
+    if cfg.pre_norm:
+        x = _layer_norm(g, "norm_pre", x, w, cfg.norm_eps)
+
+    attn_names = []
+    for i in range(cfg.depth):
+        x, probs = _block(g, f"blocks.{i}", x, w, cfg)
+        attn_names.append(probs)
+
+    if not cfg.fc_norm:
+        x = _layer_norm(g, "norm", x, w, cfg.norm_eps)
+    if cfg.global_pool == "avg":
+        body = g.node("Slice", [x, g.ints("pool.start", [k]), g.ints("pool.end", [cfg.num_tokens]),
+                                g.ints("pool.axis", [1])], "pool.patch_tokens")
+        if opset >= 18:
+            pooled = g.node("ReduceMean", [body, g.ints("pool.axes", [1])], "pool", keepdims=0)
+        else:
+            pooled = g.node("ReduceMean", [body], "pool", axes=[1], keepdims=0)
+        if cfg.fc_norm:
+            pooled = _layer_norm(g, "fc_norm", pooled, w, cfg.norm_eps)
+    else:
+        pooled = g.node("Gather", [x, g.ints("pool.index", 0)], "pool", axis=1)  # type: ignore[arg-type]
+
+    out_name = "logits" if cfg.num_classes else "features"
+    if cfg.num_classes:
+        out = _linear(g, "head", pooled, w["head.weight"], w["head.bias"])
+        if cfg.dist_head:
+            dist = g.node("Gather", [x, g.ints("pool_dist.index", 1)], "pool_dist", axis=1)  # type: ignore[arg-type]
+            out_dist = _linear(g, "head_dist", dist, w["head_dist.weight"], w["head_dist.bias"])
+            both = g.node("Add", [out, out_dist], "heads.sum")
+            out = g.node("Mul", [both, g.const("heads.half", 0.5)], "heads.mean")
+    else:
+        out = pooled
+    out = g.node("Identity", [out], out_name) if out != out_name else out
+
+    outputs = [helper.make_tensor_value_info(
+        out_name, TensorProto.FLOAT, [batch_dim, cfg.num_classes or d])]
+    if attention_outputs:
+        for i, probs in enumerate(attn_names):
+            name = g.node("Identity", [probs], f"attn.{i}")
+            outputs.append(helper.make_tensor_value_info(
+                name, TensorProto.FLOAT, [batch_dim, cfg.num_heads, cfg.num_tokens, cfg.num_tokens]))
+
+    graph = helper.make_graph(g.nodes, "vit", [x_in], outputs, initializer=g.initializers)
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="vitedge")
+    model.ir_version = min(model.ir_version, 10)
+    return model
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().float().numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+def _linear(g: GraphBuilder, name: str, x: str, weight: np.ndarray, bias: np.ndarray | None,
+            transposed: bool = False) -> str:
+    wt = weight if transposed else weight.T
+    y = g.node("MatMul", [x, g.const(f"{name}.weight", np.ascontiguousarray(wt))], f"{name}/MatMul")
+    if bias is None:
+        return y
+    return g.node("Add", [y, g.const(f"{name}.bias", bias)], name)
+
+
+def _layer_norm(g: GraphBuilder, name: str, x: str, w: Mapping[str, np.ndarray], eps: float) -> str:
+    return g.node("LayerNormalization", [x, g.const(f"{name}.weight", w[f"{name}.weight"]),
+                                         g.const(f"{name}.bias", w[f"{name}.bias"])],
+                  name, axis=-1, epsilon=float(eps))
+
+
+def _heads(g: GraphBuilder, name: str, x: str, cfg: ViTConfig, perm: list[int]) -> str:
+    split = g.node("Reshape", [x, g.ints(f"{name}.shape", [0, 0, cfg.num_heads, cfg.head_dim])],
+                   f"{name}.split_heads")
+    return g.node("Transpose", [split], f"{name}.heads", perm=perm)
+
+
+def _block(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray], cfg: ViTConfig
+           ) -> tuple[str, str]:
+    d = cfg.embed_dim
+    h = _layer_norm(g, f"{p}.norm1", x, w, cfg.norm_eps)
+    if cfg.fused_qkv:
+        qkv = _linear(g, f"{p}.attn.qkv", h, w[f"{p}.attn.qkv.weight"], w.get(f"{p}.attn.qkv.bias"))
+        axis = g.ints(f"{p}.attn.qkv.axis", [2])
+        q, k, v = (
+            g.node("Slice", [qkv, g.ints(f"{p}.attn.{n}.start", [i * d]),
+                             g.ints(f"{p}.attn.{n}.end", [(i + 1) * d]), axis], f"{p}.attn.{n}")
+            for i, n in enumerate("qkv")
+        )
+    else:
+        q, k, v = (_linear(g, f"{p}.attn.{n}", h, w[f"{p}.attn.{n}.weight"], w.get(f"{p}.attn.{n}.bias"))
+                   for n in "qkv")
+    qh = _heads(g, f"{p}.attn.q", q, cfg, [0, 2, 1, 3])
+    kt = _heads(g, f"{p}.attn.k", k, cfg, [0, 2, 3, 1])
+    vh = _heads(g, f"{p}.attn.v", v, cfg, [0, 2, 1, 3])
+    scores = g.node("MatMul", [qh, kt], f"{p}.attn.qk")
+    scaled = g.node("Mul", [scores, g.const(f"{p}.attn.scale", cfg.head_dim ** -0.5)],
+                    f"{p}.attn.scaled")
+    probs = g.node("Softmax", [scaled], f"{p}.attn.softmax", axis=-1)
+    ctx = g.node("MatMul", [probs, vh], f"{p}.attn.context")
+    merged = g.node("Transpose", [ctx], f"{p}.attn.merge_heads", perm=[0, 2, 1, 3])
+    flat = g.node("Reshape", [merged, g.ints(f"{p}.attn.merge_shape", [0, 0, d])], f"{p}.attn.merged")
+    a = _linear(g, f"{p}.attn.proj", flat, w[f"{p}.attn.proj.weight"], w[f"{p}.attn.proj.bias"])
+    if cfg.layer_scale:
+        a = g.node("Mul", [a, g.const(f"{p}.ls1.gamma", w[f"{p}.ls1.gamma"])], f"{p}.ls1")
+    x = g.node("Add", [x, a], f"{p}.residual1")
+
+    h = _layer_norm(g, f"{p}.norm2", x, w, cfg.norm_eps)
+    h = _linear(g, f"{p}.mlp.fc1", h, w[f"{p}.mlp.fc1.weight"], w[f"{p}.mlp.fc1.bias"])
+    h = _gelu(g, f"{p}.mlp.act", h)
+    h = _linear(g, f"{p}.mlp.fc2", h, w[f"{p}.mlp.fc2.weight"], w[f"{p}.mlp.fc2.bias"])
+    if cfg.layer_scale:
+        h = g.node("Mul", [h, g.const(f"{p}.ls2.gamma", w[f"{p}.ls2.gamma"])], f"{p}.ls2")
+    return g.node("Add", [x, h], f"{p}.residual2"), probs
+
+
+def _gelu(g: GraphBuilder, name: str, x: str) -> str:
+    """Exact GELU, 0.5 * x * (1 + erf(x / sqrt(2))), in the form TensorRT fuses."""
+    scaled = g.node("Div", [x, g.const(f"{name}.sqrt2", np.sqrt(2.0))], f"{name}.div")
+    erf = g.node("Erf", [scaled], f"{name}.erf")
+    one = g.node("Add", [erf, g.const(f"{name}.one", 1.0)], f"{name}.add")
+    prod = g.node("Mul", [x, one], f"{name}.mul")
+    return g.node("Mul", [prod, g.const(f"{name}.half", 0.5)], name)

@@ -1,0 +1,179 @@
+"""The manifest: what a deployed model needs besides its weights (architecture,
+preprocessing, labels, precision, provenance). It travels inside the ONNX model as one
+versioned JSON entry of `metadata_props`, and beside a TensorRT engine as a JSON file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from vitedge import __version__
+from vitedge.errors import VitedgeError
+from vitedge.model.config import ViTConfig
+
+MANIFEST_KEY = "vitedge.manifest"
+SCHEMA_VERSION = 1
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a decoded RGB image becomes the model's float input.
+
+    resize_mode "shorter": scale the shorter side to `resize[0]` keeping the aspect ratio
+    (timm's eval transform, torchvision); "exact": scale to `resize` (H, W) regardless of
+    aspect (Hugging Face's ViTImageProcessor). Then centre-crop to `crop` (H, W), scale to
+    [0, 1], subtract `mean` and divide by `std` per channel.
+    """
+
+    crop: tuple[int, int] = (224, 224)
+    resize: tuple[int, int] = (248, 248)
+    resize_mode: str = "shorter"
+    interpolation: str = "bicubic"
+    mean: tuple[float, ...] = INCEPTION_MEAN
+    std: tuple[float, ...] = INCEPTION_STD
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in ("shorter", "exact"):
+            raise VitedgeError(f"unknown resize mode '{self.resize_mode}' (shorter, exact)")
+        if self.interpolation not in INTERPOLATIONS:
+            raise VitedgeError(
+                f"unknown interpolation '{self.interpolation}' ({', '.join(INTERPOLATIONS)})"
+            )
+        if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
+            raise VitedgeError("preprocessing mean and std must have one positive std per mean")
+
+    @classmethod
+    def from_crop_pct(
+        cls,
+        size: tuple[int, int],
+        crop_pct: float,
+        interpolation: str,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+    ) -> Preprocess:
+        """timm's eval transform: resize to floor(size / crop_pct), then centre crop."""
+        scaled = tuple(int(s / crop_pct) for s in size)
+        return cls(
+            crop=size,
+            resize=(scaled[0], scaled[1]),
+            resize_mode="shorter" if size[0] == size[1] else "exact",
+            interpolation=interpolation,
+            mean=tuple(mean),
+            std=tuple(std),
+        )
+
+    @property
+    def crop_pct(self) -> float:
+        return self.crop[0] / self.resize[0]
+
+    def with_size(self, size: tuple[int, int]) -> Preprocess:
+        """The same recipe for another model input size (same crop fraction)."""
+        pct = self.crop_pct
+        return dataclasses.replace(
+            self,
+            crop=size,
+            resize=(round(size[0] / pct), round(size[1] / pct)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "crop": list(self.crop),
+            "resize": list(self.resize),
+            "resize_mode": self.resize_mode,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        return cls(
+            crop=tuple(d["crop"]),  # type: ignore[arg-type]
+            resize=tuple(d["resize"]),  # type: ignore[arg-type]
+            resize_mode=d["resize_mode"],
+            interpolation=d["interpolation"],
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+        )
+
+
+@dataclass
+class Manifest:
+    architecture: ViTConfig
+    preprocess: Preprocess
+    labels: list[str] | None = None
+    input: str = "images"
+    precision: str = "fp32"
+    source: dict[str, Any] = field(default_factory=dict)
+    vitedge_version: str = __version__
+    schema: int = SCHEMA_VERSION
+
+    @property
+    def output_name(self) -> str:
+        return "logits" if self.architecture.num_classes > 0 else "features"
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "schema": self.schema,
+                "vitedge_version": self.vitedge_version,
+                "architecture": self.architecture.to_dict(),
+                "preprocess": self.preprocess.to_dict(),
+                "labels": self.labels,
+                "input": self.input,
+                "precision": self.precision,
+                "source": self.source,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        try:
+            d = json.loads(text)
+            schema = int(d["schema"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise VitedgeError("the model's vitedge manifest is not valid JSON") from exc
+        if schema > SCHEMA_VERSION:
+            raise VitedgeError(
+                f"the model's manifest has schema {schema}, newer than this vitedge reads "
+                f"({SCHEMA_VERSION})",
+                "upgrade vitedge",
+            )
+        try:
+            return cls(
+                architecture=ViTConfig.from_dict(d["architecture"]),
+                preprocess=Preprocess.from_dict(d["preprocess"]),
+                labels=d.get("labels"),
+                input=d["input"],
+                precision=d["precision"],
+                source=d.get("source", {}),
+                vitedge_version=d.get("vitedge_version", "?"),
+                schema=schema,
+            )
+        except (KeyError, TypeError) as exc:
+            raise VitedgeError(f"the model's manifest lacks a field: {exc}") from exc
+
+
+def manifest_from_onnx(model: Any) -> Manifest | None:
+    """The manifest stored in an onnx.ModelProto, or None for a model vitedge did not make."""
+    for prop in model.metadata_props:
+        if prop.key == MANIFEST_KEY:
+            return Manifest.from_json(prop.value)
+    return None
+
+
+def set_onnx_manifest(model: Any, manifest: Manifest) -> None:
+    for prop in list(model.metadata_props):
+        if prop.key == MANIFEST_KEY:
+            model.metadata_props.remove(prop)
+    entry = model.metadata_props.add()
+    entry.key = MANIFEST_KEY
+    entry.value = manifest.to_json()

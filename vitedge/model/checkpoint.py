@@ -1,0 +1,173 @@
+"""Read the tensors of a checkpoint file or folder, safely: safetensors, or PyTorch files
+with `torch.load(weights_only=True)` (a pickle that needs code execution is refused)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitedge.errors import CheckpointError
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "state_dict_ema", "model_ema")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+@dataclass
+class RawCheckpoint:
+    """Float32 tensors by name, plus whatever configuration travelled with them."""
+
+    tensors: dict[str, torch.Tensor]
+    files: list[Path]
+    config: dict[str, Any] | None = None
+    preprocessor: dict[str, Any] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    stored_dtype: str = "float32"
+
+
+def read_checkpoint(path: str | Path) -> RawCheckpoint:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no such file or folder: {path}")
+    if path.is_dir():
+        return _read_folder(path)
+    tensors, metadata = _read_file(path)
+    return _finish(tensors, [path], metadata=metadata)
+
+
+def _read_folder(folder: Path) -> RawCheckpoint:
+    config = _read_json(folder / "config.json") if (folder / "config.json").exists() else None
+    prep_file = folder / "preprocessor_config.json"
+    preprocessor = _read_json(prep_file) if prep_file.exists() else None
+    for name in WEIGHT_FILES:
+        candidate = folder / name
+        if candidate.exists():
+            break
+    else:
+        singles = [p for p in folder.iterdir() if p.suffix in (".safetensors", *TORCH_SUFFIXES)]
+        if len(singles) != 1:
+            raise CheckpointError(
+                f"folder {folder} has no weights file vitedge recognises",
+                "expected model.safetensors or pytorch_model.bin beside config.json",
+            )
+        candidate = singles[0]
+    if candidate.name.endswith(".index.json"):
+        index = _read_json(candidate)
+        files = sorted({folder / f for f in index.get("weight_map", {}).values()})
+        tensors: dict[str, Any] = {}
+        metadata: dict[str, str] = {}
+        for f in files:
+            part, meta = _read_file(f)
+            tensors.update(part)
+            metadata.update(meta)
+    else:
+        files = [candidate]
+        tensors, metadata = _read_file(candidate)
+    return _finish(tensors, files, config, preprocessor, metadata)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object")
+    return data
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    if path.suffix == ".safetensors" or (
+        path.suffix not in TORCH_SUFFIXES and _looks_like_safetensors(path)
+    ):
+        return _read_safetensors(path)
+    return _read_torch(path), {}
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, metadata  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+
+
+def _read_torch(path: Path) -> dict[str, Any]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc):
+            raise CheckpointError(
+                f"{path} holds Python objects that load only by running code from the file; "
+                "vitedge refuses to unpickle it",
+                "in a trusted environment re-save just the weights: "
+                "torch.save(model.state_dict(), ...) or safetensors",
+            ) from exc
+        raise CheckpointError(
+            f"{path} is not a checkpoint vitedge can read",
+            "expected .safetensors, a PyTorch state dict (.pth/.pt/.bin) or a model folder",
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{path} is not a checkpoint vitedge can read",
+            "expected .safetensors, a PyTorch state dict (.pth/.pt/.bin) or a model folder",
+        ) from exc
+    return _unwrap(obj, path)
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, Any]:
+    """Find the state dict inside {'model': ...}, {'state_dict': ...} and similar."""
+    for _ in range(3):
+        if not isinstance(obj, dict):
+            break
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+            if tensors:
+                return tensors
+            break
+        obj = inner
+    raise CheckpointError(
+        f"{path} holds no tensors",
+        "expected a state dict, optionally wrapped as {'model': ...} or {'state_dict': ...}",
+    )
+
+
+def _finish(
+    tensors: dict[str, Any],
+    files: list[Path],
+    config: dict[str, Any] | None = None,
+    preprocessor: dict[str, Any] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> RawCheckpoint:
+    for prefix in WRAPPER_PREFIXES:
+        if tensors and all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
+    dtypes = {v.dtype for v in tensors.values() if v.is_floating_point()}
+    stored = str(next(iter(dtypes))).replace("torch.", "") if len(dtypes) == 1 else "mixed"
+    converted = {
+        k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()
+    }
+    return RawCheckpoint(converted, files, config, preprocessor, metadata or {}, stored)

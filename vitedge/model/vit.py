@@ -1,0 +1,213 @@
+"""A Vision Transformer in PyTorch covering what published checkpoints use.
+
+Parameter names follow timm's layout (vitedge's native layout); the readers in
+`vitedge.model.formats` convert Hugging Face and torchvision checkpoints into it.
+The model takes images (B, C, H, W) or pre-patchified input (B, N, C*P*P), where each
+patch vector is the patch's pixels in (C, P, P) order, the order of the conv weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitedge.model.config import ViTConfig
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection or separate Q, K and V."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        d = cfg.embed_dim
+        self.num_heads = cfg.num_heads
+        self.head_dim = cfg.head_dim
+        self.scale = self.head_dim**-0.5
+        self.fused = cfg.fused_qkv
+        if self.fused:
+            self.qkv = nn.Linear(d, 3 * d, bias=cfg.qkv_bias)
+        else:
+            self.q = nn.Linear(d, d, bias=cfg.qkv_bias)
+            self.k = nn.Linear(d, d, bias=cfg.qkv_bias)
+            self.v = nn.Linear(d, d, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(d, d)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.reshape(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self, x: torch.Tensor, want_probs: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, t, d = x.shape
+        if self.fused:
+            q, k, v = self.qkv(x).split(d, dim=-1)
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        if want_probs:
+            probs = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+            out = probs @ v
+        else:
+            probs = None
+            out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, t, d)), probs
+
+
+class Mlp(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.embed_dim, cfg.mlp_hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(cfg.mlp_hidden, cfg.embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm encoder block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.ls1: nn.Module = LayerScale(cfg.embed_dim) if cfg.layer_scale else nn.Identity()
+        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.mlp = Mlp(cfg)
+        self.ls2: nn.Module = LayerScale(cfg.embed_dim) if cfg.layer_scale else nn.Identity()
+
+    def forward(
+        self, x: torch.Tensor, want_probs: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        a, probs = self.attn(self.norm1(x), want_probs)
+        x = x + self.ls1(a)
+        x = x + self.ls2(self.mlp(self.norm2(x)))
+        return x, probs
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        p = cfg.patch_size
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=p, stride=p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # (B, N, C*P*P): the convolution as a matrix product
+            w = self.proj.weight.reshape(self.proj.out_channels, -1)
+            return x @ w.t() + self.proj.bias
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embed_dim
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.dist_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, d)) if cfg.reg_tokens else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.pos_embed_len, d))
+        self.norm_pre: nn.Module = (
+            nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
+        )
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.depth)])
+        self.norm: nn.Module = nn.Identity() if cfg.fc_norm else nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.fc_norm: nn.Module = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.fc_norm else nn.Identity()
+        self.head: nn.Module = nn.Linear(d, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        self.head_dist: nn.Module | None = (
+            nn.Linear(d, cfg.num_classes) if cfg.dist_head and cfg.num_classes else None
+        )
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02) -> None:
+        """Truncated-normal init as in timm, for training from scratch."""
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif "norm" in name:
+                nn.init.ones_(p)
+            elif name.endswith("gamma"):
+                nn.init.constant_(p, 1e-5)
+            else:
+                nn.init.trunc_normal_(p, std=std)
+
+    def _prefix(self, batch: int) -> list[torch.Tensor]:
+        tokens = [self.cls_token, self.dist_token, self.reg_token]
+        return [t.expand(batch, -1, -1) for t in tokens if t is not None]
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patches (or image) to the token sequence, position embeddings added."""
+        x = self.patch_embed(x)
+        prefix = self._prefix(x.shape[0])
+        if self.cfg.no_embed_class:
+            x = torch.cat([*prefix, x + self.pos_embed], dim=1)
+        else:
+            x = torch.cat([*prefix, x], dim=1) + self.pos_embed
+        return self.norm_pre(x)
+
+    def forward_features(
+        self, x: torch.Tensor, want_probs: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = self.embed(x)
+        all_probs = []
+        for block in self.blocks:
+            x, probs = block(x, want_probs)
+            if probs is not None:
+                all_probs.append(probs)
+        return self.norm(x), all_probs
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        if cfg.global_pool == "avg":
+            pooled = x[:, cfg.num_prefix_tokens :].mean(dim=1)
+        else:
+            pooled = x[:, 0]
+        out = self.head(self.fc_norm(pooled))
+        if self.head_dist is not None:
+            out = (out + self.head_dist(x[:, 1])) / 2
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x)[0])
+
+    def attention_probs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each block's attention probabilities, (B, heads, T, T)."""
+        return self.forward_features(x, want_probs=True)[1]
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor,
+    old_grid: tuple[int, int],
+    new_grid: tuple[int, int],
+    num_prefix: int,
+) -> torch.Tensor:
+    """Resize learned position embeddings to a new patch grid (bicubic, antialiased, as
+    timm does when a checkpoint is loaded at another image size); prefix entries kept."""
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
+    d = grid.shape[-1]
+    grid = grid.float().reshape(1, old_grid[0], old_grid[1], d).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True, align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], d)
+    return torch.cat([prefix.float(), grid], dim=1)
+
+
+def square_grid(num_patches: int) -> tuple[int, int]:
+    side = math.isqrt(num_patches)
+    return (side, side) if side * side == num_patches else (0, 0)
