@@ -1,0 +1,142 @@
+"""Checkpoint -> verified ONNX model with its manifest inside: `vitedge export`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vitedge.errors import ExportError, VitedgeError, require
+from vitedge.export.onnx_graph import INPUT_KINDS, MAX_OPSET, MIN_OPSET, onnx_from_vit
+from vitedge.export.tensorrt_ops import tensorrt_problems
+from vitedge.export.verify import FP32_RELATIVE_TOLERANCE, Comparison, verify_onnx_against_torch
+from vitedge.fileio import write_bytes_atomic
+from vitedge.manifest import Manifest, set_onnx_manifest
+
+PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2
+
+
+@dataclass
+class ExportOptions:
+    arch: str | None = None
+    num_heads: int | None = None
+    img_size: int | None = None
+    labels: str | Path | None = None
+    batch: int | None = None
+    opset: int = 17
+    input_kind: str = "images"
+    verify: bool = True
+    attention_outputs: bool = False
+
+    def check(self) -> None:
+        if self.input_kind not in INPUT_KINDS:
+            raise VitedgeError(f"--input must be one of {', '.join(INPUT_KINDS)}")
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise VitedgeError(f"--opset {self.opset} is outside the supported "
+                               f"{MIN_OPSET}..{MAX_OPSET} (TensorRT 10 parses up to 20)")
+        if self.batch is not None and self.batch < 1:
+            raise VitedgeError("--batch must be 'dynamic' or a positive number")
+
+
+@dataclass
+class ExportResult:
+    output: Path
+    manifest: Manifest
+    comparisons: list[Comparison]
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    size_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output": str(self.output),
+            "size_bytes": self.size_bytes,
+            "verified": bool(self.comparisons),
+            "comparisons": [c.to_dict() for c in self.comparisons],
+            "tolerance_relative": FP32_RELATIVE_TOLERANCE,
+            "timings_s": self.timings,
+            "notes": self.notes,
+            "manifest": json.loads(self.manifest.to_json()),
+        }
+
+
+def export_onnx(
+    checkpoint: str | Path,
+    output: str | Path,
+    options: ExportOptions | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Import a checkpoint, write the ViT as ONNX, check it and verify it against PyTorch.
+
+    Nothing is written unless every check passes.
+    """
+    opts = options or ExportOptions()
+    opts.check()
+    require("torch", "export", "exporting a checkpoint")
+    from vitedge.model.importer import ImportOptions, load_checkpoint
+
+    timings: dict[str, float] = {}
+
+    @contextmanager
+    def step(name: str) -> Iterator[None]:
+        if on_step:
+            on_step(name)
+        start = time.perf_counter()
+        yield
+        timings[name] = round(time.perf_counter() - start, 3)
+
+    with step("import"):
+        imported = load_checkpoint(checkpoint, ImportOptions(
+            arch=opts.arch, num_heads=opts.num_heads, img_size=opts.img_size, labels=opts.labels))
+    cfg = imported.config
+    n_params = sum(p.numel() for p in imported.model.parameters())
+    if n_params * 4 > PROTOBUF_LIMIT:
+        raise ExportError(f"the model has {n_params / 1e6:.0f}M parameters: over the 2 GB "
+                          "limit of a single ONNX file, which vitedge does not split yet")
+
+    with step("build graph"):
+        model = onnx_from_vit(cfg, imported.model.state_dict(), opts.input_kind, opts.batch,
+                              opts.opset, opts.attention_outputs)
+        manifest = imported.manifest(opts.input_kind)
+        set_onnx_manifest(model, manifest)
+        data = model.SerializeToString()
+
+    with step("check"):
+        check_onnx(model)
+
+    comparisons: list[Comparison] = []
+    if opts.verify:
+        with step("verify"):
+            comparisons = verify_onnx_against_torch(
+                data, imported.model, cfg, imported.preprocess, opts.input_kind, opts.batch)
+        worst = max(comparisons, key=lambda c: c.relative)
+        if worst.relative > FP32_RELATIVE_TOLERANCE:
+            raise ExportError(
+                f"verification failed on {worst.case} inputs: ONNX Runtime differs from "
+                f"PyTorch by {worst.relative:.2e} relative (tolerance "
+                f"{FP32_RELATIVE_TOLERANCE:.0e}, max abs {worst.max_abs:.3e})",
+                "please report this with the checkpoint's config; --no-verify skips the check",
+            )
+
+    with step("write"):
+        write_bytes_atomic(output, data)
+    return ExportResult(Path(output), manifest, comparisons, timings, imported.notes, len(data))
+
+
+def check_onnx(model: Any) -> None:
+    """ONNX checker, strict shape inference and TensorRT operator support, or ExportError."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"the ONNX model fails the ONNX checker: {exc}") from exc
+    problems = tensorrt_problems(model)
+    if problems:
+        more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ExportError("TensorRT's ONNX parser would reject: " + "; ".join(problems[:5]) + more)

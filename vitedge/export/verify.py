@@ -1,0 +1,95 @@
+"""Does the ONNX model compute what the PyTorch model computes? Run both on random and
+on real images and compare the outputs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from vitedge.manifest import Preprocess
+from vitedge.model.config import ViTConfig
+from vitedge.runtime.patchify import patches_from_images
+from vitedge.runtime.preprocess import load_image, preprocess_image
+
+# float32 on both sides: different kernels (and summation orders) across 12-32 blocks
+# give about 1e-6 relative; 1e-4 leaves a margin of ~100x while any wrong operator,
+# weight or layout gives errors of 1e-2 and more.
+FP32_RELATIVE_TOLERANCE = 1e-4
+
+
+@dataclass
+class Comparison:
+    case: str
+    max_abs: float
+    relative: float
+    cosine: float
+    top1_agreement: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare(case: str, reference: np.ndarray, candidate: np.ndarray) -> Comparison:
+    """Max abs error, error relative to the largest reference output, cosine, top-1 match."""
+    ref = reference.astype(np.float64)
+    cand = candidate.astype(np.float64)
+    diff = np.abs(ref - cand).max()
+    scale = max(np.abs(ref).max(), 1e-12)
+    cos = (ref * cand).sum(-1) / np.maximum(np.linalg.norm(ref, axis=-1) *
+                                            np.linalg.norm(cand, axis=-1), 1e-30)
+    top1 = float((ref.argmax(-1) == cand.argmax(-1)).mean()) if ref.shape[-1] > 1 else 1.0
+    return Comparison(case, float(diff), float(diff / scale), float(cos.min()), top1)
+
+
+def sample_photos(prep: Preprocess) -> np.ndarray:
+    """The bundled real photographs, preprocessed for the model: (n, C, H, W)."""
+    folder = resources.files("vitedge") / "data" / "photos"
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(".jpg"))
+    return np.stack([preprocess_image(load_image(str(f)), prep) for f in files])
+
+
+def verification_inputs(cfg: ViTConfig, prep: Preprocess, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((4, cfg.in_chans, *cfg.img_size)).astype(np.float32)
+    cases = {"random": noise}
+    if cfg.in_chans == 3:
+        cases["photos"] = sample_photos(prep.with_size(cfg.img_size))
+    return cases
+
+
+def run_onnx(session: Any, input_name: str, x: np.ndarray, batch: int | None) -> np.ndarray:
+    """Run in chunks that fit a static batch (padding the last one)."""
+    if batch is None:
+        return session.run(None, {input_name: x})[0]
+    outs = []
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch]
+        pad = batch - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+        outs.append(session.run(None, {input_name: chunk})[0][: batch - pad])
+    return np.concatenate(outs)
+
+
+def verify_onnx_against_torch(
+    model_bytes: bytes,
+    torch_model: Any,
+    cfg: ViTConfig,
+    prep: Preprocess,
+    input_kind: str = "images",
+    batch: int | None = None,
+) -> list[Comparison]:
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    results = []
+    for case, images in verification_inputs(cfg, prep).items():
+        with torch.no_grad():
+            reference = torch_model(torch.from_numpy(images)).numpy()
+        x = patches_from_images(images, cfg.patch_size) if input_kind == "patches" else images
+        results.append(compare(case, reference, run_onnx(session, input_kind, x, batch)))
+    return results

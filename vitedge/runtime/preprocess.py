@@ -1,0 +1,68 @@
+"""Decoded image to model input, exactly as the manifest says (PIL path: the reference
+libraries' eval transforms). Used by calibration, verification and inference alike, so
+every stage sees the same pixels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vitedge.errors import VitedgeError
+from vitedge.manifest import Preprocess
+
+PIL_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """An image file as RGB (grayscale, palette and RGBA are converted)."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise VitedgeError(f"cannot read image {path}: {exc}") from exc
+
+
+def resize_for(image: Image.Image, prep: Preprocess) -> Image.Image:
+    w, h = image.size
+    if prep.resize_mode == "shorter":
+        short = prep.resize[0]
+        if w <= h:
+            size = (short, int(short * h / w))
+        else:
+            size = (int(short * w / h), short)
+    else:
+        size = (prep.resize[1], prep.resize[0])
+    return image.resize(size, PIL_FILTERS[prep.interpolation]) if size != image.size else image
+
+
+def center_crop(image: Image.Image, crop: tuple[int, int]) -> Image.Image:
+    """Centre crop with torchvision's rounding; pads with zeros when the image is smaller."""
+    ch, cw = crop
+    w, h = image.size
+    if w < cw or h < ch:
+        padded = Image.new("RGB", (max(w, cw), max(h, ch)))
+        padded.paste(image, ((max(w, cw) - w) // 2, (max(h, ch) - h) // 2))
+        image, (w, h) = padded, padded.size
+    top = int(round((h - ch) / 2.0))
+    left = int(round((w - cw) / 2.0))
+    return image.crop((left, top, left + cw, top + ch))
+
+
+def normalize(rgb: np.ndarray, prep: Preprocess) -> np.ndarray:
+    """HxWx3 uint8 RGB to 3xHxW float32, scaled to [0, 1] and normalised per channel."""
+    x = rgb.astype(np.float32) * np.float32(1 / 255)
+    x = (x - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def preprocess_image(image: Image.Image, prep: Preprocess) -> np.ndarray:
+    """One RGB PIL image to the model's (C, H, W) float32 input."""
+    cropped = center_crop(resize_for(image.convert("RGB"), prep), prep.crop)
+    return normalize(np.asarray(cropped), prep)
