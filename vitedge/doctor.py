@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import platform
@@ -88,10 +89,8 @@ def run_checks() -> list[Check]:
     checks.append(_tensorrt())
     pycuda = _version("pycuda")
     cuda_python = None
-    try:
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         cuda_python = importlib.metadata.version("cuda-python")
-    except importlib.metadata.PackageNotFoundError:
-        pass
     checks.append(Check("pycuda", pycuda is not None, pycuda or "missing",
                         "" if pycuda else "Jetson: pip install pycuda (needs CUDA headers)"))
     checks.append(Check("cuda-python", cuda_python is not None, cuda_python or "missing",

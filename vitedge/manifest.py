@@ -95,8 +95,8 @@ class Preprocess:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
         return cls(
-            crop=tuple(d["crop"]),  # type: ignore[arg-type]
-            resize=tuple(d["resize"]),  # type: ignore[arg-type]
+            crop=(int(d["crop"][0]), int(d["crop"][1])),
+            resize=(int(d["resize"][0]), int(d["resize"][1])),
             resize_mode=d["resize_mode"],
             interpolation=d["interpolation"],
             mean=tuple(d["mean"]),

@@ -47,7 +47,7 @@ def compare(case: str, reference: np.ndarray, candidate: np.ndarray) -> Comparis
 def sample_photos(prep: Preprocess) -> np.ndarray:
     """The bundled real photographs, preprocessed for the model: (n, C, H, W)."""
     folder = resources.files("vitedge") / "data" / "photos"
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(".jpg"))
+    files = sorted((p for p in folder.iterdir() if p.name.endswith(".jpg")), key=lambda p: p.name)
     return np.stack([preprocess_image(load_image(str(f)), prep) for f in files])
 
 

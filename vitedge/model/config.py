@@ -99,6 +99,16 @@ class ViTConfig:
         heads = 2 if self.dist_head else 1
         return n * d * self.patch_dim + self.depth * per_block + heads * d * self.num_classes
 
+    def num_params(self) -> int:
+        """Parameter count of the PyTorch model (the graph folds some of them together)."""
+        d, hid, c = self.embed_dim, self.mlp_hidden, self.num_classes
+        tokens = (int(self.class_token) + int(self.dist_token) + self.reg_tokens) * d
+        block = (4 * d + 3 * d * d + (3 * d if self.qkv_bias else 0) + d * d + d
+                 + (2 * d if self.layer_scale else 0) + 2 * d * hid + hid + d)
+        heads = (2 if self.dist_head else 1) * (d * c + c) if c else 0
+        return (d * self.patch_dim + d + tokens + self.pos_embed_len * d
+                + (2 * d if self.pre_norm else 0) + self.depth * block + 2 * d + heads)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["img_size"] = list(self.img_size)

@@ -238,7 +238,7 @@ def config_from_shapes(tensors: Tensors, num_heads: int, norm_eps: float = 1e-6)
     qkv_bias = ("blocks.0.attn.qkv.bias" if fused else "blocks.0.attn.q.bias") in tensors
     class_token = "cls_token" in tensors
     fc_norm = "fc_norm.weight" in tensors
-    cfg = dict(
+    cfg: dict[str, Any] = dict(
         patch_size=patch,
         in_chans=chans,
         embed_dim=dim,
@@ -262,7 +262,7 @@ def config_from_shapes(tensors: Tensors, num_heads: int, norm_eps: float = 1e-6)
     no_embed_class, grid = pos_embed_grid(tensors, prefix)
     cfg["no_embed_class"] = no_embed_class
     cfg["img_size"] = (grid[0] * patch, grid[1] * patch)
-    return ViTConfig(**cfg)  # type: ignore[arg-type]
+    return ViTConfig(**cfg)
 
 
 def count_blocks(tensors: Tensors) -> int:

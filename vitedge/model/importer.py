@@ -241,7 +241,7 @@ def load_weights_strict(model: torch.nn.Module, tensors: formats.Tensors) -> Non
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
     misshaped = [
-        f"{k} {tuple(tensors[k].shape)} != {tuple(v.shape)}"
+        f"{k} {_dims(tensors[k].shape)} != {_dims(v.shape)}"
         for k, v in expected.items()
         if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)
     ]
@@ -257,6 +257,10 @@ def load_weights_strict(model: torch.nn.Module, tensors: formats.Tensors) -> Non
             "check --arch / --num-heads, or that this is a ViT vitedge supports",
         )
     model.load_state_dict(tensors, strict=True)
+
+
+def _dims(shape: Any) -> str:
+    return "x".join(str(int(s)) for s in shape) or "scalar"
 
 
 def read_labels(path: str | Path) -> list[str]:

@@ -107,7 +107,7 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:  # (B, N, C*P*P): the convolution as a matrix product
             w = self.proj.weight.reshape(self.proj.out_channels, -1)
-            return x @ w.t() + self.proj.bias
+            return F.linear(x, w, self.proj.bias)
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
@@ -173,10 +173,7 @@ class VisionTransformer(nn.Module):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
-        if cfg.global_pool == "avg":
-            pooled = x[:, cfg.num_prefix_tokens :].mean(dim=1)
-        else:
-            pooled = x[:, 0]
+        pooled = x[:, cfg.num_prefix_tokens:].mean(dim=1) if cfg.global_pool == "avg" else x[:, 0]
         out = self.head(self.fc_norm(pooled))
         if self.head_dist is not None:
             out = (out + self.head_dist(x[:, 1])) / 2

@@ -33,10 +33,7 @@ def resize_for(image: Image.Image, prep: Preprocess) -> Image.Image:
     w, h = image.size
     if prep.resize_mode == "shorter":
         short = prep.resize[0]
-        if w <= h:
-            size = (short, int(short * h / w))
-        else:
-            size = (int(short * w / h), short)
+        size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
     else:
         size = (prep.resize[1], prep.resize[0])
     return image.resize(size, PIL_FILTERS[prep.interpolation]) if size != image.size else image
@@ -58,8 +55,8 @@ def center_crop(image: Image.Image, crop: tuple[int, int]) -> Image.Image:
 def normalize(rgb: np.ndarray, prep: Preprocess) -> np.ndarray:
     """HxWx3 uint8 RGB to 3xHxW float32, scaled to [0, 1] and normalised per channel."""
     x = rgb.astype(np.float32) * np.float32(1 / 255)
-    x = (x - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    normalized = (x - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)
+    return np.ascontiguousarray(normalized.transpose(2, 0, 1), dtype=np.float32)
 
 
 def preprocess_image(image: Image.Image, prep: Preprocess) -> np.ndarray:
