@@ -35,6 +35,14 @@ def detect_format(tensors: Tensors, metadata: dict[str, str]) -> str:
     )
 
 
+def _rename(key: str, rules: list[tuple[str, str]]) -> str:
+    """Apply the first rule whose pattern matches the start of `key`."""
+    for pattern, repl in rules:
+        if re.match(pattern, key):
+            return re.sub(pattern, repl, key, count=1)
+    return key
+
+
 # --- Hugging Face ViTModel / ViTForImageClassification / DeiT ---------------------------
 
 _HF_BLOCK = [
@@ -88,11 +96,7 @@ def timm_layout_from_hf(tensors: Tensors) -> Tensors:
         if name in _HF_TOP:
             out[_HF_TOP[name]] = value
             continue
-        for pattern, repl in _HF_BLOCK:
-            if re.match(pattern, name):
-                name = re.sub(pattern, repl, name)
-                break
-        out[name] = value
+        out[_rename(name, _HF_BLOCK)] = value
     return out
 
 
@@ -143,15 +147,7 @@ def timm_layout_from_torchvision(tensors: Tensors) -> Tensors:
         raise CheckpointError(
             "torchvision ViTs with a pre-logits layer (representation_size) are not supported"
         )
-    out: Tensors = {}
-    for key, value in tensors.items():
-        name = key
-        for pattern, repl in _TV_RULES:
-            if re.match(pattern, key):
-                name = re.sub(pattern, repl, key)
-                break
-        out[name] = value
-    return out
+    return {_rename(key, _TV_RULES): value for key, value in tensors.items()}
 
 
 # --- timm -------------------------------------------------------------------------------
@@ -170,11 +166,7 @@ _TIMM_HARMLESS = {
 
 
 def timm_layout_from_timm(tensors: Tensors) -> Tensors:
-    out: Tensors = {}
-    for key, value in tensors.items():
-        for pattern, repl in _TIMM_RENAMES:
-            key = re.sub(pattern, repl, key)
-        out[key] = value
+    out = {_rename(key, _TIMM_RENAMES): value for key, value in tensors.items()}
     if "patch_embed.proj.weight" in out and out["patch_embed.proj.weight"].dim() != 4:
         raise CheckpointError(
             "the patch embedding is stored as a matrix (an early timm layout); "
