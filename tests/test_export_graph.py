@@ -120,3 +120,15 @@ def test_cli_export_json(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["verified"] and data["manifest"]["architecture"]["depth"] == 2
     assert set(data["timings_s"]) == {"import", "build graph", "check", "verify", "write"}
+
+
+@pytest.mark.parametrize("fmt", ["txt", "json"])
+def test_labels_file_replaces_checkpoint_labels(tmp_path, fmt):
+    names = [f"class {i}" for i in range(10)]
+    labels = tmp_path / f"labels.{fmt}"
+    labels.write_text("\n".join(names) + "\n" if fmt == "txt"
+                      else json.dumps({str(i): n for i, n in enumerate(names)}))
+    out = tmp_path / "m.onnx"
+    export_onnx(HUB, out, ExportOptions(labels=labels, verify=False))
+    manifest = manifest_from_onnx(onnx.load(str(out)))
+    assert manifest is not None and manifest.labels == names
