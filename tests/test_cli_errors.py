@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,7 +38,7 @@ def assert_clean_failure(tmp_path, code, err, expected):
 
 
 def make_bad_inputs(tmp_path):
-    (tmp_path / "noise.pth").write_bytes(os.urandom(2048))
+    (tmp_path / "noise.pth").write_bytes(np.random.default_rng(0).bytes(2048))
     (tmp_path / "text.safetensors").write_text("not tensors")
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.weight": torch.zeros(64),
                 "fc.weight": torch.zeros(10, 512)}, tmp_path / "resnet.pth")
@@ -70,6 +71,19 @@ def test_bad_export_input(args, expected, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(make_bad_inputs(tmp_path))
     code, _, err = run_cli(["export", *args, "-o", "out.onnx"], capsys)
     assert_clean_failure(tmp_path, code, err, expected)
+
+
+def test_random_bytes_are_never_an_internal_error(tmp_path):
+    """torch.load fails on garbage with many exception types; all must read as one error."""
+    from vitedge.errors import CheckpointError
+    from vitedge.model.checkpoint import read_checkpoint
+
+    rng = np.random.default_rng(1)
+    path = tmp_path / "blob.pth"
+    for _ in range(300):
+        path.write_bytes(rng.bytes(int(rng.integers(1, 4096))))
+        with pytest.raises(CheckpointError, match="is not a checkpoint vitedge can read"):
+            read_checkpoint(path)
 
 
 def test_evil_pickle_is_not_executed(tmp_path, capsys, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 
 def _read_torch(path: Path) -> dict[str, Any]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols of garbage
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch names the class or function a pickle wants to run ("... GLOBAL os.system");
         # random bytes or a plain pickle fail on an opcode instead
@@ -125,16 +128,17 @@ def _read_torch(path: Path) -> dict[str, Any]:
                 "in a trusted environment re-save just the weights: "
                 "torch.save(model.state_dict(), ...) or safetensors",
             ) from exc
-        raise CheckpointError(
-            f"{path} is not a checkpoint vitedge can read",
-            "expected .safetensors, a PyTorch state dict (.pth/.pt/.bin) or a model folder",
-        ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
-        raise CheckpointError(
-            f"{path} is not a checkpoint vitedge can read",
-            "expected .safetensors, a PyTorch state dict (.pth/.pt/.bin) or a model folder",
-        ) from exc
+        raise _not_a_checkpoint(path) from exc
+    except Exception as exc:  # noqa: BLE001 - garbage bytes fail inside torch in many ways
+        raise _not_a_checkpoint(path) from exc
     return _unwrap(obj, path)
+
+
+def _not_a_checkpoint(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is not a checkpoint vitedge can read",
+        "expected .safetensors, a PyTorch state dict (.pth/.pt/.bin) or a model folder",
+    )
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Any]:
