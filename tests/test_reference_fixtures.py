@@ -70,3 +70,16 @@ def test_bfloat16_checkpoint_loads(tmp_path):
     with torch.no_grad():
         a, b = base.model(x), imported.model(x)
     assert torch.allclose(a, b, rtol=0.05, atol=0.05 * a.abs().max().item())
+
+
+def test_resized_model_keeps_timm_crop_fraction():
+    """At another image size the resize follows timm's floor(size / crop_pct), with the
+    checkpoint's crop_pct (0.9 gives 320 at 288; the sizes 224/248 alone would give 319)."""
+    import json
+    import math
+
+    pc = json.loads((FIXTURES / "vit_tiny_hub" / "config.json").read_text())["pretrained_cfg"]
+    imported = load_checkpoint(FIXTURES / "vit_tiny_hub", _import_options({"img_size": 288}))
+    expected = math.floor(288 / pc["crop_pct"])
+    assert imported.preprocess.crop == (288, 288)
+    assert imported.preprocess.resize == (expected, expected)

@@ -67,7 +67,6 @@ def describe_onnx(path: str | Path) -> dict[str, Any]:
         "inputs": [_value_info(v) for v in model.graph.input],
         "outputs": [_value_info(v) for v in model.graph.output],
         "parameters": params,
-        "stored_weights": params,
         "op_histogram": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
         "precision": {
             "declared": manifest.precision if manifest else "unknown",
@@ -79,7 +78,7 @@ def describe_onnx(path: str | Path) -> dict[str, Any]:
     if manifest is not None:
         cfg = manifest.architecture
         info["manifest"] = json.loads(manifest.to_json())
-        info["parameters"] = cfg.num_params()
+        info["parameters"] = cfg.num_params()  # the graph folds some parameters together
         info["gmacs"] = round(cfg.macs() / 1e9, 3)
         info["tokens"] = {"patches": cfg.num_patches, "prefix": cfg.num_prefix_tokens,
                           "total": cfg.num_tokens, "grid": list(cfg.grid)}

@@ -38,6 +38,7 @@ class Preprocess:
     interpolation: str = "bicubic"
     mean: tuple[float, ...] = INCEPTION_MEAN
     std: tuple[float, ...] = INCEPTION_STD
+    crop_pct: float | None = None
 
     def __post_init__(self) -> None:
         if self.resize_mode not in ("shorter", "exact"):
@@ -59,28 +60,28 @@ class Preprocess:
         std: tuple[float, ...],
     ) -> Preprocess:
         """timm's eval transform: resize to floor(size / crop_pct), then centre crop."""
-        scaled = tuple(int(s / crop_pct) for s in size)
         return cls(
             crop=size,
-            resize=(scaled[0], scaled[1]),
+            resize=(int(size[0] / crop_pct), int(size[1] / crop_pct)),
             resize_mode="shorter" if size[0] == size[1] else "exact",
             interpolation=interpolation,
             mean=tuple(mean),
             std=tuple(std),
+            crop_pct=crop_pct,
         )
 
-    @property
-    def crop_pct(self) -> float:
-        return self.crop[0] / self.resize[0]
+    def fraction(self) -> float:
+        """The crop fraction: as the checkpoint gave it, else as the sizes imply."""
+        return self.crop_pct or self.crop[0] / self.resize[0]
 
     def with_size(self, size: tuple[int, int]) -> Preprocess:
-        """The same recipe for another model input size (same crop fraction)."""
-        pct = self.crop_pct
+        """The same recipe for another model input size: the same crop fraction, resized
+        to floor(size / fraction) as timm does (the sizes alone would round it off)."""
+        if tuple(size) == self.crop:
+            return self
+        pct = self.fraction()
         return dataclasses.replace(
-            self,
-            crop=size,
-            resize=(round(size[0] / pct), round(size[1] / pct)),
-        )
+            self, crop=size, resize=(int(size[0] / pct), int(size[1] / pct)))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +91,7 @@ class Preprocess:
             "interpolation": self.interpolation,
             "mean": list(self.mean),
             "std": list(self.std),
+            "crop_pct": self.crop_pct,
         }
 
     @classmethod
@@ -101,6 +103,7 @@ class Preprocess:
             interpolation=d["interpolation"],
             mean=tuple(d["mean"]),
             std=tuple(d["std"]),
+            crop_pct=d.get("crop_pct"),
         )
 
 

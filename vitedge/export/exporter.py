@@ -93,7 +93,7 @@ def export_onnx(
         imported = load_checkpoint(checkpoint, ImportOptions(
             arch=opts.arch, num_heads=opts.num_heads, img_size=opts.img_size, labels=opts.labels))
     cfg = imported.config
-    n_params = sum(p.numel() for p in imported.model.parameters())
+    n_params = cfg.num_params()
     if n_params * 4 > PROTOBUF_LIMIT:
         raise ExportError(f"the model has {n_params / 1e6:.0f}M parameters: over the 2 GB "
                           "limit of a single ONNX file, which vitedge does not split yet")

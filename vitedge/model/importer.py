@@ -178,7 +178,7 @@ def _timm_hub_config(cfg: dict[str, Any], tensors: formats.Tensors) -> tuple[ViT
         size = tuple(pc.get("input_size", (3, *config.img_size))[-2:])
         prep = Preprocess.from_crop_pct(
             (int(size[0]), int(size[1])),
-            float(pc.get("crop_pct", prep.crop_pct)),
+            float(pc.get("crop_pct", prep.fraction())),
             pc.get("interpolation", prep.interpolation),
             tuple(pc.get("mean", prep.mean)),
             tuple(pc.get("std", prep.std)),
