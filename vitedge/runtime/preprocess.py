@@ -44,7 +44,7 @@ def center_crop(image: Image.Image, crop: tuple[int, int]) -> Image.Image:
     ch, cw = crop
     w, h = image.size
     if w < cw or h < ch:
-        padded = Image.new("RGB", (max(w, cw), max(h, ch)))
+        padded = Image.new(image.mode, (max(w, cw), max(h, ch)))
         padded.paste(image, ((max(w, cw) - w) // 2, (max(h, ch) - h) // 2))
         image, (w, h) = padded, padded.size
     top = int(round((h - ch) / 2.0))
@@ -52,14 +52,19 @@ def center_crop(image: Image.Image, crop: tuple[int, int]) -> Image.Image:
     return image.crop((left, top, left + cw, top + ch))
 
 
-def normalize(rgb: np.ndarray, prep: Preprocess) -> np.ndarray:
-    """HxWx3 uint8 RGB to 3xHxW float32, scaled to [0, 1] and normalised per channel."""
-    x = rgb.astype(np.float32) * np.float32(1 / 255)
+def normalize(pixels: np.ndarray, prep: Preprocess) -> np.ndarray:
+    """HxWxC (or HxW grayscale) uint8 to CxHxW float32, scaled to [0, 1] and normalised
+    per channel."""
+    x = pixels.astype(np.float32) * np.float32(1 / 255)
+    if x.ndim == 2:
+        x = x[:, :, None]
     normalized = (x - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)
     return np.ascontiguousarray(normalized.transpose(2, 0, 1), dtype=np.float32)
 
 
 def preprocess_image(image: Image.Image, prep: Preprocess) -> np.ndarray:
-    """One RGB PIL image to the model's (C, H, W) float32 input."""
-    cropped = center_crop(resize_for(image.convert("RGB"), prep), prep.crop)
+    """One PIL image to the model's (C, H, W) float32 input: RGB, or grayscale ("L") for a
+    model whose preprocessing has one mean."""
+    mode = "L" if len(prep.mean) == 1 else "RGB"
+    cropped = center_crop(resize_for(image.convert(mode), prep), prep.crop)
     return normalize(np.asarray(cropped), prep)
