@@ -62,16 +62,9 @@ def verification_inputs(cfg: ViTConfig, prep: Preprocess, seed: int = 0) -> dict
 
 def run_onnx(session: Any, input_name: str, x: np.ndarray, batch: int | None) -> np.ndarray:
     """Run in chunks that fit a static batch (padding the last one)."""
-    if batch is None:
-        return session.run(None, {input_name: x})[0]
-    outs = []
-    for start in range(0, len(x), batch):
-        chunk = x[start:start + batch]
-        pad = batch - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        outs.append(session.run(None, {input_name: chunk})[0][: batch - pad])
-    return np.concatenate(outs)
+    from vitedge.runtime.onnxrt import run_in_batches
+
+    return run_in_batches(session, input_name, x, batch)
 
 
 def verify_onnx_against_torch(

@@ -1,0 +1,107 @@
+"""`vitedge eval`: accuracy of a model on a labelled image folder, and how closely it
+follows a reference model (top-1 agreement, KL divergence of the softmax, cosine of the
+logits): how INT8 and FP16 models are judged against the FP32 export."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitedge.datasets import labelled_folder
+from vitedge.errors import VitedgeError
+from vitedge.runtime.onnxrt import OnnxRuntimeModel
+from vitedge.runtime.patchify import patches_from_images
+from vitedge.runtime.preprocess import load_image, preprocess_image
+
+
+@dataclass
+class Agreement:
+    top1_agreement: float
+    mean_kl: float
+    """Mean over images of KL(reference softmax || model softmax), in nats."""
+    cosine: float
+    """Mean over images of the cosine similarity of the logits."""
+
+
+@dataclass
+class EvalResult:
+    model: str
+    precision: str
+    images: int
+    top1: float
+    top5: float
+    seconds: float
+    reference: str | None = None
+    reference_top1: float | None = None
+    agreement: Agreement | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def agreement(reference: np.ndarray, logits: np.ndarray) -> Agreement:
+    p, q = softmax(reference.astype(np.float64)), softmax(logits.astype(np.float64))
+    kl = np.sum(p * (np.log(np.maximum(p, 1e-30)) - np.log(np.maximum(q, 1e-30))), axis=-1)
+    cos = np.sum(reference * logits, axis=-1) / np.maximum(
+        np.linalg.norm(reference, axis=-1) * np.linalg.norm(logits, axis=-1), 1e-30)
+    return Agreement(float(np.mean(reference.argmax(-1) == logits.argmax(-1))),
+                     float(np.mean(kl)), float(np.mean(cos)))
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    k = min(k, logits.shape[-1])
+    top = np.argpartition(-logits, k - 1, axis=-1)[:, :k]
+    return float(np.mean(np.any(top == labels[:, None], axis=-1)))
+
+
+def evaluate(artifact: str | Path, data: str | Path, reference: str | Path | None = None,
+             batch: int = 64, limit: int | None = None,
+             on_progress: Callable[[int, int], None] | None = None) -> EvalResult:
+    start = time.perf_counter()
+    model = OnnxRuntimeModel(artifact)
+    ref = OnnxRuntimeModel(reference) if reference else None
+    labels = model.manifest.labels
+    if ref is not None and ref.manifest.labels != labels:
+        raise VitedgeError(f"{reference} has other labels than {artifact}",
+                           "compare models exported from the same checkpoint")
+    items = labelled_folder(data, labels, limit).items
+    truth = np.array([label for _, label in items])
+    outs: list[np.ndarray] = []
+    ref_outs: list[np.ndarray] = []
+    for i in range(0, len(items), batch):
+        paths = [p for p, _ in items[i:i + batch]]
+        x = _inputs(paths, model)
+        outs.append(model.infer(x))
+        if ref is not None:
+            same = ref.manifest.preprocess == model.manifest.preprocess and \
+                ref.manifest.input == model.manifest.input
+            ref_outs.append(ref.infer(x if same else _inputs(paths, ref)))
+        if on_progress:
+            on_progress(min(i + batch, len(items)), len(items))
+    logits = np.concatenate(outs)
+    result = EvalResult(str(artifact), model.manifest.precision, len(items),
+                        topk_accuracy(logits, truth, 1), topk_accuracy(logits, truth, 5), 0.0)
+    if ref is not None:
+        ref_logits = np.concatenate(ref_outs)
+        result.reference = str(reference)
+        result.reference_top1 = topk_accuracy(ref_logits, truth, 1)
+        result.agreement = agreement(ref_logits, logits)
+    result.seconds = round(time.perf_counter() - start, 2)
+    return result
+
+
+def _inputs(paths: list[Path], model: OnnxRuntimeModel) -> np.ndarray:
+    m = model.manifest
+    x = np.stack([preprocess_image(load_image(p), m.preprocess) for p in paths])
+    return patches_from_images(x, m.architecture.patch_size) if m.input == "patches" else x

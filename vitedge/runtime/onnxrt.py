@@ -1,0 +1,70 @@
+"""Run a vitedge ONNX model with ONNX Runtime: the embedded default backend, and how the
+quantized and FP16 models are measured on a CPU. Needs only onnxruntime and numpy (the
+manifest is read through ONNX Runtime's metadata, not the onnx package)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitedge.errors import VitedgeError, require
+from vitedge.manifest import MANIFEST_KEY, Manifest
+
+
+def ort_session(model: Any, threads: int | None = None, optimize: bool = True) -> Any:
+    """A CPU InferenceSession for a path or serialized model bytes."""
+    ort = require("onnxruntime", "export", "running ONNX models")
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    if threads:
+        so.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise VitedgeError(f"ONNX Runtime cannot load {model if isinstance(model, (str, Path)) else 'the model'}: "
+                           f"{str(exc).splitlines()[0]}") from exc
+
+
+class OnnxRuntimeModel:
+    """A vitedge model in ONNX Runtime: `infer` takes a batch of model inputs (any size;
+    a model exported with a static batch is fed in padded chunks) and returns the output."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise VitedgeError(f"no such file: {self.path}")
+        self.session = ort_session(self.path, threads)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if MANIFEST_KEY not in meta:
+            raise VitedgeError(f"{self.path} has no vitedge manifest",
+                               "export it with `vitedge export`")
+        self.manifest = Manifest.from_json(meta[MANIFEST_KEY])
+        first = self.session.get_inputs()[0]
+        self.input_name = first.name
+        self.fixed_batch = first.shape[0] if isinstance(first.shape[0], int) else None
+        self.output_name = self.manifest.output_name
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return run_in_batches(self.session, self.input_name, np.asarray(x, np.float32),
+                              self.fixed_batch, self.output_name)
+
+
+def run_in_batches(session: Any, input_name: str, x: np.ndarray, batch: int | None,
+                   output: str | None = None) -> np.ndarray:
+    """One output of `session` on `x`; with a static `batch`, in chunks (the last padded)."""
+    names = [output] if output else None
+    if batch is None:
+        return session.run(names, {input_name: x})[0]
+    outs = []
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch]
+        pad = batch - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+        outs.append(session.run(names, {input_name: chunk})[0][:batch - pad])
+    return np.concatenate(outs)
