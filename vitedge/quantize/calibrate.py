@@ -1,0 +1,262 @@
+"""`vitedge calibrate`: run real images through the FP32 model in ONNX Runtime and record
+each activation's INT8 range, streamed batch by batch.
+
+Two passes when equalisation is on: the first collects every activation's histogram and
+the per-channel maxima of the Linear inputs that can be equalised; the second runs the
+equalised model and re-measures only the tensors equalisation changes. The table keeps
+both, so the same table serves the plain and the equalised quantization.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from vitedge import __version__
+from vitedge.artifact import load_onnx, require_manifest
+from vitedge.datasets import ImageSource, batches, model_inputs, open_source
+from vitedge.errors import VitedgeError
+from vitedge.fileio import sha256_file, write_text_atomic
+from vitedge.manifest import Manifest
+from vitedge.quantize import equalize
+from vitedge.quantize.graph import float_activations, with_outputs
+from vitedge.quantize.histogram import (
+    DEFAULT_BINS,
+    INT8_MAX,
+    METHODS,
+    TensorHistogram,
+    amax_from_histogram,
+)
+from vitedge.runtime.onnxrt import ort_session
+
+TABLE_FORMAT = "vitedge.calibration"
+TABLE_VERSION = 1
+TENSORRT_CACHE_HEADER = "TRT-100300-{}"
+"""The cache header names the TensorRT version (10.3.0, JetPack 6) and the calibrator."""
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    method: str = "entropy"
+    percentile: float = 99.99
+    num_images: int = 512
+    batch: int = 8
+    smooth_alpha: float = equalize.DEFAULT_ALPHA
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise VitedgeError(f"unknown calibration method '{self.method}'",
+                               f"use one of {', '.join(METHODS)}")
+        if not 0 < self.percentile <= 100:
+            raise VitedgeError("--percentile must be in (0, 100]")
+        if self.num_images < 1 or self.batch < 1:
+            raise VitedgeError("--num-images and --batch must be positive")
+        if not 0 <= self.smooth_alpha < 1:
+            raise VitedgeError("--smooth must be in [0, 1) (0 turns equalisation off)")
+
+    def key(self) -> dict[str, Any]:
+        return {"method": self.method, "percentile": self.percentile,
+                "num_images": self.num_images, "smooth_alpha": self.smooth_alpha,
+                "seed": self.seed, "bins": DEFAULT_BINS}
+
+
+@dataclass
+class CalibrationTable:
+    """tensor name -> INT8 range (amax), with what it was measured on."""
+
+    options: dict[str, Any]
+    model_sha256: str
+    data: dict[str, Any]
+    tensors: dict[str, dict[str, float]]
+    channel_amax: dict[str, list[float]] = field(default_factory=dict)
+    smoothing: dict[str, list[float]] = field(default_factory=dict)
+    smoothed_tensors: dict[str, dict[str, float]] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def ranges(self, smoothed: bool) -> dict[str, dict[str, float]]:
+        """Each tensor's stats, for the model as given or as equalised."""
+        return {**self.tensors, **self.smoothed_tensors} if smoothed else dict(self.tensors)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format": TABLE_FORMAT, "version": TABLE_VERSION, "vitedge_version": __version__,
+            "options": self.options, "model_sha256": self.model_sha256, "data": self.data,
+            "stats": self.stats, "tensors": self.tensors, "channel_amax": self.channel_amax,
+            "smoothing": self.smoothing, "smoothed_tensors": self.smoothed_tensors,
+        }, indent=1)
+
+    @classmethod
+    def read(cls, path: str | Path) -> CalibrationTable:
+        p = Path(path)
+        try:
+            d = json.loads(p.read_text())
+        except FileNotFoundError as exc:
+            raise VitedgeError(f"no such calibration table: {p}") from exc
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise VitedgeError(f"{p} is not a calibration table (not JSON)") from exc
+        if not isinstance(d, dict) or d.get("format") != TABLE_FORMAT:
+            raise VitedgeError(f"{p} is not a vitedge calibration table",
+                               "make one with `vitedge calibrate`")
+        if d.get("version", 0) > TABLE_VERSION:
+            raise VitedgeError(f"{p} was written by a newer vitedge", "upgrade vitedge")
+        try:
+            return cls(d["options"], d["model_sha256"], d["data"], d["tensors"],
+                       d.get("channel_amax", {}), d.get("smoothing", {}),
+                       d.get("smoothed_tensors", {}), d.get("stats", {}))
+        except KeyError as exc:
+            raise VitedgeError(f"calibration table {p} lacks '{exc.args[0]}'") from exc
+
+    def check_model(self, model_sha256: str, path: str | Path) -> None:
+        if self.model_sha256 != model_sha256:
+            raise VitedgeError(f"the calibration table was made for another model than {path}",
+                               "calibrate this model: vitedge calibrate MODEL --data SOURCE")
+
+
+@dataclass
+class CalibrationResult:
+    table: CalibrationTable
+    output: Path
+    cache: Path
+    reused: bool
+
+
+def default_table_path(model_path: str | Path) -> Path:
+    p = Path(model_path)
+    return p.with_name(p.stem + ".calib.json")
+
+
+def calibrate(model_path: str | Path, data: str | Path, options: CalibrationOptions,
+              output: str | Path | None = None, on_progress: Progress | None = None,
+              on_warning: Callable[[str], None] | None = None) -> CalibrationResult:
+    """Measure the activation ranges of the FP32 model at `model_path` on `data` and write
+    the table (JSON) and a TensorRT calibration cache beside it. A table at `output` that
+    was made from the same model, data and options is reused."""
+    model = load_onnx(model_path)
+    manifest = require_manifest(model, model_path)
+    if manifest.precision != "fp32":
+        raise VitedgeError(f"{model_path} is already {manifest.precision}",
+                           "calibrate the FP32 export")
+    out = Path(output) if output else default_table_path(model_path)
+    source = open_source(data, options.num_images, options.seed)
+    if source.count < options.batch:
+        raise VitedgeError(f"{source.describe()}: fewer than --batch {options.batch}",
+                           "give more images or a smaller --batch")
+    model_sha = sha256_file(model_path)
+    data_info = {"source": str(source.path), "kind": source.kind, "count": source.count,
+                 "fingerprint": source.fingerprint}
+    if out.is_file():
+        try:
+            old = CalibrationTable.read(out)
+        except VitedgeError:
+            old = None
+        if old and old.model_sha256 == model_sha and old.data.get("fingerprint") == \
+                source.fingerprint and old.options == options.key():
+            return CalibrationResult(old, out, tensorrt_cache_path(out), reused=True)
+
+    start = time.perf_counter()
+    total_steps = source.count * (2 if options.smooth_alpha > 0 else 1)
+    progress = _Steps(total_steps, on_progress)
+    names = float_activations(model)
+    pairs = equalize.smoothing_pairs(model) if options.smooth_alpha > 0 else []
+    hists, channels = _collect(model, manifest, source, names, [p.tensor for p in pairs],
+                               options.batch, progress, on_warning)
+    table = CalibrationTable(options.key(), model_sha, data_info,
+                             _ranges(hists, options), {k: v.tolist() for k, v in channels.items()})
+    if pairs:
+        factors = equalize.smoothing_factors(model, pairs, channels, options.smooth_alpha)
+        smoothed = onnx.ModelProto()
+        smoothed.CopyFrom(model)
+        equalize.apply_smoothing(smoothed, pairs, factors)
+        changed = [n for n in names if n in equalize.changed_tensors(model, pairs)]
+        hists2, _ = _collect(smoothed, manifest, source, changed, [], options.batch, progress,
+                             None)
+        table.smoothing = {k: v.tolist() for k, v in factors.items()}
+        table.smoothed_tensors = _ranges(hists2, options)
+    broken = list(dict.fromkeys(source.broken))
+    table.stats = {
+        "images": source.count - len(broken), "broken": broken[:20],
+        "seconds": round(time.perf_counter() - start, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    write_text_atomic(out, table.to_json())
+    write_text_atomic(tensorrt_cache_path(out), tensorrt_cache(table))
+    return CalibrationResult(table, out, tensorrt_cache_path(out), reused=False)
+
+
+class _Steps:
+    def __init__(self, total: int, callback: Progress | None):
+        self.done, self.total, self.callback = 0, total, callback
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self.callback:
+            self.callback(self.done, self.total)
+
+
+def _collect(model: onnx.ModelProto, manifest: Manifest, source: ImageSource, names: list[str],
+             channel_names: list[str], batch: int, progress: _Steps,
+             on_warning: Callable[[str], None] | None
+             ) -> tuple[dict[str, TensorHistogram], dict[str, np.ndarray]]:
+    session = ort_session(with_outputs(model, names).SerializeToString(), optimize=False)
+    input_name = session.get_inputs()[0].name
+    fixed = session.get_inputs()[0].shape[0]
+    hists = {n: TensorHistogram() for n in names}
+    channels: dict[str, np.ndarray] = {}
+    seen = 0
+    for x in batches(model_inputs(source, manifest, on_warning), batch):
+        for chunk in _fit_batch(x, fixed):
+            outputs = session.run(names, {input_name: chunk})
+            for name, value in zip(names, outputs, strict=True):
+                hists[name].add(value)
+                if name in channel_names:
+                    cmax = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
+                    channels[name] = np.maximum(channels.get(name, cmax), cmax)
+        seen += len(x)
+        progress.advance(len(x))
+    if seen == 0:
+        raise VitedgeError(f"no image in {source.path} could be read")
+    progress.advance(source.count - seen)
+    return hists, channels
+
+
+def _fit_batch(x: np.ndarray, fixed: Any) -> list[np.ndarray]:
+    """Split or pad a batch for a model exported with a static batch size."""
+    if not isinstance(fixed, int) or fixed == len(x):
+        return [x]
+    return [x[i:i + fixed] for i in range(0, len(x) - fixed + 1, fixed)] or [
+        np.concatenate([x, np.repeat(x[-1:], fixed - len(x), axis=0)])]
+
+
+def _ranges(hists: dict[str, TensorHistogram], options: CalibrationOptions
+            ) -> dict[str, dict[str, float]]:
+    return {name: {"amax": amax_from_histogram(h, options.method, options.percentile),
+                   "absmax": h.amax} for name, h in hists.items() if h.total}
+
+
+def tensorrt_cache_path(table_path: str | Path) -> Path:
+    p = Path(table_path)
+    return p.with_name(p.name.removesuffix(".json").removesuffix(".calib") + ".trt-calib.cache")
+
+
+def tensorrt_cache(table: CalibrationTable) -> str:
+    """TensorRT's calibration cache (text): a header line, then `tensor: scale` with the
+    scale (amax / 127) as the big-endian hex of a float32. For TensorRT <= 10 implicit
+    INT8 builds of the FP32 model as given (not equalised)."""
+    kind = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration"}.get(
+        table.options["method"], "EntropyCalibration2")
+    lines = [TENSORRT_CACHE_HEADER.format(kind)]
+    for name, r in table.tensors.items():
+        scale = max(r["amax"], 1e-12) / INT8_MAX
+        lines.append(f"{name}: {struct.pack('>f', scale).hex()}")
+    return "\n".join(lines) + "\n"

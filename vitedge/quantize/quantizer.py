@@ -1,0 +1,188 @@
+"""`vitedge quantize`: an FP32 export to an INT8 (explicit Q/DQ) or FP16 ONNX model that
+TensorRT 10 and 11 build the same way, checked for TensorRT's parser and measured against
+the FP32 model on calibration images before it is written."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from vitedge.artifact import load_onnx, require_manifest
+from vitedge.datasets import model_inputs, open_source
+from vitedge.errors import ExportError, VitedgeError
+from vitedge.evaluate import Agreement, agreement
+from vitedge.export.tensorrt_ops import tensorrt_problems
+from vitedge.fileio import sha256_file, write_bytes_atomic
+from vitedge.manifest import set_onnx_manifest
+from vitedge.quantize.calibrate import (
+    CalibrationOptions,
+    CalibrationTable,
+    Progress,
+    calibrate,
+    default_table_path,
+)
+from vitedge.quantize.fp16 import convert_fp16
+from vitedge.quantize.qdq import QuantizeOptions, plan_quantization, quantize_int8
+from vitedge.runtime.onnxrt import ort_session, run_in_batches
+
+PRECISIONS = ("int8", "fp16")
+CHECK_IMAGES = 64
+"""Calibration images on which the written model is compared with the FP32 model."""
+
+
+@dataclass(frozen=True)
+class QuantizeRequest:
+    precision: str = "int8"
+    calib: str | None = None
+    data: str | None = None
+    calibration: CalibrationOptions = CalibrationOptions()
+    qdq: QuantizeOptions = QuantizeOptions()
+    sensitivity: int = 0
+    """Keep this many of the most sensitive layers in float (0: no analysis)."""
+
+
+@dataclass
+class QuantizeResult:
+    output: Path
+    precision: str
+    size_bytes: int
+    table: str | None
+    quantized_layers: list[str] = field(default_factory=list)
+    float_layers: list[str] = field(default_factory=list)
+    sensitivity: list[tuple[str, float]] = field(default_factory=list)
+    fp32_nodes: list[str] = field(default_factory=list)
+    overflow_nodes: list[str] = field(default_factory=list)
+    check: Agreement | None = None
+    check_images: int = 0
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def quantize_model(model_path: str | Path, output: str | Path, request: QuantizeRequest,
+                   on_progress: Progress | None = None, on_step: Callable[[str], None] | None = None,
+                   on_warning: Callable[[str], None] | None = None) -> QuantizeResult:
+    start = time.perf_counter()
+    step = on_step or (lambda _s: None)
+    if request.precision not in PRECISIONS:
+        raise VitedgeError(f"unknown precision '{request.precision}'", "use int8 or fp16")
+    model = load_onnx(model_path)
+    manifest = require_manifest(model, model_path)
+    if manifest.precision != "fp32":
+        raise VitedgeError(f"{model_path} is already {manifest.precision}",
+                           "quantize the FP32 export")
+    if request.sensitivity and not request.data:
+        raise VitedgeError("--sensitivity needs --data (images to measure the layers on)")
+    result = QuantizeResult(Path(output), request.precision, 0, None)
+
+    table: CalibrationTable | None = None
+    if request.calib:
+        table = CalibrationTable.read(request.calib)
+        table.check_model(sha256_file(model_path), model_path)
+        result.table = request.calib
+    elif request.data:
+        step("calibrating")
+        calib = calibrate(model_path, request.data, request.calibration,
+                          default_table_path(model_path), on_progress, on_warning)
+        table, result.table = calib.table, str(calib.output)
+        if calib.reused:
+            result.notes.append(f"calibration table {calib.output} reused (same model, data, options)")
+    elif request.precision == "int8":
+        raise VitedgeError("INT8 needs activation ranges", "give --calib TABLE or --data SOURCE")
+
+    check_inputs = _check_inputs(request, manifest) if request.data else None
+    if request.precision == "int8":
+        assert table is not None
+        keep: tuple[str, ...] = ()
+        if request.sensitivity:
+            step("measuring layer sensitivity")
+            assert check_inputs is not None
+            result.sensitivity = layer_sensitivity(model, table, request.qdq, check_inputs,
+                                                   on_progress)
+            keep = tuple(name for name, _ in result.sensitivity[:request.sensitivity])
+        step("inserting Q/DQ")
+        quantized, plan = quantize_int8(model, table, request.qdq, keep)
+        all_layers = plan_quantization(model, QuantizeOptions(
+            scheme=request.qdq.scheme, attention=request.qdq.attention)).layers
+        result.quantized_layers = plan.layers
+        result.float_layers = [n for n in all_layers if n not in plan.layers]
+        info: dict[str, Any] = {"scheme": request.qdq.scheme, "attention": request.qdq.attention,
+                                "method": table.options["method"],
+                                "equalized": request.qdq.smooth and bool(table.smoothing),
+                                "float_layers": result.float_layers}
+    else:
+        step("converting to FP16")
+        quantized, report = convert_fp16(model, table.ranges(False) if table else None)
+        result.fp32_nodes, result.overflow_nodes = report.fp32_nodes, report.overflow_nodes
+        if table is None:
+            result.notes.append("no calibration data: FP16 overflow was not checked "
+                                "(give --data or --calib to check ranges against 65504)")
+        info = {"fp32_nodes": len(report.fp32_nodes), "overflow_checked": report.checked_ranges}
+
+    step("checking")
+    manifest.precision = request.precision
+    manifest.source = {**manifest.source, "quantization": info,
+                       "fp32_sha256": sha256_file(model_path)}
+    set_onnx_manifest(quantized, manifest)
+    check_quantized(quantized)
+    data = quantized.SerializeToString()
+    if check_inputs is not None:
+        result.check = agreement(_run(model.SerializeToString(), check_inputs),
+                                 _run(data, check_inputs))
+        result.check_images = len(check_inputs)
+    step("writing")
+    write_bytes_atomic(output, data)
+    result.size_bytes = len(data)
+    result.seconds = round(time.perf_counter() - start, 2)
+    return result
+
+
+def check_quantized(model: onnx.ModelProto) -> None:
+    """The ONNX checker, and TensorRT's parser rules; a failure here is vitedge's bug."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"the quantized graph is not valid ONNX: {str(exc).splitlines()[0]}") from exc
+    problems = tensorrt_problems(model)
+    if problems:
+        raise ExportError(f"the quantized graph would not parse in TensorRT: {problems[0]}"
+                          + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+
+def _check_inputs(request: QuantizeRequest, manifest: Any) -> np.ndarray:
+    source = open_source(request.data or "", CHECK_IMAGES, request.calibration.seed)
+    return np.stack(list(model_inputs(source, manifest)))
+
+
+def _run(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
+    session = ort_session(model_bytes)
+    first = session.get_inputs()[0]
+    fixed = first.shape[0] if isinstance(first.shape[0], int) else None
+    return run_in_batches(session, first.name, x, fixed, session.get_outputs()[0].name)
+
+
+def layer_sensitivity(model: onnx.ModelProto, table: CalibrationTable, options: QuantizeOptions,
+                      inputs: np.ndarray, on_progress: Progress | None = None
+                      ) -> list[tuple[str, float]]:
+    """Each quantizable layer's effect alone: mean KL divergence of the softmax from the
+    FP32 model's when only that layer is quantized. Most sensitive first."""
+    reference = _run(model.SerializeToString(), inputs)
+    layers = plan_quantization(model, options).layers
+    scores = []
+    for i, layer in enumerate(layers):
+        others = tuple(n for n in layers if n != layer)
+        single, _ = quantize_int8(model, table, options, keep_float=others)
+        scores.append((layer, agreement(reference, _run(single.SerializeToString(), inputs)).mean_kl))
+        if on_progress:
+            on_progress(i + 1, len(layers))
+    return sorted(scores, key=lambda s: -s[1])
