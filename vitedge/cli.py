@@ -3,9 +3,11 @@ and prints the result. User errors end as one line on stderr and a non-zero exit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -49,6 +51,9 @@ def cli() -> None:
     Typical path:
       vitedge export CHECKPOINT -o model.onnx     verified ONNX with preprocessing + labels
       vitedge inspect model.onnx                  what is inside
+      vitedge calibrate model.onnx --data IMAGES  INT8 ranges from real images
+      vitedge quantize model.onnx --precision int8 --calib model.calib.json -o int8.onnx
+      vitedge eval int8.onnx --data LABELLED --reference model.onnx
       vitedge doctor                              what this machine offers
     """
 
@@ -173,6 +178,221 @@ def inspect(artifact: str, as_json: bool) -> None:
                     + f"; Q/DQ nodes {prec['qdq_nodes']}")
     out.print(summary)
     out.print("ops: " + ", ".join(f"{k} {v}" for k, v in info["op_histogram"].items()))
+
+
+# --- calibrate, quantize, eval -----------------------------------------------------------
+
+class _Bar:
+    """Progress on stderr: `update(done, total)` for counted work, `step(text)` to name the
+    stage. Silent when disabled (--json)."""
+
+    def __init__(self, bar: Any = None):
+        self.bar = bar
+        self.task = bar.add_task("", total=None) if bar else None
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar:
+            self.bar.update(self.task, completed=done, total=total)
+
+    def step(self, text: str) -> None:
+        if self.bar:
+            self.bar.update(self.task, description=text, completed=0, total=None)
+
+
+@contextlib.contextmanager
+def _progress(label: str, enabled: bool = True) -> Iterator[_Bar]:
+    if not enabled:
+        yield _Bar()
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+                  console=err, transient=True) as bar:
+        progress = _Bar(bar)
+        progress.step(label)
+        yield progress
+
+
+def _calibration_options(method: str, percentile: float, num_images: int, batch: int,
+                         smooth: float) -> Any:
+    from vitedge.quantize.calibrate import CalibrationOptions
+
+    return CalibrationOptions(method=method, percentile=percentile, num_images=num_images,
+                              batch=batch, smooth_alpha=smooth)
+
+
+def calibration_flags(f: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed([
+        click.option("--num-images", default=512, show_default=True, type=click.IntRange(min=1),
+                     help="Images to calibrate on (a seeded sample when the source has more)."),
+        click.option("--method", type=click.Choice(["entropy", "percentile", "minmax", "mse"]),
+                     default="percentile", show_default=True,
+                     help="How a tensor's histogram becomes its INT8 range."),
+        click.option("--percentile", default=99.99, show_default=True, type=float,
+                     help="For --method percentile: the share of |x| kept unclipped."),
+        click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1),
+                     help="Images per ONNX Runtime run."),
+        click.option("--smooth", default=0.5, show_default=True, type=float,
+                     help="Channel-equalisation strength alpha (SmoothQuant); 0 turns it off."),
+    ]):
+        f = option(f)
+    return f
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=str))
+@click.option("--data", required=True, type=click.Path(path_type=str),
+              help="Images: a folder (recursive), a text file of paths, a video, or .npy/.npz "
+              "of preprocessed inputs.")
+@calibration_flags
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Calibration table (JSON) [default: MODEL.calib.json]; the TensorRT cache "
+              "goes beside it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@debug_option
+def calibrate(model: str, data: str, num_images: int, method: str, percentile: float, batch: int,
+              smooth: float, output: str | None, as_json: bool) -> None:
+    """Measure the INT8 range of every activation of the FP32 MODEL on real images, with
+    the model's own preprocessing. Writes a calibration table (JSON) and a TensorRT
+    calibration cache (for TensorRT <= 10 implicit INT8). A table made from the same model,
+    data and options is reused."""
+    from vitedge.quantize.calibrate import calibrate as run_calibration
+
+    opts = _calibration_options(method, percentile, num_images, batch, smooth)
+    with _progress("calibrating", not as_json) as progress:
+        result = run_calibration(model, data, opts, output, progress.update,
+                                 on_warning=lambda msg: err.print(f"[yellow]skipped:[/] {msg}"))
+    t = result.table
+    if as_json:
+        _print_json({"table": str(result.output), "tensorrt_cache": str(result.cache),
+                     "reused": result.reused, "tensors": len(t.tensors),
+                     "equalized_tensors": len(t.smoothed_tensors), "data": t.data,
+                     "options": t.options, "stats": t.stats})
+        return
+    verb = "reused" if result.reused else "wrote"
+    out.print(f"[green]{verb}[/] {result.output}: {len(t.tensors)} tensors, method {method}, "
+              f"{t.data['count']} images from {t.data['kind']} {t.data['source']}"
+              + (f", {len(t.smoothing)} equalised Linear inputs" if t.smoothing else ""))
+    out.print(f"[green]{verb}[/] {result.cache} (TensorRT calibration cache, FP32 model as given)")
+    s = t.stats
+    if s and not result.reused:
+        out.print(f"{s['images']} images in {s['seconds']:.1f}s, peak memory {s['peak_rss_mb']:.0f} MB"
+                  + (f", {len(s['broken'])} unreadable skipped" if s["broken"] else ""))
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=str))
+@click.option("--precision", type=click.Choice(["int8", "fp16"]), required=True,
+              help="int8: explicit Q/DQ; fp16: float16 weights and activations.")
+@click.option("--calib", type=click.Path(dir_okay=False),
+              help="A calibration table from `vitedge calibrate`.")
+@click.option("--data", type=click.Path(path_type=str),
+              help="Images to calibrate on (instead of --calib), check against FP32 and, with "
+              "--sensitivity, rank layers on.")
+@click.option("--scheme", type=click.Choice(["vit", "all"]), default="vit", show_default=True,
+              help="vit: Linear and patch-embedding inputs and weights only; all: every op "
+              "(naive baseline).")
+@click.option("--quantize-attention", is_flag=True,
+              help="Also Q/DQ the attention matmuls' inputs (TensorRT's INT8 fused attention).")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Layer names to keep in float (fnmatch, e.g. 'blocks.0.*', 'head'). Repeatable.")
+@click.option("--sensitivity", default=0, type=click.IntRange(min=0), metavar="N",
+              help="Rank layers by their effect on the output; keep the N most sensitive in float.")
+@click.option("--no-smooth", is_flag=True,
+              help="Ignore the table's channel equalisation (the default for --scheme all).")
+@calibration_flags
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the quantized ONNX model (atomically).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@debug_option
+def quantize(model: str, precision: str, calib: str | None, data: str | None, scheme: str,
+             quantize_attention: bool, exclude: tuple[str, ...], sensitivity: int,
+             no_smooth: bool, num_images: int, method: str, percentile: float, batch: int,
+             smooth: float, output: str, as_json: bool) -> None:
+    """Quantize the FP32 MODEL to INT8 (explicit Q/DQ, symmetric, weights per channel) or
+    FP16 (LayerNorm in float32, inputs and outputs float32), for TensorRT 10 and 11 and ONNX
+    Runtime. The output is checked against TensorRT's parser rules and compared with the FP32
+    model on up to 64 of the --data images."""
+    from vitedge.quantize.qdq import QuantizeOptions
+    from vitedge.quantize.quantizer import QuantizeRequest, quantize_model
+
+    if calib and data and precision == "int8" and not sensitivity:
+        err.print("[yellow]note:[/] --calib given: --data is used only to check the result")
+    request = QuantizeRequest(
+        precision=precision, calib=calib, data=data,
+        calibration=_calibration_options(method, percentile, num_images, batch, smooth),
+        qdq=QuantizeOptions(scheme=scheme, attention=quantize_attention, exclude=exclude,
+                            smooth=not no_smooth and scheme == "vit"),
+        sensitivity=sensitivity)
+    with _progress("quantizing", not as_json) as progress:
+        result = quantize_model(model, output, request, progress.update, progress.step,
+                                on_warning=lambda msg: err.print(f"[yellow]skipped:[/] {msg}"))
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    for note in result.notes:
+        err.print(f"[yellow]note:[/] {note}")
+    out.print(f"[green]wrote[/] {result.output} ({result.size_bytes / 1e6:.2f} MB, {precision})")
+    if precision == "int8":
+        out.print(f"quantized {len(result.quantized_layers)} layers ({scheme} scheme"
+                  + (", attention" if quantize_attention else "") + ")"
+                  + (f"; kept in float: {', '.join(result.float_layers)}" if result.float_layers else ""))
+    else:
+        out.print(f"{len(result.fp32_nodes)} nodes kept in float32 (LayerNorm"
+                  + (f"; overflow risk: {', '.join(result.overflow_nodes)}" if result.overflow_nodes
+                     else "") + ")")
+    if result.sensitivity:
+        table = Table("rank", "layer", "KL alone", title="layer sensitivity (most sensitive first)")
+        for i, (name, kl) in enumerate(result.sensitivity[:max(10, sensitivity)]):
+            table.add_row(str(i + 1), name + (" (kept float)" if i < sensitivity else ""), f"{kl:.2e}")
+        out.print(table)
+    if result.check:
+        c = result.check
+        out.print(f"vs FP32 on {result.check_images} calibration images: top-1 agreement "
+                  f"{c.top1_agreement:.1%}, mean KL {c.mean_kl:.2e}, logit cosine {c.cosine:.5f}")
+    out.print("TensorRT parser rules: ok (symmetric Q/DQ, no int32 bias, supported ops)")
+
+
+@cli.command(name="eval")
+@click.argument("artifact", type=click.Path(path_type=str))
+@click.option("--data", required=True, type=click.Path(path_type=str),
+              help="A folder with one sub-folder of images per class, named after the labels.")
+@click.option("--reference", type=click.Path(path_type=str),
+              help="Another model (e.g. the FP32 export) to compare with on the same images.")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate a seeded sample of this many.")
+@click.option("--batch", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@debug_option
+def eval_(artifact: str, data: str, reference: str | None, limit: int | None, batch: int,
+          as_json: bool) -> None:
+    """Top-1 / top-5 accuracy of ARTIFACT on a labelled image folder and, with --reference,
+    top-1 agreement, mean KL divergence and logit cosine against the reference model."""
+    from vitedge.evaluate import evaluate
+
+    with _progress("evaluating", not as_json) as progress:
+        r = evaluate(artifact, data, reference, batch, limit, progress.update)
+    if as_json:
+        _print_json(r.to_dict())
+        return
+    table = Table("model", "precision", "images", "top-1", "top-5", title=f"accuracy on {data}")
+    table.add_row(r.model, r.precision, str(r.images), f"{r.top1:.2%}", f"{r.top5:.2%}")
+    if r.reference is not None and r.reference_top1 is not None:
+        table.add_row(r.reference + " (reference)", "", str(r.images), f"{r.reference_top1:.2%}", "")
+    out.print(table)
+    if r.agreement:
+        a = r.agreement
+        out.print(f"vs reference: top-1 agreement {a.top1_agreement:.2%}, mean KL {a.mean_kl:.2e}, "
+                  f"logit cosine {a.cosine:.5f}; top-1 change "
+                  f"{(r.top1 - (r.reference_top1 or 0)) * 100:+.2f} points")
+    out.print(f"{r.seconds:.1f}s")
 
 
 # --- doctor, archs --------------------------------------------------------------------
