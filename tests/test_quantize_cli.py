@@ -1,0 +1,164 @@
+"""calibrate / quantize / eval from the command line: table reuse, broken images, and bad
+inputs ending in one line, exit code 1 and no output file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+
+from tests.conftest import FIXTURES
+from vitedge.cli import main
+from vitedge.export import ExportOptions, export_onnx
+
+PHOTOS = Path(__file__).parents[1] / "vitedge" / "data" / "photos"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "vit.onnx"
+    export_onnx(FIXTURES / "vit_tiny_hub", out, ExportOptions(verify=False))
+    return out
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_failure(code: int, err: str, expected: str, folder: Path) -> None:
+    assert code == 1, err
+    assert expected in err, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not list(folder.glob("out*")) and not list(folder.glob(".out*"))
+
+
+def photos_with_broken(tmp_path: Path, good: int, broken: int) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for p in sorted(PHOTOS.glob("*.jpg"))[:good]:
+        shutil.copy(p, folder)
+    for i in range(broken):
+        (folder / f"broken{i}.png").write_bytes(b"not a png at all")
+    return folder
+
+
+def test_calibrate_writes_table_and_cache_then_reuses_them(model, tmp_path, capsys):
+    table = tmp_path / "t.calib.json"
+    args = ["calibrate", str(model), "--data", str(PHOTOS), "--batch", "2", "-o", str(table), "--json"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["reused"] is False and first["tensors"] > 50
+    assert Path(first["tensorrt_cache"]).read_text().startswith("TRT-")
+    stored = json.loads(table.read_text())
+    assert stored["model_sha256"] and stored["data"]["fingerprint"] and stored["data"]["count"] == 4
+    code, out, _ = run_cli(args, capsys)
+    assert json.loads(out)["reused"] is True
+    code, out, _ = run_cli([*args[:-1], "--method", "minmax", "--json"], capsys)
+    assert json.loads(out)["reused"] is False  # other options: calibrated again
+
+
+def test_calibrate_skips_a_few_broken_images(model, tmp_path, capsys):
+    data = photos_with_broken(tmp_path, good=4, broken=1)
+    code, out, err = run_cli(["calibrate", str(model), "--data", str(data), "--batch", "2",
+                              "-o", str(tmp_path / "t.json")], capsys)
+    assert code == 0, err
+    assert "skipped" in err and "broken0.png" in err
+    assert json.loads((tmp_path / "t.json").read_text())["stats"]["images"] == 4
+
+
+def test_calibrate_fails_when_too_many_images_are_broken(model, tmp_path, capsys):
+    data = photos_with_broken(tmp_path, good=1, broken=5)
+    code, _, err = run_cli(["calibrate", str(model), "--data", str(data), "--batch", "2",
+                            "-o", str(tmp_path / "out.json")], capsys)
+    assert code == 1
+    assert "cannot be read" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("empty", "holds no images"),
+    ("few", "fewer than --batch 8"),
+    ("nomanifest", "has no vitedge manifest"),
+    ("missing", "no such file or folder"),
+    ("array", "this model takes (3, 224, 224)"),
+])
+def test_calibrate_bad_inputs(model, tmp_path, capsys, case, expected):
+    import numpy as np
+
+    data, target = str(PHOTOS), str(model)
+    if case == "empty":
+        (tmp_path / "empty").mkdir()
+        data = str(tmp_path / "empty")
+    elif case == "nomanifest":
+        m = onnx.load(str(model))
+        del m.metadata_props[:]
+        target = str(tmp_path / "plain.onnx")
+        onnx.save(m, target)
+    elif case == "missing":
+        data = str(tmp_path / "nowhere")
+    elif case == "array":
+        data = str(tmp_path / "x.npy")
+        np.save(data, np.zeros((8, 3, 32, 32), np.float32))
+    batch = "8" if case == "few" else "2"
+    code, _, err = run_cli(["calibrate", target, "--data", data, "--batch", batch,
+                            "-o", str(tmp_path / "out.json")], capsys)
+    assert_one_line_failure(code, err, expected, tmp_path)
+
+
+def test_calibrate_accepts_preprocessed_arrays_and_image_lists(model, tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((4, 3, 224, 224)).astype(np.float32))
+    (tmp_path / "list.txt").write_text("# photos\n" + "\n".join(str(p) for p in PHOTOS.glob("*.jpg")))
+    for data in ("x.npy", "list.txt"):
+        code, out, err = run_cli(["calibrate", str(model), "--data", str(tmp_path / data), "--batch",
+                                  "2", "-o", str(tmp_path / f"{data}.json"), "--json"], capsys)
+        assert code == 0, err
+        assert json.loads(out)["data"]["count"] == 4
+
+
+def test_quantize_refuses_a_table_made_for_another_model(model, tmp_path, capsys):
+    table = tmp_path / "t.calib.json"
+    assert run_cli(["calibrate", str(model), "--data", str(PHOTOS), "--batch", "2", "-o",
+                    str(table)], capsys)[0] == 0
+    other = tmp_path / "other.onnx"
+    export_onnx(FIXTURES / "vit_tiny_hub", other, ExportOptions(verify=False, batch=1))
+    code, _, err = run_cli(["quantize", str(other), "--precision", "int8", "--calib", str(table),
+                            "-o", str(tmp_path / "out.onnx")], capsys)
+    assert_one_line_failure(code, err, "made for another model", tmp_path)
+
+
+def test_quantize_bad_inputs(model, tmp_path, capsys):
+    code, _, err = run_cli(["quantize", str(model), "--precision", "int8", "-o",
+                            str(tmp_path / "out.onnx")], capsys)
+    assert_one_line_failure(code, err, "give --calib TABLE or --data SOURCE", tmp_path)
+    (tmp_path / "bad.json").write_text("{\"format\": \"something else\"}")
+    code, _, err = run_cli(["quantize", str(model), "--precision", "int8", "--calib",
+                            str(tmp_path / "bad.json"), "-o", str(tmp_path / "out.onnx")], capsys)
+    assert_one_line_failure(code, err, "not a vitedge calibration table", tmp_path)
+    code, _, err = run_cli(["quantize", str(model), "--precision", "int8", "--calib",
+                            str(tmp_path / "bad.json"), "--sensitivity", "2",
+                            "-o", str(tmp_path / "out.onnx")], capsys)
+    assert_one_line_failure(code, err, "--sensitivity needs --data", tmp_path)
+
+
+def test_quantize_refuses_an_already_quantized_model(model, tmp_path, capsys):
+    fp16 = tmp_path / "fp16.onnx"
+    assert run_cli(["quantize", str(model), "--precision", "fp16", "-o", str(fp16)], capsys)[0] == 0
+    code, _, err = run_cli(["quantize", str(fp16), "--precision", "int8", "--data", str(PHOTOS),
+                            "-o", str(tmp_path / "out.onnx")], capsys)
+    assert_one_line_failure(code, err, "is already fp16", tmp_path)
+
+
+def test_eval_bad_folders(model, tmp_path, capsys):
+    (tmp_path / "data" / "not-a-label").mkdir(parents=True)
+    code, _, err = run_cli(["eval", str(model), "--data", str(tmp_path / "data")], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "match none of the model's" in err or "has no labels" in err
