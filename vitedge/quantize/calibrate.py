@@ -208,16 +208,18 @@ def _collect(model: onnx.ModelProto, manifest: Manifest, source: ImageSource, na
              channel_names: list[str], batch: int, progress: _Steps,
              on_warning: Callable[[str], None] | None
              ) -> tuple[dict[str, TensorHistogram], dict[str, np.ndarray]]:
-    session = ort_session(with_outputs(model, names).SerializeToString(), optimize=False)
+    same_as = {k: v for k, v in value_aliases(model).items() if k not in channel_names}
+    measured = list(dict.fromkeys(same_as.get(n, n) for n in names))
+    session = ort_session(with_outputs(model, measured).SerializeToString(), optimize=False)
     input_name = session.get_inputs()[0].name
     fixed = session.get_inputs()[0].shape[0]
-    hists = {n: TensorHistogram() for n in names}
+    hists = {n: TensorHistogram() for n in measured}
     channels: dict[str, np.ndarray] = {}
     seen = 0
     for x in batches(model_inputs(source, manifest, on_warning), batch):
         for chunk in _fit_batch(x, fixed):
-            outputs = session.run(names, {input_name: chunk})
-            for name, value in zip(names, outputs, strict=True):
+            outputs = session.run(measured, {input_name: chunk})
+            for name, value in zip(measured, outputs, strict=True):
                 hists[name].add(value)
                 if name in channel_names:
                     cmax = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
@@ -227,7 +229,17 @@ def _collect(model: onnx.ModelProto, manifest: Manifest, source: ImageSource, na
     if seen == 0:
         raise VitedgeError(f"no image in {source.path} could be read")
     progress.advance(source.count - seen)
-    return hists, channels
+    return {n: hists[same_as.get(n, n)] for n in names}, channels
+
+
+def value_aliases(model: onnx.ModelProto) -> dict[str, str]:
+    """Tensors that hold exactly the values of another (outputs of Reshape, Transpose,
+    Identity), mapped to the tensor first computed: measured once."""
+    root: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type in ("Reshape", "Transpose", "Identity"):
+            root[node.output[0]] = root.get(node.input[0], node.input[0])
+    return root
 
 
 def _fit_batch(x: np.ndarray, fixed: Any) -> list[np.ndarray]:

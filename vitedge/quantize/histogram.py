@@ -12,6 +12,12 @@ import numpy as np
 
 DEFAULT_BINS = 2048
 MAX_BINS = 8 * DEFAULT_BINS
+SAMPLES_PER_BATCH = 1 << 18
+"""Histogram at most this many values of a tensor per batch (a strided sample; the
+maximum is always exact). 64 batches still give 16M samples, 1,600 above the 99.99th
+percentile, at a fraction of the cost of binning every activation of a ViT-S."""
+SAMPLE_STRIDES = (5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79)
+"""Primes other than 2 and 3, so a stride never lines up with a channel count."""
 INT8_MAX = 127
 METHODS = ("entropy", "percentile", "minmax", "mse")
 
@@ -28,10 +34,15 @@ class TensorHistogram:
         self.total = 0
 
     def add(self, x: np.ndarray) -> None:
-        a = np.abs(np.asarray(x, np.float32)).ravel()
-        if a.size == 0:
+        flat = np.asarray(x, np.float32).ravel()
+        if flat.size == 0:
             return
-        batch_max = float(a.max())
+        batch_max = float(max(flat.max(), -flat.min()))
+        if flat.size > SAMPLES_PER_BATCH:
+            wanted = flat.size / SAMPLES_PER_BATCH
+            step = next((p for p in SAMPLE_STRIDES if p >= wanted), SAMPLE_STRIDES[-1])
+            flat = flat[self.total % step::step]
+        a = np.abs(flat)
         if not np.isfinite(batch_max):
             a = a[np.isfinite(a)]
             batch_max = float(a.max()) if a.size else 0.0
@@ -106,37 +117,45 @@ def amax_entropy(h: TensorHistogram, num_quant_bins: int = 128, stride: int = 2,
     n = len(counts)
     if width == 0.0 or n <= num_quant_bins or counts.sum() == 0:
         return h.amax
-    best_i, best_kl = n, np.inf
-    for i in range(max(start_bin, num_quant_bins), n + 1, stride):
-        p = counts[:i].copy()
-        p[-1] += counts[i:].sum()
-        nonzero = counts[:i] != 0
-        # merge the first i bins into 128 levels, then spread each level back over the
-        # bins of its group that were non-zero
-        groups = np.minimum((np.arange(i) * num_quant_bins) // i, num_quant_bins - 1)
-        level_sum = np.bincount(groups, weights=counts[:i], minlength=num_quant_bins)
-        level_nonzero = np.bincount(groups, weights=nonzero, minlength=num_quant_bins)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            q = np.where(nonzero, level_sum[groups] / level_nonzero[groups], 0.0)
-        kl = _kl(p, q)
-        if kl < best_kl:
-            best_kl, best_i = kl, i
-    return float(min(h.amax, best_i * width))
+    candidates = np.arange(max(start_bin, num_quant_bins), n + 1, stride)
+    kl = np.concatenate([_kl_at(counts, c, num_quant_bins) for c in np.array_split(
+        candidates, max(1, len(candidates) // 64))])
+    best = candidates[int(np.argmin(kl))]
+    return float(min(h.amax, best * width))
 
 
-def _kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-4) -> float:
-    """KL(p || q) with empty bins given `eps` and the rest renormalised (as MXNet and TVM
-    smooth), so one empty bin beside the clipped mass does not rule a threshold out."""
-    if p.sum() <= 0 or q.sum() <= 0:
-        return np.inf
-    p, q = _smooth(p, eps), _smooth(q, eps)
-    mask = p > 0
-    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+def _kl_at(counts: np.ndarray, thresholds: np.ndarray, levels: int, eps: float = 1e-4
+           ) -> np.ndarray:
+    """KL(p || q) for each threshold i (bins kept): p is counts[:i] with the clipped mass
+    added to its last bin; q merges the i bins into `levels` groups (bin k in group
+    floor(k * levels / i)) and spreads each group's sum evenly over its non-empty bins.
+    Both are smoothed as MXNet and TVM do: empty bins get `eps`, then renormalised."""
+    n = len(counts)
+    k = np.arange(n)
+    i = thresholds[:, None]
+    inside = k[None, :] < i
+    nonzero = (counts > 0)[None, :] & inside
+    cum = np.concatenate([[0.0], np.cumsum(counts)])
+    cum_nz = np.concatenate([[0.0], np.cumsum(counts > 0)])
+    g = np.arange(levels)[None, :]
+    starts = -(-(g * i) // levels)
+    ends = np.minimum(-(-((g + 1) * i) // levels), i)
+    level_mean = (cum[ends] - cum[starts]) / np.maximum(cum_nz[ends] - cum_nz[starts], 1)
+    groups = np.minimum((k[None, :] * levels) // i, levels - 1)
+    q = np.where(nonzero, np.take_along_axis(level_mean, groups, axis=1), 0.0)
+    p = np.where(inside, counts[None, :], 0.0)
+    p[np.arange(len(thresholds)), thresholds - 1] += cum[-1] - cum[thresholds]
+    empty_q = q.sum(axis=1) == 0
+    q[empty_q] = 1.0  # those thresholds are ruled out below
+    p, q = _smooth_rows(p, inside, eps), _smooth_rows(q, inside, eps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p / q), 0.0)
+    return np.where(empty_q, np.inf, terms.sum(axis=1))
 
 
-def _smooth(d: np.ndarray, eps: float) -> np.ndarray:
-    d = d / d.sum() + eps * (d == 0)
-    return d / d.sum()
+def _smooth_rows(d: np.ndarray, inside: np.ndarray, eps: float) -> np.ndarray:
+    d = d / d.sum(axis=1, keepdims=True) + eps * ((d == 0) & inside)
+    return d / d.sum(axis=1, keepdims=True)
 
 
 def amax_from_histogram(h: TensorHistogram, method: str, percentile: float = 99.99) -> float:
