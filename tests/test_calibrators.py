@@ -7,7 +7,6 @@ import struct
 import numpy as np
 import pytest
 
-from vitedge.quantize.calibrate import CalibrationTable, tensorrt_cache
 from vitedge.quantize.histogram import (
     MAX_BINS,
     TensorHistogram,
@@ -16,6 +15,7 @@ from vitedge.quantize.histogram import (
     amax_mse,
     amax_percentile,
 )
+from vitedge.quantize.table import CalibrationTable, tensorrt_cache
 
 rng = np.random.default_rng(0)
 

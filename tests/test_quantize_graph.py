@@ -14,9 +14,10 @@ from tests.conftest import FIXTURES, relative_error
 from vitedge.export import ExportOptions, export_onnx
 from vitedge.export.tensorrt_ops import tensorrt_problems
 from vitedge.quantize import equalize
-from vitedge.quantize.calibrate import CalibrationOptions, CalibrationTable, calibrate
+from vitedge.quantize.calibrate import CalibrationOptions, calibrate
 from vitedge.quantize.fp16 import convert_fp16
 from vitedge.quantize.qdq import QuantizeOptions, quantize_int8
+from vitedge.quantize.table import CalibrationTable
 from vitedge.runtime.onnxrt import ort_session
 
 PHOTOS = Path(__file__).parents[1] / "vitedge" / "data" / "photos"

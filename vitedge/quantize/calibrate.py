@@ -9,33 +9,31 @@ both, so the same table serves the plain and the equalised quantization.
 
 from __future__ import annotations
 
-import json
 import resource
-import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from vitedge import __version__
 from vitedge.artifact import load_onnx, require_manifest
 from vitedge.datasets import ImageSource, batches, model_inputs, open_source
 from vitedge.errors import VitedgeError
 from vitedge.fileio import sha256_file, write_text_atomic
 from vitedge.manifest import Manifest
 from vitedge.quantize import equalize
-from vitedge.quantize.graph import float_activations, with_outputs
+from vitedge.quantize.graph import with_outputs
 from vitedge.quantize.histogram import (
     DEFAULT_BINS,
-    INT8_MAX,
     METHODS,
     TensorHistogram,
     amax_from_histogram,
 )
+from vitedge.quantize.qdq import calibration_tensors
+from vitedge.quantize.table import CalibrationTable, tensorrt_cache, tensorrt_cache_path
 from vitedge.runtime.onnxrt import ort_session
 
 TABLE_FORMAT = "vitedge.calibration"
@@ -69,58 +67,6 @@ class CalibrationOptions:
         return {"method": self.method, "percentile": self.percentile,
                 "num_images": self.num_images, "smooth_alpha": self.smooth_alpha,
                 "seed": self.seed, "bins": DEFAULT_BINS}
-
-
-@dataclass
-class CalibrationTable:
-    """tensor name -> INT8 range (amax), with what it was measured on."""
-
-    options: dict[str, Any]
-    model_sha256: str
-    data: dict[str, Any]
-    tensors: dict[str, dict[str, float]]
-    channel_amax: dict[str, list[float]] = field(default_factory=dict)
-    smoothing: dict[str, list[float]] = field(default_factory=dict)
-    smoothed_tensors: dict[str, dict[str, float]] = field(default_factory=dict)
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    def ranges(self, smoothed: bool) -> dict[str, dict[str, float]]:
-        """Each tensor's stats, for the model as given or as equalised."""
-        return {**self.tensors, **self.smoothed_tensors} if smoothed else dict(self.tensors)
-
-    def to_json(self) -> str:
-        return json.dumps({
-            "format": TABLE_FORMAT, "version": TABLE_VERSION, "vitedge_version": __version__,
-            "options": self.options, "model_sha256": self.model_sha256, "data": self.data,
-            "stats": self.stats, "tensors": self.tensors, "channel_amax": self.channel_amax,
-            "smoothing": self.smoothing, "smoothed_tensors": self.smoothed_tensors,
-        }, indent=1)
-
-    @classmethod
-    def read(cls, path: str | Path) -> CalibrationTable:
-        p = Path(path)
-        try:
-            d = json.loads(p.read_text())
-        except FileNotFoundError as exc:
-            raise VitedgeError(f"no such calibration table: {p}") from exc
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise VitedgeError(f"{p} is not a calibration table (not JSON)") from exc
-        if not isinstance(d, dict) or d.get("format") != TABLE_FORMAT:
-            raise VitedgeError(f"{p} is not a vitedge calibration table",
-                               "make one with `vitedge calibrate`")
-        if d.get("version", 0) > TABLE_VERSION:
-            raise VitedgeError(f"{p} was written by a newer vitedge", "upgrade vitedge")
-        try:
-            return cls(d["options"], d["model_sha256"], d["data"], d["tensors"],
-                       d.get("channel_amax", {}), d.get("smoothing", {}),
-                       d.get("smoothed_tensors", {}), d.get("stats", {}))
-        except KeyError as exc:
-            raise VitedgeError(f"calibration table {p} lacks '{exc.args[0]}'") from exc
-
-    def check_model(self, model_sha256: str, path: str | Path) -> None:
-        if self.model_sha256 != model_sha256:
-            raise VitedgeError(f"the calibration table was made for another model than {path}",
-                               "calibrate this model: vitedge calibrate MODEL --data SOURCE")
 
 
 @dataclass
@@ -167,7 +113,7 @@ def calibrate(model_path: str | Path, data: str | Path, options: CalibrationOpti
     start = time.perf_counter()
     total_steps = source.count * (2 if options.smooth_alpha > 0 else 1)
     progress = _Steps(total_steps, on_progress)
-    names = float_activations(model)
+    names = calibration_tensors(model)
     pairs = equalize.smoothing_pairs(model) if options.smooth_alpha > 0 else []
     hists, channels = _collect(model, manifest, source, names, [p.tensor for p in pairs],
                                options.batch, progress, on_warning)
@@ -209,8 +155,9 @@ def _collect(model: onnx.ModelProto, manifest: Manifest, source: ImageSource, na
              on_warning: Callable[[str], None] | None
              ) -> tuple[dict[str, TensorHistogram], dict[str, np.ndarray]]:
     same_as = {k: v for k, v in value_aliases(model).items() if k not in channel_names}
-    measured = list(dict.fromkeys(same_as.get(n, n) for n in names))
-    session = ort_session(with_outputs(model, measured).SerializeToString(), optimize=False)
+    measured = list(dict.fromkeys([*(same_as.get(n, n) for n in names), *channel_names]))
+    session = ort_session(with_outputs(model, measured).SerializeToString(), optimize=False,
+                          arena=False)
     input_name = session.get_inputs()[0].name
     fixed = session.get_inputs()[0].shape[0]
     hists = {n: TensorHistogram() for n in measured}
@@ -254,21 +201,3 @@ def _ranges(hists: dict[str, TensorHistogram], options: CalibrationOptions
             ) -> dict[str, dict[str, float]]:
     return {name: {"amax": amax_from_histogram(h, options.method, options.percentile),
                    "absmax": h.amax} for name, h in hists.items() if h.total}
-
-
-def tensorrt_cache_path(table_path: str | Path) -> Path:
-    p = Path(table_path)
-    return p.with_name(p.name.removesuffix(".json").removesuffix(".calib") + ".trt-calib.cache")
-
-
-def tensorrt_cache(table: CalibrationTable) -> str:
-    """TensorRT's calibration cache (text): a header line, then `tensor: scale` with the
-    scale (amax / 127) as the big-endian hex of a float32. For TensorRT <= 10 implicit
-    INT8 builds of the FP32 model as given (not equalised)."""
-    kind = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration"}.get(
-        table.options["method"], "EntropyCalibration2")
-    lines = [TENSORRT_CACHE_HEADER.format(kind)]
-    for name, r in table.tensors.items():
-        scale = max(r["amax"], 1e-12) / INT8_MAX
-        lines.append(f"{name}: {struct.pack('>f', scale).hex()}")
-    return "\n".join(lines) + "\n"

@@ -24,7 +24,6 @@ from onnx import helper, numpy_helper
 
 from vitedge.errors import VitedgeError
 from vitedge.quantize import equalize
-from vitedge.quantize.calibrate import CalibrationTable
 from vitedge.quantize.graph import (
     activation_matmuls,
     initializer_names,
@@ -32,6 +31,7 @@ from vitedge.quantize.graph import (
     topological_order,
 )
 from vitedge.quantize.histogram import INT8_MAX
+from vitedge.quantize.table import CalibrationTable
 
 SCHEMES = ("vit", "all")
 COMPUTE_OPS = ("MatMul", "Conv", "Gemm", "Add", "Sub", "Mul", "Div", "LayerNormalization",
@@ -90,8 +90,9 @@ def plan_quantization(model: onnx.ModelProto, options: QuantizeOptions,
     if options.scheme == "all":
         inits = initializer_names(model)
         done = {(n, i) for slots in plan.activations.values() for n, i in slots}
+        fused = fused_inside(model)
         for node in model.graph.node:
-            if node.op_type not in COMPUTE_OPS or excluded(node.name):
+            if node.op_type not in COMPUTE_OPS or node.name in fused or excluded(node.name):
                 continue
             for i, tensor in enumerate(node.input):
                 if tensor and tensor not in inits and (node.name, i) not in done:
@@ -99,6 +100,29 @@ def plan_quantization(model: onnx.ModelProto, options: QuantizeOptions,
             if node.name not in plan.layers:
                 plan.layers.append(node.name)
     return plan
+
+
+def fused_inside(model: onnx.ModelProto) -> set[str]:
+    """Nodes TensorRT fuses into the op before them, where a Q/DQ would only break the
+    fusion: a bias Add after its MatMul, and the Erf GELU's inner ops after its Div."""
+    inits = initializer_names(model)
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    inner: set[str] = set()
+    for node in model.graph.node:
+        src = made_by.get(node.input[0]) if node.input else None
+        if node.op_type == "Add" and src is not None and src.op_type == "MatMul" and \
+                len(node.input) > 1 and node.input[1] in inits:
+            inner.add(node.name)
+        gelu = ".mlp.act." in node.name or node.name.endswith(".mlp.act")
+        if gelu and not node.name.endswith(".mlp.act.div"):
+            inner.add(node.name)
+    return inner
+
+
+def calibration_tensors(model: onnx.ModelProto) -> list[str]:
+    """Every activation some scheme quantizes: what calibration has to measure."""
+    plan = plan_quantization(model, QuantizeOptions(scheme="all", attention=True))
+    return list(plan.activations)
 
 
 def quantize_int8(model: onnx.ModelProto, table: CalibrationTable, options: QuantizeOptions,

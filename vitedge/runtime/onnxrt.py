@@ -13,8 +13,10 @@ from vitedge.errors import VitedgeError, require
 from vitedge.manifest import MANIFEST_KEY, Manifest
 
 
-def ort_session(model: Any, threads: int | None = None, optimize: bool = True) -> Any:
-    """A CPU InferenceSession for a path or serialized model bytes."""
+def ort_session(model: Any, threads: int | None = None, optimize: bool = True,
+                arena: bool = True) -> Any:
+    """A CPU InferenceSession for a path or serialized model bytes. `arena=False` returns
+    memory after each run (calibration asks for every activation at once)."""
     ort = require("onnxruntime", "export", "running ONNX models")
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -22,6 +24,9 @@ def ort_session(model: Any, threads: int | None = None, optimize: bool = True) -
                                    else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
     if threads:
         so.intra_op_num_threads = threads
+    if not arena:
+        so.enable_cpu_mem_arena = False
+        so.enable_mem_pattern = False
     try:
         return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
                                     providers=["CPUExecutionProvider"])
