@@ -5,6 +5,7 @@ image folders the repository ships for calibration and evaluation.
     python examples/fashion_mnist/fashion_mnist.py images --split train --count 512 -o calibration/fashion-mnist
     python examples/fashion_mnist/fashion_mnist.py images --split test --count 2000 -o evaluation/fashion-mnist
     python examples/fashion_mnist/fashion_mnist.py images --split test -o /tmp/fmnist-test   # all 10,000
+    python examples/fashion_mnist/fashion_mnist.py stress build/demo/fmnist.onnx -o build/demo/fmnist-stress.onnx
 
 The data comes from the Debian package `dataset-fashion-mnist` (Zalando Research, MIT
 licence): `apt-get install dataset-fashion-mnist`.
@@ -129,6 +130,20 @@ def write_images(args: argparse.Namespace) -> None:
     print(f"wrote {count} {args.split} images to {out}")
 
 
+def stress(args: argparse.Namespace) -> None:
+    """The exported model with a few LayerNorm and attention-value channels scaled 20-60x
+    (and the next Linear scaled back): the same function, with the activation outliers of
+    large pretrained ViTs."""
+    import onnx
+
+    from vitedge.fileio import write_bytes_atomic
+    from vitedge.quantize.equalize import with_outlier_channels
+
+    stressed = with_outlier_channels(onnx.load(args.model), seed=args.seed)
+    write_bytes_atomic(args.output, stressed.SerializeToString())
+    print(f"wrote {args.output}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +161,11 @@ def main() -> None:
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("-o", "--output", required=True)
     w.set_defaults(run=write_images)
+    st = sub.add_parser("stress", help="an exported model with LayerNorm / V outlier channels")
+    st.add_argument("model")
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("-o", "--output", required=True)
+    st.set_defaults(run=stress)
     args = parser.parse_args()
     args.run(args)
 

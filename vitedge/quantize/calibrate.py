@@ -45,7 +45,7 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class CalibrationOptions:
-    method: str = "entropy"
+    method: str = "percentile"
     percentile: float = 99.99
     num_images: int = 512
     batch: int = 8
