@@ -35,8 +35,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"fp32": fp32, "stress": stress}
 
 
-def quantized(model: Path, precision: str, qdq: QuantizeOptions = QuantizeOptions(),
-              calibration: CalibrationOptions = CalibrationOptions()) -> EvalResult:
+DEFAULT_QDQ = QuantizeOptions()
+DEFAULT_CALIBRATION = CalibrationOptions()
+
+
+def quantized(model: Path, precision: str, qdq: QuantizeOptions = DEFAULT_QDQ,
+              calibration: CalibrationOptions = DEFAULT_CALIBRATION) -> EvalResult:
     out = model.with_name(f"{model.stem}.{precision}.onnx")
     table = calibrate(model, CALIBRATION, calibration,
                       model.with_name(f"{model.stem}.{calibration.method}.{calibration.smooth_alpha}.json"))
