@@ -165,3 +165,21 @@ def test_eval_bad_folders(model, tmp_path, capsys):
     code, _, err = run_cli(["eval", str(model), "--data", str(tmp_path / "data")], capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "match none of the model's" in err or "has no labels" in err
+
+
+def test_calibrate_on_frames_spread_over_a_video(model, tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (256, 256))
+    for p in sorted(PHOTOS.glob("*.jpg")) * 3:
+        frame = cv2.resize(cv2.imread(str(p)), (256, 256))
+        writer.write(np.ascontiguousarray(frame))
+    writer.release()
+    code, out, err = run_cli(["calibrate", str(model), "--data", str(path), "--batch", "2",
+                              "--num-images", "6", "-o", str(tmp_path / "v.json"), "--json"], capsys)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["data"]["kind"] == "video" and info["data"]["count"] == 6
+    assert info["stats"]["images"] == 6

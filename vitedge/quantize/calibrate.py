@@ -115,8 +115,8 @@ def calibrate(model_path: str | Path, data: str | Path, options: CalibrationOpti
     progress = _Steps(total_steps, on_progress)
     names = calibration_tensors(model)
     pairs = equalize.smoothing_pairs(model) if options.smooth_alpha > 0 else []
-    hists, channels = _collect(model, manifest, source, names, [p.tensor for p in pairs],
-                               options.batch, progress, on_warning)
+    hists, channels, seen = _collect(model, manifest, source, names, [p.tensor for p in pairs],
+                                     options.batch, progress, on_warning)
     table = CalibrationTable(options.key(), model_sha, data_info,
                              _ranges(hists, options), {k: v.tolist() for k, v in channels.items()})
     if pairs:
@@ -125,13 +125,13 @@ def calibrate(model_path: str | Path, data: str | Path, options: CalibrationOpti
         smoothed.CopyFrom(model)
         equalize.apply_smoothing(smoothed, pairs, factors)
         changed = [n for n in names if n in equalize.changed_tensors(model, pairs)]
-        hists2, _ = _collect(smoothed, manifest, source, changed, [], options.batch, progress,
+        hists2, _, _ = _collect(smoothed, manifest, source, changed, [], options.batch, progress,
                              None)
         table.smoothing = {k: v.tolist() for k, v in factors.items()}
         table.smoothed_tensors = _ranges(hists2, options)
     broken = list(dict.fromkeys(source.broken))
     table.stats = {
-        "images": source.count - len(broken), "broken": broken[:20],
+        "images": seen, "broken": broken[:20],
         "seconds": round(time.perf_counter() - start, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
@@ -153,7 +153,7 @@ class _Steps:
 def _collect(model: onnx.ModelProto, manifest: Manifest, source: ImageSource, names: list[str],
              channel_names: list[str], batch: int, progress: _Steps,
              on_warning: Callable[[str], None] | None
-             ) -> tuple[dict[str, TensorHistogram], dict[str, np.ndarray]]:
+             ) -> tuple[dict[str, TensorHistogram], dict[str, np.ndarray], int]:
     same_as = {k: v for k, v in value_aliases(model).items() if k not in channel_names}
     measured = list(dict.fromkeys([*(same_as.get(n, n) for n in names), *channel_names]))
     session = ort_session(with_outputs(model, measured).SerializeToString(), optimize=False,
@@ -176,7 +176,7 @@ def _collect(model: onnx.ModelProto, manifest: Manifest, source: ImageSource, na
     if seen == 0:
         raise VitedgeError(f"no image in {source.path} could be read")
     progress.advance(source.count - seen)
-    return {n: hists[same_as.get(n, n)] for n in names}, channels
+    return {n: hists[same_as.get(n, n)] for n in names}, channels, seen
 
 
 def value_aliases(model: onnx.ModelProto) -> dict[str, str]:
