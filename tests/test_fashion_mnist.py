@@ -68,8 +68,9 @@ def test_int8_vit_scheme_holds_accuracy(models, model):
     assert r.agreement.top1_agreement >= 0.99
 
 
-def test_fp16_holds_accuracy(models):
-    r = quantized(models["fp32"], "fp16")
+@pytest.mark.parametrize("model", ["fp32", "stress"])
+def test_fp16_holds_accuracy(models, model):
+    r = quantized(models[model], "fp16")
     assert r.agreement is not None
     assert points(r) <= 0.1
     assert r.agreement.top1_agreement >= 0.998

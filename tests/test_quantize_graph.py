@@ -195,6 +195,9 @@ def qdq_graph(zero_point: np.ndarray) -> onnx.ModelProto:
 
 def test_tensorrt_checker_rejects_asymmetric_and_int32_quantization():
     assert tensorrt_problems(qdq_graph(np.array(0, np.int8))) == []
+    zero_scale = qdq_graph(np.array(0, np.int8))
+    zero_scale.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array(0.0, np.float32), "s"))
+    assert any("scale must be positive" in p for p in tensorrt_problems(zero_scale))
     asymmetric = tensorrt_problems(qdq_graph(np.array(3, np.int8)))
     assert asymmetric and all("zero point must be 0" in p for p in asymmetric)
     int32 = tensorrt_problems(qdq_graph(np.array(0, np.int32)))

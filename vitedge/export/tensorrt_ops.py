@@ -67,6 +67,12 @@ def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
             if len(node.input) > axes_index and node.input[axes_index] and \
                     node.input[axes_index] not in constants:
                 problems.append(f"{where}: axes must be an initializer")
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            scale = constants.get(node.input[1])
+            if scale is None:
+                problems.append(f"{where}: scale must be a constant")
+            elif not (numpy_helper.to_array(scale) > 0).all():
+                problems.append(f"{where}: scale must be positive")
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
             zp = constants.get(node.input[2])
             if zp is None:
