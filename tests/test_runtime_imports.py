@@ -10,7 +10,8 @@ import vitedge
 import vitedge.runtime
 
 TORCH_FREE = ["vitedge", "vitedge.manifest", "vitedge.model", "vitedge.model.config",
-              "vitedge.artifact", "vitedge.doctor", "vitedge.cli",
+              "vitedge.artifact", "vitedge.doctor", "vitedge.cli", "vitedge.datasets",
+              "vitedge.evaluate", "vitedge.quantize.quantizer", "vitedge.quantize.calibrate",
               *[f"vitedge.runtime.{m.name}" for m in pkgutil.iter_modules(vitedge.runtime.__path__)]]
 
 

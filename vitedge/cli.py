@@ -295,8 +295,9 @@ def calibrate(model: str, data: str, num_images: int, method: str, percentile: f
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="A calibration table from `vitedge calibrate`.")
 @click.option("--data", type=click.Path(path_type=str),
-              help="Images to calibrate on (instead of --calib), check against FP32 and, with "
-              "--sensitivity, rank layers on.")
+              help="Images to calibrate on (instead of --calib; the table goes to "
+              "MODEL.calib.json and is reused), to check the result against FP32 on, and "
+              "with --sensitivity to rank layers on.")
 @click.option("--scheme", type=click.Choice(["vit", "all"]), default="vit", show_default=True,
               help="vit: Linear and patch-embedding inputs and weights only; all: every op "
               "(naive baseline).")
