@@ -36,10 +36,6 @@ from vitedge.quantize.qdq import calibration_tensors
 from vitedge.quantize.table import CalibrationTable, tensorrt_cache, tensorrt_cache_path
 from vitedge.runtime.onnxrt import ort_session
 
-TABLE_FORMAT = "vitedge.calibration"
-TABLE_VERSION = 1
-TENSORRT_CACHE_HEADER = "TRT-100300-{}"
-"""The cache header names the TensorRT version (10.3.0, JetPack 6) and the calibrator."""
 Progress = Callable[[int, int], None]
 
 

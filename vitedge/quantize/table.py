@@ -16,8 +16,10 @@ from vitedge.quantize.histogram import INT8_MAX
 
 TABLE_FORMAT = "vitedge.calibration"
 TABLE_VERSION = 1
-TENSORRT_CACHE_HEADER = "TRT-100300-{}"
-"""The cache header names the TensorRT version (10.3.0, JetPack 6) and the calibrator."""
+TENSORRT_CACHE_HEADER = "TRT-10300-{}"
+"""The cache header names the TensorRT version, major * 1000 + minor * 100 + patch (as
+TensorRT 8.2.3 writes TRT-8203): 10.3.0, JetPack 6's, and the calibrator. TensorRT skips a
+cache it finds incompatible and calibrates again."""
 
 
 @dataclass
