@@ -183,3 +183,20 @@ def test_calibrate_on_frames_spread_over_a_video(model, tmp_path, capsys):
     info = json.loads(out)
     assert info["data"]["kind"] == "video" and info["data"]["count"] == 6
     assert info["stats"]["images"] == 6
+
+
+def test_static_batch_model_calibrates_every_image_once(tmp_path, capsys):
+    """A batch-3 export fed 4 images: one full chunk and one padded chunk of which only
+    the real image counts, so the ranges equal those of the dynamic-batch model."""
+    static, dynamic = tmp_path / "static.onnx", tmp_path / "dynamic.onnx"
+    export_onnx(FIXTURES / "vit_tiny_hub", static, ExportOptions(verify=False, batch=3))
+    export_onnx(FIXTURES / "vit_tiny_hub", dynamic, ExportOptions(verify=False))
+    tables = []
+    for m in (static, dynamic):
+        out = tmp_path / f"{m.stem}.json"
+        code, _, err = run_cli(["calibrate", str(m), "--data", str(PHOTOS), "--batch", "4",
+                                "--method", "minmax", "--smooth", "0", "-o", str(out)], capsys)
+        assert code == 0, err
+        tables.append(json.loads(out.read_text())["tensors"])
+    for name, r in tables[1].items():
+        assert tables[0][name]["absmax"] == pytest.approx(r["absmax"], rel=1e-5), name

@@ -160,9 +160,10 @@ def _collect(model: onnx.ModelProto, manifest: Manifest, source: ImageSource, na
     channels: dict[str, np.ndarray] = {}
     seen = 0
     for x in batches(model_inputs(source, manifest, on_warning), batch):
-        for chunk in _fit_batch(x, fixed):
+        for chunk, real in _fit_batch(x, fixed):
             outputs = session.run(measured, {input_name: chunk})
             for name, value in zip(measured, outputs, strict=True):
+                value = value[:real]
                 hists[name].add(value)
                 if name in channel_names:
                     cmax = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
@@ -185,12 +186,20 @@ def value_aliases(model: onnx.ModelProto) -> dict[str, str]:
     return root
 
 
-def _fit_batch(x: np.ndarray, fixed: Any) -> list[np.ndarray]:
-    """Split or pad a batch for a model exported with a static batch size."""
+def _fit_batch(x: np.ndarray, fixed: Any) -> list[tuple[np.ndarray, int]]:
+    """(chunk, rows that are real images) for a model exported with a static batch size:
+    chunks of that size, the last padded by repeating its last image; the padding's
+    activations are not counted."""
     if not isinstance(fixed, int) or fixed == len(x):
-        return [x]
-    return [x[i:i + fixed] for i in range(0, len(x) - fixed + 1, fixed)] or [
-        np.concatenate([x, np.repeat(x[-1:], fixed - len(x), axis=0)])]
+        return [(x, len(x))]
+    chunks = []
+    for i in range(0, len(x), fixed):
+        chunk = x[i:i + fixed]
+        real = len(chunk)
+        if real < fixed:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - real, axis=0)])
+        chunks.append((chunk, real))
+    return chunks
 
 
 def _ranges(hists: dict[str, TensorHistogram], options: CalibrationOptions
