@@ -439,6 +439,42 @@ def archs(as_json: bool) -> None:
     out.print(table)
 
 
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@debug_option
+def profiles(name: str | None, as_json: bool) -> None:
+    """List the device build profiles, or show one (NAME, or a path to a TOML file)."""
+    from vitedge.profiles import available, load_profile
+
+    if name:
+        p = load_profile(name)
+        if as_json:
+            _print_json(p.to_dict())
+            return
+        t = Table(show_header=False, title=f"profile {p.name}: {p.description}")
+        t.add_row("backend / precision", f"{p.backend} / {p.precision}")
+        t.add_row("batch (min:opt:max)", str(p.batch))
+        trt = p.tensorrt
+        t.add_row("tensorrt", f"workspace {trt.workspace_mb} MB, optimization level "
+                  f"{trt.optimization_level}, DLA {'off' if trt.dla_core < 0 else trt.dla_core}, "
+                  f"hardware compatibility {trt.hardware_compatibility}, version compatible "
+                  f"{trt.version_compatible}, CUDA graphs {trt.cuda_graphs}")
+        t.add_row("onnxruntime", f"threads {p.onnxruntime.threads or 'automatic'}")
+        for note in p.notes:
+            t.add_row("note", note)
+        out.print(t)
+        return
+    rows = [load_profile(n) for n in available()]
+    if as_json:
+        _print_json([r.to_dict() for r in rows])
+        return
+    table = Table("name", "backend", "precision", "batch", "description")
+    for r in rows:
+        table.add_row(r.name, r.backend, r.precision, str(r.batch), r.description)
+    out.print(table)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI and turns errors into one line and an exit code."""
     try:

@@ -95,7 +95,13 @@ def run_checks() -> list[Check]:
                         "" if pycuda else "Jetson: pip install pycuda (needs CUDA headers)"))
     checks.append(Check("cuda-python", cuda_python is not None, cuda_python or "missing",
                         "" if cuda_python else "pip install cuda-python (alternative to pycuda)"))
-    checks.append(_gpu())
+    gpu = _gpu()
+    checks.append(gpu)
     jetson = jetson_model()
     checks.append(Check("jetson", jetson is not None, jetson or "not a Jetson"))
+    from vitedge.profiles import suggest_profile
+
+    name = suggest_profile(jetson, gpu.detail if gpu.ok and not jetson else None)
+    checks.append(Check("profile", True, f"{name} (vitedge build --profile {name}; "
+                        "`vitedge profiles` lists all)"))
     return checks
