@@ -5,6 +5,7 @@ Torch-free and TensorRT-free: `vitedge doctor` and the build use them on any mac
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import sys
 from dataclasses import asdict, dataclass, field
@@ -147,9 +148,10 @@ def profile_from_dict(name: str, data: dict[str, Any], path: str = "") -> Profil
         table = data.get(key, {})
         if not isinstance(table, dict):
             raise VitedgeError(f"{where}: [{key}] must be a table")
-        _no_unknown(table, set(cls.__dataclass_fields__), f"{where} [{key}]")
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        _no_unknown(table, set(fields), f"{where} [{key}]")
         for k, v in table.items():
-            want = cls.__dataclass_fields__[k].type
+            want = fields[k]
             if (want in ("int", int) and (not isinstance(v, int) or isinstance(v, bool))) or \
                     (want in ("bool", bool) and not isinstance(v, bool)) or \
                     (want in ("str", str) and not isinstance(v, str)):
