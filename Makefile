@@ -10,7 +10,7 @@ DEMO    := build/demo
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt tools/prepare_tensorrt_stubs.py
 	$(PY) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	# The CPU build of torch first (from the local wheel); constraints.txt keeps it.
@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) -c constraints.txt -e '.[export,dev]'
 	# Type stubs for the full TensorRT 10.x API; --no-deps, see pyproject.toml.
 	$(PIP) --no-deps tensorrt-stubs==10.13.0.35.1
+	$(BIN)/python tools/prepare_tensorrt_stubs.py typings
 	touch $(STAMP)
 
 # The demo model (a ViT trained on Fashion-MNIST, examples/fashion_mnist): export it,
@@ -33,7 +34,7 @@ demo: setup
 	$(BIN)/vitedge inspect $(DEMO)/fmnist.int8.onnx
 
 lint: setup
-	$(BIN)/ruff check vitedge tests benchmarks examples
+	$(BIN)/ruff check vitedge tests benchmarks examples tools
 
 typecheck: setup
 	$(BIN)/mypy vitedge
@@ -42,4 +43,4 @@ test: setup lint typecheck
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build typings .pytest_cache .mypy_cache .ruff_cache
