@@ -54,6 +54,8 @@ def cli() -> None:
       vitedge calibrate model.onnx --data IMAGES  INT8 ranges from real images
       vitedge quantize model.onnx --precision int8 --calib model.calib.json -o int8.onnx
       vitedge eval int8.onnx --data LABELLED --reference model.onnx
+      vitedge build model.onnx --precision int8 --data IMAGES   engine or ONNX Runtime model
+      vitedge profiles                            device build profiles
       vitedge doctor                              what this machine offers
     """
 
@@ -437,6 +439,71 @@ def archs(as_json: bool) -> None:
         table.add_row(r["name"], str(r["embed_dim"]), str(r["depth"]), str(r["num_heads"]),
                       str(r["patch_size"]), str(r["img_size"]), r["layout"])
     out.print(table)
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=str))
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Default: the profile's (int8 for GPUs and CPUs alike).")
+@click.option("--data", type=click.Path(path_type=str),
+              help="Calibration images for int8 (a matching MODEL.calib.json is reused).")
+@click.option("--calib", type=click.Path(dir_okay=False), help="A calibration table instead of --data.")
+@click.option("--profile", help="Device profile name or TOML file (`vitedge profiles`); "
+              "default: the one `vitedge doctor` suggests for this machine.")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto",
+              show_default=True, help="auto: TensorRT when it and a GPU are present, else ONNX Runtime.")
+@click.option("--batch", metavar="MIN:OPT:MAX", help="TensorRT optimization profile's batch range "
+              "(default: the profile's).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False),
+              help="TensorRT timing cache to load and save (faster rebuilds).")
+@click.option("--scheme", type=click.Choice(["vit", "all"]), default="vit", show_default=True,
+              help="INT8 Q/DQ placement (see `vitedge quantize --help`).")
+@click.option("--quantize-attention", is_flag=True, help="INT8: Q/DQ for TensorRT's fused attention.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="The artifact [default: INPUT.PRECISION.engine or INPUT.PRECISION.ort.onnx].")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@debug_option
+def build(input_path: str, precision: str | None, data: str | None, calib: str | None,
+          profile: str | None, backend: str, batch: str | None, timing_cache: str | None,
+          scheme: str, quantize_attention: bool, output: str | None, as_json: bool) -> None:
+    """Build the deployable artifact for this machine from INPUT (a checkpoint, exported
+    first, or a vitedge ONNX model): a TensorRT engine (+ ENGINE.json) where TensorRT and a
+    GPU are present, else an optimized ONNX Runtime model. INT8 and FP16 are quantized in
+    the graph first, so TensorRT 10 and 11 build them the same way."""
+    from vitedge.build import BuildOptions
+    from vitedge.build import build as run_build
+    from vitedge.quantize.qdq import QuantizeOptions
+
+    options = BuildOptions(precision=precision, data=data, calib=calib, profile=profile,
+                           backend=backend, batch=batch, timing_cache=timing_cache,
+                           output=output, qdq=QuantizeOptions(scheme=scheme,
+                                                              attention=quantize_attention,
+                                                              smooth=scheme == "vit"))
+    with _progress("building", not as_json) as progress:
+        result = run_build(input_path, options, progress.step, progress.update,
+                           on_warning=lambda msg: err.print(f"[yellow]warning:[/] {msg}"))
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    for note in result.notes:
+        err.print(f"[yellow]note:[/] {note}")
+    out.print(f"backend: [bold]{result.backend}[/] ({result.backend_reason})")
+    for name, seconds in result.steps.items():
+        out.print(f"  {name:<22} {seconds:7.2f} s")
+    if "vs_fp32" in result.details:
+        c = result.details["vs_fp32"]
+        out.print(f"  {precision or result.precision} vs FP32 on calibration images: top-1 agreement "
+                  f"{c['top1_agreement']:.1%}, logit cosine {c['cosine']:.5f}")
+    summary = Table(show_header=False, title="built")
+    summary.add_row("artifact", f"{result.artifact} ({result.size_bytes / 1e6:.2f} MB)")
+    summary.add_row("precision", result.precision)
+    summary.add_row("backend", result.backend)
+    summary.add_row("profile", result.profile)
+    summary.add_row("device", result.device)
+    summary.add_row("build time", f"{result.seconds:.1f} s")
+    if result.intermediate:
+        summary.add_row("also wrote", ", ".join(result.intermediate))
+    out.print(summary)
 
 
 @cli.command()
