@@ -1,0 +1,128 @@
+"""`vitedge build` on this machine (no GPU, no TensorRT builder): ONNX Runtime artifacts
+for every precision, from a checkpoint and from ONNX, that load through the one Model
+interface and agree with the FP32 export; the TensorRT backend refused with one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.conftest import relative_error
+from vitedge.build import BuildOptions, build
+from vitedge.cli import main
+from vitedge.evaluate import agreement
+from vitedge.export import ExportOptions, export_onnx
+from vitedge.runtime.backend import load_model
+from vitedge.runtime.onnxrt import OnnxRuntimeModel
+
+ROOT = Path(__file__).parents[1]
+CHECKPOINT = ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"
+CALIBRATION = str(ROOT / "calibration" / "fashion-mnist")
+MIN_AGREEMENT = {"fp32": 1.0, "fp16": 0.998, "int8": 0.99}
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("build") / "fmnist.onnx"
+    export_onnx(CHECKPOINT, out, ExportOptions(verify=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(fp32: Path) -> np.ndarray:
+    """256 of the shipped test images, preprocessed for the demo model."""
+    from vitedge.datasets import model_inputs, open_source
+
+    source = open_source(ROOT / "evaluation" / "fashion-mnist", 256)
+    return np.stack(list(model_inputs(source, OnnxRuntimeModel(fp32).manifest)))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_onnxruntime_build_from_onnx(fp32, images, tmp_path, precision):
+    result = build(fp32, BuildOptions(precision=precision, data=CALIBRATION,
+                                      output=str(tmp_path / f"m.{precision}.ort.onnx")))
+    assert result.backend == "onnxruntime" and result.profile == "cpu"
+    assert "ONNX Runtime" in result.backend_reason
+    assert result.artifact.is_file() and result.size_bytes == result.artifact.stat().st_size
+    model = load_model(result.artifact)
+    assert isinstance(model, OnnxRuntimeModel)
+    assert model.manifest.precision == precision
+    assert model.manifest.source["backend"] == "onnxruntime"
+    reference = OnnxRuntimeModel(fp32).infer(images)
+    out = model.infer(images)
+    assert agreement(reference, out).top1_agreement >= MIN_AGREEMENT[precision]
+    if precision == "fp32":
+        assert relative_error(reference, out) < 1e-4
+
+
+def test_build_from_a_checkpoint_exports_first(tmp_path):
+    ckpt = tmp_path / "vit_fmnist.safetensors"
+    shutil.copy(CHECKPOINT, ckpt)
+    result = build(ckpt, BuildOptions(data=CALIBRATION))
+    assert list(result.steps) == ["export", "quantize", "onnxruntime optimize"]
+    assert result.precision == "int8"  # the cpu profile's default
+    assert result.artifact == tmp_path / "vit_fmnist.int8.ort.onnx"
+    assert (tmp_path / "vit_fmnist.onnx").is_file() and (tmp_path / "vit_fmnist.calib.json").is_file()
+    again = build(ckpt, BuildOptions(data=CALIBRATION))  # reuses the calibration table
+    assert any("reused" in n for n in again.notes)
+
+
+def test_auto_falls_back_to_onnxruntime_and_says_why(fp32, tmp_path):
+    result = build(fp32, BuildOptions(precision="fp32", profile="desktop-rtx",
+                                      output=str(tmp_path / "m.ort.onnx")))
+    assert result.backend == "onnxruntime"
+    assert result.backend_reason == "TensorRT (with its builder) is not installed"
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_build_json(fp32, tmp_path, capsys):
+    code, out, err = run_cli(["build", str(fp32), "--precision", "fp16", "-o",
+                              str(tmp_path / "m.ort.onnx"), "--json"], capsys)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["backend"] == "onnxruntime" and info["precision"] == "fp16"
+    assert set(info["steps"]) == {"quantize", "onnxruntime optimize"} and info["seconds"] >= 0
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("tensorrt", "needs TensorRT's Python package with its builder"),
+    ("missing", "no such file or folder"),
+    ("nomanifest", "has no vitedge manifest"),
+    ("unwritable", "cannot write to"),
+    ("profile", "did you mean 'jetson-orin-nano'"),
+    ("batch", "impossible batch range 8:1:1"),
+])
+def test_build_bad_inputs(fp32, tmp_path, capsys, case, expected):
+    target, args = str(fp32), []
+    out = tmp_path / "out.onnx"
+    if case == "tensorrt":
+        args = ["--backend", "tensorrt"]
+    elif case == "missing":
+        target = str(tmp_path / "none.onnx")
+    elif case == "nomanifest":
+        m = onnx.load(str(fp32))
+        del m.metadata_props[:]
+        target = str(tmp_path / "plain.onnx")
+        onnx.save(m, target)
+    elif case == "unwritable":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "out.onnx"  # a file where a folder should be
+    elif case == "profile":
+        args = ["--profile", "jetson-orin-nan"]
+    elif case == "batch":
+        args = ["--batch", "8:1:1"]
+    code, _, err = run_cli(["build", target, "--precision", "fp32", "-o", str(out), *args], capsys)
+    assert code == 1, err
+    assert expected in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and not list(tmp_path.glob(".out.onnx*"))
