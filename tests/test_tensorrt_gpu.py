@@ -1,0 +1,77 @@
+"""TensorRT engines from the demo model, on a machine with an NVIDIA GPU, TensorRT 10+ and
+cuda-python (skipped elsewhere, see README "GPU tests"): build FP32 / FP16 / INT8, load,
+compare with ONNX Runtime on the same inputs, refuse a changed or foreign engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vitedge.build import BuildOptions, build
+from vitedge.errors import VitedgeError
+from vitedge.evaluate import agreement
+from vitedge.export import ExportOptions, export_onnx
+from vitedge.runtime.backend import load_model
+from vitedge.runtime.engine_info import EngineInfo, sidecar_path
+from vitedge.runtime.onnxrt import OnnxRuntimeModel
+
+pytestmark = pytest.mark.gpu
+
+ROOT = Path(__file__).parents[1]
+CHECKPOINT = ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"
+CALIBRATION = str(ROOT / "calibration" / "fashion-mnist")
+# top-1 agreement with ONNX Runtime running the same (FP32 / FP16 / Q/DQ) graph
+MIN_AGREEMENT = {"fp32": 0.999, "fp16": 0.995, "int8": 0.99}
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("trt") / "fmnist.onnx"
+    export_onnx(CHECKPOINT, out, ExportOptions())
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(fp32: Path) -> np.ndarray:
+    from vitedge.datasets import model_inputs, open_source
+
+    source = open_source(ROOT / "evaluation" / "fashion-mnist", 500)
+    return np.stack(list(model_inputs(source, OnnxRuntimeModel(fp32).manifest)))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_engine_matches_onnxruntime(fp32, images, tmp_path, precision):
+    engine = tmp_path / f"m.{precision}.engine"
+    result = build(fp32, BuildOptions(precision=precision, data=CALIBRATION, backend="tensorrt",
+                                      profile="desktop-rtx", batch="1:8:32", output=str(engine),
+                                      timing_cache=str(tmp_path / "timing.cache")))
+    assert result.backend == "tensorrt" and engine.is_file()
+    assert (tmp_path / "timing.cache").is_file()
+    info = EngineInfo.read(sidecar_path(engine))
+    assert info.precision == precision and info.batch == "1:8:32"
+    graph = fp32 if precision == "fp32" else fp32.with_name(f"{fp32.stem}.{precision}.onnx")
+    reference = OnnxRuntimeModel(graph).infer(images)
+    model = load_model(engine)
+    out = model.infer(images)
+    assert out.shape == reference.shape
+    assert agreement(reference, out).top1_agreement >= MIN_AGREEMENT[precision]
+    if precision == "fp32":
+        assert np.abs(out - reference).max() / np.abs(reference).max() < 1e-2  # TF32 allowed
+
+
+def test_engine_refuses_changed_or_foreign(fp32, tmp_path):
+    engine = tmp_path / "m.engine"
+    build(fp32, BuildOptions(precision="fp32", backend="tensorrt", output=str(engine)))
+    info = EngineInfo.read(sidecar_path(engine))
+    foreign = dataclasses.replace(info, compute_capability="5.3", gpu_name="Jetson Nano")
+    sidecar_path(engine).write_text(json.dumps(dataclasses.asdict(foreign)))
+    with pytest.raises(VitedgeError, match="only on the GPU generation"):
+        load_model(engine)
+    sidecar_path(engine).write_text(info.to_json())
+    engine.write_bytes(engine.read_bytes()[:-16] + bytes(16))
+    with pytest.raises(VitedgeError, match="changed or replaced"):
+        load_model(engine)
