@@ -12,16 +12,24 @@ import numpy as np
 from vitedge.errors import VitedgeError, require
 from vitedge.manifest import MANIFEST_KEY, Manifest
 
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
 
 def ort_session(model: Any, threads: int | None = None, optimize: bool = True,
-                arena: bool = True) -> Any:
-    """A CPU InferenceSession for a path or serialized model bytes. `arena=False` returns
-    memory after each run (calibration asks for every activation at once)."""
+                arena: bool = True, providers: list[str] | None = None,
+                optimization: str | None = None) -> Any:
+    """An InferenceSession for a path or serialized model bytes, on the CPU unless
+    `providers` says otherwise. `arena=False` returns memory after each run (calibration
+    asks for every activation at once). `optimization` ("all", "extended", "basic",
+    "none") overrides `optimize`."""
     ort = require("onnxruntime", "export", "running ONNX models")
+    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                   else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    so.graph_optimization_level = levels[optimization or ("all" if optimize else "basic")]
     if threads:
         so.intra_op_num_threads = threads
     if not arena:
@@ -29,21 +37,33 @@ def ort_session(model: Any, threads: int | None = None, optimize: bool = True,
         so.enable_mem_pattern = False
     try:
         return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
-                                    providers=["CPUExecutionProvider"])
+                                    providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         raise VitedgeError(f"ONNX Runtime cannot load {model if isinstance(model, (str, Path)) else 'the model'}: "
                            f"{str(exc).splitlines()[0]}") from exc
+
+
+def default_providers(use_gpu: bool = True) -> list[str]:
+    """TensorRT / CUDA execution providers first where this onnxruntime has them, then CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers() if use_gpu else []
+    return [p for p in GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
 
 
 class OnnxRuntimeModel:
     """A vitedge model in ONNX Runtime: `infer` takes a batch of model inputs (any size;
     a model exported with a static batch is fed in padded chunks) and returns the output."""
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, use_gpu: bool = False):
         self.path = Path(path)
         if not self.path.is_file():
             raise VitedgeError(f"no such file: {self.path}")
-        self.session = ort_session(self.path, threads)
+        # a `vitedge build` artifact is optimized already: skip the work at start-up
+        prebuilt = self.path.name.endswith(".ort.onnx")
+        self.session = ort_session(self.path, threads, providers=default_providers(use_gpu),
+                                   optimization="none" if prebuilt else "all")
+        self.providers = self.session.get_providers()
         meta = self.session.get_modelmeta().custom_metadata_map
         if MANIFEST_KEY not in meta:
             raise VitedgeError(f"{self.path} has no vitedge manifest",
