@@ -60,16 +60,24 @@ def test_onnxruntime_build_from_onnx(fp32, images, tmp_path, precision):
         assert relative_error(reference, out) < 1e-4
 
 
-def test_build_from_a_checkpoint_exports_first(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_build_from_a_checkpoint_exports_first(tmp_path, precision):
     ckpt = tmp_path / "vit_fmnist.safetensors"
     shutil.copy(CHECKPOINT, ckpt)
-    result = build(ckpt, BuildOptions(data=CALIBRATION))
-    assert list(result.steps) == ["export", "quantize", "onnxruntime optimize"]
-    assert result.precision == "int8"  # the cpu profile's default
-    assert result.artifact == tmp_path / "vit_fmnist.int8.ort.onnx"
-    assert (tmp_path / "vit_fmnist.onnx").is_file() and (tmp_path / "vit_fmnist.calib.json").is_file()
-    again = build(ckpt, BuildOptions(data=CALIBRATION))  # reuses the calibration table
-    assert any("reused" in n for n in again.notes)
+    default = None if precision == "int8" else precision  # int8 is the cpu profile's default
+    result = build(ckpt, BuildOptions(precision=default, data=CALIBRATION))
+    expected = ["export", "onnxruntime optimize"]
+    if precision != "fp32":
+        expected.insert(1, "quantize")
+    assert list(result.steps) == expected
+    assert result.precision == precision
+    assert result.artifact == tmp_path / f"vit_fmnist.{precision}.ort.onnx"
+    assert load_model(result.artifact).manifest.precision == precision
+    assert (tmp_path / "vit_fmnist.onnx").is_file()
+    if precision == "int8":
+        assert (tmp_path / "vit_fmnist.calib.json").is_file()
+        again = build(ckpt, BuildOptions(data=CALIBRATION))  # reuses the calibration table
+        assert any("reused" in n for n in again.notes)
 
 
 def test_auto_falls_back_to_onnxruntime_and_says_why(fp32, tmp_path):

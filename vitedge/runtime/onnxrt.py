@@ -59,10 +59,12 @@ class OnnxRuntimeModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise VitedgeError(f"no such file: {self.path}")
-        # a `vitedge build` artifact is optimized already: skip the work at start-up
-        prebuilt = self.path.name.endswith(".ort.onnx")
+        # a `vitedge build` artifact (.ort.onnx) is optimized already: no work at start-up.
+        # Its manifest records the profile's thread count (source.onnxruntime_threads) for
+        # the application to pass as `threads`.
+        built = self.path.name.endswith(".ort.onnx")
         self.session = ort_session(self.path, threads, providers=default_providers(use_gpu),
-                                   optimization="none" if prebuilt else "all")
+                                   optimization="none" if built else "all")
         self.providers = self.session.get_providers()
         meta = self.session.get_modelmeta().custom_metadata_map
         if MANIFEST_KEY not in meta:
