@@ -18,8 +18,9 @@ from vitedge.runtime.tensorrt_model import check_engine
 
 ORIN = EngineInfo(
     tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7", precision="int8",
-    batch="1:1:4", profile="jetson-orin-nano", inputs=[{"name": "images"}],
-    outputs=[{"name": "logits"}], manifest={"source": {"file": "vit_fmnist.safetensors"}},
+    batch="1:1:4", profile="jetson-orin-nano",
+    inputs=[{"name": "images", "shape": [-1, 1, 28, 28], "dtype": "FLOAT"}],
+    outputs=[{"name": "logits", "shape": [-1, 10], "dtype": "FLOAT"}], manifest={"source": {"file": "vit_fmnist.safetensors"}},
     onnx_sha256="a" * 64, engine_sha256="b" * 64)
 
 
@@ -75,3 +76,18 @@ def test_loading_refuses_a_foreign_or_changed_engine(tmp_path):
     sidecar_path(engine).write_text("{not json")
     with pytest.raises(VitedgeError, match="not a vitedge engine description"):
         check_engine(engine, "10.3.0", ("Orin", "8.7"))
+
+
+def test_inspect_an_engine_without_a_gpu(tmp_path, capsys):
+    from vitedge.cli import main
+
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan")
+    sidecar_path(engine).write_text(ORIN.to_json())
+    assert main(["inspect", str(engine), "--json"]) == 0
+    import json
+
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["engine"]["gpu_name"] == "Orin" and shown["size_bytes"] == 4
+    assert main(["inspect", str(engine)]) == 0
+    assert "TensorRT 10.3.0" in capsys.readouterr().out

@@ -83,3 +83,17 @@ def describe_onnx(path: str | Path) -> dict[str, Any]:
         info["tokens"] = {"patches": cfg.num_patches, "prefix": cfg.num_prefix_tokens,
                           "total": cfg.num_tokens, "grid": list(cfg.grid)}
     return info
+
+
+def describe_engine(path: str | Path) -> dict[str, Any]:
+    """A TensorRT engine as its description file (`NAME.engine.json`) records it; reading it
+    needs no GPU, so an engine can be inspected anywhere."""
+    from dataclasses import asdict
+
+    from vitedge.runtime.engine_info import EngineInfo, sidecar_path
+
+    p = Path(path)
+    if not p.is_file():
+        raise VitedgeError(f"no such file: {p}")
+    info = EngineInfo.read(sidecar_path(p))
+    return {"path": str(p), "size_bytes": p.stat().st_size, "engine": asdict(info)}

@@ -137,9 +137,29 @@ def export(checkpoint: str, output: str, arch: str | None, num_heads: int | None
 @debug_option
 def inspect(artifact: str, as_json: bool) -> None:
     """Show what ARTIFACT holds: manifest, inputs and outputs, parameters, GMACs, tokens,
-    operator histogram and precision."""
-    from vitedge.artifact import describe_onnx
+    operator histogram and precision; for a TensorRT engine, what its description records
+    (GPU, TensorRT, precision, batch range, I/O)."""
+    from vitedge.artifact import describe_engine, describe_onnx
 
+    if artifact.endswith((".engine", ".plan", ".trt")):
+        engine = describe_engine(artifact)
+        if as_json:
+            _print_json(engine)
+            return
+        e = engine["engine"]
+        t = Table(show_header=False, title=f"{artifact} ({engine['size_bytes'] / 1e6:.1f} MB)")
+        t.add_row("built for", f"{e['gpu_name']} (compute {e['compute_capability']}), TensorRT "
+                  f"{e['tensorrt_version']}")
+        t.add_row("precision / batch", f"{e['precision']} / {e['batch']} (profile {e['profile']})")
+        for kind in ("inputs", "outputs"):
+            t.add_row(kind, ", ".join(f"{v.get('name')} {v.get('shape')} {v.get('dtype')}"
+                                      for v in e[kind]))
+        t.add_row("compatibility", f"hardware {e['hardware_compatibility']}, version compatible "
+                  f"{e['version_compatible']}")
+        t.add_row("from ONNX", f"sha256 {e['onnx_sha256'][:16]}...; built in {e['build_seconds']} s "
+                  f"by vitedge {e['vitedge_version']}")
+        out.print(t)
+        return
     info = describe_onnx(artifact)
     if as_json:
         _print_json(info)
