@@ -7,6 +7,39 @@ import numpy as np
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "timm"
+ROOT = Path(__file__).parents[1]
+DEMO_CHECKPOINT = ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"
+DEMO_CALIBRATION = ROOT / "calibration" / "fashion-mnist"
+DEMO_TEST_IMAGES = ROOT / "evaluation" / "fashion-mnist"
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `vitedge ARGS`, run in-process."""
+    from vitedge.cli import main
+
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="session")
+def demo_fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo checkpoint exported to ONNX (verified against PyTorch)."""
+    from vitedge.export import ExportOptions, export_onnx
+
+    out = tmp_path_factory.mktemp("demo") / "fmnist.onnx"
+    export_onnx(DEMO_CHECKPOINT, out, ExportOptions())
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_images(demo_fp32: Path) -> np.ndarray:
+    """500 of the shipped test images, preprocessed for the demo model."""
+    from vitedge.datasets import model_inputs, open_source
+    from vitedge.runtime.onnxrt import OnnxRuntimeModel
+
+    source = open_source(DEMO_TEST_IMAGES, 500)
+    return np.stack(list(model_inputs(source, OnnxRuntimeModel(demo_fp32).manifest)))
 
 
 def images_from_pixels(pixels: np.ndarray) -> np.ndarray:

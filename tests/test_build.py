@@ -6,44 +6,23 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 
-from tests.conftest import relative_error
+from tests.conftest import DEMO_CALIBRATION, DEMO_CHECKPOINT, relative_error, run_cli
 from vitedge.build import BuildOptions, build
-from vitedge.cli import main
 from vitedge.evaluate import agreement
-from vitedge.export import ExportOptions, export_onnx
 from vitedge.runtime.backend import load_model
 from vitedge.runtime.onnxrt import OnnxRuntimeModel
 
-ROOT = Path(__file__).parents[1]
-CHECKPOINT = ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"
-CALIBRATION = str(ROOT / "calibration" / "fashion-mnist")
+CALIBRATION = str(DEMO_CALIBRATION)
 MIN_AGREEMENT = {"fp32": 1.0, "fp16": 0.998, "int8": 0.99}
 
 
-@pytest.fixture(scope="module")
-def fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("build") / "fmnist.onnx"
-    export_onnx(CHECKPOINT, out, ExportOptions(verify=False))
-    return out
-
-
-@pytest.fixture(scope="module")
-def images(fp32: Path) -> np.ndarray:
-    """256 of the shipped test images, preprocessed for the demo model."""
-    from vitedge.datasets import model_inputs, open_source
-
-    source = open_source(ROOT / "evaluation" / "fashion-mnist", 256)
-    return np.stack(list(model_inputs(source, OnnxRuntimeModel(fp32).manifest)))
-
-
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
-def test_onnxruntime_build_from_onnx(fp32, images, tmp_path, precision):
+def test_onnxruntime_build_from_onnx(demo_fp32, demo_images, tmp_path, precision):
+    fp32, images = demo_fp32, demo_images
     result = build(fp32, BuildOptions(precision=precision, data=CALIBRATION,
                                       output=str(tmp_path / f"m.{precision}.ort.onnx")))
     assert result.backend == "onnxruntime" and result.profile == "cpu"
@@ -63,7 +42,7 @@ def test_onnxruntime_build_from_onnx(fp32, images, tmp_path, precision):
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_build_from_a_checkpoint_exports_first(tmp_path, precision):
     ckpt = tmp_path / "vit_fmnist.safetensors"
-    shutil.copy(CHECKPOINT, ckpt)
+    shutil.copy(DEMO_CHECKPOINT, ckpt)
     default = None if precision == "int8" else precision  # int8 is the cpu profile's default
     result = build(ckpt, BuildOptions(precision=default, data=CALIBRATION))
     expected = ["export", "onnxruntime optimize"]
@@ -80,20 +59,16 @@ def test_build_from_a_checkpoint_exports_first(tmp_path, precision):
         assert any("reused" in n for n in again.notes)
 
 
-def test_auto_falls_back_to_onnxruntime_and_says_why(fp32, tmp_path):
+def test_auto_falls_back_to_onnxruntime_and_says_why(demo_fp32, tmp_path):
+    fp32 = demo_fp32
     result = build(fp32, BuildOptions(precision="fp32", profile="desktop-rtx",
                                       output=str(tmp_path / "m.ort.onnx")))
     assert result.backend == "onnxruntime"
     assert result.backend_reason == "TensorRT (with its builder) is not installed"
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_cli_build_json(fp32, tmp_path, capsys):
+def test_cli_build_json(demo_fp32, tmp_path, capsys):
+    fp32 = demo_fp32
     code, out, err = run_cli(["build", str(fp32), "--precision", "fp16", "-o",
                               str(tmp_path / "m.ort.onnx"), "--json"], capsys)
     assert code == 0, err
@@ -110,7 +85,8 @@ def test_cli_build_json(fp32, tmp_path, capsys):
     ("profile", "did you mean 'jetson-orin-nano'"),
     ("batch", "impossible batch range 8:1:1"),
 ])
-def test_build_bad_inputs(fp32, tmp_path, capsys, case, expected):
+def test_build_bad_inputs(demo_fp32, tmp_path, capsys, case, expected):
+    fp32 = demo_fp32
     target, args = str(fp32), []
     out = tmp_path / "out.onnx"
     if case == "tensorrt":

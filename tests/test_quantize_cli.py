@@ -10,8 +10,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from tests.conftest import FIXTURES
-from vitedge.cli import main
+from tests.conftest import FIXTURES, run_cli
 from vitedge.export import ExportOptions, export_onnx
 
 PHOTOS = Path(__file__).parents[1] / "vitedge" / "data" / "photos"
@@ -22,12 +21,6 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "vit.onnx"
     export_onnx(FIXTURES / "vit_tiny_hub", out, ExportOptions(verify=False))
     return out
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_one_line_failure(code: int, err: str, expected: str, folder: Path) -> None:

@@ -6,45 +6,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import DEMO_CALIBRATION
 from vitedge.build import BuildOptions, build
 from vitedge.errors import VitedgeError
 from vitedge.evaluate import agreement
-from vitedge.export import ExportOptions, export_onnx
 from vitedge.runtime.backend import load_model
 from vitedge.runtime.engine_info import EngineInfo, sidecar_path
 from vitedge.runtime.onnxrt import OnnxRuntimeModel
 
 pytestmark = pytest.mark.gpu
 
-ROOT = Path(__file__).parents[1]
-CHECKPOINT = ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"
-CALIBRATION = str(ROOT / "calibration" / "fashion-mnist")
+CALIBRATION = str(DEMO_CALIBRATION)
 # top-1 agreement with ONNX Runtime running the same (FP32 / FP16 / Q/DQ) graph
 MIN_AGREEMENT = {"fp32": 0.999, "fp16": 0.995, "int8": 0.99}
 
 
-@pytest.fixture(scope="module")
-def fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("trt") / "fmnist.onnx"
-    export_onnx(CHECKPOINT, out, ExportOptions())
-    return out
-
-
-@pytest.fixture(scope="module")
-def images(fp32: Path) -> np.ndarray:
-    from vitedge.datasets import model_inputs, open_source
-
-    source = open_source(ROOT / "evaluation" / "fashion-mnist", 500)
-    return np.stack(list(model_inputs(source, OnnxRuntimeModel(fp32).manifest)))
-
-
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
-def test_engine_matches_onnxruntime(fp32, images, tmp_path, precision):
+def test_engine_matches_onnxruntime(demo_fp32, demo_images, tmp_path, precision):
+    fp32, images = demo_fp32, demo_images
     engine = tmp_path / f"m.{precision}.engine"
     result = build(fp32, BuildOptions(precision=precision, data=CALIBRATION, backend="tensorrt",
                                       profile="desktop-rtx", batch="1:8:32", output=str(engine),
@@ -63,7 +46,8 @@ def test_engine_matches_onnxruntime(fp32, images, tmp_path, precision):
         assert np.abs(out - reference).max() / np.abs(reference).max() < 1e-2  # TF32 allowed
 
 
-def test_engine_refuses_changed_or_foreign(fp32, tmp_path):
+def test_engine_refuses_changed_or_foreign(demo_fp32, tmp_path):
+    fp32 = demo_fp32
     engine = tmp_path / "m.engine"
     build(fp32, BuildOptions(precision="fp32", backend="tensorrt", output=str(engine)))
     info = EngineInfo.read(sidecar_path(engine))

@@ -40,6 +40,16 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def _json_or_notes(result: Any, as_json: bool) -> bool:
+    """Print the result as JSON (True: nothing more to print) or its notes on stderr."""
+    if as_json:
+        _print_json(result.to_dict())
+        return True
+    for note in result.notes:
+        err.print(f"[yellow]note:[/] {note}")
+    return False
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="vitedge")
 @debug_option
@@ -105,11 +115,8 @@ def export(checkpoint: str, output: str, arch: str | None, num_heads: int | None
     with err.status("exporting") as status:
         result = export_onnx(checkpoint, output, opts,
                              on_step=lambda s: status.update(f"{s}..."))
-    if as_json:
-        _print_json(result.to_dict())
+    if _json_or_notes(result, as_json):
         return
-    for note in result.notes:
-        err.print(f"[yellow]note:[/] {note}")
     m = result.manifest
     cfg = m.architecture
     out.print(f"[green]wrote[/] {result.output} ({result.size_bytes / 1e6:.1f} MB): "
@@ -358,11 +365,8 @@ def quantize(model: str, precision: str, calib: str | None, data: str | None, sc
     with _progress("quantizing", not as_json) as progress:
         result = quantize_model(model, output, request, progress.update, progress.step,
                                 on_warning=lambda msg: err.print(f"[yellow]skipped:[/] {msg}"))
-    if as_json:
-        _print_json(result.to_dict())
+    if _json_or_notes(result, as_json):
         return
-    for note in result.notes:
-        err.print(f"[yellow]note:[/] {note}")
     out.print(f"[green]wrote[/] {result.output} ({result.size_bytes / 1e6:.2f} MB, {precision})")
     if precision == "int8":
         out.print(f"quantized {len(result.quantized_layers)} layers ({scheme} scheme"
@@ -502,11 +506,8 @@ def build(input_path: str, precision: str | None, data: str | None, calib: str |
     with _progress("building", not as_json) as progress:
         result = run_build(input_path, options, progress.step, progress.update,
                            on_warning=lambda msg: err.print(f"[yellow]warning:[/] {msg}"))
-    if as_json:
-        _print_json(result.to_dict())
+    if _json_or_notes(result, as_json):
         return
-    for note in result.notes:
-        err.print(f"[yellow]note:[/] {note}")
     out.print(f"backend: [bold]{result.backend}[/] ({result.backend_reason})")
     for name, seconds in result.steps.items():
         out.print(f"  {name:<22} {seconds:7.2f} s")
