@@ -22,6 +22,16 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return code, captured.out, captured.err
 
 
+def without_manifest(model: Path, out: Path) -> str:
+    """A copy of an exported model with its vitedge manifest removed."""
+    import onnx
+
+    m = onnx.load(str(model))
+    del m.metadata_props[:]
+    onnx.save(m, str(out))
+    return str(out)
+
+
 @pytest.fixture(scope="session")
 def demo_fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo checkpoint exported to ONNX (verified against PyTorch)."""

@@ -7,10 +7,15 @@ from __future__ import annotations
 import json
 import shutil
 
-import onnx
 import pytest
 
-from tests.conftest import DEMO_CALIBRATION, DEMO_CHECKPOINT, relative_error, run_cli
+from tests.conftest import (
+    DEMO_CALIBRATION,
+    DEMO_CHECKPOINT,
+    relative_error,
+    run_cli,
+    without_manifest,
+)
 from vitedge.build import BuildOptions, build
 from vitedge.evaluate import agreement
 from vitedge.runtime.backend import load_model
@@ -94,10 +99,7 @@ def test_build_bad_inputs(demo_fp32, tmp_path, capsys, case, expected):
     elif case == "missing":
         target = str(tmp_path / "none.onnx")
     elif case == "nomanifest":
-        m = onnx.load(str(fp32))
-        del m.metadata_props[:]
-        target = str(tmp_path / "plain.onnx")
-        onnx.save(m, target)
+        target = without_manifest(fp32, tmp_path / "plain.onnx")
     elif case == "unwritable":
         (tmp_path / "file").write_text("x")
         out = tmp_path / "file" / "out.onnx"  # a file where a folder should be

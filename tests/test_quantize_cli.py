@@ -7,10 +7,9 @@ import json
 import shutil
 from pathlib import Path
 
-import onnx
 import pytest
 
-from tests.conftest import FIXTURES, run_cli
+from tests.conftest import FIXTURES, run_cli, without_manifest
 from vitedge.export import ExportOptions, export_onnx
 
 PHOTOS = Path(__file__).parents[1] / "vitedge" / "data" / "photos"
@@ -93,10 +92,7 @@ def test_calibrate_bad_inputs(model, tmp_path, capsys, case, expected):
         (tmp_path / "empty").mkdir()
         data = str(tmp_path / "empty")
     elif case == "nomanifest":
-        m = onnx.load(str(model))
-        del m.metadata_props[:]
-        target = str(tmp_path / "plain.onnx")
-        onnx.save(m, target)
+        target = without_manifest(model, tmp_path / "plain.onnx")
     elif case == "missing":
         data = str(tmp_path / "nowhere")
     elif case == "array":
