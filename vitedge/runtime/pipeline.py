@@ -1,0 +1,261 @@
+"""The runtime pipeline a camera application embeds: frame -> decode -> preprocess ->
+patchify -> infer -> postprocess -> prediction, every stage timed.
+
+    import vitedge
+    with vitedge.open("model.int8.ort.onnx") as pipe:
+        p = pipe(frame)                 # HxWx3 uint8 BGR (OpenCV), RGB, gray, RGBA, PIL, path
+        print(p.label, p.score, p.timings)
+
+Torch-free. Thread safety: a pipeline serialises its own inference with a lock, so one
+pipeline may be shared by threads (they take turns); for parallel inference open one
+pipeline per thread (each gets its own ONNX Runtime session or TensorRT context).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from vitedge.errors import VitedgeError
+from vitedge.manifest import Manifest
+from vitedge.runtime.backend import Model, load_model
+from vitedge.runtime.patchify import patches_from_images
+from vitedge.runtime.preprocess import PIL_FILTERS, load_image, preprocess_image
+
+STAGES = ("decode", "preprocess", "patchify", "infer", "postprocess")
+COLOR_ORDERS = ("bgr", "rgb")
+
+
+@dataclass
+class Prediction:
+    class_id: int
+    label: str | None
+    score: float
+    topk: list[tuple[int, str | None, float]]
+    timings: dict[str, float]
+    """Milliseconds per stage for the call that made this prediction (shared by a batch)."""
+    logits: np.ndarray | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"class_id": self.class_id, "label": self.label, "score": self.score,
+                             "topk": [{"class_id": i, "label": lab, "score": s}
+                                      for i, lab, s in self.topk],
+                             "timings_ms": self.timings}
+        if self.logits is not None:
+            d["logits"] = self.logits.tolist()
+        return d
+
+
+@dataclass
+class StageTimes:
+    """Every call's stage times (ms), for percentiles at the end of a run."""
+
+    samples: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    frames: int = 0
+
+    def add(self, timings: dict[str, float], frames: int) -> None:
+        for stage, ms in timings.items():
+            self.samples.setdefault(stage, []).append(ms)
+        self.frames += frames
+
+
+class Pipeline:
+    def __init__(self, model: Model, color: str = "bgr", fast: bool = False, topk: int = 5,
+                 keep_logits: bool = False):
+        if color not in COLOR_ORDERS:
+            raise VitedgeError(f"color order '{color}' is not one of {', '.join(COLOR_ORDERS)}")
+        self.model = model
+        self.manifest: Manifest = model.manifest
+        if self.manifest.architecture.num_classes == 0:
+            raise VitedgeError("this model has no classification head (it outputs features)",
+                               "use the model's `infer` directly")
+        self.color = color
+        self.fast = fast
+        self.topk = topk
+        self.keep_logits = keep_logits
+        self.times = StageTimes()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._fast = _FastPreprocess(self.manifest) if fast else None
+
+    # --- frames -------------------------------------------------------------------------
+
+    def _decode(self, frame: Any) -> Image.Image | np.ndarray:
+        """A frame as an RGB (or L) PIL image for the exact path, or an RGB array for the
+        fast path."""
+        if isinstance(frame, (str, Path)):
+            return load_image(frame) if not self.fast else np.asarray(load_image(frame))
+        if isinstance(frame, Image.Image):
+            return frame if not self.fast else np.asarray(frame.convert("RGB"))
+        if not isinstance(frame, np.ndarray):
+            raise VitedgeError(f"a frame must be a numpy array, a PIL image or a path, not "
+                               f"{type(frame).__name__}")
+        if frame.dtype != np.uint8:
+            raise VitedgeError(f"a frame must be uint8 pixels, not {frame.dtype}")
+        if frame.ndim == 2:
+            rgb = np.repeat(frame[:, :, None], 3, axis=2)
+        elif frame.ndim == 3 and frame.shape[2] in (3, 4):
+            rgb = frame[:, :, :3]
+            if self.color == "bgr":
+                rgb = rgb[:, :, ::-1]
+        else:
+            raise VitedgeError(f"a frame of shape {frame.shape} is not HxW, HxWx3 or HxWx4")
+        rgb = np.ascontiguousarray(rgb)
+        return rgb if self.fast else Image.fromarray(rgb)
+
+    def _preprocess(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        if self._fast is not None:
+            assert isinstance(image, np.ndarray)
+            return self._fast(image)
+        assert isinstance(image, Image.Image)
+        return preprocess_image(image, self.manifest.preprocess)
+
+    # --- calls --------------------------------------------------------------------------
+
+    def __call__(self, frame: Any) -> Prediction:
+        return self.batch([frame])[0]
+
+    def batch(self, frames: Iterable[Any]) -> list[Prediction]:
+        if self._closed:
+            raise VitedgeError("this pipeline is closed", "open a new one with vitedge.open")
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        decoded = [self._decode(f) for f in frames]
+        if not decoded:
+            return []
+        t = _lap(timings, "decode", t)
+        x = np.stack([self._preprocess(d) for d in decoded])
+        t = _lap(timings, "preprocess", t)
+        if self.manifest.input == "patches":
+            x = patches_from_images(x, self.manifest.architecture.patch_size)
+        t = _lap(timings, "patchify", t)
+        with self._lock:
+            logits = self.model.infer(x)
+        t = _lap(timings, "infer", t)
+        predictions = self._postprocess(logits, timings)
+        _lap(timings, "postprocess", t)
+        self.times.add(timings, len(decoded))
+        return predictions
+
+    def _postprocess(self, logits: np.ndarray, timings: dict[str, float]) -> list[Prediction]:
+        logits = logits.astype(np.float32, copy=False)
+        z = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(z)
+        probs /= probs.sum(axis=1, keepdims=True)
+        k = min(self.topk, probs.shape[1])
+        top = np.argsort(-probs, axis=1)[:, :k]
+        labels = self.manifest.labels
+        out = []
+        for row, idx in enumerate(top):
+            ranked = [(int(i), labels[i] if labels else None, float(probs[row, i])) for i in idx]
+            out.append(Prediction(ranked[0][0], ranked[0][1], ranked[0][2], ranked, timings,
+                                  logits[row].copy() if self.keep_logits else None))
+        return out
+
+    def stream(self, source: Any, max_frames: int | None = None
+               ) -> Iterator[tuple[np.ndarray, Prediction]]:
+        """(frame, prediction) for each frame of a source (anything `open_source` takes, or
+        an iterable of frames)."""
+        from vitedge.runtime.sources import open_source
+
+        frames = open_source(source) if isinstance(source, (str, Path, int)) else source
+        for n, frame in enumerate(frames):
+            if max_frames is not None and n >= max_frames:
+                break
+            yield frame, self(frame)
+
+    # --- lifetime -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            close = getattr(self.model, "close", None)
+            if close:
+                close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def _lap(timings: dict[str, float], stage: str, start: float) -> float:
+    now = time.perf_counter()
+    timings[stage] = (now - start) * 1e3
+    return now
+
+
+class _FastPreprocess:
+    """The manifest's preprocessing with OpenCV on numpy RGB arrays: resize, centre crop and
+    normalise in one float pass. Not bit-exact with the reference libraries (OpenCV's
+    resampling filters differ from PIL's); `vitedge bench` and the tests measure the
+    effect on the logits."""
+
+    CV2_FILTERS = {"nearest": "INTER_NEAREST", "bilinear": "INTER_LINEAR",
+                   "bicubic": "INTER_CUBIC", "lanczos": "INTER_LANCZOS4"}
+
+    def __init__(self, manifest: Manifest):
+        from vitedge.errors import require
+
+        self.cv2 = require("cv2", "video", "fast (OpenCV) preprocessing")
+        p = manifest.preprocess
+        assert p.interpolation in PIL_FILTERS
+        self.prep = p
+        self.flag = getattr(self.cv2, self.CV2_FILTERS[p.interpolation])
+        self.gray = len(p.mean) == 1
+        std = np.asarray(p.std, np.float32)
+        self.scale = (1.0 / (255.0 * std)).astype(np.float32)
+        self.shift = (-np.asarray(p.mean, np.float32) / std).astype(np.float32)
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        cv2, p = self.cv2, self.prep
+        if self.gray:
+            rgb = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
+        h, w = rgb.shape[:2]
+        if p.resize_mode == "shorter":
+            short = p.resize[0]
+            size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+        else:
+            size = (p.resize[1], p.resize[0])
+        if size != (w, h):
+            rgb = cv2.resize(rgb, size, interpolation=self.flag)
+        ch, cw = p.crop
+        h, w = rgb.shape[:2]
+        if h < ch or w < cw:  # zero padding, centred, as the exact path does
+            canvas = np.zeros((max(h, ch), max(w, cw), *rgb.shape[2:]), rgb.dtype)
+            y0, x0 = (canvas.shape[0] - h) // 2, (canvas.shape[1] - w) // 2
+            canvas[y0:y0 + h, x0:x0 + w] = rgb
+            rgb, (h, w) = canvas, canvas.shape[:2]
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+        crop = rgb[top:top + ch, left:left + cw]
+        x = crop.astype(np.float32)
+        if x.ndim == 2:
+            x = x[:, :, None]
+        x = x * self.scale + self.shift
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def open_pipeline(path: str | Path, device: str | None = None, color: str = "bgr",
+                  fast: bool = False, topk: int = 5, keep_logits: bool = False,
+                  threads: int | None = None) -> Pipeline:
+    """A pipeline on a built artifact (`.engine` or `.onnx`). `device` "cpu" forces ONNX
+    Runtime's CPU provider; "gpu" uses its CUDA / TensorRT providers where installed (an
+    engine always runs on the GPU)."""
+    if device not in (None, "cpu", "gpu"):
+        raise VitedgeError(f"device '{device}' is not cpu or gpu")
+    p = Path(path)
+    if p.suffix == ".onnx":
+        from vitedge.runtime.onnxrt import OnnxRuntimeModel
+
+        model: Model = OnnxRuntimeModel(p, threads, use_gpu=device == "gpu")
+    else:
+        model = load_model(p, threads)
+    return Pipeline(model, color=color, fast=fast, topk=topk, keep_logits=keep_logits)
