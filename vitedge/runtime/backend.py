@@ -13,6 +13,7 @@ from vitedge.manifest import Manifest
 
 
 class Model(Protocol):
+    path: Path
     manifest: Manifest
     input_name: str
     output_name: str

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,7 @@ class StageTimes:
 
 class Pipeline:
     def __init__(self, model: Model, color: str = "bgr", fast: bool = False, topk: int = 5,
-                 keep_logits: bool = False):
+                 keep_logits: bool = False, clock: Callable[[], float] = time.perf_counter):
         if color not in COLOR_ORDERS:
             raise VitedgeError(f"color order '{color}' is not one of {', '.join(COLOR_ORDERS)}")
         self.model = model
@@ -84,6 +84,7 @@ class Pipeline:
         self._lock = threading.Lock()
         self._closed = False
         self._fast = _FastPreprocess(self.manifest) if fast else None
+        self.clock = clock
 
     # --- frames -------------------------------------------------------------------------
 
@@ -99,6 +100,11 @@ class Pipeline:
                                f"{type(frame).__name__}")
         if frame.dtype != np.uint8:
             raise VitedgeError(f"a frame must be uint8 pixels, not {frame.dtype}")
+        if frame.ndim == 3 and frame.shape[2] == 3 and not self.fast:
+            # PIL swaps BGR while it copies: no numpy pass over the frame
+            h, w = frame.shape[:2]
+            raw = "BGR" if self.color == "bgr" else "RGB"
+            return Image.frombuffer("RGB", (w, h), np.ascontiguousarray(frame), "raw", raw, 0, 1)
         if frame.ndim == 2:
             rgb = np.repeat(frame[:, :, None], 3, axis=2)
         elif frame.ndim == 3 and frame.shape[2] in (3, 4):
@@ -126,23 +132,38 @@ class Pipeline:
         if self._closed:
             raise VitedgeError("this pipeline is closed", "open a new one with vitedge.open")
         timings: dict[str, float] = {}
-        t = time.perf_counter()
+        clock = self.clock
+
+        def lap(stage: str, start: float) -> float:
+            now = clock()
+            timings[stage] = (now - start) * 1e3
+            return now
+
+        t = clock()
         decoded = [self._decode(f) for f in frames]
         if not decoded:
             return []
-        t = _lap(timings, "decode", t)
+        t = lap("decode", t)
         x = np.stack([self._preprocess(d) for d in decoded])
-        t = _lap(timings, "preprocess", t)
-        if self.manifest.input == "patches":
-            x = patches_from_images(x, self.manifest.architecture.patch_size)
-        t = _lap(timings, "patchify", t)
+        t = lap("preprocess", t)
+        x = self._patchify(x)
+        t = lap("patchify", t)
         with self._lock:
             logits = self.model.infer(x)
-        t = _lap(timings, "infer", t)
+        t = lap("infer", t)
         predictions = self._postprocess(logits, timings)
-        _lap(timings, "postprocess", t)
+        lap("postprocess", t)
         self.times.add(timings, len(decoded))
         return predictions
+
+    def _patchify(self, x: np.ndarray) -> np.ndarray:
+        if self.manifest.input == "patches":
+            return patches_from_images(x, self.manifest.architecture.patch_size)
+        return x
+
+    def prepare(self, frames: Iterable[Any]) -> np.ndarray:
+        """The model input for frames (decode, preprocess, patchify), untimed."""
+        return self._patchify(np.stack([self._preprocess(self._decode(f)) for f in frames]))
 
     def _postprocess(self, logits: np.ndarray, timings: dict[str, float]) -> list[Prediction]:
         logits = logits.astype(np.float32, copy=False)
@@ -185,12 +206,6 @@ class Pipeline:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
-
-
-def _lap(timings: dict[str, float], stage: str, start: float) -> float:
-    now = time.perf_counter()
-    timings[stage] = (now - start) * 1e3
-    return now
 
 
 class _FastPreprocess:

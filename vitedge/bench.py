@@ -1,0 +1,257 @@
+"""`vitedge bench`: per-stage and end-to-end latency of the runtime pipeline on frames,
+for one or several artifacts run interleaved in one process (so that machine noise hits
+them alike and their ratios mean something), with percentiles and throughput."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitedge import __version__
+from vitedge.errors import VitedgeError
+from vitedge.fileio import write_text_atomic
+from vitedge.runtime.pipeline import STAGES, Pipeline
+
+FRAME_SIZE = (480, 640)
+"""Synthetic frames are 640x480 BGR, a VGA camera's."""
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass
+class Stats:
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+    n: int
+
+    @classmethod
+    def of(cls, samples: list[float]) -> Stats:
+        if not samples:
+            return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0)
+        a = np.asarray(samples, np.float64)
+        p50, p90, p99 = np.percentile(a, PERCENTILES)
+        return cls(float(a.mean()), float(p50), float(p90), float(p99), float(a.max()), len(a))
+
+
+@dataclass
+class BenchResult:
+    artifact: str
+    backend: str
+    precision: str
+    batch: int
+    preprocessing: str
+    iterations: int
+    stages: dict[str, Stats]
+    end_to_end: Stats
+    throughput_fps: float
+    """Frames per second over the measured iterations (batch / mean end-to-end time)."""
+    layers: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BenchOptions:
+    batches: tuple[int, ...] = (1,)
+    warmup: int = 10
+    iterations: int | None = 100
+    duration: float | None = None
+    """Seconds to run instead of a number of iterations."""
+    source: str | None = None
+    fast: bool = False
+    layers: bool = False
+
+
+def machine_info() -> dict[str, Any]:
+    import os
+
+    import onnxruntime
+
+    from vitedge.runtime.cuda_device import gpu_info, tensorrt_module
+
+    trt = tensorrt_module(lean_ok=True)
+    gpu = gpu_info()
+    return {"machine": platform.machine(), "processor": platform.processor(),
+            "cpus": os.cpu_count(), "python": platform.python_version(),
+            "vitedge": __version__, "onnxruntime": onnxruntime.__version__,
+            "tensorrt": getattr(trt, "__version__", None) if trt else None,
+            "gpu": f"{gpu[0]} (compute {gpu[1]})" if gpu else None}
+
+
+def bench_frames(source: str | None, count: int = 32, seed: int = 0) -> list[Any]:
+    """Frames to run: the first `count` of a source (cycled), or seeded random 640x480 BGR."""
+    if source is None:
+        rng = np.random.default_rng(seed)
+        return [rng.integers(0, 256, (*FRAME_SIZE, 3), dtype=np.uint8) for _ in range(count)]
+    from vitedge.runtime.sources import open_source
+
+    frames = []
+    for frame in open_source(source):
+        frames.append(frame)
+        if len(frames) == count:
+            break
+    if not frames:
+        raise VitedgeError(f"{source} gave no frames")
+    return frames
+
+
+def bench(artifacts: list[str], options: BenchOptions,
+          on_progress: Callable[[int, int], None] | None = None,
+          clock: Callable[[], float] = time.perf_counter,
+          pipelines: list[Pipeline] | None = None) -> list[BenchResult]:
+    """Run every (artifact, batch) in turn, iteration by iteration. `pipelines` may be
+    given instead of opening the artifacts (tests pass pipelines with a fake clock)."""
+    if not artifacts and not pipelines:
+        raise VitedgeError("nothing to benchmark", "give one or more artifacts")
+    if any(b < 1 for b in options.batches):
+        raise VitedgeError("--batch sizes must be positive")
+    if pipelines is None:
+        from vitedge.runtime.pipeline import open_pipeline
+
+        pipelines = [open_pipeline(a, fast=options.fast) for a in artifacts]
+    frames = bench_frames(options.source, max(32, max(options.batches)))
+    cases = [(p, b) for p in pipelines for b in options.batches]
+    samples: dict[int, dict[str, list[float]]] = {i: {s: [] for s in (*STAGES, "total")}
+                                                   for i in range(len(cases))}
+    cursor = 0
+
+    def run_once(i: int, record: bool) -> None:
+        nonlocal cursor
+        pipe, b = cases[i]
+        batch = [frames[(cursor + k) % len(frames)] for k in range(b)]
+        cursor += b
+        start = clock()
+        preds = pipe.batch(batch)
+        total = (clock() - start) * 1e3
+        if record:
+            for stage, ms in preds[0].timings.items():
+                samples[i].setdefault(stage, []).append(ms)
+            samples[i]["total"].append(total)
+
+    for _ in range(options.warmup):
+        for i in range(len(cases)):
+            run_once(i, record=False)
+    done, start = 0, clock()
+    planned = options.iterations or 0
+    while True:
+        if options.duration is not None:
+            if clock() - start >= options.duration and done > 0:
+                break
+        elif done >= planned:
+            break
+        for i in range(len(cases)):
+            run_once(i, record=True)
+        done += 1
+        if on_progress:
+            if options.duration is not None:
+                on_progress(min(int(clock() - start), int(options.duration)), int(options.duration))
+            else:
+                on_progress(done, planned)
+
+    results = []
+    for i, (pipe, b) in enumerate(cases):
+        total = Stats.of(samples[i]["total"])
+        m = pipe.manifest
+        results.append(BenchResult(
+            artifact=str(pipe.model.path), backend=_backend(pipe),
+            precision=m.precision, batch=b, preprocessing="fast (OpenCV)" if pipe.fast else "exact (PIL)",
+            iterations=done,
+            stages={s: Stats.of(samples[i][s]) for s in STAGES},
+            end_to_end=total, throughput_fps=b / (total.mean / 1e3) if total.mean else 0.0,
+            layers=layer_times(pipe, frames[:b]) if options.layers else {}))
+    return results
+
+
+def _backend(pipe: Pipeline) -> str:
+    return "tensorrt" if type(pipe.model).__name__ == "TensorRTModel" else "onnxruntime"
+
+
+def layer_times(pipe: Pipeline, frames: list[Any], runs: int = 20) -> dict[str, float]:
+    """Mean milliseconds per layer: TensorRT's profiler, or ONNX Runtime's profiling."""
+    model = pipe.model
+    x = pipe.prepare(frames)
+    if hasattr(model, "layer_times"):
+        return dict(model.layer_times(x, runs))  # TensorRT
+    return onnxruntime_layer_times(Path(str(model.path)), x, runs)
+
+
+def onnxruntime_layer_times(path: Path, x: np.ndarray, runs: int) -> dict[str, float]:
+    import tempfile
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        so.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        for _ in range(runs):
+            session.run(None, {name: x})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            node = e["name"].removesuffix("_kernel_time")
+            totals[node] = totals.get(node, 0.0) + e["dur"] / 1e3
+    return {k: v / runs for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def write_json(path: str | Path, results: list[BenchResult], options: BenchOptions) -> None:
+    write_text_atomic(path, json.dumps({
+        "schema": 1, "machine": machine_info(), "options": asdict(options),
+        "results": [r.to_dict() for r in results]}, indent=1))
+
+
+def write_csv(path: str | Path, results: list[BenchResult]) -> None:
+    rows = ["artifact,backend,precision,batch,stage,mean_ms,p50_ms,p90_ms,p99_ms,max_ms,n"]
+    for r in results:
+        for stage, s in [*r.stages.items(), ("end_to_end", r.end_to_end)]:
+            rows.append(f"{r.artifact},{r.backend},{r.precision},{r.batch},{stage},{s.mean:.4f},"
+                        f"{s.p50:.4f},{s.p90:.4f},{s.p99:.4f},{s.max:.4f},{s.n}")
+    write_text_atomic(path, "\n".join(rows) + "\n")
+
+
+def write_plot(path: str | Path, results: list[BenchResult], samples_note: str = "") -> None:
+    """Stage breakdown (stacked means) and end-to-end percentiles per artifact and batch."""
+    from vitedge.errors import require
+
+    require("matplotlib", "plot", "--plot")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [f"{Path(r.artifact).name}\nbatch {r.batch}" for r in results]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4 + 0.3 * len(results)))
+    left = np.zeros(len(results))
+    for stage in STAGES:
+        widths = np.array([r.stages[stage].mean for r in results])
+        ax1.barh(names, widths, left=left, label=stage)
+        left += widths
+    ax1.set_xlabel("mean ms per call")
+    ax1.set_title("stage breakdown")
+    ax1.legend(fontsize=8)
+    for i, r in enumerate(results):
+        e = r.end_to_end
+        ax2.plot([e.p50, e.p90, e.p99, e.max], [i] * 4, "o-")
+    ax2.set_yticks(range(len(results)), names)
+    ax2.set_xlabel("end-to-end ms (p50, p90, p99, max)")
+    ax2.set_title("latency distribution" + (f" ({samples_note})" if samples_note else ""))
+    fig.tight_layout()
+    from vitedge.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=100)
+    plt.close(fig)
