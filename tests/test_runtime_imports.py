@@ -12,6 +12,7 @@ import vitedge.runtime
 TORCH_FREE = ["vitedge", "vitedge.manifest", "vitedge.model", "vitedge.model.config",
               "vitedge.artifact", "vitedge.doctor", "vitedge.cli", "vitedge.datasets",
               "vitedge.evaluate", "vitedge.quantize.quantizer", "vitedge.quantize.calibrate",
+              "vitedge.bench", "vitedge.build", "vitedge.profiles",
               *[f"vitedge.runtime.{m.name}" for m in pkgutil.iter_modules(vitedge.runtime.__path__)]]
 
 

@@ -66,6 +66,9 @@ def cli() -> None:
       vitedge eval int8.onnx --data LABELLED --reference model.onnx
       vitedge build model.onnx --precision int8 --data IMAGES   engine or ONNX Runtime model
       vitedge profiles                            device build profiles
+      vitedge predict model.int8.ort.onnx photo.jpg   classify images
+      vitedge run model.engine --source 0         the camera loop
+      vitedge bench a.engine b.ort.onnx --batch 1,8   per-stage latency
       vitedge doctor                              what this machine offers
     """
 
@@ -525,6 +528,167 @@ def build(input_path: str, precision: str | None, data: str | None, calib: str |
     if result.intermediate:
         summary.add_row("also wrote", ", ".join(result.intermediate))
     out.print(summary)
+
+
+# --- predict, run, bench ----------------------------------------------------------------
+
+pipeline_options = [
+    click.option("--fast", is_flag=True, help="OpenCV preprocessing (faster on a weak CPU; "
+                 "not bit-exact with the reference libraries, see `vitedge bench`)."),
+    click.option("--device", type=click.Choice(["cpu", "gpu"]),
+                 help="For .onnx: ONNX Runtime on the CPU, or its CUDA/TensorRT providers."),
+]
+
+
+def _with(options: list[Callable[..., Any]]) -> Callable[..., Any]:
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=str))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--topk", default=5, show_default=True, type=click.IntRange(min=1))
+@_with(pipeline_options)
+@click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
+@debug_option
+def predict(artifact: str, images: tuple[str, ...], topk: int, fast: bool, device: str | None,
+            as_json: bool) -> None:
+    """Classify IMAGES (files, folders or globs) with ARTIFACT (.engine or .onnx)."""
+    import vitedge
+    from vitedge.runtime.sources import FrameSource
+
+    results = []
+    with vitedge.open(artifact, topk=topk, fast=fast, device=device) as pipe:
+        for spec in images:
+            source = FrameSource(spec)
+            if source.kind not in ("image", "folder", "glob"):
+                raise VitedgeError(f"{spec} is a {source.kind}, not an image",
+                                   "use `vitedge run --source` for videos and cameras")
+            for file in source.files:
+                results.append((str(file), pipe(file)))
+    if as_json:
+        _print_json([{"image": name, **p.to_dict()} for name, p in results])
+        return
+    table = Table("image", "label", "score", f"top-{topk}", "ms")
+    for name, p in results:
+        table.add_row(name, str(p.label if p.label is not None else p.class_id), f"{p.score:.3f}",
+                      ", ".join(f"{lab if lab is not None else i} {s:.2f}" for i, lab, s in p.topk[1:]),
+                      f"{sum(p.timings.values()):.1f}")
+    out.print(table)
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=str))
+@click.option("--source", required=True, help="Video file, camera index or /dev/videoN, "
+              "rtsp:// or http:// stream, GStreamer pipeline, image folder or glob.")
+@click.option("--output", type=click.Path(dir_okay=False), help="Write the annotated frames to "
+              "a video (.mp4, .avi).")
+@click.option("--display", is_flag=True, help="Show the annotated frames in a window (q quits).")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames.")
+@click.option("--color", type=click.Choice(["bgr", "rgb"]), default="bgr", show_default=True,
+              help="Channel order of the source's frames (OpenCV gives BGR).")
+@_with(pipeline_options)
+@click.option("--json", "as_json", is_flag=True, help="Print the stage timings as JSON at the end.")
+@debug_option
+def run(artifact: str, source: str, output: str | None, display: bool, max_frames: int | None,
+        color: str, fast: bool, device: str | None, as_json: bool) -> None:
+    """The camera loop: classify every frame of --source, draw the label and FPS on it,
+    and print per-stage timings at the end."""
+    from vitedge.runtime.run_loop import run_loop
+
+    summary = run_loop(artifact, source, output=output, display=display, max_frames=max_frames,
+                       color=color, fast=fast, device=device, log=None if as_json else err.print)
+    if as_json:
+        _print_json(summary)
+        return
+    _print_stage_table(summary["stages"], f"{summary['frames']} frames, {summary['fps']:.1f} FPS "
+                       f"({summary['dropped']} dropped)")
+
+
+def _print_stage_table(stages: dict[str, Any], title: str) -> None:
+    table = Table("stage", "mean ms", "p50", "p90", "p99", "max", title=title)
+    for stage, s in stages.items():
+        table.add_row(stage, f"{s['mean']:.3f}", f"{s['p50']:.3f}", f"{s['p90']:.3f}",
+                      f"{s['p99']:.3f}", f"{s['max']:.3f}")
+    out.print(table)
+
+
+def _parse_batches(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        batches = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter("use sizes like 1 or 1,8") from None
+    if any(b < 1 for b in batches):
+        raise click.BadParameter("batch sizes must be positive")
+    return batches
+
+
+@cli.command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--batch", "batches", default="1", show_default=True, callback=_parse_batches,
+              help="Batch sizes, comma-separated (1,8).")
+@click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0))
+@click.option("--iterations", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True),
+              help="Run for this many seconds instead of --iterations.")
+@click.option("--source", help="Frames from a source (default: random 640x480 BGR frames).")
+@click.option("--fast", is_flag=True, help="OpenCV preprocessing.")
+@click.option("--layers", is_flag=True, help="Per-layer times (TensorRT profiler; ONNX Runtime "
+              "profiling on the CPU).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Write the results, machine and versions as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write a CSV table.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Write a plot (stage breakdown, latency percentiles); needs matplotlib.")
+@debug_option
+def bench(artifacts: tuple[str, ...], batches: tuple[int, ...], warmup: int, iterations: int,
+          duration: float | None, source: str | None, fast: bool, layers: bool,
+          json_path: str | None, csv_path: str | None, plot_path: str | None) -> None:
+    """Latency of the whole pipeline per stage (decode, preprocess, patchify, infer,
+    postprocess) and end to end: mean, p50, p90, p99, max and throughput. Several
+    ARTIFACTS run interleaved in one process and are compared as ratios."""
+    from vitedge import bench as benchmark
+
+    options = benchmark.BenchOptions(batches=batches, warmup=warmup,
+                                     iterations=None if duration else iterations,
+                                     duration=duration, source=source, fast=fast, layers=layers)
+    with _progress("benchmarking") as progress:
+        results = benchmark.bench(list(artifacts), options, progress.update)
+    first = results[0]
+    for r in results:
+        stages = {k: asdict_(v) for k, v in r.stages.items()}
+        stages["end to end"] = asdict_(r.end_to_end)
+        _print_stage_table(stages, f"{r.artifact} ({r.backend}, {r.precision}), batch {r.batch}, "
+                           f"{r.preprocessing}: {r.throughput_fps:.1f} frames/s")
+        if r.layers:
+            top = list(r.layers.items())[:10]
+            out.print("slowest layers: " + ", ".join(f"{k} {v:.3f} ms" for k, v in top))
+    if len(results) > 1:
+        table = Table("artifact", "batch", "end-to-end ms", "frames/s", "vs first",
+                      title="comparison (same run, interleaved)")
+        for r in results:
+            table.add_row(r.artifact, str(r.batch), f"{r.end_to_end.mean:.3f}",
+                          f"{r.throughput_fps:.1f}", f"{r.throughput_fps / first.throughput_fps:.2f}x")
+        out.print(table)
+    if json_path:
+        benchmark.write_json(json_path, results, options)
+    if csv_path:
+        benchmark.write_csv(csv_path, results)
+    if plot_path:
+        benchmark.write_plot(plot_path, results, f"{first.iterations} iterations")
+    for path in (json_path, csv_path, plot_path):
+        if path:
+            out.print(f"[green]wrote[/] {path}")
+
+
+def asdict_(obj: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(obj)
 
 
 @cli.command()

@@ -18,7 +18,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        # the suffix stays last: writers that pick a format by extension (video) still can
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}",
+                                   dir=target.parent)
     except OSError as exc:
         raise VitedgeError(f"cannot write {target}: {exc.strerror or exc}",
                            "choose another output path") from exc
