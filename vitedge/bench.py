@@ -141,7 +141,7 @@ def bench(artifacts: list[str], options: BenchOptions,
     for _ in range(options.warmup):
         for i in range(len(cases)):
             run_once(i, record=False)
-    done, start = 0, clock()
+    done, start = 0, (clock() if options.duration is not None else 0.0)
     planned = options.iterations or 0
     while True:
         if options.duration is not None:

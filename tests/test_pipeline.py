@@ -1,0 +1,191 @@
+"""The runtime pipeline on the demo model: frames of every kind, image folders and a video
+written here, exact against fast preprocessing, bench statistics on a fake clock, and bad
+input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+import vitedge
+from tests.conftest import DEMO_TEST_IMAGES, run_cli
+from vitedge.bench import BenchOptions, Stats, bench
+from vitedge.errors import VitedgeError
+from vitedge.evaluate import agreement
+from vitedge.runtime.onnxrt import OnnxRuntimeModel
+from vitedge.runtime.pipeline import STAGES, Pipeline
+from vitedge.runtime.preprocess import load_image, preprocess_image
+from vitedge.runtime.sources import FrameSource, describe
+
+PHOTOS = Path(__file__).parents[1] / "vitedge" / "data" / "photos"
+
+
+@pytest.fixture(scope="module")
+def test_files() -> list[Path]:
+    return sorted(DEMO_TEST_IMAGES.rglob("*.png"))[::10][:200]
+
+
+def test_prediction_matches_the_model_on_the_reference_preprocessing(demo_fp32, test_files):
+    with vitedge.open(demo_fp32, keep_logits=True) as pipe:
+        for f in test_files[:20]:
+            p = pipe(f)
+            x = preprocess_image(load_image(f), pipe.manifest.preprocess)[None]
+            logits = OnnxRuntimeModel(demo_fp32).infer(x)[0]
+            assert p.class_id == int(np.argmax(logits))
+            assert p.label == pipe.manifest.labels[p.class_id]
+            np.testing.assert_allclose(p.logits, logits, rtol=1e-5, atol=1e-5)
+            assert sum(s for _, _, s in p.topk) <= 1.0 + 1e-6 and len(p.topk) == 5
+            assert set(p.timings) == set(STAGES)
+
+
+def test_frames_of_every_kind_give_the_same_prediction(demo_fp32):
+    path = PHOTOS / "chelsea.jpg"
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    with vitedge.open(demo_fp32, keep_logits=True) as bgr_pipe, \
+            vitedge.open(demo_fp32, color="rgb", keep_logits=True) as rgb_pipe:
+        reference = bgr_pipe(path).logits
+        for pipe, frame in [(bgr_pipe, rgb[:, :, ::-1].copy()), (rgb_pipe, rgb),
+                            (bgr_pipe, Image.fromarray(rgb)), (bgr_pipe, str(path)),
+                            (rgb_pipe, np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]))]:
+            np.testing.assert_allclose(pipe(frame).logits, reference, rtol=1e-5, atol=1e-5)
+        gray = np.asarray(Image.open(path).convert("L"))
+        np.testing.assert_allclose(bgr_pipe(gray).logits, bgr_pipe(Image.fromarray(gray)).logits,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_fast_preprocessing_agrees_with_exact_on_the_test_images(demo_fp32, test_files):
+    with vitedge.open(demo_fp32, keep_logits=True) as exact, \
+            vitedge.open(demo_fp32, fast=True, keep_logits=True) as fast:
+        a = np.stack([exact(f).logits for f in test_files])
+        b = np.stack([fast(cv2.imread(str(f))).logits for f in test_files])
+        photos = [cv2.imread(str(p)) for p in sorted(PHOTOS.glob("*.jpg"))]
+        pa = np.stack([exact(p).logits for p in photos])
+        pb = np.stack([fast(p).logits for p in photos])
+    # 28x28 test images need no resize: the two paths only differ in arithmetic
+    assert agreement(a, b).top1_agreement == 1.0
+    assert agreement(pa, pb).cosine > 0.98  # photos are resized: OpenCV's filter differs
+
+
+def test_pipeline_on_a_folder_and_on_a_video(demo_fp32, tmp_path):
+    video = tmp_path / "clip.avi"
+    files = sorted(DEMO_TEST_IMAGES.rglob("*.png"))[:12]
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (112, 112))
+    for f in files:
+        writer.write(cv2.resize(cv2.imread(str(f)), (112, 112), interpolation=cv2.INTER_NEAREST))
+    writer.release()
+    with vitedge.open(demo_fp32) as pipe:
+        from_folder = [p.label for _, p in pipe.stream(str(DEMO_TEST_IMAGES / "bag"), max_frames=5)]
+        from_video = list(pipe.stream(str(video)))
+    assert len(from_folder) == 5 and all(isinstance(lab, str) for lab in from_folder)
+    assert len(from_video) == 12
+    assert all(isinstance(frame, np.ndarray) and frame.shape == (112, 112, 3) for frame, _ in from_video)
+    assert pipe.times.frames == 17
+
+
+@pytest.mark.parametrize("source, kind", [
+    ("0", "camera"), (1, "camera"), ("/dev/video2", "camera"), ("rtsp://cam/stream", "stream"),
+    ("http://host/mjpg", "stream"),
+    ("nvarguscamerasrc ! video/x-raw(memory:NVMM) ! nvvidconv ! appsink", "gstreamer"),
+    ("images/*.jpg", "glob"), (str(PHOTOS), "folder"), (str(PHOTOS / "coffee.jpg"), "image"),
+])
+def test_source_kinds(source, kind):
+    assert describe(source) == kind
+
+
+def test_bad_frames_and_sources(demo_fp32, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "notes.txt").write_text("x")
+    with vitedge.open(demo_fp32) as pipe:
+        with pytest.raises(VitedgeError, match="cannot read image"):
+            pipe(tmp_path / "broken.png")
+        with pytest.raises(VitedgeError, match="not HxW, HxWx3 or HxWx4"):
+            pipe(np.zeros((4, 4, 5), np.uint8))
+        with pytest.raises(VitedgeError, match="uint8"):
+            pipe(np.zeros((4, 4, 3), np.float32))
+        with pytest.raises(VitedgeError, match="numpy array, a PIL image or a path"):
+            pipe(42.0)
+    with pytest.raises(VitedgeError, match="closed"):
+        pipe(PHOTOS / "coffee.jpg")
+    with pytest.raises(VitedgeError, match="is not an image, folder, video"):
+        FrameSource(str(tmp_path / "notes.txt"))
+    with pytest.raises(VitedgeError, match="no such image"):
+        FrameSource(str(tmp_path / "missing.png"))
+    (tmp_path / "fake.mp4").write_bytes(b"not a video")
+    with pytest.raises(VitedgeError, match="cannot open video"):
+        list(FrameSource(str(tmp_path / "fake.mp4")))
+
+
+class FakeClock:
+    """Advances by a scripted amount on each reading."""
+
+    def __init__(self, steps: list[float]):
+        self.steps, self.now, self.i = steps, 0.0, 0
+
+    def __call__(self) -> float:
+        self.now += self.steps[self.i % len(self.steps)]
+        self.i += 1
+        return self.now
+
+
+def test_bench_percentiles_on_a_fake_clock(demo_fp32):
+    # readings per call: bench's start, the pipeline's start, its 5 stage laps, bench's end
+    clock = FakeClock([0.0, 0.0, 0.001, 0.002, 0.0, 0.004, 0.001, 0.0])
+    pipe = Pipeline(OnnxRuntimeModel(demo_fp32), clock=clock)
+    results = bench([], BenchOptions(warmup=0, iterations=10), clock=clock, pipelines=[pipe])
+    r = results[0]
+    assert r.iterations == 10 and r.batch == 1
+    assert r.stages["decode"].mean == pytest.approx(1.0)
+    assert r.stages["preprocess"].p99 == pytest.approx(2.0)
+    assert r.stages["infer"].max == pytest.approx(4.0)
+    assert r.end_to_end.mean == pytest.approx(8.0)
+    assert r.throughput_fps == pytest.approx(125.0)
+
+
+def test_stats_percentiles():
+    s = Stats.of([float(v) for v in range(1, 101)])
+    assert (s.mean, s.p50, s.max, s.n) == (50.5, 50.5, 100.0, 100)
+    assert s.p90 == pytest.approx(90.1) and s.p99 == pytest.approx(99.01)
+
+
+def test_bench_cli_writes_json_csv_and_plot(demo_fp32, tmp_path, capsys):
+    out = tmp_path / "b.json"
+    code, stdout, err = run_cli(["bench", str(demo_fp32), str(demo_fp32), "--batch", "1,2",
+                                 "--iterations", "3", "--warmup", "1", "--json", str(out),
+                                 "--csv", str(tmp_path / "b.csv"), "--plot", str(tmp_path / "b.png")],
+                                capsys)
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    assert data["schema"] == 1 and data["machine"]["onnxruntime"]
+    assert len(data["results"]) == 4
+    r = data["results"][0]
+    assert set(r["stages"]) == set(STAGES) and r["end_to_end"]["n"] == 3
+    for key in ("mean", "p50", "p90", "p99", "max"):
+        assert r["end_to_end"][key] > 0
+    assert (tmp_path / "b.csv").read_text().count("\n") == 1 + 4 * 6
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+    assert "comparison" in stdout
+
+
+def test_predict_and_run_cli(demo_fp32, tmp_path, capsys):
+    code, out, err = run_cli(["predict", str(demo_fp32), str(DEMO_TEST_IMAGES / "trouser"),
+                              "--json"], capsys)
+    assert code == 0, err
+    preds = json.loads(out)
+    assert len(preds) > 100
+    assert sum(p["label"] == "Trouser" for p in preds) / len(preds) > 0.9
+    code, out, err = run_cli(["run", str(demo_fp32), "--source", str(DEMO_TEST_IMAGES / "bag"),
+                              "--max-frames", "7", "--output", str(tmp_path / "out.avi"), "--json"],
+                             capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["frames"] == 7 and set(summary["stages"]) == set(STAGES)
+    cap = cv2.VideoCapture(str(tmp_path / "out.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 7
+    cap.release()
+    code, _, err = run_cli(["predict", str(demo_fp32), str(tmp_path / "out.avi")], capsys)
+    assert code == 1 and "use `vitedge run --source`" in err
