@@ -1,0 +1,87 @@
+"""vitedge's exact preprocessing against the reference libraries, on real photos: timm's
+eval transform (committed fixture, tests/fixtures/make_preprocess_fixtures.py) and Hugging
+Face's ViTImageProcessor (run here), to 1e-5 on the normalised tensor. Patchify round
+trip, and a patch-input model against the image-input one through the pipeline."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import vitedge
+from tests.conftest import DEMO_CHECKPOINT
+from vitedge.export import ExportOptions, export_onnx
+from vitedge.manifest import Preprocess
+from vitedge.runtime.patchify import images_from_patches, patches_from_images
+from vitedge.runtime.preprocess import load_image, preprocess_image
+
+PHOTOS = Path(__file__).parents[1] / "vitedge" / "data" / "photos"
+FIXTURE = Path(__file__).parent / "fixtures" / "preprocess" / "timm_transforms.npz"
+TOLERANCE = 1e-5
+
+
+def timm_cases() -> list[str]:
+    return list(json.loads(str(np.load(FIXTURE)["settings"])))
+
+
+@pytest.mark.parametrize("case", timm_cases())
+def test_exact_preprocessing_matches_timm_eval_transform(case):
+    data = np.load(FIXTURE)
+    cfg = json.loads(str(data["settings"]))[case]
+    size = tuple(cfg["input_size"][1:])
+    prep = Preprocess.from_crop_pct(size, cfg["crop_pct"], cfg["interpolation"],
+                                    tuple(cfg["mean"]), tuple(cfg["std"]))
+    photos = json.loads(str(data["photos"]))
+    ours = np.stack([preprocess_image(load_image(PHOTOS / p), prep) for p in photos])
+    assert ours.shape == data[case].shape
+    assert np.abs(ours - data[case]).max() < TOLERANCE
+
+
+@pytest.mark.parametrize("size, resample, mean, std", [
+    ((224, 224), 2, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    ((96, 128), 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+])
+def test_exact_preprocessing_matches_hugging_face_processor(size, resample, mean, std):
+    transformers = pytest.importorskip("transformers")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    processor = transformers.ViTImageProcessor(
+        size={"height": size[0], "width": size[1]}, resample=resample, image_mean=list(mean),
+        image_std=list(std))
+    prep = Preprocess(crop=size, resize=size, resize_mode="exact",
+                      interpolation={2: "bilinear", 3: "bicubic"}[resample], mean=mean, std=std)
+    for photo in sorted(PHOTOS.glob("*.jpg")):
+        image = Image.open(photo).convert("RGB")
+        reference = processor(image, return_tensors="np")["pixel_values"][0]
+        assert np.abs(preprocess_image(image, prep) - reference).max() < TOLERANCE
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 4), st.sampled_from([2, 4, 16]),
+       st.integers(1, 4), st.integers(1, 4))
+def test_patchify_round_trip(batch, chans, patch, gh, gw):
+    x = np.random.default_rng(0).standard_normal((batch, chans, gh * patch, gw * patch)).astype(np.float32)
+    p = patches_from_images(x, patch)
+    assert p.shape == (batch, gh * gw, chans * patch * patch)
+    # patch (row 0, column 1) holds the pixels of that square, channel by channel
+    if gw > 1:
+        np.testing.assert_array_equal(p[0, 1], x[0, :, :patch, patch:2 * patch].reshape(-1))
+    np.testing.assert_array_equal(images_from_patches(p, patch, (gh, gw)), x)
+
+
+def test_patch_input_model_matches_image_input_model(demo_fp32, tmp_path):
+    patches = tmp_path / "fmnist.patches.onnx"
+    export_onnx(DEMO_CHECKPOINT, patches, ExportOptions(input_kind="patches", verify=False))
+    with vitedge.open(demo_fp32, keep_logits=True) as images_pipe, \
+            vitedge.open(patches, keep_logits=True) as patch_pipe:
+        assert patch_pipe.manifest.input == "patches"
+        for photo in sorted(PHOTOS.glob("*.jpg")):
+            a, b = images_pipe(photo), patch_pipe(photo)
+            assert b.timings["patchify"] >= 0 and a.class_id == b.class_id
+            np.testing.assert_allclose(a.logits, b.logits, rtol=1e-4, atol=1e-5)
