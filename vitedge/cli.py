@@ -651,7 +651,10 @@ def bench(artifacts: tuple[str, ...], batches: tuple[int, ...], warmup: int, ite
     """Latency of the whole pipeline per stage (decode, preprocess, patchify, infer,
     postprocess) and end to end: mean, p50, p90, p99, max and throughput. Several
     ARTIFACTS run interleaved in one process and are compared as ratios."""
+    from pathlib import Path
+
     from vitedge import bench as benchmark
+    from vitedge.runtime.pipeline import STAGES as STAGE_NAMES
 
     options = benchmark.BenchOptions(batches=batches, warmup=warmup,
                                      iterations=None if duration else iterations,
@@ -659,21 +662,21 @@ def bench(artifacts: tuple[str, ...], batches: tuple[int, ...], warmup: int, ite
     with _progress("benchmarking") as progress:
         results = benchmark.bench(list(artifacts), options, progress.update)
     first = results[0]
+    table = Table("artifact", "batch", *(f"{s} ms" for s in STAGE_NAMES), "end-to-end ms",
+                  "p99 ms", "frames/s", "vs first",
+                  title=f"mean per call over {first.iterations} iterations, artifacts interleaved "
+                        f"({first.preprocessing} preprocessing)")
     for r in results:
-        stages = {k: asdict_(v) for k, v in r.stages.items()}
-        stages["end to end"] = asdict_(r.end_to_end)
-        _print_stage_table(stages, f"{r.artifact} ({r.backend}, {r.precision}), batch {r.batch}, "
-                           f"{r.preprocessing}: {r.throughput_fps:.1f} frames/s")
+        table.add_row(f"{Path(r.artifact).name} ({r.backend}, {r.precision})", str(r.batch),
+                      *(f"{r.stages[s].mean:.2f}" for s in STAGE_NAMES),
+                      f"{r.end_to_end.mean:.2f}", f"{r.end_to_end.p99:.2f}",
+                      f"{r.throughput_fps:.1f}", f"{r.throughput_fps / first.throughput_fps:.2f}x")
+    out.print(table)
+    for r in results:
         if r.layers:
             top = list(r.layers.items())[:10]
-            out.print("slowest layers: " + ", ".join(f"{k} {v:.3f} ms" for k, v in top))
-    if len(results) > 1:
-        table = Table("artifact", "batch", "end-to-end ms", "frames/s", "vs first",
-                      title="comparison (same run, interleaved)")
-        for r in results:
-            table.add_row(r.artifact, str(r.batch), f"{r.end_to_end.mean:.3f}",
-                          f"{r.throughput_fps:.1f}", f"{r.throughput_fps / first.throughput_fps:.2f}x")
-        out.print(table)
+            out.print(f"slowest layers of {Path(r.artifact).name}, batch {r.batch}: "
+                      + ", ".join(f"{k} {v:.3f} ms" for k, v in top))
     if json_path:
         benchmark.write_json(json_path, results, options)
     if csv_path:
@@ -683,12 +686,6 @@ def bench(artifacts: tuple[str, ...], batches: tuple[int, ...], warmup: int, ite
     for path in (json_path, csv_path, plot_path):
         if path:
             out.print(f"[green]wrote[/] {path}")
-
-
-def asdict_(obj: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(obj)
 
 
 @cli.command()

@@ -14,7 +14,7 @@ import numpy as np
 
 from vitedge.datasets import labelled_folder
 from vitedge.errors import VitedgeError
-from vitedge.runtime.onnxrt import OnnxRuntimeModel
+from vitedge.runtime.backend import Model, load_model
 from vitedge.runtime.patchify import patches_from_images
 from vitedge.runtime.preprocess import load_image, preprocess_image
 
@@ -69,8 +69,8 @@ def evaluate(artifact: str | Path, data: str | Path, reference: str | Path | Non
              batch: int = 64, limit: int | None = None,
              on_progress: Callable[[int, int], None] | None = None) -> EvalResult:
     start = time.perf_counter()
-    model = OnnxRuntimeModel(artifact)
-    ref = OnnxRuntimeModel(reference) if reference else None
+    model = load_model(artifact)
+    ref = load_model(reference) if reference else None
     labels = model.manifest.labels
     if ref is not None and ref.manifest.labels != labels:
         raise VitedgeError(f"{reference} has other labels than {artifact}",
@@ -101,7 +101,7 @@ def evaluate(artifact: str | Path, data: str | Path, reference: str | Path | Non
     return result
 
 
-def _inputs(paths: list[Path], model: OnnxRuntimeModel) -> np.ndarray:
+def _inputs(paths: list[Path], model: Model) -> np.ndarray:
     m = model.manifest
     x = np.stack([preprocess_image(load_image(p), m.preprocess) for p in paths])
     return patches_from_images(x, m.architecture.patch_size) if m.input == "patches" else x
