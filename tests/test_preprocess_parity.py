@@ -85,3 +85,30 @@ def test_patch_input_model_matches_image_input_model(demo_fp32, tmp_path):
             a, b = images_pipe(photo), patch_pipe(photo)
             assert b.timings["patchify"] >= 0 and a.class_id == b.class_id
             np.testing.assert_allclose(a.logits, b.logits, rtol=1e-4, atol=1e-5)
+
+
+def test_frames_model_normalises_and_patchifies_in_the_graph(demo_fp32, tmp_path):
+    """uint8 (B, H, W, C) in: the graph's Cast, scale and shift equal the host's
+    preprocessing, so its logits equal the float-image model's; it quantizes too."""
+    import onnx
+
+    from vitedge.quantize.quantizer import QuantizeRequest, quantize_model
+
+    frames = tmp_path / "fmnist.frames.onnx"
+    result = export_onnx(DEMO_CHECKPOINT, frames, ExportOptions(input_kind="frames"))
+    assert result.comparisons and all(c.relative < 1e-4 for c in result.comparisons)
+    graph_input = onnx.load(str(frames)).graph.input[0]
+    assert graph_input.name == "frames"
+    assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    tests = sorted((Path(__file__).parents[1] / "evaluation" / "fashion-mnist").rglob("*.png"))[:20]
+    with vitedge.open(demo_fp32, keep_logits=True) as images_pipe, \
+            vitedge.open(frames, keep_logits=True) as frames_pipe:
+        assert frames_pipe.prepare(tests[:2]).dtype == np.uint8
+        for f in tests:
+            np.testing.assert_allclose(frames_pipe(f).logits, images_pipe(f).logits,
+                                       rtol=1e-4, atol=1e-5)
+    calibration = str(Path(__file__).parents[1] / "calibration" / "fashion-mnist")
+    for precision in ("int8", "fp16"):
+        q = quantize_model(frames, tmp_path / f"f.{precision}.onnx",
+                           QuantizeRequest(precision, data=calibration))
+        assert q.check is not None and q.check.top1_agreement >= 0.95

@@ -96,8 +96,10 @@ def _parse_batch(_ctx: click.Context, _param: click.Parameter, value: str) -> in
 @click.option("--batch", default="dynamic", show_default=True, callback=_parse_batch,
               help="'dynamic' or a fixed batch size.")
 @click.option("--opset", default=17, show_default=True, type=int, help="ONNX opset (17-20).")
-@click.option("--input", "input_kind", type=click.Choice(["images", "patches"]), default="images",
-              show_default=True, help="Model input: images (B,C,H,W) or patch vectors (B,N,C*P*P).")
+@click.option("--input", "input_kind", type=click.Choice(["images", "patches", "frames"]), default="images",
+              show_default=True, help="Model input: images (B,C,H,W) float, patch vectors "
+              "(B,N,C*P*P) float, or frames (B,H,W,C) uint8, resized and cropped, which the "
+              "graph normalises and patchifies itself.")
 @click.option("--labels", type=click.Path(dir_okay=False),
               help="Class names: a text file, one per line, or JSON.")
 @click.option("--attention-outputs", is_flag=True,

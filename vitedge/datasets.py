@@ -18,7 +18,7 @@ from vitedge.errors import VitedgeError, require
 from vitedge.fileio import sha256_file
 from vitedge.manifest import Manifest
 from vitedge.runtime.patchify import patches_from_images
-from vitedge.runtime.preprocess import load_image, preprocess_image
+from vitedge.runtime.preprocess import crop_pixels, load_image, preprocess_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -127,6 +127,17 @@ def _video_frame_count(path: Path) -> int:
     return n
 
 
+def prepare_image(image: Any, manifest: Manifest) -> np.ndarray:
+    """One decoded PIL image as the model takes it: float (C, H, W), patch vectors
+    (T, C*P*P), or uint8 (H, W, C) pixels for a `frames` model."""
+    if manifest.input == "frames":
+        return crop_pixels(image, manifest.preprocess)
+    x = preprocess_image(image, manifest.preprocess)
+    if manifest.input == "patches":
+        return patches_from_images(x[None], manifest.architecture.patch_size)[0]
+    return x
+
+
 def model_inputs(source: ImageSource, manifest: Manifest,
                  on_broken: Callable[[str], None] | None = None) -> Iterator[np.ndarray]:
     """One model input (C, H, W), or (T, C*P*P) for a patch-input model, per source item.
@@ -142,6 +153,9 @@ def model_inputs(source: ImageSource, manifest: Manifest,
         return x
 
     if source.kind == "array":
+        if manifest.input == "frames":
+            raise VitedgeError("a frames model (uint8 input) calibrates from images or video, "
+                               "not from arrays of preprocessed tensors")
         data = _read_array(source.path)
         expected = (cfg.num_patches, cfg.patch_dim) if manifest.input == "patches" else want
         if data.ndim == 4 and manifest.input == "patches" and data.shape[1:] == want:
@@ -155,11 +169,11 @@ def model_inputs(source: ImageSource, manifest: Manifest,
         return
     if source.kind == "video":
         for frame in _video_frames(source.path, source.count):
-            yield shaped(preprocess_image(frame, manifest.preprocess))
+            yield prepare_image(frame, manifest)
         return
     for i, item in enumerate(source.items):
         try:
-            x = preprocess_image(load_image(item), manifest.preprocess)
+            x = prepare_image(load_image(item), manifest)
         except VitedgeError as exc:
             source.broken.append(str(item))
             if on_broken:
@@ -169,7 +183,7 @@ def model_inputs(source: ImageSource, manifest: Manifest,
                     f"{len(source.broken)} of the first {i + 1} images in {source.path} cannot "
                     f"be read (first: {source.broken[0]})", "check the files") from exc
             continue
-        yield shaped(x)
+        yield x
 
 
 def _video_frames(path: Path, count: int) -> Iterator[Any]:

@@ -12,11 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from vitedge.datasets import labelled_folder
+from vitedge.datasets import labelled_folder, prepare_image
 from vitedge.errors import VitedgeError
 from vitedge.runtime.backend import Model, load_model
-from vitedge.runtime.patchify import patches_from_images
-from vitedge.runtime.preprocess import load_image, preprocess_image
+from vitedge.runtime.preprocess import load_image
 
 
 @dataclass
@@ -102,6 +101,4 @@ def evaluate(artifact: str | Path, data: str | Path, reference: str | Path | Non
 
 
 def _inputs(paths: list[Path], model: Model) -> np.ndarray:
-    m = model.manifest
-    x = np.stack([preprocess_image(load_image(p), m.preprocess) for p in paths])
-    return patches_from_images(x, m.architecture.patch_size) if m.input == "patches" else x
+    return np.stack([prepare_image(load_image(p), model.manifest) for p in paths])

@@ -99,8 +99,9 @@ def export_onnx(
                           "limit of a single ONNX file, which vitedge does not split yet")
 
     with step("build graph"):
+        prep = imported.preprocess
         model = onnx_from_vit(cfg, imported.model.state_dict(), opts.input_kind, opts.batch,
-                              opts.opset, opts.attention_outputs)
+                              opts.opset, opts.attention_outputs, (prep.mean, prep.std))
         manifest = imported.manifest(opts.input_kind)
         set_onnx_manifest(model, manifest)
         data = model.SerializeToString()

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from vitedge.model.config import ViTConfig
 
 MIN_OPSET, MAX_OPSET = 17, 20
-INPUT_KINDS = ("images", "patches")
+INPUT_KINDS = ("images", "patches", "frames")
 
 
 class GraphBuilder:
@@ -53,9 +53,14 @@ def onnx_from_vit(
     batch: int | None = None,
     opset: int = 17,
     attention_outputs: bool = False,
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> onnx.ModelProto:
     """The ViT as an ONNX model: `images` (B, C, H, W) or `patches` (B, N, C*P*P) in,
     `logits` (B, classes) out (`features` (B, D) for a model without a head).
+
+    `frames` input: uint8 (B, H, W, C) pixels, already resized and cropped; the graph
+    scales, normalises with `normalize` (mean, std) and patchifies them itself, so a
+    quarter of the bytes cross to the device and the arithmetic runs there.
 
     `batch=None` makes the batch dimension dynamic. `attention_outputs` adds each block's
     attention probabilities as outputs `attn.{i}` (B, heads, T, T).
@@ -69,10 +74,23 @@ def onnx_from_vit(
     d, k = cfg.embed_dim, cfg.num_prefix_tokens
     batch_dim: int | str = batch if batch is not None else "batch"
 
-    if input_kind == "images":
+    if input_kind == "frames":
+        if normalize is None:
+            raise ValueError("frames input needs the preprocessing's mean and std")
+        mean, std = (np.asarray(v, np.float32).reshape(1, -1, 1, 1) for v in normalize)
         x_in = helper.make_tensor_value_info(
-            "images", TensorProto.FLOAT, [batch_dim, cfg.in_chans, *cfg.img_size])
-        conv = g.node("Conv", ["images", g.const("patch_embed.proj.weight", w["patch_embed.proj.weight"]),
+            "frames", TensorProto.UINT8, [batch_dim, *cfg.img_size, cfg.in_chans])
+        pixels = g.node("Cast", ["frames"], "frames.float", to=TensorProto.FLOAT)
+        nchw = g.node("Transpose", [pixels], "frames.nchw", perm=[0, 3, 1, 2])
+        scaled = g.node("Mul", [nchw, g.const("frames.scale", 1.0 / (255.0 * std))], "frames.scaled")
+        image_input = g.node("Add", [scaled, g.const("frames.shift", -mean / std)], "images")
+    else:
+        image_input = "images"
+    if input_kind in ("images", "frames"):
+        if input_kind == "images":
+            x_in = helper.make_tensor_value_info(
+                "images", TensorProto.FLOAT, [batch_dim, cfg.in_chans, *cfg.img_size])
+        conv = g.node("Conv", [image_input, g.const("patch_embed.proj.weight", w["patch_embed.proj.weight"]),
                                g.const("patch_embed.proj.bias", w["patch_embed.proj.bias"])],
                       "patch_embed.proj", kernel_shape=[cfg.patch_size] * 2,
                       strides=[cfg.patch_size] * 2)

@@ -12,7 +12,7 @@ import numpy as np
 from vitedge.manifest import Preprocess
 from vitedge.model.config import ViTConfig
 from vitedge.runtime.patchify import patches_from_images
-from vitedge.runtime.preprocess import load_image, preprocess_image
+from vitedge.runtime.preprocess import crop_pixels, load_image, normalize, preprocess_image
 
 # float32 on both sides: different kernels (and summation orders) across 12-32 blocks
 # give about 1e-6 relative; 1e-4 leaves a margin of ~100x while any wrong operator,
@@ -80,9 +80,29 @@ def verify_onnx_against_torch(
 
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     results = []
-    for case, images in verification_inputs(cfg, prep).items():
+    cases = frame_inputs(cfg, prep) if input_kind == "frames" else verification_inputs(cfg, prep)
+    for case, x in cases.items():
+        images = normalize_frames(x, prep) if input_kind == "frames" else x
         with torch.no_grad():
             reference = torch_model(torch.from_numpy(images)).numpy()
-        x = patches_from_images(images, cfg.patch_size) if input_kind == "patches" else images
+        if input_kind == "patches":
+            x = patches_from_images(images, cfg.patch_size)
         results.append(compare(case, reference, run_onnx(session, input_kind, x, batch)))
     return results
+
+
+def frame_inputs(cfg: ViTConfig, prep: Preprocess, seed: int = 0) -> dict[str, np.ndarray]:
+    """uint8 (n, H, W, C) frames: random pixels, and the photos resized and cropped."""
+    rng = np.random.default_rng(seed)
+    cases = {"random": rng.integers(0, 256, (4, *cfg.img_size, cfg.in_chans), dtype=np.uint8)}
+    if cfg.in_chans == 3:
+        folder = resources.files("vitedge") / "data" / "photos"
+        files = sorted((p for p in folder.iterdir() if p.name.endswith(".jpg")), key=lambda p: p.name)
+        sized = prep.with_size(cfg.img_size)
+        cases["photos"] = np.stack([crop_pixels(load_image(str(f)), sized) for f in files])
+    return cases
+
+
+def normalize_frames(frames: np.ndarray, prep: Preprocess) -> np.ndarray:
+    """What the frames graph computes in front of the ViT, in numpy (the reference)."""
+    return np.stack([normalize(f, prep) for f in frames])

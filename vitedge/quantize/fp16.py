@@ -86,6 +86,10 @@ def convert_fp16(model: onnx.ModelProto, ranges: dict[str, dict[str, float]] | N
         for i, tensor in enumerate(node.input):
             if tensor in floats or tensor in float_inits:
                 node.input[i] = as_type(tensor, want)
+        if node.op_type == "Cast":
+            for attr in node.attribute:
+                if attr.name == "to" and attr.i in (TensorProto.FLOAT, TensorProto.FLOAT16):
+                    attr.i = want  # a cast into the float graph casts into its precision
         for out in node.output:
             if out in floats:
                 dtype[out] = want

@@ -74,10 +74,11 @@ class OnnxRuntimeModel:
         first = self.session.get_inputs()[0]
         self.input_name = first.name
         self.fixed_batch = first.shape[0] if isinstance(first.shape[0], int) else None
+        self.input_dtype = np.uint8 if first.type == "tensor(uint8)" else np.float32
         self.output_name = self.manifest.output_name
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        return run_in_batches(self.session, self.input_name, np.asarray(x, np.float32),
+        return run_in_batches(self.session, self.input_name, np.asarray(x, self.input_dtype),
                               self.fixed_batch, self.output_name)
 
 

@@ -27,7 +27,7 @@ from vitedge.errors import VitedgeError
 from vitedge.manifest import Manifest
 from vitedge.runtime.backend import Model, load_model
 from vitedge.runtime.patchify import patches_from_images
-from vitedge.runtime.preprocess import PIL_FILTERS, load_image, preprocess_image
+from vitedge.runtime.preprocess import PIL_FILTERS, crop_pixels, load_image, preprocess_image
 
 STAGES = ("decode", "preprocess", "patchify", "infer", "postprocess")
 COLOR_ORDERS = ("bgr", "rgb")
@@ -117,10 +117,15 @@ class Pipeline:
         return rgb if self.fast else Image.fromarray(rgb)
 
     def _preprocess(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        """Float (C, H, W), or for a `frames` model uint8 (H, W, C) resized and cropped
+        (the graph normalises)."""
+        frames = self.manifest.input == "frames"
         if self._fast is not None:
             assert isinstance(image, np.ndarray)
-            return self._fast(image)
+            return self._fast(image, normalize=not frames)
         assert isinstance(image, Image.Image)
+        if frames:
+            return crop_pixels(image, self.manifest.preprocess)
         return preprocess_image(image, self.manifest.preprocess)
 
     # --- calls --------------------------------------------------------------------------
@@ -230,7 +235,7 @@ class _FastPreprocess:
         self.scale = (1.0 / (255.0 * std)).astype(np.float32)
         self.shift = (-np.asarray(p.mean, np.float32) / std).astype(np.float32)
 
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+    def __call__(self, rgb: np.ndarray, normalize: bool = True) -> np.ndarray:
         cv2, p = self.cv2, self.prep
         if self.gray:
             rgb = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
@@ -251,6 +256,8 @@ class _FastPreprocess:
             rgb, (h, w) = canvas, canvas.shape[:2]
         top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
         crop = rgb[top:top + ch, left:left + cw]
+        if not normalize:
+            return np.ascontiguousarray(crop if crop.ndim == 3 else crop[:, :, None])
         x = crop.astype(np.float32)
         if x.ndim == 2:
             x = x[:, :, None]

@@ -62,9 +62,14 @@ def normalize(pixels: np.ndarray, prep: Preprocess) -> np.ndarray:
     return np.ascontiguousarray(normalized.transpose(2, 0, 1), dtype=np.float32)
 
 
-def preprocess_image(image: Image.Image, prep: Preprocess) -> np.ndarray:
-    """One PIL image to the model's (C, H, W) float32 input: RGB, or grayscale ("L") for a
-    model whose preprocessing has one mean."""
+def crop_pixels(image: Image.Image, prep: Preprocess) -> np.ndarray:
+    """Resized and centre-cropped uint8 pixels, (H, W, C): RGB, or grayscale ("L", one
+    channel) for a model whose preprocessing has one mean. What a `frames` model takes."""
     mode = "L" if len(prep.mean) == 1 else "RGB"
-    cropped = center_crop(resize_for(image.convert(mode), prep), prep.crop)
-    return normalize(np.asarray(cropped), prep)
+    pixels = np.asarray(center_crop(resize_for(image.convert(mode), prep), prep.crop))
+    return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+
+def preprocess_image(image: Image.Image, prep: Preprocess) -> np.ndarray:
+    """One PIL image to the model's (C, H, W) float32 input."""
+    return normalize(crop_pixels(image, prep), prep)
