@@ -1,17 +1,23 @@
 """The runtime pipeline end to end against the way a user would do it without vitedge:
 Hugging Face `ViTForImageClassification` + its `ViTImageProcessor` in PyTorch eager, FP32,
-same weights, same 640x480 BGR frames, batch 1, measured in one run with the two
-interleaved frame by frame. Then a memory check: RSS over 10,000 frames of `stream()` on
-a video file.
+same weights, same 640x480 BGR frames, batch 1. Then a memory check: RSS over 10,000
+frames of `stream()` on a video file.
+
+One run of this script measures both, alternating in rounds, each in a process of its
+own as an application would have it: the Hugging Face baseline in a child process, vitedge
+in this one, which never imports torch (PyTorch's idle OpenMP threads would otherwise
+slow ONNX Runtime's, and the reverse). The model is made and built in child processes
+too (`vitedge build`, the CLI).
 
 Run on demand: `.venv/bin/python benchmarks/pipeline_vs_hf.py [tiny small base]`.
 Appends a section to benchmarks/RESULTS.md."""
 
 from __future__ import annotations
 
-import logging
+import json
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +29,7 @@ ROOT = Path(__file__).parents[1]
 RESULTS = Path(__file__).parent / "RESULTS.md"
 PHOTOS = sorted((ROOT / "vitedge" / "data" / "photos").glob("*.jpg"))
 SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
-FRAMES, WARMUP = 40, 5
+FRAMES, WARMUP, ROUNDS = 40, 5, 2
 
 
 def frames_640x480() -> list[np.ndarray]:
@@ -32,63 +38,90 @@ def frames_640x480() -> list[np.ndarray]:
     return [cv2.resize(cv2.imread(str(p)), (640, 480)) for p in PHOTOS]
 
 
-def hf_model(size: str, folder: Path) -> object:
+def make_hf(size: str, folder: str) -> None:
+    """(child process) A random-weight ViT-{size}/16 and its processor, saved."""
     import torch
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     hidden, heads = SIZES[size]
     torch.manual_seed(0)
-    model = ViTForImageClassification(ViTConfig(
+    ViTForImageClassification(ViTConfig(
         hidden_size=hidden, num_attention_heads=heads, intermediate_size=4 * hidden,
-        num_hidden_layers=12, image_size=224, patch_size=16, num_labels=1000)).eval()
-    processor = ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3,
-                                  image_std=[0.5] * 3)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return model, processor
+        num_hidden_layers=12, image_size=224, patch_size=16, num_labels=1000)).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3,
+                      image_std=[0.5] * 3).save_pretrained(folder)
 
 
-def run(size: str, work: Path) -> str:
+def measure_hf(folder: str) -> None:
+    """(child process) Milliseconds per frame of processor + eager model, as JSON."""
+    import logging
+
     import torch
+    from transformers import ViTForImageClassification, ViTImageProcessor
 
-    from vitedge.build import BuildOptions, build
-    from vitedge.quantize.calibrate import CalibrationOptions
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    model = ViTForImageClassification.from_pretrained(folder).eval()
+    processor = ViTImageProcessor.from_pretrained(folder)
+    frames = frames_640x480()
+    times = []
+    with torch.inference_mode():
+        for i in range(WARMUP + FRAMES):
+            start = time.perf_counter()
+            inputs = processor(images=frames[i % len(frames)][:, :, ::-1], return_tensors="pt")
+            int(model(**inputs).logits.softmax(-1).argmax())
+            if i >= WARMUP:
+                times.append((time.perf_counter() - start) * 1e3)
+    print(json.dumps({"times": times, "torch": torch.__version__, "threads": torch.get_num_threads()}))
+
+
+def measure_vitedge(artifact: Path, fast: bool) -> tuple[list[float], dict[str, float]]:
     from vitedge.runtime.pipeline import open_pipeline
 
-    folder = work / f"hf_{size}"
-    model, processor = hf_model(size, folder)
-    built = build(folder, BuildOptions(precision="int8", data=str(ROOT / "calibration" / "fashion-mnist"),
-                                       profile="cpu", output=str(work / f"{size}.int8.ort.onnx"),
-                                       calibration=CalibrationOptions(num_images=64)))
     frames = frames_640x480()
-
-    def hf(frame: np.ndarray) -> int:
-        with torch.inference_mode():
-            inputs = processor(images=frame[:, :, ::-1], return_tensors="pt")
-            return int(model(**inputs).logits.softmax(-1).argmax())
-
-    exact = open_pipeline(built.artifact)
-    fast = open_pipeline(built.artifact, fast=True)
-    runners = {"hf": hf, "vitedge exact": lambda f: exact(f).class_id,
-               "vitedge fast": lambda f: fast(f).class_id}
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for i in range(WARMUP + FRAMES):
-        frame = frames[i % len(frames)]
-        for name, fn in runners.items():
+    times = []
+    with open_pipeline(artifact, fast=fast) as pipe:
+        for i in range(WARMUP + FRAMES):
             start = time.perf_counter()
-            fn(frame)
+            pipe(frames[i % len(frames)])
             if i >= WARMUP:
-                times[name].append((time.perf_counter() - start) * 1e3)
-    ms = {k: statistics.mean(v) for k, v in times.items()}
-    row = []
-    for pipe, label in ((exact, "exact"), (fast, "fast")):
-        s = {k: statistics.mean(v[-FRAMES:]) for k, v in pipe.times.samples.items() if v}
-        overhead = (s["preprocess"] + s["patchify"] + s["postprocess"]) / s["infer"]
-        row.append(f"{ms['hf'] / ms['vitedge ' + label]:.2f}x ({ms['vitedge ' + label]:.1f} ms; "
-                   f"pre+patchify+post = {overhead:.0%} of infer)")
-    exact.close()
-    fast.close()
-    return f"| ViT-{size[0].upper()}/16 | {ms['hf']:.1f} ms | {row[0]} | {row[1]} |"
+                times.append((time.perf_counter() - start) * 1e3)
+        stages = {k: statistics.median(v[WARMUP:]) for k, v in pipe.times.samples.items() if v}
+    return times, stages
+
+
+def child(*args: str) -> str:
+    return subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def run(size: str, work: Path) -> tuple[str, dict[str, str]]:
+    folder = work / f"hf_{size}"
+    child("--make-hf", size, str(folder))
+    artifact = work / f"{size}.int8.ort.onnx"
+    subprocess.run([sys.executable, "-m", "vitedge", "build", str(folder), "--precision", "int8",
+                    "--data", str(ROOT / "calibration" / "fashion-mnist"), "--profile", "cpu",
+                    "--num-images", "64", "-o", str(artifact), "--json"], check=True,
+                   capture_output=True)
+    hf: list[float] = []
+    exact: list[float] = []
+    fast: list[float] = []
+    info: dict[str, str] = {}
+    for _ in range(ROUNDS):
+        result = json.loads(child("--measure-hf", str(folder)))
+        hf += result["times"]
+        info = {"torch": result["torch"], "threads": str(result["threads"])}
+        t, exact_stages = measure_vitedge(artifact, fast=False)
+        exact += t
+        t, fast_stages = measure_vitedge(artifact, fast=True)
+        fast += t
+    ms = {"hf": statistics.median(hf), "exact": statistics.median(exact),
+          "fast": statistics.median(fast)}
+    cells = []
+    for label, stages in (("exact", exact_stages), ("fast", fast_stages)):
+        overhead = (stages["preprocess"] + stages["patchify"] + stages["postprocess"]) / stages["infer"]
+        cells.append(f"{ms['hf'] / ms[label]:.2f}x ({ms[label]:.1f} ms: infer {stages['infer']:.1f}, "
+                     f"pre+patchify+post {overhead:.0%} of infer)")
+    return f"| ViT-{size[0].upper()}/16 | {ms['hf']:.1f} ms | {cells[0]} | {cells[1]} |", info
 
 
 def rss_mb() -> float:
@@ -99,7 +132,6 @@ def rss_mb() -> float:
 def memory_check(work: Path, frames: int = 10_000) -> str:
     import cv2
 
-    from vitedge.build import BuildOptions, build
     from vitedge.runtime.pipeline import open_pipeline
 
     video = work / "clip.avi"
@@ -108,11 +140,13 @@ def memory_check(work: Path, frames: int = 10_000) -> str:
     for i in range(frames):
         writer.write(small[i % len(small)])
     writer.release()
-    ckpt = ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"
-    built = build(ckpt, BuildOptions(precision="int8", data=str(ROOT / "calibration" / "fashion-mnist"),
-                                     output=str(work / "fmnist.int8.ort.onnx")))
+    artifact = work / "fmnist.int8.ort.onnx"
+    subprocess.run([sys.executable, "-m", "vitedge", "build",
+                    str(ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"),
+                    "--precision", "int8", "--data", str(ROOT / "calibration" / "fashion-mnist"),
+                    "-o", str(artifact), "--json"], check=True, capture_output=True)
     samples = []
-    with open_pipeline(built.artifact) as pipe:
+    with open_pipeline(artifact) as pipe:
         for n, _ in enumerate(pipe.stream(str(video)), 1):
             if n % 1000 == 0:
                 samples.append((n, rss_mb()))
@@ -124,27 +158,29 @@ def memory_check(work: Path, frames: int = 10_000) -> str:
 
 
 def main(sizes: list[str]) -> None:
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    import torch
-
     rows = []
+    info: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for size in sizes:
-            rows.append(run(size, work))
-            print(rows[-1], flush=True)
+            row, info = run(size, work)
+            rows.append(row)
+            print(row, flush=True)
         memory = memory_check(work)
     print(memory)
+    import onnxruntime
+
     section = (
         "\n## Runtime pipeline vs Hugging Face eager (`benchmarks/pipeline_vs_hf.py`)\n\n"
-        f"Machine: {platform.machine()}, 2 cores, torch {torch.__version__} ({torch.get_num_threads()} "
-        f"threads). Batch 1, {FRAMES} 640x480 BGR frames (the bundled photos), mean end-to-end "
-        "time per frame, the three interleaved frame by frame in one process. Baseline: "
+        f"Machine: {platform.machine()}, 2 cores; torch {info.get('torch')} ({info.get('threads')} "
+        f"threads), onnxruntime {onnxruntime.__version__}. Batch 1, 640x480 BGR frames (the "
+        f"bundled photos), median end-to-end time per frame over {ROUNDS} rounds of {FRAMES} "
+        "frames, baseline and vitedge alternating, each in its own process. Baseline: "
         "`ViTImageProcessor` + `ViTForImageClassification` in PyTorch eager FP32. vitedge: "
-        "`vitedge build --precision int8` (ONNX Runtime, CPU) of the same weights, through "
-        "`vitedge.open` with exact (PIL) or fast (OpenCV) preprocessing. Random weights, 1000 "
-        "classes.\n\n"
-        "| model | HF eager FP32 | vitedge INT8, exact: speed-up | vitedge INT8, fast: speed-up |\n"
+        "`vitedge build --precision int8` (ONNX Runtime, CPU) of the same Hugging Face folder, "
+        "through `vitedge.open` with exact (PIL) or fast (OpenCV) preprocessing. Random "
+        "weights, 1000 classes.\n\n"
+        "| model | HF eager FP32 | vitedge INT8, exact preprocessing: speed-up | vitedge INT8, fast: speed-up |\n"
         "|---|---|---|---|\n" + "\n".join(rows) + "\n\n" + memory + "\n")
     with open(RESULTS, "a") as f:
         f.write(section)
@@ -152,4 +188,9 @@ def main(sizes: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["tiny", "small", "base"])
+    if sys.argv[1:2] == ["--make-hf"]:
+        make_hf(sys.argv[2], sys.argv[3])
+    elif sys.argv[1:2] == ["--measure-hf"]:
+        measure_hf(sys.argv[2])
+    else:
+        main(sys.argv[1:] or ["tiny", "small", "base"])

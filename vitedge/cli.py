@@ -488,13 +488,18 @@ def archs(as_json: bool) -> None:
 @click.option("--scheme", type=click.Choice(["vit", "all"]), default="vit", show_default=True,
               help="INT8 Q/DQ placement (see `vitedge quantize --help`).")
 @click.option("--quantize-attention", is_flag=True, help="INT8: Q/DQ for TensorRT's fused attention.")
+@click.option("--num-images", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Calibration images taken from --data.")
+@click.option("--method", type=click.Choice(["entropy", "percentile", "minmax", "mse"]),
+              default="percentile", show_default=True, help="Calibration method.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="The artifact [default: INPUT.PRECISION.engine or INPUT.PRECISION.ort.onnx].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @debug_option
 def build(input_path: str, precision: str | None, data: str | None, calib: str | None,
           profile: str | None, backend: str, batch: str | None, timing_cache: str | None,
-          scheme: str, quantize_attention: bool, output: str | None, as_json: bool) -> None:
+          scheme: str, quantize_attention: bool, num_images: int, method: str,
+          output: str | None, as_json: bool) -> None:
     """Build the deployable artifact for this machine from INPUT (a checkpoint, exported
     first, or a vitedge ONNX model): a TensorRT engine (+ ENGINE.json) where TensorRT and a
     GPU are present, else an optimized ONNX Runtime model. INT8 and FP16 are quantized in
@@ -507,7 +512,8 @@ def build(input_path: str, precision: str | None, data: str | None, calib: str |
                            backend=backend, batch=batch, timing_cache=timing_cache,
                            output=output, qdq=QuantizeOptions(scheme=scheme,
                                                               attention=quantize_attention,
-                                                              smooth=scheme == "vit"))
+                                                              smooth=scheme == "vit"),
+                           calibration=_calibration_options(method, 99.99, num_images, 8, 0.5))
     with _progress("building", not as_json) as progress:
         result = run_build(input_path, options, progress.step, progress.update,
                            on_warning=lambda msg: err.print(f"[yellow]warning:[/] {msg}"))
