@@ -85,7 +85,7 @@ def measure_vitedge(artifact: Path, fast: bool) -> tuple[list[float], dict[str, 
             pipe(frames[i % len(frames)])
             if i >= WARMUP:
                 times.append((time.perf_counter() - start) * 1e3)
-        stages = {k: statistics.median(v[WARMUP:]) for k, v in pipe.times.samples.items() if v}
+        stages = {k: statistics.median(list(v)[WARMUP:]) for k, v in pipe.times.samples.items() if v}
     return times, stages
 
 

@@ -91,3 +91,19 @@ def test_inspect_an_engine_without_a_gpu(tmp_path, capsys):
     assert shown["engine"]["gpu_name"] == "Orin" and shown["size_bytes"] == 4
     assert main(["inspect", str(engine)]) == 0
     assert "TensorRT 10.3.0" in capsys.readouterr().out
+
+
+def test_cuda_paths_without_a_gpu_fail_with_one_clear_line(tmp_path):
+    """cuda-python is installed here and there is no GPU: the CUDA helpers say so."""
+    pytest.importorskip("cuda.bindings.runtime")
+    from vitedge.runtime.cuda_device import gpu_info
+    from vitedge.runtime.tensorrt_model import TensorRTModel, _check, _cudart
+
+    assert gpu_info() is None
+    with pytest.raises(VitedgeError, match="CUDA error"):
+        _check(_cudart().cudaMalloc(16))
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan")
+    sidecar_path(engine).write_text(ORIN.to_json())
+    with pytest.raises(VitedgeError, match="no CUDA GPU is visible"):
+        TensorRTModel(engine)

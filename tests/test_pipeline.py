@@ -189,3 +189,16 @@ def test_predict_and_run_cli(demo_fp32, tmp_path, capsys):
     cap.release()
     code, _, err = run_cli(["predict", str(demo_fp32), str(tmp_path / "out.avi")], capsys)
     assert code == 1 and "use `vitedge run --source`" in err
+
+
+def test_stage_times_stay_bounded(demo_fp32, monkeypatch):
+    """A camera loop runs for days: the pipeline keeps only the latest calls' timings."""
+    from vitedge.runtime import pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "KEEP_SAMPLES", 5)
+    with vitedge.open(demo_fp32) as pipe:
+        frame = np.zeros((28, 28), np.uint8)
+        for _ in range(12):
+            pipe(frame)
+    assert pipe.times.frames == 12
+    assert all(len(v) == 5 for v in pipe.times.samples.values())

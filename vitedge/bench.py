@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,10 @@ class Stats:
     n: int
 
     @classmethod
-    def of(cls, samples: list[float]) -> Stats:
-        if not samples:
+    def of(cls, samples: Iterable[float]) -> Stats:
+        a = np.fromiter(samples, np.float64)
+        if not a.size:
             return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0)
-        a = np.asarray(samples, np.float64)
         p50, p90, p99 = np.percentile(a, PERCENTILES)
         return cls(float(a.mean()), float(p50), float(p90), float(p99), float(a.max()), len(a))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,16 +54,21 @@ class Prediction:
         return d
 
 
+KEEP_SAMPLES = 10_000
+"""Stage times kept per stage (the latest calls): a camera loop runs for days."""
+
+
 @dataclass
 class StageTimes:
-    """Every call's stage times (ms), for percentiles at the end of a run."""
+    """The latest calls' stage times (ms), for percentiles; bounded in memory."""
 
-    samples: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    samples: dict[str, deque[float]] = field(
+        default_factory=lambda: {s: deque(maxlen=KEEP_SAMPLES) for s in STAGES})
     frames: int = 0
 
     def add(self, timings: dict[str, float], frames: int) -> None:
         for stage, ms in timings.items():
-            self.samples.setdefault(stage, []).append(ms)
+            self.samples.setdefault(stage, deque(maxlen=KEEP_SAMPLES)).append(ms)
         self.frames += frames
 
 
