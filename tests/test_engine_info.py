@@ -93,15 +93,25 @@ def test_inspect_an_engine_without_a_gpu(tmp_path, capsys):
     assert "TensorRT 10.3.0" in capsys.readouterr().out
 
 
-def test_cuda_paths_without_a_gpu_fail_with_one_clear_line(tmp_path):
+def test_cuda_paths_without_a_gpu_fail_with_one_clear_line(tmp_path, monkeypatch):
     """cuda-python is installed here and there is no GPU: the CUDA helpers say so."""
     pytest.importorskip("cuda.bindings.runtime")
+    from vitedge.errors import MissingDependency
+    from vitedge.runtime.cuda import CudaPython, cuda_api
     from vitedge.runtime.cuda_device import gpu_info
-    from vitedge.runtime.tensorrt_model import TensorRTModel, _check, _cudart
+    from vitedge.runtime.tensorrt_model import TensorRTModel
 
     assert gpu_info() is None
-    with pytest.raises(VitedgeError, match="CUDA error"):
-        _check(_cudart().cudaMalloc(16))
+    with pytest.raises(VitedgeError, match="CUDA cudaMalloc failed: cudaError"):
+        CudaPython().malloc(16)
+    assert cuda_api().name == "cuda-python"
+    monkeypatch.setenv("VITEDGE_CUDA", "pycuda")
+    with pytest.raises(MissingDependency, match="pycuda"):
+        cuda_api()
+    monkeypatch.setenv("VITEDGE_CUDA", "opencl")
+    with pytest.raises(VitedgeError, match="is not one of cuda-python, pycuda"):
+        cuda_api()
+    monkeypatch.delenv("VITEDGE_CUDA")
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan")
     sidecar_path(engine).write_text(ORIN.to_json())

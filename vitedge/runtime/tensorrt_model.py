@@ -20,6 +20,7 @@ import numpy as np
 from vitedge.errors import MissingDependency, VitedgeError
 from vitedge.fileio import sha256_file
 from vitedge.manifest import Manifest
+from vitedge.runtime.cuda import cuda_api
 from vitedge.runtime.cuda_device import gpu_info, tensorrt_module
 from vitedge.runtime.engine_info import (
     EngineInfo,
@@ -30,26 +31,6 @@ from vitedge.runtime.engine_info import (
 
 NUMPY_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32,
                 "INT64": np.int64, "BOOL": np.bool_, "UINT8": np.uint8}
-
-
-def _cudart() -> Any:
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError:
-            raise MissingDependency("running TensorRT engines needs cuda-python",
-                                    "pip install 'vitedge[cuda-python]'") from None
-    return cudart
-
-
-def _check(result: Any) -> Any:
-    """cuda-python returns (error, value...): raise on an error, return the value(s)."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise VitedgeError(f"CUDA error {int(err)} ({err})")
-    return values[0] if len(values) == 1 else values
 
 
 def check_engine(path: Path, trt_version: str, gpu: tuple[str, str]) -> EngineInfo:
@@ -65,10 +46,15 @@ def check_engine(path: Path, trt_version: str, gpu: tuple[str, str]) -> EngineIn
 
 
 class TensorRTModel:
-    """A deserialised engine with an execution context, a stream and device buffers sized
-    for the engine's largest batch."""
+    """A deserialised engine with an execution context, a stream, device buffers and
+    pinned host buffers sized for the engine's largest batch, and CUDA events that time
+    the copies and the execution. With `cuda_graph`, each batch size's execution is
+    captured once as a CUDA graph and replayed (less launch overhead per layer).
 
-    def __init__(self, path: str | Path):
+    One execution context: not for concurrent calls from several threads (the pipeline
+    serialises its calls; open one model per thread for parallel inference)."""
+
+    def __init__(self, path: str | Path, cuda_graph: bool = False):
         self.path = Path(path)
         if not self.path.is_file():
             raise VitedgeError(f"no such file: {self.path}")
@@ -83,7 +69,9 @@ class TensorRTModel:
         self.info = check_engine(self.path, str(trt.__version__), gpu)
         self.manifest = Manifest.from_json(json.dumps(self.info.manifest))
         self.trt = trt
-        self.cudart = _cudart()
+        self.cuda = cuda_api()
+        self.cuda_graph = cuda_graph
+        self.graphs: dict[tuple[int, ...], Any] = {}
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
@@ -96,8 +84,11 @@ class TensorRTModel:
         self.output_names = [n for n in names if n not in inputs]
         self.output_name = self.manifest.output_name
         self.max_batch = int(self.info.batch.split(":")[-1])
-        self.stream = _check(self.cudart.cudaStreamCreate())
+        self.stream = self.cuda.stream()
+        self.events = [self.cuda.event() for _ in range(4)]
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        self.pinned: dict[str, np.ndarray] = {}  # name -> page-locked host buffer
+        self.last_timings: dict[str, float] = {}
 
     def _dtype(self, name: str) -> Any:
         return NUMPY_DTYPES[str(self.engine.get_tensor_dtype(name)).split(".")[-1]]
@@ -106,39 +97,78 @@ class TensorRTModel:
         ptr, size = self.buffers.get(name, (0, 0))
         if size < nbytes:
             if ptr:
-                _check(self.cudart.cudaFree(ptr))
-            ptr = int(_check(self.cudart.cudaMalloc(nbytes)))
+                self.cuda.free(ptr)
+            ptr = self.cuda.malloc(nbytes)
             self.buffers[name] = (ptr, nbytes)
+            self.graphs.clear()  # captured graphs hold the old addresses
         return ptr
+
+    def _host(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A page-locked host buffer viewed at `shape` (async copies need pinned memory)."""
+        count = int(np.prod(shape))
+        buf = self.pinned.get(name)
+        if buf is None or buf.size < count or buf.dtype != np.dtype(dtype):
+            buf = self.cuda.pinned_empty((max(count, 1),), dtype)
+            self.pinned[name] = buf
+        return buf[:count].reshape(shape)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         return self.infer_all(x)[self.output_name]
 
+    def infer_timed(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """The output and the device stages' times (ms, CUDA events): host_to_device,
+        infer, device_to_host (summed over chunks)."""
+        out = self.infer(x)
+        return out, dict(self.last_timings)
+
     def infer_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Every output for a batch of inputs, run in chunks of at most the engine's batch."""
+        self.last_timings = {"host_to_device": 0.0, "infer": 0.0, "device_to_host": 0.0}
         chunks = [self._run(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
         return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        cudart = self.cudart
-        host_in = np.ascontiguousarray(x, dtype=self._dtype(self.input_name))
+        cuda, ev = self.cuda, self.events
+        host_in = self._host(self.input_name, x.shape, self._dtype(self.input_name))
+        host_in[...] = x
         self.context.set_input_shape(self.input_name, host_in.shape)
         d_in = self._buffer(self.input_name, host_in.nbytes)
-        _check(cudart.cudaMemcpyAsync(d_in, host_in.ctypes.data, host_in.nbytes,
-                                      cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
         self.context.set_tensor_address(self.input_name, d_in)
         outputs: dict[str, np.ndarray] = {}
         for name in self.output_names:
             shape = tuple(self.context.get_tensor_shape(name))
-            outputs[name] = np.empty(shape, dtype=self._dtype(name))
+            outputs[name] = self._host(name, shape, self._dtype(name))
             self.context.set_tensor_address(name, self._buffer(name, outputs[name].nbytes))
-        if not self.context.execute_async_v3(int(self.stream)):
-            raise VitedgeError(f"TensorRT failed to run {self.path.name}")
+        cuda.record(ev[0], self.stream)
+        cuda.htod_async(d_in, host_in, self.stream)
+        cuda.record(ev[1], self.stream)
+        self._execute(host_in.shape)
+        cuda.record(ev[2], self.stream)
         for name, host in outputs.items():
-            _check(cudart.cudaMemcpyAsync(host.ctypes.data, self.buffers[name][0], host.nbytes,
-                                          cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
-        _check(cudart.cudaStreamSynchronize(self.stream))
-        return {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in outputs.items()}
+            cuda.dtoh_async(host, self.buffers[name][0], self.stream)
+        cuda.record(ev[3], self.stream)
+        cuda.synchronize(self.stream)
+        for stage, (a, b) in (("host_to_device", (0, 1)), ("infer", (1, 2)),
+                              ("device_to_host", (2, 3))):
+            self.last_timings[stage] += cuda.elapsed_ms(ev[a], ev[b])
+        return {k: v.astype(np.float32) if v.dtype == np.float16 else v.copy()
+                for k, v in outputs.items()}
+
+    def _execute(self, shape: tuple[int, ...]) -> None:
+        handle = self.cuda.stream_handle(self.stream)
+        if not self.cuda_graph:
+            if not self.context.execute_async_v3(handle):
+                raise VitedgeError(f"TensorRT failed to run {self.path.name}")
+            return
+        graph = self.graphs.get(shape)
+        if graph is None:
+            # TensorRT needs one plain enqueue after a shape change before capture
+            if not self.context.execute_async_v3(handle):
+                raise VitedgeError(f"TensorRT failed to run {self.path.name}")
+            self.cuda.begin_capture(self.stream)
+            self.context.execute_async_v3(handle)
+            graph = self.graphs[shape] = self.cuda.end_capture(self.stream)
+        self.cuda.launch_graph(graph, self.stream)
 
     def layer_times(self, x: np.ndarray, runs: int = 10) -> dict[str, float]:
         """Mean milliseconds per layer over `runs` executions (TensorRT's IProfiler)."""
@@ -172,11 +202,10 @@ class TensorRTModel:
 
     def close(self) -> None:
         for ptr, _ in self.buffers.values():
-            self.cudart.cudaFree(ptr)
+            self.cuda.free(ptr)
         self.buffers.clear()
-        if self.stream is not None:
-            self.cudart.cudaStreamDestroy(self.stream)
-            self.stream = None
+        self.pinned.clear()
+        self.graphs.clear()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown
