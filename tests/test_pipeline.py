@@ -71,6 +71,18 @@ def test_fast_preprocessing_agrees_with_exact_on_the_test_images(demo_fp32, test
     assert agreement(pa, pb).cosine > 0.98  # photos are resized: OpenCV's filter differs
 
 
+def test_stream_prefetch_matches_plain_calls_and_raises_worker_errors(demo_fp32, tmp_path):
+    files = sorted(DEMO_TEST_IMAGES.rglob("*.png"))[:30]
+    with vitedge.open(demo_fp32, keep_logits=True) as pipe:
+        plain = [p.logits for _, p in pipe.stream(files, prefetch=0)]
+        ahead = [p.logits for _, p in pipe.stream(iter(files), prefetch=3)]
+        np.testing.assert_array_equal(np.stack(plain), np.stack(ahead))
+        assert len(list(pipe.stream(iter(files), max_frames=4))) == 4
+        (tmp_path / "broken.png").write_bytes(b"x")
+        with pytest.raises(VitedgeError, match="cannot read image"):
+            list(pipe.stream([*files[:3], tmp_path / "broken.png", *files[3:6]]))
+
+
 def test_pipeline_on_a_folder_and_on_a_video(demo_fp32, tmp_path):
     video = tmp_path / "clip.avi"
     files = sorted(DEMO_TEST_IMAGES.rglob("*.png"))[:12]
@@ -133,10 +145,9 @@ class FakeClock:
 
 
 def test_bench_percentiles_on_a_fake_clock(demo_fp32):
-    # readings per call: bench's start, the pipeline's start, its 5 laps (decode,
-    # preprocess, patchify, infer, postprocess; the copies are not clocked on the CPU),
-    # bench's end
-    clock = FakeClock([0.0, 0.0, 0.001, 0.002, 0.0, 0.004, 0.001, 0.0])
+    # readings per call: bench's start; the pipeline's start, after decode, preprocess
+    # and patchify; before and after infer, after postprocess; bench's end
+    clock = FakeClock([0.0, 0.0, 0.001, 0.002, 0.0, 0.0, 0.004, 0.001, 0.0])
     pipe = Pipeline(OnnxRuntimeModel(demo_fp32), clock=clock)
     results = bench([], BenchOptions(warmup=0, iterations=10), clock=clock, pipelines=[pipe])
     r = results[0]

@@ -13,6 +13,7 @@ pipeline per thread (each gets its own ONNX Runtime session or TensorRT context)
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import deque
@@ -144,41 +145,11 @@ class Pipeline:
     def batch(self, frames: Iterable[Any]) -> list[Prediction]:
         if self._closed:
             raise VitedgeError("this pipeline is closed", "open a new one with vitedge.open")
-        timings: dict[str, float] = {}
-        clock = self.clock
-
-        def lap(stage: str, start: float) -> float:
-            now = clock()
-            timings[stage] = (now - start) * 1e3
-            return now
-
-        t = clock()
-        decoded = [self._decode(f) for f in frames]
-        if not decoded:
+        frames = list(frames)
+        if not frames:
             return []
-        t = lap("decode", t)
-        x = np.stack([self._preprocess(d) for d in decoded])
-        t = lap("preprocess", t)
-        x = self._patchify(x)
-        t = lap("patchify", t)
-        with self._lock:
-            timed = getattr(self.model, "infer_timed", None)
-            if timed is not None:
-                logits, device = timed(x)
-            else:
-                logits, device = self.model.infer(x), {}
-        t = lap("infer", t)
-        if device:  # the wall time of the call, split as the device measured it
-            total = timings["infer"]
-            timings["host_to_device"] = device["host_to_device"]
-            timings["device_to_host"] = device["device_to_host"]
-            timings["infer"] = max(total - device["host_to_device"] - device["device_to_host"], 0.0)
-        else:
-            timings["host_to_device"] = timings["device_to_host"] = 0.0
-        predictions = self._postprocess(logits, timings)
-        lap("postprocess", t)
-        self.times.add(timings, len(decoded))
-        return predictions
+        x, timings = self._prepare_timed(frames)
+        return self._predict_prepared(x, timings)
 
     def _patchify(self, x: np.ndarray) -> np.ndarray:
         if self.manifest.input == "patches":
@@ -204,17 +175,58 @@ class Pipeline:
                                   logits[row].copy() if self.keep_logits else None))
         return out
 
-    def stream(self, source: Any, max_frames: int | None = None
-               ) -> Iterator[tuple[np.ndarray, Prediction]]:
+    def stream(self, source: Any, max_frames: int | None = None, prefetch: int = 2
+               ) -> Iterator[tuple[Any, Prediction]]:
         """(frame, prediction) for each frame of a source (anything `open_source` takes, or
-        an iterable of frames)."""
+        an iterable of frames). Double-buffered: a worker thread decodes and preprocesses
+        the next frames while the model runs on this one (`prefetch=0` turns it off)."""
         from vitedge.runtime.sources import open_source
 
         frames = open_source(source) if isinstance(source, (str, Path, int)) else source
-        for n, frame in enumerate(frames):
-            if max_frames is not None and n >= max_frames:
-                break
-            yield frame, self(frame)
+        limited = itertools.islice(frames, max_frames)
+        try:
+            if prefetch <= 0:
+                for frame in limited:
+                    yield frame, self(frame)
+                return
+            for frame, x, timings in _prefetched(self, limited, prefetch):
+                yield frame, self._predict_prepared(x, timings)[0]
+        finally:
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()
+
+    def _prepare_timed(self, frames: list[Any]) -> tuple[np.ndarray, dict[str, float]]:
+        timings: dict[str, float] = {}
+        clock = self.clock
+        t0 = clock()
+        decoded = [self._decode(f) for f in frames]
+        t1 = clock()
+        x = np.stack([self._preprocess(d) for d in decoded])
+        t2 = clock()
+        x = self._patchify(x)
+        t3 = clock()
+        timings.update(decode=(t1 - t0) * 1e3, preprocess=(t2 - t1) * 1e3, patchify=(t3 - t2) * 1e3)
+        return x, timings
+
+    def _predict_prepared(self, x: np.ndarray, timings: dict[str, float]) -> list[Prediction]:
+        """infer + postprocess for an input the worker prepared."""
+        if self._closed:
+            raise VitedgeError("this pipeline is closed", "open a new one with vitedge.open")
+        clock = self.clock
+        t = clock()
+        with self._lock:
+            timed = getattr(self.model, "infer_timed", None)
+            logits, device = timed(x) if timed is not None else (self.model.infer(x), {})
+        t2 = clock()
+        total = (t2 - t) * 1e3
+        timings["host_to_device"] = device.get("host_to_device", 0.0)
+        timings["device_to_host"] = device.get("device_to_host", 0.0)
+        timings["infer"] = max(total - timings["host_to_device"] - timings["device_to_host"], 0.0)
+        predictions = self._postprocess(logits, timings)
+        timings["postprocess"] = (clock() - t2) * 1e3
+        self.times.add(timings, len(x))
+        return predictions
 
     # --- lifetime -----------------------------------------------------------------------
 
@@ -230,6 +242,46 @@ class Pipeline:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _prefetched(pipe: Pipeline, frames: Iterator[Any], depth: int
+                ) -> Iterator[tuple[Any, np.ndarray, dict[str, float]]]:
+    """(frame, prepared input, its stage times), prepared `depth` frames ahead by a worker
+    thread. An error in the worker is raised here, at the frame it happened."""
+    import queue
+
+    done = object()
+    items: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for frame in frames:
+                if stop.is_set():
+                    return
+                x, timings = pipe._prepare_timed([frame])
+                items.put((frame, x, timings))
+            items.put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            items.put(exc)
+
+    worker = threading.Thread(target=work, name="vitedge-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = items.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a worker waiting on a full queue
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.05)
 
 
 class _FastPreprocess:
