@@ -203,16 +203,21 @@ def _block(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray], cfg: Vi
     d = cfg.embed_dim
     h = _layer_norm(g, f"{p}.norm1", x, w, cfg.norm_eps)
     if cfg.fused_qkv:
-        qkv = _linear(g, f"{p}.attn.qkv", h, w[f"{p}.attn.qkv.weight"], w.get(f"{p}.attn.qkv.bias"))
-        axis = g.ints(f"{p}.attn.qkv.axis", [2])
-        q, k, v = (
-            g.node("Slice", [qkv, g.ints(f"{p}.attn.{n}.start", [i * d]),
-                             g.ints(f"{p}.attn.{n}.end", [(i + 1) * d]), axis], f"{p}.attn.{n}")
-            for i, n in enumerate("qkv")
-        )
+        qkv_weight, qkv_bias = w[f"{p}.attn.qkv.weight"], w.get(f"{p}.attn.qkv.bias")
     else:
-        q, k, v = (_linear(g, f"{p}.attn.{n}", h, w[f"{p}.attn.{n}.weight"], w.get(f"{p}.attn.{n}.bias"))
-                   for n in "qkv")
+        # separate q, k, v Linears (Hugging Face) become one: one larger GEMM is faster,
+        # and the input is quantized once
+        qkv_weight = np.concatenate([w[f"{p}.attn.{n}.weight"] for n in "qkv"])
+        biases = [w.get(f"{p}.attn.{n}.bias") for n in "qkv"]
+        qkv_bias = None if all(b is None for b in biases) else np.concatenate(
+            [b if b is not None else np.zeros(d, np.float32) for b in biases])
+    qkv = _linear(g, f"{p}.attn.qkv", h, qkv_weight, qkv_bias)
+    axis = g.ints(f"{p}.attn.qkv.axis", [2])
+    q, k, v = (
+        g.node("Slice", [qkv, g.ints(f"{p}.attn.{n}.start", [i * d]),
+                         g.ints(f"{p}.attn.{n}.end", [(i + 1) * d]), axis], f"{p}.attn.{n}")
+        for i, n in enumerate("qkv")
+    )
     qh = _heads(g, f"{p}.attn.q", q, cfg, [0, 2, 1, 3])
     kt = _heads(g, f"{p}.attn.k", k, cfg, [0, 2, 3, 1])
     vh = _heads(g, f"{p}.attn.v", v, cfg, [0, 2, 1, 3])

@@ -53,16 +53,11 @@ def smoothing_pairs(model: onnx.ModelProto) -> list[SmoothPair]:
         if proj_w not in inits or merged not in made_by:
             continue
         d = inits[proj_w].dims[0]
-        if f"{prefix}.qkv.weight" in inits:
-            divide = [(f"{prefix}.qkv.weight", 2 * d, 3 * d)]
-            if f"{prefix}.qkv.bias" in inits:
-                divide.append((f"{prefix}.qkv.bias", 2 * d, 3 * d))
-        elif f"{prefix}.v.weight" in inits:
-            divide = [(f"{prefix}.v.weight", 0, d)]
-            if f"{prefix}.v.bias" in inits:
-                divide.append((f"{prefix}.v.bias", 0, d))
-        else:
+        if f"{prefix}.qkv.weight" not in inits:  # the graph builder always fuses QKV
             continue
+        divide = [(f"{prefix}.qkv.weight", 2 * d, 3 * d)]
+        if f"{prefix}.qkv.bias" in inits:
+            divide.append((f"{prefix}.qkv.bias", 2 * d, 3 * d))
         pairs.append(SmoothPair(merged, divide, [proj_w]))
     return pairs
 
