@@ -83,6 +83,56 @@ def test_stream_prefetch_matches_plain_calls_and_raises_worker_errors(demo_fp32,
             list(pipe.stream([*files[:3], tmp_path / "broken.png", *files[3:6]]))
 
 
+def test_stream_in_batches(demo_fp32):
+    files = sorted(DEMO_TEST_IMAGES.rglob("*.png"))[:11]
+    with vitedge.open(demo_fp32, keep_logits=True) as one, \
+            vitedge.open(demo_fp32, keep_logits=True, batch=4) as four:
+        a = [p.logits for _, p in one.stream(files)]
+        b = [(f, p.logits) for f, p in four.stream(files)]
+    assert [f for f, _ in b] == files
+    np.testing.assert_allclose(np.stack(a), np.stack([x for _, x in b]), rtol=1e-5, atol=1e-5)
+    assert len(four.times.samples["infer"]) == 3  # 4 + 4 + 3
+
+
+class FlakyCapture:
+    """A capture that fails `fail` reads after every `good` frames, then ends."""
+
+    def __init__(self, frames: int, good: int, fail: int):
+        self.left, self.good, self.fail, self.n = frames, good, fail, 0
+
+    def read(self):
+        self.n += 1
+        cycle = (self.n - 1) % (self.good + self.fail)
+        if self.left <= 0 or cycle >= self.good:
+            return False, None
+        self.left -= 1
+        return True, np.zeros((8, 8, 3), np.uint8)
+
+    def release(self):
+        pass
+
+
+def test_live_source_counts_dropped_frames_and_reconnects(monkeypatch):
+    captures = [FlakyCapture(frames=6, good=3, fail=2), FlakyCapture(frames=4, good=4, fail=0)]
+    source = FrameSource("rtsp://camera/stream", max_failures=3, reconnect_after=0.0,
+                         max_reconnects=2)
+    opened = iter(captures)
+
+    def reopen() -> FlakyCapture:
+        capture = next(opened, None)
+        if capture is None:
+            raise VitedgeError("cannot open stream rtsp://camera/stream")
+        return capture
+
+    monkeypatch.setattr(source, "_open_capture", reopen)
+    frames = list(source)
+    # first capture: 3 good, 2 dropped, 3 good, then fails -> reconnect; second: 4 good,
+    # then fails until the reconnect limit: the source ends cleanly
+    assert len(frames) == 10
+    assert source.stats.frames == 10 and source.stats.reconnects >= 1
+    assert source.stats.dropped >= 2 + 3
+
+
 def test_pipeline_on_a_folder_and_on_a_video(demo_fp32, tmp_path):
     video = tmp_path / "clip.avi"
     files = sorted(DEMO_TEST_IMAGES.rglob("*.png"))[:12]

@@ -10,7 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import DEMO_CALIBRATION
+import vitedge
+from tests.conftest import DEMO_CALIBRATION, DEMO_TEST_IMAGES
 from vitedge.build import BuildOptions, build
 from vitedge.errors import VitedgeError
 from vitedge.evaluate import agreement
@@ -59,3 +60,18 @@ def test_engine_refuses_changed_or_foreign(demo_fp32, tmp_path):
     engine.write_bytes(engine.read_bytes()[:-16] + bytes(16))
     with pytest.raises(VitedgeError, match="changed or replaced"):
         load_model(engine)
+
+
+def test_engine_pipeline_times_the_copies_and_replays_a_cuda_graph(demo_fp32, tmp_path):
+    engine = tmp_path / "m.fp16.engine"
+    build(demo_fp32, BuildOptions(precision="fp16", data=CALIBRATION, backend="tensorrt",
+                                  output=str(engine)))
+    frames = sorted(DEMO_TEST_IMAGES.rglob("*.png"))[:20]
+    with vitedge.open(engine, keep_logits=True) as plain, \
+            vitedge.open(engine, keep_logits=True, cuda_graph=True) as graph:
+        for f in frames:
+            a, b = plain(f), graph(f)
+            np.testing.assert_allclose(a.logits, b.logits, rtol=1e-3, atol=1e-3)
+        assert a.timings["host_to_device"] > 0 and a.timings["device_to_host"] > 0
+        streamed = list(plain.stream(frames, prefetch=2))
+        assert len(streamed) == len(frames)

@@ -16,9 +16,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,23 +60,40 @@ KEEP_SAMPLES = 10_000
 """Stage times kept per stage (the latest calls): a camera loop runs for days."""
 
 
-@dataclass
 class StageTimes:
-    """The latest calls' stage times (ms), for percentiles; bounded in memory."""
+    """The latest calls' stage times (ms), for percentiles, in ring buffers allocated
+    once: memory does not grow however long the pipeline runs."""
 
-    samples: dict[str, deque[float]] = field(
-        default_factory=lambda: {s: deque(maxlen=KEEP_SAMPLES) for s in STAGES})
-    frames: int = 0
+    def __init__(self) -> None:
+        self.keep = KEEP_SAMPLES
+        self._rings: dict[str, np.ndarray] = {}
+        self._count: dict[str, int] = {}
+        self.frames = 0
 
     def add(self, timings: dict[str, float], frames: int) -> None:
         for stage, ms in timings.items():
-            self.samples.setdefault(stage, deque(maxlen=KEEP_SAMPLES)).append(ms)
+            ring = self._rings.get(stage)
+            if ring is None:
+                ring = self._rings[stage] = np.zeros(self.keep, np.float64)
+                self._count[stage] = 0
+            ring[self._count[stage] % self.keep] = ms
+            self._count[stage] += 1
         self.frames += frames
+
+    @property
+    def samples(self) -> dict[str, np.ndarray]:
+        """Each stage's kept times, oldest first."""
+        out = {}
+        for stage, ring in self._rings.items():
+            n = self._count[stage]
+            out[stage] = ring[:n].copy() if n <= self.keep else np.roll(ring, -(n % self.keep))
+        return out
 
 
 class Pipeline:
     def __init__(self, model: Model, color: str = "bgr", fast: bool = False, topk: int = 5,
-                 keep_logits: bool = False, clock: Callable[[], float] = time.perf_counter):
+                 keep_logits: bool = False, clock: Callable[[], float] = time.perf_counter,
+                 batch: int = 1):
         if color not in COLOR_ORDERS:
             raise VitedgeError(f"color order '{color}' is not one of {', '.join(COLOR_ORDERS)}")
         self.model = model
@@ -94,6 +110,10 @@ class Pipeline:
         self._closed = False
         self._fast = _FastPreprocess(self.manifest) if fast else None
         self.clock = clock
+        if batch < 1:
+            raise VitedgeError("batch must be at least 1")
+        self.batch_size = batch
+        """Frames `stream()` runs together: more throughput, more latency."""
 
     # --- frames -------------------------------------------------------------------------
 
@@ -178,19 +198,21 @@ class Pipeline:
     def stream(self, source: Any, max_frames: int | None = None, prefetch: int = 2
                ) -> Iterator[tuple[Any, Prediction]]:
         """(frame, prediction) for each frame of a source (anything `open_source` takes, or
-        an iterable of frames). Double-buffered: a worker thread decodes and preprocesses
-        the next frames while the model runs on this one (`prefetch=0` turns it off)."""
+        an iterable of frames), run `batch` frames at a time. Double-buffered: a worker
+        thread decodes and preprocesses the next batches while the model runs on this one
+        (`prefetch=0` turns it off)."""
         from vitedge.runtime.sources import open_source
 
         frames = open_source(source) if isinstance(source, (str, Path, int)) else source
         limited = itertools.islice(frames, max_frames)
+        chunks = iter(lambda: list(itertools.islice(limited, self.batch_size)), [])
         try:
             if prefetch <= 0:
-                for frame in limited:
-                    yield frame, self(frame)
+                for chunk in chunks:
+                    yield from zip(chunk, self.batch(chunk), strict=True)
                 return
-            for frame, x, timings in _prefetched(self, limited, prefetch):
-                yield frame, self._predict_prepared(x, timings)[0]
+            for chunk, x, timings in _prefetched(self, chunks, prefetch):
+                yield from zip(chunk, self._predict_prepared(x, timings), strict=True)
         finally:
             close = getattr(frames, "close", None)
             if close is not None:
@@ -244,10 +266,10 @@ class Pipeline:
         self.close()
 
 
-def _prefetched(pipe: Pipeline, frames: Iterator[Any], depth: int
-                ) -> Iterator[tuple[Any, np.ndarray, dict[str, float]]]:
-    """(frame, prepared input, its stage times), prepared `depth` frames ahead by a worker
-    thread. An error in the worker is raised here, at the frame it happened."""
+def _prefetched(pipe: Pipeline, chunks: Iterator[list[Any]], depth: int
+                ) -> Iterator[tuple[list[Any], np.ndarray, dict[str, float]]]:
+    """(frames, prepared input, its stage times), prepared `depth` chunks ahead by a worker
+    thread. An error in the worker is raised here, at the chunk it happened in."""
     import queue
 
     done = object()
@@ -256,11 +278,11 @@ def _prefetched(pipe: Pipeline, frames: Iterator[Any], depth: int
 
     def work() -> None:
         try:
-            for frame in frames:
+            for chunk in chunks:
                 if stop.is_set():
                     return
-                x, timings = pipe._prepare_timed([frame])
-                items.put((frame, x, timings))
+                x, timings = pipe._prepare_timed(chunk)
+                items.put((chunk, x, timings))
             items.put(done)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             items.put(exc)
@@ -338,10 +360,12 @@ class _FastPreprocess:
 
 def open_pipeline(path: str | Path, device: str | None = None, color: str = "bgr",
                   fast: bool = False, topk: int = 5, keep_logits: bool = False,
-                  threads: int | None = None) -> Pipeline:
+                  threads: int | None = None, batch: int = 1, cuda_graph: bool = False
+                  ) -> Pipeline:
     """A pipeline on a built artifact (`.engine` or `.onnx`). `device` "cpu" forces ONNX
     Runtime's CPU provider; "gpu" uses its CUDA / TensorRT providers where installed (an
-    engine always runs on the GPU)."""
+    engine always runs on the GPU). `batch`: frames `stream()` runs together.
+    `cuda_graph`: replay a TensorRT engine's execution as a CUDA graph."""
     if device not in (None, "cpu", "gpu"):
         raise VitedgeError(f"device '{device}' is not cpu or gpu")
     p = Path(path)
@@ -349,6 +373,11 @@ def open_pipeline(path: str | Path, device: str | None = None, color: str = "bgr
         from vitedge.runtime.onnxrt import OnnxRuntimeModel
 
         model: Model = OnnxRuntimeModel(p, threads, use_gpu=device == "gpu")
+    elif cuda_graph:
+        from vitedge.runtime.tensorrt_model import TensorRTModel
+
+        model = TensorRTModel(p, cuda_graph=True)
     else:
         model = load_model(p, threads)
-    return Pipeline(model, color=color, fast=fast, topk=topk, keep_logits=keep_logits)
+    return Pipeline(model, color=color, fast=fast, topk=topk, keep_logits=keep_logits,
+                    batch=batch)

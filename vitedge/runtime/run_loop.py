@@ -74,7 +74,7 @@ def run_loop(artifact: str, source: str, output: str | None = None, display: boo
             if output and count == 0:
                 raise VitedgeError(f"{source} gave no frames; nothing written")
         elapsed = time.perf_counter() - start
-        stages = {k: asdict(Stats.of(v)) for k, v in pipe.times.samples.items() if v}
+        stages = {k: asdict(Stats.of(v)) for k, v in pipe.times.samples.items() if len(v)}
     if log:
         log(f"{count} frames from {frames.kind} {source} in {elapsed:.1f} s"
             + (f", written to {output}" if output else ""))
