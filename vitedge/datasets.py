@@ -19,9 +19,8 @@ from vitedge.fileio import sha256_file
 from vitedge.manifest import Manifest
 from vitedge.runtime.patchify import patches_from_images
 from vitedge.runtime.preprocess import crop_pixels, load_image, preprocess_image
+from vitedge.runtime.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 ARRAY_SUFFIXES = {".npy", ".npz"}
 LIST_SUFFIXES = {".txt", ".lst"}
 MAX_BROKEN_FRACTION = 0.1

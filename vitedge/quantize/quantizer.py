@@ -84,11 +84,12 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
     if request.sensitivity and not request.data:
         raise VitedgeError("--sensitivity needs --data (images to measure the layers on)")
     result = QuantizeResult(Path(output), request.precision, 0, None)
+    model_sha = sha256_file(model_path)
 
     table: CalibrationTable | None = None
     if request.calib:
         table = CalibrationTable.read(request.calib)
-        table.check_model(sha256_file(model_path), model_path)
+        table.check_model(model_sha, model_path)
         result.table = request.calib
     elif request.data:
         step("calibrating")
@@ -132,7 +133,7 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
     step("checking")
     manifest.precision = request.precision
     manifest.source = {**manifest.source, "quantization": info,
-                       "fp32_sha256": sha256_file(model_path)}
+                       "fp32_sha256": model_sha}
     set_onnx_manifest(quantized, manifest)
     check_quantized(quantized)
     data = quantized.SerializeToString()

@@ -36,21 +36,28 @@ class CudaApi(Protocol):
     def launch_graph(self, graph: Any, stream: Any) -> None: ...
 
 
+def import_cudart() -> Any:
+    """cuda-python's runtime module (its location moved in cuda-python 12.6), or None."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError:
+            return None
+    return cudart
+
+
 class CudaPython:
     """cuda-python's runtime bindings (`cuda.bindings.runtime`)."""
 
     name = "cuda-python"
 
     def __init__(self) -> None:
-        try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            try:
-                from cuda import cudart
-            except ImportError:
-                raise MissingDependency("CUDA from Python needs cuda-python or pycuda",
-                                        "pip install cuda-python") from None
-        self.rt = cudart
+        self.rt = import_cudart()
+        if self.rt is None:
+            raise MissingDependency("CUDA from Python needs cuda-python or pycuda",
+                                    "pip install cuda-python")
 
     def _ok(self, call: str, result: Any) -> Any:
         err, *values = result if isinstance(result, tuple) else (result,)

@@ -24,13 +24,11 @@ def tensorrt_module(lean_ok: bool = False) -> ModuleType | None:
 
 def gpu_info() -> tuple[str, str] | None:
     """(name, compute capability "8.7") of CUDA device 0, through cuda-python."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart  # cuda-python < 12.6
-        except ImportError:
-            return None
+    from vitedge.runtime.cuda import import_cudart
+
+    cudart = import_cudart()
+    if cudart is None:
+        return None
     try:
         err, count = cudart.cudaGetDeviceCount()
         if int(err) != 0 or count < 1:

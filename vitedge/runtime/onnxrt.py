@@ -4,6 +4,7 @@ manifest is read through ONNX Runtime's metadata, not the onnx package)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,6 @@ def ort_session(model: Any, threads: int | None = None, optimize: bool = True,
     # preprocesses on the same cores, and spinning threads of one session slow the next
     # (ViT-S INT8 on 2 cores: 27 ms alone either way; 43 ms against 30 ms when two
     # sessions alternate). VITEDGE_ORT_SPIN=1 turns spinning back on.
-    import os
-
     so.add_session_config_entry("session.intra_op.allow_spinning",
                                 "1" if os.environ.get("VITEDGE_ORT_SPIN") == "1" else "0")
     try:

@@ -4,6 +4,7 @@ timings summarised at the end."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -36,7 +37,7 @@ def run_loop(artifact: str, source: str, output: str | None = None, display: boo
     start = time.perf_counter()
     count = 0
     with open_pipeline(artifact, device=device, color=color, fast=fast) as pipe:
-        with atomic_path(output) if output else _nothing() as tmp:
+        with atomic_path(output) if output else contextlib.nullcontext() as tmp:
             try:
                 last = time.perf_counter()
                 for frame in frames:
@@ -81,13 +82,3 @@ def run_loop(artifact: str, source: str, output: str | None = None, display: boo
     return {"frames": count, "seconds": round(elapsed, 3), "fps": count / elapsed if elapsed else 0.0,
             "dropped": frames.stats.dropped, "reconnects": frames.stats.reconnects,
             "stages": stages, "output": output}
-
-
-class _nothing:
-    """A context manager standing in for atomic_path when nothing is written."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_exc: object) -> None:
-        return None
