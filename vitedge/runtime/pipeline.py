@@ -28,7 +28,7 @@ from vitedge.errors import VitedgeError
 from vitedge.manifest import Manifest
 from vitedge.runtime.backend import Model, load_model
 from vitedge.runtime.patchify import patches_from_images
-from vitedge.runtime.preprocess import PIL_FILTERS, crop_pixels, load_image, preprocess_image
+from vitedge.runtime.preprocess import crop_pixels, load_image, preprocess_image
 
 STAGES = ("decode", "preprocess", "patchify", "host_to_device", "infer", "device_to_host",
           "postprocess")
@@ -320,7 +320,6 @@ class _FastPreprocess:
 
         self.cv2 = require("cv2", "video", "fast (OpenCV) preprocessing")
         p = manifest.preprocess
-        assert p.interpolation in PIL_FILTERS
         self.prep = p
         self.flag = getattr(self.cv2, self.CV2_FILTERS[p.interpolation])
         self.gray = len(p.mean) == 1
