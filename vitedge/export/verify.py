@@ -44,11 +44,15 @@ def compare(case: str, reference: np.ndarray, candidate: np.ndarray) -> Comparis
     return Comparison(case, float(diff), float(diff / scale), float(cos.min()), top1)
 
 
+def photo_files() -> list[Any]:
+    """The bundled real photographs, in name order."""
+    folder = resources.files("vitedge") / "data" / "photos"
+    return sorted((p for p in folder.iterdir() if p.name.endswith(".jpg")), key=lambda p: p.name)
+
+
 def sample_photos(prep: Preprocess) -> np.ndarray:
     """The bundled real photographs, preprocessed for the model: (n, C, H, W)."""
-    folder = resources.files("vitedge") / "data" / "photos"
-    files = sorted((p for p in folder.iterdir() if p.name.endswith(".jpg")), key=lambda p: p.name)
-    return np.stack([preprocess_image(load_image(str(f)), prep) for f in files])
+    return np.stack([preprocess_image(load_image(str(f)), prep) for f in photo_files()])
 
 
 def verification_inputs(cfg: ViTConfig, prep: Preprocess, seed: int = 0) -> dict[str, np.ndarray]:
@@ -96,10 +100,8 @@ def frame_inputs(cfg: ViTConfig, prep: Preprocess, seed: int = 0) -> dict[str, n
     rng = np.random.default_rng(seed)
     cases = {"random": rng.integers(0, 256, (4, *cfg.img_size, cfg.in_chans), dtype=np.uint8)}
     if cfg.in_chans == 3:
-        folder = resources.files("vitedge") / "data" / "photos"
-        files = sorted((p for p in folder.iterdir() if p.name.endswith(".jpg")), key=lambda p: p.name)
         sized = prep.with_size(cfg.img_size)
-        cases["photos"] = np.stack([crop_pixels(load_image(str(f)), sized) for f in files])
+        cases["photos"] = np.stack([crop_pixels(load_image(str(f)), sized) for f in photo_files()])
     return cases
 
 

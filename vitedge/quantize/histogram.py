@@ -67,10 +67,6 @@ class TensorHistogram:
         idx = np.minimum((a * np.float32(1.0 / self.width)).astype(np.int64), len(self.counts) - 1)
         self.counts += np.bincount(idx, minlength=len(self.counts))
 
-    @property
-    def edges(self) -> np.ndarray:
-        return np.arange(len(self.counts) + 1, dtype=np.float64) * self.width
-
 
 def amax_minmax(h: TensorHistogram) -> float:
     return h.amax
