@@ -29,7 +29,7 @@ ROOT = Path(__file__).parents[1]
 RESULTS = Path(__file__).parent / "RESULTS.md"
 PHOTOS = sorted((ROOT / "vitedge" / "data" / "photos").glob("*.jpg"))
 SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
-FRAMES, WARMUP, ROUNDS = 40, 5, 2
+FRAMES, WARMUP, ROUNDS = 40, 5, 3
 
 
 def frames_640x480() -> list[np.ndarray]:
@@ -85,7 +85,7 @@ def measure_vitedge(artifact: Path, fast: bool) -> tuple[list[float], dict[str, 
             pipe(frames[i % len(frames)])
             if i >= WARMUP:
                 times.append((time.perf_counter() - start) * 1e3)
-        stages = {k: statistics.median(list(v)[WARMUP:]) for k, v in pipe.times.samples.items() if v}
+        stages = {k: statistics.median(list(v)[WARMUP:]) for k, v in pipe.times.samples.items() if len(v)}
     return times, stages
 
 

@@ -37,6 +37,8 @@ def test_onnxruntime_build_from_onnx(demo_fp32, demo_images, tmp_path, precision
     assert isinstance(model, OnnxRuntimeModel)
     assert model.manifest.precision == precision
     assert model.manifest.source["backend"] == "onnxruntime"
+    fused = result.details["onnxruntime"]["attention_fused"]
+    assert fused == (0 if precision == "fp16" else 6)  # MultiHeadAttention runs float32 only
     reference = OnnxRuntimeModel(fp32).infer(images)
     out = model.infer(images)
     assert agreement(reference, out).top1_agreement >= MIN_AGREEMENT[precision]

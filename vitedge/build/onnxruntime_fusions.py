@@ -1,0 +1,179 @@
+"""Graph rewrites for the ONNX Runtime CPU artifact that ONNX Runtime's own optimizer does
+not make for a vitedge graph. Each gives the same numbers as the graph it replaces (the
+attention fusion to float rounding, the two folds exactly) and each is skipped where its
+pattern is not met exactly, so an unusual graph is left as it was, never changed wrongly.
+
+- `fuse_attention`: reshape/transpose/Q*K^T/scale/softmax/*V/merge of each block becomes
+  one `com.microsoft.MultiHeadAttention`, which runs the heads without the transposes.
+  Skipped where the attention probabilities are a graph output (`explain` reads them) or
+  quantized (Q/DQ inside the pattern), and for float16.
+- `fold_bias_adds`: the bias Add after an integer MatMul goes into its bias input.
+- `fold_constant_dequantize`: a DequantizeLinear of a constant weight that ONNX Runtime did
+  not fuse into an integer kernel (patch-embedding Conv, head) is computed once, here,
+  instead of on every call."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from vitedge.quantize.graph import consumers, producers
+
+MS_DOMAIN = "com.microsoft"
+
+
+def _const(inits: dict[str, onnx.TensorProto], name: str) -> np.ndarray | None:
+    return numpy_helper.to_array(inits[name]) if name in inits else None
+
+
+def _perm(node: onnx.NodeProto | None) -> list[int] | None:
+    if node is None or node.op_type != "Transpose":
+        return None
+    return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+
+
+class _Graph:
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.inits = {t.name: t for t in model.graph.initializer}
+        self.made_by = producers(model)
+        self.used_by = consumers(model)
+        self.outputs = {o.name for o in model.graph.output}
+
+    def only_use(self, tensor: str) -> onnx.NodeProto | None:
+        uses = self.used_by.get(tensor, [])
+        if tensor in self.outputs or len(uses) != 1:
+            return None
+        return uses[0][0]
+
+    def heads_of(self, tensor: str, perm: list[int]) -> tuple[str, list[onnx.NodeProto], int] | None:
+        """`tensor` = Transpose(perm)(Reshape(x, [0, 0, heads, dim])) used once: (x, nodes, heads)."""
+        transpose = self.made_by.get(tensor)
+        if _perm(transpose) != perm or self.only_use(tensor) is None:
+            return None
+        assert transpose is not None
+        reshape = self.made_by.get(transpose.input[0])
+        if reshape is None or reshape.op_type != "Reshape" or self.only_use(reshape.output[0]) is None:
+            return None
+        shape = _const(self.inits, reshape.input[1])
+        if shape is None or shape.tolist()[:2] != [0, 0] or len(shape) != 4:
+            return None
+        return reshape.input[0], [reshape, transpose], int(shape[2])
+
+
+def fuse_attention(model: onnx.ModelProto) -> int:
+    """Replace each matched attention core by MultiHeadAttention, in place; returns how many."""
+    g = _Graph(model)
+    replaced: dict[int, onnx.NodeProto] = {}
+    removed: set[int] = set()
+    for softmax in [n for n in model.graph.node if n.op_type == "Softmax"]:
+        fused = _match_attention(g, softmax)
+        if fused is not None:
+            nodes, mha = fused
+            removed.update(id(n) for n in nodes)
+            replaced[id(nodes[-1])] = mha
+    if not replaced:
+        return 0
+    kept = [replaced.get(id(n), n) for n in model.graph.node
+            if id(n) not in removed or id(n) in replaced]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return len(replaced)
+
+
+def _match_attention(g: _Graph, softmax: onnx.NodeProto
+                     ) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
+    scaled = g.made_by.get(softmax.input[0])
+    if scaled is None or scaled.op_type != "Mul" or g.only_use(scaled.output[0]) is None:
+        return None
+    scale = g.inits.get(scaled.input[1])
+    if scale is None or scale.data_type != TensorProto.FLOAT:
+        return None
+    scale_value = numpy_helper.to_array(scale).reshape(-1)
+    if scale_value.size != 1:
+        return None
+    scores = g.made_by.get(scaled.input[0])
+    context = g.only_use(softmax.output[0])
+    if (scores is None or scores.op_type != "MatMul" or g.only_use(scores.output[0]) is None
+            or context is None or context.op_type != "MatMul" or context.input[0] != softmax.output[0]):
+        return None
+    q = g.heads_of(scores.input[0], [0, 2, 1, 3])
+    k = g.heads_of(scores.input[1], [0, 2, 3, 1])
+    v = g.heads_of(context.input[1], [0, 2, 1, 3])
+    if q is None or k is None or v is None or not q[2] == k[2] == v[2]:
+        return None
+    merge = g.only_use(context.output[0])
+    if _perm(merge) != [0, 2, 1, 3]:
+        return None
+    assert merge is not None
+    flatten = g.only_use(merge.output[0])
+    if flatten is None or flatten.op_type != "Reshape":
+        return None
+    flat_shape = _const(g.inits, flatten.input[1])
+    if flat_shape is None or flat_shape.tolist()[:2] != [0, 0] or len(flat_shape) != 3:
+        return None
+    nodes = [*q[1], *k[1], *v[1], scores, scaled, softmax, context, merge, flatten]
+    mha = helper.make_node(
+        "MultiHeadAttention", [q[0], k[0], v[0]], [flatten.output[0]],
+        name=softmax.name.removesuffix(".softmax") + ".mha", domain=MS_DOMAIN,
+        num_heads=q[2], scale=float(scale_value[0]))
+    return nodes, mha
+
+
+def fold_bias_adds(model: onnx.ModelProto) -> int:
+    """MatMulIntegerToFloat followed by Add(constant vector) -> its bias input; returns how many."""
+    g = _Graph(model)
+    removed: set[int] = set()
+    for node in model.graph.node:
+        if node.op_type != "MatMulIntegerToFloat" or node.domain != MS_DOMAIN or len(node.input) > 6:
+            continue
+        add = g.only_use(node.output[0])
+        if add is None or add.op_type != "Add":
+            continue
+        bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+        if bias not in g.inits or len(g.inits[bias].dims) != 1:
+            continue
+        node.input.extend([""] * (6 - len(node.input)) + [bias])
+        node.output[0] = add.output[0]
+        removed.add(id(add))
+    kept = [n for n in model.graph.node if id(n) not in removed]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return len(removed)
+
+
+def fold_constant_dequantize(model: onnx.ModelProto) -> int:
+    """DequantizeLinear of initializers -> a float initializer; returns how many."""
+    g = _Graph(model)
+    removed: set[int] = set()
+    for node in model.graph.node:
+        if (node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx")
+                or not all(i in g.inits for i in node.input if i)
+                or node.output[0] in g.outputs
+                or any(a.name == "block_size" and a.i for a in node.attribute)):
+            continue
+        values = numpy_helper.to_array(g.inits[node.input[0]]).astype(np.float32)
+        scale = numpy_helper.to_array(g.inits[node.input[1]]).astype(np.float32)
+        zero = (numpy_helper.to_array(g.inits[node.input[2]]).astype(np.float32)
+                if len(node.input) > 2 and node.input[2] else np.zeros_like(scale))
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        shape = [1] * values.ndim
+        if scale.ndim == 1 and values.ndim:
+            shape[axis % values.ndim] = -1
+        folded = (values - zero.reshape(shape)) * scale.reshape(shape)
+        model.graph.initializer.append(numpy_helper.from_array(folded.astype(np.float32), node.output[0]))
+        removed.add(id(node))
+    kept = [n for n in model.graph.node if id(n) not in removed]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    _drop_unused_initializers(model)
+    return len(removed)
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    kept = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
