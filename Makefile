@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml constraints.txt tools/prepare_tensorrt_stubs.py
 # The demo model (a ViT trained on Fashion-MNIST, examples/fashion_mnist), the whole path
 # on the machine it runs on (TensorRT where present, else ONNX Runtime on the CPU): build
 # INT8 from the checkpoint with the shipped calibration set, measure it against FP32 on
-# the 2,000 shipped test images, benchmark the pipeline stage by stage, classify a photo.
+# the 2,000 shipped test images, benchmark the pipeline stage by stage, classify a photo,
+# and draw where INT8 and FP32 look in a test image (build/demo/explain/).
 demo: setup
 	@mkdir -p $(DEMO)
 	cp examples/fashion_mnist/vit_fmnist.safetensors $(DEMO)/fmnist.safetensors
@@ -35,6 +36,8 @@ demo: setup
 		$(DEMO)/fmnist.onnx --batch 1,8 --iterations 50 --json $(DEMO)/bench.json
 	$(BIN)/vitedge predict $$(ls $(DEMO)/fmnist.int8.engine 2>/dev/null || echo $(DEMO)/fmnist.int8.ort.onnx) \
 		evaluation/fashion-mnist/sneaker/test-00036.png vitedge/data/photos/coffee.jpg
+	$(BIN)/vitedge explain $(DEMO)/fmnist.int8.onnx evaluation/fashion-mnist/sneaker/test-00036.png \
+		--compare $(DEMO)/fmnist.onnx -o $(DEMO)/explain
 
 lint: setup
 	$(BIN)/ruff check vitedge tests benchmarks examples tools

@@ -7,13 +7,15 @@ import subprocess
 import sys
 
 import vitedge
+import vitedge.explain
 import vitedge.runtime
 
 TORCH_FREE = ["vitedge", "vitedge.manifest", "vitedge.model", "vitedge.model.config",
               "vitedge.artifact", "vitedge.doctor", "vitedge.cli", "vitedge.datasets",
               "vitedge.evaluate", "vitedge.quantize.quantizer", "vitedge.quantize.calibrate",
-              "vitedge.bench", "vitedge.build", "vitedge.profiles",
-              *[f"vitedge.runtime.{m.name}" for m in pkgutil.iter_modules(vitedge.runtime.__path__)]]
+              "vitedge.bench", "vitedge.build", "vitedge.build.onnxruntime_fusions", "vitedge.profiles",
+              *[f"vitedge.runtime.{m.name}" for m in pkgutil.iter_modules(vitedge.runtime.__path__)],
+              *[f"vitedge.explain.{m.name}" for m in pkgutil.iter_modules(vitedge.explain.__path__)]]
 
 
 def test_runtime_imports_without_torch():

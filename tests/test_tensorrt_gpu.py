@@ -75,3 +75,28 @@ def test_engine_pipeline_times_the_copies_and_replays_a_cuda_graph(demo_fp32, tm
         assert a.timings["host_to_device"] > 0 and a.timings["device_to_host"] > 0
         streamed = list(plain.stream(frames, prefetch=2))
         assert len(streamed) == len(frames)
+
+
+def test_explain_reads_an_engine_built_with_attention_outputs(tmp_path):
+    from tests.conftest import DEMO_CHECKPOINT
+    from vitedge.explain.attention import AttentionReader
+    from vitedge.export import ExportOptions, export_onnx
+    from vitedge.runtime.pipeline import open_pipeline
+
+    onnx_path = tmp_path / "attn.onnx"
+    export_onnx(DEMO_CHECKPOINT, onnx_path, ExportOptions(attention_outputs=True))
+    engine = tmp_path / "attn.engine"
+    build(onnx_path, BuildOptions(precision="fp32", backend="tensorrt", output=str(engine)))
+    image = sorted(DEMO_TEST_IMAGES.rglob("*.png"))[0]
+    with open_pipeline(onnx_path) as reference, open_pipeline(engine) as pipe:
+        x = reference.prepare([image])
+        _, expected = AttentionReader(reference.model)(x)
+        _, probs = AttentionReader(pipe.model)(x)
+        for ours, theirs in zip(probs, expected, strict=True):
+            np.testing.assert_allclose(ours, theirs, atol=1e-3)  # TF32 allowed
+        assert pipe.explain(image).shape == (7, 7)
+    plain_onnx, plain = tmp_path / "plain.onnx", tmp_path / "plain.engine"
+    export_onnx(DEMO_CHECKPOINT, plain_onnx, ExportOptions())
+    build(plain_onnx, BuildOptions(precision="fp32", backend="tensorrt", output=str(plain)))
+    with open_pipeline(plain) as pipe, pytest.raises(VitedgeError, match="attention-outputs"):
+        pipe.explain(image)

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -145,14 +146,26 @@ def export(checkpoint: str, output: str, arch: str | None, num_heads: int | None
 
 @cli.command()
 @click.argument("artifact", type=click.Path(path_type=str))
+@click.option("--pos-embed", type=click.Path(dir_okay=False), metavar="OUT.png",
+              help="Also draw the position-embedding similarity figure of the ViT paper: for "
+                   "each patch position, its embedding's cosine similarity with all others.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @debug_option
-def inspect(artifact: str, as_json: bool) -> None:
+def inspect(artifact: str, pos_embed: str | None, as_json: bool) -> None:
     """Show what ARTIFACT holds: manifest, inputs and outputs, parameters, GMACs, tokens,
     operator histogram and precision; for a TensorRT engine, what its description records
     (GPU, TensorRT, precision, batch range, I/O)."""
     from vitedge.artifact import describe_engine, describe_onnx
 
+    if pos_embed:
+        from vitedge.explain import write_position_embedding_figure
+
+        figure = write_position_embedding_figure(artifact, pos_embed)
+        if as_json:
+            _print_json({"pos_embed": figure, **describe_onnx(artifact)})
+            return
+        out.print(f"position-embedding similarity ({figure['grid'][0]}x{figure['grid'][1]} "
+                  f"positions, dim {figure['dim']}): {figure['figure']}")
     if artifact.endswith((".engine", ".plan", ".trt")):
         engine = describe_engine(artifact)
         if as_json:
@@ -556,6 +569,20 @@ def _with(options: list[Callable[..., Any]]) -> Callable[..., Any]:
     return decorate
 
 
+def _image_files(specs: tuple[str, ...]) -> list[Path]:
+    """Image files from files, folders and globs; a video or camera is refused."""
+    from vitedge.runtime.sources import FrameSource
+
+    files = []
+    for spec in specs:
+        source = FrameSource(spec)
+        if source.kind not in ("image", "folder", "glob"):
+            raise VitedgeError(f"{spec} is a {source.kind}, not an image",
+                               "use `vitedge run --source` for videos and cameras")
+        files += source.files
+    return files
+
+
 @cli.command()
 @click.argument("artifact", type=click.Path(path_type=str))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
@@ -567,17 +594,9 @@ def predict(artifact: str, images: tuple[str, ...], topk: int, fast: bool, devic
             as_json: bool) -> None:
     """Classify IMAGES (files, folders or globs) with ARTIFACT (.engine or .onnx)."""
     import vitedge
-    from vitedge.runtime.sources import FrameSource
 
-    results = []
     with vitedge.open(artifact, topk=topk, fast=fast, device=device) as pipe:
-        for spec in images:
-            source = FrameSource(spec)
-            if source.kind not in ("image", "folder", "glob"):
-                raise VitedgeError(f"{spec} is a {source.kind}, not an image",
-                                   "use `vitedge run --source` for videos and cameras")
-            for file in source.files:
-                results.append((str(file), pipe(file)))
+        results = [(str(file), pipe(file)) for file in _image_files(images)]
     if as_json:
         _print_json([{"image": name, **p.to_dict()} for name, p in results])
         return
@@ -694,6 +713,63 @@ def bench(artifacts: tuple[str, ...], batches: tuple[int, ...], warmup: int, ite
     for path in (json_path, csv_path, plot_path):
         if path:
             out.print(f"[green]wrote[/] {path}")
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=str))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("-o", "--output", "out_dir", default="explanations", show_default=True,
+              type=click.Path(file_okay=False), help="Folder for NAME.METHOD.png and .npy.")
+@click.option("--method", type=click.Choice(["cls", "rollout"]), default="cls", show_default=True,
+              help="cls: the class token's attention in one layer; rollout: attention rollout "
+                   "across all layers (residual added, rows re-normalised).")
+@click.option("--layer", default=-1, show_default=True, type=int,
+              help="Block for cls: 0 is the first, -1 the last.")
+@click.option("--head", default="mean", show_default=True,
+              help="mean or max over the heads, or one head's number (0 is the first).")
+@click.option("--compare", type=click.Path(path_type=str), metavar="OTHER_ARTIFACT",
+              help="Draw OTHER_ARTIFACT's map beside it (e.g. the FP32 export beside INT8), "
+                   "with the maps' cosine similarity.")
+@click.option("--topk", default=3, show_default=True, type=click.IntRange(min=1))
+@_with(pipeline_options[:1])
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@debug_option
+def explain(artifact: str, images: tuple[str, ...], out_dir: str, method: str, layer: int,
+            head: str, compare: str | None, topk: int, fast: bool, as_json: bool) -> None:
+    """Show where ARTIFACT looks in each of IMAGES (files, folders or globs): a PNG with the
+    image as the model saw it, the attention over the patch grid upsampled on top, and the
+    top-k prediction, plus the raw grid (H/P x W/P) as .npy.
+
+    The attention is read from ARTIFACT itself, so an FP16 or INT8 model shows its own.
+    Any vitedge ONNX model works; a TensorRT engine must be built from an export with
+    --attention-outputs."""
+    from vitedge.explain import ExplainOptions, explain_images
+
+    opts = ExplainOptions(method=method, layer=layer, head=head, topk=topk, fast=fast)
+    files = _image_files(images)
+    with _progress("explaining", enabled=not as_json) as bar:
+        done: list[Any] = []
+
+        def progress(_result: Any) -> None:
+            done.append(_result)
+            bar.update(len(done), len(files))
+
+        results = explain_images(artifact, files, opts, out_dir, compare, on_image=progress)
+    if as_json:
+        _print_json([r.to_dict() for r in results])
+        return
+    table = Table("image", "prediction", "grid", *(["vs " + Path(compare).name] if compare else []),
+                  "figure")
+    for r in results:
+        pred = r.prediction
+        row = [r.image, f"{pred['label'] if pred['label'] is not None else pred['class_id']} "
+               f"{pred['score']:.2f}", f"{r.grid_shape[0]}x{r.grid_shape[1]}"]
+        if compare:
+            c = r.compare
+            row.append(f"cosine {c['similarity']:.3f}, "
+                       f"{'same' if c['same_top1'] else 'different'} top-1")
+        table.add_row(*row, r.png)
+    out.print(table)
 
 
 @cli.command()

@@ -56,6 +56,19 @@ class Prediction:
         return d
 
 
+@dataclass
+class Explanation:
+    """What the model attended to in one frame: `grid` (H/P, W/P) over the patches,
+    `pixels` the resized and cropped uint8 frame the model saw, and its prediction."""
+
+    grid: np.ndarray
+    pixels: np.ndarray
+    prediction: Prediction
+    method: str
+    layer: int
+    head: str | int
+
+
 KEEP_SAMPLES = 10_000
 """Stage times kept per stage (the latest calls): a camera loop runs for days."""
 
@@ -109,6 +122,7 @@ class Pipeline:
         self._lock = threading.Lock()
         self._closed = False
         self._fast = _FastPreprocess(self.manifest) if fast else None
+        self._attention: Any = None
         self.clock = clock
         if batch < 1:
             raise VitedgeError("batch must be at least 1")
@@ -250,11 +264,48 @@ class Pipeline:
         self.times.add(timings, len(x))
         return predictions
 
+    # --- attention ----------------------------------------------------------------------
+
+    def explain(self, frame: Any, method: str = "cls", layer: int = -1,
+                head: str | int = "mean") -> np.ndarray:
+        """The attention grid (H/P, W/P) of one frame: `cls`, the class token's attention
+        in one layer (`layer`, the last by default), or `rollout` across all layers; over
+        the heads' mean, max, or one head. See `vitedge.explain`."""
+        return self.explanation(frame, method, layer, head).grid
+
+    def explanation(self, frame: Any, method: str = "cls", layer: int = -1,
+                    head: str | int = "mean") -> Explanation:
+        """`explain` with the prediction and the pixels the model saw. The attention is read
+        from this pipeline's artifact by a second session opened on first use."""
+        from vitedge.explain.attention import AttentionReader
+        from vitedge.explain.maps import attention_grid, parse_head
+
+        if self._closed:
+            raise VitedgeError("this pipeline is closed", "open a new one with vitedge.open")
+        head = parse_head(head)
+        decoded = self._decode(frame)
+        x = self._preprocess(decoded)
+        pixels = x if self.manifest.input == "frames" else self._pixels(decoded)
+        with self._lock:
+            if self._attention is None:
+                self._attention = AttentionReader(self.model)
+            logits, probs = self._attention(self._patchify(x[None]))
+        grid = attention_grid(probs, self.manifest.architecture, method, layer, head)[0]
+        return Explanation(grid, pixels, self._postprocess(logits, {})[0], method, layer, head)
+
+    def _pixels(self, decoded: Image.Image | np.ndarray) -> np.ndarray:
+        if self._fast is not None:
+            assert isinstance(decoded, np.ndarray)
+            return self._fast(decoded, normalize=False)
+        assert isinstance(decoded, Image.Image)
+        return crop_pixels(decoded, self.manifest.preprocess)
+
     # --- lifetime -----------------------------------------------------------------------
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._attention = None
             close = getattr(self.model, "close", None)
             if close:
                 close()
