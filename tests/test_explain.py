@@ -213,6 +213,20 @@ def test_cli_explain_bad_input(demo_fp32, tmp_path, capsys, args, expected):
     assert not list(tmp_path.glob("*.png"))
 
 
+def test_cli_explain_refuses_what_it_cannot_compare_or_read(demo_fp32, tmp_path, capsys):
+    bigger = tmp_path / "fmnist56.onnx"
+    export_onnx(DEMO_CHECKPOINT, bigger, ExportOptions(img_size=56, verify=False))
+    out = tmp_path / "out"
+    code, _, err = run_cli(["explain", str(demo_fp32), str(IMAGES[0]), "-o", str(out),
+                            "--compare", str(bigger)], capsys)
+    assert code == 1 and "do not attend over the same tokens (7x7 patches + 1 against 14x14" in err
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    code, _, err = run_cli(["explain", str(demo_fp32), str(broken), "-o", str(out)], capsys)
+    assert code == 1 and "cannot read image" in err and "Traceback" not in err
+    assert not out.exists()  # nothing written, not even the folder
+
+
 def test_explain_needs_a_class_token_for_cls(tmp_path):
     from tests.conftest import FIXTURES
 

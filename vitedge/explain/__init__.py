@@ -74,6 +74,14 @@ def _unique(name: str, used: set[str]) -> str:
     return candidate
 
 
+def _check_comparable(a: Any, b: Any, name_a: str, name_b: str) -> None:
+    if (a.grid, a.num_prefix_tokens) != (b.grid, b.num_prefix_tokens):
+        raise VitedgeError(
+            f"{name_a} and {name_b} do not attend over the same tokens ({a.grid[0]}x{a.grid[1]} "
+            f"patches + {a.num_prefix_tokens} against {b.grid[0]}x{b.grid[1]} + "
+            f"{b.num_prefix_tokens})", "compare models of the same architecture and input size")
+
+
 def _save_grid(grid: np.ndarray, out: Path) -> None:
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.save(f, grid.astype(np.float32))
@@ -89,12 +97,14 @@ def explain_images(artifact: str | Path, images: Iterable[str | Path], opts: Exp
     from vitedge.runtime.pipeline import open_pipeline
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     head = parse_head(opts.head)
     results = []
     with open_pipeline(artifact, fast=opts.fast, topk=opts.topk) as pipe:
         other = open_pipeline(compare, fast=opts.fast, topk=opts.topk) if compare else None
         try:
+            if other is not None:
+                _check_comparable(pipe.manifest.architecture, other.manifest.architecture,
+                                  Path(artifact).name, Path(str(compare)).name)
             used: set[str] = set()
             for image in images:
                 name = _unique(Path(image).stem, used)
@@ -114,12 +124,14 @@ def explain_images(artifact: str | Path, images: Iterable[str | Path], opts: Exp
                     title = (f"{Path(artifact).name}: {title}\n{Path(compare).name}: {_top(o.prediction)}"
                              f"   |   map cosine similarity {similarity:.4f}")
                     other_npy = out / f"{stem}.compare.npy"
+                    out.mkdir(parents=True, exist_ok=True)
                     _save_grid(o.grid, other_npy)
                     result.compare = {"artifact": str(compare), "similarity": similarity,
                                       "same_top1": o.prediction.class_id == e.prediction.class_id,
                                       "prediction": {k: v for k, v in o.prediction.to_dict().items()
                                                      if k != "timings_ms"},
                                       "npy": str(other_npy)}
+                out.mkdir(parents=True, exist_ok=True)
                 explanation_figure(e.pixels, panels, title, png)
                 _save_grid(e.grid, npy)
                 results.append(result)
