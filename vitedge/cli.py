@@ -766,7 +766,7 @@ def explain(artifact: str, images: tuple[str, ...], out_dir: str, method: str, l
                f"{pred['score']:.2f}", f"{r.grid_shape[0]}x{r.grid_shape[1]}"]
         if compare:
             c = r.compare
-            row.append(f"cosine {c['similarity']:.3f}, "
+            row.append(f"cosine {c['similarity']:.4f}, "
                        f"{'same' if c['same_top1'] else 'different'} top-1")
         table.add_row(*row, r.png)
     out.print(table)
