@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from vitedge.quantize.graph import consumers, producers
+from vitedge.quantize.graph import consumers, drop_unused_initializers, producers
 
 MS_DOMAIN = "com.microsoft"
 
@@ -74,10 +74,7 @@ def fuse_attention(model: onnx.ModelProto) -> int:
             replaced[id(nodes[-1])] = mha
     if not replaced:
         return 0
-    kept = [replaced.get(id(n), n) for n in model.graph.node
-            if id(n) not in removed or id(n) in replaced]
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
+    _rewrite_nodes(model, removed, replaced)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return len(replaced)
@@ -138,9 +135,7 @@ def fold_bias_adds(model: onnx.ModelProto) -> int:
         node.input.extend([""] * (6 - len(node.input)) + [bias])
         node.output[0] = add.output[0]
         removed.add(id(add))
-    kept = [n for n in model.graph.node if id(n) not in removed]
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
+    _rewrite_nodes(model, removed)
     return len(removed)
 
 
@@ -165,15 +160,16 @@ def fold_constant_dequantize(model: onnx.ModelProto) -> int:
         folded = (values - zero.reshape(shape)) * scale.reshape(shape)
         model.graph.initializer.append(numpy_helper.from_array(folded.astype(np.float32), node.output[0]))
         removed.add(id(node))
-    kept = [n for n in model.graph.node if id(n) not in removed]
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
-    _drop_unused_initializers(model)
+    _rewrite_nodes(model, removed)
+    drop_unused_initializers(model.graph)
     return len(removed)
 
 
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    kept = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+def _rewrite_nodes(model: onnx.ModelProto, removed: set[int],
+                   replaced: dict[int, onnx.NodeProto] | None = None) -> None:
+    """Drop the nodes whose id() is in `removed`, or put `replaced[id]` in their place."""
+    replaced = replaced or {}
+    kept = [replaced.get(id(n), n) for n in model.graph.node
+            if id(n) not in removed or id(n) in replaced]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)

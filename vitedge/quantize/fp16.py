@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from vitedge.quantize.graph import float_activations, topological_order
+from vitedge.quantize.graph import drop_unused_initializers, float_activations, topological_order
 
 FP16_MAX = 65504.0
 OVERFLOW_MARGIN = 4.0
@@ -106,11 +106,8 @@ def convert_fp16(model: onnx.ModelProto, ranges: dict[str, dict[str, float]] | N
                                               to=TensorProto.FLOAT))
             report.casts += 1
 
-    used = {i for n in new_nodes for i in n.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
     del graph.node[:]
     graph.node.extend(topological_order(new_nodes, graph))
+    drop_unused_initializers(graph)
     del graph.value_info[:]
     return m, report

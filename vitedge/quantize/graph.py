@@ -44,6 +44,14 @@ def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {out: node for node in model.graph.node for out in node.output}
 
 
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove initializers no node reads and the graph does not output."""
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
 def float_activations(model: onnx.ModelProto) -> list[str]:
     """Float tensors computed by the graph (graph inputs and node outputs), in graph order."""
     inferred = onnx.shape_inference.infer_shapes(model)
