@@ -59,6 +59,11 @@ def _top(prediction: Any) -> str:
     return ", ".join(f"{lab if lab is not None else i} {s:.0%}" for i, lab, s in prediction.topk)
 
 
+def _prediction(prediction: Any) -> dict[str, Any]:
+    """A prediction as JSON, without the timings of the explain call."""
+    return {k: v for k, v in prediction.to_dict().items() if k != "timings_ms"}
+
+
 def _describe(opts: ExplainOptions) -> str:
     where = f", layer {opts.layer}" if opts.method == "cls" else ""
     return f"{opts.method}{where}, heads {opts.head}"
@@ -97,7 +102,6 @@ def explain_images(artifact: str | Path, images: Iterable[str | Path], opts: Exp
     from vitedge.runtime.pipeline import open_pipeline
 
     out = Path(out_dir)
-    head = parse_head(opts.head)
     results = []
     with open_pipeline(artifact, fast=opts.fast, topk=opts.topk) as pipe:
         other = open_pipeline(compare, fast=opts.fast, topk=opts.topk) if compare else None
@@ -108,17 +112,16 @@ def explain_images(artifact: str | Path, images: Iterable[str | Path], opts: Exp
             used: set[str] = set()
             for image in images:
                 name = _unique(Path(image).stem, used)
-                e = pipe.explanation(image, opts.method, opts.layer, head)
+                e = pipe.explanation(image, opts.method, opts.layer, opts.head)
                 stem = f"{name}.{opts.method}"
                 png, npy = out / f"{stem}.png", out / f"{stem}.npy"
                 panels = [Panel(e.grid, f"{Path(artifact).name}\n{_describe(opts)}")]
                 title = _top(e.prediction)
-                result = ExplainResult(str(image), e.prediction.to_dict(), (e.grid.shape[0], e.grid.shape[1]),
-                                       str(png), str(npy))
-                result.prediction.pop("timings_ms", None)
+                result = ExplainResult(str(image), _prediction(e.prediction),
+                                       (e.grid.shape[0], e.grid.shape[1]), str(png), str(npy))
                 if other is not None:
                     assert compare is not None
-                    o = other.explanation(image, opts.method, opts.layer, head)
+                    o = other.explanation(image, opts.method, opts.layer, opts.head)
                     similarity = grid_similarity(e.grid, o.grid)
                     panels.append(Panel(o.grid, f"{Path(compare).name}\n{_describe(opts)}"))
                     title = (f"{Path(artifact).name}: {title}\n{Path(compare).name}: {_top(o.prediction)}"
@@ -128,8 +131,7 @@ def explain_images(artifact: str | Path, images: Iterable[str | Path], opts: Exp
                     _save_grid(o.grid, other_npy)
                     result.compare = {"artifact": str(compare), "similarity": similarity,
                                       "same_top1": o.prediction.class_id == e.prediction.class_id,
-                                      "prediction": {k: v for k, v in o.prediction.to_dict().items()
-                                                     if k != "timings_ms"},
+                                      "prediction": _prediction(o.prediction),
                                       "npy": str(other_npy)}
                 out.mkdir(parents=True, exist_ok=True)
                 explanation_figure(e.pixels, panels, title, png)

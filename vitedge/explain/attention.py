@@ -36,13 +36,18 @@ class _QueryKey:
     scale: float
 
 
+def _exported(outputs: list[str]) -> list[_Probs]:
+    """The `attn.N` outputs of an `--attention-outputs` export, in block order."""
+    found = sorted((int(m.group(1)), name) for name in outputs
+                   if (m := ATTENTION_OUTPUT.match(name)))
+    return [_Probs(name) for _, name in found]
+
+
 def _taps(model: onnx.ModelProto) -> list[_Probs | _QueryKey]:
     """Where each block's attention can be read, in block order."""
-    outputs = {o.name for o in model.graph.output}
-    exported = sorted((int(m.group(1)), name) for name in outputs
-                      if (m := ATTENTION_OUTPUT.match(name)))
+    exported = _exported([o.name for o in model.graph.output])
     if exported:
-        return [_Probs(name) for _, name in exported]
+        return list(exported)
     taps: list[_Probs | _QueryKey] = []
     for node in model.graph.node:
         if node.op_type == "Softmax":
@@ -75,15 +80,13 @@ class AttentionReader:
         if model.path.suffix == ".onnx":
             self._open_onnx(threads)
         else:
-            names = getattr(model, "output_names", [])
-            attn = sorted((int(m.group(1)), n) for n in names if (m := ATTENTION_OUTPUT.match(n)))
-            if not attn:
+            self._taps: list[_Probs | _QueryKey] = list(_exported(getattr(model, "output_names", [])))
+            if not self._taps:
                 raise VitedgeError(
                     f"{model.path.name} has no attention outputs (a TensorRT engine keeps only "
                     "the tensors it outputs)",
                     "export with `vitedge export ... --attention-outputs` and build the engine "
                     "from that, or explain the ONNX model")
-            self._taps: list[_Probs | _QueryKey] = [_Probs(n) for _, n in attn]
         if len(self._taps) != depth:
             raise VitedgeError(f"found the attention of {len(self._taps)} blocks in "
                                f"{model.path.name}, but the model has {depth}",
