@@ -28,7 +28,7 @@ from vitedge.errors import VitedgeError
 from vitedge.manifest import Manifest
 from vitedge.runtime.backend import Model, load_model
 from vitedge.runtime.patchify import patches_from_images
-from vitedge.runtime.preprocess import crop_pixels, load_image, preprocess_image
+from vitedge.runtime.preprocess import crop_pixels, load_image, normalize
 
 STAGES = ("decode", "preprocess", "patchify", "host_to_device", "infer", "device_to_host",
           "postprocess")
@@ -162,14 +162,21 @@ class Pipeline:
     def _preprocess(self, image: Image.Image | np.ndarray) -> np.ndarray:
         """Float (C, H, W), or for a `frames` model uint8 (H, W, C) resized and cropped
         (the graph normalises)."""
-        frames = self.manifest.input == "frames"
+        pixels = self._pixels(image)
+        return pixels if self.manifest.input == "frames" else self._normalize(pixels)
+
+    def _pixels(self, decoded: Image.Image | np.ndarray) -> np.ndarray:
+        """The resized and cropped uint8 (H, W, C) frame the model sees."""
         if self._fast is not None:
-            assert isinstance(image, np.ndarray)
-            return self._fast(image, normalize=not frames)
-        assert isinstance(image, Image.Image)
-        if frames:
-            return crop_pixels(image, self.manifest.preprocess)
-        return preprocess_image(image, self.manifest.preprocess)
+            assert isinstance(decoded, np.ndarray)
+            return self._fast.crop(decoded)
+        assert isinstance(decoded, Image.Image)
+        return crop_pixels(decoded, self.manifest.preprocess)
+
+    def _normalize(self, pixels: np.ndarray) -> np.ndarray:
+        if self._fast is not None:
+            return self._fast.normalize(pixels)
+        return normalize(pixels, self.manifest.preprocess)
 
     # --- calls --------------------------------------------------------------------------
 
@@ -283,22 +290,14 @@ class Pipeline:
         if self._closed:
             raise VitedgeError("this pipeline is closed", "open a new one with vitedge.open")
         head = parse_head(head)
-        decoded = self._decode(frame)
-        x = self._preprocess(decoded)
-        pixels = x if self.manifest.input == "frames" else self._pixels(decoded)
+        pixels = self._pixels(self._decode(frame))
+        x = pixels if self.manifest.input == "frames" else self._normalize(pixels)
         with self._lock:
             if self._attention is None:
                 self._attention = AttentionReader(self.model)
             logits, probs = self._attention(self._patchify(x[None]))
         grid = attention_grid(probs, self.manifest.architecture, method, layer, head)[0]
         return Explanation(grid, pixels, self._postprocess(logits, {})[0], method, layer, head)
-
-    def _pixels(self, decoded: Image.Image | np.ndarray) -> np.ndarray:
-        if self._fast is not None:
-            assert isinstance(decoded, np.ndarray)
-            return self._fast(decoded, normalize=False)
-        assert isinstance(decoded, Image.Image)
-        return crop_pixels(decoded, self.manifest.preprocess)
 
     # --- lifetime -----------------------------------------------------------------------
 
@@ -378,7 +377,8 @@ class _FastPreprocess:
         self.scale = (1.0 / (255.0 * std)).astype(np.float32)
         self.shift = (-np.asarray(p.mean, np.float32) / std).astype(np.float32)
 
-    def __call__(self, rgb: np.ndarray, normalize: bool = True) -> np.ndarray:
+    def crop(self, rgb: np.ndarray) -> np.ndarray:
+        """Resized and centre-cropped uint8 pixels, (H, W, C)."""
         cv2, p = self.cv2, self.prep
         if self.gray:
             rgb = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
@@ -399,12 +399,11 @@ class _FastPreprocess:
             rgb, (h, w) = canvas, canvas.shape[:2]
         top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
         crop = rgb[top:top + ch, left:left + cw]
-        if not normalize:
-            return np.ascontiguousarray(crop if crop.ndim == 3 else crop[:, :, None])
-        x = crop.astype(np.float32)
-        if x.ndim == 2:
-            x = x[:, :, None]
-        x = x * self.scale + self.shift
+        return crop if crop.ndim == 3 else crop[:, :, None]
+
+    def normalize(self, crop: np.ndarray) -> np.ndarray:
+        """(H, W, C) uint8 -> the model's (C, H, W) float32, in one float pass."""
+        x = crop.astype(np.float32) * self.scale + self.shift
         return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
