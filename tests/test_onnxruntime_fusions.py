@@ -16,6 +16,8 @@ from vitedge.build.onnxruntime_fusions import (
     fold_bias_adds,
     fold_constant_dequantize,
     fuse_attention,
+    fuse_quantized_attention,
+    split_quantized_attention,
 )
 from vitedge.export import ExportOptions, export_onnx
 from vitedge.quantize.qdq import QuantizeOptions
@@ -107,3 +109,38 @@ def test_fused_int8_artifact_agrees_with_the_int8_model(int8, demo_images, tmp_p
     reference, candidate = run(int8, demo_images)[0], run(fused, demo_images)[0]
     same = (reference.argmax(1) == candidate.argmax(1)).mean()
     assert same >= 0.99 and relative_error(reference, candidate) < 0.05
+
+
+def fused_and_optimized(int8: onnx.ModelProto, tmp_path) -> onnx.ModelProto:
+    """The INT8 graph as `vitedge build` has it before the QAttention fusion."""
+    fused = onnx.ModelProto()
+    fused.CopyFrom(int8)
+    fuse_attention(fused)
+    optimized = ort_optimized(fused, tmp_path)
+    fold_bias_adds(optimized)
+    return optimized
+
+
+def test_quantized_attention_fusion_agrees_and_splits_back_exactly(int8, demo_images, tmp_path):
+    model = fused_and_optimized(int8, tmp_path)
+    assert ops(model)["MultiHeadAttention"] == DEPTH and ops(model)["Split"] == DEPTH
+    reference = run(model, demo_images, optimize=False)[0]
+    assert fuse_quantized_attention(model) == DEPTH
+    assert ops(model)["QAttention"] == DEPTH
+    assert ops(model)["MultiHeadAttention"] == ops(model)["Split"] == 0
+    assert ops(model)["MatMulIntegerToFloat"] == 3 * DEPTH  # proj, fc1, fc2 stay
+    onnx.checker.check_model(model)
+    fused = run(model, demo_images, optimize=False)[0]
+    assert (fused.argmax(1) == reference.argmax(1)).mean() >= 0.99
+    assert relative_error(reference, fused) < 0.02
+    assert split_quantized_attention(model) == DEPTH
+    assert ops(model)["QAttention"] == 0 and ops(model)["MultiHeadAttention"] == DEPTH
+    assert relative_error(reference, run(model, demo_images, optimize=False)[0]) < 1e-7
+
+
+def test_quantized_attention_fusion_needs_the_integer_qkv_matmul(demo_fp32, tmp_path):
+    model = onnx.load(str(demo_fp32))
+    fuse_attention(model)
+    optimized = ort_optimized(model, tmp_path)
+    assert ops(optimized)["MultiHeadAttention"] == DEPTH
+    assert fuse_quantized_attention(optimized) == 0  # float QKV: nothing to fuse

@@ -14,6 +14,7 @@ from vitedge.build.onnxruntime_fusions import (
     fold_bias_adds,
     fold_constant_dequantize,
     fuse_attention,
+    fuse_quantized_attention,
 )
 from vitedge.errors import VitedgeError
 from vitedge.fileio import write_bytes_atomic
@@ -54,7 +55,8 @@ def build_onnxruntime(onnx_path: Path, output: Path, profile: Profile,
         result = onnx.load(str(optimized))
     folds = {"attention_fused": attention,
              "bias_adds_folded": fold_bias_adds(result) if fusions else 0,
-             "weight_dequantize_folded": fold_constant_dequantize(result) if fusions else 0}
+             "weight_dequantize_folded": fold_constant_dequantize(result) if fusions else 0,
+             "quantized_attention_fused": fuse_quantized_attention(result) if fusions else 0}
     manifest.source = {**manifest.source, "backend": "onnxruntime",
                        "onnxruntime_optimization": OPTIMIZATION, "onnxruntime_version": ort.__version__,
                        "onnxruntime_threads": profile.onnxruntime.threads, "profile": profile.name}

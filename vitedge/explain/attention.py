@@ -4,7 +4,9 @@ that an FP16 or INT8 model shows its own attention.
 - An ONNX model: each block's softmax output is added to the graph outputs. Where the
   `vitedge build` artifact fused a block into MultiHeadAttention (which keeps no
   probabilities), its query and key inputs are read instead and softmax(q k^T * scale),
-  the operator's own definition, is computed here.
+  the operator's own definition, is computed here. An INT8 artifact's QAttention, which
+  keeps not even q and k, is split back into its integer MatMul and MultiHeadAttention
+  first.
 - A TensorRT engine: it keeps only the tensors marked as outputs, so it must be built from
   an export with `--attention-outputs` (outputs `attn.0` ... `attn.N`)."""
 
@@ -93,9 +95,11 @@ class AttentionReader:
                                "explain the model as vitedge exported it")
 
     def _open_onnx(self, threads: int | None) -> None:
+        from vitedge.build.onnxruntime_fusions import split_quantized_attention
         from vitedge.runtime.onnxrt import ort_session
 
         graph = onnx.load(str(self.model.path))
+        split_quantized_attention(graph)
         self._taps = _taps(graph)
         present = {o.name for o in graph.graph.output}
         wanted = [n for tap in self._taps
