@@ -1,7 +1,9 @@
 """The runtime pipeline end to end against the way a user would do it without vitedge:
 Hugging Face `ViTForImageClassification` + its `ViTImageProcessor` in PyTorch eager, FP32,
-same weights, same 640x480 BGR frames, batch 1. Then a memory check: RSS over 10,000
-frames of `stream()` on a video file.
+same weights, same 640x480 BGR frames, batch 1. vitedge is measured two ways: one frame at
+a time (`pipe(frame)`, every core on it: the latency), and `stream()` with one stream per
+core (frames in flight at once, each on one core: the throughput). Then a memory check:
+RSS over 10,000 frames of `stream()` on a video file.
 
 One run of this script measures both, alternating in rounds, each in a process of its
 own as an application would have it: the Hugging Face baseline in a child process, vitedge
@@ -15,6 +17,7 @@ Appends a section to benchmarks/RESULTS.md."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -89,6 +92,20 @@ def measure_vitedge(artifact: Path, fast: bool) -> tuple[list[float], dict[str, 
     return times, stages
 
 
+def measure_vitedge_streams(artifact: Path, fast: bool) -> float:
+    """Milliseconds per frame of `stream()` over the frames, one stream per core."""
+    from vitedge.runtime.pipeline import available_cores, open_pipeline
+
+    frames = frames_640x480()
+    sequence = [frames[i % len(frames)] for i in range(FRAMES)]
+    with open_pipeline(artifact, fast=fast, streams=available_cores()) as pipe:
+        for _ in pipe.stream(sequence[:WARMUP]):
+            pass
+        start = time.perf_counter()
+        count = sum(1 for _ in pipe.stream(sequence))
+        return (time.perf_counter() - start) * 1e3 / count
+
+
 def child(*args: str) -> str:
     return subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True,
                           text=True).stdout
@@ -105,6 +122,7 @@ def run(size: str, work: Path) -> tuple[str, dict[str, str]]:
     hf: list[float] = []
     exact: list[float] = []
     fast: list[float] = []
+    streamed: dict[str, list[float]] = {"exact": [], "fast": []}
     info: dict[str, str] = {}
     for _ in range(ROUNDS):
         result = json.loads(child("--measure-hf", str(folder)))
@@ -114,6 +132,8 @@ def run(size: str, work: Path) -> tuple[str, dict[str, str]]:
         exact += t
         t, fast_stages = measure_vitedge(artifact, fast=True)
         fast += t
+        for mode in streamed:
+            streamed[mode].append(measure_vitedge_streams(artifact, fast=mode == "fast"))
     ms = {"hf": statistics.median(hf), "exact": statistics.median(exact),
           "fast": statistics.median(fast)}
     cells = []
@@ -121,7 +141,10 @@ def run(size: str, work: Path) -> tuple[str, dict[str, str]]:
         overhead = (stages["preprocess"] + stages["patchify"] + stages["postprocess"]) / stages["infer"]
         cells.append(f"{ms['hf'] / ms[label]:.2f}x ({ms[label]:.1f} ms: infer {stages['infer']:.1f}, "
                      f"pre+patchify+post {overhead:.0%} of infer)")
-    return f"| ViT-{size[0].upper()}/16 | {ms['hf']:.1f} ms | {cells[0]} | {cells[1]} |", info
+    for values in streamed.values():
+        per_frame = statistics.median(values)
+        cells.append(f"{ms['hf'] / per_frame:.2f}x ({per_frame:.1f} ms/frame)")
+    return f"| ViT-{size[0].upper()}/16 | {ms['hf']:.1f} ms | " + " | ".join(cells) + " |", info
 
 
 def rss_mb() -> float:
@@ -145,16 +168,22 @@ def memory_check(work: Path, frames: int = 10_000) -> str:
                     str(ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"),
                     "--precision", "int8", "--data", str(ROOT / "calibration" / "fashion-mnist"),
                     "-o", str(artifact), "--json"], check=True, capture_output=True)
-    samples = []
-    with open_pipeline(artifact) as pipe:
-        for n, _ in enumerate(pipe.stream(str(video)), 1):
-            if n % 1000 == 0:
-                samples.append((n, rss_mb()))
-    first, last = samples[0][1], samples[-1][1]
-    return (f"`stream()` over {samples[-1][0]:,} frames of a video file (demo model, INT8): RSS "
-            f"{first:.1f} MB after 1,000 frames, {last:.1f} MB after {samples[-1][0]:,} "
-            f"({last - first:+.1f} MB); samples every 1,000: "
+    from vitedge.runtime.pipeline import available_cores
+
+    lines = []
+    for streams in sorted({1, available_cores()}):
+        samples = []
+        with open_pipeline(artifact, streams=streams) as pipe:
+            for n, _ in enumerate(pipe.stream(str(video)), 1):
+                if n % 1000 == 0:
+                    samples.append((n, rss_mb()))
+        first, last = samples[0][1], samples[-1][1]
+        lines.append(
+            f"`stream()` over {samples[-1][0]:,} frames of a video file (demo model, INT8, "
+            f"streams={streams}): RSS {first:.1f} MB after 1,000 frames, {last:.1f} MB after "
+            f"{samples[-1][0]:,} ({last - first:+.1f} MB); samples every 1,000: "
             + ", ".join(f"{mb:.1f}" for _, mb in samples) + ".")
+    return "\n\n".join(lines)
 
 
 def main(sizes: list[str]) -> None:
@@ -178,10 +207,13 @@ def main(sizes: list[str]) -> None:
         "frames, baseline and vitedge alternating, each in its own process. Baseline: "
         "`ViTImageProcessor` + `ViTForImageClassification` in PyTorch eager FP32. vitedge: "
         "`vitedge build --precision int8` (ONNX Runtime, CPU) of the same Hugging Face folder, "
-        "through `vitedge.open` with exact (PIL) or fast (OpenCV) preprocessing. Random "
-        "weights, 1000 classes.\n\n"
-        "| model | HF eager FP32 | vitedge INT8, exact preprocessing: speed-up | vitedge INT8, fast: speed-up |\n"
-        "|---|---|---|---|\n" + "\n".join(rows) + "\n\n" + memory + "\n")
+        "through `vitedge.open` with exact (PIL) or fast (OpenCV) preprocessing, one frame at "
+        "a time (`pipe(frame)`: latency), and as a stream with one frame in flight per core "
+        f"(`streams={os.cpu_count()}`: throughput, median of the rounds). Random weights, 1000 "
+        "classes. Speed-up = HF time per frame / vitedge time per frame.\n\n"
+        "| model | HF eager FP32 | one frame at a time, exact | one frame at a time, fast "
+        "| stream, exact | stream, fast |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n" + memory + "\n")
     with open(RESULTS, "a") as f:
         f.write(section)
     print(section)

@@ -94,6 +94,75 @@ def test_stream_in_batches(demo_fp32):
     assert len(four.times.samples["infer"]) == 3  # 4 + 4 + 3
 
 
+def test_streams_keep_frames_in_flight_and_give_the_same_predictions_in_order(demo_fp32, tmp_path):
+    from vitedge.runtime.pipeline import available_cores
+
+    files = sorted(DEMO_TEST_IMAGES.rglob("*.png"))[:30]
+    with vitedge.open(demo_fp32, keep_logits=True) as one, \
+            vitedge.open(demo_fp32, keep_logits=True, streams=2) as two, \
+            vitedge.open(demo_fp32, keep_logits=True, streams=3, batch=4) as three:
+        assert two.model.session.get_session_options().intra_op_num_threads == max(1, available_cores() // 2)
+        reference = np.stack([p.logits for _, p in one.stream(files)])
+        for pipe in (two, three):
+            got = list(pipe.stream(iter(files)))
+            assert [f for f, _ in got] == files
+            np.testing.assert_allclose(np.stack([p.logits for _, p in got]), reference,
+                                       rtol=1e-5, atol=1e-5)
+        assert len(three.times.samples["infer"]) == 8  # 7 batches of 4 + 1 of 2
+        (tmp_path / "broken.png").write_bytes(b"x")
+        with pytest.raises(VitedgeError, match="cannot read image"):
+            list(two.stream([*files[:5], tmp_path / "broken.png", *files[5:9]]))
+        first = two.stream(files)
+        next(first)
+        first.close()  # frames still in flight are dropped; the pipeline goes on
+        assert len(list(two.stream(files[:4]))) == 4
+    with pytest.raises(VitedgeError, match="closed"):
+        list(two.stream(files[:2]))
+
+
+class SlowModel:
+    """The demo model's manifest and a model that takes 50 ms a call and records how many
+    calls run at once; its one logit is the input's mean, to follow the frames' order."""
+
+    def __init__(self, demo_fp32: Path, concurrent: bool):
+        import threading
+
+        inner = OnnxRuntimeModel(demo_fp32)
+        self.path, self.manifest = inner.path, inner.manifest
+        self.input_name, self.output_name = inner.input_name, inner.output_name
+        self.concurrent = concurrent
+        self.active = self.most = 0
+        self._count = threading.Lock()
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        import time
+
+        with self._count:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        time.sleep(0.05)
+        with self._count:
+            self.active -= 1
+        logits = np.zeros((len(x), 10), np.float32)
+        logits[:, 0] = x.reshape(len(x), -1).mean(axis=1)
+        return logits
+
+
+def test_streams_run_that_many_inferences_at_once_and_only_where_the_backend_can(demo_fp32):
+    frames = [np.full((28, 28), v, np.uint8) for v in range(0, 240, 20)]
+    model = SlowModel(demo_fp32, concurrent=True)
+    pipe = Pipeline(model, streams=3, keep_logits=True)
+    means = [p.logits[0] for _, p in pipe.stream(frames)]
+    pipe.close()
+    assert model.most == 3
+    assert means == sorted(means) and len(set(means)) == len(frames)
+    alone = SlowModel(demo_fp32, concurrent=True)
+    list(Pipeline(alone).stream(frames))
+    assert alone.most == 1
+    with pytest.raises(VitedgeError, match="streams must be 1"):
+        Pipeline(SlowModel(demo_fp32, concurrent=False), streams=2)
+
+
 class FlakyCapture:
     """A capture that fails `fail` reads after every `good` frames, then ends."""
 
@@ -218,18 +287,20 @@ def test_stats_percentiles():
 def test_bench_cli_writes_json_csv_and_plot(demo_fp32, tmp_path, capsys):
     out = tmp_path / "b.json"
     code, stdout, err = run_cli(["bench", str(demo_fp32), str(demo_fp32), "--batch", "1,2",
-                                 "--iterations", "3", "--warmup", "1", "--json", str(out),
-                                 "--csv", str(tmp_path / "b.csv"), "--plot", str(tmp_path / "b.png")],
-                                capsys)
+                                 "--streams", "1,2", "--iterations", "3", "--warmup", "1",
+                                 "--json", str(out), "--csv", str(tmp_path / "b.csv"),
+                                 "--plot", str(tmp_path / "b.png")], capsys)
     assert code == 0, err
     data = json.loads(out.read_text())
     assert data["schema"] == 1 and data["machine"]["onnxruntime"]
-    assert len(data["results"]) == 4
-    r = data["results"][0]
-    assert set(r["stages"]) == set(STAGES) and r["end_to_end"]["n"] == 3
-    for key in ("mean", "p50", "p90", "p99", "max"):
-        assert r["end_to_end"][key] > 0
-    assert (tmp_path / "b.csv").read_text().count("\n") == 1 + 4 * (len(STAGES) + 1)
+    assert len(data["results"]) == 8
+    assert [(r["streams"], r["batch"]) for r in data["results"][:4]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    for r in data["results"]:
+        assert set(r["stages"]) == set(STAGES) and r["end_to_end"]["n"] == 3 * r["streams"]
+        assert r["throughput_fps"] > 0
+        for key in ("mean", "p50", "p90", "p99", "max"):
+            assert r["end_to_end"][key] > 0
+    assert (tmp_path / "b.csv").read_text().count("\n") == 1 + 8 * (len(STAGES) + 1)
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
     assert "artifacts interleaved" in stdout
 

@@ -53,7 +53,10 @@ class BenchResult:
     stages: dict[str, Stats]
     end_to_end: Stats
     throughput_fps: float
-    """Frames per second over the measured iterations (batch / mean end-to-end time)."""
+    """Frames per second over the measured iterations: frames / the time they took. With
+    one stream that is batch / mean end-to-end time; with more, batches overlap."""
+    streams: int = 1
+    """Batches in flight at once (`vitedge.open(..., streams=N)`)."""
     layers: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,6 +73,8 @@ class BenchOptions:
     source: str | None = None
     fast: bool = False
     layers: bool = False
+    streams: tuple[int, ...] = (1,)
+    """Each artifact is opened once per value: batches in flight at once."""
 
 
 def machine_info() -> dict[str, Any]:
@@ -115,28 +120,41 @@ def bench(artifacts: list[str], options: BenchOptions,
         raise VitedgeError("nothing to benchmark", "give one or more artifacts")
     if any(b < 1 for b in options.batches):
         raise VitedgeError("--batch sizes must be positive")
+    if any(s < 1 for s in options.streams):
+        raise VitedgeError("--streams must be positive")
     if pipelines is None:
         from vitedge.runtime.pipeline import open_pipeline
 
-        pipelines = [open_pipeline(a, fast=options.fast) for a in artifacts]
-    frames = bench_frames(options.source, max(32, max(options.batches)))
+        pipelines = [open_pipeline(a, fast=options.fast, streams=s)
+                     for a in artifacts for s in options.streams]
+    frames = bench_frames(options.source, max(32, max(options.batches) * max(options.streams)))
     cases = [(p, b) for p in pipelines for b in options.batches]
     samples: dict[int, dict[str, list[float]]] = {i: {s: [] for s in (*STAGES, "total")}
                                                    for i in range(len(cases))}
+    wall = [[0.0, 0] for _ in cases]
+    """Per case: seconds and frames of the recorded iterations."""
     cursor = 0
 
     def run_once(i: int, record: bool) -> None:
+        """One batch, or with several streams one batch per stream, in flight together."""
         nonlocal cursor
         pipe, b = cases[i]
-        batch = [frames[(cursor + k) % len(frames)] for k in range(b)]
-        cursor += b
+        groups = []
+        for _ in range(pipe.streams):
+            groups.append([frames[(cursor + k) % len(frames)] for k in range(b)])
+            cursor += b
         start = clock()
-        preds = pipe.batch(batch)
-        total = (clock() - start) * 1e3
+        results = [pipe.batch(groups[0])] if pipe.streams == 1 else list(pipe.batches(groups))
+        elapsed = clock() - start
+        totals = ([elapsed * 1e3] if pipe.streams == 1  # overlapping batches: each one's stages
+                  else [sum(preds[0].timings.values()) for preds in results])
         if record:
-            for stage, ms in preds[0].timings.items():
-                samples[i].setdefault(stage, []).append(ms)
-            samples[i]["total"].append(total)
+            for preds, total in zip(results, totals, strict=True):
+                for stage, ms in preds[0].timings.items():
+                    samples[i].setdefault(stage, []).append(ms)
+                samples[i]["total"].append(total)
+            wall[i][0] += elapsed
+            wall[i][1] += b * pipe.streams
 
     for _ in range(options.warmup):
         for i in range(len(cases)):
@@ -162,12 +180,14 @@ def bench(artifacts: list[str], options: BenchOptions,
     for i, (pipe, b) in enumerate(cases):
         total = Stats.of(samples[i]["total"])
         m = pipe.manifest
+        seconds, count = wall[i]
         results.append(BenchResult(
             artifact=str(pipe.model.path), backend=_backend(pipe),
             precision=m.precision, batch=b, preprocessing="fast (OpenCV)" if pipe.fast else "exact (PIL)",
             iterations=done,
             stages={s: Stats.of(samples[i][s]) for s in STAGES},
-            end_to_end=total, throughput_fps=b / (total.mean / 1e3) if total.mean else 0.0,
+            end_to_end=total, throughput_fps=count / seconds if seconds else 0.0,
+            streams=pipe.streams,
             layers=layer_times(pipe, frames[:b]) if options.layers else {}))
     return results
 
@@ -215,10 +235,10 @@ def write_json(path: str | Path, results: list[BenchResult], options: BenchOptio
 
 
 def write_csv(path: str | Path, results: list[BenchResult]) -> None:
-    rows = ["artifact,backend,precision,batch,stage,mean_ms,p50_ms,p90_ms,p99_ms,max_ms,n"]
+    rows = ["artifact,backend,precision,batch,streams,stage,mean_ms,p50_ms,p90_ms,p99_ms,max_ms,n"]
     for r in results:
         for stage, s in [*r.stages.items(), ("end_to_end", r.end_to_end)]:
-            rows.append(f"{r.artifact},{r.backend},{r.precision},{r.batch},{stage},{s.mean:.4f},"
+            rows.append(f"{r.artifact},{r.backend},{r.precision},{r.batch},{r.streams},{stage},{s.mean:.4f},"
                         f"{s.p50:.4f},{s.p90:.4f},{s.p99:.4f},{s.max:.4f},{s.n}")
     write_text_atomic(path, "\n".join(rows) + "\n")
 
@@ -233,7 +253,8 @@ def write_plot(path: str | Path, results: list[BenchResult], samples_note: str =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [f"{Path(r.artifact).name}\nbatch {r.batch}" for r in results]
+    names = [f"{Path(r.artifact).name}\nbatch {r.batch}" + (f", {r.streams} streams" if r.streams > 1 else "")
+             for r in results]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4 + 0.3 * len(results)))
     left = np.zeros(len(results))
     for stage in STAGES:

@@ -14,8 +14,8 @@ pattern is not met exactly, so an unusual graph is left as it was, never changed
 - `fuse_quantized_attention`: after ONNX Runtime's optimizations, an INT8 block's QKV
   integer MatMul, its Split and its MultiHeadAttention become one `com.microsoft.QAttention`,
   which writes each head's q, k and v straight from the integer GEMM (ViT-S INT8 on 2
-  cores: 4-5 % faster). `split_quantized_attention` undoes it, for `explain`, which reads
-  q and k."""
+  cores: 3-5 % faster, interleaved in one process). `split_quantized_attention` undoes
+  it for `explain`, which reads q and k."""
 
 from __future__ import annotations
 

@@ -17,6 +17,8 @@ class Model(Protocol):
     manifest: Manifest
     input_name: str
     output_name: str
+    concurrent: bool
+    """Whether several threads may call `infer` at once."""
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """The model's output (logits or features) for a batch of preprocessed inputs."""

@@ -62,6 +62,9 @@ class OnnxRuntimeModel:
     """A vitedge model in ONNX Runtime: `infer` takes a batch of model inputs (any size;
     a model exported with a static batch is fed in padded chunks) and returns the output."""
 
+    concurrent = True
+    """ONNX Runtime's `run` is thread-safe: several threads may infer at once."""
+
     def __init__(self, path: str | Path, threads: int | None = None, use_gpu: bool = False):
         self.path = Path(path)
         if not self.path.is_file():

@@ -6,9 +6,13 @@ patchify -> infer -> postprocess -> prediction, every stage timed.
         p = pipe(frame)                 # HxWx3 uint8 BGR (OpenCV), RGB, gray, RGBA, PIL, path
         print(p.label, p.score, p.timings)
 
-Torch-free. Thread safety: a pipeline serialises its own inference with a lock, so one
-pipeline may be shared by threads (they take turns); for parallel inference open one
-pipeline per thread (each gets its own ONNX Runtime session or TensorRT context).
+Torch-free. Thread safety: a pipeline runs at most `streams` inferences at once (default 1:
+threads sharing it take turns). With ONNX Runtime, `vitedge.open(..., streams=N)` keeps N
+frames in flight in `stream()` and `batches()`, each on its own share of the cores: more
+frames per second on a CPU, each frame slower (see `open_pipeline`). A TensorRT engine has
+one execution context, so one inference at a time; its `stream()` overlaps preparing the
+next frame with the current one's inference. For parallel TensorRT inference open one
+pipeline per thread.
 """
 
 from __future__ import annotations
@@ -81,17 +85,19 @@ class StageTimes:
         self.keep = KEEP_SAMPLES
         self._rings: dict[str, np.ndarray] = {}
         self._count: dict[str, int] = {}
+        self._lock = threading.Lock()
         self.frames = 0
 
     def add(self, timings: dict[str, float], frames: int) -> None:
-        for stage, ms in timings.items():
-            ring = self._rings.get(stage)
-            if ring is None:
-                ring = self._rings[stage] = np.zeros(self.keep, np.float64)
-                self._count[stage] = 0
-            ring[self._count[stage] % self.keep] = ms
-            self._count[stage] += 1
-        self.frames += frames
+        with self._lock:
+            for stage, ms in timings.items():
+                ring = self._rings.get(stage)
+                if ring is None:
+                    ring = self._rings[stage] = np.zeros(self.keep, np.float64)
+                    self._count[stage] = 0
+                ring[self._count[stage] % self.keep] = ms
+                self._count[stage] += 1
+            self.frames += frames
 
     @property
     def samples(self) -> dict[str, np.ndarray]:
@@ -106,7 +112,7 @@ class StageTimes:
 class Pipeline:
     def __init__(self, model: Model, color: str = "bgr", fast: bool = False, topk: int = 5,
                  keep_logits: bool = False, clock: Callable[[], float] = time.perf_counter,
-                 batch: int = 1):
+                 batch: int = 1, streams: int = 1):
         if color not in COLOR_ORDERS:
             raise VitedgeError(f"color order '{color}' is not one of {', '.join(COLOR_ORDERS)}")
         self.model = model
@@ -128,6 +134,16 @@ class Pipeline:
             raise VitedgeError("batch must be at least 1")
         self.batch_size = batch
         """Frames `stream()` runs together: more throughput, more latency."""
+        if streams < 1:
+            raise VitedgeError("streams must be at least 1")
+        if streams > 1 and not getattr(model, "concurrent", False):
+            raise VitedgeError(f"{model.path.name} runs one inference at a time (one TensorRT "
+                               "execution context), so streams must be 1",
+                               "its stream() already prepares the next frame during inference")
+        self.streams = streams
+        """Batches in flight at once in `stream()` and `batches()`."""
+        self._slots = threading.BoundedSemaphore(streams)
+        self._workers: Any = None
 
     # --- frames -------------------------------------------------------------------------
 
@@ -184,8 +200,7 @@ class Pipeline:
         return self.batch([frame])[0]
 
     def batch(self, frames: Iterable[Any]) -> list[Prediction]:
-        if self._closed:
-            raise VitedgeError("this pipeline is closed", "open a new one with vitedge.open")
+        self._check_open()
         frames = list(frames)
         if not frames:
             return []
@@ -216,18 +231,56 @@ class Pipeline:
                                   logits[row].copy() if self.keep_logits else None))
         return out
 
+    def batches(self, chunks: Iterable[list[Any]]) -> Iterator[list[Prediction]]:
+        """The predictions of each batch of frames, in order, `streams` batches in flight
+        at once: each goes through every stage on a worker thread of its own while the
+        next are read. With one stream this is `batch` on each in turn."""
+        for _chunk, predictions in self._in_flight(chunks):
+            yield predictions
+
+    def _in_flight(self, chunks: Iterable[list[Any]]
+                   ) -> Iterator[tuple[list[Any], list[Prediction]]]:
+        self._check_open()
+        if self.streams == 1:
+            for chunk in chunks:
+                yield chunk, self.batch(chunk)
+            return
+        from collections import deque
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        if self._workers is None:
+            self._workers = ThreadPoolExecutor(self.streams, thread_name_prefix="vitedge-stream")
+        pending: deque[tuple[list[Any], Future[list[Prediction]]]] = deque()
+        try:
+            for chunk in chunks:
+                pending.append((chunk, self._workers.submit(self.batch, chunk)))
+                if len(pending) > self.streams:  # one batch queued behind the busy workers
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
+        finally:
+            for _chunk, future in pending:
+                future.cancel()
+
     def stream(self, source: Any, max_frames: int | None = None, prefetch: int = 2
                ) -> Iterator[tuple[Any, Prediction]]:
         """(frame, prediction) for each frame of a source (anything `open_source` takes, or
         an iterable of frames), run `batch` frames at a time. Double-buffered: a worker
         thread decodes and preprocesses the next batches while the model runs on this one
-        (`prefetch=0` turns it off)."""
+        (`prefetch=0` turns it off). With `streams` > 1, `streams` batches are in flight at
+        once instead, each prepared and run on a worker of its own (see `batches`)."""
         from vitedge.runtime.sources import open_source
 
         frames = open_source(source) if isinstance(source, (str, Path, int)) else source
         limited = itertools.islice(frames, max_frames)
         chunks = iter(lambda: list(itertools.islice(limited, self.batch_size)), [])
         try:
+            if self.streams > 1:
+                for chunk, predictions in self._in_flight(chunks):
+                    yield from zip(chunk, predictions, strict=True)
+                return
             if prefetch <= 0:
                 for chunk in chunks:
                     yield from zip(chunk, self.batch(chunk), strict=True)
@@ -254,11 +307,10 @@ class Pipeline:
 
     def _predict_prepared(self, x: np.ndarray, timings: dict[str, float]) -> list[Prediction]:
         """infer + postprocess for an input the worker prepared."""
-        if self._closed:
-            raise VitedgeError("this pipeline is closed", "open a new one with vitedge.open")
+        self._check_open()
         clock = self.clock
         t = clock()
-        with self._lock:
+        with self._slots:
             timed = getattr(self.model, "infer_timed", None)
             logits, device = timed(x) if timed is not None else (self.model.infer(x), {})
         t2 = clock()
@@ -287,8 +339,7 @@ class Pipeline:
         from vitedge.explain.attention import AttentionReader
         from vitedge.explain.maps import attention_grid, parse_head
 
-        if self._closed:
-            raise VitedgeError("this pipeline is closed", "open a new one with vitedge.open")
+        self._check_open()
         head = parse_head(head)
         pixels = self._pixels(self._decode(frame))
         x = pixels if self.manifest.input == "frames" else self._normalize(pixels)
@@ -301,9 +352,15 @@ class Pipeline:
 
     # --- lifetime -----------------------------------------------------------------------
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise VitedgeError("this pipeline is closed", "open a new one with vitedge.open")
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._workers is not None:
+                self._workers.shutdown(wait=True, cancel_futures=True)
             self._attention = None
             close = getattr(self.model, "close", None)
             if close:
@@ -409,14 +466,25 @@ class _FastPreprocess:
 
 def open_pipeline(path: str | Path, device: str | None = None, color: str = "bgr",
                   fast: bool = False, topk: int = 5, keep_logits: bool = False,
-                  threads: int | None = None, batch: int = 1, cuda_graph: bool = False
-                  ) -> Pipeline:
+                  threads: int | None = None, batch: int = 1, cuda_graph: bool = False,
+                  streams: int = 1) -> Pipeline:
     """A pipeline on a built artifact (`.engine` or `.onnx`). `device` "cpu" forces ONNX
     Runtime's CPU provider; "gpu" uses its CUDA / TensorRT providers where installed (an
     engine always runs on the GPU). `batch`: frames `stream()` runs together.
-    `cuda_graph`: replay a TensorRT engine's execution as a CUDA graph."""
+    `cuda_graph`: replay a TensorRT engine's execution as a CUDA graph.
+
+    `streams` (ONNX Runtime): frames in flight at once in `stream()`. 1, the default, puts
+    every core on one frame: the lowest latency. More streams split the cores between
+    frames (`threads` defaults to cores / streams), which on a CPU gives more frames per
+    second, since a batch-1 ViT's small operators do not keep several cores busy: on 2
+    cores, ViT-S/16 INT8 runs 1.25-1.3x the frames per second with `streams=2`
+    (`benchmarks/pipeline_vs_hf.py`), each frame taking longer."""
     if device not in (None, "cpu", "gpu"):
         raise VitedgeError(f"device '{device}' is not cpu or gpu")
+    if streams < 1:
+        raise VitedgeError("streams must be at least 1")
+    if streams > 1 and threads is None:
+        threads = max(1, available_cores() // streams)
     p = Path(path)
     if p.suffix == ".onnx":
         from vitedge.runtime.onnxrt import OnnxRuntimeModel
@@ -429,4 +497,14 @@ def open_pipeline(path: str | Path, device: str | None = None, color: str = "bgr
     else:
         model = load_model(p, threads)
     return Pipeline(model, color=color, fast=fast, topk=topk, keep_logits=keep_logits,
-                    batch=batch)
+                    batch=batch, streams=streams)
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -27,7 +27,8 @@ def _as_bgr(frame: Any) -> np.ndarray:
 
 def run_loop(artifact: str, source: str, output: str | None = None, display: bool = False,
              max_frames: int | None = None, color: str = "bgr", fast: bool = False,
-             device: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+             device: str | None = None, streams: int = 1,
+             log: Callable[[str], None] | None = None) -> dict[str, Any]:
     from vitedge.bench import Stats
 
     frames = FrameSource(source)
@@ -36,14 +37,11 @@ def run_loop(artifact: str, source: str, output: str | None = None, display: boo
     fps = 0.0
     start = time.perf_counter()
     count = 0
-    with open_pipeline(artifact, device=device, color=color, fast=fast) as pipe:
+    with open_pipeline(artifact, device=device, color=color, fast=fast, streams=streams) as pipe:
         with atomic_path(output) if output else contextlib.nullcontext() as tmp:
             try:
                 last = time.perf_counter()
-                for frame in frames:
-                    if max_frames is not None and count >= max_frames:
-                        break
-                    p = pipe(frame)
+                for frame, p in pipe.stream(frames, max_frames=max_frames):
                     count += 1
                     now = time.perf_counter()
                     fps = 0.9 * fps + 0.1 / max(now - last, 1e-9) if count > 1 else 1 / max(now - last, 1e-9)

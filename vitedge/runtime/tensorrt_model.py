@@ -54,6 +54,8 @@ class TensorRTModel:
     One execution context: not for concurrent calls from several threads (the pipeline
     serialises its calls; open one model per thread for parallel inference)."""
 
+    concurrent = False
+
     def __init__(self, path: str | Path, cuda_graph: bool = False):
         self.path = Path(path)
         if not self.path.is_file():
