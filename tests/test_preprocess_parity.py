@@ -20,7 +20,7 @@ from tests.conftest import DEMO_CHECKPOINT
 from vitedge.export import ExportOptions, export_onnx
 from vitedge.manifest import Preprocess
 from vitedge.runtime.patchify import images_from_patches, patches_from_images
-from vitedge.runtime.preprocess import load_image, preprocess_image
+from vitedge.runtime.preprocess import load_image, normalize, preprocess_image
 
 PHOTOS = Path(__file__).parents[1] / "vitedge" / "data" / "photos"
 FIXTURE = Path(__file__).parent / "fixtures" / "preprocess" / "timm_transforms.npz"
@@ -60,6 +60,20 @@ def test_exact_preprocessing_matches_hugging_face_processor(size, resample, mean
         image = Image.open(photo).convert("RGB")
         reference = processor(image, return_tensors="np")["pixel_values"][0]
         assert np.abs(preprocess_image(image, prep) - reference).max() < TOLERANCE
+
+
+@pytest.mark.parametrize("mean, std, shape", [
+    ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (37, 53, 3)),
+    ((0.2860,), (0.3530,), (28, 28)),
+    ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), (16, 16, 1)),  # a gray frame for an RGB model
+])
+def test_normalisation_by_table_is_the_per_pixel_arithmetic_exactly(mean, std, shape):
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    prep = Preprocess(crop=shape[:2], resize=shape[:2], resize_mode="exact",
+                      interpolation="bilinear", mean=mean, std=std)
+    x = (pixels.reshape(*shape[:2], -1).astype(np.float32) * np.float32(1 / 255)
+         - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    np.testing.assert_array_equal(normalize(pixels, prep), x.transpose(2, 0, 1))
 
 
 @settings(max_examples=30, deadline=None)

@@ -190,8 +190,6 @@ class Pipeline:
         return crop_pixels(decoded, self.manifest.preprocess)
 
     def _normalize(self, pixels: np.ndarray) -> np.ndarray:
-        if self._fast is not None:
-            return self._fast.normalize(pixels)
         return normalize(pixels, self.manifest.preprocess)
 
     # --- calls --------------------------------------------------------------------------
@@ -414,10 +412,10 @@ def _prefetched(pipe: Pipeline, chunks: Iterator[list[Any]], depth: int
 
 
 class _FastPreprocess:
-    """The manifest's preprocessing with OpenCV on numpy RGB arrays: resize, centre crop and
-    normalise in one float pass. Not bit-exact with the reference libraries (OpenCV's
-    resampling filters differ from PIL's); `vitedge bench` and the tests measure the
-    effect on the logits."""
+    """The manifest's resize and centre crop with OpenCV on numpy RGB arrays. Not bit-exact
+    with the reference libraries (OpenCV's resampling filters differ from PIL's); `vitedge
+    bench` and the tests measure the effect on the logits. Normalisation is the exact
+    path's."""
 
     CV2_FILTERS = {"nearest": "INTER_NEAREST", "bilinear": "INTER_LINEAR",
                    "bicubic": "INTER_CUBIC", "lanczos": "INTER_LANCZOS4"}
@@ -430,9 +428,6 @@ class _FastPreprocess:
         self.prep = p
         self.flag = getattr(self.cv2, self.CV2_FILTERS[p.interpolation])
         self.gray = len(p.mean) == 1
-        std = np.asarray(p.std, np.float32)
-        self.scale = (1.0 / (255.0 * std)).astype(np.float32)
-        self.shift = (-np.asarray(p.mean, np.float32) / std).astype(np.float32)
 
     def crop(self, rgb: np.ndarray) -> np.ndarray:
         """Resized and centre-cropped uint8 pixels, (H, W, C)."""
@@ -457,11 +452,6 @@ class _FastPreprocess:
         top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
         crop = rgb[top:top + ch, left:left + cw]
         return crop if crop.ndim == 3 else crop[:, :, None]
-
-    def normalize(self, crop: np.ndarray) -> np.ndarray:
-        """(H, W, C) uint8 -> the model's (C, H, W) float32, in one float pass."""
-        x = crop.astype(np.float32) * self.scale + self.shift
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 def open_pipeline(path: str | Path, device: str | None = None, color: str = "bgr",
