@@ -18,7 +18,8 @@ from rich.table import Table
 from vitedge import __version__
 from vitedge.errors import VitedgeError
 
-out = Console()
+out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
+"""Piped into a log, tables keep their columns instead of folding at 80 characters."""
 err = Console(stderr=True, soft_wrap=True)  # an error line or a path is never broken in two
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 3
