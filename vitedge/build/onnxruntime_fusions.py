@@ -19,6 +19,8 @@ pattern is not met exactly, so an unusual graph is left as it was, never changed
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -66,27 +68,35 @@ class _Graph:
         return reshape.input[0], [reshape, transpose], int(shape[2])
 
 
-def fuse_attention(model: onnx.ModelProto) -> int:
-    """Replace each matched attention core by MultiHeadAttention, in place; returns how many."""
+_Match = tuple[list[onnx.NodeProto], onnx.NodeProto, onnx.NodeProto]
+"""The nodes a rewrite removes, the one whose place the new node takes, the new node."""
+
+
+def _replace_matches(model: onnx.ModelProto, op_type: str,
+                     match: Callable[[_Graph, onnx.NodeProto], _Match | None]) -> int:
+    """Each node of `op_type` that `match` matches, rewritten in place; returns how many."""
     g = _Graph(model)
     replaced: dict[int, onnx.NodeProto] = {}
     removed: set[int] = set()
-    for softmax in [n for n in model.graph.node if n.op_type == "Softmax"]:
-        fused = _match_attention(g, softmax)
-        if fused is not None:
-            nodes, mha = fused
+    for node in [n for n in model.graph.node if n.op_type == op_type]:
+        found = match(g, node)
+        if found is not None:
+            nodes, anchor, new = found
             removed.update(id(n) for n in nodes)
-            replaced[id(nodes[-1])] = mha
-    if not replaced:
-        return 0
+            replaced[id(anchor)] = new
     _rewrite_nodes(model, removed, replaced)
-    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return len(replaced)
 
 
-def _match_attention(g: _Graph, softmax: onnx.NodeProto
-                     ) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
+def fuse_attention(model: onnx.ModelProto) -> int:
+    """Replace each matched attention core by MultiHeadAttention, in place; returns how many."""
+    count = _replace_matches(model, "Softmax", _match_attention)
+    if count and not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return count
+
+
+def _match_attention(g: _Graph, softmax: onnx.NodeProto) -> _Match | None:
     scaled = g.made_by.get(softmax.input[0])
     if scaled is None or scaled.op_type != "Mul" or g.only_use(scaled.output[0]) is None:
         return None
@@ -121,7 +131,7 @@ def _match_attention(g: _Graph, softmax: onnx.NodeProto
         "MultiHeadAttention", [q[0], k[0], v[0]], [flatten.output[0]],
         name=softmax.name.removesuffix(".softmax") + ".mha", domain=MS_DOMAIN,
         num_heads=q[2], scale=float(scale_value[0]))
-    return nodes, mha
+    return nodes, flatten, mha
 
 
 def fold_bias_adds(model: onnx.ModelProto) -> int:
@@ -173,21 +183,12 @@ def fold_constant_dequantize(model: onnx.ModelProto) -> int:
 def fuse_quantized_attention(model: onnx.ModelProto) -> int:
     """MatMulIntegerToFloat(uint8 x, constant W, bias) -> Split into 3 -> MultiHeadAttention(q,
     k, v) -> QAttention, in place; returns how many."""
-    g = _Graph(model)
-    replaced: dict[int, onnx.NodeProto] = {}
-    removed: set[int] = set()
-    for mha in [n for n in model.graph.node if n.op_type == "MultiHeadAttention"]:
-        fused = _match_quantized_attention(g, mha)
-        if fused is not None:
-            removed.update(id(n) for n in fused[0])
-            replaced[id(mha)] = fused[1]
-    _rewrite_nodes(model, removed, replaced)
+    count = _replace_matches(model, "MultiHeadAttention", _match_quantized_attention)
     drop_unused_initializers(model.graph)
-    return len(replaced)
+    return count
 
 
-def _match_quantized_attention(g: _Graph, mha: onnx.NodeProto
-                               ) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
+def _match_quantized_attention(g: _Graph, mha: onnx.NodeProto) -> _Match | None:
     attrs = {a.name: helper.get_attribute_value(a) for a in mha.attribute}
     if len(mha.input) != 3 or set(attrs) - {"num_heads", "scale", "unidirectional"} or attrs.get("unidirectional"):
         return None
@@ -213,7 +214,7 @@ def _match_quantized_attention(g: _Graph, mha: onnx.NodeProto
     node = helper.make_node(
         "QAttention", [x, weight, bias, x_scale, w_scale, "", x_zero, w_zero], [mha.output[0]],
         name=mha.name + ".quantized", domain=MS_DOMAIN, **attrs)
-    return [gemm, split], node
+    return [gemm, split, mha], mha, node
 
 
 def split_quantized_attention(model: onnx.ModelProto) -> int:
