@@ -75,6 +75,8 @@ def test_engine_pipeline_times_the_copies_and_replays_a_cuda_graph(demo_fp32, tm
         assert a.timings["host_to_device"] > 0 and a.timings["device_to_host"] > 0
         streamed = list(plain.stream(frames, prefetch=2))
         assert len(streamed) == len(frames)
+    with pytest.raises(VitedgeError, match="streams must be 1"):
+        vitedge.open(engine, streams=2)  # one execution context
 
 
 def test_explain_reads_an_engine_built_with_attention_outputs(tmp_path):

@@ -650,19 +650,19 @@ def _print_stage_table(stages: dict[str, Any], title: str) -> None:
     out.print(table)
 
 
-def _parse_batches(_ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+def _parse_counts(_ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
     try:
-        batches = tuple(int(v) for v in value.split(","))
+        counts = tuple(int(v) for v in value.split(","))
     except ValueError:
         raise click.BadParameter("use numbers like 1 or 1,2") from None
-    if any(b < 1 for b in batches):
+    if any(n < 1 for n in counts):
         raise click.BadParameter(f"{param.name} must be positive")
-    return batches
+    return counts
 
 
 @cli.command()
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--batch", "batches", default="1", show_default=True, callback=_parse_batches,
+@click.option("--batch", "batches", default="1", show_default=True, callback=_parse_counts,
               help="Batch sizes, comma-separated (1,8).")
 @click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0))
 @click.option("--iterations", default=100, show_default=True, type=click.IntRange(min=1))
@@ -670,7 +670,7 @@ def _parse_batches(_ctx: click.Context, param: click.Parameter, value: str) -> t
               help="Run for this many seconds instead of --iterations.")
 @click.option("--source", help="Frames from a source (default: random 640x480 BGR frames).")
 @click.option("--fast", is_flag=True, help="OpenCV preprocessing.")
-@click.option("--streams", default="1", show_default=True, callback=_parse_batches,
+@click.option("--streams", default="1", show_default=True, callback=_parse_counts,
               help="Frames in flight at once, comma-separated (1,2): each artifact runs with "
                    "each, interleaved; more streams give more frames/s on a CPU (ONNX Runtime).")
 @click.option("--layers", is_flag=True, help="Per-layer times (TensorRT profiler; ONNX Runtime "
