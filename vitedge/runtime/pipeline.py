@@ -486,8 +486,14 @@ def open_pipeline(path: str | Path, device: str | None = None, color: str = "bgr
         model = TensorRTModel(p, cuda_graph=True)
     else:
         model = load_model(p, threads)
-    return Pipeline(model, color=color, fast=fast, topk=topk, keep_logits=keep_logits,
-                    batch=batch, streams=streams)
+    try:
+        return Pipeline(model, color=color, fast=fast, topk=topk, keep_logits=keep_logits,
+                        batch=batch, streams=streams)
+    except VitedgeError:
+        close = getattr(model, "close", None)
+        if close is not None:
+            close()  # an engine's device memory goes back at once
+        raise
 
 
 def available_cores() -> int:
