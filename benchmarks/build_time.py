@@ -13,8 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import publish
+
 ROOT = Path(__file__).parents[1]
-RESULTS = Path(__file__).parent / "RESULTS.md"
 CALIBRATION = ROOT / "calibration" / "fashion-mnist"
 
 
@@ -49,9 +50,7 @@ def main(arch: str) -> None:
         "\n\nStart-up (creating the session): the ONNX model against the built `.ort.onnx`.\n\n"
         "| precision | from the ONNX model | from the built artifact |\n|---|---|---|\n"
         + "\n".join(loads) + "\n")
-    print(section)
-    with open(RESULTS, "a") as f:
-        f.write(section)
+    publish(section)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import torch
+from results import publish
 from safetensors.torch import save_file
 
 from vitedge.export import export_onnx
@@ -18,8 +19,6 @@ from vitedge.export.exporter import ExportOptions
 from vitedge.model.archs import find_arch
 from vitedge.model.formats import config_from_timm_args
 from vitedge.model.vit import VisionTransformer
-
-RESULTS = Path(__file__).parent / "RESULTS.md"
 
 
 def main(archs: list[str]) -> None:
@@ -42,8 +41,7 @@ def main(archs: list[str]) -> None:
               f"Machine: {platform.processor() or platform.machine()}, "
               f"{torch.get_num_threads()} threads, torch {torch.__version__}.\n\n"
               "| model | ONNX size | total | steps | worst relative error |\n|---|---|---|---|---|\n")
-    with open(RESULTS, "a") as f:
-        f.write(header + "\n".join(rows) + "\n")
+    publish(header + "\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":

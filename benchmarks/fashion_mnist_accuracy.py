@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import onnx
+from results import publish
 
 from vitedge.evaluate import evaluate
 from vitedge.export import ExportOptions, export_onnx
@@ -27,7 +28,6 @@ from vitedge.quantize.quantizer import QuantizeRequest, quantize_model
 ROOT = Path(__file__).parents[1]
 CHECKPOINT = ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"
 CALIBRATION = ROOT / "calibration" / "fashion-mnist"
-RESULTS = Path(__file__).parent / "RESULTS.md"
 
 # (label, precision, calibration method, smoothing alpha, quantize options)
 VARIANTS = [
@@ -90,9 +90,7 @@ def main() -> None:
         "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         f"Calibration of the demo model (512 images, two passes with equalisation): "
         f"{stats['seconds']:.1f} s, peak memory {stats['peak_rss_mb']:.0f} MB (process).\n")
-    print(section)
-    with open(RESULTS, "a") as f:
-        f.write(section)
+    publish(section)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results import publish
 
 ROOT = Path(__file__).parents[1]
-RESULTS = Path(__file__).parent / "RESULTS.md"
 CALIBRATION = ROOT / "calibration" / "fashion-mnist"
 
 
@@ -101,9 +101,7 @@ def main(arch: str) -> None:
         f"{calib['options']['method']}, equalisation on): {stats['seconds']:.0f} s, peak "
         f"memory {stats['peak_rss_mb']:.0f} MB (whole process, `ru_maxrss`).\n"
     )
-    print(section)
-    with open(RESULTS, "a") as f:
-        f.write(section)
+    publish(section)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from int8_cpu import CALIBRATION, RESULTS, export_random, latency_ms  # noqa: E402
+from int8_cpu import CALIBRATION, export_random, latency_ms  # noqa: E402
+from results import publish  # noqa: E402
 
 ROUNDS = 60
 
@@ -58,9 +59,7 @@ def main(arch: str) -> None:
         "ONNX Runtime's own extended optimizations.\n\n"
         "| precision | without vitedge's rewrites | with them | speed-up |\n|---|---|---|---|\n"
         + "\n".join(rows) + "\n")
-    print(section)
-    with open(RESULTS, "a") as f:
-        f.write(section)
+    publish(section)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results import publish
 
 ROOT = Path(__file__).parents[1]
-RESULTS = Path(__file__).parent / "RESULTS.md"
 PHOTOS = sorted((ROOT / "vitedge" / "data" / "photos").glob("*.jpg"))
 SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
 FRAMES, WARMUP, ROUNDS = 40, 5, 3
@@ -214,9 +214,7 @@ def main(sizes: list[str]) -> None:
         "| model | HF eager FP32 | one frame at a time, exact | one frame at a time, fast "
         "| stream, exact | stream, fast |\n"
         "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n" + memory + "\n")
-    with open(RESULTS, "a") as f:
-        f.write(section)
-    print(section)
+    publish(section)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,14 @@ import platform
 import tempfile
 from pathlib import Path
 
+from results import publish
+
 from vitedge.bench import BenchOptions, bench
 from vitedge.build import BuildOptions, build
 from vitedge.export import ExportOptions, export_onnx
 
 ROOT = Path(__file__).parents[1]
 CHECKPOINT = ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"
-RESULTS = Path(__file__).parent / "RESULTS.md"
 
 
 def main() -> None:
@@ -43,9 +44,7 @@ def main() -> None:
         "640x480 BGR frames, 200 iterations, all six artifacts interleaved in one process; mean "
         "ms per call.\n\n| artifact | batch | decode | preprocess | patchify | infer | end to end "
         "| frames/s |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
-    print(section)
-    with open(RESULTS, "a") as f:
-        f.write(section)
+    publish(section)
 
 
 if __name__ == "__main__":
