@@ -17,7 +17,7 @@ from tests.conftest import (
     without_manifest,
 )
 from vitedge.build import BuildOptions, build
-from vitedge.evaluate import agreement
+from vitedge.compare import agreement
 from vitedge.runtime.backend import load_model
 from vitedge.runtime.onnxrt import OnnxRuntimeModel
 
@@ -52,9 +52,9 @@ def test_build_from_a_checkpoint_exports_first(tmp_path, precision):
     shutil.copy(DEMO_CHECKPOINT, ckpt)
     default = None if precision == "int8" else precision  # int8 is the cpu profile's default
     result = build(ckpt, BuildOptions(precision=default, data=CALIBRATION))
-    expected = ["export", "onnxruntime optimize"]
+    expected = ["export", "onnxruntime optimize", "verify"]
     if precision != "fp32":
-        expected.insert(1, "quantize")
+        expected[1:1] = ["calibrate", "quantize"]
     assert list(result.steps) == expected
     assert result.precision == precision
     assert result.artifact == tmp_path / f"vit_fmnist.{precision}.ort.onnx"
@@ -81,7 +81,8 @@ def test_cli_build_json(demo_fp32, tmp_path, capsys):
     assert code == 0, err
     info = json.loads(out)
     assert info["backend"] == "onnxruntime" and info["precision"] == "fp16"
-    assert set(info["steps"]) == {"quantize", "onnxruntime optimize"} and info["seconds"] >= 0
+    assert set(info["steps"]) == {"quantize", "onnxruntime optimize", "verify"}
+    assert info["seconds"] >= 0
 
 
 @pytest.mark.parametrize("case, expected", [

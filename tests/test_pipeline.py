@@ -15,8 +15,8 @@ from PIL import Image
 import vitedge
 from tests.conftest import DEMO_TEST_IMAGES, run_cli
 from vitedge.bench import BenchOptions, Stats, bench
+from vitedge.compare import agreement
 from vitedge.errors import VitedgeError
-from vitedge.evaluate import agreement
 from vitedge.runtime.onnxrt import OnnxRuntimeModel
 from vitedge.runtime.pipeline import STAGES, Pipeline
 from vitedge.runtime.preprocess import load_image, preprocess_image
@@ -309,7 +309,9 @@ def test_predict_and_run_cli(demo_fp32, tmp_path, capsys):
     code, out, err = run_cli(["predict", str(demo_fp32), str(DEMO_TEST_IMAGES / "trouser"),
                               "--json"], capsys)
     assert code == 0, err
-    preds = json.loads(out)
+    report = json.loads(out)
+    assert report["warnings"] == [] and report["artifact"] == str(demo_fp32)
+    preds = report["predictions"]
     assert len(preds) > 100
     assert sum(p["label"] == "Trouser" for p in preds) / len(preds) > 0.9
     code, out, err = run_cli(["run", str(demo_fp32), "--source", str(DEMO_TEST_IMAGES / "bag"),

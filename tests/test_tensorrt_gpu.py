@@ -13,8 +13,8 @@ import pytest
 import vitedge
 from tests.conftest import DEMO_CALIBRATION, DEMO_TEST_IMAGES
 from vitedge.build import BuildOptions, build
+from vitedge.compare import agreement
 from vitedge.errors import VitedgeError
-from vitedge.evaluate import agreement
 from vitedge.runtime.backend import load_model
 from vitedge.runtime.engine_info import EngineInfo, sidecar_path
 from vitedge.runtime.onnxrt import OnnxRuntimeModel

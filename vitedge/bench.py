@@ -58,6 +58,7 @@ class BenchResult:
     streams: int = 1
     """Batches in flight at once (`vitedge.open(..., streams=N)`)."""
     layers: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -188,7 +189,8 @@ def bench(artifacts: list[str], options: BenchOptions,
             stages={s: Stats.of(samples[i][s]) for s in STAGES},
             end_to_end=total, throughput_fps=count / seconds if seconds else 0.0,
             streams=pipe.streams,
-            layers=layer_times(pipe, frames[:b]) if options.layers else {}))
+            layers=layer_times(pipe, frames[:b]) if options.layers else {},
+            warnings=list(pipe.warnings)))
     return results
 
 

@@ -42,6 +42,13 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def _warn(warnings: list[str], as_json: bool) -> None:
+    """Warnings on stderr, one line each (with --json they go into the JSON instead)."""
+    if not as_json:
+        for line in warnings:
+            err.print(f"[yellow]warning:[/] {line}")
+
+
 def _json_or_notes(result: Any, as_json: bool) -> bool:
     """Print the result as JSON (True: nothing more to print) or its notes on stderr."""
     if as_json:
@@ -184,6 +191,7 @@ def inspect(artifact: str, pos_embed: str | None, as_json: bool) -> None:
                   f"{e['version_compatible']}")
         t.add_row("from ONNX", f"sha256 {e['onnx_sha256'][:16]}...; built in {e['build_seconds']} s "
                   f"by vitedge {e['vitedge_version']}")
+        t.add_row("verified", _verification_line(e.get("verification") or {}))
         out.print(t)
         return
     info = describe_onnx(artifact)
@@ -218,6 +226,12 @@ def inspect(artifact: str, pos_embed: str | None, as_json: bool) -> None:
                         f"({src.get('stored_dtype')}), sha256 {str(src.get('sha256'))[:16]}...")
         summary.add_row("made by", f"vitedge {manifest['vitedge_version']}, manifest schema "
                         f"{manifest['schema']}")
+        if src.get("backend"):
+            summary.add_row("built", f"{src['backend']} {src.get('onnxruntime_version', '')}, "
+                            f"profile {src.get('profile')}"
+                            + (f", INT8 weights {src['int8_weight_bits']}-bit (exact on every CPU)"
+                               if src.get("int8_weight_bits") == 7 else ""))
+            summary.add_row("verified", _verification_line(src.get("verification") or {}))
     else:
         summary.add_row("manifest", "none (not made by vitedge)")
     prec = info["precision"]
@@ -226,6 +240,16 @@ def inspect(artifact: str, pos_embed: str | None, as_json: bool) -> None:
                     + f"; Q/DQ nodes {prec['qdq_nodes']}")
     out.print(summary)
     out.print("ops: " + ", ".join(f"{k} {v}" for k, v in info["op_histogram"].items()))
+
+
+def _verification_line(v: dict[str, Any]) -> str:
+    """The build's verification of an artifact, in one line."""
+    if not v:
+        return "no (built without verification, or by an older vitedge)"
+    parts = [f"vs {v['graph']} {v['vs_graph']['top1_agreement']:.2%}"]
+    if v.get("vs_fp32"):
+        parts.append(f"vs FP32 {v['vs_fp32']['top1_agreement']:.2%} (KL {v['vs_fp32']['mean_kl']:.1e})")
+    return f"on {v['data']} with {v['backend']} on {v['device']}: top-1 agreement " + ", ".join(parts)
 
 
 # --- calibrate, quantize, eval -----------------------------------------------------------
@@ -402,8 +426,13 @@ def quantize(model: str, precision: str, calib: str | None, data: str | None, sc
         out.print(table)
     if result.check:
         c = result.check
-        out.print(f"vs FP32 on {result.check_images} calibration images: top-1 agreement "
-                  f"{c.top1_agreement:.1%}, mean KL {c.mean_kl:.2e}, logit cosine {c.cosine:.5f}")
+        out.print(f"vs FP32 on {result.check_images} calibration images, the graph in float "
+                  f"(as TensorRT reads it): top-1 agreement {c.top1_agreement:.1%}, mean KL "
+                  f"{c.mean_kl:.2e}, logit cosine {c.cosine:.5f}")
+        if result.check_integer_exact:
+            e = result.check_integer_exact
+            out.print(f"  on ONNX Runtime's integer kernels (vitedge's CPU weights): top-1 "
+                      f"agreement {e.top1_agreement:.1%}, mean KL {e.mean_kl:.2e}")
     out.print("TensorRT parser rules: ok (symmetric Q/DQ, no int32 bias, supported ops)")
 
 
@@ -425,6 +454,7 @@ def eval_(artifact: str, data: str, reference: str | None, limit: int | None, ba
 
     with _progress("evaluating", not as_json) as progress:
         r = evaluate(artifact, data, reference, batch, limit, progress.update)
+    _warn(r.warnings, as_json)
     if as_json:
         _print_json(r.to_dict())
         return
@@ -506,6 +536,17 @@ def archs(as_json: bool) -> None:
               help="Calibration images taken from --data.")
 @click.option("--method", type=click.Choice(["entropy", "percentile", "minmax", "mse"]),
               default="percentile", show_default=True, help="Calibration method.")
+@click.option("--verify-images", default=128, show_default=True, type=click.IntRange(min=1),
+              help="Images of --data held out of calibration to verify the artifact on "
+                   "(at most a quarter of --data).")
+@click.option("--min-agreement", default=0.99, show_default=True,
+              type=click.FloatRange(0, 1), help="Least top-1 agreement of the artifact with "
+              "the graph it was built from (INT8: its Q/DQ graph in float); below it the build "
+              "fails and writes nothing.")
+@click.option("--min-fp32-agreement", default=0.8, show_default=True,
+              type=click.FloatRange(0, 1), help="Least top-1 agreement with the FP32 model; "
+              "below it quantization collapsed and the build fails.")
+@click.option("--no-verify", is_flag=True, help="Skip the check of the built artifact.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="The artifact [default: INPUT.PRECISION.engine or INPUT.PRECISION.ort.onnx].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -513,13 +554,17 @@ def archs(as_json: bool) -> None:
 def build(input_path: str, precision: str | None, data: str | None, calib: str | None,
           profile: str | None, backend: str, batch: str | None, timing_cache: str | None,
           scheme: str, quantize_attention: bool, num_images: int, method: str,
-          output: str | None, as_json: bool) -> None:
+          verify_images: int, min_agreement: float, min_fp32_agreement: float,
+          no_verify: bool, output: str | None, as_json: bool) -> None:
     """Build the deployable artifact for this machine from INPUT (a checkpoint, exported
     first, or a vitedge ONNX model): a TensorRT engine (+ ENGINE.json) where TensorRT and a
     GPU are present, else an optimized ONNX Runtime model. INT8 and FP16 are quantized in
-    the graph first, so TensorRT 10 and 11 build them the same way."""
+    the graph first, so TensorRT 10 and 11 build them the same way. The artifact is then
+    verified on this machine, with the backend that will run it, on images of --data held
+    out of calibration: against the graph it was built from and against FP32."""
     from vitedge.build import BuildOptions
     from vitedge.build import build as run_build
+    from vitedge.build.verification import VerifyOptions
     from vitedge.quantize.qdq import QuantizeOptions
 
     options = BuildOptions(precision=precision, data=data, calib=calib, profile=profile,
@@ -527,7 +572,10 @@ def build(input_path: str, precision: str | None, data: str | None, calib: str |
                            output=output, qdq=QuantizeOptions(scheme=scheme,
                                                               attention=quantize_attention,
                                                               smooth=scheme == "vit"),
-                           calibration=_calibration_options(method, 99.99, num_images, 8, 0.5))
+                           calibration=_calibration_options(method, 99.99, num_images, 8, 0.5),
+                           verify=VerifyOptions(enabled=not no_verify, images=verify_images,
+                                                min_agreement=min_agreement,
+                                                min_fp32_agreement=min_fp32_agreement))
     with _progress("building", not as_json) as progress:
         result = run_build(input_path, options, progress.step, progress.update,
                            on_warning=lambda msg: err.print(f"[yellow]warning:[/] {msg}"))
@@ -536,10 +584,7 @@ def build(input_path: str, precision: str | None, data: str | None, calib: str |
     out.print(f"backend: [bold]{result.backend}[/] ({result.backend_reason})")
     for name, seconds in result.steps.items():
         out.print(f"  {name:<22} {seconds:7.2f} s")
-    if "vs_fp32" in result.details:
-        c = result.details["vs_fp32"]
-        out.print(f"  {precision or result.precision} vs FP32 on calibration images: top-1 agreement "
-                  f"{c['top1_agreement']:.1%}, logit cosine {c['cosine']:.5f}")
+    _print_verification(result.verification)
     summary = Table(show_header=False, title="built")
     summary.add_row("artifact", f"{result.artifact} ({result.size_bytes / 1e6:.2f} MB)")
     summary.add_row("precision", result.precision)
@@ -550,6 +595,21 @@ def build(input_path: str, precision: str | None, data: str | None, calib: str |
     if result.intermediate:
         summary.add_row("also wrote", ", ".join(result.intermediate))
     out.print(summary)
+
+
+def _print_verification(v: dict[str, Any]) -> None:
+    if not v:
+        err.print("[yellow]not verified[/] (--no-verify)")
+        return
+    out.print(f"verified on {v['data']} ({v['backend']}, {v['device']}):")
+    rows = [("vs " + v["graph"], v["vs_graph"], v["min_agreement"]),
+            ("vs the FP32 model", v["vs_fp32"], v["min_fp32_agreement"]),
+            ("vs the 8-bit Q/DQ graph TensorRT gets", v["vs_tensorrt_graph"], None)]
+    for what, a, least in rows:
+        if a:
+            bar = f" (at least {least:.0%})" if least is not None and v["judged"] else ""
+            out.print(f"  {what}: top-1 agreement {a['top1_agreement']:.2%}{bar}, mean KL "
+                      f"{a['mean_kl']:.2e}, cosine {a['cosine']:.5f} (min {a['cosine_min']:.5f})")
 
 
 # --- predict, run, bench ----------------------------------------------------------------
@@ -601,9 +661,11 @@ def predict(artifact: str, images: tuple[str, ...], topk: int, fast: bool, devic
     import vitedge
 
     with vitedge.open(artifact, topk=topk, fast=fast, device=device, streams=streams) as pipe:
+        _warn(pipe.warnings, as_json)
         results = [(str(file), p) for file, p in pipe.stream(_image_files(images))]
     if as_json:
-        _print_json([{"image": name, **p.to_dict()} for name, p in results])
+        _print_json({"artifact": artifact, "warnings": pipe.warnings,
+                     "predictions": [{"image": name, **p.to_dict()} for name, p in results]})
         return
     table = Table("image", "label", "score", f"top-{topk}", "ms")
     for name, p in results:
@@ -635,6 +697,7 @@ def run(artifact: str, source: str, output: str | None, display: bool, max_frame
     summary = run_loop(artifact, source, output=output, display=display, max_frames=max_frames,
                        color=color, fast=fast, device=device, streams=streams,
                        log=None if as_json else err.print)
+    _warn(summary["warnings"], as_json)
     if as_json:
         _print_json(summary)
         return
@@ -698,6 +761,7 @@ def bench(artifacts: tuple[str, ...], batches: tuple[int, ...], warmup: int, ite
                                      streams=streams)
     with _progress("benchmarking") as progress:
         results = benchmark.bench(list(artifacts), options, progress.update)
+    _warn(list(dict.fromkeys(w for r in results for w in r.warnings)), False)
     first = results[0]
     table = Table("artifact", "batch", *(f"{s} ms" for s in STAGE_NAMES), "end-to-end ms",
                   "p99 ms", "frames/s", "vs first",

@@ -37,6 +37,8 @@ class ImageSource:
     fingerprint: str = ""
     broken: list[str] = field(default_factory=list)
     count: int = 0
+    rows: list[int] | None = None
+    """For an array: the rows chosen (None: the first `count`)."""
 
     def describe(self) -> str:
         return f"{self.count} {'frames' if self.kind == 'video' else 'images'} from {self.kind} {self.path}"
@@ -66,6 +68,38 @@ def open_source(path: str | Path, limit: int | None = None, seed: int = 0) -> Im
                            count=min(frames, limit or frames))
     raise VitedgeError(f"{p} is not an image folder, image list (.txt), video or .npy/.npz",
                        "give a folder of images, a text file of image paths, a video or an array")
+
+
+HELD_OUT_SHARE = 4
+"""At most a quarter of a source is held out for verification."""
+
+
+def split_source(path: str | Path, held_out: int, limit: int | None = None, seed: int = 0
+                 ) -> tuple[ImageSource, ImageSource | None]:
+    """(calibration part, held-out part) of SOURCE: `held_out` inputs (a seeded sample, at
+    most a quarter of the source) kept apart for verifying the built model, then up to
+    `limit` of the rest, as `open_source` samples them. A video is not split (None)."""
+    whole = open_source(path, None, seed)
+    total = len(whole.items) if whole.kind in ("folder", "list") else (
+        whole.count if whole.kind == "array" else 0)
+    keep = min(held_out, total // HELD_OUT_SHARE)
+    if keep < 1:
+        return (whole if limit is None or whole.count <= limit else open_source(path, limit, seed)), None
+    order = np.random.default_rng(seed + 1).permutation(total)
+    verify, rest = sorted(order[:keep].tolist()), sorted(order[keep:].tolist())
+    rest = [rest[i] for i in sorted(np.random.default_rng(seed).choice(
+        len(rest), size=limit, replace=False))] if limit is not None and len(rest) > limit else rest
+    if whole.kind == "array":
+        p = Path(path)
+        digest = sha256_file(p)
+        return (_array_source(p, digest, rest), _array_source(p, digest, verify))
+    return (_file_source(whole.path, whole.kind, [whole.items[i] for i in rest]),
+            _file_source(whole.path, whole.kind, [whole.items[i] for i in verify]))
+
+
+def _array_source(path: Path, digest: str, rows: list[int]) -> ImageSource:
+    return ImageSource(path, "array", fingerprint=_digest([digest, *map(str, rows)]),
+                       count=len(rows), rows=rows)
 
 
 def _file_source(root: Path, kind: str, items: list[Path]) -> ImageSource:
@@ -162,7 +196,7 @@ def model_inputs(source: ImageSource, manifest: Manifest,
         if tuple(data.shape[1:]) != tuple(expected):
             raise VitedgeError(f"{source.path} holds inputs of shape {tuple(data.shape[1:])}; "
                                f"this model takes {tuple(expected)}")
-        for x in data[:source.count]:
+        for x in (data[source.rows] if source.rows is not None else data[:source.count]):
             x = np.asarray(x, np.float32)
             yield shaped(x) if x.shape == want else x
         return

@@ -83,6 +83,10 @@ def run_checks() -> list[Check]:
         checks.append(Check("onnxruntime", True, f"{ort} (providers: {providers})"))
     else:
         checks.append(Check("onnxruntime", False, "missing", "pip install onnxruntime"))
+    from vitedge.runtime.cpu import cpu_int8, cpu_name
+
+    cpu = cpu_int8()
+    checks.append(Check("cpu", True, f"{cpu_name()}: {cpu.describe()}"))
     torch = _version("torch")
     checks.append(Check("torch", torch is not None, torch or "missing (needed only for export)",
                         "" if torch else "pip install 'vitedge[export]'"))

@@ -6,25 +6,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vitedge.compare import Agreement, agreement
 from vitedge.datasets import labelled_folder, prepare_image
 from vitedge.errors import VitedgeError
 from vitedge.runtime.backend import Model, load_model
 from vitedge.runtime.preprocess import load_image
-
-
-@dataclass
-class Agreement:
-    top1_agreement: float
-    mean_kl: float
-    """Mean over images of KL(reference softmax || model softmax), in nats."""
-    cosine: float
-    """Mean over images of the cosine similarity of the logits."""
 
 
 @dataclass
@@ -38,24 +30,10 @@ class EvalResult:
     reference: str | None = None
     reference_top1: float | None = None
     agreement: Agreement | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def agreement(reference: np.ndarray, logits: np.ndarray) -> Agreement:
-    p, q = softmax(reference.astype(np.float64)), softmax(logits.astype(np.float64))
-    kl = np.sum(p * (np.log(np.maximum(p, 1e-30)) - np.log(np.maximum(q, 1e-30))), axis=-1)
-    cos = np.sum(reference * logits, axis=-1) / np.maximum(
-        np.linalg.norm(reference, axis=-1) * np.linalg.norm(logits, axis=-1), 1e-30)
-    return Agreement(float(np.mean(reference.argmax(-1) == logits.argmax(-1))),
-                     float(np.mean(kl)), float(np.mean(cos)))
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -90,7 +68,8 @@ def evaluate(artifact: str | Path, data: str | Path, reference: str | Path | Non
             on_progress(min(i + batch, len(items)), len(items))
     logits = np.concatenate(outs)
     result = EvalResult(str(artifact), model.manifest.precision, len(items),
-                        topk_accuracy(logits, truth, 1), topk_accuracy(logits, truth, 5), 0.0)
+                        topk_accuracy(logits, truth, 1), topk_accuracy(logits, truth, 5), 0.0,
+                        warnings=list(getattr(model, "warnings", [])))
     if ref is not None:
         ref_logits = np.concatenate(ref_outs)
         result.reference = str(reference)

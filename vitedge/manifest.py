@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vitedge import __version__
@@ -163,6 +165,78 @@ class Manifest:
             )
         except (KeyError, TypeError) as exc:
             raise VitedgeError(f"the model's manifest lacks a field: {exc}") from exc
+
+
+ONNX_METADATA_FIELD = 14
+"""ModelProto.metadata_props: repeated StringStringEntryProto (key = 1, value = 2)."""
+
+
+def _varint(f: Any) -> int | None:
+    shift = result = 0
+    while True:
+        byte = f.read(1)
+        if not byte:
+            return None
+        result |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return result
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, str]:
+    """An ONNX file's `metadata_props` without parsing the graph: the protobuf's top-level
+    fields are walked and every other one (the graph, gigabytes for a large model) is
+    skipped by its length. Pure Python, so the runtime can tell what a file is before it
+    opens a session. Raises ValueError for a file that is not protobuf."""
+    entries: dict[str, str] = {}
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        while (tag := _varint(f)) is not None:
+            field_number, wire = tag >> 3, tag & 7
+            if wire == 0:
+                if _varint(f) is None:
+                    raise ValueError("truncated varint")
+            elif wire == 1:
+                f.seek(8, 1)
+            elif wire == 5:
+                f.seek(4, 1)
+            elif wire == 2:
+                length = _varint(f)
+                if length is None or f.tell() + length > size:
+                    raise ValueError("truncated field")
+                if field_number == ONNX_METADATA_FIELD:
+                    key, value = _string_pair(f.read(length))
+                    entries[key] = value
+                else:
+                    f.seek(length, 1)
+            else:
+                raise ValueError(f"not an ONNX model (wire type {wire})")
+    return entries
+
+
+def _string_pair(data: bytes) -> tuple[str, str]:
+    import io
+
+    f, out = io.BytesIO(data), {1: "", 2: ""}
+    while (tag := _varint(f)) is not None:
+        if tag & 7 != 2:
+            raise ValueError("malformed metadata entry")
+        length = _varint(f) or 0
+        out[tag >> 3] = f.read(length).decode("utf-8", errors="replace")
+    return out[1], out[2]
+
+
+def manifest_from_file(path: str | Path) -> Manifest | None:
+    """The manifest of an ONNX file, read without loading its graph; None when vitedge did
+    not make it."""
+    try:
+        meta = read_onnx_metadata(path)
+    except (ValueError, OSError) as exc:
+        raise VitedgeError(f"{path} is not an ONNX model: {exc}",
+                           "vitedge export makes one") from exc
+    return Manifest.from_json(meta[MANIFEST_KEY]) if MANIFEST_KEY in meta else None
 
 
 def manifest_from_onnx(model: Any) -> Manifest | None:

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from vitedge.artifact import load_onnx, require_manifest
+from vitedge.build.verification import VerifyOptions
 from vitedge.errors import VitedgeError
+from vitedge.fileio import atomic_path
+from vitedge.manifest import Manifest
 from vitedge.profiles import BatchRange, Profile, load_profile
 from vitedge.quantize.calibrate import CalibrationOptions
 from vitedge.quantize.qdq import QuantizeOptions
@@ -38,6 +41,7 @@ class BuildOptions:
     output: str | None = None
     calibration: CalibrationOptions = CalibrationOptions()
     qdq: QuantizeOptions = QuantizeOptions()
+    verify: VerifyOptions = VerifyOptions()
 
 
 @dataclass
@@ -52,6 +56,8 @@ class BuildResult:
     steps: dict[str, float] = field(default_factory=dict)
     intermediate: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    verification: dict[str, Any] = field(default_factory=dict)
+    """What `vitedge.build.verification` measured; empty with --no-verify."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -131,37 +137,142 @@ def build(input_path: str | Path, options: BuildOptions,
     if manifest.precision not in ("fp32", precision):
         raise VitedgeError(f"{fp32} is already {manifest.precision}; cannot build {precision}",
                            "start from the FP32 export")
+    calib_source, held_out = _split_data(options)
     if precision != "fp32" and manifest.precision == "fp32":
+        from vitedge.quantize.calibrate import calibrate, default_table_path
         from vitedge.quantize.quantizer import QuantizeRequest, quantize_model
 
+        calib = options.calib
+        if calib is None and calib_source is not None:
+            table = timed("calibrate", lambda: calibrate(
+                fp32, calib_source, options.calibration, default_table_path(fp32), on_progress,
+                on_warning))
+            calib = str(table.output)
+            if table.reused:
+                result.notes.append(f"calibration table {table.output} reused (same model, "
+                                    "data, options)")
         quantized = work / f"{stem}.{precision}.onnx"
-        request = QuantizeRequest(precision=precision, calib=options.calib, data=options.data,
-                                  calibration=options.calibration, qdq=options.qdq)
+        request = QuantizeRequest(precision=precision, calib=calib, calibration=options.calibration,
+                                  qdq=options.qdq)
         q = timed("quantize", lambda: quantize_model(fp32, quantized, request, on_progress,
                                                      on_warning=on_warning))
         result.notes.extend(q.notes)
-        if q.check:
-            result.details["vs_fp32"] = asdict(q.check)
         result.intermediate.append(str(quantized))
         model_for_backend = quantized
-    if backend == "tensorrt":
-        from vitedge.build.tensorrt_build import build_engine
+    reference = fp32 if manifest.precision == "fp32" and model_for_backend != fp32 else None
+    inputs = _verification_inputs(options, manifest, held_out)
+    with atomic_path(output) as tmp:  # the artifact appears only once it is verified
+        if backend == "tensorrt":
+            verification = _build_tensorrt(options, model_for_backend, tmp, profile, batch,
+                                           reference, inputs, result, timed, on_progress, on_warning)
+        else:
+            verification = _build_onnxruntime(options, model_for_backend, tmp, profile,
+                                              reference, inputs, result, timed)
+        if verification is not None:
+            result.verification = verification.to_dict()
+            result.notes.extend(verification.notes)
+        result.size_bytes = tmp.stat().st_size
+    return result
 
-        final = require_manifest(load_onnx(model_for_backend), model_for_backend)
-        cache = Path(options.timing_cache) if options.timing_cache else None
+
+def _split_data(options: BuildOptions) -> tuple[Any, Any]:
+    """(calibration images, held-out images) of --data: the held-out ones never set a range."""
+    if options.data is None:
+        return None, None
+    from vitedge.datasets import split_source
+
+    held = options.verify.images if options.verify.enabled else 0
+    return split_source(options.data, held, options.calibration.num_images,
+                        options.calibration.seed)
+
+
+def _verification_inputs(options: BuildOptions, manifest: Manifest, held_out: Any
+                         ) -> tuple[Any, str, bool] | None:
+    if not options.verify.enabled:
+        return None
+    from vitedge.build.verification import verification_inputs
+
+    return verification_inputs(manifest, held_out)
+
+
+def _build_onnxruntime(options: BuildOptions, model: Path, tmp: Path, profile: Profile,
+                       reference: Path | None, inputs: tuple[Any, str, bool] | None,
+                       result: BuildResult, timed: Callable[[str, Callable[[], Any]], Any]
+                       ) -> Any:
+    from vitedge.build.onnxruntime_build import build_onnxruntime
+    from vitedge.manifest import set_onnx_manifest
+
+    if options.timing_cache:
+        result.notes.append("--timing-cache applies to TensorRT builds only")
+    built = timed("onnxruntime optimize", lambda: build_onnxruntime(model, tmp, profile))
+    result.details["onnxruntime"] = built.details
+    if inputs is None:
+        return None
+    from vitedge.build.verification import check_verification, verify_artifact
+    from vitedge.runtime.cpu import cpu_int8
+    from vitedge.runtime.onnxrt import OnnxRuntimeModel
+
+    def run() -> Any:
+        runner = OnnxRuntimeModel(tmp, profile.onnxruntime.threads or None)
+        int8 = runner.manifest.precision == "int8"
+        graph = "its Q/DQ graph (7-bit weights) computed in float" if int8 else \
+            "the ONNX model it was built from"
+        return verify_artifact(
+            runner, built.graph, graph, reference, *inputs, options.verify, "onnxruntime",
+            result.device, tensorrt_graph=model.read_bytes() if int8 else None,
+            cpu=cpu_int8().to_dict())
+
+    verification = timed("verify", run)
+    check_verification(verification, built.model)
+    manifest = built.manifest
+    manifest.source = {**manifest.source, "verification": verification.to_dict()}
+    set_onnx_manifest(built.model, manifest)
+    tmp.write_bytes(built.model.SerializeToString())
+    return verification
+
+
+def _build_tensorrt(options: BuildOptions, model: Path, tmp: Path, profile: Profile,
+                    batch: BatchRange, reference: Path | None,
+                    inputs: tuple[Any, str, bool] | None, result: BuildResult,
+                    timed: Callable[[str, Callable[[], Any]], Any],
+                    on_progress: Callable[[int, int], None] | None,
+                    on_warning: Callable[[str], None] | None) -> Any:
+    import os
+
+    from vitedge.build.tensorrt_build import build_engine
+    from vitedge.fileio import write_text_atomic
+    from vitedge.runtime.engine_info import sidecar_path
+
+    final = require_manifest(load_onnx(model), model)
+    cache = Path(options.timing_cache) if options.timing_cache else None
+    try:
         info = timed("tensorrt build", lambda: build_engine(
-            model_for_backend, output, final, profile, batch, cache, on_progress, on_warning))
+            model, tmp, final, profile, batch, cache, on_progress, on_warning))
         result.details["engine"] = {"tensorrt": info.tensorrt_version, "gpu": info.gpu_name,
                                     "batch": info.batch}
-    else:
-        from vitedge.build.onnxruntime_build import build_onnxruntime
+        verification = None
+        if inputs is not None:
+            from vitedge.build.verification import check_verification, verify_artifact
+            from vitedge.runtime.tensorrt_model import TensorRTModel
 
-        if options.timing_cache:
-            result.notes.append("--timing-cache applies to TensorRT builds only")
-        result.details["onnxruntime"] = timed(
-            "onnxruntime optimize", lambda: build_onnxruntime(model_for_backend, output, profile))
-    result.size_bytes = output.stat().st_size
-    return result
+            def run() -> Any:
+                runner = TensorRTModel(tmp)
+                try:
+                    return verify_artifact(
+                        runner, model.read_bytes(), "ONNX Runtime on the same graph (Q/DQ in "
+                        "float)", reference, *inputs, options.verify, "tensorrt", result.device)
+                finally:
+                    runner.close()
+
+            verification = timed("verify", run)
+            check_verification(verification)
+            info.verification = verification.to_dict()
+            write_text_atomic(sidecar_path(tmp), info.to_json())
+        os.replace(sidecar_path(tmp), sidecar_path(result.artifact))
+        return verification
+    finally:
+        if sidecar_path(tmp).exists():
+            sidecar_path(tmp).unlink()
 
 
 def _device(backend: str) -> str:
@@ -169,9 +280,10 @@ def _device(backend: str) -> str:
         gpu = gpu_info()
         return f"{gpu[0]} (compute {gpu[1]})" if gpu else "GPU"
     import os
-    import platform
 
-    return f"CPU: {platform.machine()}, {os.cpu_count()} cores"
+    from vitedge.runtime.cpu import cpu_int8, cpu_name
+
+    return f"CPU: {cpu_name()}, {os.cpu_count()} cores, INT8 kernels {cpu_int8().kernel}"
 
 
 def _check_writable(output: Path) -> None:

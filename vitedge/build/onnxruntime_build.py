@@ -6,7 +6,9 @@ like any vitedge ONNX model."""
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -16,9 +18,15 @@ from vitedge.build.onnxruntime_fusions import (
     fuse_attention,
     fuse_quantized_attention,
 )
+from vitedge.build.onnxruntime_int8 import (
+    WEIGHT_BITS,
+    WEIGHT_MAX,
+    largest_integer_weight,
+    seven_bit_weights,
+)
 from vitedge.errors import VitedgeError
 from vitedge.fileio import write_bytes_atomic
-from vitedge.manifest import manifest_from_onnx, set_onnx_manifest
+from vitedge.manifest import Manifest, manifest_from_onnx, set_onnx_manifest
 from vitedge.profiles import Profile
 
 OPTIMIZATION = "extended"
@@ -26,10 +34,23 @@ OPTIMIZATION = "extended"
 layout changes for the CPU it runs on, which a saved model must not carry to another."""
 
 
+@dataclass
+class OnnxRuntimeBuild:
+    details: dict[str, Any]
+    model: onnx.ModelProto
+    """The artifact as written (its manifest can still be amended)."""
+    manifest: Manifest
+    graph: bytes
+    """The ONNX graph the artifact computes (for INT8: the Q/DQ graph with the CPU-exact
+    weights), before ONNX Runtime's and vitedge's rewrites: what verification compares the
+    artifact with."""
+
+
 def build_onnxruntime(onnx_path: Path, output: Path, profile: Profile,
-                      fusions: bool = True) -> dict[str, object]:
+                      fusions: bool = True) -> OnnxRuntimeBuild:
     """`fusions=False` leaves out vitedge's rewrites (ONNX Runtime's own still run): for
-    measuring what they bring."""
+    measuring what they bring. An INT8 model's weights get the encoding ONNX Runtime's
+    integer kernels compute exactly on every CPU (`onnxruntime_int8`)."""
     import onnxruntime as ort
 
     model = onnx.load(str(onnx_path))
@@ -42,6 +63,9 @@ def build_onnxruntime(onnx_path: Path, output: Path, profile: Profile,
     if profile.onnxruntime.threads:
         so.intra_op_num_threads = profile.onnxruntime.threads
     nodes_before = len(model.graph.node)
+    int8 = manifest.precision == "int8"
+    requantized = seven_bit_weights(model) if int8 else 0
+    graph = model.SerializeToString()  # what the artifact computes, before any rewrite
     attention = fuse_attention(model) if fusions else 0
     with tempfile.TemporaryDirectory() as tmp:
         fused, optimized = Path(tmp) / "fused.onnx", Path(tmp) / "optimized.onnx"
@@ -57,10 +81,17 @@ def build_onnxruntime(onnx_path: Path, output: Path, profile: Profile,
              "bias_adds_folded": fold_bias_adds(result) if fusions else 0,
              "weight_dequantize_folded": fold_constant_dequantize(result) if fusions else 0,
              "quantized_attention_fused": fuse_quantized_attention(result) if fusions else 0}
+    if int8 and largest_integer_weight(result) > WEIGHT_MAX:
+        raise VitedgeError(f"the ONNX Runtime artifact of {onnx_path} still has 8-bit integer "
+                           "weights after requantization", "please report this")
     manifest.source = {**manifest.source, "backend": "onnxruntime",
                        "onnxruntime_optimization": OPTIMIZATION, "onnxruntime_version": ort.__version__,
-                       "onnxruntime_threads": profile.onnxruntime.threads, "profile": profile.name}
+                       "onnxruntime_threads": profile.onnxruntime.threads, "profile": profile.name,
+                       **({"int8_weight_bits": WEIGHT_BITS} if int8 else {})}
     set_onnx_manifest(result, manifest)
     write_bytes_atomic(output, result.SerializeToString())
-    return {"nodes_before": nodes_before, "nodes_after": len(result.graph.node), **folds,
-            "threads": profile.onnxruntime.threads or "automatic"}
+    details = {"nodes_before": nodes_before, "nodes_after": len(result.graph.node), **folds,
+               "threads": profile.onnxruntime.threads or "automatic"}
+    if int8:
+        details.update(int8_weight_bits=WEIGHT_BITS, weights_requantized=requantized)
+    return OnnxRuntimeBuild(details, result, manifest, graph)

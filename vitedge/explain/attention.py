@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from vitedge.compare import softmax
 from vitedge.errors import VitedgeError
 from vitedge.runtime.backend import Model
 
@@ -65,10 +66,7 @@ def _softmax_qk(q: np.ndarray, k: np.ndarray, heads: int, scale: float) -> np.nd
     b, t, d = q.shape
     qh = q.astype(np.float32).reshape(b, t, heads, d // heads).transpose(0, 2, 1, 3)
     kh = k.astype(np.float32).reshape(b, -1, heads, d // heads).transpose(0, 2, 3, 1)
-    scores = (qh @ kh) * (scale or (d // heads) ** -0.5)
-    scores -= scores.max(axis=-1, keepdims=True)
-    e = np.exp(scores)
-    return e / e.sum(axis=-1, keepdims=True)
+    return softmax((qh @ kh) * (scale or (d // heads) ** -0.5))
 
 
 class AttentionReader:
@@ -96,9 +94,13 @@ class AttentionReader:
 
     def _open_onnx(self, threads: int | None) -> None:
         from vitedge.build.onnxruntime_fusions import split_quantized_attention
-        from vitedge.runtime.onnxrt import ort_session
+        from vitedge.build.onnxruntime_int8 import seven_bit_weights
+        from vitedge.runtime.onnxrt import is_built, ort_session
 
         graph = onnx.load(str(self.model.path))
+        built = is_built(self.model.manifest)
+        if self.model.manifest.precision == "int8" and not built:
+            seven_bit_weights(graph)  # as the model's own session runs it
         split_quantized_attention(graph)
         self._taps = _taps(graph)
         present = {o.name for o in graph.graph.output}
@@ -108,7 +110,6 @@ class AttentionReader:
             if name not in present:
                 graph.graph.output.append(onnx.ValueInfoProto(name=name))
                 present.add(name)
-        built = self.model.path.name.endswith(".ort.onnx")
         self._session = ort_session(graph.SerializeToString(), threads,
                                     optimization="none" if built else "all")
         first = self._session.get_inputs()[0]

@@ -78,19 +78,21 @@ def default_table_path(model_path: str | Path) -> Path:
     return p.with_name(p.stem + ".calib.json")
 
 
-def calibrate(model_path: str | Path, data: str | Path, options: CalibrationOptions,
+def calibrate(model_path: str | Path, data: str | Path | ImageSource, options: CalibrationOptions,
               output: str | Path | None = None, on_progress: Progress | None = None,
               on_warning: Callable[[str], None] | None = None) -> CalibrationResult:
     """Measure the activation ranges of the FP32 model at `model_path` on `data` and write
     the table (JSON) and a TensorRT calibration cache beside it. A table at `output` that
-    was made from the same model, data and options is reused."""
+    was made from the same model, data and options is reused. `data` may be a chosen
+    `ImageSource` (the build calibrates on what it does not hold out for verification)."""
     model = load_onnx(model_path)
     manifest = require_manifest(model, model_path)
     if manifest.precision != "fp32":
         raise VitedgeError(f"{model_path} is already {manifest.precision}",
                            "calibrate the FP32 export")
     out = Path(output) if output else default_table_path(model_path)
-    source = open_source(data, options.num_images, options.seed)
+    source = data if isinstance(data, ImageSource) else open_source(data, options.num_images,
+                                                                     options.seed)
     if source.count < options.batch:
         raise VitedgeError(f"{source.describe()}: fewer than --batch {options.batch}",
                            "give more images or a smaller --batch")

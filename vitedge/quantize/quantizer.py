@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 
 from vitedge.artifact import load_onnx, require_manifest
+from vitedge.compare import Agreement, agreement
 from vitedge.datasets import model_inputs, open_source
 from vitedge.errors import ExportError, VitedgeError
-from vitedge.evaluate import Agreement, agreement
 from vitedge.export.tensorrt_ops import tensorrt_problems
 from vitedge.fileio import sha256_file, write_bytes_atomic
 from vitedge.manifest import set_onnx_manifest
@@ -45,6 +45,9 @@ class QuantizeRequest:
     qdq: QuantizeOptions = QuantizeOptions()
     sensitivity: int = 0
     """Keep this many of the most sensitive layers in float (0: no analysis)."""
+    min_fp32_agreement: float = 0.8
+    """Least top-1 agreement with FP32 on the check images: below it quantization
+    collapsed and nothing is written."""
 
 
 @dataclass
@@ -59,6 +62,11 @@ class QuantizeResult:
     fp32_nodes: list[str] = field(default_factory=list)
     overflow_nodes: list[str] = field(default_factory=list)
     check: Agreement | None = None
+    """Against FP32, the quantized graph computed in float (TensorRT's reading)."""
+    check_integer: Agreement | None = None
+    """INT8: against FP32 on ONNX Runtime's integer kernels on this CPU, the graph as is."""
+    check_integer_exact: Agreement | None = None
+    """INT8: the same with vitedge's CPU-exact (7-bit) weights, as vitedge runs it."""
     check_images: int = 0
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -138,14 +146,51 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
     check_quantized(quantized)
     data = quantized.SerializeToString()
     if check_inputs is not None:
-        result.check = agreement(_run(model.SerializeToString(), check_inputs),
-                                 _run(data, check_inputs))
-        result.check_images = len(check_inputs)
+        _check_against_fp32(result, request, model.SerializeToString(), quantized, check_inputs)
     step("writing")
     write_bytes_atomic(output, data)
     result.size_bytes = len(data)
     result.seconds = round(time.perf_counter() - start, 2)
     return result
+
+
+def _check_against_fp32(result: QuantizeResult, request: QuantizeRequest, fp32: bytes,
+                        quantized: onnx.ModelProto, x: np.ndarray) -> None:
+    """The quantized graph against FP32, computed in float (as TensorRT reads it) and, for
+    INT8, on ONNX Runtime's integer kernels on this CPU: as the graph stands (what plain
+    ONNX Runtime runs) and with vitedge's CPU-exact weights (what vitedge's runtime runs).
+    Where the integer kernels disagree with the float graph, a note says so and why."""
+    from vitedge.build.onnxruntime_int8 import seven_bit_weights
+    from vitedge.runtime.cpu import cpu_int8
+
+    reference = _run(fp32, x)
+    data = quantized.SerializeToString()
+    result.check = agreement(reference, _run(data, x, "none"))
+    result.check_images = len(x)
+    if request.precision == "int8":
+        exact = onnx.ModelProto()
+        exact.CopyFrom(quantized)
+        seven_bit_weights(exact)
+        result.check_integer = agreement(reference, _run(data, x))
+        result.check_integer_exact = agreement(reference, _run(exact.SerializeToString(), x))
+        lost = result.check.top1_agreement - result.check_integer.top1_agreement
+        if lost > 0.005 or result.check_integer.mean_kl > 3 * max(result.check.mean_kl, 1e-6):
+            cpu = cpu_int8()
+            why = (f"this CPU's kernels ({cpu.kernel}, no VNNI) add products in saturating "
+                   "16-bit lanes" if cpu.saturates else "unexpected on this CPU; please report it")
+            result.notes.append(
+                f"on this CPU, ONNX Runtime's integer kernels run this 8-bit graph at "
+                f"{result.check_integer.top1_agreement:.1%} top-1 agreement with FP32 against "
+                f"{result.check.top1_agreement:.1%} for the graph in float: {why}. vitedge's "
+                f"runtime and `vitedge build` use 7-bit weights there: "
+                f"{result.check_integer_exact.top1_agreement:.1%}")
+    if result.check.top1_agreement < request.min_fp32_agreement:
+        raise VitedgeError(
+            f"quantization collapsed the model: top-1 agreement with FP32 is "
+            f"{result.check.top1_agreement:.1%} on {len(x)} images (at least "
+            f"{request.min_fp32_agreement:.0%} expected); nothing was written",
+            "check the calibration table (recalibrate with vitedge calibrate), try --method "
+            "entropy, keep sensitive layers in float (--sensitivity N) or use fp16")
 
 
 def check_quantized(model: onnx.ModelProto) -> None:
@@ -165,8 +210,9 @@ def _check_inputs(request: QuantizeRequest, manifest: Any) -> np.ndarray:
     return np.stack(list(model_inputs(source, manifest)))
 
 
-def _run(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
-    session = ort_session(model_bytes)
+def _run(model_bytes: bytes, x: np.ndarray, optimization: str = "all") -> np.ndarray:
+    """The output of a model on ONNX Runtime; "none" computes Q/DQ in float."""
+    session = ort_session(model_bytes, optimization=optimization)
     first = session.get_inputs()[0]
     fixed = first.shape[0] if isinstance(first.shape[0], int) else None
     return run_in_batches(session, first.name, x, fixed, session.get_outputs()[0].name)
@@ -183,7 +229,8 @@ def layer_sensitivity(model: onnx.ModelProto, table: CalibrationTable, options: 
     for i, layer in enumerate(layers):
         others = tuple(n for n in layers if n != layer)
         single, _ = quantize_int8(model, table, options, keep_float=others)
-        scores.append((layer, agreement(reference, _run(single.SerializeToString(), inputs)).mean_kl))
+        single_out = _run(single.SerializeToString(), inputs, "none")  # as TensorRT reads it
+        scores.append((layer, agreement(reference, single_out).mean_kl))
         if on_progress:
             on_progress(i + 1, len(layers))
     return sorted(scores, key=lambda s: -s[1])

@@ -36,6 +36,8 @@ class EngineInfo:
     vitedge_version: str = __version__
     schema: int = SIDECAR_SCHEMA
     notes: list[str] = field(default_factory=list)
+    verification: dict[str, Any] = field(default_factory=dict)
+    """The build's check of this engine against ONNX Runtime on the same graph."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

@@ -1,6 +1,6 @@
 """Run a vitedge ONNX model with ONNX Runtime: the embedded default backend, and how the
 quantized and FP16 models are measured on a CPU. Needs only onnxruntime and numpy (the
-manifest is read through ONNX Runtime's metadata, not the onnx package)."""
+manifest is read from the file's metadata without parsing the graph)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from vitedge.errors import VitedgeError, require
-from vitedge.manifest import MANIFEST_KEY, Manifest
+from vitedge.manifest import Manifest, manifest_from_file
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -58,6 +58,39 @@ def default_providers(use_gpu: bool = True) -> list[str]:
     return [p for p in GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
 
 
+def is_built(manifest: Manifest) -> bool:
+    """A `vitedge build` ONNX Runtime artifact (optimized, CPU-exact INT8), as its manifest
+    records, whatever the file is called."""
+    return manifest.source.get("backend") == "onnxruntime"
+
+
+def cpu_exact_graph(path: Path) -> bytes:
+    """A raw Q/DQ INT8 model with its weights in the encoding ONNX Runtime's integer
+    kernels compute exactly on every CPU (`vitedge.build.onnxruntime_int8`): the same
+    numbers on an AVX2 laptop as on a VNNI server."""
+    import onnx
+
+    from vitedge.build.onnxruntime_int8 import seven_bit_weights
+
+    graph = onnx.load(str(path))
+    seven_bit_weights(graph)
+    return graph.SerializeToString()
+
+
+def int8_warnings(manifest: Manifest, name: str) -> list[str]:
+    """Why a built INT8 artifact may compute wrong numbers on this CPU (one line each)."""
+    from vitedge.runtime.cpu import cpu_int8
+
+    bits = int(manifest.source.get("int8_weight_bits", 8))
+    cpu = cpu_int8()
+    if bits <= 7 or not cpu.saturates:
+        return []
+    return [f"{name} has 8-bit weights (built by vitedge {manifest.vitedge_version}) and this "
+            f"CPU ({', '.join(cpu.features) or cpu.arch}, no VNNI) adds INT8 products in "
+            "saturating 16-bit lanes, so its results can differ from its Q/DQ graph; "
+            "rebuild it with `vitedge build` (7-bit weights, exact on every CPU)"]
+
+
 class OnnxRuntimeModel:
     """A vitedge model in ONNX Runtime: `infer` takes a batch of model inputs (any size;
     a model exported with a static batch is fed in padded chunks) and returns the output."""
@@ -69,18 +102,25 @@ class OnnxRuntimeModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise VitedgeError(f"no such file: {self.path}")
-        # a `vitedge build` artifact (.ort.onnx) is optimized already: no work at start-up.
-        # Its manifest records the profile's thread count (source.onnxruntime_threads) for
-        # the application to pass as `threads`.
-        built = self.path.name.endswith(".ort.onnx")
-        self.session = ort_session(self.path, threads, providers=default_providers(use_gpu),
-                                   optimization="none" if built else "all")
-        self.providers = self.session.get_providers()
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if MANIFEST_KEY not in meta:
+        manifest = manifest_from_file(self.path)
+        if manifest is None:
             raise VitedgeError(f"{self.path} has no vitedge manifest",
                                "export it with `vitedge export`")
-        self.manifest = Manifest.from_json(meta[MANIFEST_KEY])
+        self.manifest = manifest
+        self.warnings: list[str] = []
+        """One line each: what about this model on this machine the user should know."""
+        # a `vitedge build` artifact is optimized already: no work at start-up. Its manifest
+        # records the profile's thread count (source.onnxruntime_threads) for the
+        # application to pass as `threads`.
+        built = is_built(manifest)
+        model: Path | bytes = self.path
+        if manifest.precision == "int8" and not built:
+            model = cpu_exact_graph(self.path)
+        elif manifest.precision == "int8":
+            self.warnings += int8_warnings(manifest, self.path.name)
+        self.session = ort_session(model, threads, providers=default_providers(use_gpu),
+                                   optimization="none" if built else "all")
+        self.providers = self.session.get_providers()
         first = self.session.get_inputs()[0]
         self.input_name = first.name
         self.fixed_batch = first.shape[0] if isinstance(first.shape[0], int) else None

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vitedge.compare import softmax
 from vitedge.errors import VitedgeError
 from vitedge.manifest import Manifest
 from vitedge.runtime.backend import Model, load_model
@@ -117,6 +118,9 @@ class Pipeline:
             raise VitedgeError(f"color order '{color}' is not one of {', '.join(COLOR_ORDERS)}")
         self.model = model
         self.manifest: Manifest = model.manifest
+        self.warnings: list[str] = list(getattr(model, "warnings", []))
+        """What the user should know about this model on this machine, one line each (an
+        INT8 artifact whose kernels can saturate on this CPU, say)."""
         if self.manifest.architecture.num_classes == 0:
             raise VitedgeError("this model has no classification head (it outputs features)",
                                "use the model's `infer` directly")
@@ -216,9 +220,7 @@ class Pipeline:
 
     def _postprocess(self, logits: np.ndarray, timings: dict[str, float]) -> list[Prediction]:
         logits = logits.astype(np.float32, copy=False)
-        z = logits - logits.max(axis=1, keepdims=True)
-        probs = np.exp(z)
-        probs /= probs.sum(axis=1, keepdims=True)
+        probs = softmax(logits)
         k = min(self.topk, probs.shape[1])
         top = np.argsort(-probs, axis=1)[:, :k]
         labels = self.manifest.labels

@@ -74,9 +74,10 @@ def run_loop(artifact: str, source: str, output: str | None = None, display: boo
                 raise VitedgeError(f"{source} gave no frames; nothing written")
         elapsed = time.perf_counter() - start
         stages = {k: asdict(Stats.of(v)) for k, v in pipe.times.samples.items() if len(v)}
+        warnings = pipe.warnings
     if log:
         log(f"{count} frames from {frames.kind} {source} in {elapsed:.1f} s"
             + (f", written to {output}" if output else ""))
     return {"frames": count, "seconds": round(elapsed, 3), "fps": count / elapsed if elapsed else 0.0,
             "dropped": frames.stats.dropped, "reconnects": frames.stats.reconnects,
-            "stages": stages, "output": output}
+            "stages": stages, "output": output, "warnings": warnings}

@@ -1,0 +1,172 @@
+"""Does the artifact `vitedge build` made compute what it was built from, on the machine
+that built it, with the backend that will run it?
+
+Three references, each on the same inputs (held-out images of `--data`, never the ones that
+set the calibration ranges):
+- the graph the artifact computes, run by ONNX Runtime without optimizations (an INT8
+  model's Q/DQ graph computed in float, as TensorRT reads it): below `min_agreement` top-1
+  agreement the backend's kernels compute something else, and the build fails;
+- the FP32 model: below `min_fp32_agreement` quantization collapsed, and the build fails;
+- for the ONNX Runtime INT8 artifact, whose weights are re-encoded for the CPU, also the
+  8-bit Q/DQ graph TensorRT is given (reported, not judged).
+The figures go into the artifact (manifest or engine sidecar), the build summary and
+`vitedge inspect`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitedge.compare import Agreement, agreement
+from vitedge.datasets import ImageSource, model_inputs, prepare_image
+from vitedge.errors import VitedgeError
+from vitedge.manifest import Manifest
+
+MIN_JUDGED = 32
+"""Fewer inputs than this are reported but not judged (one disagreement is 3 %)."""
+
+
+class VerificationError(VitedgeError):
+    """The built artifact does not compute what it was built from."""
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    enabled: bool = True
+    images: int = 128
+    """Inputs of --data held out for verification (at most a quarter of it)."""
+    min_agreement: float = 0.99
+    """Least top-1 agreement with the graph the artifact computes."""
+    min_fp32_agreement: float = 0.8
+    """Least top-1 agreement with the FP32 model (below: quantization collapsed)."""
+
+    def __post_init__(self) -> None:
+        if self.images < 1:
+            raise VitedgeError("--verify-images must be at least 1")
+        for name in ("min_agreement", "min_fp32_agreement"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise VitedgeError(f"--{name.replace('_', '-')} must be between 0 and 1")
+
+
+@dataclass
+class Verification:
+    backend: str
+    device: str
+    data: str
+    """What the inputs were, e.g. '128 held-out images of calibration/fashion-mnist'."""
+    held_out: bool
+    graph: str
+    """What `vs_graph` compares with."""
+    vs_graph: Agreement
+    vs_fp32: Agreement | None
+    vs_tensorrt_graph: Agreement | None = None
+    min_agreement: float = 0.99
+    min_fp32_agreement: float = 0.8
+    judged: bool = True
+    cpu: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def images(self) -> int:
+        return self.vs_graph.images
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "device": self.device, "data": self.data,
+                "held_out": self.held_out, "images": self.images, "graph": self.graph,
+                "vs_graph": self.vs_graph.to_dict(),
+                "vs_fp32": self.vs_fp32.to_dict() if self.vs_fp32 else None,
+                "vs_tensorrt_graph": self.vs_tensorrt_graph.to_dict() if self.vs_tensorrt_graph
+                else None, "min_agreement": self.min_agreement,
+                "min_fp32_agreement": self.min_fp32_agreement, "judged": self.judged,
+                "cpu": self.cpu, "notes": self.notes}
+
+
+def verification_inputs(manifest: Manifest, held_out: ImageSource | None
+                        ) -> tuple[np.ndarray, str, bool]:
+    """(inputs, what they are, whether they are held-out data): the held-out images, or
+    without them the bundled photographs."""
+    if held_out is not None:
+        x = np.stack(list(model_inputs(held_out, manifest)))
+        what = "inputs" if held_out.kind == "array" else "images"
+        return x, f"{len(x)} held-out {what} of {held_out.path}", True
+    from vitedge.export.verify import photo_files
+    from vitedge.runtime.preprocess import load_image
+
+    photos = photo_files()
+    x = np.stack([prepare_image(load_image(str(p)), manifest) for p in photos])
+    return x, f"the {len(x)} bundled photos (no --data to hold out)", False
+
+
+def graph_outputs(graph: bytes, x: np.ndarray) -> np.ndarray:
+    """The graph's output computed by ONNX Runtime with every optimization off: Q/DQ nodes
+    run in float, as TensorRT reads them, not through integer kernels."""
+    from vitedge.runtime.onnxrt import ort_session, run_in_batches
+
+    session = ort_session(graph, optimization="none")
+    first = session.get_inputs()[0]
+    fixed = first.shape[0] if isinstance(first.shape[0], int) else None
+    return run_in_batches(session, first.name, x, fixed, session.get_outputs()[0].name)
+
+
+def verify_artifact(runner: Any, graph: bytes, graph_name: str, fp32: Path | None,
+                    inputs: np.ndarray, data: str, held_out: bool, options: VerifyOptions,
+                    backend: str, device: str, tensorrt_graph: bytes | None = None,
+                    cpu: dict[str, Any] | None = None) -> Verification:
+    """Run the artifact (through `runner`, as the pipeline will) and its references."""
+    from vitedge.runtime.onnxrt import OnnxRuntimeModel
+
+    out = runner.infer(inputs)
+    vs_fp32 = None
+    if fp32 is not None:
+        reference = OnnxRuntimeModel(fp32)
+        vs_fp32 = agreement(reference.infer(inputs), out)
+    return Verification(
+        backend=backend, device=device, data=data, held_out=held_out, graph=graph_name,
+        vs_graph=agreement(graph_outputs(graph, inputs), out), vs_fp32=vs_fp32,
+        vs_tensorrt_graph=agreement(graph_outputs(tensorrt_graph, inputs), out)
+        if tensorrt_graph is not None else None,
+        min_agreement=options.min_agreement, min_fp32_agreement=options.min_fp32_agreement,
+        judged=len(inputs) >= MIN_JUDGED, cpu=cpu,
+        notes=[] if len(inputs) >= MIN_JUDGED else
+        [f"verified on {len(inputs)} inputs only: too few to judge agreement (give --data)"])
+
+
+def check_verification(v: Verification, artifact_model: Any = None) -> None:
+    """Raise VerificationError, with the cause found and what to try, when `v` fails."""
+    if not v.judged:
+        return
+    if v.vs_graph.top1_agreement < v.min_agreement:
+        raise VerificationError(
+            f"the {v.backend} artifact agrees with {v.graph} on only "
+            f"{v.vs_graph.top1_agreement:.1%} of {v.data} (at least {v.min_agreement:.1%} "
+            f"needed): {_graph_cause(v, artifact_model)}",
+            "nothing was written; --min-agreement lowers the bar if this is expected")
+    if v.vs_fp32 is not None and v.vs_fp32.top1_agreement < v.min_fp32_agreement:
+        raise VerificationError(
+            f"the artifact agrees with the FP32 model on only {v.vs_fp32.top1_agreement:.1%} "
+            f"of {v.data} (at least {v.min_fp32_agreement:.1%} needed): quantization "
+            "collapsed the model",
+            "recalibrate (more --num-images, --method entropy), keep sensitive layers in float "
+            "(vitedge quantize --sensitivity N), or build --precision fp16; "
+            "--min-fp32-agreement lowers the bar")
+
+
+def _graph_cause(v: Verification, artifact_model: Any) -> str:
+    if v.backend == "onnxruntime" and v.cpu and v.cpu.get("saturates") and artifact_model is not None:
+        from vitedge.build.onnxruntime_int8 import WEIGHT_MAX, largest_integer_weight
+
+        largest = largest_integer_weight(artifact_model)
+        if largest > WEIGHT_MAX:
+            return (f"this CPU's ONNX Runtime integer kernels ({v.cpu.get('kernel')}, no VNNI) "
+                    f"add products in saturating 16-bit lanes and the artifact has weights up "
+                    f"to {largest}")
+    if v.backend == "onnxruntime":
+        return ("ONNX Runtime's optimized artifact computes something else than the graph it "
+                "was built from (a rewrite or kernel is wrong); please report it")
+    return (f"{v.backend}'s engine computes something else than the graph it was built from "
+            "(a kernel's precision or a fusion); try --precision fp16, or keep layers in float "
+            "with vitedge quantize --exclude")
