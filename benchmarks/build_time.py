@@ -7,13 +7,12 @@ vit_small_patch16_224). Appends a section to benchmarks/RESULTS.md."""
 
 from __future__ import annotations
 
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from results import publish
+from results import machine, publish
 
 ROOT = Path(__file__).parents[1]
 CALIBRATION = ROOT / "calibration" / "fashion-mnist"
@@ -43,7 +42,7 @@ def main(arch: str) -> None:
             print(rows[-1], loads[-1], flush=True)
     section = (
         f"\n## `vitedge build` on the CPU (`benchmarks/build_time.py`, {arch}, random weights)\n\n"
-        f"Machine: {platform.machine()}, 2 cores; backend ONNX Runtime, profile `cpu`; the "
+        f"Machine: {machine()}; backend ONNX Runtime, profile `cpu`; the "
         "FP16 build calibrates on the 512 images of calibration/fashion-mnist (its overflow "
         "check), and INT8 reuses that table.\n\n"
         "| precision | build | steps | artifact |\n|---|---|---|---|\n" + "\n".join(rows) +

@@ -9,7 +9,6 @@ vit_small_patch16_224). Appends a section to benchmarks/RESULTS.md."""
 
 from __future__ import annotations
 
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from int8_cpu import CALIBRATION, export_random, latency_ms  # noqa: E402
-from results import publish  # noqa: E402
+from results import machine, publish  # noqa: E402
 
 ROUNDS = 60
 
@@ -54,7 +53,7 @@ def main(arch: str) -> None:
         rows.append(f"| {precision} | {plain:.1f} ms | {fused:.1f} ms | {plain / fused:.2f}x |")
     section = (
         f"\n## ONNX Runtime artifact rewrites (`benchmarks/onnxruntime_fusions.py`, {arch})\n\n"
-        f"Machine: {platform.machine()}, 2 cores, onnxruntime {onnxruntime.__version__}; batch 1, "
+        f"Machine: {machine()}, onnxruntime {onnxruntime.__version__}; batch 1, "
         f"median of {ROUNDS} interleaved runs in one process; both artifacts of a row went through "
         "ONNX Runtime's own extended optimizations.\n\n"
         "| precision | without vitedge's rewrites | with them | speed-up |\n|---|---|---|---|\n"

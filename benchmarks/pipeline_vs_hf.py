@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from results import publish
+from results import machine, publish
 
 ROOT = Path(__file__).parents[1]
 PHOTOS = sorted((ROOT / "vitedge" / "data" / "photos").glob("*.jpg"))
@@ -201,7 +200,7 @@ def main(sizes: list[str]) -> None:
 
     section = (
         "\n## Runtime pipeline vs Hugging Face eager (`benchmarks/pipeline_vs_hf.py`)\n\n"
-        f"Machine: {platform.machine()}, 2 cores; torch {info.get('torch')} ({info.get('threads')} "
+        f"Machine: {machine()}; torch {info.get('torch')} ({info.get('threads')} "
         f"threads), onnxruntime {onnxruntime.__version__}. Batch 1, 640x480 BGR frames (the "
         f"bundled photos), median end-to-end time per frame over {ROUNDS} rounds of {FRAMES} "
         "frames, baseline and vitedge alternating, each in its own process. Baseline: "

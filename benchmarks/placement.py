@@ -7,11 +7,10 @@ the frames model also sends a quarter of the bytes. Run on demand:
 
 from __future__ import annotations
 
-import platform
 import tempfile
 from pathlib import Path
 
-from results import publish
+from results import machine, publish
 
 from vitedge.bench import BenchOptions, bench
 from vitedge.build import BuildOptions, build
@@ -40,7 +39,7 @@ def main() -> None:
                     f"{r.end_to_end.mean:.3f} | {r.throughput_fps:.0f} |")
     section = (
         "\n## Preprocessing and patchify placement (`benchmarks/placement.py`)\n\n"
-        f"Machine: {platform.machine()}, 2 cores, ONNX Runtime CPU; the demo model, random "
+        f"Machine: {machine()}, ONNX Runtime CPU; the demo model, random "
         "640x480 BGR frames, 200 iterations, all six artifacts interleaved in one process; mean "
         "ms per call.\n\n| artifact | batch | decode | preprocess | patchify | infer | end to end "
         "| frames/s |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")

@@ -7,6 +7,19 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "RESULTS.md"
 
 
+def machine() -> str:
+    """The machine a section was measured on: CPU model, the instruction sets that decide
+    ONNX Runtime's INT8 kernels, and the cores this process may use."""
+    import os
+    import platform
+
+    from vitedge.runtime.cpu import cpu_int8, cpu_name
+
+    info = cpu_int8()
+    return (f"{cpu_name()} ({platform.machine()}; {', '.join(info.features) or 'no AVX2'}; "
+            f"INT8 kernels {info.kernel}), {len(os.sched_getaffinity(0))} cores")
+
+
 def publish(section: str) -> None:
     """Print a run's Markdown section and append it to RESULTS.md."""
     print(section)

@@ -37,6 +37,10 @@ def test_engine_matches_onnxruntime(demo_fp32, demo_images, tmp_path, precision)
     assert (tmp_path / "timing.cache").is_file()
     info = EngineInfo.read(sidecar_path(engine))
     assert info.precision == precision and info.batch == "1:8:32"
+    v = info.verification  # the build's own check: engine vs ONNX Runtime on the same graph
+    assert v == result.verification and v["backend"] == "tensorrt" and v["held_out"]
+    assert v["vs_graph"]["top1_agreement"] >= MIN_AGREEMENT[precision]
+    assert v["images"] == 128
     graph = fp32 if precision == "fp32" else fp32.with_name(f"{fp32.stem}.{precision}.onnx")
     reference = OnnxRuntimeModel(graph).infer(images)
     model = load_model(engine)
@@ -45,6 +49,25 @@ def test_engine_matches_onnxruntime(demo_fp32, demo_images, tmp_path, precision)
     assert agreement(reference, out).top1_agreement >= MIN_AGREEMENT[precision]
     if precision == "fp32":
         assert np.abs(out - reference).max() / np.abs(reference).max() < 1e-2  # TF32 allowed
+
+
+def test_engine_build_that_fails_verification_writes_nothing(demo_fp32, tmp_path):
+    """A table whose ranges clip every activation collapses the INT8 engine: the build
+    fails on its verification and leaves neither engine nor sidecar."""
+    from vitedge.build.verification import VerificationError
+    from vitedge.quantize.calibrate import CalibrationOptions, calibrate
+
+    table = calibrate(demo_fp32, DEMO_CALIBRATION, CalibrationOptions(), tmp_path / "t.json")
+    data = json.loads(table.output.read_text())
+    for r in [*data["tensors"].values(), *data["smoothed_tensors"].values()]:
+        r["amax"] = 1e-4
+    table.output.write_text(json.dumps(data))
+    engine = tmp_path / "m.int8.engine"
+    with pytest.raises(VerificationError, match="agrees with the FP32 model on only"):
+        build(demo_fp32, BuildOptions(precision="int8", calib=str(table.output), data=CALIBRATION,
+                                      backend="tensorrt", output=str(engine)))
+    assert not engine.exists() and not sidecar_path(engine).exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.int8.engine")]
 
 
 def test_engine_refuses_changed_or_foreign(demo_fp32, tmp_path):

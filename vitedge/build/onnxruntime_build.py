@@ -47,10 +47,11 @@ class OnnxRuntimeBuild:
 
 
 def build_onnxruntime(onnx_path: Path, output: Path, profile: Profile,
-                      fusions: bool = True) -> OnnxRuntimeBuild:
-    """`fusions=False` leaves out vitedge's rewrites (ONNX Runtime's own still run): for
-    measuring what they bring. An INT8 model's weights get the encoding ONNX Runtime's
-    integer kernels compute exactly on every CPU (`onnxruntime_int8`)."""
+                      fusions: bool = True, cpu_exact: bool = True) -> OnnxRuntimeBuild:
+    """An INT8 model's weights get the encoding ONNX Runtime's integer kernels compute
+    exactly on every CPU (`onnxruntime_int8`). For measuring what each costs or brings
+    only: `fusions=False` leaves out vitedge's rewrites (ONNX Runtime's own still run);
+    `cpu_exact=False` keeps 8-bit weights (exact only on CPUs with VNNI, AMX or ARM)."""
     import onnxruntime as ort
 
     model = onnx.load(str(onnx_path))
@@ -64,7 +65,7 @@ def build_onnxruntime(onnx_path: Path, output: Path, profile: Profile,
         so.intra_op_num_threads = profile.onnxruntime.threads
     nodes_before = len(model.graph.node)
     int8 = manifest.precision == "int8"
-    requantized = seven_bit_weights(model) if int8 else 0
+    requantized = seven_bit_weights(model) if int8 and cpu_exact else 0
     graph = model.SerializeToString()  # what the artifact computes, before any rewrite
     attention = fuse_attention(model) if fusions else 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,17 +82,18 @@ def build_onnxruntime(onnx_path: Path, output: Path, profile: Profile,
              "bias_adds_folded": fold_bias_adds(result) if fusions else 0,
              "weight_dequantize_folded": fold_constant_dequantize(result) if fusions else 0,
              "quantized_attention_fused": fuse_quantized_attention(result) if fusions else 0}
-    if int8 and largest_integer_weight(result) > WEIGHT_MAX:
+    if int8 and cpu_exact and largest_integer_weight(result) > WEIGHT_MAX:
         raise VitedgeError(f"the ONNX Runtime artifact of {onnx_path} still has 8-bit integer "
                            "weights after requantization", "please report this")
     manifest.source = {**manifest.source, "backend": "onnxruntime",
                        "onnxruntime_optimization": OPTIMIZATION, "onnxruntime_version": ort.__version__,
                        "onnxruntime_threads": profile.onnxruntime.threads, "profile": profile.name,
-                       **({"int8_weight_bits": WEIGHT_BITS} if int8 else {})}
+                       **({"int8_weight_bits": WEIGHT_BITS if cpu_exact else 8} if int8 else {})}
     set_onnx_manifest(result, manifest)
     write_bytes_atomic(output, result.SerializeToString())
     details = {"nodes_before": nodes_before, "nodes_after": len(result.graph.node), **folds,
                "threads": profile.onnxruntime.threads or "automatic"}
     if int8:
-        details.update(int8_weight_bits=WEIGHT_BITS, weights_requantized=requantized)
+        details.update(int8_weight_bits=WEIGHT_BITS if cpu_exact else 8,
+                       weights_requantized=requantized)
     return OnnxRuntimeBuild(details, result, manifest, graph)
