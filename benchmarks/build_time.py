@@ -22,8 +22,8 @@ def main(arch: str) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from int8_cpu import export_random
 
-    from vitedge.build import BuildOptions, build
-    from vitedge.runtime.onnxrt import OnnxRuntimeModel
+    from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
+    from vitedge.deploy import BuildOptions, build
 
     rows, loads = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -36,7 +36,7 @@ def main(arch: str) -> None:
             times = []
             for path in (source, r.artifact):
                 start = time.perf_counter()
-                OnnxRuntimeModel(path)
+                OnnxRuntimeRunner(path)
                 times.append((time.perf_counter() - start) * 1e3)
             loads.append(f"| {precision} | {times[0]:.0f} ms | {times[1]:.0f} ms |")
             print(rows[-1], loads[-1], flush=True)

@@ -72,12 +72,12 @@ def latency_ms(sessions: dict[str, object], x: np.ndarray, rounds: int = 40) -> 
 def main(arch: str) -> None:
     import onnx
 
-    from vitedge.build.onnxruntime_build import build_onnxruntime
-    from vitedge.build.onnxruntime_int8 import seven_bit_weights
+    from vitedge.backends.onnxruntime.build import build_onnxruntime
+    from vitedge.backends.onnxruntime.int8 import seven_bit_weights
+    from vitedge.backends.onnxruntime.session import ort_session
     from vitedge.profiles import load_profile
     from vitedge.quantize.calibrate import default_table_path
     from vitedge.quantize.quantizer import QuantizeRequest, quantize_model
-    from vitedge.runtime.onnxrt import ort_session
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -25,11 +25,11 @@ ROUNDS = 60
 def main(arch: str) -> None:
     import onnxruntime
 
-    from vitedge.build.onnxruntime_build import build_onnxruntime
+    from vitedge.backends.onnxruntime.build import build_onnxruntime
+    from vitedge.backends.onnxruntime.session import ort_session
     from vitedge.profiles import load_profile
     from vitedge.quantize.calibrate import CalibrationOptions
     from vitedge.quantize.quantizer import QuantizeRequest, quantize_model
-    from vitedge.runtime.onnxrt import ort_session
 
     profile = load_profile("cpu")
     rows = []

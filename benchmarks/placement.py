@@ -13,7 +13,7 @@ from pathlib import Path
 from results import machine, publish
 
 from vitedge.bench import BenchOptions, bench
-from vitedge.build import BuildOptions, build
+from vitedge.deploy import BuildOptions, build
 from vitedge.export import ExportOptions, export_onnx
 
 ROOT = Path(__file__).parents[1]

@@ -13,7 +13,7 @@ def machine() -> str:
     import os
     import platform
 
-    from vitedge.runtime.cpu import cpu_int8, cpu_name
+    from vitedge.backends.onnxruntime.cpu import cpu_int8, cpu_name
 
     info = cpu_int8()
     return (f"{cpu_name()} ({platform.machine()}; {', '.join(info.features) or 'no AVX2'}; "

@@ -45,11 +45,11 @@ def demo_fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_images(demo_fp32: Path) -> np.ndarray:
     """500 of the shipped test images, preprocessed for the demo model."""
+    from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
     from vitedge.datasets import model_inputs, open_source
-    from vitedge.runtime.onnxrt import OnnxRuntimeModel
 
     source = open_source(DEMO_TEST_IMAGES, 500)
-    return np.stack(list(model_inputs(source, OnnxRuntimeModel(demo_fp32).manifest)))
+    return np.stack(list(model_inputs(source, OnnxRuntimeRunner(demo_fp32).manifest)))
 
 
 def images_from_pixels(pixels: np.ndarray) -> np.ndarray:

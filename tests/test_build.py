@@ -16,10 +16,10 @@ from tests.conftest import (
     run_cli,
     without_manifest,
 )
-from vitedge.build import BuildOptions, build
+from vitedge.backends import load_runner
+from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
 from vitedge.compare import agreement
-from vitedge.runtime.backend import load_model
-from vitedge.runtime.onnxrt import OnnxRuntimeModel
+from vitedge.deploy import BuildOptions, build
 
 CALIBRATION = str(DEMO_CALIBRATION)
 MIN_AGREEMENT = {"fp32": 1.0, "fp16": 0.998, "int8": 0.99}
@@ -33,13 +33,13 @@ def test_onnxruntime_build_from_onnx(demo_fp32, demo_images, tmp_path, precision
     assert result.backend == "onnxruntime" and result.profile == "cpu"
     assert "ONNX Runtime" in result.backend_reason
     assert result.artifact.is_file() and result.size_bytes == result.artifact.stat().st_size
-    model = load_model(result.artifact)
-    assert isinstance(model, OnnxRuntimeModel)
+    model = load_runner(result.artifact)
+    assert isinstance(model, OnnxRuntimeRunner)
     assert model.manifest.precision == precision
     assert model.manifest.source["backend"] == "onnxruntime"
     fused = result.details["onnxruntime"]["attention_fused"]
     assert fused == (0 if precision == "fp16" else 6)  # MultiHeadAttention runs float32 only
-    reference = OnnxRuntimeModel(fp32).infer(images)
+    reference = OnnxRuntimeRunner(fp32).infer(images)
     out = model.infer(images)
     assert agreement(reference, out).top1_agreement >= MIN_AGREEMENT[precision]
     if precision == "fp32":
@@ -58,7 +58,7 @@ def test_build_from_a_checkpoint_exports_first(tmp_path, precision):
     assert list(result.steps) == expected
     assert result.precision == precision
     assert result.artifact == tmp_path / f"vit_fmnist.{precision}.ort.onnx"
-    assert load_model(result.artifact).manifest.precision == precision
+    assert load_runner(result.artifact).manifest.precision == precision
     assert (tmp_path / "vit_fmnist.onnx").is_file()
     if precision == "int8":
         assert (tmp_path / "vit_fmnist.calib.json").is_file()

@@ -7,14 +7,14 @@ import dataclasses
 
 import pytest
 
-from vitedge.errors import VitedgeError
-from vitedge.runtime.engine_info import (
+from vitedge.backends.tensorrt.engine_info import (
     EngineInfo,
     compatibility_problem,
     rebuild_hint,
     sidecar_path,
 )
-from vitedge.runtime.tensorrt_model import check_engine
+from vitedge.backends.tensorrt.runner import check_engine
+from vitedge.errors import VitedgeError
 
 ORIN = EngineInfo(
     tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7", precision="int8",
@@ -96,10 +96,10 @@ def test_inspect_an_engine_without_a_gpu(tmp_path, capsys):
 def test_cuda_paths_without_a_gpu_fail_with_one_clear_line(tmp_path, monkeypatch):
     """cuda-python is installed here and there is no GPU: the CUDA helpers say so."""
     pytest.importorskip("cuda.bindings.runtime")
+    from vitedge.backends.tensorrt.cuda import CudaPython, cuda_api
+    from vitedge.backends.tensorrt.device import gpu_info
+    from vitedge.backends.tensorrt.runner import TensorRTRunner
     from vitedge.errors import MissingDependency
-    from vitedge.runtime.cuda import CudaPython, cuda_api
-    from vitedge.runtime.cuda_device import gpu_info
-    from vitedge.runtime.tensorrt_model import TensorRTModel
 
     assert gpu_info() is None
     with pytest.raises(VitedgeError, match="CUDA cudaMalloc failed: cudaError"):
@@ -116,4 +116,4 @@ def test_cuda_paths_without_a_gpu_fail_with_one_clear_line(tmp_path, monkeypatch
     engine.write_bytes(b"plan")
     sidecar_path(engine).write_text(ORIN.to_json())
     with pytest.raises(VitedgeError, match="no CUDA GPU is visible"):
-        TensorRTModel(engine)
+        TensorRTRunner(engine)

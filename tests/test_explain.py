@@ -13,22 +13,21 @@ import pytest
 from PIL import Image
 
 from tests.conftest import DEMO_CALIBRATION, DEMO_CHECKPOINT, DEMO_TEST_IMAGES, run_cli
-from vitedge.build import BuildOptions, build
+from vitedge.architecture import ViTConfig
+from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
+from vitedge.deploy import BuildOptions, build
 from vitedge.errors import VitedgeError
 from vitedge.explain import ExplainOptions, explain_images, position_embeddings
-from vitedge.explain.attention import AttentionReader
 from vitedge.explain.figures import PANEL, POS_EMBED_SIZE
-from vitedge.explain.maps import (
+from vitedge.export import ExportOptions, export_onnx
+from vitedge.quantize.quantizer import QuantizeRequest, quantize_model
+from vitedge.runtime.attention import (
     attention_grid,
     attention_rollout,
     cls_attention,
     grid_similarity,
     position_similarity,
 )
-from vitedge.export import ExportOptions, export_onnx
-from vitedge.model.config import ViTConfig
-from vitedge.quantize.quantizer import QuantizeRequest, quantize_model
-from vitedge.runtime.onnxrt import OnnxRuntimeModel
 from vitedge.runtime.pipeline import open_pipeline
 
 IMAGES = sorted(DEMO_TEST_IMAGES.rglob("*.png"))[:3]
@@ -62,7 +61,7 @@ def test_attention_of_the_exported_graph_equals_hugging_face(hf_vit, tmp_path):
     folder, x, reference = hf_vit
     onnx_path = tmp_path / "vit.onnx"
     export_onnx(folder, onnx_path, ExportOptions())
-    logits, probs = AttentionReader(OnnxRuntimeModel(onnx_path))(x)
+    logits, probs = OnnxRuntimeRunner(onnx_path).attention(x)
     assert logits.shape == (2, 5) and len(probs) == len(reference) == 3
     for ours, theirs in zip(probs, reference, strict=True):
         assert ours.shape == theirs.shape == (2, 3, 37, 37)
@@ -74,7 +73,7 @@ def test_attention_of_the_fused_onnxruntime_artifact_equals_hugging_face(hf_vit,
     folder, x, reference = hf_vit
     result = build(folder, BuildOptions(precision="fp32", output=str(tmp_path / "vit.ort.onnx")))
     assert result.details["onnxruntime"]["attention_fused"] == 3  # no softmax left to read
-    _, probs = AttentionReader(OnnxRuntimeModel(result.artifact))(x)
+    _, probs = OnnxRuntimeRunner(result.artifact).attention(x)
     for ours, theirs in zip(probs, reference, strict=True):
         np.testing.assert_allclose(ours, theirs, atol=2e-5)
 
@@ -150,7 +149,7 @@ def test_pipeline_explain_is_the_class_rows_of_the_graphs_attention(demo_fp32):
     with open_pipeline(demo_fp32) as pipe:
         e = pipe.explanation(frame, layer=2, head=1)
         x = pipe.prepare([frame])
-        _, probs = AttentionReader(pipe.model)(x)
+        _, probs = pipe.model.attention(x)
     np.testing.assert_allclose(e.grid, probs[2][0, 1, 0, 1:].reshape(7, 7), rtol=1e-6)
     assert e.pixels.shape == (28, 28, 1) and e.prediction.label is not None
 
@@ -261,6 +260,11 @@ def test_cli_inspect_pos_embed(demo_fp32, tmp_path, capsys):
     assert code == 0 and "7x7 positions" in out
     with Image.open(figure) as png:
         assert png.size == POS_EMBED_SIZE
-    code, _, err = run_cli(["inspect", str(tmp_path / "m.engine"), "--pos-embed", str(figure)],
-                           capsys)
+    from tests.test_engine_info import ORIN
+    from vitedge.backends.tensorrt.engine_info import sidecar_path
+
+    engine = tmp_path / "m.plan"  # an engine, known by its description, whatever its name
+    engine.write_bytes(b"plan")
+    sidecar_path(engine).write_text(ORIN.to_json())
+    code, _, err = run_cli(["inspect", str(engine), "--pos-embed", str(figure)], capsys)
     assert code == 1 and "ONNX model" in err

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from vitedge.artifact import describe_onnx
 from vitedge.cli import main
+from vitedge.describe import describe_onnx
 from vitedge.export import export_onnx
 from vitedge.model.archs import find_arch
 from vitedge.model.formats import config_from_timm_args

@@ -23,13 +23,13 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from tests.conftest import DEMO_CALIBRATION, DEMO_TEST_IMAGES, run_cli
-from vitedge.build import BuildOptions, build
-from vitedge.build.onnxruntime_int8 import seven_bit_weights
+from vitedge.backends.onnxruntime.cpu import classify, cpu_int8
+from vitedge.backends.onnxruntime.int8 import seven_bit_weights
+from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
 from vitedge.compare import agreement
 from vitedge.datasets import model_inputs, open_source
+from vitedge.deploy import BuildOptions, build
 from vitedge.quantize.equalize import with_outlier_channels
-from vitedge.runtime.cpu import classify, cpu_int8
-from vitedge.runtime.onnxrt import OnnxRuntimeModel
 
 INTEGER_OPS = {"MatMulIntegerToFloat": 1, "QAttention": 1, "MatMulInteger": 1,
                "QLinearMatMul": 3, "QLinearConv": 3, "ConvInteger": 1}
@@ -57,7 +57,7 @@ def built(demo_fp32, tmp_path_factory) -> dict[str, dict[str, Path]]:
 @pytest.fixture(scope="module")
 def test_images(demo_fp32) -> np.ndarray:
     """The 2,000 shipped test images, preprocessed for the demo model."""
-    manifest = OnnxRuntimeModel(demo_fp32).manifest
+    manifest = OnnxRuntimeRunner(demo_fp32).manifest
     return np.stack(list(model_inputs(open_source(DEMO_TEST_IMAGES), manifest)))
 
 
@@ -97,7 +97,7 @@ def test_artifact_gives_its_qdq_graphs_predictions_on_this_cpu(built, test_image
     """On this CPU's integer kernels, the artifact agrees with its own Q/DQ graph in float
     on the 2,000 test images, and closely with the 8-bit graph TensorRT is given."""
     m = built[name]
-    out = OnnxRuntimeModel(m["artifact"]).infer(test_images)
+    out = OnnxRuntimeRunner(m["artifact"]).infer(test_images)
     own = onnx.load(str(m["qdq"]))
     seven_bit_weights(own)
     assert agreement(float_graph(own, test_images), out).top1_agreement >= 0.995
@@ -109,11 +109,11 @@ def test_artifact_gives_its_qdq_graphs_predictions_on_this_cpu(built, test_image
 def test_raw_qdq_graph_runs_cpu_exact_too(built, test_images):
     """`vitedge.open` / eval of the quantized ONNX (not built) uses the same encoding."""
     m = built["demo"]
-    raw = OnnxRuntimeModel(m["qdq"]).infer(test_images)
+    raw = OnnxRuntimeRunner(m["qdq"]).infer(test_images)
     own = onnx.load(str(m["qdq"]))
     seven_bit_weights(own)
     assert agreement(float_graph(own, test_images), raw).top1_agreement >= 0.995
-    np.testing.assert_allclose(raw, OnnxRuntimeModel(m["artifact"]).infer(test_images),
+    np.testing.assert_allclose(raw, OnnxRuntimeRunner(m["artifact"]).infer(test_images),
                                atol=0.05)
 
 
@@ -170,7 +170,7 @@ def test_a_build_that_fails_verification_writes_nothing(demo_fp32, tmp_path, cap
         expected = "agrees with the FP32 model on only"
     else:
         # a rewrite that goes wrong: the artifact's integer weights negated after the build
-        from vitedge.build import onnxruntime_build
+        from vitedge.backends.onnxruntime import build as onnxruntime_build
 
         real = onnxruntime_build.fuse_quantized_attention
 
@@ -235,7 +235,7 @@ def test_avx2_emulated(built, test_images, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(
         "import sys, numpy as np, onnxruntime as ort\n"
-        "from vitedge.runtime.cpu import cpu_int8\n"
+        "from vitedge.backends.onnxruntime.cpu import cpu_int8\n"
         "assert cpu_int8().kernel == 'avx2', cpu_int8()\n"
         "so = ort.SessionOptions(); so.intra_op_num_threads = 1\n"
         "x = np.load(sys.argv[1]); out = {}\n"
@@ -256,5 +256,5 @@ def test_avx2_emulated(built, test_images, tmp_path):
     seven_bit_weights(own)
     assert agreement(eight_bit, out["eight"]).max_abs > 0.3  # saturated: the bug is there
     assert agreement(float_graph(own, x), out["artifact"]).top1_agreement >= 0.995
-    np.testing.assert_allclose(out["artifact"], OnnxRuntimeModel(m["artifact"]).infer(x),
+    np.testing.assert_allclose(out["artifact"], OnnxRuntimeRunner(m["artifact"]).infer(x),
                                atol=1e-3)

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from tests.conftest import DEMO_CALIBRATION, DEMO_CHECKPOINT, relative_error
-from vitedge.build.onnxruntime_fusions import (
+from vitedge.backends.onnxruntime.fusions import (
     fold_bias_adds,
     fold_constant_dequantize,
     fuse_attention,

@@ -14,13 +14,15 @@ from PIL import Image
 
 import vitedge
 from tests.conftest import DEMO_TEST_IMAGES, run_cli
-from vitedge.bench import BenchOptions, Stats, bench
+from vitedge.backends import Runner
+from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
+from vitedge.bench import BenchOptions, bench
 from vitedge.compare import agreement
 from vitedge.errors import VitedgeError
-from vitedge.runtime.onnxrt import OnnxRuntimeModel
 from vitedge.runtime.pipeline import STAGES, Pipeline
 from vitedge.runtime.preprocess import load_image, preprocess_image
 from vitedge.runtime.sources import FrameSource, describe
+from vitedge.runtime.stats import Stats
 
 PHOTOS = Path(__file__).parents[1] / "vitedge" / "data" / "photos"
 
@@ -35,7 +37,7 @@ def test_prediction_matches_the_model_on_the_reference_preprocessing(demo_fp32, 
         for f in test_files[:20]:
             p = pipe(f)
             x = preprocess_image(load_image(f), pipe.manifest.preprocess)[None]
-            logits = OnnxRuntimeModel(demo_fp32).infer(x)[0]
+            logits = OnnxRuntimeRunner(demo_fp32).infer(x)[0]
             assert p.class_id == int(np.argmax(logits))
             assert p.label == pipe.manifest.labels[p.class_id]
             np.testing.assert_allclose(p.logits, logits, rtol=1e-5, atol=1e-5)
@@ -120,19 +122,28 @@ def test_streams_keep_frames_in_flight_and_give_the_same_predictions_in_order(de
         list(two.stream(files[:2]))
 
 
-class SlowModel:
-    """The demo model's manifest and a model that takes 50 ms a call and records how many
+class SlowModel(Runner):
+    """A runner with the demo model's manifest that takes 50 ms a call and records how many
     calls run at once; its one logit is the input's mean, to follow the frames' order."""
+
+    backend = "test"
 
     def __init__(self, demo_fp32: Path, concurrent: bool):
         import threading
 
-        inner = OnnxRuntimeModel(demo_fp32)
-        self.path, self.manifest = inner.path, inner.manifest
-        self.input_name, self.output_name = inner.input_name, inner.output_name
-        self.concurrent = concurrent
+        with OnnxRuntimeRunner(demo_fp32) as inner:
+            self.path, self.manifest = inner.path, inner.manifest
+            self.inputs, self.outputs = inner.inputs, inner.outputs
+        self.warnings = []
+        self.concurrent = concurrent  # type: ignore[misc]
         self.active = self.most = 0
         self._count = threading.Lock()
+
+    def _release(self) -> None:
+        pass
+
+    def infer_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return {"logits": self.infer(x)}
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         import time
@@ -267,7 +278,7 @@ def test_bench_percentiles_on_a_fake_clock(demo_fp32):
     # readings per call: bench's start; the pipeline's start, after decode, preprocess
     # and patchify; before and after infer, after postprocess; bench's end
     clock = FakeClock([0.0, 0.0, 0.001, 0.002, 0.0, 0.0, 0.004, 0.001, 0.0])
-    pipe = Pipeline(OnnxRuntimeModel(demo_fp32), clock=clock)
+    pipe = Pipeline(OnnxRuntimeRunner(demo_fp32), clock=clock)
     results = bench([], BenchOptions(warmup=0, iterations=10), clock=clock, pipelines=[pipe])
     r = results[0]
     assert r.iterations == 10 and r.batch == 1
@@ -329,9 +340,9 @@ def test_predict_and_run_cli(demo_fp32, tmp_path, capsys):
 
 def test_stage_times_stay_bounded(demo_fp32, monkeypatch):
     """A camera loop runs for days: the pipeline keeps only the latest calls' timings."""
-    from vitedge.runtime import pipeline as pipeline_module
+    from vitedge.runtime import stats
 
-    monkeypatch.setattr(pipeline_module, "KEEP_SAMPLES", 5)
+    monkeypatch.setattr(stats, "KEEP_SAMPLES", 5)
     with vitedge.open(demo_fp32) as pipe:
         frame = np.zeros((28, 28), np.uint8)
         for _ in range(12):

@@ -1,34 +1,84 @@
-"""The runtime must import on a device without torch (a Jetson camera app)."""
+"""The arrows between vitedge's parts point one way (the rules are data:
+tests/import_rules.toml), and everything but the PyTorch model imports without torch, so
+the runtime runs on a device that has only numpy, Pillow and onnxruntime or TensorRT."""
 
 from __future__ import annotations
 
+import ast
+import fnmatch
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+import tomllib
 
 import vitedge
-import vitedge.explain
-import vitedge.runtime
 
-TORCH_FREE = ["vitedge", "vitedge.manifest", "vitedge.model", "vitedge.model.config",
-              "vitedge.artifact", "vitedge.doctor", "vitedge.cli", "vitedge.datasets",
-              "vitedge.evaluate", "vitedge.quantize.quantizer", "vitedge.quantize.calibrate",
-              "vitedge.bench", "vitedge.build", "vitedge.build.onnxruntime_fusions", "vitedge.profiles",
-              *[f"vitedge.runtime.{m.name}" for m in pkgutil.iter_modules(vitedge.runtime.__path__)],
-              *[f"vitedge.explain.{m.name}" for m in pkgutil.iter_modules(vitedge.explain.__path__)]]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
+
+RULES = tomllib.loads((Path(__file__).parent / "import_rules.toml").read_text())
+PACKAGE = Path(vitedge.__file__).parent
+MODULES = sorted(m.name for m in pkgutil.walk_packages(vitedge.__path__, "vitedge."))
 
 
-def test_runtime_imports_without_torch():
+def imported(module: str) -> set[str]:
+    """Every vitedge module `module` imports, at the top or inside a function."""
+    path = PACKAGE.joinpath(*module.split(".")[1:])
+    source = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return {n for n in found if n.startswith("vitedge.") and n in MODULES or n == "vitedge"}
+
+
+def matches(name: str, prefix: str) -> bool:
+    pattern = prefix.replace(".", "\\.")
+    parts = prefix.split(".")
+    head = ".".join(name.split(".")[:len(parts)])
+    return fnmatch.fnmatchcase(head, prefix) if "*" in pattern else \
+        name == prefix or name.startswith(prefix + ".")
+
+
+def test_rules_name_real_parts():
+    """A rule about a part that does not exist (a typo, a rename) would pass forever."""
+    for owner in RULES["forbidden"]:
+        assert any(matches(m, owner) for m in MODULES), owner
+    assert all(m in MODULES for m in RULES["torch"])
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_imports_point_one_way(module):
+    for owner, banned in RULES["forbidden"].items():
+        if not matches(module, owner):
+            continue
+        for target in imported(module):
+            if matches(target, owner):
+                continue  # a part may use itself
+            wrong = [b for b in banned if matches(target, b)]
+            assert not wrong, f"{module} imports {target}, which {owner} must not ({wrong[0]})"
+
+
+def test_everything_but_the_pytorch_model_imports_without_torch():
+    torch_free = [m for m in MODULES if m not in RULES["torch"]]
     code = (
         "import sys, importlib\n"
         "sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
-        f"for name in {TORCH_FREE!r}:\n"
+        f"for name in {torch_free!r}:\n"
         "    importlib.import_module(name)\n"
-        "print('ok')\n"
+        "print('torch' in sys.modules and sys.modules['torch'] is not None)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    assert result.stdout.strip() == "False"
 
 
 def test_export_without_torch_names_the_extra():
@@ -44,5 +94,5 @@ def test_export_without_torch_names_the_extra():
 
 
 def test_every_module_imports():
-    for mod in pkgutil.walk_packages(vitedge.__path__, "vitedge."):
-        __import__(mod.name)
+    for name in MODULES:
+        __import__(name)

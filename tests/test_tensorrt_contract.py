@@ -1,5 +1,5 @@
 """Contract with the real TensorRT runtime API, without a GPU: every TensorRT attribute and
-method `vitedge/runtime/tensorrt_model.py` uses exists in TensorRT 11's runtime bindings
+method `vitedge/backends/tensorrt/runner.py` uses exists in TensorRT 11's runtime bindings
 (`tensorrt_lean_bindings`, the real compiled module), and every method call passes a
 number of arguments one of its signatures accepts. The builder side is checked by mypy
 against the TensorRT 10.x stubs (`make typecheck`)."""
@@ -14,7 +14,7 @@ import pytest
 
 trt = pytest.importorskip("tensorrt_lean_bindings")
 
-SOURCE = Path(__file__).parents[1] / "vitedge" / "runtime" / "tensorrt_model.py"
+SOURCE = Path(__file__).parents[1] / "vitedge" / "backends" / "tensorrt" / "runner.py"
 # how the code names each TensorRT object -> the class it is
 ROOTS = {
     ("trt",): trt,
@@ -96,14 +96,28 @@ def test_every_runtime_call_exists_in_tensorrt_11(use):
                 f"takes {[(r.start, r.stop - 1) for r in accepted]}"
 
 
-def test_layer_information_is_guarded_where_the_lean_runtime_lacks_the_inspector():
-    """TensorRT 11's lean bindings return an unexposed IEngineInspector, so the code must
-    ask for the full runtime before using one."""
+def test_layer_information_refuses_the_lean_runtime():
+    """TensorRT 11's lean bindings return an unexposed IEngineInspector: on them the runner
+    says what to install instead of failing inside TensorRT."""
+    from vitedge.backends.tensorrt.runner import TensorRTRunner
+    from vitedge.errors import VitedgeError
+
     assert hasattr(trt.ICudaEngine, "create_engine_inspector")
-    assert not hasattr(trt, "EngineInspector")
-    assert 'hasattr(self.trt, "EngineInspector")' in SOURCE.read_text()
+    runner = object.__new__(TensorRTRunner)  # no GPU here: only the guard is exercised
+    runner.trt = trt
+    with pytest.raises(VitedgeError, match="full runtime"):
+        runner.layer_information()
 
 
-def test_profiler_callback_name_matches_tensorrt():
+def test_layer_profiler_is_a_real_tensorrt_profiler():
+    """The profiler subclasses TensorRT 11's IProfiler, constructs, and adds up what
+    TensorRT reports through the callback name the bindings declare."""
+    from vitedge.backends.tensorrt.runner import layer_profiler
+
+    totals: dict[str, float] = {}
+    profiler = layer_profiler(trt, totals)
+    assert isinstance(profiler, trt.IProfiler)
     assert hasattr(trt.IProfiler, "report_layer_time")
-    assert "report_layer_time" in SOURCE.read_text()
+    profiler.report_layer_time("blocks.0.attn", 0.25)
+    profiler.report_layer_time("blocks.0.attn", 0.5)
+    assert totals == {"blocks.0.attn": 0.75}

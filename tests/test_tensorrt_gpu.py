@@ -12,12 +12,12 @@ import pytest
 
 import vitedge
 from tests.conftest import DEMO_CALIBRATION, DEMO_TEST_IMAGES
-from vitedge.build import BuildOptions, build
+from vitedge.backends import load_runner
+from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
+from vitedge.backends.tensorrt.engine_info import EngineInfo, sidecar_path
 from vitedge.compare import agreement
+from vitedge.deploy import BuildOptions, build
 from vitedge.errors import VitedgeError
-from vitedge.runtime.backend import load_model
-from vitedge.runtime.engine_info import EngineInfo, sidecar_path
-from vitedge.runtime.onnxrt import OnnxRuntimeModel
 
 pytestmark = pytest.mark.gpu
 
@@ -42,8 +42,8 @@ def test_engine_matches_onnxruntime(demo_fp32, demo_images, tmp_path, precision)
     assert v["vs_graph"]["top1_agreement"] >= MIN_AGREEMENT[precision]
     assert v["images"] == 128
     graph = fp32 if precision == "fp32" else fp32.with_name(f"{fp32.stem}.{precision}.onnx")
-    reference = OnnxRuntimeModel(graph).infer(images)
-    model = load_model(engine)
+    reference = OnnxRuntimeRunner(graph).infer(images)
+    model = load_runner(engine)
     out = model.infer(images)
     assert out.shape == reference.shape
     assert agreement(reference, out).top1_agreement >= MIN_AGREEMENT[precision]
@@ -54,8 +54,8 @@ def test_engine_matches_onnxruntime(demo_fp32, demo_images, tmp_path, precision)
 def test_engine_build_that_fails_verification_writes_nothing(demo_fp32, tmp_path):
     """A table whose ranges clip every activation collapses the INT8 engine: the build
     fails on its verification and leaves neither engine nor sidecar."""
-    from vitedge.build.verification import VerificationError
     from vitedge.quantize.calibrate import CalibrationOptions, calibrate
+    from vitedge.verification import VerificationError
 
     table = calibrate(demo_fp32, DEMO_CALIBRATION, CalibrationOptions(), tmp_path / "t.json")
     data = json.loads(table.output.read_text())
@@ -78,11 +78,11 @@ def test_engine_refuses_changed_or_foreign(demo_fp32, tmp_path):
     foreign = dataclasses.replace(info, compute_capability="5.3", gpu_name="Jetson Nano")
     sidecar_path(engine).write_text(json.dumps(dataclasses.asdict(foreign)))
     with pytest.raises(VitedgeError, match="only on the GPU generation"):
-        load_model(engine)
+        load_runner(engine)
     sidecar_path(engine).write_text(info.to_json())
     engine.write_bytes(engine.read_bytes()[:-16] + bytes(16))
     with pytest.raises(VitedgeError, match="changed or replaced"):
-        load_model(engine)
+        load_runner(engine)
 
 
 def test_engine_pipeline_times_the_copies_and_replays_a_cuda_graph(demo_fp32, tmp_path):
@@ -104,7 +104,6 @@ def test_engine_pipeline_times_the_copies_and_replays_a_cuda_graph(demo_fp32, tm
 
 def test_explain_reads_an_engine_built_with_attention_outputs(tmp_path):
     from tests.conftest import DEMO_CHECKPOINT
-    from vitedge.explain.attention import AttentionReader
     from vitedge.export import ExportOptions, export_onnx
     from vitedge.runtime.pipeline import open_pipeline
 
@@ -115,8 +114,8 @@ def test_explain_reads_an_engine_built_with_attention_outputs(tmp_path):
     image = sorted(DEMO_TEST_IMAGES.rglob("*.png"))[0]
     with open_pipeline(onnx_path) as reference, open_pipeline(engine) as pipe:
         x = reference.prepare([image])
-        _, expected = AttentionReader(reference.model)(x)
-        _, probs = AttentionReader(pipe.model)(x)
+        _, expected = reference.model.attention(x)
+        _, probs = pipe.model.attention(x)
         for ours, theirs in zip(probs, expected, strict=True):
             np.testing.assert_allclose(ours, theirs, atol=1e-3)  # TF32 allowed
         assert pipe.explain(image).shape == (7, 7)

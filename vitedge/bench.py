@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,28 +18,10 @@ from vitedge import __version__
 from vitedge.errors import VitedgeError
 from vitedge.fileio import write_text_atomic
 from vitedge.runtime.pipeline import STAGES, Pipeline
+from vitedge.runtime.stats import Stats
 
 FRAME_SIZE = (480, 640)
 """Synthetic frames are 640x480 BGR, a VGA camera's."""
-PERCENTILES = (50, 90, 99)
-
-
-@dataclass
-class Stats:
-    mean: float
-    p50: float
-    p90: float
-    p99: float
-    max: float
-    n: int
-
-    @classmethod
-    def of(cls, samples: Iterable[float]) -> Stats:
-        a = np.fromiter(samples, np.float64)
-        if not a.size:
-            return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0)
-        p50, p90, p99 = np.percentile(a, PERCENTILES)
-        return cls(float(a.mean()), float(p50), float(p90), float(p99), float(a.max()), len(a))
 
 
 @dataclass
@@ -83,7 +65,7 @@ def machine_info() -> dict[str, Any]:
 
     import onnxruntime
 
-    from vitedge.runtime.cuda_device import gpu_info, tensorrt_module
+    from vitedge.backends.tensorrt.device import gpu_info, tensorrt_module
 
     trt = tensorrt_module(lean_ok=True)
     gpu = gpu_info()
@@ -183,7 +165,7 @@ def bench(artifacts: list[str], options: BenchOptions,
         m = pipe.manifest
         seconds, count = wall[i]
         results.append(BenchResult(
-            artifact=str(pipe.model.path), backend=_backend(pipe),
+            artifact=str(pipe.model.path), backend=pipe.model.backend,
             precision=m.precision, batch=b, preprocessing="fast (OpenCV)" if pipe.fast else "exact (PIL)",
             iterations=done,
             stages={s: Stats.of(samples[i][s]) for s in STAGES},
@@ -194,40 +176,10 @@ def bench(artifacts: list[str], options: BenchOptions,
     return results
 
 
-def _backend(pipe: Pipeline) -> str:
-    return "tensorrt" if type(pipe.model).__name__ == "TensorRTModel" else "onnxruntime"
-
-
 def layer_times(pipe: Pipeline, frames: list[Any], runs: int = 20) -> dict[str, float]:
-    """Mean milliseconds per layer: TensorRT's profiler, or ONNX Runtime's profiling."""
-    model = pipe.model
-    x = pipe.prepare(frames)
-    if hasattr(model, "layer_times"):
-        return dict(model.layer_times(x, runs))  # TensorRT
-    return onnxruntime_layer_times(Path(str(model.path)), x, runs)
-
-
-def onnxruntime_layer_times(path: Path, x: np.ndarray, runs: int) -> dict[str, float]:
-    import tempfile
-
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.enable_profiling = True
-    with tempfile.TemporaryDirectory() as tmp:
-        so.profile_file_prefix = str(Path(tmp) / "profile")
-        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        for _ in range(runs):
-            session.run(None, {name: x})
-        events = json.loads(Path(session.end_profiling()).read_text())
-    totals: dict[str, float] = {}
-    for e in events:
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-            node = e["name"].removesuffix("_kernel_time")
-            totals[node] = totals.get(node, 0.0) + e["dur"] / 1e3
-    return {k: v / runs for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+    """Mean milliseconds per layer of the pipeline's own runner (TensorRT's profiler, or
+    ONNX Runtime's profiling of a session opened as the runner's), on prepared frames."""
+    return pipe.model.layer_times(pipe.prepare(frames), runs)
 
 
 def write_json(path: str | Path, results: list[BenchResult], options: BenchOptions) -> None:

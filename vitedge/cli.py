@@ -163,7 +163,7 @@ def inspect(artifact: str, pos_embed: str | None, as_json: bool) -> None:
     """Show what ARTIFACT holds: manifest, inputs and outputs, parameters, GMACs, tokens,
     operator histogram and precision; for a TensorRT engine, what its description records
     (GPU, TensorRT, precision, batch range, I/O)."""
-    from vitedge.artifact import describe_engine, describe_onnx
+    from vitedge.describe import describe_engine, describe_onnx
 
     if pos_embed:
         from vitedge.explain import write_position_embedding_figure
@@ -174,7 +174,9 @@ def inspect(artifact: str, pos_embed: str | None, as_json: bool) -> None:
             return
         out.print(f"position-embedding similarity ({figure['grid'][0]}x{figure['grid'][1]} "
                   f"positions, dim {figure['dim']}): {figure['figure']}")
-    if artifact.endswith((".engine", ".plan", ".trt")):
+    from vitedge.backends import is_engine
+
+    if is_engine(artifact):
         engine = describe_engine(artifact)
         if as_json:
             _print_json(engine)
@@ -562,10 +564,10 @@ def build(input_path: str, precision: str | None, data: str | None, calib: str |
     the graph first, so TensorRT 10 and 11 build them the same way. The artifact is then
     verified on this machine, with the backend that will run it, on images of --data held
     out of calibration: against the graph it was built from and against FP32."""
-    from vitedge.build import BuildOptions
-    from vitedge.build import build as run_build
-    from vitedge.build.verification import VerifyOptions
+    from vitedge.deploy import BuildOptions
+    from vitedge.deploy import build as run_build
     from vitedge.quantize.qdq import QuantizeOptions
+    from vitedge.verification import VerifyOptions
 
     options = BuildOptions(precision=precision, data=data, calib=calib, profile=profile,
                            backend=backend, batch=batch, timing_cache=timing_cache,

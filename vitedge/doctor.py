@@ -83,7 +83,7 @@ def run_checks() -> list[Check]:
         checks.append(Check("onnxruntime", True, f"{ort} (providers: {providers})"))
     else:
         checks.append(Check("onnxruntime", False, "missing", "pip install onnxruntime"))
-    from vitedge.runtime.cpu import cpu_int8, cpu_name
+    from vitedge.backends.onnxruntime.cpu import cpu_int8, cpu_name
 
     cpu = cpu_int8()
     checks.append(Check("cpu", True, f"{cpu_name()}: {cpu.describe()}"))

@@ -4,6 +4,7 @@ logits): how INT8 and FP16 models are judged against the FP32 export."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -12,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from vitedge.backends import Runner, load_runner
 from vitedge.compare import Agreement, agreement
 from vitedge.datasets import labelled_folder, prepare_image
 from vitedge.errors import VitedgeError
-from vitedge.runtime.backend import Model, load_model
 from vitedge.runtime.preprocess import load_image
 
 
@@ -46,38 +47,46 @@ def evaluate(artifact: str | Path, data: str | Path, reference: str | Path | Non
              batch: int = 64, limit: int | None = None,
              on_progress: Callable[[int, int], None] | None = None) -> EvalResult:
     start = time.perf_counter()
-    model = load_model(artifact)
-    ref = load_model(reference) if reference else None
+    with contextlib.ExitStack() as stack:
+        model = stack.enter_context(load_runner(artifact))
+        ref = stack.enter_context(load_runner(reference)) if reference else None
+        result = _evaluate(model, ref, data, batch, limit, on_progress)
+    result.model = str(artifact)
+    result.reference = str(reference) if reference else None
+    result.seconds = round(time.perf_counter() - start, 2)
+    return result
+
+
+def _evaluate(model: Runner, ref: Runner | None, data: str | Path, batch: int,
+              limit: int | None, on_progress: Callable[[int, int], None] | None) -> EvalResult:
     labels = model.manifest.labels
     if ref is not None and ref.manifest.labels != labels:
-        raise VitedgeError(f"{reference} has other labels than {artifact}",
+        raise VitedgeError(f"{ref.name} has other labels than {model.name}",
                            "compare models exported from the same checkpoint")
     items = labelled_folder(data, labels, limit).items
     truth = np.array([label for _, label in items])
     outs: list[np.ndarray] = []
     ref_outs: list[np.ndarray] = []
+    same = ref is not None and ref.manifest.preprocess == model.manifest.preprocess and \
+        ref.manifest.input == model.manifest.input
     for i in range(0, len(items), batch):
         paths = [p for p, _ in items[i:i + batch]]
         x = _inputs(paths, model)
         outs.append(model.infer(x))
         if ref is not None:
-            same = ref.manifest.preprocess == model.manifest.preprocess and \
-                ref.manifest.input == model.manifest.input
             ref_outs.append(ref.infer(x if same else _inputs(paths, ref)))
         if on_progress:
             on_progress(min(i + batch, len(items)), len(items))
     logits = np.concatenate(outs)
-    result = EvalResult(str(artifact), model.manifest.precision, len(items),
+    result = EvalResult(model.name, model.manifest.precision, len(items),
                         topk_accuracy(logits, truth, 1), topk_accuracy(logits, truth, 5), 0.0,
-                        warnings=list(getattr(model, "warnings", [])))
+                        warnings=list(model.warnings))
     if ref is not None:
         ref_logits = np.concatenate(ref_outs)
-        result.reference = str(reference)
         result.reference_top1 = topk_accuracy(ref_logits, truth, 1)
         result.agreement = agreement(ref_logits, logits)
-    result.seconds = round(time.perf_counter() - start, 2)
     return result
 
 
-def _inputs(paths: list[Path], model: Model) -> np.ndarray:
+def _inputs(paths: list[Path], model: Runner) -> np.ndarray:
     return np.stack([prepare_image(load_image(p), model.manifest) for p in paths])

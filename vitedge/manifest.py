@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from vitedge import __version__
+from vitedge.architecture import ViTConfig
 from vitedge.errors import VitedgeError
-from vitedge.model.config import ViTConfig
 
 MANIFEST_KEY = "vitedge.manifest"
 SCHEMA_VERSION = 1
@@ -254,3 +254,11 @@ def set_onnx_manifest(model: Any, manifest: Manifest) -> None:
     entry = model.metadata_props.add()
     entry.key = MANIFEST_KEY
     entry.value = manifest.to_json()
+
+
+def require_manifest(model: Any, path: str | Path) -> Manifest:
+    manifest = manifest_from_onnx(model)
+    if manifest is None:
+        raise VitedgeError(f"{path} has no vitedge manifest",
+                           "export it with `vitedge export` so preprocessing and labels travel with it")
+    return manifest

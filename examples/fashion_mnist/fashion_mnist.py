@@ -48,7 +48,7 @@ def read_split(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def demo_config():  # type: ignore[no-untyped-def]
-    from vitedge.model.config import ViTConfig
+    from vitedge.architecture import ViTConfig
 
     return ViTConfig(img_size=(28, 28), patch_size=4, in_chans=1, embed_dim=64, depth=6,
                      num_heads=4, mlp_hidden=128, num_classes=len(LABELS), norm_eps=1e-6)

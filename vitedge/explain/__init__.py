@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from vitedge.errors import VitedgeError
-from vitedge.explain.maps import METHODS, grid_similarity, parse_head, position_similarity
 from vitedge.fileio import atomic_path
+from vitedge.runtime.attention import METHODS, grid_similarity, parse_head, position_similarity
 
 __all__ = ["METHODS", "ExplainOptions", "ExplainResult", "explain_images",
            "position_embeddings", "write_position_embedding_figure"]
@@ -147,17 +147,18 @@ def explain_images(artifact: str | Path, images: Iterable[str | Path], opts: Exp
 
 def position_embeddings(artifact: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
     """The patch positions' embeddings (N, D) of a vitedge ONNX model and its patch grid."""
-    import onnx
     from onnx import numpy_helper
 
+    from vitedge.backends import is_engine
+    from vitedge.graph import load_onnx
     from vitedge.manifest import manifest_from_onnx
 
     path = Path(artifact)
-    if path.suffix != ".onnx":
+    if is_engine(path):
         raise VitedgeError(f"{path.name}: the position embeddings are read from an ONNX model "
                            "(an engine's weights are not readable)",
                            "pass the ONNX model the engine was built from")
-    model = onnx.load(str(path))
+    model = load_onnx(path)
     manifest = manifest_from_onnx(model)
     if manifest is None:
         raise VitedgeError(f"{path} has no vitedge manifest", "export it with `vitedge export`")

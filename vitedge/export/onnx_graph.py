@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from vitedge.model.config import ViTConfig
+from vitedge.architecture import ViTConfig
 
 MIN_OPSET, MAX_OPSET = 17, 20
 INPUT_KINDS = ("images", "patches", "frames")

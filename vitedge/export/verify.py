@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from vitedge.architecture import ViTConfig
+from vitedge.compare import agreement
 from vitedge.manifest import Preprocess
-from vitedge.model.config import ViTConfig
 from vitedge.runtime.patchify import patches_from_images
 from vitedge.runtime.preprocess import crop_pixels, load_image, normalize, preprocess_image
 
@@ -33,15 +34,10 @@ class Comparison:
 
 
 def compare(case: str, reference: np.ndarray, candidate: np.ndarray) -> Comparison:
-    """Max abs error, error relative to the largest reference output, cosine, top-1 match."""
-    ref = reference.astype(np.float64)
-    cand = candidate.astype(np.float64)
-    diff = np.abs(ref - cand).max()
-    scale = max(np.abs(ref).max(), 1e-12)
-    cos = (ref * cand).sum(-1) / np.maximum(np.linalg.norm(ref, axis=-1) *
-                                            np.linalg.norm(cand, axis=-1), 1e-30)
-    top1 = float((ref.argmax(-1) == cand.argmax(-1)).mean()) if ref.shape[-1] > 1 else 1.0
-    return Comparison(case, float(diff), float(diff / scale), float(cos.min()), top1)
+    """Max abs error, error relative to the largest reference output, the worst cosine,
+    top-1 match (`vitedge.compare`)."""
+    a = agreement(reference, candidate)
+    return Comparison(case, a.max_abs, a.relative, a.cosine_min, a.top1_agreement)
 
 
 def photo_files() -> list[Any]:
@@ -64,13 +60,6 @@ def verification_inputs(cfg: ViTConfig, prep: Preprocess, seed: int = 0) -> dict
     return cases
 
 
-def run_onnx(session: Any, input_name: str, x: np.ndarray, batch: int | None) -> np.ndarray:
-    """Run in chunks that fit a static batch (padding the last one)."""
-    from vitedge.runtime.onnxrt import run_in_batches
-
-    return run_in_batches(session, input_name, x, batch)
-
-
 def verify_onnx_against_torch(
     model_bytes: bytes,
     torch_model: Any,
@@ -79,10 +68,11 @@ def verify_onnx_against_torch(
     input_kind: str = "images",
     batch: int | None = None,
 ) -> list[Comparison]:
-    import onnxruntime as ort
     import torch
 
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    from vitedge.backends.onnxruntime.session import ort_session, run_in_batches
+
+    session = ort_session(model_bytes)
     results = []
     cases = frame_inputs(cfg, prep) if input_kind == "frames" else verification_inputs(cfg, prep)
     for case, x in cases.items():
@@ -91,7 +81,7 @@ def verify_onnx_against_torch(
             reference = torch_model(torch.from_numpy(images)).numpy()
         if input_kind == "patches":
             x = patches_from_images(images, cfg.patch_size)
-        results.append(compare(case, reference, run_onnx(session, input_kind, x, batch)))
+        results.append(compare(case, reference, run_in_batches(session, input_kind, x, batch)[0]))
     return results
 
 

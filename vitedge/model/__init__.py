@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vitedge.model.config import ViTConfig
+from vitedge.architecture import ViTConfig
 
 __all__ = ["ViTConfig", "VisionTransformer", "load_checkpoint", "ImportOptions", "ImportedViT"]
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
+from vitedge.architecture import ViTConfig
 from vitedge.errors import CheckpointError
-from vitedge.model.config import ViTConfig
 
 FORMATS = ("vitedge", "timm", "hf", "torchvision")
 NATIVE_METADATA_KEY = "vitedge.manifest"

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from vitedge.architecture import ViTConfig
 from vitedge.errors import CheckpointError, VitedgeError
 from vitedge.fileio import sha256_files
 from vitedge.manifest import (
@@ -24,7 +25,6 @@ from vitedge.manifest import (
 from vitedge.model import formats
 from vitedge.model.archs import find_arch
 from vitedge.model.checkpoint import RawCheckpoint, read_checkpoint
-from vitedge.model.config import ViTConfig
 from vitedge.model.vit import VisionTransformer, resample_pos_embed
 
 log = logging.getLogger("vitedge")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitedge.model.config import ViTConfig
+from vitedge.architecture import ViTConfig
 
 
 class LayerScale(nn.Module):

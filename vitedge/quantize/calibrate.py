@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from vitedge.artifact import load_onnx, require_manifest
+from vitedge.backends.onnxruntime.session import ort_session
 from vitedge.datasets import ImageSource, batches, model_inputs, open_source
 from vitedge.errors import VitedgeError
 from vitedge.fileio import sha256_file, write_text_atomic
-from vitedge.manifest import Manifest
+from vitedge.graph import load_onnx
+from vitedge.manifest import Manifest, require_manifest
 from vitedge.quantize import equalize
 from vitedge.quantize.graph import with_outputs
 from vitedge.quantize.histogram import (
@@ -34,7 +35,6 @@ from vitedge.quantize.histogram import (
 )
 from vitedge.quantize.qdq import calibration_tensors
 from vitedge.quantize.table import CalibrationTable, tensorrt_cache, tensorrt_cache_path
-from vitedge.runtime.onnxrt import ort_session
 
 Progress = Callable[[int, int], None]
 
@@ -154,7 +154,7 @@ def _collect(model: onnx.ModelProto, manifest: Manifest, source: ImageSource, na
              ) -> tuple[dict[str, TensorHistogram], dict[str, np.ndarray], int]:
     same_as = {k: v for k, v in value_aliases(model).items() if k not in channel_names}
     measured = list(dict.fromkeys([*(same_as.get(n, n) for n in names), *channel_names]))
-    session = ort_session(with_outputs(model, measured).SerializeToString(), optimize=False,
+    session = ort_session(with_outputs(model, measured).SerializeToString(), optimization="basic",
                           arena=False)
     input_name = session.get_inputs()[0].name
     fixed = session.get_inputs()[0].shape[0]

@@ -4,11 +4,19 @@ weight), and who consumes what."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import onnx
 from onnx import TensorProto
+
+from vitedge.graph import (  # noqa: F401 - re-exported for the quantize package
+    consumers,
+    drop_unused_initializers,
+    initializer_names,
+    producers,
+    topological_order,
+    with_outputs,
+)
 
 PASS_THROUGH = ("Gather", "Slice", "ReduceMean", "Identity")
 """Ops that keep each channel of the last axis apart (so a per-channel scale commutes)."""
@@ -24,32 +32,6 @@ class Linear:
     activation: str
     weight: str
     channel_axis: int
-
-
-def initializer_names(model: onnx.ModelProto) -> set[str]:
-    return {t.name for t in model.graph.initializer}
-
-
-def consumers(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
-    """tensor name -> [(node, input index)]."""
-    uses: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
-    for node in model.graph.node:
-        for i, name in enumerate(node.input):
-            if name:
-                uses[name].append((node, i))
-    return uses
-
-
-def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {out: node for node in model.graph.node for out in node.output}
-
-
-def drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    """Remove initializers no node reads and the graph does not output."""
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
 
 
 def float_activations(model: onnx.ModelProto) -> list[str]:
@@ -84,34 +66,3 @@ def activation_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
             if n.op_type == "MatMul" and n.input[0] not in inits and n.input[1] not in inits]
 
 
-def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of the model that also outputs the named intermediate tensors."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    existing = {o.name for o in copy.graph.output}
-    for name in names:
-        if name not in existing:
-            copy.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    return copy
-
-
-def topological_order(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """`nodes` reordered so every input is made before it is read (inserted nodes may
-    have been placed before their producer)."""
-    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending = list(nodes)
-    ordered: list[onnx.NodeProto] = []
-    while pending:
-        progress = False
-        rest = []
-        for node in pending:
-            if all(i in available for i in node.input):
-                ordered.append(node)
-                available.update(node.output)
-                progress = True
-            else:
-                rest.append(node)
-        if not progress:
-            raise ValueError(f"graph has a cycle or a missing input near {rest[0].name}")
-        pending = rest
-    return ordered

@@ -13,13 +13,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from vitedge.artifact import load_onnx, require_manifest
+from vitedge.backends.onnxruntime.session import graph_output
 from vitedge.compare import Agreement, agreement
 from vitedge.datasets import model_inputs, open_source
 from vitedge.errors import ExportError, VitedgeError
 from vitedge.export.tensorrt_ops import tensorrt_problems
 from vitedge.fileio import sha256_file, write_bytes_atomic
-from vitedge.manifest import set_onnx_manifest
+from vitedge.graph import load_onnx
+from vitedge.manifest import require_manifest, set_onnx_manifest
 from vitedge.quantize.calibrate import (
     CalibrationOptions,
     CalibrationTable,
@@ -29,7 +30,6 @@ from vitedge.quantize.calibrate import (
 )
 from vitedge.quantize.fp16 import convert_fp16
 from vitedge.quantize.qdq import QuantizeOptions, plan_quantization, quantize_int8
-from vitedge.runtime.onnxrt import ort_session, run_in_batches
 
 PRECISIONS = ("int8", "fp16")
 CHECK_IMAGES = 64
@@ -160,8 +160,8 @@ def _check_against_fp32(result: QuantizeResult, request: QuantizeRequest, fp32: 
     INT8, on ONNX Runtime's integer kernels on this CPU: as the graph stands (what plain
     ONNX Runtime runs) and with vitedge's CPU-exact weights (what vitedge's runtime runs).
     Where the integer kernels disagree with the float graph, a note says so and why."""
-    from vitedge.build.onnxruntime_int8 import seven_bit_weights
-    from vitedge.runtime.cpu import cpu_int8
+    from vitedge.backends.onnxruntime.cpu import cpu_int8
+    from vitedge.backends.onnxruntime.int8 import seven_bit_weights
 
     reference = _run(fp32, x)
     data = quantized.SerializeToString()
@@ -212,10 +212,7 @@ def _check_inputs(request: QuantizeRequest, manifest: Any) -> np.ndarray:
 
 def _run(model_bytes: bytes, x: np.ndarray, optimization: str = "all") -> np.ndarray:
     """The output of a model on ONNX Runtime; "none" computes Q/DQ in float."""
-    session = ort_session(model_bytes, optimization=optimization)
-    first = session.get_inputs()[0]
-    fixed = first.shape[0] if isinstance(first.shape[0], int) else None
-    return run_in_batches(session, first.name, x, fixed, session.get_outputs()[0].name)
+    return graph_output(model_bytes, x, optimization)
 
 
 def layer_sensitivity(model: onnx.ModelProto, table: CalibrationTable, options: QuantizeOptions,

@@ -1,39 +1,33 @@
-"""One interface for the two backends: a model with its manifest that maps a batch of
-model inputs to outputs. `load_model` picks the implementation from the artifact."""
+"""Deprecated: the runner interface is `vitedge.backends` (`load_runner`, `Runner`).
+`load_model`, `OnnxRuntimeModel` and `TensorRTModel` still work and warn."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
-import numpy as np
+from vitedge.backends import Runner, load_runner
 
-from vitedge.errors import VitedgeError
-from vitedge.manifest import Manifest
-
-
-class Model(Protocol):
-    path: Path
-    manifest: Manifest
-    input_name: str
-    output_name: str
-    concurrent: bool
-    """Whether several threads may call `infer` at once."""
-
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        """The model's output (logits or features) for a batch of preprocessed inputs."""
-        ...
+Model = Runner
 
 
-def load_model(path: str | Path, threads: int | None = None) -> Model:
-    """A TensorRT engine (`.engine`, `.plan`) or a vitedge ONNX model (`.onnx`)."""
-    p = Path(path)
-    if p.suffix in (".engine", ".plan", ".trt"):
-        from vitedge.runtime.tensorrt_model import TensorRTModel
+def load_model(path: str | Path, threads: int | None = None) -> Runner:
+    warnings.warn("vitedge.runtime.backend.load_model is vitedge.backends.load_runner",
+                  DeprecationWarning, stacklevel=2)
+    return load_runner(path, threads)
 
-        return TensorRTModel(p)
-    if p.suffix == ".onnx":
-        from vitedge.runtime.onnxrt import OnnxRuntimeModel
 
-        return OnnxRuntimeModel(p, threads)
-    raise VitedgeError(f"{p}: not a model vitedge runs (.onnx, or a TensorRT .engine)")
+_MOVED = {"OnnxRuntimeModel": ("vitedge.backends.onnxruntime.runner", "OnnxRuntimeRunner"),
+          "TensorRTModel": ("vitedge.backends.tensorrt.runner", "TensorRTRunner")}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+
+        module, new = _MOVED[name]
+        warnings.warn(f"vitedge.runtime.backend.{name} is {module}.{new}", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(importlib.import_module(module), new)
+    raise AttributeError(name)

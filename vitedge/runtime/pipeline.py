@@ -28,12 +28,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vitedge.backends import Runner, load_runner
 from vitedge.compare import softmax
 from vitedge.errors import VitedgeError
 from vitedge.manifest import Manifest
-from vitedge.runtime.backend import Model, load_model
 from vitedge.runtime.patchify import patches_from_images
 from vitedge.runtime.preprocess import crop_pixels, load_image, normalize
+from vitedge.runtime.stats import StageTimes
 
 STAGES = ("decode", "preprocess", "patchify", "host_to_device", "infer", "device_to_host",
           "postprocess")
@@ -74,51 +75,15 @@ class Explanation:
     head: str | int
 
 
-KEEP_SAMPLES = 10_000
-"""Stage times kept per stage (the latest calls): a camera loop runs for days."""
-
-
-class StageTimes:
-    """The latest calls' stage times (ms), for percentiles, in ring buffers allocated
-    once: memory does not grow however long the pipeline runs."""
-
-    def __init__(self) -> None:
-        self.keep = KEEP_SAMPLES
-        self._rings: dict[str, np.ndarray] = {}
-        self._count: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self.frames = 0
-
-    def add(self, timings: dict[str, float], frames: int) -> None:
-        with self._lock:
-            for stage, ms in timings.items():
-                ring = self._rings.get(stage)
-                if ring is None:
-                    ring = self._rings[stage] = np.zeros(self.keep, np.float64)
-                    self._count[stage] = 0
-                ring[self._count[stage] % self.keep] = ms
-                self._count[stage] += 1
-            self.frames += frames
-
-    @property
-    def samples(self) -> dict[str, np.ndarray]:
-        """Each stage's kept times, oldest first."""
-        out = {}
-        for stage, ring in self._rings.items():
-            n = self._count[stage]
-            out[stage] = ring[:n].copy() if n <= self.keep else np.roll(ring, -(n % self.keep))
-        return out
-
-
 class Pipeline:
-    def __init__(self, model: Model, color: str = "bgr", fast: bool = False, topk: int = 5,
+    def __init__(self, model: Runner, color: str = "bgr", fast: bool = False, topk: int = 5,
                  keep_logits: bool = False, clock: Callable[[], float] = time.perf_counter,
                  batch: int = 1, streams: int = 1):
         if color not in COLOR_ORDERS:
             raise VitedgeError(f"color order '{color}' is not one of {', '.join(COLOR_ORDERS)}")
         self.model = model
         self.manifest: Manifest = model.manifest
-        self.warnings: list[str] = list(getattr(model, "warnings", []))
+        self.warnings: list[str] = list(model.warnings)
         """What the user should know about this model on this machine, one line each (an
         INT8 artifact whose kernels can saturate on this CPU, say)."""
         if self.manifest.architecture.num_classes == 0:
@@ -132,7 +97,6 @@ class Pipeline:
         self._lock = threading.Lock()
         self._closed = False
         self._fast = _FastPreprocess(self.manifest) if fast else None
-        self._attention: Any = None
         self.clock = clock
         if batch < 1:
             raise VitedgeError("batch must be at least 1")
@@ -140,8 +104,8 @@ class Pipeline:
         """Frames `stream()` runs together: more throughput, more latency."""
         if streams < 1:
             raise VitedgeError("streams must be at least 1")
-        if streams > 1 and not getattr(model, "concurrent", False):
-            raise VitedgeError(f"{model.path.name} runs one inference at a time (one TensorRT "
+        if streams > 1 and not model.concurrent:
+            raise VitedgeError(f"{model.name} runs one inference at a time (one {model.backend} "
                                "execution context), so streams must be 1",
                                "its stream() already prepares the next frame during inference")
         self.streams = streams
@@ -311,8 +275,7 @@ class Pipeline:
         clock = self.clock
         t = clock()
         with self._slots:
-            timed = getattr(self.model, "infer_timed", None)
-            logits, device = timed(x) if timed is not None else (self.model.infer(x), {})
+            logits, device = self.model.infer_timed(x)
         t2 = clock()
         total = (t2 - t) * 1e3
         timings["host_to_device"] = device.get("host_to_device", 0.0)
@@ -335,18 +298,15 @@ class Pipeline:
     def explanation(self, frame: Any, method: str = "cls", layer: int = -1,
                     head: str | int = "mean") -> Explanation:
         """`explain` with the prediction and the pixels the model saw. The attention is read
-        from this pipeline's artifact by a second session opened on first use."""
-        from vitedge.explain.attention import AttentionReader
-        from vitedge.explain.maps import attention_grid, parse_head
+        from this pipeline's artifact itself (`Runner.attention`)."""
+        from vitedge.runtime.attention import attention_grid, parse_head
 
         self._check_open()
         head = parse_head(head)
         pixels = self._pixels(self._decode(frame))
         x = pixels if self.manifest.input == "frames" else self._normalize(pixels)
         with self._lock:
-            if self._attention is None:
-                self._attention = AttentionReader(self.model)
-            logits, probs = self._attention(self._patchify(x[None]))
+            logits, probs = self.model.attention(self._patchify(x[None]))
         grid = attention_grid(probs, self.manifest.architecture, method, layer, head)[0]
         return Explanation(grid, pixels, self._postprocess(logits, {})[0], method, layer, head)
 
@@ -361,10 +321,7 @@ class Pipeline:
             self._closed = True
             if self._workers is not None:
                 self._workers.shutdown(wait=True, cancel_futures=True)
-            self._attention = None
-            close = getattr(self.model, "close", None)
-            if close:
-                close()
+            self.model.close()
 
     def __enter__(self) -> Pipeline:
         return self
@@ -460,9 +417,10 @@ def open_pipeline(path: str | Path, device: str | None = None, color: str = "bgr
                   fast: bool = False, topk: int = 5, keep_logits: bool = False,
                   threads: int | None = None, batch: int = 1, cuda_graph: bool = False,
                   streams: int = 1) -> Pipeline:
-    """A pipeline on a built artifact (`.engine` or `.onnx`). `device` "cpu" forces ONNX
-    Runtime's CPU provider; "gpu" uses its CUDA / TensorRT providers where installed (an
-    engine always runs on the GPU). `batch`: frames `stream()` runs together.
+    """A pipeline on a built artifact (an engine or an ONNX model; `load_runner` decides the
+    backend from the file). `device` "gpu" lets ONNX Runtime use its CUDA / TensorRT
+    providers where installed ("cpu", the default, keeps it on the CPU; an engine always
+    runs on its GPU). `batch`: frames `stream()` runs together.
     `cuda_graph`: replay a TensorRT engine's execution as a CUDA graph.
 
     `streams` (ONNX Runtime): frames in flight at once in `stream()`. 1, the default, puts
@@ -471,30 +429,16 @@ def open_pipeline(path: str | Path, device: str | None = None, color: str = "bgr
     second, since a batch-1 ViT's small operators do not keep several cores busy: on 2
     cores, ViT-S/16 INT8 runs 1.25-1.3x the frames per second with `streams=2`
     (`benchmarks/pipeline_vs_hf.py`), each frame taking longer."""
-    if device not in (None, "cpu", "gpu"):
-        raise VitedgeError(f"device '{device}' is not cpu or gpu")
     if streams < 1:
         raise VitedgeError("streams must be at least 1")
     if streams > 1 and threads is None:
         threads = max(1, available_cores() // streams)
-    p = Path(path)
-    if p.suffix == ".onnx":
-        from vitedge.runtime.onnxrt import OnnxRuntimeModel
-
-        model: Model = OnnxRuntimeModel(p, threads, use_gpu=device == "gpu")
-    elif cuda_graph:
-        from vitedge.runtime.tensorrt_model import TensorRTModel
-
-        model = TensorRTModel(p, cuda_graph=True)
-    else:
-        model = load_model(p, threads)
+    model = load_runner(path, threads, device=device, cuda_graph=cuda_graph)
     try:
         return Pipeline(model, color=color, fast=fast, topk=topk, keep_logits=keep_logits,
                         batch=batch, streams=streams)
     except VitedgeError:
-        close = getattr(model, "close", None)
-        if close is not None:
-            close()  # an engine's device memory goes back at once
+        model.close()  # an engine's device memory goes back at once
         raise
 
 

@@ -29,7 +29,7 @@ def run_loop(artifact: str, source: str, output: str | None = None, display: boo
              max_frames: int | None = None, color: str = "bgr", fast: bool = False,
              device: str | None = None, streams: int = 1,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    from vitedge.bench import Stats
+    from vitedge.runtime.stats import Stats
 
     frames = FrameSource(source)
     cv2 = require("cv2", "video", "drawing on frames") if (output or display) else None

@@ -10,30 +10,10 @@ from typing import Any
 import numpy as np
 
 from vitedge.errors import VitedgeError
-from vitedge.manifest import Manifest, manifest_from_onnx
+from vitedge.graph import load_onnx
+from vitedge.manifest import manifest_from_onnx
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-
-
-def load_onnx(path: str | Path) -> Any:
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    p = Path(path)
-    if not p.is_file():
-        raise VitedgeError(f"no such file: {p}")
-    try:
-        return onnx.load(str(p))
-    except (DecodeError, ValueError, OSError) as exc:
-        raise VitedgeError(f"{p} is not an ONNX model", "vitedge export makes one") from exc
-
-
-def require_manifest(model: Any, path: str | Path) -> Manifest:
-    manifest = manifest_from_onnx(model)
-    if manifest is None:
-        raise VitedgeError(f"{path} has no vitedge manifest",
-                           "export it with `vitedge export` so preprocessing and labels travel with it")
-    return manifest
 
 
 def _value_info(v: Any) -> dict[str, Any]:
@@ -90,7 +70,7 @@ def describe_engine(path: str | Path) -> dict[str, Any]:
     needs no GPU, so an engine can be inspected anywhere."""
     from dataclasses import asdict
 
-    from vitedge.runtime.engine_info import EngineInfo, sidecar_path
+    from vitedge.backends.tensorrt.engine_info import EngineInfo, sidecar_path
 
     p = Path(path)
     if not p.is_file():

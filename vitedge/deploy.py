@@ -13,15 +13,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitedge.artifact import load_onnx, require_manifest
-from vitedge.build.verification import VerifyOptions
+from vitedge.backends.tensorrt.device import gpu_info, tensorrt_module
 from vitedge.errors import VitedgeError
 from vitedge.fileio import atomic_path
-from vitedge.manifest import Manifest
+from vitedge.graph import load_onnx
+from vitedge.manifest import Manifest, require_manifest
 from vitedge.profiles import BatchRange, Profile, load_profile
 from vitedge.quantize.calibrate import CalibrationOptions
 from vitedge.quantize.qdq import QuantizeOptions
-from vitedge.runtime.cuda_device import gpu_info, tensorrt_module
+from vitedge.verification import VerifyOptions
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -57,7 +57,7 @@ class BuildResult:
     intermediate: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
-    """What `vitedge.build.verification` measured; empty with --no-verify."""
+    """What `vitedge.verification` measured; empty with --no-verify."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -106,7 +106,7 @@ def build(input_path: str | Path, options: BuildOptions,
     batch = BatchRange.parse(options.batch) if options.batch else profile.batch
     backend, reason = choose_backend(options.backend, profile)
     if backend == "tensorrt":
-        from vitedge.build.tensorrt_build import require_tensorrt
+        from vitedge.backends.tensorrt.build import require_tensorrt
 
         require_tensorrt()  # fail before any work, with what is missing
     is_onnx = src.suffix == ".onnx"
@@ -190,7 +190,7 @@ def _verification_inputs(options: BuildOptions, manifest: Manifest, held_out: An
                          ) -> tuple[Any, str, bool] | None:
     if not options.verify.enabled:
         return None
-    from vitedge.build.verification import verification_inputs
+    from vitedge.verification import verification_inputs
 
     return verification_inputs(manifest, held_out)
 
@@ -199,7 +199,7 @@ def _build_onnxruntime(options: BuildOptions, model: Path, tmp: Path, profile: P
                        reference: Path | None, inputs: tuple[Any, str, bool] | None,
                        result: BuildResult, timed: Callable[[str, Callable[[], Any]], Any]
                        ) -> Any:
-    from vitedge.build.onnxruntime_build import build_onnxruntime
+    from vitedge.backends.onnxruntime.build import build_onnxruntime
     from vitedge.manifest import set_onnx_manifest
 
     if options.timing_cache:
@@ -208,19 +208,19 @@ def _build_onnxruntime(options: BuildOptions, model: Path, tmp: Path, profile: P
     result.details["onnxruntime"] = built.details
     if inputs is None:
         return None
-    from vitedge.build.verification import check_verification, verify_artifact
-    from vitedge.runtime.cpu import cpu_int8
-    from vitedge.runtime.onnxrt import OnnxRuntimeModel
+    from vitedge.backends.onnxruntime.cpu import cpu_int8
+    from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
+    from vitedge.verification import check_verification, verify_artifact
 
     def run() -> Any:
-        runner = OnnxRuntimeModel(tmp, profile.onnxruntime.threads or None)
-        int8 = runner.manifest.precision == "int8"
-        graph = "its Q/DQ graph (7-bit weights) computed in float" if int8 else \
-            "the ONNX model it was built from"
-        return verify_artifact(
-            runner, built.graph, graph, reference, *inputs, options.verify, "onnxruntime",
-            result.device, tensorrt_graph=model.read_bytes() if int8 else None,
-            cpu=cpu_int8().to_dict())
+        with OnnxRuntimeRunner(tmp, profile.onnxruntime.threads or None) as runner:
+            int8 = runner.manifest.precision == "int8"
+            graph = "its Q/DQ graph (7-bit weights) computed in float" if int8 else \
+                "the ONNX model it was built from"
+            return verify_artifact(
+                runner, built.graph, graph, reference, *inputs, options.verify, "onnxruntime",
+                result.device, tensorrt_graph=model.read_bytes() if int8 else None,
+                cpu=cpu_int8().to_dict())
 
     verification = timed("verify", run)
     check_verification(verification, built.model)
@@ -239,9 +239,9 @@ def _build_tensorrt(options: BuildOptions, model: Path, tmp: Path, profile: Prof
                     on_warning: Callable[[str], None] | None) -> Any:
     import os
 
-    from vitedge.build.tensorrt_build import build_engine
+    from vitedge.backends.tensorrt.build import build_engine
+    from vitedge.backends.tensorrt.engine_info import sidecar_path
     from vitedge.fileio import write_text_atomic
-    from vitedge.runtime.engine_info import sidecar_path
 
     final = require_manifest(load_onnx(model), model)
     cache = Path(options.timing_cache) if options.timing_cache else None
@@ -252,17 +252,14 @@ def _build_tensorrt(options: BuildOptions, model: Path, tmp: Path, profile: Prof
                                     "batch": info.batch}
         verification = None
         if inputs is not None:
-            from vitedge.build.verification import check_verification, verify_artifact
-            from vitedge.runtime.tensorrt_model import TensorRTModel
+            from vitedge.backends.tensorrt.runner import TensorRTRunner
+            from vitedge.verification import check_verification, verify_artifact
 
             def run() -> Any:
-                runner = TensorRTModel(tmp)
-                try:
+                with TensorRTRunner(tmp) as runner:
                     return verify_artifact(
                         runner, model.read_bytes(), "ONNX Runtime on the same graph (Q/DQ in "
                         "float)", reference, *inputs, options.verify, "tensorrt", result.device)
-                finally:
-                    runner.close()
 
             verification = timed("verify", run)
             check_verification(verification)
@@ -281,7 +278,7 @@ def _device(backend: str) -> str:
         return f"{gpu[0]} (compute {gpu[1]})" if gpu else "GPU"
     import os
 
-    from vitedge.runtime.cpu import cpu_int8, cpu_name
+    from vitedge.backends.onnxruntime.cpu import cpu_int8, cpu_name
 
     return f"CPU: {cpu_name()}, {os.cpu_count()} cores, INT8 kernels {cpu_int8().kernel}"
 

@@ -101,33 +101,28 @@ def verification_inputs(manifest: Manifest, held_out: ImageSource | None
     return x, f"the {len(x)} bundled photos (no --data to hold out)", False
 
 
-def graph_outputs(graph: bytes, x: np.ndarray) -> np.ndarray:
-    """The graph's output computed by ONNX Runtime with every optimization off: Q/DQ nodes
-    run in float, as TensorRT reads them, not through integer kernels."""
-    from vitedge.runtime.onnxrt import ort_session, run_in_batches
-
-    session = ort_session(graph, optimization="none")
-    first = session.get_inputs()[0]
-    fixed = first.shape[0] if isinstance(first.shape[0], int) else None
-    return run_in_batches(session, first.name, x, fixed, session.get_outputs()[0].name)
-
-
 def verify_artifact(runner: Any, graph: bytes, graph_name: str, fp32: Path | None,
                     inputs: np.ndarray, data: str, held_out: bool, options: VerifyOptions,
                     backend: str, device: str, tensorrt_graph: bytes | None = None,
                     cpu: dict[str, Any] | None = None) -> Verification:
     """Run the artifact (through `runner`, as the pipeline will) and its references."""
-    from vitedge.runtime.onnxrt import OnnxRuntimeModel
+    from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
+    from vitedge.backends.onnxruntime.session import graph_output
+
+    def in_float(graph: bytes) -> np.ndarray:
+        """The graph with every ONNX Runtime optimization off: Q/DQ nodes computed in
+        float, as TensorRT reads them, not through integer kernels."""
+        return graph_output(graph, inputs, optimization="none")
 
     out = runner.infer(inputs)
     vs_fp32 = None
     if fp32 is not None:
-        reference = OnnxRuntimeModel(fp32)
-        vs_fp32 = agreement(reference.infer(inputs), out)
+        with OnnxRuntimeRunner(fp32) as reference:
+            vs_fp32 = agreement(reference.infer(inputs), out)
     return Verification(
         backend=backend, device=device, data=data, held_out=held_out, graph=graph_name,
-        vs_graph=agreement(graph_outputs(graph, inputs), out), vs_fp32=vs_fp32,
-        vs_tensorrt_graph=agreement(graph_outputs(tensorrt_graph, inputs), out)
+        vs_graph=agreement(in_float(graph), out), vs_fp32=vs_fp32,
+        vs_tensorrt_graph=agreement(in_float(tensorrt_graph), out)
         if tensorrt_graph is not None else None,
         min_agreement=options.min_agreement, min_fp32_agreement=options.min_fp32_agreement,
         judged=len(inputs) >= MIN_JUDGED, cpu=cpu,
@@ -157,7 +152,7 @@ def check_verification(v: Verification, artifact_model: Any = None) -> None:
 
 def _graph_cause(v: Verification, artifact_model: Any) -> str:
     if v.backend == "onnxruntime" and v.cpu and v.cpu.get("saturates") and artifact_model is not None:
-        from vitedge.build.onnxruntime_int8 import WEIGHT_MAX, largest_integer_weight
+        from vitedge.backends.onnxruntime.int8 import WEIGHT_MAX, largest_integer_weight
 
         largest = largest_integer_weight(artifact_model)
         if largest > WEIGHT_MAX:

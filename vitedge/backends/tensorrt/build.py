@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vitedge.backends.tensorrt.device import gpu_info, tensorrt_module
+from vitedge.backends.tensorrt.engine_info import EngineInfo, sidecar_path
 from vitedge.errors import MissingDependency, VitedgeError
 from vitedge.fileio import sha256_file, write_bytes_atomic
 from vitedge.manifest import Manifest
 from vitedge.profiles import BatchRange, Profile
-from vitedge.runtime.cuda_device import gpu_info, tensorrt_module
-from vitedge.runtime.engine_info import EngineInfo, sidecar_path
 
 Progress = Callable[[int, int], None]
 MIN_TENSORRT = 10

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vitedge.architecture import ViTConfig
 from vitedge.errors import VitedgeError
-from vitedge.model.config import ViTConfig
 
 METHODS = ("cls", "rollout")
 HEAD_REDUCTIONS = ("mean", "max")

@@ -12,13 +12,13 @@ from typing import Any
 
 import onnx
 
-from vitedge.build.onnxruntime_fusions import (
+from vitedge.backends.onnxruntime.fusions import (
     fold_bias_adds,
     fold_constant_dequantize,
     fuse_attention,
     fuse_quantized_attention,
 )
-from vitedge.build.onnxruntime_int8 import (
+from vitedge.backends.onnxruntime.int8 import (
     WEIGHT_BITS,
     WEIGHT_MAX,
     largest_integer_weight,
@@ -31,7 +31,8 @@ from vitedge.profiles import Profile
 
 OPTIMIZATION = "extended"
 """ORT_ENABLE_EXTENDED: the fusions that are the same on every CPU. ORT_ENABLE_ALL adds
-layout changes for the CPU it runs on, which a saved model must not carry to another."""
+layout changes for the CPU it runs on, which a saved model must not carry to another.
+(The level `vitedge.backends.onnxruntime.session.ort_session` applies.)"""
 
 
 @dataclass
@@ -54,15 +55,12 @@ def build_onnxruntime(onnx_path: Path, output: Path, profile: Profile,
     `cpu_exact=False` keeps 8-bit weights (exact only on CPUs with VNNI, AMX or ARM)."""
     import onnxruntime as ort
 
+    from vitedge.backends.onnxruntime.session import ort_session
+
     model = onnx.load(str(onnx_path))
     manifest = manifest_from_onnx(model)
     if manifest is None:
         raise VitedgeError(f"{onnx_path} has no vitedge manifest")
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    if profile.onnxruntime.threads:
-        so.intra_op_num_threads = profile.onnxruntime.threads
     nodes_before = len(model.graph.node)
     int8 = manifest.precision == "int8"
     requantized = seven_bit_weights(model) if int8 and cpu_exact else 0
@@ -71,12 +69,8 @@ def build_onnxruntime(onnx_path: Path, output: Path, profile: Profile,
     with tempfile.TemporaryDirectory() as tmp:
         fused, optimized = Path(tmp) / "fused.onnx", Path(tmp) / "optimized.onnx"
         onnx.save(model, str(fused))
-        so.optimized_model_filepath = str(optimized)
-        try:
-            ort.InferenceSession(str(fused), so, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime's own exception types
-            raise VitedgeError(f"ONNX Runtime cannot load {onnx_path}: "
-                               f"{str(exc).splitlines()[0]}") from exc
+        ort_session(fused, profile.onnxruntime.threads or None, optimization=OPTIMIZATION,
+                    saved_model=optimized)
         result = onnx.load(str(optimized))
     folds = {"attention_fused": attention,
              "bias_adds_folded": fold_bias_adds(result) if fusions else 0,

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from vitedge.quantize.graph import consumers, drop_unused_initializers, producers
+from vitedge.graph import consumers, drop_unused_initializers, producers
 
 MS_DOMAIN = "com.microsoft"
 

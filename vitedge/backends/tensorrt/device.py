@@ -24,7 +24,7 @@ def tensorrt_module(lean_ok: bool = False) -> ModuleType | None:
 
 def gpu_info() -> tuple[str, str] | None:
     """(name, compute capability "8.7") of CUDA device 0, through cuda-python."""
-    from vitedge.runtime.cuda import import_cudart
+    from vitedge.backends.tensorrt.cuda import import_cudart
 
     cudart = import_cudart()
     if cudart is None:

@@ -34,6 +34,9 @@ class CudaApi(Protocol):
     def begin_capture(self, stream: Any) -> None: ...
     def end_capture(self, stream: Any) -> Any: ...
     def launch_graph(self, graph: Any, stream: Any) -> None: ...
+    def destroy_event(self, event: Any) -> None: ...
+    def destroy_stream(self, stream: Any) -> None: ...
+    def free_host_buffers(self) -> None: ...
 
 
 def import_cudart() -> Any:
@@ -79,8 +82,14 @@ class CudaPython:
         ptr = int(self._ok("cudaMallocHost", self.rt.cudaMallocHost(max(nbytes, 1))))
         buffer = (ctypes.c_byte * max(nbytes, 1)).from_address(ptr)
         array = np.frombuffer(buffer, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
-        self._pinned = getattr(self, "_pinned", []) + [ptr]  # freed with the process
+        self._pinned = getattr(self, "_pinned", []) + [ptr]  # freed by free_host_buffers
         return array
+
+    def free_host_buffers(self) -> None:
+        """Every pinned buffer this object allocated (the arrays must no longer be used)."""
+        for ptr in getattr(self, "_pinned", []):
+            self._ok("cudaFreeHost", self.rt.cudaFreeHost(ptr))
+        self._pinned = []
 
     def stream(self) -> Any:
         return self._ok("cudaStreamCreate", self.rt.cudaStreamCreate())
@@ -118,6 +127,12 @@ class CudaPython:
 
     def launch_graph(self, graph: Any, stream: Any) -> None:
         self._ok("cudaGraphLaunch", self.rt.cudaGraphLaunch(graph, stream))
+
+    def destroy_event(self, event: Any) -> None:
+        self._ok("cudaEventDestroy", self.rt.cudaEventDestroy(event))
+
+    def destroy_stream(self, stream: Any) -> None:
+        self._ok("cudaStreamDestroy", self.rt.cudaStreamDestroy(stream))
 
 
 class PyCuda:
@@ -184,6 +199,15 @@ class PyCuda:
 
     def launch_graph(self, graph: Any, stream: Any) -> None:
         raise VitedgeError("CUDA graphs need cuda-python")
+
+    def destroy_event(self, event: Any) -> None:
+        pass  # pycuda frees an Event when the object goes
+
+    def destroy_stream(self, stream: Any) -> None:
+        pass  # likewise for a Stream
+
+    def free_host_buffers(self) -> None:
+        pass  # pagelocked arrays are freed with the array
 
 
 IMPLEMENTATIONS: dict[str, type] = {"cuda-python": CudaPython, "pycuda": PyCuda}

@@ -1,5 +1,5 @@
-"""Run a vitedge TensorRT engine: the same interface as `OnnxRuntimeModel` (a manifest, and
-`infer` on a batch of model inputs), with device buffers and a stream from cuda-python.
+"""Run a vitedge TensorRT engine behind the one runner interface (`vitedge.backends.base`),
+with device buffers and a stream from cuda-python or pycuda (`cuda.py`).
 
 Loading checks the engine's description (`ENGINE.json`) against this GPU and TensorRT
 first and refuses a mismatch, or an engine file changed since it was built, with one line.
@@ -17,17 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from vitedge.errors import MissingDependency, VitedgeError
-from vitedge.fileio import sha256_file
-from vitedge.manifest import Manifest
-from vitedge.runtime.cuda import cuda_api
-from vitedge.runtime.cuda_device import gpu_info, tensorrt_module
-from vitedge.runtime.engine_info import (
+from vitedge.backends.base import Runner, TensorInfo
+from vitedge.backends.tensorrt.cuda import cuda_api
+from vitedge.backends.tensorrt.device import gpu_info, tensorrt_module
+from vitedge.backends.tensorrt.engine_info import (
     EngineInfo,
     compatibility_problem,
     rebuild_hint,
     sidecar_path,
 )
+from vitedge.errors import MissingDependency, VitedgeError
+from vitedge.fileio import sha256_file
+from vitedge.manifest import Manifest
 
 NUMPY_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32,
                 "INT64": np.int64, "BOOL": np.bool_, "UINT8": np.uint8}
@@ -45,7 +46,20 @@ def check_engine(path: Path, trt_version: str, gpu: tuple[str, str]) -> EngineIn
     return info
 
 
-class TensorRTModel:
+def layer_profiler(trt: Any, totals: dict[str, float]) -> Any:
+    """A TensorRT IProfiler that adds each layer's milliseconds into `totals`."""
+
+    class Profiler(trt.IProfiler):
+        def __init__(self) -> None:
+            trt.IProfiler.__init__(self)
+
+        def report_layer_time(self, layer_name: str, ms: float) -> None:
+            totals[layer_name] = totals.get(layer_name, 0.0) + ms
+
+    return Profiler()
+
+
+class TensorRTRunner(Runner):
     """A deserialised engine with an execution context, a stream, device buffers and
     pinned host buffers sized for the engine's largest batch, and CUDA events that time
     the copies and the execution. With `cuda_graph`, each batch size's execution is
@@ -54,10 +68,12 @@ class TensorRTModel:
     One execution context: not for concurrent calls from several threads (the pipeline
     serialises its calls; open one model per thread for parallel inference)."""
 
+    backend = "tensorrt"
     concurrent = False
 
     def __init__(self, path: str | Path, cuda_graph: bool = False):
         self.path = Path(path)
+        self.warnings = []
         if not self.path.is_file():
             raise VitedgeError(f"no such file: {self.path}")
         trt = tensorrt_module(lean_ok=True)
@@ -82,15 +98,19 @@ class TensorRTModel:
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.input_name = inputs[0]
-        self.output_names = [n for n in names if n not in inputs]
-        self.output_name = self.manifest.output_name
+        self.inputs = [self._tensor(n) for n in inputs]
+        self.outputs = [self._tensor(n) for n in names if n not in inputs]
         self.max_batch = int(self.info.batch.split(":")[-1])
         self.stream = self.cuda.stream()
         self.events = [self.cuda.event() for _ in range(4)]
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
         self.pinned: dict[str, np.ndarray] = {}  # name -> page-locked host buffer
         self.last_timings: dict[str, float] = {}
+
+    def _tensor(self, name: str) -> TensorInfo:
+        dims = self.engine.get_tensor_shape(name)
+        shape = tuple(int(dims[i]) if int(dims[i]) >= 0 else "batch" for i in range(len(dims)))
+        return TensorInfo(name, shape, str(self.engine.get_tensor_dtype(name)).split(".")[-1])
 
     def _dtype(self, name: str) -> Any:
         return NUMPY_DTYPES[str(self.engine.get_tensor_dtype(name)).split(".")[-1]]
@@ -114,9 +134,6 @@ class TensorRTModel:
             self.pinned[name] = buf
         return buf[:count].reshape(shape)
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        return self.infer_all(x)[self.output_name]
-
     def infer_timed(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         """The output and the device stages' times (ms, CUDA events): host_to_device,
         infer, device_to_host (summed over chunks)."""
@@ -125,6 +142,7 @@ class TensorRTModel:
 
     def infer_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Every output for a batch of inputs, run in chunks of at most the engine's batch."""
+        self._check_open()
         self.last_timings = {"host_to_device": 0.0, "infer": 0.0, "device_to_host": 0.0}
         chunks = [self._run(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
         return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
@@ -168,23 +186,18 @@ class TensorRTModel:
             if not self.context.execute_async_v3(handle):
                 raise VitedgeError(f"TensorRT failed to run {self.path.name}")
             self.cuda.begin_capture(self.stream)
-            self.context.execute_async_v3(handle)
-            graph = self.graphs[shape] = self.cuda.end_capture(self.stream)
+            captured = self.context.execute_async_v3(handle)
+            graph = self.cuda.end_capture(self.stream)  # ends the capture either way
+            if not captured:
+                raise VitedgeError(f"TensorRT failed to capture {self.path.name} as a CUDA graph",
+                                   "run without cuda_graph")
+            self.graphs[shape] = graph
         self.cuda.launch_graph(graph, self.stream)
 
     def layer_times(self, x: np.ndarray, runs: int = 10) -> dict[str, float]:
         """Mean milliseconds per layer over `runs` executions (TensorRT's IProfiler)."""
-        trt = self.trt
         totals: dict[str, float] = {}
-
-        class Profiler(trt.IProfiler):  # type: ignore[name-defined]
-            def __init__(self) -> None:
-                trt.IProfiler.__init__(self)
-
-            def report_layer_time(self, layer_name: str, ms: float) -> None:
-                totals[layer_name] = totals.get(layer_name, 0.0) + ms
-
-        self.context.profiler = Profiler()
+        self.context.profiler = layer_profiler(self.trt, totals)
         try:
             for _ in range(runs):
                 self._run(x)
@@ -202,12 +215,22 @@ class TensorRTModel:
         inspector = self.engine.create_engine_inspector()
         return str(inspector.get_engine_information(self.trt.LayerInformationFormat.JSON))
 
-    def close(self) -> None:
+    def _release(self) -> None:
+        """Device buffers, captured graphs, events, the stream, the context and the engine:
+        everything this runner made, in reverse order of making."""
         for ptr, _ in self.buffers.values():
             self.cuda.free(ptr)
         self.buffers.clear()
         self.pinned.clear()
+        self.cuda.free_host_buffers()
         self.graphs.clear()
+        for event in self.events:
+            self.cuda.destroy_event(event)
+        self.events = []
+        self.cuda.destroy_stream(self.stream)
+        self.context = None
+        self.engine = None
+        self.runtime = None
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown

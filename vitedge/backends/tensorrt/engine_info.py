@@ -30,6 +30,8 @@ class EngineInfo:
     manifest: dict[str, Any]
     onnx_sha256: str
     engine_sha256: str
+    backend: str = "tensorrt"
+    """The backend that built it and runs it: tensorrt or tensorrt-rtx."""
     hardware_compatibility: str = "none"
     version_compatible: bool = False
     build_seconds: float = 0.0

@@ -4,7 +4,7 @@ vitedge's Q/DQ graph (what TensorRT builds) has symmetric 8-bit weights. ONNX Ru
 it on x86 as u8 activations x s8 weights, and on CPUs without VNNI (AVX2, AVX-512 without
 VNNI: AMD Zen 2/3, Intel before Cascade Lake, Atom) its kernels add each pair of products
 in a saturating 16-bit lane, so large activations against large weights are clipped and the
-model silently computes something else (`vitedge.runtime.cpu`). With every weight within
+model silently computes something else (`vitedge.backends.onnxruntime.cpu`). With every weight within
 -63..63 no pair can overflow, and the integer kernels give the graph's own numbers on every
 CPU class (measured on the demo model under an AVX2 CPU: `benchmarks/RESULTS.md`).
 
@@ -18,13 +18,15 @@ keeps its 8 bits.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
 WEIGHT_BITS = 7
 WEIGHT_MAX = 2 ** (WEIGHT_BITS - 1) - 1
-"""63: |w| <= 63 keeps 2 * 255 * |w| within a 16-bit lane (see vitedge.runtime.cpu)."""
+"""63: |w| <= 63 keeps 2 * 255 * |w| within a 16-bit lane (see vitedge.backends.onnxruntime.cpu)."""
 INTEGER_KERNEL_OPS = ("MatMulIntegerToFloat", "QAttention", "MatMulInteger", "QLinearMatMul",
                       "QLinearConv", "ConvInteger", "QGemm", "DynamicQuantizeMatMul")
 """Ops whose int8 weight ONNX Runtime multiplies in integers (after its QDQ fusions)."""
@@ -76,3 +78,25 @@ def largest_integer_weight(model: onnx.ModelProto) -> int:
             if t is not None and t.data_type == TensorProto.INT8 and t.dims:
                 largest = max(largest, int(np.abs(numpy_helper.to_array(t).astype(np.int32)).max()))
     return largest
+
+
+def cpu_exact_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A raw Q/DQ INT8 model (not built) with the weights ONNX Runtime's integer kernels
+    compute exactly on every CPU, in place: the same numbers on an AVX2 laptop as on a
+    VNNI server. Returns the model."""
+    seven_bit_weights(model)
+    return model
+
+
+def saturation_warnings(manifest: Any, name: str) -> list[str]:
+    """Why a built INT8 artifact may compute wrong numbers on this CPU (one line each)."""
+    from vitedge.backends.onnxruntime.cpu import cpu_int8
+
+    bits = int(manifest.source.get("int8_weight_bits", 8))
+    cpu = cpu_int8()
+    if manifest.precision != "int8" or bits <= WEIGHT_BITS or not cpu.saturates:
+        return []
+    return [f"{name} has 8-bit weights (built by vitedge {manifest.vitedge_version}) and this "
+            f"CPU ({', '.join(cpu.features) or cpu.arch}, no VNNI) adds INT8 products in "
+            "saturating 16-bit lanes, so its results can differ from its Q/DQ graph; "
+            "rebuild it with `vitedge build` (7-bit weights, exact on every CPU)"]
