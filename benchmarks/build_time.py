@@ -29,7 +29,7 @@ def main(arch: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_random(arch, Path(tmp))
         for precision in ("fp32", "fp16", "int8"):
-            r = build(fp32, BuildOptions(precision=precision, data=str(CALIBRATION), profile="cpu"))
+            r = build(fp32, options=BuildOptions(precision=precision, data=str(CALIBRATION), profile="cpu"))
             steps = ", ".join(f"{k} {v:.1f} s" for k, v in r.steps.items())
             rows.append(f"| {precision} | {r.seconds:.1f} s | {steps} | {r.size_bytes / 1e6:.1f} MB |")
             source = fp32 if precision == "fp32" else fp32.with_name(f"{fp32.stem}.{precision}.onnx")

@@ -12,6 +12,7 @@ import argparse
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -20,6 +21,7 @@ from results import publish
 from vitedge.evaluate import evaluate
 from vitedge.export import ExportOptions, export_onnx
 from vitedge.fileio import write_bytes_atomic
+from vitedge.options import EvalOptions
 from vitedge.quantize.calibrate import CalibrationOptions, calibrate
 from vitedge.quantize.equalize import with_outlier_channels
 from vitedge.quantize.qdq import QuantizeOptions
@@ -65,16 +67,17 @@ def main() -> None:
         write_bytes_atomic(stress, with_outlier_channels(onnx.load(str(fp32))).SerializeToString())
         calib_times = {}
         for name, model in (("demo", fp32), ("stress copy", stress)):
-            base = evaluate(model, data, fp32 if model != fp32 else None)
+            base = evaluate(model, EvalOptions(data=data, reference=fp32 if model != fp32 else None))
             agree = f"{base.agreement.top1_agreement:.2%}" if base.agreement else "-"
             rows.append(f"| {name} | FP32 | {base.top1:.2%} | | {agree} | |")
             for label, precision, method, alpha, qopts in VARIANTS:
                 opts = CalibrationOptions(method=method, smooth_alpha=alpha)
-                table = calibrate(model, CALIBRATION, opts, work / f"{model.stem}.{method}.{alpha}.json")
+                table = calibrate(model, work / f"{model.stem}.{method}.{alpha}.json",
+                                  replace(opts, data=CALIBRATION))
                 calib_times.setdefault((name, method, alpha), table.table.stats)
                 out = work / "q.onnx"
                 quantize_model(model, out, QuantizeRequest(precision, calib=str(table.output), qdq=qopts))
-                r = evaluate(out, data, model)
+                r = evaluate(out, EvalOptions(data=data, reference=model))
                 assert r.agreement is not None
                 rows.append(f"| {name} | {label} | {r.top1:.2%} | {(r.top1 - base.top1) * 100:+.2f} | "
                             f"{r.agreement.top1_agreement:.2%} | {r.agreement.mean_kl:.1e} |")

@@ -27,7 +27,7 @@ def main() -> None:
             onnx_path = Path(tmp) / f"fmnist.{kind}.onnx"
             export_onnx(CHECKPOINT, onnx_path, ExportOptions(input_kind=kind, verify=False))
             artifacts.append(str(onnx_path))
-            built = build(onnx_path, BuildOptions(precision="int8", profile="cpu",
+            built = build(onnx_path, options=BuildOptions(precision="int8", profile="cpu",
                                                   data=str(ROOT / "calibration" / "fashion-mnist")))
             artifacts.append(str(built.artifact))
         results = bench(artifacts, BenchOptions(batches=(1, 8), warmup=10, iterations=200))

@@ -28,8 +28,7 @@ MIN_AGREEMENT = {"fp32": 1.0, "fp16": 0.998, "int8": 0.99}
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_onnxruntime_build_from_onnx(demo_fp32, demo_images, tmp_path, precision):
     fp32, images = demo_fp32, demo_images
-    result = build(fp32, BuildOptions(precision=precision, data=CALIBRATION,
-                                      output=str(tmp_path / f"m.{precision}.ort.onnx")))
+    result = build(fp32, str(tmp_path / f"m.{precision}.ort.onnx"), BuildOptions(precision=precision, data=CALIBRATION))
     assert result.backend == "onnxruntime" and result.profile == "cpu"
     assert "ONNX Runtime" in result.backend_reason
     assert result.artifact.is_file() and result.size_bytes == result.artifact.stat().st_size
@@ -51,7 +50,7 @@ def test_build_from_a_checkpoint_exports_first(tmp_path, precision):
     ckpt = tmp_path / "vit_fmnist.safetensors"
     shutil.copy(DEMO_CHECKPOINT, ckpt)
     default = None if precision == "int8" else precision  # int8 is the cpu profile's default
-    result = build(ckpt, BuildOptions(precision=default, data=CALIBRATION))
+    result = build(ckpt, options=BuildOptions(precision=default, data=CALIBRATION))
     expected = ["export", "onnxruntime optimize", "verify"]
     if precision != "fp32":
         expected[1:1] = ["calibrate", "quantize"]
@@ -62,14 +61,13 @@ def test_build_from_a_checkpoint_exports_first(tmp_path, precision):
     assert (tmp_path / "vit_fmnist.onnx").is_file()
     if precision == "int8":
         assert (tmp_path / "vit_fmnist.calib.json").is_file()
-        again = build(ckpt, BuildOptions(data=CALIBRATION))  # reuses the calibration table
+        again = build(ckpt, options=BuildOptions(data=CALIBRATION))  # reuses the calibration table
         assert any("reused" in n for n in again.notes)
 
 
 def test_auto_falls_back_to_onnxruntime_and_says_why(demo_fp32, tmp_path):
     fp32 = demo_fp32
-    result = build(fp32, BuildOptions(precision="fp32", profile="desktop-rtx",
-                                      output=str(tmp_path / "m.ort.onnx")))
+    result = build(fp32, str(tmp_path / "m.ort.onnx"), BuildOptions(precision="fp32", profile="desktop-rtx"))
     assert result.backend == "onnxruntime"
     assert result.backend_reason == "TensorRT (with its builder) is not installed"
 

@@ -71,7 +71,7 @@ def test_attention_of_the_exported_graph_equals_hugging_face(hf_vit, tmp_path):
 
 def test_attention_of_the_fused_onnxruntime_artifact_equals_hugging_face(hf_vit, tmp_path):
     folder, x, reference = hf_vit
-    result = build(folder, BuildOptions(precision="fp32", output=str(tmp_path / "vit.ort.onnx")))
+    result = build(folder, str(tmp_path / "vit.ort.onnx"), BuildOptions(precision="fp32"))
     assert result.details["onnxruntime"]["attention_fused"] == 3  # no softmax left to read
     _, probs = OnnxRuntimeRunner(result.artifact).attention(x)
     for ours, theirs in zip(probs, reference, strict=True):
@@ -155,7 +155,7 @@ def test_pipeline_explain_is_the_class_rows_of_the_graphs_attention(demo_fp32):
 
 
 def test_int8_looks_where_fp32_looks(demo_fp32, demo_int8, tmp_path):
-    built = build(demo_int8, BuildOptions(output=str(tmp_path / "m.int8.ort.onnx"))).artifact
+    built = build(demo_int8, str(tmp_path / "m.int8.ort.onnx"), BuildOptions()).artifact
     similarities = {"cls": [], "rollout": []}
     with open_pipeline(demo_fp32) as fp32, open_pipeline(demo_int8) as int8, \
             open_pipeline(built) as fused:
@@ -169,8 +169,8 @@ def test_int8_looks_where_fp32_looks(demo_fp32, demo_int8, tmp_path):
 
 
 def test_explain_writes_figures_and_grids(demo_fp32, demo_int8, tmp_path):
-    results = explain_images(demo_int8, IMAGES[:2], ExplainOptions(method="rollout"), tmp_path,
-                             compare=demo_fp32)
+    results = explain_images(demo_int8, IMAGES[:2], tmp_path,
+                             ExplainOptions(method="rollout", compare=demo_fp32))
     assert len(results) == 2
     for r in results:
         with Image.open(r.png) as png:
@@ -180,12 +180,12 @@ def test_explain_writes_figures_and_grids(demo_fp32, demo_int8, tmp_path):
         assert grid.min() >= 0 and grid.sum() < 1  # a row of a product of stochastic matrices
         assert r.compare["similarity"] == pytest.approx(
             grid_similarity(grid, np.load(r.compare["npy"])))
-    single = explain_images(demo_fp32, IMAGES[:1], ExplainOptions(), tmp_path / "one")
+    single = explain_images(demo_fp32, IMAGES[:1], tmp_path / "one", ExplainOptions())
     with Image.open(single[0].png) as png:
         assert png.size == (2 * PANEL[0], PANEL[1])
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [
         f"{IMAGES[0].stem}.cls.npy", f"{IMAGES[0].stem}.cls.png"]
-    twice = explain_images(demo_fp32, [IMAGES[0], IMAGES[0]], ExplainOptions(), tmp_path / "two")
+    twice = explain_images(demo_fp32, [IMAGES[0], IMAGES[0]], tmp_path / "two", ExplainOptions())
     assert [Path(r.png).name for r in twice] == [f"{IMAGES[0].stem}.cls.png",
                                                  f"{IMAGES[0].stem}-2.cls.png"]
 

@@ -6,6 +6,7 @@ benchmarks/fashion_mnist_accuracy.py)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -14,6 +15,7 @@ import pytest
 from vitedge.evaluate import EvalResult, evaluate
 from vitedge.export import ExportOptions, export_onnx
 from vitedge.fileio import write_bytes_atomic
+from vitedge.options import EvalOptions
 from vitedge.quantize.calibrate import CalibrationOptions, calibrate
 from vitedge.quantize.equalize import with_outlier_channels
 from vitedge.quantize.qdq import QuantizeOptions
@@ -42,10 +44,11 @@ DEFAULT_CALIBRATION = CalibrationOptions()
 def quantized(model: Path, precision: str, qdq: QuantizeOptions = DEFAULT_QDQ,
               calibration: CalibrationOptions = DEFAULT_CALIBRATION) -> EvalResult:
     out = model.with_name(f"{model.stem}.{precision}.onnx")
-    table = calibrate(model, CALIBRATION, calibration,
-                      model.with_name(f"{model.stem}.{calibration.method}.{calibration.smooth_alpha}.json"))
+    table = calibrate(model,
+                      model.with_name(f"{model.stem}.{calibration.method}.{calibration.smooth_alpha}.json"),
+                      replace(calibration, data=CALIBRATION))
     quantize_model(model, out, QuantizeRequest(precision, calib=str(table.output), qdq=qdq))
-    return evaluate(out, TEST_IMAGES, model)
+    return evaluate(out, EvalOptions(data=TEST_IMAGES, reference=model))
 
 
 def points(r: EvalResult) -> float:
@@ -54,7 +57,7 @@ def points(r: EvalResult) -> float:
 
 
 def test_fp32_export_is_a_real_classifier(models):
-    r = evaluate(models["fp32"], TEST_IMAGES)
+    r = evaluate(models["fp32"], EvalOptions(data=TEST_IMAGES))
     assert r.images == 2000
     assert r.top1 > 0.8 and r.top5 > 0.99  # 85.9 % on the full split (training log)
 
@@ -76,7 +79,7 @@ def test_quantized_model_holds_accuracy(models, model, precision):
 
 
 def test_stress_copy_computes_the_same_function(models):
-    r = evaluate(models["stress"], TEST_IMAGES, models["fp32"])
+    r = evaluate(models["stress"], EvalOptions(data=TEST_IMAGES, reference=models["fp32"]))
     assert r.agreement is not None
     assert r.agreement.top1_agreement == 1.0 and r.top1 == r.reference_top1
     assert r.agreement.cosine > 0.99999

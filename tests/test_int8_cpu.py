@@ -47,7 +47,7 @@ def built(demo_fp32, tmp_path_factory) -> dict[str, dict[str, Path]]:
     models = {}
     for name in ("demo", "stress"):
         fp32, out = work / f"{name}.onnx", work / f"{name}.int8.ort.onnx"
-        result = build(fp32, BuildOptions(precision="int8", output=str(out),
+        result = build(fp32, str(out), BuildOptions(precision="int8",
                                           data=str(DEMO_CALIBRATION)))
         models[name] = {"fp32": fp32, "qdq": work / f"{name}.int8.onnx", "artifact": out,
                         "verification": result.verification}
@@ -139,7 +139,7 @@ def test_held_out_images_never_calibrate(demo_fp32, tmp_path):
     assert not set(calib.items) & set(held.items)
     model = tmp_path / "m.onnx"
     shutil.copy(demo_fp32, model)
-    result = build(model, BuildOptions(precision="int8", data=str(DEMO_CALIBRATION)))
+    result = build(model, options=BuildOptions(precision="int8", data=str(DEMO_CALIBRATION)))
     import json
 
     table = json.loads((tmp_path / "m.calib.json").read_text())
@@ -161,7 +161,7 @@ def test_a_build_that_fails_verification_writes_nothing(demo_fp32, tmp_path, cap
 
         from vitedge.quantize.calibrate import CalibrationOptions, calibrate
 
-        table = calibrate(model, DEMO_CALIBRATION, CalibrationOptions(), tmp_path / "t.json")
+        table = calibrate(model, tmp_path / "t.json", CalibrationOptions(data=DEMO_CALIBRATION))
         data = json.loads(table.output.read_text())
         for r in [*data["tensors"].values(), *data["smoothed_tensors"].values()]:
             r["amax"] = 1e-4
@@ -230,7 +230,7 @@ def test_avx2_emulated(built, test_images, tmp_path):
     disagree with their Q/DQ graph (the saturation this fixes: the test can fail), and
     the artifact does not."""
     m = built["demo"]
-    x = test_images[:400]
+    x = test_images[:40]  # ~0.4 s an image under emulation; the saturation shows on nearly all
     np.save(tmp_path / "x.npy", x)
     script = tmp_path / "run.py"
     script.write_text(
@@ -248,13 +248,14 @@ def test_avx2_emulated(built, test_images, tmp_path):
     result = subprocess.run([QEMU, "-cpu", AVX2_CPU, sys.executable, str(script),
                              str(tmp_path / "x.npy"), str(m["qdq"]), str(m["artifact"]),
                              str(tmp_path / "out.npz")], capture_output=True, text=True,
-                            timeout=1500, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+                            timeout=600, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
     assert result.returncode == 0, result.stderr[-2000:]
     out = np.load(tmp_path / "out.npz")
     eight_bit = float_graph(m["qdq"], x)
     own = onnx.load(str(m["qdq"]))
     seven_bit_weights(own)
     assert agreement(eight_bit, out["eight"]).max_abs > 0.3  # saturated: the bug is there
-    assert agreement(float_graph(own, x), out["artifact"]).top1_agreement >= 0.995
+    exact = agreement(float_graph(own, x), out["artifact"])
+    assert exact.top1_agreement == 1.0 and exact.max_abs < 0.1
     np.testing.assert_allclose(out["artifact"], OnnxRuntimeRunner(m["artifact"]).infer(x),
                                atol=1e-3)

@@ -30,7 +30,7 @@ LINEARS = ["patch_embed.proj", "blocks.0.attn.qkv", "blocks.0.attn.proj", "block
 def fp32(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, onnx.ModelProto, CalibrationTable]:
     out = tmp_path_factory.mktemp("q") / "vit_tiny.onnx"
     export_onnx(FIXTURES / "vit_tiny_hub", out, ExportOptions(verify=False))
-    table = calibrate(out, PHOTOS, CalibrationOptions(batch=2, num_images=4)).table
+    table = calibrate(out, None, CalibrationOptions(data=PHOTOS, batch=2, num_images=4)).table
     return out, onnx.load(str(out)), table
 
 

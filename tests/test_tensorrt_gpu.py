@@ -30,8 +30,8 @@ MIN_AGREEMENT = {"fp32": 0.999, "fp16": 0.995, "int8": 0.99}
 def test_engine_matches_onnxruntime(demo_fp32, demo_images, tmp_path, precision):
     fp32, images = demo_fp32, demo_images
     engine = tmp_path / f"m.{precision}.engine"
-    result = build(fp32, BuildOptions(precision=precision, data=CALIBRATION, backend="tensorrt",
-                                      profile="desktop-rtx", batch="1:8:32", output=str(engine),
+    result = build(fp32, str(engine), BuildOptions(precision=precision, data=CALIBRATION, backend="tensorrt",
+                                      profile="desktop-rtx", batch="1:8:32",
                                       timing_cache=str(tmp_path / "timing.cache")))
     assert result.backend == "tensorrt" and engine.is_file()
     assert (tmp_path / "timing.cache").is_file()
@@ -57,15 +57,15 @@ def test_engine_build_that_fails_verification_writes_nothing(demo_fp32, tmp_path
     from vitedge.quantize.calibrate import CalibrationOptions, calibrate
     from vitedge.verification import VerificationError
 
-    table = calibrate(demo_fp32, DEMO_CALIBRATION, CalibrationOptions(), tmp_path / "t.json")
+    table = calibrate(demo_fp32, tmp_path / "t.json", CalibrationOptions(data=DEMO_CALIBRATION))
     data = json.loads(table.output.read_text())
     for r in [*data["tensors"].values(), *data["smoothed_tensors"].values()]:
         r["amax"] = 1e-4
     table.output.write_text(json.dumps(data))
     engine = tmp_path / "m.int8.engine"
     with pytest.raises(VerificationError, match="agrees with the FP32 model on only"):
-        build(demo_fp32, BuildOptions(precision="int8", calib=str(table.output), data=CALIBRATION,
-                                      backend="tensorrt", output=str(engine)))
+        build(demo_fp32, str(engine), BuildOptions(precision="int8", calib=str(table.output), data=CALIBRATION,
+                                      backend="tensorrt"))
     assert not engine.exists() and not sidecar_path(engine).exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.int8.engine")]
 
@@ -73,7 +73,7 @@ def test_engine_build_that_fails_verification_writes_nothing(demo_fp32, tmp_path
 def test_engine_refuses_changed_or_foreign(demo_fp32, tmp_path):
     fp32 = demo_fp32
     engine = tmp_path / "m.engine"
-    build(fp32, BuildOptions(precision="fp32", backend="tensorrt", output=str(engine)))
+    build(fp32, str(engine), BuildOptions(precision="fp32", backend="tensorrt"))
     info = EngineInfo.read(sidecar_path(engine))
     foreign = dataclasses.replace(info, compute_capability="5.3", gpu_name="Jetson Nano")
     sidecar_path(engine).write_text(json.dumps(dataclasses.asdict(foreign)))
@@ -87,8 +87,7 @@ def test_engine_refuses_changed_or_foreign(demo_fp32, tmp_path):
 
 def test_engine_pipeline_times_the_copies_and_replays_a_cuda_graph(demo_fp32, tmp_path):
     engine = tmp_path / "m.fp16.engine"
-    build(demo_fp32, BuildOptions(precision="fp16", data=CALIBRATION, backend="tensorrt",
-                                  output=str(engine)))
+    build(demo_fp32, str(engine), BuildOptions(precision="fp16", data=CALIBRATION, backend="tensorrt"))
     frames = sorted(DEMO_TEST_IMAGES.rglob("*.png"))[:20]
     with vitedge.open(engine, keep_logits=True) as plain, \
             vitedge.open(engine, keep_logits=True, cuda_graph=True) as graph:
@@ -110,7 +109,7 @@ def test_explain_reads_an_engine_built_with_attention_outputs(tmp_path):
     onnx_path = tmp_path / "attn.onnx"
     export_onnx(DEMO_CHECKPOINT, onnx_path, ExportOptions(attention_outputs=True))
     engine = tmp_path / "attn.engine"
-    build(onnx_path, BuildOptions(precision="fp32", backend="tensorrt", output=str(engine)))
+    build(onnx_path, str(engine), BuildOptions(precision="fp32", backend="tensorrt"))
     image = sorted(DEMO_TEST_IMAGES.rglob("*.png"))[0]
     with open_pipeline(onnx_path) as reference, open_pipeline(engine) as pipe:
         x = reference.prepare([image])
@@ -121,6 +120,6 @@ def test_explain_reads_an_engine_built_with_attention_outputs(tmp_path):
         assert pipe.explain(image).shape == (7, 7)
     plain_onnx, plain = tmp_path / "plain.onnx", tmp_path / "plain.engine"
     export_onnx(DEMO_CHECKPOINT, plain_onnx, ExportOptions())
-    build(plain_onnx, BuildOptions(precision="fp32", backend="tensorrt", output=str(plain)))
+    build(plain_onnx, str(plain), BuildOptions(precision="fp32", backend="tensorrt"))
     with open_pipeline(plain) as pipe, pytest.raises(VitedgeError, match="attention-outputs"):
         pipe.explain(image)

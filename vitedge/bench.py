@@ -4,6 +4,7 @@ them alike and their ratios mean something), with percentiles and throughput."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import time
@@ -17,6 +18,8 @@ import numpy as np
 from vitedge import __version__
 from vitedge.errors import VitedgeError
 from vitedge.fileio import write_text_atomic
+from vitedge.options import BenchOptions
+from vitedge.report import Reporter, reporter
 from vitedge.runtime.pipeline import STAGES, Pipeline
 from vitedge.runtime.stats import Stats
 
@@ -44,20 +47,6 @@ class BenchResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class BenchOptions:
-    batches: tuple[int, ...] = (1,)
-    warmup: int = 10
-    iterations: int | None = 100
-    duration: float | None = None
-    """Seconds to run instead of a number of iterations."""
-    source: str | None = None
-    fast: bool = False
-    layers: bool = False
-    streams: tuple[int, ...] = (1,)
-    """Each artifact is opened once per value: batches in flight at once."""
 
 
 def machine_info() -> dict[str, Any]:
@@ -93,23 +82,26 @@ def bench_frames(source: str | None, count: int = 32, seed: int = 0) -> list[Any
     return frames
 
 
-def bench(artifacts: list[str], options: BenchOptions,
-          on_progress: Callable[[int, int], None] | None = None,
-          clock: Callable[[], float] = time.perf_counter,
+def bench(artifacts: list[str], options: BenchOptions | None = None,
+          report: Reporter | None = None, clock: Callable[[], float] = time.perf_counter,
           pipelines: list[Pipeline] | None = None) -> list[BenchResult]:
     """Run every (artifact, batch) in turn, iteration by iteration. `pipelines` may be
-    given instead of opening the artifacts (tests pass pipelines with a fake clock)."""
+    given instead of opening the artifacts (tests pass pipelines with a fake clock); the
+    ones opened here are closed at the end."""
+    options = options or BenchOptions()
     if not artifacts and not pipelines:
         raise VitedgeError("nothing to benchmark", "give one or more artifacts")
-    if any(b < 1 for b in options.batches):
-        raise VitedgeError("--batch sizes must be positive")
-    if any(s < 1 for s in options.streams):
-        raise VitedgeError("--streams must be positive")
-    if pipelines is None:
-        from vitedge.runtime.pipeline import open_pipeline
+    with contextlib.ExitStack() as stack:
+        if pipelines is None:
+            from vitedge.runtime.pipeline import open_pipeline
 
-        pipelines = [open_pipeline(a, fast=options.fast, streams=s)
-                     for a in artifacts for s in options.streams]
+            pipelines = [stack.enter_context(open_pipeline(a, fast=options.fast, streams=s))
+                         for a in artifacts for s in options.streams]
+        return _bench(pipelines, options, reporter(report), clock)
+
+
+def _bench(pipelines: list[Pipeline], options: BenchOptions, rep: Reporter,
+           clock: Callable[[], float]) -> list[BenchResult]:
     frames = bench_frames(options.source, max(32, max(options.batches) * max(options.streams)))
     cases = [(p, b) for p in pipelines for b in options.batches]
     samples: dict[int, dict[str, list[float]]] = {i: {s: [] for s in (*STAGES, "total")}
@@ -153,11 +145,10 @@ def bench(artifacts: list[str], options: BenchOptions,
         for i in range(len(cases)):
             run_once(i, record=True)
         done += 1
-        if on_progress:
-            if options.duration is not None:
-                on_progress(min(int(clock() - start), int(options.duration)), int(options.duration))
-            else:
-                on_progress(done, planned)
+        if options.duration is not None:
+            rep.progress(min(int(clock() - start), int(options.duration)), int(options.duration))
+        else:
+            rep.progress(done, planned)
 
     results = []
     for i, (pipe, b) in enumerate(cases):

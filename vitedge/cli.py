@@ -17,6 +17,27 @@ from rich.table import Table
 
 from vitedge import __version__
 from vitedge.errors import VitedgeError
+from vitedge.options import (
+    BUILD_BACKENDS,
+    BUILD_PRECISIONS,
+    CALIBRATION_METHODS,
+    COLOR_ORDERS,
+    EXPLAIN_METHODS,
+    INPUT_KINDS,
+    SCHEMES,
+    BenchOptions,
+    BuildOptions,
+    CalibrationOptions,
+    EvalOptions,
+    ExplainOptions,
+    ExportOptions,
+    PipelineOptions,
+    QuantizeOptions,
+    QuantizeRequest,
+    VerifyOptions,
+    default,
+)
+from vitedge.report import Reporter
 
 out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
 """Piped into a log, tables keep their columns instead of folding at 80 characters."""
@@ -104,8 +125,10 @@ def _parse_batch(_ctx: click.Context, _param: click.Parameter, value: str) -> in
               help="Input size; position embeddings are resampled (bicubic) to it.")
 @click.option("--batch", default="dynamic", show_default=True, callback=_parse_batch,
               help="'dynamic' or a fixed batch size.")
-@click.option("--opset", default=17, show_default=True, type=int, help="ONNX opset (17-20).")
-@click.option("--input", "input_kind", type=click.Choice(["images", "patches", "frames"]), default="images",
+@click.option("--opset", default=default(ExportOptions, "opset"), show_default=True, type=int,
+              help="ONNX opset (17-20).")
+@click.option("--input", "input_kind", type=click.Choice(INPUT_KINDS),
+              default=default(ExportOptions, "input_kind"),
               show_default=True, help="Model input: images (B,C,H,W) float, patch vectors "
               "(B,N,C*P*P) float, or frames (B,H,W,C) uint8, resized and cropped, which the "
               "graph normalises and patchifies itself.")
@@ -121,14 +144,13 @@ def export(checkpoint: str, output: str, arch: str | None, num_heads: int | None
            labels: str | None, attention_outputs: bool, no_verify: bool, as_json: bool) -> None:
     """Export CHECKPOINT (timm, Hugging Face, torchvision or vitedge; a file or a folder)
     to an ONNX model with its preprocessing and labels inside, verified against PyTorch."""
-    from vitedge.export import ExportOptions, export_onnx
+    from vitedge.export import export_onnx
 
     opts = ExportOptions(arch=arch, num_heads=num_heads, img_size=img_size, labels=labels,
                          batch=batch, opset=opset, input_kind=input_kind,
                          verify=not no_verify, attention_outputs=attention_outputs)
-    with err.status("exporting") as status:
-        result = export_onnx(checkpoint, output, opts,
-                             on_step=lambda s: status.update(f"{s}..."))
+    with _progress("exporting", not as_json) as progress:
+        result = export_onnx(checkpoint, output, opts, progress)
     if _json_or_notes(result, as_json):
         return
     m = result.manifest
@@ -256,21 +278,24 @@ def _verification_line(v: dict[str, Any]) -> str:
 
 # --- calibrate, quantize, eval -----------------------------------------------------------
 
-class _Bar:
-    """Progress on stderr: `update(done, total)` for counted work, `step(text)` to name the
-    stage. Silent when disabled (--json)."""
+class _Bar(Reporter):
+    """The stages' reporter on stderr: a progress bar named after the step, and warnings
+    as yellow lines. With --json the bar is off and warnings still go to stderr."""
 
     def __init__(self, bar: Any = None):
         self.bar = bar
         self.task = bar.add_task("", total=None) if bar else None
 
-    def update(self, done: int, total: int) -> None:
+    def progress(self, done: int, total: int) -> None:
         if self.bar:
             self.bar.update(self.task, completed=done, total=total)
 
-    def step(self, text: str) -> None:
+    def step(self, name: str) -> None:
         if self.bar:
-            self.bar.update(self.task, description=text, completed=0, total=None)
+            self.bar.update(self.task, description=name, completed=0, total=None)
+
+    def warning(self, message: str) -> None:
+        err.print(f"[yellow]warning:[/] {message}")
 
 
 @contextlib.contextmanager
@@ -296,25 +321,29 @@ def _progress(label: str, enabled: bool = True) -> Iterator[_Bar]:
 
 
 def _calibration_options(method: str, percentile: float, num_images: int, batch: int,
-                         smooth: float) -> Any:
-    from vitedge.quantize.calibrate import CalibrationOptions
-
+                         smooth: float) -> CalibrationOptions:
     return CalibrationOptions(method=method, percentile=percentile, num_images=num_images,
                               batch=batch, smooth_alpha=smooth)
 
 
+def _calibration_default(name: str) -> Any:
+    return default(CalibrationOptions, name)
+
+
 def calibration_flags(f: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed([
-        click.option("--num-images", default=512, show_default=True, type=click.IntRange(min=1),
+        click.option("--num-images", default=_calibration_default("num_images"), show_default=True,
+                     type=click.IntRange(min=1),
                      help="Images to calibrate on (a seeded sample when the source has more)."),
-        click.option("--method", type=click.Choice(["entropy", "percentile", "minmax", "mse"]),
-                     default="percentile", show_default=True,
+        click.option("--method", type=click.Choice(CALIBRATION_METHODS),
+                     default=_calibration_default("method"), show_default=True,
                      help="How a tensor's histogram becomes its INT8 range."),
-        click.option("--percentile", default=99.99, show_default=True, type=float,
-                     help="For --method percentile: the share of |x| kept unclipped."),
-        click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1),
-                     help="Images per ONNX Runtime run."),
-        click.option("--smooth", default=0.5, show_default=True, type=float,
+        click.option("--percentile", default=_calibration_default("percentile"), show_default=True,
+                     type=float, help="For --method percentile: the share of |x| kept unclipped."),
+        click.option("--batch", default=_calibration_default("batch"), show_default=True,
+                     type=click.IntRange(min=1), help="Images per ONNX Runtime run."),
+        click.option("--smooth", default=_calibration_default("smooth_alpha"), show_default=True,
+                     type=float,
                      help="Channel-equalisation strength alpha (SmoothQuant); 0 turns it off."),
     ]):
         f = option(f)
@@ -338,12 +367,13 @@ def calibrate(model: str, data: str, num_images: int, method: str, percentile: f
     the model's own preprocessing. Writes a calibration table (JSON) and a TensorRT
     calibration cache (for TensorRT <= 10 implicit INT8). A table made from the same model,
     data and options is reused."""
+    from dataclasses import replace
+
     from vitedge.quantize.calibrate import calibrate as run_calibration
 
     opts = _calibration_options(method, percentile, num_images, batch, smooth)
     with _progress("calibrating", not as_json) as progress:
-        result = run_calibration(model, data, opts, output, progress.update,
-                                 on_warning=lambda msg: err.print(f"[yellow]skipped:[/] {msg}"))
+        result = run_calibration(model, output, replace(opts, data=data), progress)
     t = result.table
     if as_json:
         _print_json({"table": str(result.output), "tensorrt_cache": str(result.cache),
@@ -372,14 +402,15 @@ def calibrate(model: str, data: str, num_images: int, method: str, percentile: f
               help="Images to calibrate on (instead of --calib; the table goes to "
               "MODEL.calib.json and is reused), to check the result against FP32 on, and "
               "with --sensitivity to rank layers on.")
-@click.option("--scheme", type=click.Choice(["vit", "all"]), default="vit", show_default=True,
+@click.option("--scheme", type=click.Choice(SCHEMES), default=default(QuantizeOptions, "scheme"), show_default=True,
               help="vit: Linear and patch-embedding inputs and weights only; all: every op "
               "(naive baseline).")
 @click.option("--quantize-attention", is_flag=True,
               help="Also Q/DQ the attention matmuls' inputs (TensorRT's INT8 fused attention).")
 @click.option("--exclude", multiple=True, metavar="PATTERN",
               help="Layer names to keep in float (fnmatch, e.g. 'blocks.0.*', 'head'). Repeatable.")
-@click.option("--sensitivity", default=0, type=click.IntRange(min=0), metavar="N",
+@click.option("--sensitivity", default=default(QuantizeRequest, "sensitivity"),
+              type=click.IntRange(min=0), metavar="N",
               help="Rank layers by their effect on the output; keep the N most sensitive in float.")
 @click.option("--no-smooth", is_flag=True,
               help="Ignore the table's channel equalisation (the default for --scheme all).")
@@ -396,8 +427,8 @@ def quantize(model: str, precision: str, calib: str | None, data: str | None, sc
     FP16 (LayerNorm in float32, inputs and outputs float32), for TensorRT 10 and 11 and ONNX
     Runtime. The output is checked against TensorRT's parser rules and compared with the FP32
     model on up to 64 of the --data images."""
-    from vitedge.quantize.qdq import QuantizeOptions
-    from vitedge.quantize.quantizer import QuantizeRequest, quantize_model
+    from vitedge.options import QuantizeOptions
+    from vitedge.quantize.quantizer import quantize_model
 
     if calib and data and precision == "int8" and not sensitivity:
         err.print("[yellow]note:[/] --calib given: --data is used only to check the result")
@@ -405,11 +436,10 @@ def quantize(model: str, precision: str, calib: str | None, data: str | None, sc
         precision=precision, calib=calib, data=data,
         calibration=_calibration_options(method, percentile, num_images, batch, smooth),
         qdq=QuantizeOptions(scheme=scheme, attention=quantize_attention, exclude=exclude,
-                            smooth=not no_smooth and scheme == "vit"),
+                            smooth=False if no_smooth else None),
         sensitivity=sensitivity)
     with _progress("quantizing", not as_json) as progress:
-        result = quantize_model(model, output, request, progress.update, progress.step,
-                                on_warning=lambda msg: err.print(f"[yellow]skipped:[/] {msg}"))
+        result = quantize_model(model, output, request, progress)
     if _json_or_notes(result, as_json):
         return
     out.print(f"[green]wrote[/] {result.output} ({result.size_bytes / 1e6:.2f} MB, {precision})")
@@ -445,7 +475,8 @@ def quantize(model: str, precision: str, calib: str | None, data: str | None, sc
 @click.option("--reference", type=click.Path(path_type=str),
               help="Another model (e.g. the FP32 export) to compare with on the same images.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate a seeded sample of this many.")
-@click.option("--batch", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch", default=default(EvalOptions, "batch"), show_default=True,
+              type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @debug_option
 def eval_(artifact: str, data: str, reference: str | None, limit: int | None, batch: int,
@@ -455,7 +486,8 @@ def eval_(artifact: str, data: str, reference: str | None, limit: int | None, ba
     from vitedge.evaluate import evaluate
 
     with _progress("evaluating", not as_json) as progress:
-        r = evaluate(artifact, data, reference, batch, limit, progress.update)
+        r = evaluate(artifact, EvalOptions(data=data, reference=reference, batch=batch,
+                                           limit=limit), progress)
     _warn(r.warnings, as_json)
     if as_json:
         _print_json(r.to_dict())
@@ -518,36 +550,39 @@ def archs(as_json: bool) -> None:
 
 @cli.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=str))
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
+@click.option("--precision", type=click.Choice(BUILD_PRECISIONS),
               help="Default: the profile's (int8 for GPUs and CPUs alike).")
 @click.option("--data", type=click.Path(path_type=str),
-              help="Calibration images for int8 (a matching MODEL.calib.json is reused).")
+              help="Images to calibrate on (int8; a matching MODEL.calib.json is reused) and to "
+                   "hold out for verifying the artifact.")
 @click.option("--calib", type=click.Path(dir_okay=False), help="A calibration table instead of --data.")
 @click.option("--profile", help="Device profile name or TOML file (`vitedge profiles`); "
               "default: the one `vitedge doctor` suggests for this machine.")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto",
+@click.option("--backend", type=click.Choice(BUILD_BACKENDS), default=default(BuildOptions, "backend"),
               show_default=True, help="auto: TensorRT when it and a GPU are present, else ONNX Runtime.")
 @click.option("--batch", metavar="MIN:OPT:MAX", help="TensorRT optimization profile's batch range "
               "(default: the profile's).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False),
               help="TensorRT timing cache to load and save (faster rebuilds).")
-@click.option("--scheme", type=click.Choice(["vit", "all"]), default="vit", show_default=True,
+@click.option("--scheme", type=click.Choice(SCHEMES), default=default(QuantizeOptions, "scheme"), show_default=True,
               help="INT8 Q/DQ placement (see `vitedge quantize --help`).")
 @click.option("--quantize-attention", is_flag=True, help="INT8: Q/DQ for TensorRT's fused attention.")
-@click.option("--num-images", default=512, show_default=True, type=click.IntRange(min=1),
-              help="Calibration images taken from --data.")
-@click.option("--method", type=click.Choice(["entropy", "percentile", "minmax", "mse"]),
-              default="percentile", show_default=True, help="Calibration method.")
-@click.option("--verify-images", default=128, show_default=True, type=click.IntRange(min=1),
+@click.option("--num-images", default=_calibration_default("num_images"), show_default=True,
+              type=click.IntRange(min=1), help="Calibration images taken from --data.")
+@click.option("--method", type=click.Choice(CALIBRATION_METHODS),
+              default=_calibration_default("method"), show_default=True, help="Calibration method.")
+@click.option("--verify-images", default=default(VerifyOptions, "images"), show_default=True,
+              type=click.IntRange(min=1),
               help="Images of --data held out of calibration to verify the artifact on "
                    "(at most a quarter of --data).")
-@click.option("--min-agreement", default=0.99, show_default=True,
+@click.option("--min-agreement", default=default(VerifyOptions, "min_agreement"), show_default=True,
               type=click.FloatRange(0, 1), help="Least top-1 agreement of the artifact with "
               "the graph it was built from (INT8: its Q/DQ graph in float); below it the build "
               "fails and writes nothing.")
-@click.option("--min-fp32-agreement", default=0.8, show_default=True,
-              type=click.FloatRange(0, 1), help="Least top-1 agreement with the FP32 model; "
-              "below it quantization collapsed and the build fails.")
+@click.option("--min-fp32-agreement", default=default(VerifyOptions, "min_fp32_agreement"),
+              show_default=True, type=click.FloatRange(0, 1),
+              help="Least top-1 agreement with the FP32 model; below it quantization collapsed "
+                   "and the build fails.")
 @click.option("--no-verify", is_flag=True, help="Skip the check of the built artifact.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="The artifact [default: INPUT.PRECISION.engine or INPUT.PRECISION.ort.onnx].")
@@ -564,23 +599,18 @@ def build(input_path: str, precision: str | None, data: str | None, calib: str |
     the graph first, so TensorRT 10 and 11 build them the same way. The artifact is then
     verified on this machine, with the backend that will run it, on images of --data held
     out of calibration: against the graph it was built from and against FP32."""
-    from vitedge.deploy import BuildOptions
     from vitedge.deploy import build as run_build
-    from vitedge.quantize.qdq import QuantizeOptions
-    from vitedge.verification import VerifyOptions
+    from vitedge.options import QuantizeOptions
 
     options = BuildOptions(precision=precision, data=data, calib=calib, profile=profile,
                            backend=backend, batch=batch, timing_cache=timing_cache,
-                           output=output, qdq=QuantizeOptions(scheme=scheme,
-                                                              attention=quantize_attention,
-                                                              smooth=scheme == "vit"),
-                           calibration=_calibration_options(method, 99.99, num_images, 8, 0.5),
+                           qdq=QuantizeOptions(scheme=scheme, attention=quantize_attention),
+                           calibration=CalibrationOptions(method=method, num_images=num_images),
                            verify=VerifyOptions(enabled=not no_verify, images=verify_images,
                                                 min_agreement=min_agreement,
                                                 min_fp32_agreement=min_fp32_agreement))
     with _progress("building", not as_json) as progress:
-        result = run_build(input_path, options, progress.step, progress.update,
-                           on_warning=lambda msg: err.print(f"[yellow]warning:[/] {msg}"))
+        result = run_build(input_path, output, options, progress)
     if _json_or_notes(result, as_json):
         return
     out.print(f"backend: [bold]{result.backend}[/] ({result.backend_reason})")
@@ -621,7 +651,8 @@ pipeline_options = [
                  "not bit-exact with the reference libraries, see `vitedge bench`)."),
     click.option("--device", type=click.Choice(["cpu", "gpu"]),
                  help="For .onnx: ONNX Runtime on the CPU, or its CUDA/TensorRT providers."),
-    click.option("--streams", default=1, show_default=True, type=click.IntRange(min=1),
+    click.option("--streams", default=default(PipelineOptions, "streams"), show_default=True,
+                 type=click.IntRange(min=1),
                  help="Frames in flight at once, each on its share of the CPU cores (ONNX "
                       "Runtime). 1: every core on one frame, the lowest latency; the number "
                       "of cores: the most frames/s, each frame slower."),
@@ -653,7 +684,8 @@ def _image_files(specs: tuple[str, ...]) -> list[Path]:
 @cli.command()
 @click.argument("artifact", type=click.Path(path_type=str))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--topk", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--topk", default=default(PipelineOptions, "topk"), show_default=True,
+              type=click.IntRange(min=1))
 @_with(pipeline_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
 @debug_option
@@ -685,7 +717,8 @@ def predict(artifact: str, images: tuple[str, ...], topk: int, fast: bool, devic
               "a video (.mp4, .avi).")
 @click.option("--display", is_flag=True, help="Show the annotated frames in a window (q quits).")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames.")
-@click.option("--color", type=click.Choice(["bgr", "rgb"]), default="bgr", show_default=True,
+@click.option("--color", type=click.Choice(COLOR_ORDERS), default=default(PipelineOptions, "color"),
+              show_default=True,
               help="Channel order of the source's frames (OpenCV gives BGR).")
 @_with(pipeline_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the stage timings as JSON at the end.")
@@ -715,6 +748,10 @@ def _print_stage_table(stages: dict[str, Any], title: str) -> None:
     out.print(table)
 
 
+def _counts(values: tuple[int, ...]) -> str:
+    return ",".join(str(v) for v in values)
+
+
 def _parse_counts(_ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
     try:
         counts = tuple(int(v) for v in value.split(","))
@@ -727,15 +764,19 @@ def _parse_counts(_ctx: click.Context, param: click.Parameter, value: str) -> tu
 
 @cli.command()
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--batch", "batches", default="1", show_default=True, callback=_parse_counts,
+@click.option("--batch", "batches", default=_counts(default(BenchOptions, "batches")),
+              show_default=True, callback=_parse_counts,
               help="Batch sizes, comma-separated (1,8).")
-@click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0))
-@click.option("--iterations", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--warmup", default=default(BenchOptions, "warmup"), show_default=True,
+              type=click.IntRange(min=0))
+@click.option("--iterations", default=default(BenchOptions, "iterations"), show_default=True,
+              type=click.IntRange(min=1))
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True),
               help="Run for this many seconds instead of --iterations.")
 @click.option("--source", help="Frames from a source (default: random 640x480 BGR frames).")
 @click.option("--fast", is_flag=True, help="OpenCV preprocessing.")
-@click.option("--streams", default="1", show_default=True, callback=_parse_counts,
+@click.option("--streams", default=_counts(default(BenchOptions, "streams")), show_default=True,
+              callback=_parse_counts,
               help="Frames in flight at once, comma-separated (1,2): each artifact runs with "
                    "each, interleaved; more streams give more frames/s on a CPU (ONNX Runtime).")
 @click.option("--layers", is_flag=True, help="Per-layer times (TensorRT profiler; ONNX Runtime "
@@ -757,12 +798,12 @@ def bench(artifacts: tuple[str, ...], batches: tuple[int, ...], warmup: int, ite
     from vitedge import bench as benchmark
     from vitedge.runtime.pipeline import STAGES as STAGE_NAMES
 
-    options = benchmark.BenchOptions(batches=batches, warmup=warmup,
-                                     iterations=None if duration else iterations,
-                                     duration=duration, source=source, fast=fast, layers=layers,
-                                     streams=streams)
+    options = BenchOptions(batches=batches, warmup=warmup,
+                           iterations=None if duration else iterations,
+                           duration=duration, source=source, fast=fast, layers=layers,
+                           streams=streams)
     with _progress("benchmarking") as progress:
-        results = benchmark.bench(list(artifacts), options, progress.update)
+        results = benchmark.bench(list(artifacts), options, progress)
     _warn(list(dict.fromkeys(w for r in results for w in r.warnings)), False)
     first = results[0]
     table = Table("artifact", "batch", *(f"{s} ms" for s in STAGE_NAMES), "end-to-end ms",
@@ -797,17 +838,19 @@ def bench(artifacts: tuple[str, ...], batches: tuple[int, ...], warmup: int, ite
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("-o", "--output", "out_dir", default="explanations", show_default=True,
               type=click.Path(file_okay=False), help="Folder for NAME.METHOD.png and .npy.")
-@click.option("--method", type=click.Choice(["cls", "rollout"]), default="cls", show_default=True,
+@click.option("--method", type=click.Choice(EXPLAIN_METHODS), default=default(ExplainOptions, "method"),
+              show_default=True,
               help="cls: the class token's attention in one layer; rollout: attention rollout "
                    "across all layers (residual added, rows re-normalised).")
-@click.option("--layer", default=-1, show_default=True, type=int,
+@click.option("--layer", default=default(ExplainOptions, "layer"), show_default=True, type=int,
               help="Block for cls: 0 is the first, -1 the last.")
-@click.option("--head", default="mean", show_default=True,
+@click.option("--head", default=default(ExplainOptions, "head"), show_default=True,
               help="mean or max over the heads, or one head's number (0 is the first).")
 @click.option("--compare", type=click.Path(path_type=str), metavar="OTHER_ARTIFACT",
               help="Draw OTHER_ARTIFACT's map beside it (e.g. the FP32 export beside INT8), "
                    "with the maps' cosine similarity.")
-@click.option("--topk", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--topk", default=default(ExplainOptions, "topk"), show_default=True,
+              type=click.IntRange(min=1))
 @_with(pipeline_options[:1])
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @debug_option
@@ -820,18 +863,13 @@ def explain(artifact: str, images: tuple[str, ...], out_dir: str, method: str, l
     The attention is read from ARTIFACT itself, so an FP16 or INT8 model shows its own.
     Any vitedge ONNX model works; a TensorRT engine must be built from an export with
     --attention-outputs."""
-    from vitedge.explain import ExplainOptions, explain_images
+    from vitedge.explain import explain_images
 
-    opts = ExplainOptions(method=method, layer=layer, head=head, topk=topk, fast=fast)
+    opts = ExplainOptions(method=method, layer=layer, head=head, topk=topk, fast=fast,
+                          compare=compare)
     files = _image_files(images)
     with _progress("explaining", enabled=not as_json) as bar:
-        done: list[Any] = []
-
-        def progress(_result: Any) -> None:
-            done.append(_result)
-            bar.update(len(done), len(files))
-
-        results = explain_images(artifact, files, opts, out_dir, compare, on_image=progress)
+        results = explain_images(artifact, files, out_dir, opts, bar)
     if as_json:
         _print_json([r.to_dict() for r in results])
         return

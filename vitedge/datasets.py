@@ -210,7 +210,7 @@ def model_inputs(source: ImageSource, manifest: Manifest,
         except VitedgeError as exc:
             source.broken.append(str(item))
             if on_broken:
-                on_broken(str(exc))
+                on_broken(f"skipped: {exc}")
             if len(source.broken) > 2 and len(source.broken) > MAX_BROKEN_FRACTION * (i + 1):
                 raise VitedgeError(
                     f"{len(source.broken)} of the first {i + 1} images in {source.path} cannot "

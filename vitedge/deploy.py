@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,30 +18,22 @@ from vitedge.errors import VitedgeError
 from vitedge.fileio import atomic_path
 from vitedge.graph import load_onnx
 from vitedge.manifest import Manifest, require_manifest
+from vitedge.options import (
+    BUILD_BACKENDS,
+    BUILD_PRECISIONS,
+    BuildOptions,
+    CalibrationOptions,
+    QuantizeOptions,
+    VerifyOptions,
+)
 from vitedge.profiles import BatchRange, Profile, load_profile
-from vitedge.quantize.calibrate import CalibrationOptions
-from vitedge.quantize.qdq import QuantizeOptions
-from vitedge.verification import VerifyOptions
+from vitedge.report import Reporter, reporter
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
-PRECISIONS = ("fp32", "fp16", "int8")
+__all__ = ["BuildOptions", "BuildResult", "CalibrationOptions", "QuantizeOptions",
+           "VerifyOptions", "build", "choose_backend"]
 
-
-@dataclass(frozen=True)
-class BuildOptions:
-    precision: str | None = None
-    """None: the profile's default."""
-    data: str | None = None
-    calib: str | None = None
-    profile: str | None = None
-    """A profile name or TOML path; None: the one doctor suggests for this machine."""
-    backend: str = "auto"
-    batch: str | None = None
-    timing_cache: str | None = None
-    output: str | None = None
-    calibration: CalibrationOptions = CalibrationOptions()
-    qdq: QuantizeOptions = QuantizeOptions()
-    verify: VerifyOptions = VerifyOptions()
+BACKENDS = BUILD_BACKENDS
+PRECISIONS = BUILD_PRECISIONS
 
 
 @dataclass
@@ -91,11 +83,14 @@ def _suggested_profile() -> str:
     return suggest_profile(jetson_model(), gpu[0] if gpu else None)
 
 
-def build(input_path: str | Path, options: BuildOptions,
-          on_step: Callable[[str], None] | None = None,
-          on_progress: Callable[[int, int], None] | None = None,
-          on_warning: Callable[[str], None] | None = None) -> BuildResult:
-    step = on_step or (lambda _s: None)
+def build(input_path: str | Path, output: str | Path | None = None,
+          options: BuildOptions | None = None, report: Reporter | None = None) -> BuildResult:
+    """INPUT (a checkpoint, or a vitedge ONNX model) to the artifact at `output` (default
+    INPUT.PRECISION.engine or INPUT.PRECISION.ort.onnx beside INPUT), verified; nothing is
+    written at `output` unless the verification passes."""
+    options = options or BuildOptions()
+    rep = reporter(report)
+    step = rep.step
     src = Path(input_path)
     if not src.exists():
         raise VitedgeError(f"no such file or folder: {src}")
@@ -112,7 +107,7 @@ def build(input_path: str | Path, options: BuildOptions,
     is_onnx = src.suffix == ".onnx"
     stem = src.stem if is_onnx else (src.stem if src.is_file() else src.name)
     suffix = ".engine" if backend == "tensorrt" else ".ort.onnx"
-    output = Path(options.output) if options.output else src.parent / f"{stem}.{precision}{suffix}"
+    output = Path(output) if output else src.parent / f"{stem}.{precision}{suffix}"
     _check_writable(output)
     result = BuildResult(output, backend, reason, precision, profile.name, _device(backend), 0)
 
@@ -145,8 +140,8 @@ def build(input_path: str | Path, options: BuildOptions,
         calib = options.calib
         if calib is None and calib_source is not None:
             table = timed("calibrate", lambda: calibrate(
-                fp32, calib_source, options.calibration, default_table_path(fp32), on_progress,
-                on_warning))
+                fp32, default_table_path(fp32), replace(options.calibration, data=calib_source),
+                rep))
             calib = str(table.output)
             if table.reused:
                 result.notes.append(f"calibration table {table.output} reused (same model, "
@@ -154,8 +149,7 @@ def build(input_path: str | Path, options: BuildOptions,
         quantized = work / f"{stem}.{precision}.onnx"
         request = QuantizeRequest(precision=precision, calib=calib, calibration=options.calibration,
                                   qdq=options.qdq)
-        q = timed("quantize", lambda: quantize_model(fp32, quantized, request, on_progress,
-                                                     on_warning=on_warning))
+        q = timed("quantize", lambda: quantize_model(fp32, quantized, request, rep))
         result.notes.extend(q.notes)
         result.intermediate.append(str(quantized))
         model_for_backend = quantized
@@ -164,7 +158,7 @@ def build(input_path: str | Path, options: BuildOptions,
     with atomic_path(output) as tmp:  # the artifact appears only once it is verified
         if backend == "tensorrt":
             verification = _build_tensorrt(options, model_for_backend, tmp, profile, batch,
-                                           reference, inputs, result, timed, on_progress, on_warning)
+                                           reference, inputs, result, timed, rep)
         else:
             verification = _build_onnxruntime(options, model_for_backend, tmp, profile,
                                               reference, inputs, result, timed)
@@ -235,8 +229,7 @@ def _build_tensorrt(options: BuildOptions, model: Path, tmp: Path, profile: Prof
                     batch: BatchRange, reference: Path | None,
                     inputs: tuple[Any, str, bool] | None, result: BuildResult,
                     timed: Callable[[str, Callable[[], Any]], Any],
-                    on_progress: Callable[[int, int], None] | None,
-                    on_warning: Callable[[str], None] | None) -> Any:
+                    rep: Reporter) -> Any:
     import os
 
     from vitedge.backends.tensorrt.build import build_engine
@@ -247,7 +240,7 @@ def _build_tensorrt(options: BuildOptions, model: Path, tmp: Path, profile: Prof
     cache = Path(options.timing_cache) if options.timing_cache else None
     try:
         info = timed("tensorrt build", lambda: build_engine(
-            model, tmp, final, profile, batch, cache, on_progress, on_warning))
+            model, tmp, final, profile, batch, cache, rep))
         result.details["engine"] = {"tensorrt": info.tensorrt_version, "gpu": info.gpu_name,
                                     "batch": info.batch}
         verification = None

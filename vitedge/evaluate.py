@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from vitedge.backends import Runner, load_runner
 from vitedge.compare import Agreement, agreement
 from vitedge.datasets import labelled_folder, prepare_image
 from vitedge.errors import VitedgeError
+from vitedge.options import EvalOptions
+from vitedge.report import Reporter, reporter
 from vitedge.runtime.preprocess import load_image
 
 
@@ -43,14 +44,17 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(np.mean(np.any(top == labels[:, None], axis=-1)))
 
 
-def evaluate(artifact: str | Path, data: str | Path, reference: str | Path | None = None,
-             batch: int = 64, limit: int | None = None,
-             on_progress: Callable[[int, int], None] | None = None) -> EvalResult:
+def evaluate(artifact: str | Path, options: EvalOptions, report: Reporter | None = None
+             ) -> EvalResult:
+    """Top-1 / top-5 of ARTIFACT on `options.data` and, with `options.reference`, how
+    closely it follows that model on the same images."""
     start = time.perf_counter()
+    reference = options.reference
     with contextlib.ExitStack() as stack:
         model = stack.enter_context(load_runner(artifact))
         ref = stack.enter_context(load_runner(reference)) if reference else None
-        result = _evaluate(model, ref, data, batch, limit, on_progress)
+        result = _evaluate(model, ref, options.data, options.batch, options.limit,
+                           reporter(report))
     result.model = str(artifact)
     result.reference = str(reference) if reference else None
     result.seconds = round(time.perf_counter() - start, 2)
@@ -58,7 +62,7 @@ def evaluate(artifact: str | Path, data: str | Path, reference: str | Path | Non
 
 
 def _evaluate(model: Runner, ref: Runner | None, data: str | Path, batch: int,
-              limit: int | None, on_progress: Callable[[int, int], None] | None) -> EvalResult:
+              limit: int | None, rep: Reporter) -> EvalResult:
     labels = model.manifest.labels
     if ref is not None and ref.manifest.labels != labels:
         raise VitedgeError(f"{ref.name} has other labels than {model.name}",
@@ -75,8 +79,7 @@ def _evaluate(model: Runner, ref: Runner | None, data: str | Path, batch: int,
         outs.append(model.infer(x))
         if ref is not None:
             ref_outs.append(ref.infer(x if same else _inputs(paths, ref)))
-        if on_progress:
-            on_progress(min(i + batch, len(items)), len(items))
+        rep.progress(min(i + batch, len(items)), len(items))
     logits = np.concatenate(outs)
     result = EvalResult(model.name, model.manifest.precision, len(items),
                         topk_accuracy(logits, truth, 1), topk_accuracy(logits, truth, 5), 0.0,

@@ -25,6 +25,7 @@ from vitedge.compare import Agreement, agreement
 from vitedge.datasets import ImageSource, model_inputs, prepare_image
 from vitedge.errors import VitedgeError
 from vitedge.manifest import Manifest
+from vitedge.options import VerifyOptions
 
 MIN_JUDGED = 32
 """Fewer inputs than this are reported but not judged (one disagreement is 3 %)."""
@@ -32,24 +33,6 @@ MIN_JUDGED = 32
 
 class VerificationError(VitedgeError):
     """The built artifact does not compute what it was built from."""
-
-
-@dataclass(frozen=True)
-class VerifyOptions:
-    enabled: bool = True
-    images: int = 128
-    """Inputs of --data held out for verification (at most a quarter of it)."""
-    min_agreement: float = 0.99
-    """Least top-1 agreement with the graph the artifact computes."""
-    min_fp32_agreement: float = 0.8
-    """Least top-1 agreement with the FP32 model (below: quantization collapsed)."""
-
-    def __post_init__(self) -> None:
-        if self.images < 1:
-            raise VitedgeError("--verify-images must be at least 1")
-        for name in ("min_agreement", "min_fp32_agreement"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise VitedgeError(f"--{name.replace('_', '-')} must be between 0 and 1")
 
 
 @dataclass

@@ -9,7 +9,7 @@ The runtime API is `pipe.explain(frame)` (`vitedge.runtime.pipeline.Pipeline`)."
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,26 +18,12 @@ import numpy as np
 
 from vitedge.errors import VitedgeError
 from vitedge.fileio import atomic_path
-from vitedge.runtime.attention import METHODS, grid_similarity, parse_head, position_similarity
+from vitedge.options import ExplainOptions
+from vitedge.report import Reporter, reporter
+from vitedge.runtime.attention import METHODS, grid_similarity, position_similarity
 
 __all__ = ["METHODS", "ExplainOptions", "ExplainResult", "explain_images",
            "position_embeddings", "write_position_embedding_figure"]
-
-
-@dataclass(frozen=True)
-class ExplainOptions:
-    method: str = "cls"
-    layer: int = -1
-    """Block for `cls`: 0 is the first, -1 the last."""
-    head: str | int = "mean"
-    """`mean` or `max` over heads, or one head's index."""
-    topk: int = 3
-    fast: bool = False
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise VitedgeError(f"unknown method '{self.method}'", f"use one of {', '.join(METHODS)}")
-        parse_head(self.head)
 
 
 @dataclass
@@ -92,12 +78,16 @@ def _save_grid(grid: np.ndarray, out: Path) -> None:
         np.save(f, grid.astype(np.float32))
 
 
-def explain_images(artifact: str | Path, images: Iterable[str | Path], opts: ExplainOptions,
-                   out_dir: str | Path, compare: str | Path | None = None,
-                   on_image: Callable[[ExplainResult], None] | None = None) -> list[ExplainResult]:
+def explain_images(artifact: str | Path, images: Iterable[str | Path], out_dir: str | Path,
+                   opts: ExplainOptions | None = None, report: Reporter | None = None
+                   ) -> list[ExplainResult]:
     """For each image: `NAME.METHOD.png` (the image, the map over it, the top-k as the title)
-    and `NAME.METHOD.npy` (the raw grid); with `compare`, the other artifact's map beside it,
-    their cosine similarity, and `NAME.METHOD.compare.npy`."""
+    and `NAME.METHOD.npy` (the raw grid); with `opts.compare`, the other artifact's map
+    beside it, their cosine similarity, and `NAME.METHOD.compare.npy`."""
+    opts = opts or ExplainOptions()
+    compare = opts.compare
+    images = list(images)
+    rep = reporter(report)
     from vitedge.explain.figures import Panel, explanation_figure
     from vitedge.runtime.pipeline import open_pipeline
 
@@ -137,8 +127,7 @@ def explain_images(artifact: str | Path, images: Iterable[str | Path], opts: Exp
                 explanation_figure(e.pixels, panels, title, png)
                 _save_grid(e.grid, npy)
                 results.append(result)
-                if on_image:
-                    on_image(result)
+                rep.progress(len(results), len(images))
         finally:
             if other is not None:
                 other.close()

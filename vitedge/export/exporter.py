@@ -4,42 +4,22 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitedge.errors import ExportError, VitedgeError, require
-from vitedge.export.onnx_graph import INPUT_KINDS, MAX_OPSET, MIN_OPSET, onnx_from_vit
+from vitedge.errors import ExportError, require
+from vitedge.export.onnx_graph import onnx_from_vit
 from vitedge.export.tensorrt_ops import tensorrt_problems
 from vitedge.export.verify import FP32_RELATIVE_TOLERANCE, Comparison, verify_onnx_against_torch
 from vitedge.fileio import write_bytes_atomic
 from vitedge.manifest import Manifest, set_onnx_manifest
+from vitedge.options import ExportOptions
+from vitedge.report import Reporter, reporter
 
 PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2
-
-
-@dataclass
-class ExportOptions:
-    arch: str | None = None
-    num_heads: int | None = None
-    img_size: int | None = None
-    labels: str | Path | None = None
-    batch: int | None = None
-    opset: int = 17
-    input_kind: str = "images"
-    verify: bool = True
-    attention_outputs: bool = False
-
-    def check(self) -> None:
-        if self.input_kind not in INPUT_KINDS:
-            raise VitedgeError(f"--input must be one of {', '.join(INPUT_KINDS)}")
-        if not MIN_OPSET <= self.opset <= MAX_OPSET:
-            raise VitedgeError(f"--opset {self.opset} is outside the supported "
-                               f"{MIN_OPSET}..{MAX_OPSET} (TensorRT 10 parses up to 20)")
-        if self.batch is not None and self.batch < 1:
-            raise VitedgeError("--batch must be 'dynamic' or a positive number")
 
 
 @dataclass
@@ -68,14 +48,14 @@ def export_onnx(
     checkpoint: str | Path,
     output: str | Path,
     options: ExportOptions | None = None,
-    on_step: Callable[[str], None] | None = None,
+    report: Reporter | None = None,
 ) -> ExportResult:
     """Import a checkpoint, write the ViT as ONNX, check it and verify it against PyTorch.
 
     Nothing is written unless every check passes.
     """
     opts = options or ExportOptions()
-    opts.check()
+    rep = reporter(report)
     require("torch", "export", "exporting a checkpoint")
     from vitedge.model.importer import ImportOptions, load_checkpoint
 
@@ -83,8 +63,7 @@ def export_onnx(
 
     @contextmanager
     def step(name: str) -> Iterator[None]:
-        if on_step:
-            on_step(name)
+        rep.step(name)
         start = time.perf_counter()
         yield
         timings[name] = round(time.perf_counter() - start, 3)

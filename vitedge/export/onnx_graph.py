@@ -18,9 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from vitedge.architecture import ViTConfig
-
-MIN_OPSET, MAX_OPSET = 17, 20
-INPUT_KINDS = ("images", "patches", "frames")
+from vitedge.options import INPUT_KINDS, MAX_OPSET, MIN_OPSET
 
 
 class GraphBuilder:

@@ -25,44 +25,18 @@ from vitedge.errors import VitedgeError
 from vitedge.fileio import sha256_file, write_text_atomic
 from vitedge.graph import load_onnx
 from vitedge.manifest import Manifest, require_manifest
+from vitedge.options import CalibrationOptions
 from vitedge.quantize import equalize
 from vitedge.quantize.graph import with_outputs
 from vitedge.quantize.histogram import (
-    DEFAULT_BINS,
-    METHODS,
     TensorHistogram,
     amax_from_histogram,
 )
 from vitedge.quantize.qdq import calibration_tensors
 from vitedge.quantize.table import CalibrationTable, tensorrt_cache, tensorrt_cache_path
+from vitedge.report import Reporter, reporter
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class CalibrationOptions:
-    method: str = "percentile"
-    percentile: float = 99.99
-    num_images: int = 512
-    batch: int = 8
-    smooth_alpha: float = equalize.DEFAULT_ALPHA
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise VitedgeError(f"unknown calibration method '{self.method}'",
-                               f"use one of {', '.join(METHODS)}")
-        if not 0 < self.percentile <= 100:
-            raise VitedgeError("--percentile must be in (0, 100]")
-        if self.num_images < 1 or self.batch < 1:
-            raise VitedgeError("--num-images and --batch must be positive")
-        if not 0 <= self.smooth_alpha < 1:
-            raise VitedgeError("--smooth must be in [0, 1) (0 turns equalisation off)")
-
-    def key(self) -> dict[str, Any]:
-        return {"method": self.method, "percentile": self.percentile,
-                "num_images": self.num_images, "smooth_alpha": self.smooth_alpha,
-                "seed": self.seed, "bins": DEFAULT_BINS}
 
 
 @dataclass
@@ -78,13 +52,19 @@ def default_table_path(model_path: str | Path) -> Path:
     return p.with_name(p.stem + ".calib.json")
 
 
-def calibrate(model_path: str | Path, data: str | Path | ImageSource, options: CalibrationOptions,
-              output: str | Path | None = None, on_progress: Progress | None = None,
-              on_warning: Callable[[str], None] | None = None) -> CalibrationResult:
-    """Measure the activation ranges of the FP32 model at `model_path` on `data` and write
-    the table (JSON) and a TensorRT calibration cache beside it. A table at `output` that
-    was made from the same model, data and options is reused. `data` may be a chosen
-    `ImageSource` (the build calibrates on what it does not hold out for verification)."""
+def calibrate(model_path: str | Path, output: str | Path | None = None,
+              options: CalibrationOptions | None = None,
+              report: Reporter | None = None) -> CalibrationResult:
+    """Measure the activation ranges of the FP32 model at `model_path` on `options.data`
+    and write the table (JSON; default MODEL.calib.json) and a TensorRT calibration cache
+    beside it. A table at `output` that was made from the same model, data and options is
+    reused. `options.data` may be a chosen `ImageSource` (the build calibrates on what it
+    does not hold out for verification)."""
+    options = options or CalibrationOptions()
+    rep = reporter(report)
+    data = options.data
+    if data is None:
+        raise VitedgeError("calibration needs images", "give --data SOURCE")
     model = load_onnx(model_path)
     manifest = require_manifest(model, model_path)
     if manifest.precision != "fp32":
@@ -110,11 +90,11 @@ def calibrate(model_path: str | Path, data: str | Path | ImageSource, options: C
 
     start = time.perf_counter()
     total_steps = source.count * (2 if options.smooth_alpha > 0 else 1)
-    progress = _Steps(total_steps, on_progress)
+    progress = _Steps(total_steps, rep)
     names = calibration_tensors(model)
     pairs = equalize.smoothing_pairs(model) if options.smooth_alpha > 0 else []
     hists, channels, seen = _collect(model, manifest, source, names, [p.tensor for p in pairs],
-                                     options.batch, progress, on_warning)
+                                     options.batch, progress, rep.warning)
     table = CalibrationTable(options.key(), model_sha, data_info,
                              _ranges(hists, options), {k: v.tolist() for k, v in channels.items()})
     if pairs:
@@ -139,13 +119,12 @@ def calibrate(model_path: str | Path, data: str | Path | ImageSource, options: C
 
 
 class _Steps:
-    def __init__(self, total: int, callback: Progress | None):
-        self.done, self.total, self.callback = 0, total, callback
+    def __init__(self, total: int, report: Reporter):
+        self.done, self.total, self.report = 0, total, report
 
     def advance(self, n: int) -> None:
         self.done += n
-        if self.callback:
-            self.callback(self.done, self.total)
+        self.report.progress(self.done, self.total)
 
 
 def _collect(model: onnx.ModelProto, manifest: Manifest, source: ImageSource, names: list[str],

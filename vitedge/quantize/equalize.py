@@ -16,9 +16,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from vitedge.options import CalibrationOptions, default
 from vitedge.quantize.graph import PASS_THROUGH, consumers, initializer_names, producers
 
-DEFAULT_ALPHA = 0.5
+DEFAULT_ALPHA = default(CalibrationOptions, "smooth_alpha")
 
 
 @dataclass

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-DEFAULT_BINS = 2048
+from vitedge.options import CALIBRATION_METHODS, HISTOGRAM_BINS
+
+DEFAULT_BINS = HISTOGRAM_BINS
 MAX_BINS = 8 * DEFAULT_BINS
 SAMPLES_PER_BATCH = 1 << 18
 """Histogram at most this many values of a tensor per batch (a strided sample; the
@@ -19,7 +21,7 @@ percentile, at a fraction of the cost of binning every activation of a ViT-S."""
 SAMPLE_STRIDES = (5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79)
 """Primes other than 2 and 3, so a stride never lines up with a channel count."""
 INT8_MAX = 127
-METHODS = ("entropy", "percentile", "minmax", "mse")
+METHODS = CALIBRATION_METHODS
 
 
 class TensorHistogram:

@@ -23,6 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from vitedge.errors import VitedgeError
+from vitedge.options import SCHEMES, QuantizeOptions  # noqa: F401 - re-exported
 from vitedge.quantize import equalize
 from vitedge.quantize.graph import (
     activation_matmuls,
@@ -33,23 +34,8 @@ from vitedge.quantize.graph import (
 from vitedge.quantize.histogram import INT8_MAX
 from vitedge.quantize.table import CalibrationTable
 
-SCHEMES = ("vit", "all")
 COMPUTE_OPS = ("MatMul", "Conv", "Gemm", "Add", "Sub", "Mul", "Div", "LayerNormalization",
                "Softmax", "Erf", "ReduceMean", "Sqrt", "Pow")
-
-
-@dataclass(frozen=True)
-class QuantizeOptions:
-    scheme: str = "vit"
-    attention: bool = False
-    exclude: tuple[str, ...] = ()
-    """Layer-name patterns (fnmatch) left in float, e.g. `blocks.0.*` or `head`."""
-    smooth: bool = True
-    """Use the table's channel equalisation, when it has one."""
-
-    def __post_init__(self) -> None:
-        if self.scheme not in SCHEMES:
-            raise VitedgeError(f"unknown scheme '{self.scheme}'", f"use one of {', '.join(SCHEMES)}")
 
 
 @dataclass
@@ -130,7 +116,7 @@ def quantize_int8(model: onnx.ModelProto, table: CalibrationTable, options: Quan
     """A copy of the FP32 `model` with explicit Q/DQ, from the calibration `table`."""
     q = onnx.ModelProto()
     q.CopyFrom(model)
-    smoothed = options.smooth and bool(table.smoothing)
+    smoothed = options.smoothing and bool(table.smoothing)
     if smoothed:
         pairs = [p for p in equalize.smoothing_pairs(q) if p.tensor in table.smoothing]
         equalize.apply_smoothing(q, pairs, {k: np.asarray(v, np.float32)

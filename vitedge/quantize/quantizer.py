@@ -5,8 +5,7 @@ the FP32 model on calibration images before it is written."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,33 +20,14 @@ from vitedge.export.tensorrt_ops import tensorrt_problems
 from vitedge.fileio import sha256_file, write_bytes_atomic
 from vitedge.graph import load_onnx
 from vitedge.manifest import require_manifest, set_onnx_manifest
-from vitedge.quantize.calibrate import (
-    CalibrationOptions,
-    CalibrationTable,
-    Progress,
-    calibrate,
-    default_table_path,
-)
+from vitedge.options import QuantizeRequest
+from vitedge.quantize.calibrate import CalibrationTable, calibrate, default_table_path
 from vitedge.quantize.fp16 import convert_fp16
 from vitedge.quantize.qdq import QuantizeOptions, plan_quantization, quantize_int8
+from vitedge.report import Reporter, reporter
 
-PRECISIONS = ("int8", "fp16")
 CHECK_IMAGES = 64
 """Calibration images on which the written model is compared with the FP32 model."""
-
-
-@dataclass(frozen=True)
-class QuantizeRequest:
-    precision: str = "int8"
-    calib: str | None = None
-    data: str | None = None
-    calibration: CalibrationOptions = CalibrationOptions()
-    qdq: QuantizeOptions = QuantizeOptions()
-    sensitivity: int = 0
-    """Keep this many of the most sensitive layers in float (0: no analysis)."""
-    min_fp32_agreement: float = 0.8
-    """Least top-1 agreement with FP32 on the check images: below it quantization
-    collapsed and nothing is written."""
 
 
 @dataclass
@@ -78,12 +58,10 @@ class QuantizeResult:
 
 
 def quantize_model(model_path: str | Path, output: str | Path, request: QuantizeRequest,
-                   on_progress: Progress | None = None, on_step: Callable[[str], None] | None = None,
-                   on_warning: Callable[[str], None] | None = None) -> QuantizeResult:
+                   report: Reporter | None = None) -> QuantizeResult:
     start = time.perf_counter()
-    step = on_step or (lambda _s: None)
-    if request.precision not in PRECISIONS:
-        raise VitedgeError(f"unknown precision '{request.precision}'", "use int8 or fp16")
+    rep = reporter(report)
+    step = rep.step
     model = load_onnx(model_path)
     manifest = require_manifest(model, model_path)
     if manifest.precision != "fp32":
@@ -101,8 +79,8 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
         result.table = request.calib
     elif request.data:
         step("calibrating")
-        calib = calibrate(model_path, request.data, request.calibration,
-                          default_table_path(model_path), on_progress, on_warning)
+        calib = calibrate(model_path, default_table_path(model_path),
+                          replace(request.calibration, data=request.data), rep)
         table, result.table = calib.table, str(calib.output)
         if calib.reused:
             result.notes.append(f"calibration table {calib.output} reused (same model, data, options)")
@@ -117,7 +95,7 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
             step("measuring layer sensitivity")
             assert check_inputs is not None
             result.sensitivity = layer_sensitivity(model, table, request.qdq, check_inputs,
-                                                   on_progress)
+                                                   rep)
             keep = tuple(name for name, _ in result.sensitivity[:request.sensitivity])
         step("inserting Q/DQ")
         quantized, plan = quantize_int8(model, table, request.qdq, keep)
@@ -127,16 +105,16 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
         result.float_layers = [n for n in all_layers if n not in plan.layers]
         info: dict[str, Any] = {"scheme": request.qdq.scheme, "attention": request.qdq.attention,
                                 "method": table.options["method"],
-                                "equalized": request.qdq.smooth and bool(table.smoothing),
+                                "equalized": request.qdq.smoothing and bool(table.smoothing),
                                 "float_layers": result.float_layers}
     else:
         step("converting to FP16")
-        quantized, report = convert_fp16(model, table.ranges(False) if table else None)
-        result.fp32_nodes, result.overflow_nodes = report.fp32_nodes, report.overflow_nodes
+        quantized, fp16 = convert_fp16(model, table.ranges(False) if table else None)
+        result.fp32_nodes, result.overflow_nodes = fp16.fp32_nodes, fp16.overflow_nodes
         if table is None:
             result.notes.append("no calibration data: FP16 overflow was not checked "
                                 "(give --data or --calib to check ranges against 65504)")
-        info = {"fp32_nodes": len(report.fp32_nodes), "overflow_checked": report.checked_ranges}
+        info = {"fp32_nodes": len(fp16.fp32_nodes), "overflow_checked": fp16.checked_ranges}
 
     step("checking")
     manifest.precision = request.precision
@@ -216,7 +194,7 @@ def _run(model_bytes: bytes, x: np.ndarray, optimization: str = "all") -> np.nda
 
 
 def layer_sensitivity(model: onnx.ModelProto, table: CalibrationTable, options: QuantizeOptions,
-                      inputs: np.ndarray, on_progress: Progress | None = None
+                      inputs: np.ndarray, report: Reporter | None = None
                       ) -> list[tuple[str, float]]:
     """Each quantizable layer's effect alone: mean KL divergence of the softmax from the
     FP32 model's when only that layer is quantized. Most sensitive first."""
@@ -228,6 +206,5 @@ def layer_sensitivity(model: onnx.ModelProto, table: CalibrationTable, options: 
         single, _ = quantize_int8(model, table, options, keep_float=others)
         single_out = _run(single.SerializeToString(), inputs, "none")  # as TensorRT reads it
         scores.append((layer, agreement(reference, single_out).mean_kl))
-        if on_progress:
-            on_progress(i + 1, len(layers))
+        reporter(report).progress(i + 1, len(layers))
     return sorted(scores, key=lambda s: -s[1])

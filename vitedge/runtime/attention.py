@@ -9,19 +9,9 @@ import numpy as np
 
 from vitedge.architecture import ViTConfig
 from vitedge.errors import VitedgeError
+from vitedge.options import EXPLAIN_METHODS, parse_head  # noqa: F401 - parse_head re-exported
 
-METHODS = ("cls", "rollout")
-HEAD_REDUCTIONS = ("mean", "max")
-
-
-def parse_head(text: str | int) -> str | int:
-    """`mean`, `max`, or a head index."""
-    if isinstance(text, int) or text in HEAD_REDUCTIONS:
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise VitedgeError(f"--head '{text}' is not mean, max or a head number") from None
+METHODS = EXPLAIN_METHODS
 
 
 def reduce_heads(probs: np.ndarray, head: str | int) -> np.ndarray:

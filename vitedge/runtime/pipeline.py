@@ -32,6 +32,7 @@ from vitedge.backends import Runner, load_runner
 from vitedge.compare import softmax
 from vitedge.errors import VitedgeError
 from vitedge.manifest import Manifest
+from vitedge.options import PipelineOptions, pipeline_options
 from vitedge.runtime.patchify import patches_from_images
 from vitedge.runtime.preprocess import crop_pixels, load_image, normalize
 from vitedge.runtime.stats import StageTimes
@@ -39,7 +40,6 @@ from vitedge.runtime.stats import StageTimes
 STAGES = ("decode", "preprocess", "patchify", "host_to_device", "infer", "device_to_host",
           "postprocess")
 """host_to_device and device_to_host are CUDA-event times on TensorRT; 0 on the CPU."""
-COLOR_ORDERS = ("bgr", "rgb")
 
 
 @dataclass
@@ -76,11 +76,14 @@ class Explanation:
 
 
 class Pipeline:
-    def __init__(self, model: Runner, color: str = "bgr", fast: bool = False, topk: int = 5,
-                 keep_logits: bool = False, clock: Callable[[], float] = time.perf_counter,
-                 batch: int = 1, streams: int = 1):
-        if color not in COLOR_ORDERS:
-            raise VitedgeError(f"color order '{color}' is not one of {', '.join(COLOR_ORDERS)}")
+    def __init__(self, model: Runner, options: PipelineOptions | None = None,
+                 clock: Callable[[], float] = time.perf_counter, **changes: Any):
+        """`options` (or keyword changes to its defaults: color, fast, topk, keep_logits,
+        batch, streams) say how to run `model`."""
+        opts = pipeline_options(options, **changes)
+        self.options = opts
+        color, fast, topk, batch, streams = opts.color, opts.fast, opts.topk, opts.batch, opts.streams
+        keep_logits = opts.keep_logits
         self.model = model
         self.manifest: Manifest = model.manifest
         self.warnings: list[str] = list(model.warnings)
@@ -98,12 +101,8 @@ class Pipeline:
         self._closed = False
         self._fast = _FastPreprocess(self.manifest) if fast else None
         self.clock = clock
-        if batch < 1:
-            raise VitedgeError("batch must be at least 1")
         self.batch_size = batch
         """Frames `stream()` runs together: more throughput, more latency."""
-        if streams < 1:
-            raise VitedgeError("streams must be at least 1")
         if streams > 1 and not model.concurrent:
             raise VitedgeError(f"{model.name} runs one inference at a time (one {model.backend} "
                                "execution context), so streams must be 1",
@@ -413,15 +412,12 @@ class _FastPreprocess:
         return crop if crop.ndim == 3 else crop[:, :, None]
 
 
-def open_pipeline(path: str | Path, device: str | None = None, color: str = "bgr",
-                  fast: bool = False, topk: int = 5, keep_logits: bool = False,
-                  threads: int | None = None, batch: int = 1, cuda_graph: bool = False,
-                  streams: int = 1) -> Pipeline:
+def open_pipeline(path: str | Path, options: PipelineOptions | None = None,
+                  **changes: Any) -> Pipeline:
     """A pipeline on a built artifact (an engine or an ONNX model; `load_runner` decides the
-    backend from the file). `device` "gpu" lets ONNX Runtime use its CUDA / TensorRT
-    providers where installed ("cpu", the default, keeps it on the CPU; an engine always
-    runs on its GPU). `batch`: frames `stream()` runs together.
-    `cuda_graph`: replay a TensorRT engine's execution as a CUDA graph.
+    backend from the file), run as `options` (`vitedge.options.PipelineOptions`) or keyword
+    changes to its defaults say: device, color, fast, topk, keep_logits, threads, batch,
+    cuda_graph, streams.
 
     `streams` (ONNX Runtime): frames in flight at once in `stream()`. 1, the default, puts
     every core on one frame: the lowest latency. More streams split the cores between
@@ -429,14 +425,15 @@ def open_pipeline(path: str | Path, device: str | None = None, color: str = "bgr
     second, since a batch-1 ViT's small operators do not keep several cores busy: on 2
     cores, ViT-S/16 INT8 runs 1.25-1.3x the frames per second with `streams=2`
     (`benchmarks/pipeline_vs_hf.py`), each frame taking longer."""
-    if streams < 1:
-        raise VitedgeError("streams must be at least 1")
-    if streams > 1 and threads is None:
-        threads = max(1, available_cores() // streams)
-    model = load_runner(path, threads, device=device, cuda_graph=cuda_graph)
+    if path is None or not isinstance(path, (str, Path)):
+        raise VitedgeError(f"a model path must be a str or a Path, not {type(path).__name__}")
+    opts = pipeline_options(options, **changes)
+    threads = opts.threads
+    if opts.streams > 1 and threads is None:
+        threads = max(1, available_cores() // opts.streams)
+    model = load_runner(path, threads, device=opts.device, cuda_graph=opts.cuda_graph)
     try:
-        return Pipeline(model, color=color, fast=fast, topk=topk, keep_logits=keep_logits,
-                        batch=batch, streams=streams)
+        return Pipeline(model, opts)
     except VitedgeError:
         model.close()  # an engine's device memory goes back at once
         raise

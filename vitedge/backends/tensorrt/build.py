@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ from vitedge.errors import MissingDependency, VitedgeError
 from vitedge.fileio import sha256_file, write_bytes_atomic
 from vitedge.manifest import Manifest
 from vitedge.profiles import BatchRange, Profile
+from vitedge.report import Reporter, reporter
 
-Progress = Callable[[int, int], None]
 MIN_TENSORRT = 10
 
 
@@ -45,7 +44,7 @@ def require_tensorrt() -> Any:
     return trt
 
 
-def _progress_monitor(on_progress: Progress | None) -> Any:
+def _progress_monitor(report: Reporter) -> Any:
     """A TensorRT IProgressMonitor that reports the top-level build phase's steps."""
     import tensorrt as trt
 
@@ -61,8 +60,8 @@ def _progress_monitor(on_progress: Progress | None) -> Any:
                 self.top = phase_name
 
         def step_complete(self, phase_name: str, step: int) -> bool:
-            if phase_name == self.top and on_progress:
-                on_progress(step + 1, self.steps[phase_name])
+            if phase_name == self.top:
+                report.progress(step + 1, self.steps[phase_name])
             return True
 
         def phase_finish(self, phase_name: str) -> None:
@@ -84,10 +83,10 @@ def _parser_errors(parser: Any) -> str:
 
 def build_engine(onnx_path: Path, engine_path: Path, manifest: Manifest, profile: Profile,
                  batch: BatchRange, timing_cache: Path | None = None,
-                 on_progress: Progress | None = None, warn: Callable[[str], None] | None = None
-                 ) -> EngineInfo:
+                 report: Reporter | None = None) -> EngineInfo:
     """Parse, configure, build and write `engine_path` and its description beside it."""
     require_tensorrt()
+    rep = reporter(report)
     import tensorrt as trt
 
     start = time.perf_counter()
@@ -107,7 +106,7 @@ def build_engine(onnx_path: Path, engine_path: Path, manifest: Manifest, profile
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mb << 20)
     config.builder_optimization_level = settings.optimization_level
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer info for `bench`
-    config.progress_monitor = _progress_monitor(on_progress)
+    config.progress_monitor = _progress_monitor(rep)
 
     opt_profile = builder.create_optimization_profile()
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
@@ -125,9 +124,8 @@ def build_engine(onnx_path: Path, engine_path: Path, manifest: Manifest, profile
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = settings.dla_core
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-        if warn:
-            warn("DLA: only the patch embedding can run there; attention (MatMul between two "
-                 "activations) and most of the encoder fall back to the GPU")
+        rep.warning("DLA: only the patch embedding can run there; attention (MatMul between two "
+                    "activations) and most of the encoder fall back to the GPU")
     if settings.hardware_compatibility != "none":
         config.hardware_compatibility_level = (
             trt.HardwareCompatibilityLevel.AMPERE_PLUS if settings.hardware_compatibility == "ampere+"
