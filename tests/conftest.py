@@ -46,9 +46,9 @@ def demo_fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_images(demo_fp32: Path) -> np.ndarray:
     """500 of the shipped test images, preprocessed for the demo model."""
     from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
-    from vitedge.datasets import model_inputs, open_source
+    from vitedge.datasets import model_inputs, image_source
 
-    source = open_source(DEMO_TEST_IMAGES, 500)
+    source = image_source(DEMO_TEST_IMAGES, 500)
     return np.stack(list(model_inputs(source, OnnxRuntimeRunner(demo_fp32).manifest)))
 
 

@@ -27,7 +27,7 @@ from vitedge.backends.onnxruntime.cpu import classify, cpu_int8
 from vitedge.backends.onnxruntime.int8 import seven_bit_weights
 from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
 from vitedge.compare import agreement
-from vitedge.datasets import model_inputs, open_source
+from vitedge.datasets import model_inputs, image_source
 from vitedge.deploy import BuildOptions, build
 from vitedge.quantize.equalize import with_outlier_channels
 
@@ -58,7 +58,7 @@ def built(demo_fp32, tmp_path_factory) -> dict[str, dict[str, Path]]:
 def test_images(demo_fp32) -> np.ndarray:
     """The 2,000 shipped test images, preprocessed for the demo model."""
     manifest = OnnxRuntimeRunner(demo_fp32).manifest
-    return np.stack(list(model_inputs(open_source(DEMO_TEST_IMAGES), manifest)))
+    return np.stack(list(model_inputs(image_source(DEMO_TEST_IMAGES), manifest)))
 
 
 def float_graph(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from vitedge.compare import agreement
 from vitedge.errors import VitedgeError
 from vitedge.runtime.pipeline import STAGES, Pipeline
 from vitedge.runtime.preprocess import load_image, preprocess_image
-from vitedge.runtime.sources import FrameSource, describe
+from vitedge.runtime.sources import FrameSource, SourceOptions, describe
 from vitedge.runtime.stats import Stats
 
 PHOTOS = Path(__file__).parents[1] / "vitedge" / "data" / "photos"
@@ -194,8 +194,14 @@ class FlakyCapture:
 
 def test_live_source_counts_dropped_frames_and_reconnects(monkeypatch):
     captures = [FlakyCapture(frames=6, good=3, fail=2), FlakyCapture(frames=4, good=4, fail=0)]
-    source = FrameSource("rtsp://camera/stream", max_failures=3, reconnect_after=0.0,
-                         max_reconnects=2)
+    now = [0.0]  # a clock that moves only when the source sleeps
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    source = FrameSource("rtsp://camera/stream",
+                         SourceOptions(max_failures=3, backoff=0.5, reconnect_for=2.0),
+                         sleep=sleep, clock=lambda: now[0])
     opened = iter(captures)
 
     def reopen() -> FlakyCapture:
@@ -207,10 +213,13 @@ def test_live_source_counts_dropped_frames_and_reconnects(monkeypatch):
     monkeypatch.setattr(source, "_open_capture", reopen)
     frames = list(source)
     # first capture: 3 good, 2 dropped, 3 good, then fails -> reconnect; second: 4 good,
-    # then fails until the reconnect limit: the source ends cleanly
+    # then fails; with no reconnect budget left the source ends and says why
     assert len(frames) == 10
-    assert source.stats.frames == 10 and source.stats.reconnects >= 1
+    assert source.stats.frames == 10 and source.stats.reconnects == 1
     assert source.stats.dropped >= 2 + 3
+    # the second outage: waits of 0.5, 1.0 and what is left of the 2 s budget, all failed
+    assert source.stats.reconnect_attempts == 1 + 3
+    assert source.stats.gave_up == "no frame for 2.0 s after 4 reconnect attempts"
 
 
 def test_pipeline_on_a_folder_and_on_a_video(demo_fp32, tmp_path):

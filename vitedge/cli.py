@@ -717,6 +717,9 @@ def predict(artifact: str, images: tuple[str, ...], topk: int, fast: bool, devic
               "a video (.mp4, .avi).")
 @click.option("--display", is_flag=True, help="Show the annotated frames in a window (q quits).")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames.")
+@click.option("--reconnect-for", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="A live source that drops is reconnected until it is back; after this many "
+                   "seconds without a frame it counts as gone (exit 1). Default: keep trying.")
 @click.option("--color", type=click.Choice(COLOR_ORDERS), default=default(PipelineOptions, "color"),
               show_default=True,
               help="Channel order of the source's frames (OpenCV gives BGR).")
@@ -724,14 +727,26 @@ def predict(artifact: str, images: tuple[str, ...], topk: int, fast: bool, devic
 @click.option("--json", "as_json", is_flag=True, help="Print the stage timings as JSON at the end.")
 @debug_option
 def run(artifact: str, source: str, output: str | None, display: bool, max_frames: int | None,
-        color: str, fast: bool, device: str | None, streams: int, as_json: bool) -> None:
+        color: str, reconnect_for: float | None, fast: bool, device: str | None, streams: int,
+        as_json: bool) -> None:
     """The camera loop: classify every frame of --source, draw the label and FPS on it,
-    and print per-stage timings at the end."""
+    and print per-stage timings at the end. A live source that drops is reconnected with
+    growing waits (every attempt shown); one that stays away longer than --reconnect-for
+    ends the run with exit code 1."""
     from vitedge.runtime.run_loop import run_loop
+    from vitedge.runtime.sources import SourceOptions
 
-    summary = run_loop(artifact, source, output=output, display=display, max_frames=max_frames,
-                       color=color, fast=fast, device=device, streams=streams,
-                       log=None if as_json else err.print)
+    try:
+        summary = run_loop(artifact, source, output=output, display=display,
+                           max_frames=max_frames,
+                           pipeline=PipelineOptions(color=color, fast=fast, device=device,
+                                                    streams=streams),
+                           source_options=SourceOptions(reconnect_for=reconnect_for),
+                           log=err.print)
+    except VitedgeError as exc:
+        if as_json and exc.details:
+            _print_json(exc.details)
+        raise
     _warn(summary["warnings"], as_json)
     if as_json:
         _print_json(summary)
@@ -925,6 +940,9 @@ def profiles(name: str | None, as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI and turns errors into one line and an exit code."""
+    from vitedge.fileio import install_signal_cleanup
+
+    install_signal_cleanup()  # SIGTERM / SIGINT leave no temporary file behind
     try:
         cli.main(args=argv, prog_name="vitedge", standalone_mode=False)
     except click.exceptions.Abort:

@@ -44,7 +44,7 @@ class ImageSource:
         return f"{self.count} {'frames' if self.kind == 'video' else 'images'} from {self.kind} {self.path}"
 
 
-def open_source(path: str | Path, limit: int | None = None, seed: int = 0) -> ImageSource:
+def image_source(path: str | Path, limit: int | None = None, seed: int = 0) -> ImageSource:
     """Find the inputs in SOURCE; with `limit`, a seeded sample of that many (spread over
     all class folders rather than the first ones in name order)."""
     p = Path(path)
@@ -78,13 +78,13 @@ def split_source(path: str | Path, held_out: int, limit: int | None = None, seed
                  ) -> tuple[ImageSource, ImageSource | None]:
     """(calibration part, held-out part) of SOURCE: `held_out` inputs (a seeded sample, at
     most a quarter of the source) kept apart for verifying the built model, then up to
-    `limit` of the rest, as `open_source` samples them. A video is not split (None)."""
-    whole = open_source(path, None, seed)
+    `limit` of the rest, as `image_source` samples them. A video is not split (None)."""
+    whole = image_source(path, None, seed)
     total = len(whole.items) if whole.kind in ("folder", "list") else (
         whole.count if whole.kind == "array" else 0)
     keep = min(held_out, total // HELD_OUT_SHARE)
     if keep < 1:
-        return (whole if limit is None or whole.count <= limit else open_source(path, limit, seed)), None
+        return (whole if limit is None or whole.count <= limit else image_source(path, limit, seed)), None
     order = np.random.default_rng(seed + 1).permutation(total)
     verify, rest = sorted(order[:keep].tolist()), sorted(order[keep:].tolist())
     rest = [rest[i] for i in sorted(np.random.default_rng(seed).choice(

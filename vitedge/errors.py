@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 
 class VitedgeError(Exception):
     """A user-facing error: what went wrong and, where known, what to do about it."""
 
-    def __init__(self, message: str, hint: str | None = None):
+    def __init__(self, message: str, hint: str | None = None,
+                 details: dict[str, Any] | None = None):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details = details
+        """What the command got done before it failed (the CLI prints it with --json)."""
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message

@@ -1,37 +1,33 @@
-"""Atomic writes and file fingerprints: an interrupted command never leaves a half-written file."""
+"""Atomic writes and file fingerprints: an interrupted command never leaves a half-written
+file, and never a temporary one either.
+
+Every output is written to a temporary file beside its target, named
+`.TARGET.vitedge-PID-RANDOM.tmpSUFFIX`, and renamed onto the target only when complete.
+The temporary file is registered the moment it exists: SIGTERM and SIGINT (handlers that
+`install_signal_cleanup` sets, the CLI does) remove every registered one, and a later write
+to the same target removes the stale ones of processes that no longer run (SIGKILL gives
+no chance to clean up). A full disk or a read-only folder is a VitedgeError, not a crash.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
-import tempfile
+import re
+import secrets
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from vitedge.errors import VitedgeError
 
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    target = Path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # the suffix stays last: writers that pick a format by extension (video) still can
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}",
-                                   dir=target.parent)
-    except OSError as exc:
-        raise VitedgeError(f"cannot write {target}: {exc.strerror or exc}",
-                           "choose another output path") from exc
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
-    try:
-        yield Path(tmp)
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+_LIVE: set[Path] = set()
+_LOCK = threading.Lock()
+TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.vitedge-(?P<pid>\d+)-[0-9a-f]+\.tmp")
 
 
 def _umask() -> int:
@@ -40,13 +36,123 @@ def _umask() -> int:
     return mask
 
 
+def write_error(target: Path, exc: OSError) -> VitedgeError:
+    """One line for an OSError while writing `target`: full disk, read-only, no access."""
+    reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+              errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+              errno.EPERM: "permission denied"}.get(exc.errno or 0, exc.strerror or str(exc))
+    return VitedgeError(f"cannot write {target}: {reason}",
+                        "free space or choose another output path")
+
+
+def remove_stale(target: Path) -> list[Path]:
+    """Remove the temporary files a killed vitedge process left beside `target`."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for p in target.parent.iterdir():
+            m = TEMP_PATTERN.match(p.name)
+            if not m or m.group("name") != target.name or _alive(int(m.group("pid"))):
+                continue
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def temporary_path(path: str | os.PathLike[str]) -> Path:
+    """A new empty temporary file beside `path`, registered for cleanup; the caller moves
+    it onto `path` (os.replace) or unlinks it, then calls `release`."""
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(target)
+        # the suffix stays last: writers that pick a format by extension (video) still can
+        name = f".{target.name}.vitedge-{os.getpid()}-{secrets.token_hex(4)}.tmp{target.suffix}"
+        tmp = target.parent / name
+        with _LOCK:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_umask())
+            _LIVE.add(tmp)
+        os.close(fd)
+    except OSError as exc:
+        raise write_error(target, exc) from exc
+    return tmp
+
+
+def release(tmp: Path) -> None:
+    """Forget a temporary file (moved into place or removed), unlinking it if still there."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    with _LOCK:
+        _LIVE.discard(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+    OSErrors from the block (a full disk while writing) become one VitedgeError."""
+    target = Path(path)
+    if target.is_dir():
+        raise VitedgeError(f"{target} is a folder", "give a file name")
+    tmp = temporary_path(target)
+    try:
+        try:
+            yield tmp
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise write_error(target, exc) from exc
+    finally:
+        release(tmp)
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def cleanup_temporary_files() -> None:
+    """Remove every temporary file this process still holds (on a signal, or at exit)."""
+    with _LOCK:
+        live = list(_LIVE)
+        _LIVE.clear()
+    for tmp in live:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def install_signal_cleanup() -> None:
+    """On SIGTERM and SIGINT, remove this process's temporary files before it ends; the
+    signal then acts as before (KeyboardInterrupt for SIGINT, exit code 143 for SIGTERM)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_term(signum: int, _frame: Any) -> None:
+        cleanup_temporary_files()
+        raise SystemExit(128 + signum)
+
+    def on_int(signum: int, frame: Any) -> None:
+        cleanup_temporary_files()
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_int)
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from vitedge.backends.onnxruntime.session import ort_session
-from vitedge.datasets import ImageSource, batches, model_inputs, open_source
+from vitedge.datasets import ImageSource, batches, model_inputs, image_source
 from vitedge.errors import VitedgeError
 from vitedge.fileio import sha256_file, write_text_atomic
 from vitedge.graph import load_onnx
@@ -71,7 +71,7 @@ def calibrate(model_path: str | Path, output: str | Path | None = None,
         raise VitedgeError(f"{model_path} is already {manifest.precision}",
                            "calibrate the FP32 export")
     out = Path(output) if output else default_table_path(model_path)
-    source = data if isinstance(data, ImageSource) else open_source(data, options.num_images,
+    source = data if isinstance(data, ImageSource) else image_source(data, options.num_images,
                                                                      options.seed)
     if source.count < options.batch:
         raise VitedgeError(f"{source.describe()}: fewer than --batch {options.batch}",

@@ -14,7 +14,7 @@ import onnx
 
 from vitedge.backends.onnxruntime.session import graph_output
 from vitedge.compare import Agreement, agreement
-from vitedge.datasets import model_inputs, open_source
+from vitedge.datasets import model_inputs, image_source
 from vitedge.errors import ExportError, VitedgeError
 from vitedge.export.tensorrt_ops import tensorrt_problems
 from vitedge.fileio import sha256_file, write_bytes_atomic
@@ -184,7 +184,7 @@ def check_quantized(model: onnx.ModelProto) -> None:
 
 
 def _check_inputs(request: QuantizeRequest, manifest: Any) -> np.ndarray:
-    source = open_source(request.data or "", CHECK_IMAGES, request.calibration.seed)
+    source = image_source(request.data or "", CHECK_IMAGES, request.calibration.seed)
     return np.stack(list(model_inputs(source, manifest)))
 
 

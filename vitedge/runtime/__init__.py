@@ -1,2 +1,37 @@
-"""The torch-free runtime: preprocessing, patchify, backends and the pipeline.
-Importable on a device that has numpy, Pillow and onnxruntime or TensorRT, and no torch."""
+"""The runtime a camera application embeds: torch-free, needs numpy, Pillow and
+onnxruntime or TensorRT (OpenCV for video, cameras and windows).
+
+    import vitedge
+    from vitedge.runtime import open_output, open_source
+
+    with vitedge.open("model.int8.ort.onnx") as pipe, open_output("out.mp4") as out:
+        for frame, p in pipe.stream(open_source("rtsp://camera/stream")):   # capture, classify
+            out.render(frame, p)                                             # render
+
+What is here: `open_pipeline` (`vitedge.open`) and `Pipeline` (pipeline.py: decode ->
+preprocess -> patchify -> infer -> postprocess, every stage timed), `open_source` /
+`FrameSource` (sources.py: files, folders, video, cameras, streams, GStreamer; outages
+ridden out), `open_output` (outputs.py: video file, window, none), the preprocessing and
+patchify the whole toolkit shares (preprocess.py, patchify.py), attention maps
+(attention.py), stage statistics (stats.py) and the camera loop (run_loop.py). The
+backends that run the model are `vitedge.backends`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "open_pipeline": "vitedge.runtime.pipeline", "Pipeline": "vitedge.runtime.pipeline",
+    "Prediction": "vitedge.runtime.pipeline", "open_source": "vitedge.runtime.sources",
+    "FrameSource": "vitedge.runtime.sources", "SourceOptions": "vitedge.runtime.sources",
+    "open_output": "vitedge.runtime.outputs", "PipelineOptions": "vitedge.options",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(name)

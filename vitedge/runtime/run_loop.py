@@ -1,6 +1,6 @@
-"""`vitedge run`: the camera loop. Frames from a source through the pipeline, the label
-and the FPS drawn on each, optionally written to a video or shown in a window; stage
-timings summarised at the end."""
+"""`vitedge run`: the camera loop, in three calls as jetson-inference writes it: capture
+(`open_source`), classify (`pipe.stream`), render (`open_output`: a video file, a window,
+or nothing). Stage timings, dropped frames and reconnects are summarised at the end."""
 
 from __future__ import annotations
 
@@ -10,74 +10,53 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
-
-from vitedge.errors import VitedgeError, require
-from vitedge.fileio import atomic_path
+from vitedge.errors import VitedgeError
+from vitedge.options import PipelineOptions
+from vitedge.runtime.outputs import FrameOutput, open_output
 from vitedge.runtime.pipeline import open_pipeline
-from vitedge.runtime.sources import FrameSource
-
-
-def _as_bgr(frame: Any) -> np.ndarray:
-    """The frame as a BGR array for drawing (sources give BGR arrays or RGB PIL images)."""
-    if isinstance(frame, np.ndarray):
-        return frame if frame.ndim == 3 else np.repeat(frame[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(np.asarray(frame.convert("RGB"))[:, :, ::-1])
+from vitedge.runtime.sources import FrameSource, SourceOptions
+from vitedge.runtime.stats import Stats
 
 
 def run_loop(artifact: str, source: str, output: str | None = None, display: bool = False,
-             max_frames: int | None = None, color: str = "bgr", fast: bool = False,
-             device: str | None = None, streams: int = 1,
+             max_frames: int | None = None, pipeline: PipelineOptions | None = None,
+             source_options: SourceOptions | None = None,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    from vitedge.runtime.stats import Stats
-
-    frames = FrameSource(source)
-    cv2 = require("cv2", "video", "drawing on frames") if (output or display) else None
-    writer = None
-    fps = 0.0
+    """Classify every frame of `source` with `artifact`, render them to `output` (a video
+    file) and/or a window, and return the run's summary (frames, fps, dropped, reconnects,
+    per-stage statistics, warnings). A live source that does not come back within its
+    reconnect budget ends the run with a VitedgeError after the summary's frames."""
+    frames = FrameSource(source, source_options, on_event=log)
     start = time.perf_counter()
     count = 0
-    with open_pipeline(artifact, device=device, color=color, fast=fast, streams=streams) as pipe:
-        with atomic_path(output) if output else contextlib.nullcontext() as tmp:
-            try:
-                last = time.perf_counter()
-                for frame, p in pipe.stream(frames, max_frames=max_frames):
-                    count += 1
-                    now = time.perf_counter()
-                    fps = 0.9 * fps + 0.1 / max(now - last, 1e-9) if count > 1 else 1 / max(now - last, 1e-9)
-                    last = now
-                    if cv2 is None:
-                        continue
-                    image = _as_bgr(frame).copy()
-                    text = f"{p.label if p.label is not None else p.class_id} {p.score:.2f}  {fps:.1f} FPS"
-                    cv2.putText(image, text, (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 255, 0), 2)
-                    if output:
-                        if writer is None:
-                            h, w = image.shape[:2]
-                            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if output.endswith(".mp4") else "MJPG"))
-                            writer = cv2.VideoWriter(str(tmp), fourcc, 30.0, (w, h))
-                            if not writer.isOpened():
-                                raise VitedgeError(f"cannot write video {output}",
-                                                   "use .mp4 or .avi")
-                        writer.write(image)
-                    if display:
-                        cv2.imshow("vitedge", image)
-                        if cv2.waitKey(1) & 0xFF == ord("q"):
-                            break
-            finally:
-                if writer is not None:
-                    writer.release()
-                if display and cv2 is not None:
-                    cv2.destroyAllWindows()
-                frames.close()
-            if output and count == 0:
-                raise VitedgeError(f"{source} gave no frames; nothing written")
+    with contextlib.ExitStack() as stack:
+        pipe = stack.enter_context(open_pipeline(artifact, pipeline))
+        outputs: list[FrameOutput] = []
+        if output:
+            outputs.append(stack.enter_context(open_output(output)))
+        if display:
+            outputs.append(stack.enter_context(open_output("display://0")))
+        stack.callback(frames.close)
+        for frame, p in pipe.stream(frames, max_frames=max_frames):
+            count += 1
+            if not all([out.render(frame, p) for out in outputs]):
+                break  # the window was closed
+        if output and count == 0:
+            raise VitedgeError(f"{source} gave no frames; nothing written")
         elapsed = time.perf_counter() - start
         stages = {k: asdict(Stats.of(v)) for k, v in pipe.times.samples.items() if len(v)}
-        warnings = pipe.warnings
+        warnings = list(pipe.warnings)
+    summary = {"frames": count, "seconds": round(elapsed, 3),
+               "fps": count / elapsed if elapsed else 0.0, **frames.stats.to_dict(),
+               "stages": stages, "output": output, "warnings": warnings}
     if log:
         log(f"{count} frames from {frames.kind} {source} in {elapsed:.1f} s"
-            + (f", written to {output}" if output else ""))
-    return {"frames": count, "seconds": round(elapsed, 3), "fps": count / elapsed if elapsed else 0.0,
-            "dropped": frames.stats.dropped, "reconnects": frames.stats.reconnects,
-            "stages": stages, "output": output, "warnings": warnings}
+            + (f", written to {output}" if output else "")
+            + (f"; {frames.stats.reconnects} reconnects, {frames.stats.dropped} reads dropped"
+               if frames.stats.reconnects or frames.stats.dropped else ""))
+    if frames.stats.gave_up:
+        raise VitedgeError(f"{frames.kind} {source} is gone: {frames.stats.gave_up} "
+                           f"({count} frames classified first)",
+                           "check the camera or stream; --reconnect-for sets how long to keep trying",
+                           details=summary)
+    return summary

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import glob
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,48 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mjpeg", ".m
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "tcp://")
 
 
+@dataclass(frozen=True)
+class SourceOptions:
+    """How a live source (camera, stream, GStreamer) rides out an outage."""
+
+    reconnect_for: float | None = None
+    """Seconds without a frame after which a dropped live source counts as gone; None:
+    keep trying for ever (each attempt counted and reported)."""
+    max_failures: int = 30
+    """Failed reads in a row after which the stream counts as dropped and is re-opened."""
+    backoff: float = 0.5
+    """First wait before re-opening; it doubles up to `backoff_max`."""
+    backoff_max: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.reconnect_for is not None and self.reconnect_for < 0:
+            raise VitedgeError("--reconnect-for must be 0 or more seconds")
+        if self.max_failures < 1 or self.backoff < 0 or self.backoff_max < self.backoff:
+            raise VitedgeError("a source needs max_failures >= 1 and 0 <= backoff <= backoff_max")
+
+
 @dataclass
 class SourceStats:
     frames: int = 0
     dropped: int = 0
     """Reads that failed on a live source (each is retried; a file source just ends)."""
     reconnects: int = 0
+    """Re-opens that succeeded."""
+    reconnect_attempts: int = 0
+    """Every re-open tried, failed ones included."""
+    outage_seconds: float = 0.0
+    """Time spent without frames while reconnecting."""
+    skipped: list[str] = field(default_factory=list)
+    """Image files that could not be read (a folder or glob goes on without them)."""
+    gave_up: str | None = None
+    """Why a live source ended for good (its reconnect budget ran out), or None."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dropped": self.dropped, "reconnects": self.reconnects,
+                "reconnect_attempts": self.reconnect_attempts,
+                "outage_seconds": round(self.outage_seconds, 2),
+                "skipped": len(self.skipped), "skipped_files": self.skipped[:20],
+                "gave_up": self.gave_up}
 
 
 def describe(source: Any) -> str:
@@ -55,16 +91,21 @@ def describe(source: Any) -> str:
 
 
 class FrameSource:
-    """An iterator of frames with counters; `close()` releases a capture device."""
+    """An iterator of frames with counters; `close()` releases a capture device. A live
+    source that drops is re-opened with growing waits until it comes back or
+    `options.reconnect_for` seconds pass without a frame (then `stats.gave_up` says why and
+    the iteration ends); `on_event` hears each drop and reconnect, one line each."""
 
-    def __init__(self, source: Any, max_failures: int = 30, reconnect_after: float = 1.0,
-                 max_reconnects: int = 5):
+    def __init__(self, source: Any, options: SourceOptions | None = None,
+                 on_event: Callable[[str], None] | None = None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic):
         self.source = source
         self.kind = describe(source)
+        self.options = options or SourceOptions()
         self.stats = SourceStats()
-        self.max_failures = max_failures
-        self.max_reconnects = max_reconnects
-        self.reconnect_after = reconnect_after
+        self.on_event = on_event or (lambda _line: None)
+        self._sleep, self._clock = sleep, clock
         self._cap: Any = None
         if self.kind in ("image", "folder", "glob"):
             self.files = self._files()
@@ -104,45 +145,83 @@ class FrameSource:
 
     def __iter__(self) -> Iterator[Any]:
         if self.kind in ("image", "folder", "glob"):
-            from vitedge.runtime.preprocess import load_image
-
-            for f in self.files:
-                self.stats.frames += 1
-                yield load_image(f)
+            yield from self._image_frames()
             return
         yield from self._capture_frames()
+
+    def _image_frames(self) -> Iterator[Any]:
+        from vitedge.runtime.preprocess import load_image
+
+        for f in self.files:
+            try:
+                image = load_image(f)
+            except VitedgeError as exc:
+                self.stats.skipped.append(str(f))
+                self.on_event(f"skipped {f}: {exc.message}")
+                continue
+            self.stats.frames += 1
+            yield image
+        if self.files and not self.stats.frames:
+            raise VitedgeError(f"none of the {len(self.files)} images in {self.source} could be "
+                               f"read (first: {self.stats.skipped[0]})")
 
     def _capture_frames(self) -> Iterator[Any]:
         live = self.kind in ("camera", "stream", "gstreamer")
         self._cap = self._open_capture()
-        failures = reconnects = 0
+        failures = 0
         try:
             while True:
                 ok, frame = self._cap.read()
                 if ok and frame is not None:
-                    failures = reconnects = 0
+                    failures = 0
                     self.stats.frames += 1
                     yield frame
                     continue
                 if not live:
-                    return  # end of the file
+                    return  # the end of the file
                 self.stats.dropped += 1
                 failures += 1
-                if failures >= self.max_failures:
-                    # the stream dropped: reconnect, a few times at most without a frame
-                    if reconnects >= self.max_reconnects:
+                if failures >= self.options.max_failures:
+                    if not self._reconnect():
                         return
-                    reconnects += 1
-                    self._cap.release()
-                    time.sleep(self.reconnect_after)
-                    try:
-                        self._cap = self._open_capture()
-                    except VitedgeError:
-                        return  # it is gone: end cleanly
-                    self.stats.reconnects += 1
                     failures = 0
         finally:
             self.close()
+
+    def _reconnect(self) -> bool:
+        """Re-open the dropped live source with growing waits; False once the budget is
+        spent (`stats.gave_up` then says why)."""
+        opts = self.options
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+        start = self._clock()
+        wait = opts.backoff
+        self.on_event(f"{self.kind} {self.source} dropped after {self.stats.frames} frames; "
+                      "reconnecting")
+        while True:
+            waited = self._clock() - start
+            if opts.reconnect_for is not None and waited >= opts.reconnect_for:
+                self.stats.outage_seconds += waited
+                self.stats.gave_up = (f"no frame for {waited:.1f} s after "
+                                      f"{self.stats.reconnect_attempts} reconnect attempts")
+                return False
+            if opts.reconnect_for is not None:
+                wait = min(wait, max(opts.reconnect_for - waited, 0.0))
+            self._sleep(wait)
+            wait = min(max(wait * 2, opts.backoff), opts.backoff_max)
+            self.stats.reconnect_attempts += 1
+            try:
+                self._cap = self._open_capture()
+            except VitedgeError:
+                self.on_event(f"reconnect attempt {self.stats.reconnect_attempts} to "
+                              f"{self.source} failed")
+                continue
+            self.stats.reconnects += 1
+            self.stats.outage_seconds += self._clock() - start
+            self.on_event(f"{self.source} is back after {self._clock() - start:.1f} s "
+                          f"({self.stats.reconnect_attempts} attempts)")
+            return True
 
     def close(self) -> None:
         if self._cap is not None:

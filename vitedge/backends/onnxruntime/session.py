@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from vitedge.errors import VitedgeError, require
+from vitedge.errors import MissingDependency, VitedgeError
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 OPTIMIZATIONS = ("all", "extended", "basic", "none")
@@ -27,7 +27,11 @@ def ort_session(model: str | Path | bytes, threads: int | None = None,
     `providers` says otherwise. `arena=False` returns memory after each run (calibration
     asks for every activation at once); `profile_prefix` turns ONNX Runtime's profiling
     on; `saved_model` writes the optimized graph there (what `vitedge build` keeps)."""
-    ort = require("onnxruntime", "export", "running ONNX models")
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:  # a base dependency, so this is a broken install
+        raise MissingDependency("running ONNX models needs onnxruntime, which is not installed",
+                                "pip install onnxruntime (or onnxruntime-gpu)") from exc
     if optimization not in OPTIMIZATIONS:
         raise ValueError(f"optimization must be one of {OPTIMIZATIONS}")
     levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,

@@ -1,0 +1,174 @@
+"""Where annotated frames go, chosen by URI as jetson-inference's `videoOutput` does: a
+video file (`out.mp4`, `out.avi`, `out.mkv`), a window (`display://0`, or `display`), or
+nowhere (`None`, `none://`). The camera loop is capture -> classify -> render:
+
+    from vitedge.runtime import open_output, open_source
+    with vitedge.open(model) as pipe, open_output("out.mp4") as out:
+        for frame, p in pipe.stream(open_source("rtsp://camera/stream")):
+            if not out.render(frame, p):
+                break                       # the window was closed, or 'q' pressed
+
+A video file is written to a temporary file beside it and moved into place on `close()`,
+only if frames were written and the file is not empty: an interrupted or failed run never
+leaves a half-written or 0-byte video behind. Needs OpenCV (`vitedge[video]`) except for
+`none`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitedge.errors import VitedgeError, require
+
+VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".avi": "MJPG", ".mkv": "MJPG", ".mov": "mp4v"}
+DISPLAY_PREFIXES = ("display://", "display")
+
+
+def as_bgr(frame: Any) -> np.ndarray:
+    """A frame as a BGR uint8 array for drawing (sources give BGR arrays or RGB PIL images)."""
+    if isinstance(frame, np.ndarray):
+        return frame if frame.ndim == 3 else np.repeat(frame[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(np.asarray(frame.convert("RGB"))[:, :, ::-1])
+
+
+class FrameOutput:
+    """Renders annotated frames; `render` returns False when the user asked to stop."""
+
+    kind = "none"
+    frames = 0
+    fps = 0.0
+
+    def __init__(self) -> None:
+        self._last: float | None = None
+
+    def render(self, frame: Any, prediction: Any = None) -> bool:
+        """Draw the prediction and the running FPS on `frame` and show or write it."""
+        now = time.perf_counter()
+        if self._last is not None:
+            instant = 1.0 / max(now - self._last, 1e-9)
+            self.fps = instant if self.frames <= 1 else 0.9 * self.fps + 0.1 * instant
+        self._last = now
+        self.frames += 1
+        return self._render(frame, prediction)
+
+    def _render(self, frame: Any, prediction: Any) -> bool:
+        return True
+
+    def _annotate(self, cv2: Any, frame: Any, prediction: Any) -> np.ndarray:
+        image = as_bgr(frame).copy()
+        if prediction is not None:
+            label = prediction.label if prediction.label is not None else prediction.class_id
+            text = f"{label} {prediction.score:.2f}  {self.fps:.1f} FPS"
+            cv2.putText(image, text, (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 255, 0), 2)
+        return image
+
+    def close(self) -> None:
+        """Release the window or finish the file; a second call does nothing."""
+
+    def __enter__(self) -> FrameOutput:
+        return self
+
+    def __exit__(self, exc_type: object, *_exc: object) -> None:
+        if exc_type is not None:
+            self.abort()
+        self.close()
+
+    def abort(self) -> None:
+        """Give up: a file output leaves nothing behind."""
+
+
+class DisplayOutput(FrameOutput):
+    """An OpenCV window ('q' or closing it stops the loop)."""
+
+    kind = "display"
+
+    def __init__(self, title: str = "vitedge") -> None:
+        super().__init__()
+        self.cv2 = require("cv2", "video", "showing frames in a window")
+        self.title = title
+
+    def _render(self, frame: Any, prediction: Any) -> bool:
+        self.cv2.imshow(self.title, self._annotate(self.cv2, frame, prediction))
+        return (self.cv2.waitKey(1) & 0xFF) != ord("q")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # no display left to close
+            self.cv2.destroyAllWindows()
+
+
+class VideoFileOutput(FrameOutput):
+    """A video file, written atomically: a temporary file beside it, moved into place on
+    `close()` when at least one frame was written and the file has bytes."""
+
+    kind = "file"
+
+    def __init__(self, path: str | Path, fps: float = 30.0) -> None:
+        super().__init__()
+        self.path = Path(path)
+        suffix = self.path.suffix.lower()
+        if suffix not in VIDEO_CODECS:
+            raise VitedgeError(f"cannot write video {self.path}: unknown container '{suffix}'",
+                               f"use one of {', '.join(sorted(VIDEO_CODECS))}")
+        if self.path.is_dir():
+            raise VitedgeError(f"{self.path} is a folder", "give a video file name")
+        self.cv2 = require("cv2", "video", "writing video")
+        self.rate = fps
+        from vitedge.fileio import temporary_path
+
+        self.tmp = temporary_path(self.path)
+        self._writer: Any = None
+        self._closed = False
+
+    def _render(self, frame: Any, prediction: Any) -> bool:
+        image = self._annotate(self.cv2, frame, prediction)
+        if self._writer is None:
+            h, w = image.shape[:2]
+            fourcc = self.cv2.VideoWriter_fourcc(*VIDEO_CODECS[self.path.suffix.lower()])
+            self._writer = self.cv2.VideoWriter(str(self.tmp), fourcc, self.rate, (w, h))
+            if not self._writer.isOpened():
+                self.abort()
+                raise VitedgeError(f"cannot write video {self.path}",
+                                   "check the folder is writable, or use .avi")
+        self._writer.write(image)
+        return True
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+        self._closed = True
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        written = self.tmp.stat().st_size if self.tmp.exists() else 0
+        if self.frames == 0 or written == 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
+            if self.frames:
+                raise VitedgeError(f"{self.path}: the video writer wrote no bytes (is the disk "
+                                   "full?); nothing written", "free space or choose another path")
+            return
+        os.replace(self.tmp, self.path)
+
+
+def open_output(uri: str | Path | None) -> FrameOutput:
+    """A frame output for `uri`: a video file path, `display://N` / `display`, or `None` /
+    `none://` for none."""
+    if uri is None or str(uri) in ("none", "none://"):
+        return FrameOutput()
+    text = str(uri)
+    if text.startswith(DISPLAY_PREFIXES) and not Path(text).suffix:
+        return DisplayOutput()
+    return VideoFileOutput(text)
