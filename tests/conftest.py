@@ -32,6 +32,20 @@ def without_manifest(model: Path, out: Path) -> str:
     return str(out)
 
 
+def collapsing_table(model: Path, out: Path) -> Path:
+    """A calibration table vitedge wrote for `model` (valid, checksum and all) whose ranges
+    clip every activation, as a table calibrated on the wrong data could: the INT8 model
+    made from it no longer classifies."""
+    from vitedge.quantize.calibrate import CalibrationOptions, calibrate
+
+    table = calibrate(model, out, CalibrationOptions(data=DEMO_CALIBRATION)).table
+    for ranges in (table.tensors, table.smoothed_tensors):
+        for r in ranges.values():
+            r["amax"] = 1e-4
+    out.write_text(table.to_json())
+    return out
+
+
 @pytest.fixture(scope="session")
 def demo_fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo checkpoint exported to ONNX (verified against PyTorch)."""
@@ -46,7 +60,7 @@ def demo_fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_images(demo_fp32: Path) -> np.ndarray:
     """500 of the shipped test images, preprocessed for the demo model."""
     from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
-    from vitedge.datasets import model_inputs, image_source
+    from vitedge.datasets import image_source, model_inputs
 
     source = image_source(DEMO_TEST_IMAGES, 500)
     return np.stack(list(model_inputs(source, OnnxRuntimeRunner(demo_fp32).manifest)))

@@ -22,12 +22,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from tests.conftest import DEMO_CALIBRATION, DEMO_TEST_IMAGES, run_cli
+from tests.conftest import DEMO_CALIBRATION, DEMO_TEST_IMAGES, collapsing_table, run_cli
 from vitedge.backends.onnxruntime.cpu import classify, cpu_int8
 from vitedge.backends.onnxruntime.int8 import seven_bit_weights
 from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
 from vitedge.compare import agreement
-from vitedge.datasets import model_inputs, image_source
+from vitedge.datasets import image_source, model_inputs
 from vitedge.deploy import BuildOptions, build
 from vitedge.quantize.equalize import with_outlier_channels
 
@@ -156,17 +156,7 @@ def test_a_build_that_fails_verification_writes_nothing(demo_fp32, tmp_path, cap
     args = ["build", str(model), "--precision", "int8", "--data", str(DEMO_CALIBRATION),
             "-o", str(out)]
     if case == "collapse":
-        # a table whose ranges clip every activation: the INT8 model no longer classifies
-        import json
-
-        from vitedge.quantize.calibrate import CalibrationOptions, calibrate
-
-        table = calibrate(model, tmp_path / "t.json", CalibrationOptions(data=DEMO_CALIBRATION))
-        data = json.loads(table.output.read_text())
-        for r in [*data["tensors"].values(), *data["smoothed_tensors"].values()]:
-            r["amax"] = 1e-4
-        table.output.write_text(json.dumps(data))
-        args += ["--calib", str(table.output)]
+        args += ["--calib", str(collapsing_table(model, tmp_path / "t.json"))]
         expected = "agrees with the FP32 model on only"
     else:
         # a rewrite that goes wrong: the artifact's integer weights negated after the build

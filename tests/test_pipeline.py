@@ -73,7 +73,8 @@ def test_fast_preprocessing_agrees_with_exact_on_the_test_images(demo_fp32, test
     assert agreement(pa, pb).cosine > 0.98  # photos are resized: OpenCV's filter differs
 
 
-def test_stream_prefetch_matches_plain_calls_and_raises_worker_errors(demo_fp32, tmp_path):
+def test_stream_prefetch_matches_plain_calls_skips_broken_files_and_raises_bad_frames(
+        demo_fp32, tmp_path):
     files = sorted(DEMO_TEST_IMAGES.rglob("*.png"))[:30]
     with vitedge.open(demo_fp32, keep_logits=True) as pipe:
         plain = [p.logits for _, p in pipe.stream(files, prefetch=0)]
@@ -81,8 +82,14 @@ def test_stream_prefetch_matches_plain_calls_and_raises_worker_errors(demo_fp32,
         np.testing.assert_array_equal(np.stack(plain), np.stack(ahead))
         assert len(list(pipe.stream(iter(files), max_frames=4))) == 4
         (tmp_path / "broken.png").write_bytes(b"x")
-        with pytest.raises(VitedgeError, match="cannot read image"):
-            list(pipe.stream([*files[:3], tmp_path / "broken.png", *files[3:6]]))
+        for prefetch in (0, 2):  # an unreadable file is left out, named, and the rest run
+            got = list(pipe.stream([*files[:3], tmp_path / "broken.png", *files[3:6]],
+                                   prefetch=prefetch))
+            assert [f for f, _ in got] == files[:6]
+        assert [p for p, _ in pipe.skipped] == [str(tmp_path / "broken.png")] * 2
+        assert "cannot read image" in pipe.skipped[0][1]
+        with pytest.raises(VitedgeError, match="uint8"):  # a bad frame the worker meets
+            list(pipe.stream([*files[:3], np.zeros((8, 8), np.float32), *files[3:6]]))
 
 
 def test_stream_in_batches(demo_fp32):
@@ -112,8 +119,10 @@ def test_streams_keep_frames_in_flight_and_give_the_same_predictions_in_order(de
                                        rtol=1e-5, atol=1e-5)
         assert len(three.times.samples["infer"]) == 8  # 7 batches of 4 + 1 of 2
         (tmp_path / "broken.png").write_bytes(b"x")
-        with pytest.raises(VitedgeError, match="cannot read image"):
-            list(two.stream([*files[:5], tmp_path / "broken.png", *files[5:9]]))
+        got = list(two.stream([*files[:5], tmp_path / "broken.png", *files[5:9]]))
+        assert [f for f, _ in got] == files[:9] and len(two.skipped) == 1
+        with pytest.raises(VitedgeError, match="uint8"):  # raised at its frame, in order
+            list(two.stream([*files[:5], np.zeros((8, 8), np.float32), *files[5:9]]))
         first = two.stream(files)
         next(first)
         first.close()  # frames still in flight are dropped; the pipeline goes on

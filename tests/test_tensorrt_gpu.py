@@ -54,18 +54,14 @@ def test_engine_matches_onnxruntime(demo_fp32, demo_images, tmp_path, precision)
 def test_engine_build_that_fails_verification_writes_nothing(demo_fp32, tmp_path):
     """A table whose ranges clip every activation collapses the INT8 engine: the build
     fails on its verification and leaves neither engine nor sidecar."""
-    from vitedge.quantize.calibrate import CalibrationOptions, calibrate
+    from tests.conftest import collapsing_table
     from vitedge.verification import VerificationError
 
-    table = calibrate(demo_fp32, tmp_path / "t.json", CalibrationOptions(data=DEMO_CALIBRATION))
-    data = json.loads(table.output.read_text())
-    for r in [*data["tensors"].values(), *data["smoothed_tensors"].values()]:
-        r["amax"] = 1e-4
-    table.output.write_text(json.dumps(data))
+    table = collapsing_table(demo_fp32, tmp_path / "t.json")
     engine = tmp_path / "m.int8.engine"
     with pytest.raises(VerificationError, match="agrees with the FP32 model on only"):
-        build(demo_fp32, str(engine), BuildOptions(precision="int8", calib=str(table.output), data=CALIBRATION,
-                                      backend="tensorrt"))
+        build(demo_fp32, str(engine), BuildOptions(precision="int8", calib=str(table),
+                                                   data=CALIBRATION, backend="tensorrt"))
     assert not engine.exists() and not sidecar_path(engine).exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.int8.engine")]
 

@@ -10,6 +10,15 @@ from typing import Any
 from vitedge.errors import VitedgeError
 
 POOLINGS = ("token", "avg")
+LIMITS: dict[str, tuple[int, int]] = {
+    "patch_size": (1, 64), "in_chans": (1, 16), "embed_dim": (1, 16384), "depth": (1, 256),
+    "num_heads": (1, 256), "mlp_hidden": (1, 131072), "reg_tokens": (0, 64),
+    "num_classes": (0, 1_000_000)}
+"""Whole-number fields and their sane range: a config outside them is refused in one line
+before a module is built (the largest published ViTs are ViT-22B: dim 6144, depth 48)."""
+MAX_IMAGE_SIDE = 4096
+MAX_TOKENS = 16384
+"""Token limit: attention is quadratic in it (16384 tokens is a 2048x2048 image at patch 16)."""
 
 
 @dataclass(frozen=True)
@@ -42,9 +51,13 @@ class ViTConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
+        _check_types(self)
         h, w = self.img_size
         p = self.patch_size
         problems = []
+        if self.num_tokens > MAX_TOKENS:
+            problems.append(f"{self.num_tokens} tokens ({h}x{w} at patch {p}) is more than "
+                            f"{MAX_TOKENS}")
         if p <= 0 or h % p or w % p:
             problems.append(f"image size {h}x{w} is not a multiple of the patch size {p}")
         if self.embed_dim % self.num_heads:
@@ -116,6 +129,8 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ViTConfig:
+        if not isinstance(data, dict):
+            raise VitedgeError(f"an architecture must be a JSON object, not {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -126,8 +141,41 @@ class ViTConfig:
         values = dict(data)
         if "img_size" in values:
             size = values["img_size"]
-            values["img_size"] = (size, size) if isinstance(size, int) else tuple(size)
+            if isinstance(size, int) and not isinstance(size, bool):
+                values["img_size"] = (size, size)
+            elif isinstance(size, (list, tuple)) and len(size) == 2:
+                values["img_size"] = tuple(size)
+            else:
+                raise VitedgeError(f"architecture img_size must be a number or [H, W], not {size!r}")
         return cls(**values)
 
     def replace(self, **changes: Any) -> ViTConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _check_types(cfg: ViTConfig) -> None:
+    """Every field of the type it must have and within its range: one line for the first
+    that is not (configs come from files users and tools write)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name == "img_size":
+            if not (isinstance(value, tuple) and len(value) == 2 and all(
+                    isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_IMAGE_SIDE
+                    for v in value)):
+                raise VitedgeError(f"architecture img_size must be two whole numbers from 1 to "
+                                   f"{MAX_IMAGE_SIDE}, not {value!r}")
+        elif f.name in LIMITS:
+            low, high = LIMITS[f.name]
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise VitedgeError(f"architecture {f.name} must be a whole number from {low} to "
+                                   f"{high}, not {value!r}")
+        elif isinstance(f.default, bool):
+            if not isinstance(value, bool):
+                raise VitedgeError(f"architecture {f.name} must be true or false, not {value!r}")
+        elif f.name == "norm_eps":
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
+                raise VitedgeError(f"architecture norm_eps must be a small positive number, not "
+                                   f"{value!r}")
+        elif isinstance(f.default, str) and not isinstance(value, str):
+            raise VitedgeError(f"architecture {f.name} must be a string, not {value!r}")
+

@@ -584,6 +584,8 @@ def archs(as_json: bool) -> None:
               help="Least top-1 agreement with the FP32 model; below it quantization collapsed "
                    "and the build fails.")
 @click.option("--no-verify", is_flag=True, help="Skip the check of the built artifact.")
+@click.option("--force", is_flag=True, help="Replace intermediate models beside the artifact "
+              "(MODEL.onnx, MODEL.PRECISION.onnx) even when this build did not make them.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="The artifact [default: INPUT.PRECISION.engine or INPUT.PRECISION.ort.onnx].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -592,7 +594,7 @@ def build(input_path: str, precision: str | None, data: str | None, calib: str |
           profile: str | None, backend: str, batch: str | None, timing_cache: str | None,
           scheme: str, quantize_attention: bool, num_images: int, method: str,
           verify_images: int, min_agreement: float, min_fp32_agreement: float,
-          no_verify: bool, output: str | None, as_json: bool) -> None:
+          no_verify: bool, force: bool, output: str | None, as_json: bool) -> None:
     """Build the deployable artifact for this machine from INPUT (a checkpoint, exported
     first, or a vitedge ONNX model): a TensorRT engine (+ ENGINE.json) where TensorRT and a
     GPU are present, else an optimized ONNX Runtime model. INT8 and FP16 are quantized in
@@ -603,7 +605,7 @@ def build(input_path: str, precision: str | None, data: str | None, calib: str |
     from vitedge.options import QuantizeOptions
 
     options = BuildOptions(precision=precision, data=data, calib=calib, profile=profile,
-                           backend=backend, batch=batch, timing_cache=timing_cache,
+                           backend=backend, batch=batch, timing_cache=timing_cache, force=force,
                            qdq=QuantizeOptions(scheme=scheme, attention=quantize_attention),
                            calibration=CalibrationOptions(method=method, num_images=num_images),
                            verify=VerifyOptions(enabled=not no_verify, images=verify_images,
@@ -696,9 +698,14 @@ def predict(artifact: str, images: tuple[str, ...], topk: int, fast: bool, devic
 
     with vitedge.open(artifact, topk=topk, fast=fast, device=device, streams=streams) as pipe:
         _warn(pipe.warnings, as_json)
-        results = [(str(file), p) for file, p in pipe.stream(_image_files(images))]
+        files = _image_files(images)
+        results = [(str(file), p) for file, p in pipe.stream(files)]
+    skipped = [{"image": name, "error": why} for name, why in pipe.skipped]
+    _warn([f"skipped {s['image']}: {s['error']}" for s in skipped], as_json)
+    if not results:
+        raise VitedgeError(f"none of the {len(files)} images could be read", "check the files")
     if as_json:
-        _print_json({"artifact": artifact, "warnings": pipe.warnings,
+        _print_json({"artifact": artifact, "warnings": pipe.warnings, "skipped": skipped,
                      "predictions": [{"image": name, **p.to_dict()} for name, p in results]})
         return
     table = Table("image", "label", "score", f"top-{topk}", "ms")
@@ -813,6 +820,10 @@ def bench(artifacts: tuple[str, ...], batches: tuple[int, ...], warmup: int, ite
     from vitedge import bench as benchmark
     from vitedge.runtime.pipeline import STAGES as STAGE_NAMES
 
+    from vitedge.fileio import refuse_overwriting_inputs
+
+    for path in (json_path, csv_path, plot_path):
+        refuse_overwriting_inputs(path, *artifacts, source)
     options = BenchOptions(batches=batches, warmup=warmup,
                            iterations=None if duration else iterations,
                            duration=duration, source=source, fast=fast, layers=layers,

@@ -143,6 +143,13 @@ def _read_array(path: Path) -> np.ndarray:
     if data.ndim not in (3, 4) or not np.issubdtype(data.dtype, np.floating):
         raise VitedgeError(f"{path} holds a {data.dtype} array of shape {data.shape}",
                            "expected preprocessed float tensors (N, C, H, W) or patches (N, T, C*P*P)")
+    if not len(data):
+        raise VitedgeError(f"{path} holds no inputs (its first dimension is 0)")
+    bad = ~np.isfinite(data.reshape(len(data), -1)).all(axis=1)
+    if bad.any():
+        raise VitedgeError(f"{path}: {int(bad.sum())} of its {len(data)} inputs hold NaN or "
+                           f"infinite values (the first is input {int(np.argmax(bad))})",
+                           "preprocessed inputs must be finite numbers")
     return data
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from vitedge.backends.tensorrt.device import gpu_info, tensorrt_module
 from vitedge.errors import VitedgeError
-from vitedge.fileio import atomic_path
+from vitedge.fileio import atomic_path, refuse_overwriting_inputs, sha256_file
 from vitedge.graph import load_onnx
 from vitedge.manifest import Manifest, require_manifest
 from vitedge.options import (
@@ -109,6 +109,12 @@ def build(input_path: str | Path, output: str | Path | None = None,
     suffix = ".engine" if backend == "tensorrt" else ".ort.onnx"
     output = Path(output) if output else src.parent / f"{stem}.{precision}{suffix}"
     _check_writable(output)
+    refuse_overwriting_inputs(output, src, options.data, options.calib)
+    intermediates = ([] if is_onnx else [output.parent / f"{stem}.onnx"]) + (
+        [output.parent / f"{stem}.{precision}.onnx"] if precision != "fp32" else [])
+    if output.resolve() in [p.resolve() for p in intermediates]:
+        raise VitedgeError(f"-o {output} is where the build writes an intermediate model",
+                           f"choose another name, e.g. {stem}.{precision}{suffix}")
     result = BuildResult(output, backend, reason, precision, profile.name, _device(backend), 0)
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
@@ -125,6 +131,8 @@ def build(input_path: str | Path, output: str | Path | None = None,
         from vitedge.export import ExportOptions, export_onnx
 
         fp32 = work / f"{stem}.onnx"
+        _claim(fp32, src, options.force, lambda m: m.source.get("file") == src.name and (
+            not src.is_file() or m.source.get("sha256") == sha256_file(src)))
         timed("export", lambda: export_onnx(src, fp32, ExportOptions(batch=None)))
         result.intermediate.append(str(fp32))
     manifest = require_manifest(load_onnx(fp32), fp32)
@@ -147,6 +155,9 @@ def build(input_path: str | Path, output: str | Path | None = None,
                 result.notes.append(f"calibration table {table.output} reused (same model, "
                                     "data, options)")
         quantized = work / f"{stem}.{precision}.onnx"
+        fp32_sha = sha256_file(fp32)
+        _claim(quantized, fp32, options.force, lambda m: m.precision == precision and
+               m.source.get("fp32_sha256") == fp32_sha)
         request = QuantizeRequest(precision=precision, calib=calib, calibration=options.calibration,
                                   qdq=options.qdq)
         q = timed("quantize", lambda: quantize_model(fp32, quantized, request, rep))
@@ -274,6 +285,24 @@ def _device(backend: str) -> str:
     from vitedge.backends.onnxruntime.cpu import cpu_int8, cpu_name
 
     return f"CPU: {cpu_name()}, {os.cpu_count()} cores, INT8 kernels {cpu_int8().kernel}"
+
+
+def _claim(path: Path, made_from: Path, force: bool, ours: Callable[[Manifest], bool]) -> None:
+    """May the build write its intermediate at `path`? Yes when nothing is there, when what
+    is there is what this build would make from `made_from` (vitedge made it from the same
+    input: it is made again), or with --force; a user's file is never replaced otherwise."""
+    from vitedge.manifest import manifest_from_file
+
+    if force or not path.exists():
+        return
+    try:
+        manifest = manifest_from_file(path, verify=False)
+    except VitedgeError:
+        manifest = None
+    if manifest is not None and ours(manifest):
+        return
+    raise VitedgeError(f"{path} exists and is not what this build makes from {made_from.name}; "
+                       "it is not replaced", "move it, build elsewhere with -o, or pass --force")
 
 
 def _check_writable(output: Path) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from vitedge.backends import Runner, load_runner
 from vitedge.compare import Agreement, agreement
-from vitedge.datasets import labelled_folder, prepare_image
+from vitedge.datasets import MAX_BROKEN_FRACTION, labelled_folder, prepare_image
 from vitedge.errors import VitedgeError
 from vitedge.options import EvalOptions
 from vitedge.report import Reporter, reporter
@@ -33,6 +33,8 @@ class EvalResult:
     reference_top1: float | None = None
     agreement: Agreement | None = None
     warnings: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    """Test images that could not be read (left out of every figure)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,28 +70,43 @@ def _evaluate(model: Runner, ref: Runner | None, data: str | Path, batch: int,
         raise VitedgeError(f"{ref.name} has other labels than {model.name}",
                            "compare models exported from the same checkpoint")
     items = labelled_folder(data, labels, limit).items
-    truth = np.array([label for _, label in items])
     outs: list[np.ndarray] = []
     ref_outs: list[np.ndarray] = []
     same = ref is not None and ref.manifest.preprocess == model.manifest.preprocess and \
         ref.manifest.input == model.manifest.input
+    kept_truth: list[int] = []
+    skipped: list[str] = []
     for i in range(0, len(items), batch):
-        paths = [p for p, _ in items[i:i + batch]]
-        x = _inputs(paths, model)
+        chunk = items[i:i + batch]
+        images = []
+        for path, label in chunk:
+            try:
+                images.append((load_image(path), label))
+            except VitedgeError as exc:
+                skipped.append(str(path))
+                rep.warning(f"skipped: {exc.message}")
+                if len(skipped) > 2 and len(skipped) > MAX_BROKEN_FRACTION * (i + len(chunk)):
+                    raise VitedgeError(f"{len(skipped)} of the first {i + len(chunk)} images in "
+                                       f"{data} cannot be read (first: {skipped[0]})",
+                                       "check the files") from exc
+        rep.progress(min(i + batch, len(items)), len(items))
+        if not images:
+            continue
+        kept_truth += [label for _, label in images]
+        x = np.stack([prepare_image(im, model.manifest) for im, _ in images])
         outs.append(model.infer(x))
         if ref is not None:
-            ref_outs.append(ref.infer(x if same else _inputs(paths, ref)))
-        rep.progress(min(i + batch, len(items)), len(items))
+            ref_outs.append(ref.infer(x if same else np.stack(
+                [prepare_image(im, ref.manifest) for im, _ in images])))
+    if not outs:
+        raise VitedgeError(f"none of the {len(items)} images in {data} could be read")
+    truth = np.array(kept_truth)
     logits = np.concatenate(outs)
-    result = EvalResult(model.name, model.manifest.precision, len(items),
+    result = EvalResult(model.name, model.manifest.precision, len(truth),
                         topk_accuracy(logits, truth, 1), topk_accuracy(logits, truth, 5), 0.0,
-                        warnings=list(model.warnings))
+                        warnings=list(model.warnings), skipped=skipped)
     if ref is not None:
         ref_logits = np.concatenate(ref_outs)
         result.reference_top1 = topk_accuracy(ref_logits, truth, 1)
         result.agreement = agreement(ref_logits, logits)
     return result
-
-
-def _inputs(paths: list[Path], model: Runner) -> np.ndarray:
-    return np.stack([prepare_image(load_image(p), model.manifest) for p in paths])

@@ -16,13 +16,21 @@ def load_onnx(path: str | Path) -> Any:
     """The ONNX model at `path`, or one VitedgeError saying it is missing or not ONNX."""
     from google.protobuf.message import DecodeError
 
-    p = Path(path)
-    if not p.is_file():
-        raise VitedgeError(f"no such file: {p}")
+    from vitedge.fileio import require_regular_file
+
+    p = require_regular_file(path, "model file")
+    if p.stat().st_size == 0:
+        raise VitedgeError(f"{p} is empty, not an ONNX model", "vitedge export makes one")
     try:
-        return onnx.load(str(p))
-    except (DecodeError, ValueError, OSError) as exc:
+        model = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, ValueError, OSError, RuntimeError) as exc:
         raise VitedgeError(f"{p} is not an ONNX model", "vitedge export makes one") from exc
+    if not model.graph.node:
+        raise VitedgeError(f"{p} is not an ONNX model (it has no graph)", "vitedge export makes one")
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        raise VitedgeError(f"{p} keeps its weights in external files, which vitedge does not "
+                           "read", "export it again with vitedge export (one file)")
+    return model
 
 
 def initializer_names(model: onnx.ModelProto) -> set[str]:

@@ -5,7 +5,9 @@ versioned JSON entry of `metadata_props`, and beside a TensorRT engine as a JSON
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,27 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+MAX_RESIZE = 8192
+
+
+def _size(value: Any, name: str) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return (int(value[0]), int(value[1]))
+    raise VitedgeError(f"the manifest's preprocess {name} must be [H, W] whole numbers, not "
+                       f"{value!r:.60}")
+
+
+def _numbers(value: Any, name: str) -> tuple[float, ...]:
+    if isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return tuple(float(v) for v in value)
+    raise VitedgeError(f"the manifest's preprocess {name} must be a list of numbers, not "
+                       f"{value!r:.60}")
 
 
 @dataclass(frozen=True)
@@ -51,6 +74,18 @@ class Preprocess:
             )
         if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
             raise VitedgeError("preprocessing mean and std must have one positive std per mean")
+        for name in ("crop", "resize"):
+            size = getattr(self, name)
+            if not (len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                           and 1 <= v <= MAX_RESIZE for v in size)):
+                raise VitedgeError(f"preprocessing {name} must be two sizes from 1 to "
+                                   f"{MAX_RESIZE}, not {size!r}")
+        if not 1 <= len(self.mean) <= 16 or not all(
+                isinstance(v, (int, float)) and math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise VitedgeError("preprocessing mean and std must be 1 to 16 finite numbers")
+        if self.crop_pct is not None and (not isinstance(self.crop_pct, (int, float))
+                                          or not 0 < self.crop_pct <= 1):
+            raise VitedgeError(f"preprocessing crop_pct must be in (0, 1], not {self.crop_pct!r}")
 
     @classmethod
     def from_crop_pct(
@@ -98,15 +133,30 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        if not isinstance(d, dict):
+            raise VitedgeError("the manifest's preprocess must be an object")
+        missing = [k for k in ("crop", "resize", "resize_mode", "interpolation", "mean", "std")
+                   if k not in d]
+        if missing:
+            raise VitedgeError(f"the manifest's preprocess lacks '{missing[0]}'")
         return cls(
-            crop=(int(d["crop"][0]), int(d["crop"][1])),
-            resize=(int(d["resize"][0]), int(d["resize"][1])),
+            crop=_size(d["crop"], "crop"),
+            resize=_size(d["resize"], "resize"),
             resize_mode=d["resize_mode"],
             interpolation=d["interpolation"],
-            mean=tuple(d["mean"]),
-            std=tuple(d["std"]),
+            mean=_numbers(d["mean"], "mean"),
+            std=_numbers(d["std"], "std"),
             crop_pct=d.get("crop_pct"),
         )
+
+
+PRECISIONS = ("fp32", "fp16", "int8")
+INPUTS = ("images", "patches", "frames")
+
+
+class IntegrityError(VitedgeError):
+    """An artifact changed since vitedge wrote it: its graph or manifest is not what its
+    checksum says."""
 
 
 @dataclass
@@ -119,52 +169,96 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     vitedge_version: str = __version__
     schema: int = SCHEMA_VERSION
+    integrity: dict[str, str] = field(default_factory=dict)
+    """sha256 of the graph (`graph_sha256`) and of this manifest without this field
+    (`manifest_sha256`), set when vitedge writes the artifact and checked when it is read."""
 
     @property
     def output_name(self) -> str:
         return "logits" if self.architecture.num_classes > 0 else "features"
 
+    def _content(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "vitedge_version": self.vitedge_version,
+            "architecture": self.architecture.to_dict(),
+            "preprocess": self.preprocess.to_dict(),
+            "labels": self.labels,
+            "input": self.input,
+            "precision": self.precision,
+            "source": self.source,
+        }
+
+    def digest(self) -> str:
+        """sha256 of what the manifest says (everything but `integrity`)."""
+        return hashlib.sha256(json.dumps(self._content(), sort_keys=True).encode()).hexdigest()
+
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "schema": self.schema,
-                "vitedge_version": self.vitedge_version,
-                "architecture": self.architecture.to_dict(),
-                "preprocess": self.preprocess.to_dict(),
-                "labels": self.labels,
-                "input": self.input,
-                "precision": self.precision,
-                "source": self.source,
-            },
-            sort_keys=True,
-        )
+        content = self._content()
+        if self.integrity:
+            content["integrity"] = self.integrity
+        return json.dumps(content, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
+        """A manifest from its JSON, every field checked for type and range, and for its own
+        checksum when it carries one: one VitedgeError for the first thing that is wrong."""
         try:
             d = json.loads(text)
-            schema = int(d["schema"])
-        except (ValueError, KeyError, TypeError) as exc:
+        except RecursionError as exc:
+            raise VitedgeError("the model's vitedge manifest is nested too deeply") from exc
+        except (ValueError, TypeError) as exc:
             raise VitedgeError("the model's vitedge manifest is not valid JSON") from exc
+        if not isinstance(d, dict):
+            raise VitedgeError("the model's vitedge manifest is not a JSON object")
+        schema = d.get("schema")
+        if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
+            raise VitedgeError(f"the model's manifest has no valid schema number ({schema!r})")
         if schema > SCHEMA_VERSION:
             raise VitedgeError(
                 f"the model's manifest has schema {schema}, newer than this vitedge reads "
                 f"({SCHEMA_VERSION})",
                 "upgrade vitedge",
             )
-        try:
-            return cls(
-                architecture=ViTConfig.from_dict(d["architecture"]),
-                preprocess=Preprocess.from_dict(d["preprocess"]),
-                labels=d.get("labels"),
-                input=d["input"],
-                precision=d["precision"],
-                source=d.get("source", {}),
-                vitedge_version=d.get("vitedge_version", "?"),
-                schema=schema,
-            )
-        except (KeyError, TypeError) as exc:
-            raise VitedgeError(f"the model's manifest lacks a field: {exc}") from exc
+        missing = [k for k in ("architecture", "preprocess", "input", "precision") if k not in d]
+        if missing:
+            raise VitedgeError(f"the model's manifest lacks '{missing[0]}'")
+        labels = d.get("labels")
+        if labels is not None and not (isinstance(labels, list) and all(
+                isinstance(x, str) for x in labels)):
+            raise VitedgeError("the model's manifest labels must be a list of strings")
+        if d["input"] not in INPUTS:
+            raise VitedgeError(f"the model's manifest input '{d['input']}' is not one of "
+                               f"{', '.join(INPUTS)}")
+        if d["precision"] not in PRECISIONS:
+            raise VitedgeError(f"the model's manifest precision '{d['precision']}' is not one of "
+                               f"{', '.join(PRECISIONS)}")
+        for key, kind in (("source", dict), ("integrity", dict)):
+            if not isinstance(d.get(key, {}), kind):
+                raise VitedgeError(f"the model's manifest {key} must be an object")
+        manifest = cls(
+            architecture=ViTConfig.from_dict(d["architecture"]),
+            preprocess=Preprocess.from_dict(d["preprocess"]),
+            labels=labels,
+            input=d["input"],
+            precision=d["precision"],
+            source=d.get("source", {}),
+            vitedge_version=str(d.get("vitedge_version", "?")),
+            schema=schema,
+            integrity=d.get("integrity", {}),
+        )
+        cfg = manifest.architecture
+        if labels is not None and cfg.num_classes and len(labels) != cfg.num_classes:
+            raise VitedgeError(f"the model's manifest has {len(labels)} labels for "
+                               f"{cfg.num_classes} classes")
+        if len(manifest.preprocess.mean) not in (1, cfg.in_chans):
+            raise VitedgeError(f"the model's manifest normalises {len(manifest.preprocess.mean)} "
+                               f"channels for a {cfg.in_chans}-channel model")
+        wanted = manifest.integrity.get("manifest_sha256")
+        if wanted is not None and wanted != manifest.digest():
+            raise IntegrityError("the model's manifest was changed since vitedge wrote it (its "
+                                 "checksum does not match)", "export or build the model again")
+        return manifest
 
 
 ONNX_METADATA_FIELD = 14
@@ -185,12 +279,21 @@ def _varint(f: Any) -> int | None:
             raise ValueError("varint too long")
 
 
+ONNX_GRAPH_FIELD = 7
+
+
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     """An ONNX file's `metadata_props` without parsing the graph: the protobuf's top-level
     fields are walked and every other one (the graph, gigabytes for a large model) is
     skipped by its length. Pure Python, so the runtime can tell what a file is before it
     opens a session. Raises ValueError for a file that is not protobuf."""
+    return _read_onnx_fields(path, hash_graph=False)[0]
+
+
+def _read_onnx_fields(path: str | Path, hash_graph: bool) -> tuple[dict[str, str], str | None]:
+    """(metadata_props, sha256 of the graph's serialized bytes or None)."""
     entries: dict[str, str] = {}
+    graph_digest: str | None = None
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         while (tag := _varint(f)) is not None:
@@ -209,11 +312,19 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
                 if field_number == ONNX_METADATA_FIELD:
                     key, value = _string_pair(f.read(length))
                     entries[key] = value
+                elif field_number == ONNX_GRAPH_FIELD and hash_graph:
+                    digest = hashlib.sha256()
+                    left = length
+                    while left:
+                        block = f.read(min(left, 1 << 22))
+                        digest.update(block)
+                        left -= len(block)
+                    graph_digest = digest.hexdigest()
                 else:
                     f.seek(length, 1)
             else:
                 raise ValueError(f"not an ONNX model (wire type {wire})")
-    return entries
+    return entries, graph_digest
 
 
 def _string_pair(data: bytes) -> tuple[str, str]:
@@ -228,15 +339,31 @@ def _string_pair(data: bytes) -> tuple[str, str]:
     return out[1], out[2]
 
 
-def manifest_from_file(path: str | Path) -> Manifest | None:
-    """The manifest of an ONNX file, read without loading its graph; None when vitedge did
-    not make it."""
+def manifest_from_file(path: str | Path, verify: bool = True) -> Manifest | None:
+    """The manifest of an ONNX file, read without parsing its graph; None when vitedge did
+    not make it. With `verify`, the graph's bytes are hashed on the way and checked against
+    the manifest's record: a model whose weights or manifest were changed since vitedge
+    wrote it is refused (IntegrityError)."""
+    from vitedge.fileio import require_regular_file
+
+    require_regular_file(path, "model file")
     try:
-        meta = read_onnx_metadata(path)
+        meta, graph_digest = _read_onnx_fields(path, hash_graph=verify)
     except (ValueError, OSError) as exc:
         raise VitedgeError(f"{path} is not an ONNX model: {exc}",
                            "vitedge export makes one") from exc
-    return Manifest.from_json(meta[MANIFEST_KEY]) if MANIFEST_KEY in meta else None
+    if MANIFEST_KEY not in meta:
+        return None
+    try:
+        manifest = Manifest.from_json(meta[MANIFEST_KEY])
+    except VitedgeError as exc:
+        raise type(exc)(f"{Path(path).name}: {exc.message}", exc.hint) from exc
+    wanted = manifest.integrity.get("graph_sha256")
+    if verify and wanted is not None and wanted != graph_digest:
+        raise IntegrityError(f"{path} was changed since vitedge wrote it: its graph (weights or "
+                             "operators) is not the one its manifest records",
+                             "export, quantize or build it again")
+    return manifest
 
 
 def manifest_from_onnx(model: Any) -> Manifest | None:
@@ -248,6 +375,15 @@ def manifest_from_onnx(model: Any) -> Manifest | None:
 
 
 def set_onnx_manifest(model: Any, manifest: Manifest) -> None:
+    """Store `manifest` in the model's metadata with the sha256 of the graph and of the
+    manifest itself, so that a later change to either is caught when the file is read.
+    The graph must be final: call this last, before writing."""
+    manifest.integrity = {"graph_sha256": hashlib.sha256(model.graph.SerializeToString()).hexdigest(),
+                          "manifest_sha256": manifest.digest()}
+    _store_manifest(model, manifest)
+
+
+def _store_manifest(model: Any, manifest: Manifest) -> None:
     for prop in list(model.metadata_props):
         if prop.key == MANIFEST_KEY:
             model.metadata_props.remove(prop)
@@ -257,7 +393,9 @@ def set_onnx_manifest(model: Any, manifest: Manifest) -> None:
 
 
 def require_manifest(model: Any, path: str | Path) -> Manifest:
-    manifest = manifest_from_onnx(model)
+    """The manifest of a model loaded from `path`, checked against the file's graph (see
+    `manifest_from_file`), or one VitedgeError saying the model was not made by vitedge."""
+    manifest = manifest_from_file(path) if Path(path).is_file() else manifest_from_onnx(model)
     if manifest is None:
         raise VitedgeError(f"{path} has no vitedge manifest",
                            "export it with `vitedge export` so preprocessing and labels travel with it")

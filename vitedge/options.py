@@ -178,6 +178,8 @@ class BuildOptions:
     batch: str | None = None
     """MIN:OPT:MAX for the engine's optimization profile; None: the profile's."""
     timing_cache: str | None = None
+    force: bool = False
+    """Replace intermediates (MODEL.onnx, MODEL.PRECISION.onnx) that a build did not make."""
     calibration: CalibrationOptions = CalibrationOptions()
     qdq: QuantizeOptions = QuantizeOptions()
     verify: VerifyOptions = VerifyOptions()

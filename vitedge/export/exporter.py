@@ -14,7 +14,7 @@ from vitedge.errors import ExportError, require
 from vitedge.export.onnx_graph import onnx_from_vit
 from vitedge.export.tensorrt_ops import tensorrt_problems
 from vitedge.export.verify import FP32_RELATIVE_TOLERANCE, Comparison, verify_onnx_against_torch
-from vitedge.fileio import write_bytes_atomic
+from vitedge.fileio import refuse_overwriting_inputs, write_bytes_atomic
 from vitedge.manifest import Manifest, set_onnx_manifest
 from vitedge.options import ExportOptions
 from vitedge.report import Reporter, reporter
@@ -56,6 +56,7 @@ def export_onnx(
     """
     opts = options or ExportOptions()
     rep = reporter(report)
+    refuse_overwriting_inputs(output, checkpoint, opts.labels)
     require("torch", "export", "exporting a checkpoint")
     from vitedge.model.importer import ImportOptions, load_checkpoint
 

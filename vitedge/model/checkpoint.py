@@ -3,7 +3,6 @@ with `torch.load(weights_only=True)` (a pickle that needs code execution is refu
 
 from __future__ import annotations
 
-import json
 import pickle
 import warnings
 from dataclasses import dataclass, field
@@ -12,7 +11,8 @@ from typing import Any
 
 import torch
 
-from vitedge.errors import CheckpointError
+from vitedge.errors import CheckpointError, VitedgeError
+from vitedge.fileio import read_json, require_regular_file
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -80,9 +80,9 @@ def _read_folder(folder: Path) -> RawCheckpoint:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+        data = read_json(path, "JSON file")
+    except VitedgeError as exc:
+        raise CheckpointError(exc.message, exc.hint) from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} does not hold a JSON object")
     return data
@@ -95,6 +95,12 @@ def _looks_like_safetensors(path: Path) -> bool:
 
 
 def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    try:
+        require_regular_file(path, "checkpoint file")
+    except VitedgeError as exc:
+        raise CheckpointError(exc.message, exc.hint) from exc
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty", "give the checkpoint file itself")
     if path.suffix == ".safetensors" or (
         path.suffix not in TORCH_SUFFIXES and _looks_like_safetensors(path)
     ):

@@ -3,7 +3,6 @@ every vitedge command that starts from training output."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +64,17 @@ def load_checkpoint(path: str | Path, options: ImportOptions | None = None) -> I
     raw = read_checkpoint(path)
     fmt = formats.detect_format(raw.tensors, raw.metadata)
     notes: list[str] = []
-    tensors, config, preprocess, labels = _convert(fmt, raw, opts, notes)
+    try:
+        tensors, config, preprocess, labels = _convert(fmt, raw, opts, notes)
+    except VitedgeError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError,
+            OverflowError, RecursionError) as exc:
+        # the checkpoint's config.json / preprocessor_config.json / metadata is user data:
+        # a field of the wrong type, zero or missing is its fault, said in one line
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: its configuration cannot be read ({what})",
+                              "check config.json / preprocessor_config.json, or pass --arch") from exc
 
     if opts.num_heads is not None and opts.num_heads != config.num_heads:
         config = config.replace(num_heads=opts.num_heads)
@@ -265,21 +274,24 @@ def _dims(shape: Any) -> str:
 
 def read_labels(path: str | Path) -> list[str]:
     """Labels from a text file (one per line) or JSON (a list, or {index: name})."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise VitedgeError(f"cannot read labels file {p}: {exc.strerror}") from exc
+    from vitedge.fileio import read_json, require_regular_file
+
+    p = require_regular_file(path, "labels file")
     if p.suffix == ".json":
+        data = read_json(p, "labels file")
         try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise VitedgeError(f"labels file {p} is not valid JSON") from exc
-        if isinstance(data, dict):
-            return [str(data[k]) for k in sorted(data, key=int)]
+            if isinstance(data, dict):
+                return [str(data[k]) for k in sorted(data, key=int)]
+        except (ValueError, TypeError):
+            raise VitedgeError(f"labels file {p}: the keys of an object must be class "
+                               "indices (\"0\", \"1\", ...)") from None
         if isinstance(data, list):
             return [str(x) for x in data]
         raise VitedgeError(f"labels file {p} must hold a list or an {{index: name}} object")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VitedgeError(f"cannot read labels file {p}: not UTF-8 text") from exc
     labels = [line.strip() for line in text.splitlines()]
     while labels and not labels[-1]:
         labels.pop()

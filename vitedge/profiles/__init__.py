@@ -20,6 +20,7 @@ else:  # JetPack 6 ships Python 3.10
     import tomli as tomllib
 
 PROFILE_DIR = Path(__file__).parent
+MAX_THREADS = 1024
 PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("tensorrt", "onnxruntime")
 HARDWARE_COMPATIBILITY = ("none", "ampere+", "same-compute-capability")
@@ -82,8 +83,8 @@ class OnnxRuntimeSettings:
     """0: ONNX Runtime's choice (every physical core)."""
 
     def __post_init__(self) -> None:
-        if self.threads < 0:
-            raise VitedgeError("onnxruntime.threads must be 0 (automatic) or more")
+        if not 0 <= self.threads <= MAX_THREADS:
+            raise VitedgeError(f"onnxruntime.threads must be 0 (automatic) to {MAX_THREADS}")
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,9 @@ def load_profile(name_or_path: str | Path) -> Profile:
             near = difflib.get_close_matches(str(name_or_path), available(), n=1, cutoff=0.5)
             hint = f"did you mean '{near[0]}'?" if near else f"one of {', '.join(available())}"
             raise VitedgeError(f"unknown profile '{name_or_path}'", hint)
+    from vitedge.fileio import require_regular_file
+
+    require_regular_file(p, "profile")
     try:
         data = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -20,9 +20,9 @@ import numpy as np
 import onnx
 
 from vitedge.backends.onnxruntime.session import ort_session
-from vitedge.datasets import ImageSource, batches, model_inputs, image_source
+from vitedge.datasets import ImageSource, batches, image_source, model_inputs
 from vitedge.errors import VitedgeError
-from vitedge.fileio import sha256_file, write_text_atomic
+from vitedge.fileio import refuse_overwriting_inputs, sha256_file, write_text_atomic
 from vitedge.graph import load_onnx
 from vitedge.manifest import Manifest, require_manifest
 from vitedge.options import CalibrationOptions
@@ -33,7 +33,12 @@ from vitedge.quantize.histogram import (
     amax_from_histogram,
 )
 from vitedge.quantize.qdq import calibration_tensors
-from vitedge.quantize.table import CalibrationTable, tensorrt_cache, tensorrt_cache_path
+from vitedge.quantize.table import (
+    CalibrationTable,
+    is_table_file,
+    tensorrt_cache,
+    tensorrt_cache_path,
+)
 from vitedge.report import Reporter, reporter
 
 Progress = Callable[[int, int], None]
@@ -63,6 +68,8 @@ def calibrate(model_path: str | Path, output: str | Path | None = None,
     options = options or CalibrationOptions()
     rep = reporter(report)
     data = options.data
+    refuse_overwriting_inputs(output, model_path,
+                              None if isinstance(data, ImageSource) or data is None else data)
     if data is None:
         raise VitedgeError("calibration needs images", "give --data SOURCE")
     model = load_onnx(model_path)
@@ -79,11 +86,14 @@ def calibrate(model_path: str | Path, output: str | Path | None = None,
     model_sha = sha256_file(model_path)
     data_info = {"source": str(source.path), "kind": source.kind, "count": source.count,
                  "fingerprint": source.fingerprint}
-    if out.is_file():
+    if out.exists():
         try:
             old = CalibrationTable.read(out)
-        except VitedgeError:
-            old = None
+        except VitedgeError as exc:
+            if not is_table_file(out):  # a user's file: never replaced
+                raise VitedgeError(f"{out} exists and is not a vitedge calibration table; "
+                                   "it is not replaced", "choose another -o") from exc
+            old = None  # a vitedge table that is damaged or out of date: made again
         if old and old.model_sha256 == model_sha and old.data.get("fingerprint") == \
                 source.fingerprint and old.options == options.key():
             return CalibrationResult(old, out, tensorrt_cache_path(out), reused=True)

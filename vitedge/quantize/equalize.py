@@ -148,4 +148,10 @@ def with_outlier_channels(model: onnx.ModelProto, per_tensor: int = 4,
         s[pick] = 1.0 / rng.uniform(*factors, size=len(pick))
         scales[pair.tensor] = s
     apply_smoothing(copy, pairs, scales)
+    from vitedge.manifest import manifest_from_onnx, set_onnx_manifest
+
+    manifest = manifest_from_onnx(copy)
+    if manifest is not None:  # a vitedge model stays one: its record matches its new graph
+        manifest.source = {**manifest.source, "stress_copy": True}
+        set_onnx_manifest(copy, manifest)
     return copy

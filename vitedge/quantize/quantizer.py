@@ -14,10 +14,10 @@ import onnx
 
 from vitedge.backends.onnxruntime.session import graph_output
 from vitedge.compare import Agreement, agreement
-from vitedge.datasets import model_inputs, image_source
+from vitedge.datasets import image_source, model_inputs
 from vitedge.errors import ExportError, VitedgeError
 from vitedge.export.tensorrt_ops import tensorrt_problems
-from vitedge.fileio import sha256_file, write_bytes_atomic
+from vitedge.fileio import refuse_overwriting_inputs, sha256_file, write_bytes_atomic
 from vitedge.graph import load_onnx
 from vitedge.manifest import require_manifest, set_onnx_manifest
 from vitedge.options import QuantizeRequest
@@ -62,6 +62,7 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
     start = time.perf_counter()
     rep = reporter(report)
     step = rep.step
+    refuse_overwriting_inputs(output, model_path, request.calib)
     model = load_onnx(model_path)
     manifest = require_manifest(model, model_path)
     if manifest.precision != "fp32":

@@ -34,7 +34,7 @@ from vitedge.errors import VitedgeError
 from vitedge.manifest import Manifest
 from vitedge.options import PipelineOptions, pipeline_options
 from vitedge.runtime.patchify import patches_from_images
-from vitedge.runtime.preprocess import crop_pixels, load_image, normalize
+from vitedge.runtime.preprocess import MAX_PIXELS, crop_pixels, load_image, normalize, upright
 from vitedge.runtime.stats import StageTimes
 
 STAGES = ("decode", "preprocess", "patchify", "host_to_device", "infer", "device_to_host",
@@ -101,6 +101,8 @@ class Pipeline:
         self._closed = False
         self._fast = _FastPreprocess(self.manifest) if fast else None
         self.clock = clock
+        self.skipped: list[tuple[str, str]] = []
+        """(path, why) of image files `stream()` could not read and left out."""
         self.batch_size = batch
         """Frames `stream()` runs together: more throughput, more latency."""
         if streams > 1 and not model.concurrent:
@@ -120,12 +122,21 @@ class Pipeline:
         if isinstance(frame, (str, Path)):
             return load_image(frame) if not self.fast else np.asarray(load_image(frame))
         if isinstance(frame, Image.Image):
+            if frame.width < 1 or frame.height < 1:
+                raise VitedgeError(f"an empty frame ({frame.width}x{frame.height}) cannot be classified")
+            frame = upright(frame)
             return frame if not self.fast else np.asarray(frame.convert("RGB"))
         if not isinstance(frame, np.ndarray):
             raise VitedgeError(f"a frame must be a numpy array, a PIL image or a path, not "
                                f"{type(frame).__name__}")
         if frame.dtype != np.uint8:
             raise VitedgeError(f"a frame must be uint8 pixels, not {frame.dtype}")
+        if frame.ndim >= 2 and (frame.shape[0] < 1 or frame.shape[1] < 1):
+            raise VitedgeError(f"an empty frame ({frame.shape[1]}x{frame.shape[0]}) cannot be "
+                               "classified")
+        if frame.ndim >= 2 and frame.shape[0] * frame.shape[1] > MAX_PIXELS:
+            raise VitedgeError(f"a frame of {frame.shape[1]}x{frame.shape[0]} is more than "
+                               f"{MAX_PIXELS // 1_000_000} megapixels")
         if frame.ndim == 3 and frame.shape[2] == 3 and not self.fast:
             # PIL swaps BGR while it copies: no numpy pass over the frame
             h, w = frame.shape[:2]
@@ -201,12 +212,13 @@ class Pipeline:
         for _chunk, predictions in self._in_flight(chunks):
             yield predictions
 
-    def _in_flight(self, chunks: Iterable[list[Any]]
-                   ) -> Iterator[tuple[list[Any], list[Prediction]]]:
+    def _in_flight(self, chunks: Iterable[list[Any]], run: Callable[[list[Any]], Any] | None = None
+                   ) -> Iterator[tuple[list[Any], Any]]:
         self._check_open()
+        run = run or self.batch
         if self.streams == 1:
             for chunk in chunks:
-                yield chunk, self.batch(chunk)
+                yield chunk, run(chunk)
             return
         from collections import deque
         from concurrent.futures import Future, ThreadPoolExecutor
@@ -216,7 +228,8 @@ class Pipeline:
         pending: deque[tuple[list[Any], Future[list[Prediction]]]] = deque()
         try:
             for chunk in chunks:
-                pending.append((chunk, self._workers.submit(self.batch, chunk)))
+                self._check_open()  # a generator made before close() and read after it
+                pending.append((chunk, self._workers.submit(run, chunk)))
                 if len(pending) > self.streams:  # one batch queued behind the busy workers
                     done, future = pending.popleft()
                     yield done, future.result()
@@ -241,32 +254,61 @@ class Pipeline:
         chunks = iter(lambda: list(itertools.islice(limited, self.batch_size)), [])
         try:
             if self.streams > 1:
-                for chunk, predictions in self._in_flight(chunks):
-                    yield from zip(chunk, predictions, strict=True)
+                for _chunk, (kept, predictions) in self._in_flight(chunks, self._batch_skipping):
+                    yield from zip(kept, predictions, strict=True)
                 return
             if prefetch <= 0:
                 for chunk in chunks:
-                    yield from zip(chunk, self.batch(chunk), strict=True)
+                    kept, predictions = self._batch_skipping(chunk)
+                    yield from zip(kept, predictions, strict=True)
                 return
-            for chunk, x, timings in _prefetched(self, chunks, prefetch):
-                yield from zip(chunk, self._predict_prepared(x, timings), strict=True)
+            for kept, x, timings in _prefetched(self, chunks, prefetch):
+                yield from zip(kept, self._predict_prepared(x, timings), strict=True)
         finally:
             close = getattr(frames, "close", None)
             if close is not None:
                 close()
 
+    def _batch_skipping(self, chunk: list[Any]) -> tuple[list[Any], list[Prediction]]:
+        """`batch` for `stream`: image files that cannot be read are left out (recorded in
+        `skipped`) instead of ending the stream."""
+        kept, x, timings = self._prepare_skipping(chunk)
+        return (kept, self._predict_prepared(x, timings)) if kept else ([], [])
+
+    def _prepare_skipping(self, frames: list[Any]
+                          ) -> tuple[list[Any], np.ndarray, dict[str, float]]:
+        """(frames kept, model input, stage times): an image file that cannot be read is
+        left out and recorded in `skipped`; any other bad frame raises."""
+        return self._prepare(frames, skip_unreadable=True)
+
     def _prepare_timed(self, frames: list[Any]) -> tuple[np.ndarray, dict[str, float]]:
-        timings: dict[str, float] = {}
+        _kept, x, timings = self._prepare(frames, skip_unreadable=False)
+        return x, timings
+
+    def _prepare(self, frames: list[Any], skip_unreadable: bool
+                 ) -> tuple[list[Any], np.ndarray, dict[str, float]]:
         clock = self.clock
         t0 = clock()
-        decoded = [self._decode(f) for f in frames]
+        kept, decoded = [], []
+        for f in frames:
+            try:
+                decoded.append(self._decode(f))
+            except VitedgeError as exc:
+                if not (skip_unreadable and isinstance(f, (str, Path))):
+                    raise
+                with self._lock:
+                    self.skipped.append((str(f), exc.message))
+                continue
+            kept.append(f)
+        if not kept:
+            return [], np.zeros(0), {}
         t1 = clock()
         x = np.stack([self._preprocess(d) for d in decoded])
         t2 = clock()
         x = self._patchify(x)
         t3 = clock()
-        timings.update(decode=(t1 - t0) * 1e3, preprocess=(t2 - t1) * 1e3, patchify=(t3 - t2) * 1e3)
-        return x, timings
+        return kept, x, {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3,
+                         "patchify": (t3 - t2) * 1e3}
 
     def _predict_prepared(self, x: np.ndarray, timings: dict[str, float]) -> list[Prediction]:
         """infer + postprocess for an input the worker prepared."""
@@ -331,24 +373,36 @@ class Pipeline:
 
 def _prefetched(pipe: Pipeline, chunks: Iterator[list[Any]], depth: int
                 ) -> Iterator[tuple[list[Any], np.ndarray, dict[str, float]]]:
-    """(frames, prepared input, its stage times), prepared `depth` chunks ahead by a worker
-    thread. An error in the worker is raised here, at the chunk it happened in."""
+    """(frames kept, prepared input, its stage times), prepared `depth` chunks ahead by a
+    worker thread; unreadable image files are left out. An error in the worker is raised
+    here, at the chunk it happened in. Leaving early never waits on a producer that blocks
+    (a camera read): the worker is told to stop and left to finish on its own."""
     import queue
 
     done = object()
     items: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work() -> None:
         try:
             for chunk in chunks:
                 if stop.is_set():
                     return
-                x, timings = pipe._prepare_timed(chunk)
-                items.put((chunk, x, timings))
-            items.put(done)
+                kept, x, timings = pipe._prepare_skipping(chunk)
+                if kept and not put((kept, x, timings)):
+                    return
+            put(done)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            items.put(exc)
+            put(exc)
 
     worker = threading.Thread(target=work, name="vitedge-prefetch", daemon=True)
     worker.start()
@@ -361,12 +415,7 @@ def _prefetched(pipe: Pipeline, chunks: Iterator[list[Any]], depth: int
                 raise item
             yield item
     finally:
-        stop.set()
-        while worker.is_alive():  # unblock a worker waiting on a full queue
-            try:
-                items.get_nowait()
-            except queue.Empty:
-                worker.join(timeout=0.05)
+        stop.set()  # the worker sees it at its next put or chunk; nobody waits for that
 
 
 class _FastPreprocess:

@@ -21,13 +21,39 @@ PIL_FILTERS = {
 }
 
 
+MAX_PIXELS = 64_000_000
+"""An image declaring more pixels than this (an 8000x8000 photo) is refused before it is
+decoded: a small file can declare 50000x50000 and take gigabytes."""
+
+
 def load_image(path: str | Path) -> Image.Image:
-    """An image file as RGB (grayscale, palette and RGBA are converted)."""
+    """An image file as RGB (grayscale, palette and RGBA are converted), turned upright
+    by its EXIF orientation as a phone photo expects. Not a regular file, unreadable, or
+    over the pixel budget: one VitedgeError."""
+    from vitedge.fileio import require_regular_file
+
+    require_regular_file(path, "image")
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as exc:
+            if im.width * im.height > MAX_PIXELS:
+                raise VitedgeError(f"cannot read image {path}: {im.width}x{im.height} is more "
+                                   f"than {MAX_PIXELS // 1_000_000} megapixels")
+            if im.width < 1 or im.height < 1:
+                raise VitedgeError(f"cannot read image {path}: it is empty ({im.width}x{im.height})")
+            return upright(im).convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise VitedgeError(f"cannot read image {path}: {exc}") from exc
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says (a copy only when it must turn)."""
+    from PIL import ImageOps
+
+    try:
+        turned = ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - a broken EXIF block: use the pixels as stored
+        return image
+    return turned if turned is not None else image
 
 
 def resize_for(image: Image.Image, prep: Preprocess) -> Image.Image:

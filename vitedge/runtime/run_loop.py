@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from vitedge.errors import VitedgeError
@@ -26,6 +27,9 @@ def run_loop(artifact: str, source: str, output: str | None = None, display: boo
     file) and/or a window, and return the run's summary (frames, fps, dropped, reconnects,
     per-stage statistics, warnings). A live source that does not come back within its
     reconnect budget ends the run with a VitedgeError after the summary's frames."""
+    from vitedge.fileio import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs(output, artifact, source if Path(str(source)).is_file() else None)
     frames = FrameSource(source, source_options, on_event=log)
     start = time.perf_counter()
     count = 0

@@ -7,12 +7,13 @@ instead of TensorRT's deserialisation error. Pure Python: testable anywhere."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from vitedge import __version__
 from vitedge.errors import VitedgeError
+from vitedge.fileio import read_json
 
 SIDECAR_SCHEMA = 1
 
@@ -46,17 +47,43 @@ class EngineInfo:
 
     @classmethod
     def read(cls, path: str | Path) -> EngineInfo:
+        """The description at `path`, every field checked for its type (a sidecar is a
+        file anyone can edit): one VitedgeError naming the first field that is wrong."""
         p = Path(path)
-        if not p.is_file():
+        if not p.exists():
             raise VitedgeError(f"{p} is missing: it describes the engine beside it",
                                "rebuild with `vitedge build`, which writes both")
-        try:
-            data = json.loads(p.read_text())
-            if int(data.get("schema", 0)) > SIDECAR_SCHEMA:
-                raise VitedgeError(f"{p} was written by a newer vitedge", "upgrade vitedge")
-            return cls(**data)
-        except (ValueError, TypeError, UnicodeDecodeError) as exc:
-            raise VitedgeError(f"{p} is not a vitedge engine description: {exc}") from exc
+        data = read_json(p, "vitedge engine description")
+        if not isinstance(data, dict):
+            raise VitedgeError(f"{p} is not a vitedge engine description (not an object)")
+        schema = data.get("schema", 0)
+        if isinstance(schema, int) and schema > SIDECAR_SCHEMA:
+            raise VitedgeError(f"{p} was written by a newer vitedge", "upgrade vitedge")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise VitedgeError(f"{p}: unknown field '{unknown[0]}'", "was it written by a newer vitedge?")
+        missing = [n for n, f in known.items() if n not in data and f.default is MISSING
+                   and f.default_factory is MISSING]
+        if missing:
+            raise VitedgeError(f"{p} lacks '{missing[0]}'", "rebuild with `vitedge build`")
+        for name, value in data.items():
+            want = FIELD_TYPES[name]
+            if not isinstance(value, want) or (isinstance(value, bool) and bool not in want):
+                raise VitedgeError(f"{p}: '{name}' must be {want[0].__name__}, not {value!r:.60}",
+                                   "rebuild with `vitedge build`")
+        return cls(**data)
+
+
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "tensorrt_version": (str,), "gpu_name": (str,), "compute_capability": (str,),
+    "precision": (str,), "batch": (str,), "profile": (str,), "inputs": (list,),
+    "outputs": (list,), "manifest": (dict,), "onnx_sha256": (str,), "engine_sha256": (str,),
+    "backend": (str,), "hardware_compatibility": (str,), "version_compatible": (bool,),
+    "build_seconds": (float, int), "vitedge_version": (str,), "schema": (int,),
+    "notes": (list,), "verification": (dict,),
+}
+"""Each sidecar field's JSON type, checked when a sidecar is read."""
 
 
 def sidecar_path(engine: str | Path) -> Path:
