@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,29 @@ def relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(np.abs(reference - candidate).max() / np.abs(reference).max())
 
 
+WRITTEN_ONNX: list[Path] = []
+"""Every ONNX file vitedge's atomic writer moved into place during this test run (the hook
+below); tests/test_tensorrt_parser.py checks each with both TensorRT checks."""
+_REAL_REPLACE = os.replace
+
+
+def _recording_replace(src: object, dst: object, *args: object, **kwargs: object) -> None:
+    _REAL_REPLACE(src, dst, *args, **kwargs)  # type: ignore[arg-type]
+    if str(dst).endswith(".onnx"):
+        WRITTEN_ONNX.append(Path(str(dst)))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.replace = _recording_replace  # type: ignore[assignment]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    os.replace = _REAL_REPLACE
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # the parser-agreement test reads what every other test wrote: it runs last
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_tensorrt_parser.py"))
     try:
         import tensorrt  # noqa: F401
 
@@ -88,5 +111,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         has_trt = False
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU and TensorRT (see README: GPU tests)")
     for item in items:
-        if "gpu" in item.keywords and not has_trt:
+        # TensorRT for RTX's gpu tests carry their own condition (an RTX GPU)
+        if "gpu" in item.keywords and not has_trt and "tensorrt_rtx" not in item.nodeid:
             item.add_marker(skip)

@@ -9,7 +9,7 @@ from vitedge.errors import VitedgeError
 from vitedge.profiles import BatchRange, available, load_profile, profile_from_dict, suggest_profile
 
 SHIPPED = ["cpu", "datacenter-gpu", "desktop-rtx", "jetson-agx-orin", "jetson-orin-nano",
-           "jetson-orin-nx", "jetson-xavier-nx"]
+           "jetson-orin-nx", "jetson-xavier-nx", "rtx-portable"]
 
 
 def test_every_shipped_profile_loads_and_cites_its_numbers():

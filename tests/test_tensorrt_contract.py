@@ -14,15 +14,31 @@ import pytest
 
 trt = pytest.importorskip("tensorrt_lean_bindings")
 
-SOURCE = Path(__file__).parents[1] / "vitedge" / "backends" / "tensorrt" / "runner.py"
-# how the code names each TensorRT object -> the class it is
-ROOTS = {
-    ("trt",): trt,
-    ("self", "trt"): trt,
-    ("self", "engine"): trt.ICudaEngine,
-    ("self", "context"): trt.IExecutionContext,
-    ("self", "runtime"): trt.Runtime,
-}
+BACKENDS = Path(__file__).parents[1] / "vitedge" / "backends"
+SOURCE = BACKENDS / "tensorrt" / "runner.py"
+
+
+def roots(module: object) -> dict[tuple[str, ...], object]:
+    """How the runners name each TensorRT object -> the class it is in `module`."""
+    return {("trt",): module, ("self", "trt"): module,
+            ("self", "engine"): module.ICudaEngine,  # type: ignore[attr-defined]
+            ("self", "context"): module.IExecutionContext,  # type: ignore[attr-defined]
+            ("self", "runtime"): module.Runtime,  # type: ignore[attr-defined]
+            **({("config",): module.IRuntimeConfig,  # type: ignore[attr-defined]
+                ("self", "runtime_cache"): module.IRuntimeCache}  # type: ignore[attr-defined]
+               if hasattr(module, "IRuntimeCache") else {})}
+
+
+def contracts() -> list[tuple[str, Path, object]]:
+    """(name, runner source, real bindings): TensorRT's runner against TensorRT 11's lean
+    runtime; it and TensorRT for RTX's runner (which inherits it) against tensorrt_rtx."""
+    found = [("tensorrt 11", SOURCE, trt)]
+    try:
+        import tensorrt_rtx
+    except ImportError:
+        return found
+    return found + [("tensorrt-rtx", SOURCE, tensorrt_rtx),
+                    ("tensorrt-rtx", BACKENDS / "tensorrt_rtx" / "runner.py", tensorrt_rtx)]
 
 
 def chain(node: ast.AST) -> list[str] | None:
@@ -36,9 +52,11 @@ def chain(node: ast.AST) -> list[str] | None:
     return None
 
 
-def uses() -> list[tuple[object, list[str], int | None, int]]:
+def uses(source: Path = SOURCE, module: object = trt
+         ) -> list[tuple[object, list[str], int | None, int]]:
     """(TensorRT object, attribute path, positional arguments if called, line)."""
-    tree = ast.parse(SOURCE.read_text())
+    ROOTS = roots(module)  # noqa: N806
+    tree = ast.parse(source.read_text())
     calls = {id(n.func): len(n.args) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     found = []
     for node in ast.walk(tree):
@@ -79,12 +97,17 @@ def test_the_code_uses_tensorrt_at_all():
             "deserialize_cuda_engine", "TensorIOMode.INPUT"} <= paths
 
 
-@pytest.mark.parametrize("use", uses(), ids=lambda u: f"line{u[3]}:{'.'.join(u[1])}")
-def test_every_runtime_call_exists_in_tensorrt_11(use):
+ALL_USES = [(name, src, use) for name, src, module in contracts() for use in uses(src, module)]
+
+
+@pytest.mark.parametrize("name, source, use", ALL_USES,
+                         ids=[f"{n}:{s.parent.name}/{s.name}:line{u[3]}:{'.'.join(u[1])}"
+                              for n, s, u in ALL_USES])
+def test_every_runtime_call_exists_in_the_real_bindings(name, source, use):
     obj, path, nargs, line = use
     target = obj
     for attr in path:
-        assert hasattr(target, attr), f"line {line}: {'.'.join(path)} is not in TensorRT 11"
+        assert hasattr(target, attr), f"{source.name} line {line}: {'.'.join(path)} is not in {name}"
         target = getattr(target, attr)
     if nargs is not None and callable(target) and not isinstance(target, type):
         if path[-1] == "__init__":
@@ -92,7 +115,7 @@ def test_every_runtime_call_exists_in_tensorrt_11(use):
         accepted = arities(target)
         if accepted:  # properties and enums have no signature
             assert any(nargs in r for r in accepted), \
-                f"line {line}: {'.'.join(path)} called with {nargs} arguments; TensorRT 11 " \
+                f"line {line}: {'.'.join(path)} called with {nargs} arguments; {name} " \
                 f"takes {[(r.start, r.stop - 1) for r in accepted]}"
 
 

@@ -204,15 +204,23 @@ def inspect(artifact: str, pos_embed: str | None, as_json: bool) -> None:
             _print_json(engine)
             return
         e = engine["engine"]
+        rtx = e.get("backend") == "tensorrt-rtx"
+        product = "TensorRT for RTX" if rtx else "TensorRT"
         t = Table(show_header=False, title=f"{artifact} ({engine['size_bytes'] / 1e6:.1f} MB)")
-        t.add_row("built for", f"{e['gpu_name']} (compute {e['compute_capability']}), TensorRT "
+        t.add_row("built for", f"{e['gpu_name']} (compute {e['compute_capability']}), {product} "
                   f"{e['tensorrt_version']}")
         t.add_row("precision / batch", f"{e['precision']} / {e['batch']} (profile {e['profile']})")
         for kind in ("inputs", "outputs"):
             t.add_row(kind, ", ".join(f"{v.get('name')} {v.get('shape')} {v.get('dtype')}"
                                       for v in e[kind]))
-        t.add_row("compatibility", f"hardware {e['hardware_compatibility']}, version compatible "
-                  f"{e['version_compatible']}")
+        if rtx:
+            r = e.get("runtime") or {}
+            t.add_row("runtime", f"kernels JIT-compiled on the GPU ({r.get('dynamic_shapes', 'lazy')} "
+                      f"specialisation, CUDA graphs {r.get('cuda_graph_strategy', 'disabled')}), "
+                      f"runtime cache {'beside the engine' if r.get('runtime_cache', True) else 'off'}")
+        else:
+            t.add_row("compatibility", f"hardware {e['hardware_compatibility']}, version "
+                      f"compatible {e['version_compatible']}")
         t.add_row("from ONNX", f"sha256 {e['onnx_sha256'][:16]}...; built in {e['build_seconds']} s "
                   f"by vitedge {e['vitedge_version']}")
         t.add_row("verified", _verification_line(e.get("verification") or {}))
@@ -268,6 +276,8 @@ def inspect(artifact: str, pos_embed: str | None, as_json: bool) -> None:
 
 def _verification_line(v: dict[str, Any]) -> str:
     """The build's verification of an artifact, in one line."""
+    if v.get("skipped"):
+        return str(v["skipped"])
     if not v:
         return "no (built without verification, or by an older vitedge)"
     parts = [f"vs {v['graph']} {v['vs_graph']['top1_agreement']:.2%}"]
@@ -465,7 +475,11 @@ def quantize(model: str, precision: str, calib: str | None, data: str | None, sc
             e = result.check_integer_exact
             out.print(f"  on ONNX Runtime's integer kernels (vitedge's CPU weights): top-1 "
                       f"agreement {e.top1_agreement:.1%}, mean KL {e.mean_kl:.2e}")
-    out.print("TensorRT parser rules: ok (symmetric Q/DQ, no int32 bias, supported ops)")
+    from vitedge.backends.tensorrt_rtx.parser import available
+
+    out.print("TensorRT's parser: ok (" + ("TensorRT for RTX's ONNX parser and " if available()
+                                            else "") + "vitedge's operator table: symmetric "
+              "Q/DQ, no int32 bias, supported ops)")
 
 
 @cli.command(name="eval")
@@ -818,9 +832,8 @@ def bench(artifacts: tuple[str, ...], batches: tuple[int, ...], warmup: int, ite
     from pathlib import Path
 
     from vitedge import bench as benchmark
-    from vitedge.runtime.pipeline import STAGES as STAGE_NAMES
-
     from vitedge.fileio import refuse_overwriting_inputs
+    from vitedge.runtime.pipeline import STAGES as STAGE_NAMES
 
     for path in (json_path, csv_path, plot_path):
         refuse_overwriting_inputs(path, *artifacts, source)

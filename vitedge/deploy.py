@@ -68,6 +68,15 @@ def choose_backend(requested: str, profile: Profile) -> tuple[str, str]:
         return requested, "asked for with --backend"
     if profile.backend == "onnxruntime":
         return "onnxruntime", f"profile {profile.name} builds for ONNX Runtime"
+    if profile.backend == "tensorrt-rtx":  # only where a profile asks for it, never by guess
+        from vitedge.backends.tensorrt.flavours import TENSORRT_RTX
+
+        if TENSORRT_RTX.import_module() is None:
+            return "onnxruntime", (f"profile {profile.name} builds for TensorRT for RTX, which "
+                                   "is not installed (pip install tensorrt-rtx-cu13)")
+        targets = ", ".join(profile.tensorrt_rtx.compute_capabilities)
+        return "tensorrt-rtx", (f"profile {profile.name} builds for TensorRT for RTX (compute "
+                                f"capabilities {targets}; no GPU is needed to build)")
     if tensorrt_module() is None:
         return "onnxruntime", "TensorRT (with its builder) is not installed"
     if gpu_info() is None:
@@ -100,13 +109,14 @@ def build(input_path: str | Path, output: str | Path | None = None,
         raise VitedgeError(f"unknown precision '{precision}'", f"use one of {', '.join(PRECISIONS)}")
     batch = BatchRange.parse(options.batch) if options.batch else profile.batch
     backend, reason = choose_backend(options.backend, profile)
-    if backend == "tensorrt":
+    if backend in ("tensorrt", "tensorrt-rtx"):
         from vitedge.backends.tensorrt.build import require_tensorrt
+        from vitedge.backends.tensorrt.flavours import FLAVOURS
 
-        require_tensorrt()  # fail before any work, with what is missing
+        require_tensorrt(FLAVOURS[backend])  # fail before any work, with what is missing
     is_onnx = src.suffix == ".onnx"
     stem = src.stem if is_onnx else (src.stem if src.is_file() else src.name)
-    suffix = ".engine" if backend == "tensorrt" else ".ort.onnx"
+    suffix = ".ort.onnx" if backend == "onnxruntime" else ".engine"
     output = Path(output) if output else src.parent / f"{stem}.{precision}{suffix}"
     _check_writable(output)
     refuse_overwriting_inputs(output, src, options.data, options.calib)
@@ -167,8 +177,8 @@ def build(input_path: str | Path, output: str | Path | None = None,
     reference = fp32 if manifest.precision == "fp32" and model_for_backend != fp32 else None
     inputs = _verification_inputs(options, manifest, held_out)
     with atomic_path(output) as tmp:  # the artifact appears only once it is verified
-        if backend == "tensorrt":
-            verification = _build_tensorrt(options, model_for_backend, tmp, profile, batch,
+        if backend != "onnxruntime":
+            verification = _build_tensorrt(backend,options, model_for_backend, tmp, profile, batch,
                                            reference, inputs, result, timed, rep)
         else:
             verification = _build_onnxruntime(options, model_for_backend, tmp, profile,
@@ -236,13 +246,14 @@ def _build_onnxruntime(options: BuildOptions, model: Path, tmp: Path, profile: P
     return verification
 
 
-def _build_tensorrt(options: BuildOptions, model: Path, tmp: Path, profile: Profile,
+def _build_tensorrt(backend: str, options: BuildOptions, model: Path, tmp: Path, profile: Profile,
                     batch: BatchRange, reference: Path | None,
                     inputs: tuple[Any, str, bool] | None, result: BuildResult,
                     timed: Callable[[str, Callable[[], Any]], Any],
                     rep: Reporter) -> Any:
     import os
 
+    from vitedge.backends import runner_class
     from vitedge.backends.tensorrt.build import build_engine
     from vitedge.backends.tensorrt.engine_info import sidecar_path
     from vitedge.fileio import write_text_atomic
@@ -250,20 +261,35 @@ def _build_tensorrt(options: BuildOptions, model: Path, tmp: Path, profile: Prof
     final = require_manifest(load_onnx(model), model)
     cache = Path(options.timing_cache) if options.timing_cache else None
     try:
-        info = timed("tensorrt build", lambda: build_engine(
-            model, tmp, final, profile, batch, cache, rep))
-        result.details["engine"] = {"tensorrt": info.tensorrt_version, "gpu": info.gpu_name,
-                                    "batch": info.batch}
+        if backend == "tensorrt-rtx":
+            from vitedge.backends.tensorrt_rtx.build import build_rtx_engine
+
+            info = timed("tensorrt-rtx build", lambda: build_rtx_engine(
+                model, tmp, final, profile, batch, rep))
+            if cache is not None:
+                result.notes.append("--timing-cache has no effect with TensorRT for RTX")
+        else:
+            info = timed("tensorrt build", lambda: build_engine(
+                model, tmp, final, profile, batch, cache, rep))
+        result.details["engine"] = {"backend": backend, "version": info.tensorrt_version,
+                                    "gpu": info.gpu_name, "batch": info.batch,
+                                    "compute_capabilities": info.compute_capabilities}
         verification = None
-        if inputs is not None:
-            from vitedge.backends.tensorrt.runner import TensorRTRunner
+        if inputs is not None and gpu_info() is None:
+            skipped = (f"not verified: the {backend} engine runs only on a GPU and this machine "
+                       "has none (its graph passed the real parser and builder); build it on the "
+                       "GPU machine to have it verified there")
+            result.notes.append(skipped)
+            info.verification = {"skipped": skipped}
+            write_text_atomic(sidecar_path(tmp), info.to_json())
+        elif inputs is not None:
             from vitedge.verification import check_verification, verify_artifact
 
             def run() -> Any:
-                with TensorRTRunner(tmp) as runner:
+                with runner_class(backend)(tmp) as runner:  # type: ignore[call-arg]
                     return verify_artifact(
                         runner, model.read_bytes(), "ONNX Runtime on the same graph (Q/DQ in "
-                        "float)", reference, *inputs, options.verify, "tensorrt", result.device)
+                        "float)", reference, *inputs, options.verify, backend, result.device)
 
             verification = timed("verify", run)
             check_verification(verification)
@@ -277,9 +303,11 @@ def _build_tensorrt(options: BuildOptions, model: Path, tmp: Path, profile: Prof
 
 
 def _device(backend: str) -> str:
-    if backend == "tensorrt":
+    if backend in ("tensorrt", "tensorrt-rtx"):
         gpu = gpu_info()
-        return f"{gpu[0]} (compute {gpu[1]})" if gpu else "GPU"
+        if gpu:
+            return f"{gpu[0]} (compute {gpu[1]})"
+        return "no GPU (ahead-of-time build)" if backend == "tensorrt-rtx" else "GPU"
     import os
 
     from vitedge.backends.onnxruntime.cpu import cpu_int8, cpu_name

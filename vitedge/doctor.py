@@ -42,6 +42,22 @@ def _tensorrt() -> Check:
     return Check("tensorrt", True, str(getattr(trt, "__version__", "?")))
 
 
+def _tensorrt_rtx() -> Check:
+    from vitedge.backends.tensorrt.flavours import TENSORRT_RTX
+
+    trt = TENSORRT_RTX.import_module()
+    if trt is None:
+        return Check("tensorrt-rtx", False, "not installed",
+                     "desktop / laptop RTX: pip install tensorrt-rtx-cu13 (Linux x86-64, Windows)")
+    from vitedge.backends.tensorrt.device import gpu_info
+
+    gpu = gpu_info()
+    runs = (f"runs engines here on {gpu[0]} (compute {gpu[1]})" if gpu else
+            "builds engines here without a GPU (--backend tensorrt-rtx, profile rtx-portable); "
+            "they run on RTX GPUs")
+    return Check("tensorrt-rtx", True, f"TensorRT for RTX {trt.__version__}: {runs}")
+
+
 def jetson_model() -> str | None:
     p = Path("/proc/device-tree/model")
     try:
@@ -91,6 +107,7 @@ def run_checks() -> list[Check]:
     checks.append(Check("torch", torch is not None, torch or "missing (needed only for export)",
                         "" if torch else "pip install 'vitedge[export]'"))
     checks.append(_tensorrt())
+    checks.append(_tensorrt_rtx())
     pycuda = _version("pycuda")
     cuda_python = None
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):

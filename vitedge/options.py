@@ -28,7 +28,7 @@ HISTOGRAM_BINS = 2048
 SCHEMES = ("vit", "all")
 QUANTIZE_PRECISIONS = ("int8", "fp16")
 BUILD_PRECISIONS = ("fp32", "fp16", "int8")
-BUILD_BACKENDS = ("auto", "tensorrt", "onnxruntime")
+BUILD_BACKENDS = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime")
 EXPLAIN_METHODS = ("cls", "rollout")
 HEAD_REDUCTIONS = ("mean", "max")
 

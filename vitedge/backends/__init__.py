@@ -24,6 +24,7 @@ __all__ = ["BACKENDS", "Runner", "TensorInfo", "backend_of", "is_engine", "load_
 BACKENDS: dict[str, str] = {
     "onnxruntime": "vitedge.backends.onnxruntime.runner:OnnxRuntimeRunner",
     "tensorrt": "vitedge.backends.tensorrt.runner:TensorRTRunner",
+    "tensorrt-rtx": "vitedge.backends.tensorrt_rtx.runner:TensorRTRTXRunner",
 }
 """backend name -> its Runner class, imported on first use."""
 
@@ -38,7 +39,7 @@ def is_engine(path: str | Path) -> bool:
 def backend_of(path: str | Path) -> str:
     """Which backend runs the artifact at `path`, from its sidecar or its manifest."""
     from vitedge.backends.tensorrt.engine_info import EngineInfo, sidecar_path
-    from vitedge.manifest import manifest_from_file
+    from vitedge.manifest import MANIFEST_KEY, read_onnx_metadata
 
     p = Path(path)
     if not p.exists():
@@ -47,11 +48,11 @@ def backend_of(path: str | Path) -> str:
         raise VitedgeError(f"{p} is not a file", "give a model file (.onnx or an engine)")
     if sidecar_path(p).is_file():
         return EngineInfo.read(sidecar_path(p)).backend
-    try:
-        manifest = manifest_from_file(p)
-    except VitedgeError:
-        manifest = None
-    if manifest is None:
+    try:  # what the file is, not whether it is intact: the runner checks that
+        vitedge_onnx = MANIFEST_KEY in read_onnx_metadata(p)
+    except (ValueError, OSError):
+        vitedge_onnx = False
+    if not vitedge_onnx:
         raise VitedgeError(f"{p} is not a model vitedge runs: neither an ONNX model with a "
                            "vitedge manifest nor an engine with its .json description beside it",
                            "export with `vitedge export` or build with `vitedge build`")

@@ -12,7 +12,7 @@ from typing import Any
 
 from vitedge.errors import ExportError, require
 from vitedge.export.onnx_graph import onnx_from_vit
-from vitedge.export.tensorrt_ops import tensorrt_problems
+from vitedge.export.tensorrt_ops import tensorrt_check
 from vitedge.export.verify import FP32_RELATIVE_TOLERANCE, Comparison, verify_onnx_against_torch
 from vitedge.fileio import refuse_overwriting_inputs, write_bytes_atomic
 from vitedge.manifest import Manifest, set_onnx_manifest
@@ -117,7 +117,7 @@ def check_onnx(model: Any) -> None:
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ExportError(f"the ONNX model fails the ONNX checker: {exc}") from exc
-    problems = tensorrt_problems(model)
+    problems = tensorrt_check(model)
     if problems:
         more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ExportError("TensorRT's ONNX parser would reject: " + "; ".join(problems[:5]) + more)

@@ -1,9 +1,12 @@
 """The ONNX operators vitedge's graphs may use, and the restrictions TensorRT's ONNX
-parser puts on them. Every exported or quantized model is checked against this table.
+parser puts on them. Every exported or quantized model is checked against this table and,
+where tensorrt_rtx is installed, by TensorRT for RTX's real parser (`tensorrt_check`);
+`tests/test_tensorrt_parser.py` shows the two agree on every model the test suite writes.
 
 Source: the operator support matrix of onnx-tensorrt for TensorRT 10.1 GA
-(docs/operators.md, Apache-2.0); TensorRT 10.x parses opsets 9 to 20. Only the operators
-vitedge emits are listed; newer TensorRT releases removed none of them.
+(docs/operators.md, Apache-2.0); TensorRT 10.x parses opsets 9 to 20. Listed: the operators
+vitedge emits, and the standard ones ONNX Runtime's optimizer puts into vitedge's graphs
+(Exp, Gemm, ReduceMax, ReduceSum, Split); newer TensorRT releases removed none of them.
 """
 
 from __future__ import annotations
@@ -21,25 +24,33 @@ TENSORRT_OPS: dict[str, str | None] = {
     "DequantizeLinear": "x_zero_point must be zero; int8 input",
     "Div": None,
     "Erf": None,
+    "Exp": None,
     "Expand": None,
     "Gather": None,
     "Gelu": None,
+    "Gemm": None,
     "Identity": None,
     "LayerNormalization": "only the first output Y",
     "MatMul": None,
     "Mul": None,
     "QuantizeLinear": "y_zero_point must be zero",
+    "ReduceMax": "axes must be an initializer",
     "ReduceMean": "axes must be an initializer",
+    "ReduceSum": "axes must be an initializer",
     "Reshape": None,
     "Shape": None,
     "Slice": "axes must be an initializer",
     "Softmax": None,
+    "Split": "split must be an initializer",  # what ONNX Runtime's GatherSliceToSplitFusion makes
     "Sqrt": None,
     "Sub": None,
     "Transpose": None,
     "Unsqueeze": "axes must be a constant tensor",
     "Squeeze": "axes must be an initializer",
 }
+AXES_INPUT = {"Slice": 3, "ReduceMean": 1, "ReduceMax": 1, "ReduceSum": 1, "Squeeze": 1,
+              "Unsqueeze": 1, "Split": 1}
+"""Ops whose axes (or split sizes) come as an input, which TensorRT needs to be constant."""
 UNSUPPORTED_TYPES = {TensorProto.DOUBLE, TensorProto.STRING, TensorProto.UINT16,
                      TensorProto.UINT32, TensorProto.UINT64, TensorProto.COMPLEX64}
 
@@ -62,11 +73,10 @@ def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
         if node.op_type not in TENSORRT_OPS:
             problems.append(f"{where}: not in vitedge's TensorRT operator table")
             continue
-        if node.op_type in ("Slice", "ReduceMean", "Squeeze", "Unsqueeze"):
-            axes_index = {"Slice": 3, "ReduceMean": 1, "Squeeze": 1, "Unsqueeze": 1}[node.op_type]
-            if len(node.input) > axes_index and node.input[axes_index] and \
-                    node.input[axes_index] not in constants:
-                problems.append(f"{where}: axes must be an initializer")
+        axes_index = AXES_INPUT.get(node.op_type)
+        if axes_index is not None and len(node.input) > axes_index and \
+                node.input[axes_index] and node.input[axes_index] not in constants:
+            problems.append(f"{where}: input {axes_index} (axes / split) must be an initializer")
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             scale = constants.get(node.input[1])
             if scale is None:
@@ -90,3 +100,14 @@ def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
             problems.append(f"initializer '{t.name}': data type "
                             f"{TensorProto.DataType.Name(t.data_type)} is not supported")
     return problems
+
+
+def tensorrt_check(model: onnx.ModelProto) -> list[str]:
+    """What TensorRT would reject in the graph: TensorRT for RTX's real ONNX parser where
+    tensorrt_rtx is installed (one line per error, naming the node), and this table's rules
+    in any case, which also hold where that parser is more lenient than TensorRT 10."""
+    from vitedge.backends.tensorrt_rtx.parser import parser_problems
+
+    problems = tensorrt_problems(model)
+    real = parser_problems(model)
+    return problems + [f"TensorRT for RTX's parser: {p}" for p in (real or [])]

@@ -22,7 +22,10 @@ else:  # JetPack 6 ships Python 3.10
 PROFILE_DIR = Path(__file__).parent
 MAX_THREADS = 1024
 PRECISIONS = ("fp32", "fp16", "int8")
-BACKENDS = ("tensorrt", "onnxruntime")
+BACKENDS = ("tensorrt", "tensorrt-rtx", "onnxruntime")
+RTX_TARGETS = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1", "current")
+RTX_SPECIALIZATION = ("lazy", "eager", "none")
+RTX_CUDA_GRAPHS = ("disabled", "whole_graph_capture")
 HARDWARE_COMPATIBILITY = ("none", "ampere+", "same-compute-capability")
 
 
@@ -78,6 +81,33 @@ class TensorRTSettings:
 
 
 @dataclass(frozen=True)
+class TensorRTRTXSettings:
+    """TensorRT for RTX (`vitedge.backends.tensorrt.flavours`): what the engine targets and
+    how its kernels are compiled on the user's GPU."""
+
+    compute_capabilities: tuple[str, ...] = ("8.6", "8.9", "12.0")
+    """Build targets: Ampere RTX 30xx, Ada RTX 40xx, Blackwell RTX 50xx by default; 7.5 for
+    Turing (explicit only), `current` for this machine's GPU."""
+    runtime_cache: bool = True
+    """Keep the JIT-compiled kernels in ENGINE.runtime-cache beside the engine."""
+    dynamic_shapes: str = "lazy"
+    """Kernel specialisation for a new batch size: lazy (a fallback kernel first, the
+    specialised one compiled in the background), eager, or none."""
+    cuda_graph_strategy: str = "disabled"
+
+    def __post_init__(self) -> None:
+        if not self.compute_capabilities or any(
+                c not in RTX_TARGETS for c in self.compute_capabilities):
+            raise VitedgeError(f"tensorrt_rtx.compute_capabilities must be some of "
+                               f"{', '.join(RTX_TARGETS)}")
+        if self.dynamic_shapes not in RTX_SPECIALIZATION:
+            raise VitedgeError(f"tensorrt_rtx.dynamic_shapes must be one of {', '.join(RTX_SPECIALIZATION)}")
+        if self.cuda_graph_strategy not in RTX_CUDA_GRAPHS:
+            raise VitedgeError(f"tensorrt_rtx.cuda_graph_strategy must be one of "
+                               f"{', '.join(RTX_CUDA_GRAPHS)}")
+
+
+@dataclass(frozen=True)
 class OnnxRuntimeSettings:
     threads: int = 0
     """0: ONNX Runtime's choice (every physical core)."""
@@ -95,6 +125,7 @@ class Profile:
     precision: str
     batch: BatchRange = BatchRange()
     tensorrt: TensorRTSettings = TensorRTSettings()
+    tensorrt_rtx: TensorRTRTXSettings = TensorRTRTXSettings()
     onnxruntime: OnnxRuntimeSettings = OnnxRuntimeSettings()
     match: tuple[str, ...] = ()
     """Substrings of the Jetson model or GPU name this profile is for (doctor's pick)."""
@@ -106,6 +137,7 @@ class Profile:
 
 
 _SECTIONS: dict[str, type] = {"batch": BatchRange, "tensorrt": TensorRTSettings,
+                              "tensorrt_rtx": TensorRTRTXSettings,
                               "onnxruntime": OnnxRuntimeSettings}
 _TOP = {"description", "backend", "precision", "match", "notes", *_SECTIONS}
 
@@ -158,8 +190,12 @@ def profile_from_dict(name: str, data: dict[str, Any], path: str = "") -> Profil
             want = fields[k]
             if (want in ("int", int) and (not isinstance(v, int) or isinstance(v, bool))) or \
                     (want in ("bool", bool) and not isinstance(v, bool)) or \
-                    (want in ("str", str) and not isinstance(v, str)):
+                    (want in ("str", str) and not isinstance(v, str)) or \
+                    (str(want).startswith("tuple") and not (
+                        isinstance(v, list) and all(isinstance(x, str) for x in v))):
                 raise VitedgeError(f"{where}: {key}.{k} must be {want}, not {v!r}")
+            if str(want).startswith("tuple"):
+                table = {**table, k: tuple(v)}
         try:
             sections[key] = cls(**table)
         except VitedgeError as exc:

@@ -16,7 +16,7 @@ from vitedge.backends.onnxruntime.session import graph_output
 from vitedge.compare import Agreement, agreement
 from vitedge.datasets import image_source, model_inputs
 from vitedge.errors import ExportError, VitedgeError
-from vitedge.export.tensorrt_ops import tensorrt_problems
+from vitedge.export.tensorrt_ops import tensorrt_check
 from vitedge.fileio import refuse_overwriting_inputs, sha256_file, write_bytes_atomic
 from vitedge.graph import load_onnx
 from vitedge.manifest import require_manifest, set_onnx_manifest
@@ -178,7 +178,7 @@ def check_quantized(model: onnx.ModelProto) -> None:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"the quantized graph is not valid ONNX: {str(exc).splitlines()[0]}") from exc
-    problems = tensorrt_problems(model)
+    problems = tensorrt_check(model)
     if problems:
         raise ExportError(f"the quantized graph would not parse in TensorRT: {problems[0]}"
                           + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))

@@ -17,6 +17,7 @@ pipeline per thread.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -267,7 +268,10 @@ class Pipeline:
         finally:
             close = getattr(frames, "close", None)
             if close is not None:
-                close()
+                # a generator the prefetch worker is still inside (a camera read that
+                # blocks) cannot be closed from here; the worker drops it when it returns
+                with contextlib.suppress(ValueError):
+                    close()
 
     def _batch_skipping(self, chunk: list[Any]) -> tuple[list[Any], list[Prediction]]:
         """`batch` for `stream`: image files that cannot be read are left out (recorded in

@@ -41,7 +41,10 @@ def load_image(path: str | Path) -> Image.Image:
             if im.width < 1 or im.height < 1:
                 raise VitedgeError(f"cannot read image {path}: it is empty ({im.width}x{im.height})")
             return upright(im).convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL's own, larger limit, met at open
+        raise VitedgeError(f"cannot read image {path}: it declares more than "
+                           f"{MAX_PIXELS // 1_000_000} megapixels") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise VitedgeError(f"cannot read image {path}: {exc}") from exc
 
 

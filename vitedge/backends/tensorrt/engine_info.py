@@ -33,6 +33,8 @@ class EngineInfo:
     engine_sha256: str
     backend: str = "tensorrt"
     """The backend that built it and runs it: tensorrt or tensorrt-rtx."""
+    compute_capabilities: list[str] = field(default_factory=list)
+    """TensorRT for RTX: the compute capabilities the engine was built for."""
     hardware_compatibility: str = "none"
     version_compatible: bool = False
     build_seconds: float = 0.0
@@ -41,6 +43,9 @@ class EngineInfo:
     notes: list[str] = field(default_factory=list)
     verification: dict[str, Any] = field(default_factory=dict)
     """The build's check of this engine against ONNX Runtime on the same graph."""
+    runtime: dict[str, Any] = field(default_factory=dict)
+    """TensorRT for RTX: how the runner compiles kernels (dynamic_shapes,
+    cuda_graph_strategy, runtime_cache), from the profile it was built with."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -79,9 +84,9 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "tensorrt_version": (str,), "gpu_name": (str,), "compute_capability": (str,),
     "precision": (str,), "batch": (str,), "profile": (str,), "inputs": (list,),
     "outputs": (list,), "manifest": (dict,), "onnx_sha256": (str,), "engine_sha256": (str,),
-    "backend": (str,), "hardware_compatibility": (str,), "version_compatible": (bool,),
+    "backend": (str,), "compute_capabilities": (list,), "hardware_compatibility": (str,), "version_compatible": (bool,),
     "build_seconds": (float, int), "vitedge_version": (str,), "schema": (int,),
-    "notes": (list,), "verification": (dict,),
+    "notes": (list,), "verification": (dict,), "runtime": (dict,),
 }
 """Each sidecar field's JSON type, checked when a sidecar is read."""
 
@@ -109,6 +114,8 @@ def compatibility_problem(info: EngineInfo, tensorrt_version: str, gpu_name: str
     compute capability it was built for, or, built hardware-compatible (Ampere+), on any
     GPU of compute capability 8.0 or newer.
     """
+    if info.backend == "tensorrt-rtx":
+        return _rtx_problem(info, tensorrt_version, gpu_name, compute_capability)
     built, running = _version_tuple(info.tensorrt_version), _version_tuple(tensorrt_version)
     where = (f"built for {info.gpu_name} (compute {info.compute_capability}) with TensorRT "
              f"{info.tensorrt_version}; this machine has {gpu_name} (compute "
@@ -125,6 +132,20 @@ def compatibility_problem(info: EngineInfo, tensorrt_version: str, gpu_name: str
             return f"the engine was {where}: a hardware-compatible engine needs compute 8.0+"
     elif cc_running != cc_built:
         return f"the engine was {where}: engines run only on the GPU generation that built them"
+    return None
+
+
+def _rtx_problem(info: EngineInfo, version: str, gpu_name: str, cc: str) -> str | None:
+    """TensorRT for RTX: the engine runs on the compute capabilities it targets, with a
+    TensorRT for RTX runtime of its major version at least as new as its builder."""
+    built, running = _version_tuple(info.tensorrt_version), _version_tuple(version)
+    targets = ", ".join(info.compute_capabilities) or info.compute_capability
+    if running[:1] != built[:1] or running < built:
+        return (f"the engine was built with TensorRT for RTX {info.tensorrt_version}; this "
+                f"machine has {version}: it needs {built[0]}.x at {info.tensorrt_version} or later")
+    if info.compute_capabilities and cc not in info.compute_capabilities:
+        return (f"the engine was built for compute capabilities {targets}; this machine's "
+                f"{gpu_name} is {cc}")
     return None
 
 

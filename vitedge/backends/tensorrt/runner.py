@@ -26,6 +26,7 @@ from vitedge.backends.tensorrt.engine_info import (
     rebuild_hint,
     sidecar_path,
 )
+from vitedge.backends.tensorrt.flavours import TENSORRT, Flavour
 from vitedge.errors import MissingDependency, VitedgeError
 from vitedge.fileio import sha256_file
 from vitedge.manifest import Manifest
@@ -70,16 +71,14 @@ class TensorRTRunner(Runner):
 
     backend = "tensorrt"
     concurrent = False
+    flavour: Flavour = TENSORRT
 
     def __init__(self, path: str | Path, cuda_graph: bool = False):
         self.path = Path(path)
         self.warnings = []
         if not self.path.is_file():
             raise VitedgeError(f"no such file: {self.path}")
-        trt = tensorrt_module(lean_ok=True)
-        if trt is None:
-            raise MissingDependency("running a TensorRT engine needs TensorRT's runtime",
-                                    "Jetson: JetPack; desktop: pip install tensorrt")
+        trt = self._module()
         gpu = gpu_info()
         if gpu is None:
             raise VitedgeError("no CUDA GPU is visible to run the engine on",
@@ -92,10 +91,13 @@ class TensorRTRunner(Runner):
         self.graphs: dict[tuple[int, ...], Any] = {}
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+        data = self.path.read_bytes()
+        self._check_runtime(data)
+        self.engine = self.runtime.deserialize_cuda_engine(data)
         if self.engine is None:
-            raise VitedgeError(f"TensorRT could not load {self.path}", rebuild_hint(self.info))
-        self.context = self.engine.create_execution_context()
+            raise VitedgeError(f"{self.flavour.product} could not load {self.path}",
+                               rebuild_hint(self.info))
+        self.context = self._create_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.inputs = [self._tensor(n) for n in inputs]
@@ -106,6 +108,20 @@ class TensorRTRunner(Runner):
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
         self.pinned: dict[str, np.ndarray] = {}  # name -> page-locked host buffer
         self.last_timings: dict[str, float] = {}
+
+    def _module(self) -> Any:
+        """TensorRT's runtime: the full package, or the lean runtime (enough to run)."""
+        trt = tensorrt_module(lean_ok=True)
+        if trt is None:
+            raise MissingDependency("running a TensorRT engine needs TensorRT's runtime",
+                                    "Jetson: JetPack; desktop: pip install tensorrt")
+        return trt
+
+    def _check_runtime(self, data: bytes) -> None:
+        """What the runtime itself can tell about the engine before deserialising it."""
+
+    def _create_context(self) -> Any:
+        return self.engine.create_execution_context()
 
     def _tensor(self, name: str) -> TensorInfo:
         dims = self.engine.get_tensor_shape(name)
@@ -218,6 +234,7 @@ class TensorRTRunner(Runner):
     def _release(self) -> None:
         """Device buffers, captured graphs, events, the stream, the context and the engine:
         everything this runner made, in reverse order of making."""
+        self._before_release()
         for ptr, _ in self.buffers.values():
             self.cuda.free(ptr)
         self.buffers.clear()
@@ -231,6 +248,9 @@ class TensorRTRunner(Runner):
         self.context = None
         self.engine = None
         self.runtime = None
+
+    def _before_release(self) -> None:
+        """What a backend keeps before the context goes (TensorRT for RTX: its cache)."""
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown
