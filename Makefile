@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml constraints.txt tools/prepare_tensorrt_stubs.py
 	# Type stubs for the full TensorRT 10.x API; --no-deps, see pyproject.toml.
 	$(PIP) --no-deps tensorrt-stubs==10.13.0.35.1
 	$(BIN)/python tools/prepare_tensorrt_stubs.py typings
+	# NVIDIA Triton Inference Server for `vitedge serve` and its tests: the tritonserver binary
+	# (Python backend) from the nvidia-pytriton wheel, without its Python package (which pins
+	# numpy<2), and NumPy 1 for its Python-backend stub only (built against NumPy 1).
+	$(PIP) --no-deps --target $(VENV)/triton nvidia-pytriton==0.7.0
+	$(PIP) --no-deps --target $(VENV)/triton/stub-site 'numpy==1.26.4'
 	touch $(STAMP)
 
 # The demo model (a ViT trained on Fashion-MNIST, examples/fashion_mnist), the whole path

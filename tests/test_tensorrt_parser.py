@@ -1,7 +1,7 @@
 """vitedge's hand-written TensorRT operator table and TensorRT for RTX's real ONNX parser
 give the same verdict (parses / rejected) on every ONNX model the test suite wrote (recorded
 by tests/conftest.py, so no list to keep in sync), and on a set this test makes itself: the
-export (images, patches, frames, attention outputs), FP16, INT8, INT8 + attention, and the
+export (images, patches, frames, pixels, attention outputs), FP16, INT8, INT8 + attention, and the
 ONNX Runtime artifacts, which both must reject. Runs last; skips without tensorrt_rtx."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ def own_set(folder: Path) -> list[Path]:
     made = []
     for name, opts in (("images", ExportOptions()), ("patches", ExportOptions(input_kind="patches")),
                        ("frames", ExportOptions(input_kind="frames")),
+                       ("pixels", ExportOptions(input_kind="pixels")),
                        ("attn", ExportOptions(attention_outputs=True))):
         export_onnx(DEMO_CHECKPOINT, folder / f"{name}.onnx", opts)
         made.append(folder / f"{name}.onnx")

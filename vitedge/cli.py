@@ -24,16 +24,21 @@ from vitedge.options import (
     COLOR_ORDERS,
     EXPLAIN_METHODS,
     INPUT_KINDS,
+    INSTANCE_KINDS,
+    ONNX_BACKENDS,
+    PROCESS_MODES,
     SCHEMES,
     BenchOptions,
     BuildOptions,
     CalibrationOptions,
+    DeepStreamOptions,
     EvalOptions,
     ExplainOptions,
     ExportOptions,
     PipelineOptions,
     QuantizeOptions,
     QuantizeRequest,
+    ServeOptions,
     VerifyOptions,
     default,
 )
@@ -99,6 +104,9 @@ def cli() -> None:
       vitedge predict model.int8.ort.onnx photo.jpg   classify images
       vitedge run model.engine --source 0         the camera loop
       vitedge bench a.engine b.ort.onnx --batch 1,8   per-stage latency
+      vitedge serve model.int8.ort.onnx           NVIDIA Triton on loopback, HTTP + gRPC
+      vitedge export-triton model.engine -o repo  a Triton model repository for a fleet
+      vitedge export-deepstream model.onnx -o ds  DeepStream nvinfer config
       vitedge doctor                              what this machine offers
     """
 
@@ -130,8 +138,9 @@ def _parse_batch(_ctx: click.Context, _param: click.Parameter, value: str) -> in
 @click.option("--input", "input_kind", type=click.Choice(INPUT_KINDS),
               default=default(ExportOptions, "input_kind"),
               show_default=True, help="Model input: images (B,C,H,W) float, patch vectors "
-              "(B,N,C*P*P) float, or frames (B,H,W,C) uint8, resized and cropped, which the "
-              "graph normalises and patchifies itself.")
+              "(B,N,C*P*P) float, frames (B,H,W,C) uint8, resized and cropped, which the "
+              "graph normalises and patchifies itself, or pixels (B,C,H,W) float 0..255, which "
+              "the graph normalises (DeepStream's nvinfer feeds these).")
 @click.option("--labels", type=click.Path(dir_okay=False),
               help="Class names: a text file, one per line, or JSON.")
 @click.option("--attention-outputs", is_flag=True,
@@ -960,6 +969,168 @@ def profiles(name: str | None, as_json: bool) -> None:
     for r in rows:
         table.add_row(r.name, r.backend, r.precision, str(r.batch), r.description)
     out.print(table)
+
+
+# --- serve, export-triton, export-deepstream ------------------------------------------------
+
+serve_options = [
+    click.option("--max-batch", type=click.IntRange(1, 4096),
+                 help="Largest batch Triton's dynamic batcher forms [default: an engine's "
+                      "optimization profile max, else 8; more than an engine allows is refused]."),
+    click.option("--max-delay-us", default=default(ServeOptions, "max_delay_us"),
+                 show_default=True, type=click.IntRange(0, 10_000_000),
+                 help="How long a request may wait for others to batch with (microseconds)."),
+    click.option("--instances", default=default(ServeOptions, "instances"), show_default=True,
+                 type=click.IntRange(1, 64), help="Model instances (instance_group count)."),
+    click.option("--topk", default=default(ServeOptions, "topk"), show_default=True,
+                 type=click.IntRange(1, 1000), help="Classes in the topk outputs."),
+]
+
+
+@cli.command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--host", default=default(ServeOptions, "host"), show_default=True,
+              help="Address to listen on; loopback unless you mean to expose it.")
+@click.option("--http-port", default=default(ServeOptions, "http_port"), show_default=True,
+              type=click.IntRange(0, 65535), help="HTTP/REST port (0: any free one).")
+@click.option("--grpc-port", default=default(ServeOptions, "grpc_port"), show_default=True,
+              type=click.IntRange(0, 65535), help="gRPC port (0: any free one).")
+@click.option("--metrics-port", default=default(ServeOptions, "metrics_port"), show_default=True,
+              type=click.IntRange(0, 65535), help="Prometheus metrics port (0: any free one).")
+@_with(serve_options)
+@click.option("--log", type=click.Path(dir_okay=False), help="Keep tritonserver's log in FILE.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the endpoints and models as one JSON line when ready.")
+@debug_option
+def serve(artifacts: tuple[str, ...], host: str, http_port: int, grpc_port: int,
+          metrics_port: int, max_batch: int | None, max_delay_us: int, instances: int, topk: int,
+          log: str | None, as_json: bool) -> None:
+    """Serve ARTIFACTS (any vitedge model: ONNX Runtime artifact, ONNX, engine) through a
+    real NVIDIA Triton Inference Server until Ctrl-C or SIGTERM. Each artifact is two
+    models with dynamic batching: NAME takes the artifact's own input tensor ("input"),
+    NAME_image takes encoded JPEG / PNG bytes ("image", BYTES [1]) decoded and preprocessed
+    exactly as `vitedge.open` does. Both return logits, label, score, topk_ids and
+    topk_scores. Health, metrics and statistics are Triton's own (/v2/health/ready,
+    /metrics, /v2/models/NAME/stats)."""
+    from vitedge.serve import serve as run_server
+
+    options = ServeOptions(host=host, http_port=http_port, grpc_port=grpc_port,
+                           metrics_port=metrics_port, max_batch=max_batch,
+                           max_delay_us=max_delay_us, instances=instances, topk=topk)
+
+    status = err.status("starting tritonserver and loading the models")
+
+    def ready(server: Any, entries: list[Any]) -> None:
+        status.stop()
+        info = {"http": f"http://{server.url}", "grpc": server.grpc_url,
+                "metrics": server.metrics_url, "models": [e.to_dict() for e in entries]}
+        if as_json:
+            click.echo(json.dumps(info), nl=True)
+            sys.stdout.flush()
+            return
+        table = Table("model", "input", "outputs", "max batch", title="serving (Ctrl-C stops)")
+        for e in entries:
+            table.add_row(e.name, ", ".join(f"{t.name} {t.dtype} {t.dims}" for t in e.inputs),
+                          ", ".join(t.name for t in e.outputs), str(e.max_batch_size))
+        out.print(table)
+        out.print(f"HTTP {info['http']}  gRPC {info['grpc']}  metrics {info['metrics']}")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            err.print(f"[yellow]note:[/] listening on {host}, not only this machine")
+
+    if not as_json:
+        status.start()
+    try:
+        run_server(list(artifacts), options, on_ready=ready, log=Path(log) if log else None)
+    finally:
+        status.stop()
+    if not as_json:
+        err.print("stopped: the server and its stubs are gone")
+
+
+@cli.command("export-triton")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="The model repository folder to write (created; must be empty or new).")
+@_with(serve_options)
+@click.option("--instance-kind", type=click.Choice(INSTANCE_KINDS),
+              default=default(ServeOptions, "instance_kind"), show_default=True,
+              help="Where ONNX and Python models run (a TensorRT plan always runs on the GPU).")
+@click.option("--onnx-backend", type=click.Choice(ONNX_BACKENDS),
+              default=default(ServeOptions, "onnx_backend"), show_default=True,
+              help="Serve an ONNX model with Triton's onnxruntime backend, or through vitedge "
+                   "in the Python backend (a Triton without the ONNX Runtime backend).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@debug_option
+def export_triton(artifacts: tuple[str, ...], output: str, max_batch: int | None,
+                  max_delay_us: int,
+                  instances: int, topk: int, instance_kind: str, onnx_backend: str,
+                  as_json: bool) -> None:
+    """Write a Triton Inference Server model repository for ARTIFACTS: a TensorRT engine as
+    tensorrt_plan (max_batch_size from its optimization profile), an ONNX model as
+    onnxruntime_onnx, each with dynamic batching, instance_group, warm-up and labels, plus
+    NAME_preprocess (Python backend: image bytes -> the model's input, vitedge's exact
+    preprocessing) and the ensemble NAME_image (image bytes in). Every config.pbtxt is
+    checked against Triton's own ModelConfig schema."""
+    from vitedge.serve import export_repository
+
+    options = ServeOptions(max_batch=max_batch, max_delay_us=max_delay_us, instances=instances,
+                           topk=topk, instance_kind=instance_kind, onnx_backend=onnx_backend)
+    entries = export_repository([Path(a) for a in artifacts], Path(output), options)
+    if as_json:
+        _print_json({"repository": output, "models": [e.to_dict() for e in entries]})
+        return
+    table = Table("model", "kind", "max batch", "inputs", "outputs", title=f"wrote {output}")
+    for e in entries:
+        table.add_row(e.name, e.kind, str(e.max_batch_size), ", ".join(t.name for t in e.inputs),
+                      ", ".join(t.name for t in e.outputs))
+    out.print(table)
+    for e in entries:
+        for note in e.notes:
+            err.print(f"[yellow]note:[/] {note}")
+    out.print(f"serve with: tritonserver --model-repository {output}  (see {output}/README.md)")
+
+
+@cli.command("export-deepstream")
+@click.argument("artifact", type=click.Path(path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Folder for the config, the model and its labels.")
+@click.option("--mode", "process_mode", type=click.Choice(PROCESS_MODES),
+              default=default(DeepStreamOptions, "process_mode"), show_default=True,
+              help="primary: classify whole frames; secondary: a detector's objects.")
+@click.option("--batch-size", default=default(DeepStreamOptions, "batch_size"),
+              show_default=True, type=click.IntRange(1, 1024), help="nvinfer's batch-size.")
+@click.option("--threshold", default=default(DeepStreamOptions, "classifier_threshold"),
+              show_default=True, type=click.FloatRange(0, 1),
+              help="classifier-threshold: least probability to attach a label.")
+@click.option("--gie-id", default=default(DeepStreamOptions, "gie_id"), show_default=True,
+              type=click.IntRange(min=1), help="gie-unique-id of this classifier.")
+@click.option("--operate-on-gie-id", type=click.IntRange(min=1),
+              help="Secondary mode: the detector's gie-unique-id.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@debug_option
+def export_deepstream(artifact: str, output: str, process_mode: str, batch_size: int,
+                      threshold: float, gie_id: int, operate_on_gie_id: int | None,
+                      as_json: bool) -> None:
+    """Write DeepStream's Gst-nvinfer config for ARTIFACT (a vitedge ONNX model: FP32, FP16
+    or INT8 Q/DQ; nvinfer builds the engine on the device): net-scale-factor and offsets
+    that reproduce the model's normalisation exactly (a model normalised per channel is
+    refused: export it with --input pixels), the model with a Softmax output for nvinfer's
+    classifier parser, and its labels."""
+    from vitedge.serve import export_deepstream as run_export
+
+    options = DeepStreamOptions(batch_size=batch_size, process_mode=process_mode,
+                                classifier_threshold=threshold, gie_id=gie_id,
+                                operate_on_gie_id=operate_on_gie_id)
+    result = run_export(artifact, output, options)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    out.print(f"[green]wrote[/] {result.config}, {result.model.name}"
+              + (f", {result.labels.name}" if result.labels else ""))
+    for key, value in result.properties.items():
+        out.print(f"  {key}={value}")
+    for note in result.notes:
+        err.print(f"[yellow]note:[/] {note}")
 
 
 def main(argv: list[str] | None = None) -> int:

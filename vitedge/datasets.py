@@ -18,7 +18,7 @@ from vitedge.errors import VitedgeError, require
 from vitedge.fileio import sha256_file
 from vitedge.manifest import Manifest
 from vitedge.runtime.patchify import patches_from_images
-from vitedge.runtime.preprocess import crop_pixels, load_image, preprocess_image
+from vitedge.runtime.preprocess import load_image, model_input
 from vitedge.runtime.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 ARRAY_SUFFIXES = {".npy", ".npz"}
@@ -168,14 +168,8 @@ def _video_frame_count(path: Path) -> int:
 
 
 def prepare_image(image: Any, manifest: Manifest) -> np.ndarray:
-    """One decoded PIL image as the model takes it: float (C, H, W), patch vectors
-    (T, C*P*P), or uint8 (H, W, C) pixels for a `frames` model."""
-    if manifest.input == "frames":
-        return crop_pixels(image, manifest.preprocess)
-    x = preprocess_image(image, manifest.preprocess)
-    if manifest.input == "patches":
-        return patches_from_images(x[None], manifest.architecture.patch_size)[0]
-    return x
+    """One decoded PIL image as the model takes it (`vitedge.runtime.preprocess.model_input`)."""
+    return model_input(image, manifest)
 
 
 def model_inputs(source: ImageSource, manifest: Manifest,
@@ -193,9 +187,9 @@ def model_inputs(source: ImageSource, manifest: Manifest,
         return x
 
     if source.kind == "array":
-        if manifest.input == "frames":
-            raise VitedgeError("a frames model (uint8 input) calibrates from images or video, "
-                               "not from arrays of preprocessed tensors")
+        if manifest.input in ("frames", "pixels"):
+            raise VitedgeError(f"a {manifest.input} model (raw pixel input) calibrates from "
+                               "images or video, not from arrays of preprocessed tensors")
         data = _read_array(source.path)
         expected = (cfg.num_patches, cfg.patch_dim) if manifest.input == "patches" else want
         if data.ndim == 4 and manifest.input == "patches" and data.shape[1:] == want:

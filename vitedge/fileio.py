@@ -53,9 +53,8 @@ def remove_stale(target: Path) -> list[Path]:
             m = TEMP_PATTERN.match(p.name)
             if not m or m.group("name") != target.name or _alive(int(m.group("pid"))):
                 continue
-            with contextlib.suppress(OSError):
-                p.unlink()
-                removed.append(p)
+            _remove(p)
+            removed.append(p)
     return removed
 
 
@@ -127,14 +126,58 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder beside `path` to fill; it becomes `path` only if the block
+    succeeds (a folder of many files, such as a model repository, appears whole or not at
+    all). `path` must not exist, or be an empty folder; it is never merged into."""
+    import shutil
+
+    target = Path(path)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise VitedgeError(f"{target} exists and is not empty",
+                           "choose a new folder, or remove the old one first")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(target)
+        tmp = target.parent / f".{target.name}.vitedge-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        with _LOCK:
+            tmp.mkdir()
+            _LIVE.add(tmp)
+    except OSError as exc:
+        raise write_error(target, exc) from exc
+    try:
+        try:
+            yield tmp
+            with contextlib.suppress(FileNotFoundError):
+                target.rmdir()  # the empty folder the user made
+            os.rename(tmp, target)
+        except OSError as exc:
+            raise write_error(target, exc) from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        with _LOCK:
+            _LIVE.discard(tmp)
+
+
+def _remove(tmp: Path) -> None:
+    import shutil
+
+    if tmp.is_dir() and not tmp.is_symlink():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
 def cleanup_temporary_files() -> None:
-    """Remove every temporary file this process still holds (on a signal, or at exit)."""
+    """Remove every temporary file and folder this process still holds (on a signal, or at
+    exit)."""
     with _LOCK:
         live = list(_LIVE)
         _LIVE.clear()
     for tmp in live:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        _remove(tmp)
 
 
 def install_signal_cleanup() -> None:

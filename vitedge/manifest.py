@@ -151,7 +151,7 @@ class Preprocess:
 
 
 PRECISIONS = ("fp32", "fp16", "int8")
-INPUTS = ("images", "patches", "frames")
+INPUTS = ("images", "patches", "frames", "pixels")
 
 
 class IntegrityError(VitedgeError):

@@ -21,7 +21,7 @@ from vitedge.errors import VitedgeError
 
 # --- choices ------------------------------------------------------------------------------
 
-INPUT_KINDS = ("images", "patches", "frames")
+INPUT_KINDS = ("images", "patches", "frames", "pixels")
 MIN_OPSET, MAX_OPSET = 17, 20
 CALIBRATION_METHODS = ("entropy", "percentile", "minmax", "mse")
 HISTOGRAM_BINS = 2048
@@ -305,3 +305,72 @@ class BenchOptions:
             raise VitedgeError("--batch sizes must be positive")
         if any(s < 1 for s in self.streams):
             raise VitedgeError("--streams must be positive")
+
+
+# --- serve --------------------------------------------------------------------------------
+
+INSTANCE_KINDS = ("cpu", "gpu")
+ONNX_BACKENDS = ("onnxruntime", "python")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """`vitedge serve` / `export-triton`: how Triton serves each artifact."""
+
+    host: str = "127.0.0.1"
+    """Where the server listens: loopback unless told otherwise."""
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    max_batch: int | None = None
+    """Largest batch dynamic batching forms; None: a TensorRT engine's profile max, else 8.
+    More than an engine's profile allows is refused (Triton would not load it)."""
+    max_delay_us: int = 1000
+    """How long a request may wait for others to batch with (microseconds)."""
+    instances: int = 1
+    topk: int = 5
+    instance_kind: str = "cpu"
+    onnx_backend: str = "onnxruntime"
+    """export-triton: serve an ONNX model with Triton's onnxruntime backend, or with the
+    Python backend running vitedge (for servers without that backend)."""
+
+    def __post_init__(self) -> None:
+        for name in ("http_port", "grpc_port", "metrics_port"):
+            port = getattr(self, name)
+            if not isinstance(port, int) or not 0 <= port <= 65535:
+                raise VitedgeError(f"--{name.replace('_', '-')} must be a port number (0: any free)")
+        if not 1 <= (self.max_batch or 1) <= 4096 or not 1 <= self.instances <= 64:
+            raise VitedgeError("--max-batch must be 1..4096 and --instances 1..64")
+        if not 0 <= self.max_delay_us <= 10_000_000 or not 1 <= self.topk <= 1000:
+            raise VitedgeError("--max-delay-us must be 0..10000000 and --topk 1..1000")
+        _choice(self.instance_kind, INSTANCE_KINDS, "instance kind")
+        _choice(self.onnx_backend, ONNX_BACKENDS, "ONNX backend")
+
+
+# --- export-deepstream ----------------------------------------------------------------------
+
+PROCESS_MODES = ("primary", "secondary")
+
+
+@dataclass(frozen=True)
+class DeepStreamOptions:
+    """How nvinfer runs the classifier."""
+
+    batch_size: int = 1
+    process_mode: str = "primary"
+    """primary: classify whole frames; secondary: the objects a detector found."""
+    classifier_threshold: float = 0.5
+    """Least probability for nvinfer to attach the label."""
+    gie_id: int = 1
+    """gie-unique-id of this classifier; a secondary one is given its detector's as
+    operate_on_gie_id."""
+    operate_on_gie_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 1024:
+            raise VitedgeError("--batch-size must be 1..1024")
+        _choice(self.process_mode, PROCESS_MODES, "process mode")
+        if not 0.0 <= self.classifier_threshold <= 1.0:
+            raise VitedgeError("--threshold is a probability: 0..1")
+        if self.gie_id < 1 or (self.operate_on_gie_id is not None and self.operate_on_gie_id < 1):
+            raise VitedgeError("gie ids are positive numbers")

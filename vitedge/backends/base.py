@@ -54,6 +54,9 @@ class Runner(ABC):
     outputs: list[TensorInfo]
     warnings: list[str]
     """What the user should know about this artifact on this machine, one line each."""
+    max_batch: int | None = None
+    """The largest batch one execution takes (a TensorRT engine's optimization profile);
+    None: any. `infer` splits a larger batch itself; a server batching requests stops here."""
     _closed: bool = False
 
     @property

@@ -58,7 +58,9 @@ def onnx_from_vit(
 
     `frames` input: uint8 (B, H, W, C) pixels, already resized and cropped; the graph
     scales, normalises with `normalize` (mean, std) and patchifies them itself, so a
-    quarter of the bytes cross to the device and the arithmetic runs there.
+    quarter of the bytes cross to the device and the arithmetic runs there. `pixels`
+    input: the same pixels as float 0..255 (B, C, H, W), normalised in the graph (what
+    DeepStream's nvinfer feeds).
 
     `batch=None` makes the batch dimension dynamic. `attention_outputs` adds each block's
     attention probabilities as outputs `attn.{i}` (B, heads, T, T).
@@ -82,9 +84,20 @@ def onnx_from_vit(
         nchw = g.node("Transpose", [pixels], "frames.nchw", perm=[0, 3, 1, 2])
         scaled = g.node("Mul", [nchw, g.const("frames.scale", 1.0 / (255.0 * std))], "frames.scaled")
         image_input = g.node("Add", [scaled, g.const("frames.shift", -mean / std)], "images")
+    elif input_kind == "pixels":
+        # float 0..255 NCHW (what DeepStream's nvinfer feeds with net-scale-factor 1 and no
+        # offsets): the per-channel normalisation nvinfer cannot express runs in the graph
+        if normalize is None:
+            raise ValueError("pixels input needs the preprocessing's mean and std")
+        mean, std = (np.asarray(v, np.float32).reshape(1, -1, 1, 1) for v in normalize)
+        x_in = helper.make_tensor_value_info(
+            "pixels", TensorProto.FLOAT, [batch_dim, cfg.in_chans, *cfg.img_size])
+        scaled = g.node("Mul", ["pixels", g.const("pixels.scale", 1.0 / (255.0 * std))],
+                        "pixels.scaled")
+        image_input = g.node("Add", [scaled, g.const("pixels.shift", -mean / std)], "images")
     else:
         image_input = "images"
-    if input_kind in ("images", "frames"):
+    if input_kind in ("images", "frames", "pixels"):
         if input_kind == "images":
             x_in = helper.make_tensor_value_info(
                 "images", TensorProto.FLOAT, [batch_dim, cfg.in_chans, *cfg.img_size])

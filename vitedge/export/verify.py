@@ -74,9 +74,12 @@ def verify_onnx_against_torch(
 
     session = ort_session(model_bytes)
     results = []
-    cases = frame_inputs(cfg, prep) if input_kind == "frames" else verification_inputs(cfg, prep)
+    raw = input_kind in ("frames", "pixels")
+    cases = frame_inputs(cfg, prep) if raw else verification_inputs(cfg, prep)
     for case, x in cases.items():
-        images = normalize_frames(x, prep) if input_kind == "frames" else x
+        images = normalize_frames(x, prep) if raw else x
+        if input_kind == "pixels":
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2), np.float32)
         with torch.no_grad():
             reference = torch_model(torch.from_numpy(images)).numpy()
         if input_kind == "patches":

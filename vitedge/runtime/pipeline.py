@@ -158,7 +158,7 @@ class Pipeline:
         """Float (C, H, W), or for a `frames` model uint8 (H, W, C) resized and cropped
         (the graph normalises)."""
         pixels = self._pixels(image)
-        return pixels if self.manifest.input == "frames" else self._normalize(pixels)
+        return self._model_pixels(pixels)
 
     def _pixels(self, decoded: Image.Image | np.ndarray) -> np.ndarray:
         """The resized and cropped uint8 (H, W, C) frame the model sees."""
@@ -168,7 +168,14 @@ class Pipeline:
         assert isinstance(decoded, Image.Image)
         return crop_pixels(decoded, self.manifest.preprocess)
 
-    def _normalize(self, pixels: np.ndarray) -> np.ndarray:
+    def _model_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Cropped uint8 (H, W, C) pixels as the model takes them: as they are (`frames`),
+        float 0..255 (C, H, W) (`pixels`), else normalised."""
+        kind = self.manifest.input
+        if kind == "frames":
+            return pixels
+        if kind == "pixels":
+            return np.ascontiguousarray(pixels.transpose(2, 0, 1), np.float32)
         return normalize(pixels, self.manifest.preprocess)
 
     # --- calls --------------------------------------------------------------------------
@@ -349,7 +356,7 @@ class Pipeline:
         self._check_open()
         head = parse_head(head)
         pixels = self._pixels(self._decode(frame))
-        x = pixels if self.manifest.input == "frames" else self._normalize(pixels)
+        x = self._model_pixels(pixels)
         with self._lock:
             logits, probs = self.model.attention(self._patchify(x[None]))
         grid = attention_grid(probs, self.manifest.architecture, method, layer, head)[0]

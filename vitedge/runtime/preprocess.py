@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -26,15 +27,21 @@ MAX_PIXELS = 64_000_000
 decoded: a small file can declare 50000x50000 and take gigabytes."""
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """An image file as RGB (grayscale, palette and RGBA are converted), turned upright
-    by its EXIF orientation as a phone photo expects. Not a regular file, unreadable, or
-    over the pixel budget: one VitedgeError."""
+def load_image(path: str | Path | bytes) -> Image.Image:
+    """An image file (or its encoded bytes: JPEG, PNG, ...) as RGB (grayscale, palette and
+    RGBA are converted), turned upright by its EXIF orientation as a phone photo expects.
+    Not a regular file, unreadable, or over the pixel budget: one VitedgeError."""
+    import io
+
     from vitedge.fileio import require_regular_file
 
-    require_regular_file(path, "image")
+    if isinstance(path, bytes):
+        source: Any = io.BytesIO(path)
+        path = "(encoded bytes)"
+    else:
+        source = require_regular_file(path, "image")
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             if im.width * im.height > MAX_PIXELS:
                 raise VitedgeError(f"cannot read image {path}: {im.width}x{im.height} is more "
                                    f"than {MAX_PIXELS // 1_000_000} megapixels")
@@ -117,3 +124,21 @@ def crop_pixels(image: Image.Image, prep: Preprocess) -> np.ndarray:
 def preprocess_image(image: Image.Image, prep: Preprocess) -> np.ndarray:
     """One PIL image to the model's (C, H, W) float32 input."""
     return normalize(crop_pixels(image, prep), prep)
+
+
+def model_input(image: Image.Image, manifest: Any) -> np.ndarray:
+    """One decoded PIL image as the model described by `manifest` takes it: float (C, H, W)
+    normalised (`images`), patch vectors (T, C*P*P) (`patches`), uint8 (H, W, C) pixels
+    (`frames`), or float 0..255 (C, H, W) pixels (`pixels`): the one preprocessing that
+    inference, calibration, evaluation and serving share."""
+    from vitedge.runtime.patchify import patches_from_images
+
+    prep = manifest.preprocess
+    if manifest.input == "frames":
+        return crop_pixels(image, prep)
+    if manifest.input == "pixels":
+        return np.ascontiguousarray(crop_pixels(image, prep).transpose(2, 0, 1), np.float32)
+    x = preprocess_image(image, prep)
+    if manifest.input == "patches":
+        return patches_from_images(x[None], manifest.architecture.patch_size)[0]
+    return x

@@ -160,7 +160,8 @@ class TensorRTRunner(Runner):
         """Every output for a batch of inputs, run in chunks of at most the engine's batch."""
         self._check_open()
         self.last_timings = {"host_to_device": 0.0, "infer": 0.0, "device_to_host": 0.0}
-        chunks = [self._run(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
+        step = self.max_batch or len(x)
+        chunks = [self._run(x[i:i + step]) for i in range(0, len(x), step)]
         return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
