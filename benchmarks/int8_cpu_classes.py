@@ -112,7 +112,7 @@ def main() -> None:
             for emulate in (None, EMULATED):
                 kernel, outs = logits_on(list(models.values()), x, work, emulate)
                 cpu = f"emulated {EMULATED} ({kernel})" if emulate else f"this CPU ({kernel})"
-                for (label, _), logits in zip(models.items(), outs):
+                for (label, _), logits in zip(models.items(), outs, strict=True):
                     own = graphs[label.split()[0]]
                     rows.append((name, label, cpu,
                                  100 * float((logits.argmax(1) == labels).mean()),

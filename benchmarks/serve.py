@@ -57,13 +57,42 @@ def load(call, concurrency: int, requests: int) -> tuple[float, float, float]:
     return len(latencies) / wall, p50, p99
 
 
+class Sender:
+    """One request of one image to the served model, each client thread with its own
+    HTTP connection."""
+
+    def __init__(self, url: str, name: str, blobs: list[bytes], tensors: np.ndarray) -> None:
+        self.url, self.name, self.blobs, self.tensors = url, name, blobs, tensors
+        self.local = threading.local()
+
+    def _client(self):  # type: ignore[no-untyped-def]
+        import tritonclient.http as http
+
+        if not hasattr(self.local, "client"):
+            self.local.client = http.InferenceServerClient(self.url)
+        return self.local.client
+
+    def image(self, i: int) -> None:
+        import tritonclient.http as http
+
+        inp = http.InferInput("image", [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[self.blobs[i % len(self.blobs)]]], dtype=object))
+        self._client().infer(f"{self.name}_image", [inp])
+
+    def tensor(self, i: int) -> None:
+        import tritonclient.http as http
+
+        x = self.tensors[i % len(self.tensors)][None]
+        inp = http.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        self._client().infer(self.name, [inp])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--artifact", help="a vitedge artifact (default: the demo INT8 build)")
     parser.add_argument("--requests", type=int, default=480, help="requests per measurement")
     args = parser.parse_args()
-
-    import tritonclient.http as http
 
     import vitedge
     from vitedge.datasets import image_source, model_inputs
@@ -91,26 +120,8 @@ def main() -> None:
             serving_repository([artifact], repo, options)
             name = repo.iterdir().__next__().name.removesuffix("_image")
             with TritonServer(repo) as server:
-                local = threading.local()
-
-                def client() -> http.InferenceServerClient:
-                    if not hasattr(local, "c"):
-                        local.c = http.InferenceServerClient(server.url)
-                    return local.c
-
-                def send_bytes(i: int) -> None:
-                    blob = np.array([[blobs[i % len(blobs)]]], dtype=object)
-                    inp = http.InferInput("image", [1, 1], "BYTES")
-                    inp.set_data_from_numpy(blob)
-                    client().infer(f"{name}_image", [inp])
-
-                def send_tensor(i: int) -> None:
-                    x = tensors[i % len(tensors)][None]
-                    inp = http.InferInput("input", list(x.shape), "FP32")
-                    inp.set_data_from_numpy(x)
-                    client().infer(name, [inp])
-
-                for what, call in (("image bytes", send_bytes), ("tensor", send_tensor)):
+                sender = Sender(server.url, name, blobs, tensors)
+                for what, call in (("image bytes", sender.image), ("tensor", sender.tensor)):
                     for c in CONCURRENCY:
                         fps, p50, p99 = load(call, c, args.requests)
                         rows.append((f"{label} ({what})", c, fps, p50, p99))
