@@ -7,13 +7,22 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from vitedge.errors import VitedgeError
 
-POOLINGS = ("token", "avg")
+POOLINGS = ("token", "avg", "map", "token_avg")
+"""token: the class token; avg: the mean of the patch tokens; map: attention pooling with a
+learned query (SigLIP); token_avg: the class token and the patch mean side by side (Hugging
+Face's Dinov2ForImageClassification)."""
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
+"""The MLP's activation: exact GELU, GELU's tanh approximation (SigLIP), x * sigmoid(1.702 x)
+(OpenAI CLIP). A SwiGLU MLP uses SiLU."""
+MLPS = ("mlp", "swiglu")
 LIMITS: dict[str, tuple[int, int]] = {
     "patch_size": (1, 64), "in_chans": (1, 16), "embed_dim": (1, 16384), "depth": (1, 256),
     "num_heads": (1, 256), "mlp_hidden": (1, 131072), "reg_tokens": (0, 64),
-    "num_classes": (0, 1_000_000)}
+    "num_classes": (0, 1_000_000), "embed_proj": (0, 16384)}
 """Whole-number fields and their sane range: a config outside them is refused in one line
 before a module is built (the largest published ViTs are ViT-22B: dim 6144, depth 48)."""
 MAX_IMAGE_SIDE = 4096
@@ -49,6 +58,27 @@ class ViTConfig:
     fc_norm: bool = False
     num_classes: int = 1000
     norm_eps: float = 1e-6
+    # --- fields of the newer families; left out of the manifest where at their default, so
+    # that artifacts written before them keep their checksums (`to_dict`)
+    act: str = "gelu"
+    mlp: str = "mlp"
+    """mlp: fc1 -> act -> fc2; swiglu: SiLU(fc1_g x) * fc1_x x -> [norm] -> fc2 (EVA-02)."""
+    mlp_norm: bool = False
+    """A LayerNorm inside the MLP before fc2 (EVA-02's sub-LN, timm's scale_mlp)."""
+    attn_norm: bool = False
+    """A LayerNorm on the attention output before its projection (timm's scale_attn_inner)."""
+    patch_bias: bool = True
+    """The patch embedding has a bias (not in CLIP)."""
+    rope: bool = False
+    """Rotary position embedding on the patch tokens' queries and keys (EVA-02)."""
+    rope_ref_grid: tuple[int, int] | None = None
+    """The patch grid the rotary embedding was trained at; another grid is scaled onto it."""
+    rope_temperature: float = 10000.0
+    embed_proj: int = 0
+    """A linear projection (no bias) of the pooled features to this size (CLIP's
+    visual_projection); 0: none."""
+    head_l2norm: bool = False
+    """The head reads the L2-normalised embedding (a zero-shot head made of text embeddings)."""
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -66,8 +96,14 @@ class ViTConfig:
             )
         if self.global_pool not in POOLINGS:
             problems.append(f"pooling '{self.global_pool}' is not one of {', '.join(POOLINGS)}")
-        if self.global_pool == "token" and not self.class_token:
-            problems.append("token pooling needs a class token")
+        if self.global_pool in ("token", "token_avg") and not self.class_token:
+            problems.append(f"{self.global_pool} pooling needs a class token")
+        if self.act not in ACTIVATIONS:
+            problems.append(f"activation '{self.act}' is not one of {', '.join(ACTIVATIONS)}")
+        if self.mlp not in MLPS:
+            problems.append(f"MLP '{self.mlp}' is not one of {', '.join(MLPS)}")
+        if self.rope and self.head_dim % 4:
+            problems.append(f"rotary embedding needs a head size divisible by 4, not {self.head_dim}")
         if self.dist_token and not self.class_token:
             problems.append("a distillation token needs a class token")
         if self.dist_head and not self.dist_token:
@@ -101,30 +137,64 @@ class ViTConfig:
         return self.embed_dim // self.num_heads
 
     @property
+    def pooled_dim(self) -> int:
+        """Width of the pooled features the head (or the projection) reads."""
+        return 2 * self.embed_dim if self.global_pool == "token_avg" else self.embed_dim
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the embedding a headless model outputs (after the projection)."""
+        return self.embed_proj or self.pooled_dim
+
+    @property
+    def output_dim(self) -> int:
+        return self.num_classes or self.feature_dim
+
+    @property
     def patch_dim(self) -> int:
         """Length of one flattened patch vector, C*P*P (channel-major, as the conv weights)."""
         return self.in_chans * self.patch_size * self.patch_size
 
+    @property
+    def mlp_matrices(self) -> int:
+        """Weight matrices of d x hidden in one MLP: 2, or 3 for SwiGLU."""
+        return 3 if self.mlp == "swiglu" else 2
+
     def macs(self) -> int:
         """Multiply-accumulates of one image through the model (matrix products only)."""
         n, t, d, hid = self.num_patches, self.num_tokens, self.embed_dim, self.mlp_hidden
-        per_block = t * d * 3 * d + 2 * t * t * d + t * d * d + 2 * t * d * hid
+        per_block = t * d * 3 * d + 2 * t * t * d + t * d * d + self.mlp_matrices * t * d * hid
         heads = 2 if self.dist_head else 1
-        return n * d * self.patch_dim + self.depth * per_block + heads * d * self.num_classes
+        pool = (d * d + n * 2 * d * d + 2 * n * d + d * d + 2 * d * hid
+                if self.global_pool == "map" else 0)
+        return (n * d * self.patch_dim + self.depth * per_block + pool
+                + self.pooled_dim * self.embed_proj + heads * self.feature_dim * self.num_classes)
 
     def num_params(self) -> int:
         """Parameter count of the PyTorch model (the graph folds some of them together)."""
         d, hid, c = self.embed_dim, self.mlp_hidden, self.num_classes
         tokens = (int(self.class_token) + int(self.dist_token) + self.reg_tokens) * d
+        mlp = self.mlp_matrices * d * hid + (self.mlp_matrices - 1) * hid + d
         block = (4 * d + 3 * d * d + (3 * d if self.qkv_bias else 0) + d * d + d
-                 + (2 * d if self.layer_scale else 0) + 2 * d * hid + hid + d)
-        heads = (2 if self.dist_head else 1) * (d * c + c) if c else 0
-        return (d * self.patch_dim + d + tokens + self.pos_embed_len * d
-                + (2 * d if self.pre_norm else 0) + self.depth * block + 2 * d + heads)
+                 + (2 * d if self.layer_scale else 0) + mlp + (2 * hid if self.mlp_norm else 0)
+                 + (2 * d if self.attn_norm else 0))
+        heads = (2 if self.dist_head else 1) * (self.feature_dim * c + c) if c else 0
+        pool = (d + 4 * d * d + 4 * d + 2 * d + 2 * d * hid + hid + d
+                if self.global_pool == "map" else 0)
+        return (d * self.patch_dim + (d if self.patch_bias else 0) + tokens
+                + self.pos_embed_len * d + (2 * d if self.pre_norm else 0) + self.depth * block
+                + 2 * d + pool + self.pooled_dim * self.embed_proj + heads)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON; those added for the newer families only where they differ
+        from their default (a manifest written before them reads, and hashes, the same)."""
         d = dataclasses.asdict(self)
         d["img_size"] = list(self.img_size)
+        for f in dataclasses.fields(self):
+            if f.name in LATER_FIELDS and d[f.name] == f.default:
+                del d[f.name]
+        if d.get("rope_ref_grid") is not None:
+            d["rope_ref_grid"] = list(d["rope_ref_grid"])
         return d
 
     @classmethod
@@ -139,6 +209,9 @@ class ViTConfig:
                 "was this made by a newer vitedge?",
             )
         values = dict(data)
+        grid = values.get("rope_ref_grid")
+        if isinstance(grid, list) and len(grid) == 2:
+            values["rope_ref_grid"] = tuple(grid)
         if "img_size" in values:
             size = values["img_size"]
             if isinstance(size, int) and not isinstance(size, bool):
@@ -151,6 +224,40 @@ class ViTConfig:
 
     def replace(self, **changes: Any) -> ViTConfig:
         return dataclasses.replace(self, **changes)
+
+
+LATER_FIELDS = ("act", "mlp", "mlp_norm", "attn_norm", "patch_bias", "rope", "rope_ref_grid",
+                "rope_temperature", "embed_proj", "head_l2norm")
+
+
+def rope_tables(cfg: ViTConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The rotary embedding's (sin, cos), each (num_patches, head_dim) float32, as timm's
+    RotaryEmbeddingCat builds them for EVA-02 (`rope_type='cat'`, index grid, interleaved):
+    per axis, the patch index (scaled onto `rope_ref_grid` when the grid differs) times
+    head_dim / 4 frequencies 1 / temperature ** (i / (head_dim / 4)); row-major patches,
+    each frequency repeated for the pair it rotates."""
+    bands_n = cfg.head_dim // 4
+    exp = np.arange(bands_n, dtype=np.float32) / np.float32(bands_n)
+    bands = (np.float32(1.0) / (np.float32(cfg.rope_temperature) ** exp)).astype(np.float32)
+    grid, ref = cfg.grid, cfg.rope_ref_grid or cfg.grid
+    axes = [np.arange(s, dtype=np.float32) / np.float32(s) * np.float32(r)
+            if cfg.rope_ref_grid else np.arange(s, dtype=np.float32) for s, r in zip(grid, ref, strict=True)]
+    coords = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)  # (H, W, 2)
+    pos = coords[..., None] * bands  # (H, W, 2, bands)
+    flat = pos.reshape(cfg.num_patches, 2 * bands_n)
+    sin = np.repeat(np.sin(flat), 2, axis=-1).astype(np.float32)
+    cos = np.repeat(np.cos(flat), 2, axis=-1).astype(np.float32)
+    return sin, cos
+
+
+def rotation_matrix(head_dim: int) -> np.ndarray:
+    """R with x @ R = (-x1, x0, -x3, x2, ...): the interleaved pair rotation rotary
+    embedding applies, as one matrix product."""
+    r = np.zeros((head_dim, head_dim), np.float32)
+    for i in range(0, head_dim, 2):
+        r[i + 1, i] = -1.0
+        r[i, i + 1] = 1.0
+    return r
 
 
 def _check_types(cfg: ViTConfig) -> None:
@@ -175,6 +282,16 @@ def _check_types(cfg: ViTConfig) -> None:
         elif f.name == "norm_eps":
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
                 raise VitedgeError(f"architecture norm_eps must be a small positive number, not "
+                                   f"{value!r}")
+        elif f.name == "rope_temperature":
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 1 <= value <= 1e9:
+                raise VitedgeError(f"architecture rope_temperature must be a number from 1 to "
+                                   f"1e9, not {value!r}")
+        elif f.name == "rope_ref_grid":
+            if value is not None and not (isinstance(value, tuple) and len(value) == 2 and all(
+                    isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_IMAGE_SIDE
+                    for v in value)):
+                raise VitedgeError(f"architecture rope_ref_grid must be two whole numbers, not "
                                    f"{value!r}")
         elif isinstance(f.default, str) and not isinstance(value, str):
             raise VitedgeError(f"architecture {f.name} must be a string, not {value!r}")

@@ -102,6 +102,7 @@ def cli() -> None:
       vitedge build model.onnx --precision int8 --data IMAGES   engine or ONNX Runtime model
       vitedge profiles                            device build profiles
       vitedge predict model.int8.ort.onnx photo.jpg   classify images
+      vitedge embed dinov2.onnx gallery/ -o gallery.npy   embeddings of a headless model
       vitedge run model.engine --source 0         the camera loop
       vitedge bench a.engine b.ort.onnx --batch 1,8   per-stage latency
       vitedge serve model.int8.ort.onnx           NVIDIA Triton on loopback, HTTP + gRPC
@@ -145,19 +146,40 @@ def _parse_batch(_ctx: click.Context, _param: click.Parameter, value: str) -> in
               help="Class names: a text file, one per line, or JSON.")
 @click.option("--attention-outputs", is_flag=True,
               help="Add each block's attention probabilities as outputs attn.N.")
+@click.option("--zero-shot", "zero_shot", type=click.Path(dir_okay=False), metavar="LABELS",
+              help="CLIP / SigLIP: make the image tower a classifier of these class names (a "
+                   "text file, one per line), its head the text embeddings of the prompts, "
+                   "computed once here with the checkpoint's text tower (transformers).")
+@click.option("--prompt", "prompts", multiple=True, metavar="TEMPLATE",
+              help="Zero-shot prompt with {} for the class name; repeat to average several. "
+                   f"[default: {default(ExportOptions, 'prompts')[0]!r}]")
+@click.option("--zero-shot-embeddings", type=click.Path(dir_okay=False), metavar="TEXT.npy",
+              help="The classes' text embeddings (classes x size) instead of a text tower "
+                   "(for an image tower alone, e.g. timm's).")
+@click.option("--logit-scale", type=float, help="Zero-shot logit scale [default: the text "
+              "tower's; CLIP's 100 with --zero-shot-embeddings].")
+@click.option("--logit-bias", type=float, help="SigLIP's logit bias [default: the text tower's].")
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @debug_option
 def export(checkpoint: str, output: str, arch: str | None, num_heads: int | None,
            img_size: int | None, batch: int | None, opset: int, input_kind: str,
-           labels: str | None, attention_outputs: bool, no_verify: bool, as_json: bool) -> None:
+           labels: str | None, attention_outputs: bool, zero_shot: str | None,
+           prompts: tuple[str, ...], zero_shot_embeddings: str | None,
+           logit_scale: float | None, logit_bias: float | None, no_verify: bool,
+           as_json: bool) -> None:
     """Export CHECKPOINT (timm, Hugging Face, torchvision or vitedge; a file or a folder)
-    to an ONNX model with its preprocessing and labels inside, verified against PyTorch."""
+    to an ONNX model with its preprocessing and labels inside, verified against PyTorch.
+    A model without a classification head (DINOv2, CLIP / SigLIP image towers) outputs its
+    embedding; with --zero-shot, a CLIP / SigLIP tower becomes a classifier."""
     from vitedge.export import export_onnx
 
     opts = ExportOptions(arch=arch, num_heads=num_heads, img_size=img_size, labels=labels,
                          batch=batch, opset=opset, input_kind=input_kind,
-                         verify=not no_verify, attention_outputs=attention_outputs)
+                         verify=not no_verify, attention_outputs=attention_outputs,
+                         zero_shot=zero_shot, prompts=prompts or default(ExportOptions, "prompts"),
+                         zero_shot_embeddings=zero_shot_embeddings, logit_scale=logit_scale,
+                         logit_bias=logit_bias)
     with _progress("exporting", not as_json) as progress:
         result = export_onnx(checkpoint, output, opts, progress)
     if _json_or_notes(result, as_json):
@@ -167,7 +189,7 @@ def export(checkpoint: str, output: str, arch: str | None, num_heads: int | None
     out.print(f"[green]wrote[/] {result.output} ({result.size_bytes / 1e6:.1f} MB): "
               f"{m.source.get('format')} checkpoint, {cfg.depth} blocks, dim {cfg.embed_dim}, "
               f"{cfg.num_heads} heads, {cfg.img_size[0]}x{cfg.img_size[1]} / patch {cfg.patch_size}, "
-              f"input '{m.input}', output '{m.output_name}'")
+              f"input '{m.input}', output '{m.output_name}': {m.outputs()[m.output_name]}")
     if result.comparisons:
         table = Table(title="verification: ONNX Runtime vs PyTorch (float32, tolerance 1e-4 rel.)")
         for col in ("inputs", "max abs", "relative", "cosine", "top-1 agree"):
@@ -711,15 +733,25 @@ def _image_files(specs: tuple[str, ...]) -> list[Path]:
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--topk", default=default(PipelineOptions, "topk"), show_default=True,
               type=click.IntRange(min=1))
+@click.option("--embeddings", is_flag=True,
+              help="A headless model (DINOv2, CLIP / SigLIP image tower): show each image's "
+                   "embedding (with --json, every value).")
+@click.option("--normalize", is_flag=True, help="L2-normalise the embeddings.")
 @_with(pipeline_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
 @debug_option
-def predict(artifact: str, images: tuple[str, ...], topk: int, fast: bool, device: str | None,
-            streams: int, as_json: bool) -> None:
-    """Classify IMAGES (files, folders or globs) with ARTIFACT (.engine or .onnx)."""
+def predict(artifact: str, images: tuple[str, ...], topk: int, embeddings: bool,
+            normalize: bool, fast: bool, device: str | None, streams: int, as_json: bool) -> None:
+    """Classify IMAGES (files, folders or globs) with ARTIFACT (.engine or .onnx); a model
+    without a classification head gives each image's embedding instead."""
     import vitedge
 
-    with vitedge.open(artifact, topk=topk, fast=fast, device=device, streams=streams) as pipe:
+    with vitedge.open(artifact, topk=topk, fast=fast, device=device, streams=streams,
+                      normalize_embeddings=normalize) as pipe:
+        if embeddings and pipe.manifest.is_classifier:
+            raise VitedgeError(f"{Path(artifact).name} is a classifier: it outputs class scores, "
+                               "not embeddings", "export the checkpoint without its head, or "
+                               "drop --embeddings")
         _warn(pipe.warnings, as_json)
         files = _image_files(images)
         results = [(str(file), p) for file, p in pipe.stream(files)]
@@ -729,7 +761,20 @@ def predict(artifact: str, images: tuple[str, ...], topk: int, fast: bool, devic
         raise VitedgeError(f"none of the {len(files)} images could be read", "check the files")
     if as_json:
         _print_json({"artifact": artifact, "warnings": pipe.warnings, "skipped": skipped,
+                     "outputs": pipe.manifest.outputs(),
                      "predictions": [{"image": name, **p.to_dict()} for name, p in results]})
+        return
+    if not pipe.manifest.is_classifier:
+        table = Table("image", "embedding", "norm", "first values", "ms")
+        import numpy as np
+
+        for name, p in results:
+            e = p.embedding if p.embedding is not None else np.zeros(0, np.float32)
+            shown = e if embeddings else e[:4]
+            table.add_row(name, f"{e.shape[0]} floats", f"{float(np.linalg.norm(e)):.4f}",
+                          " ".join(f"{v:+.4f}" for v in shown) + ("" if embeddings else " ..."),
+                          f"{sum(p.timings.values()):.1f}")
+        out.print(table)
         return
     table = Table("image", "label", "score", f"top-{topk}", "ms")
     for name, p in results:
@@ -737,6 +782,40 @@ def predict(artifact: str, images: tuple[str, ...], topk: int, fast: bool, devic
                       ", ".join(f"{lab if lab is not None else i} {s:.2f}" for i, lab, s in p.topk[1:]),
                       f"{sum(p.timings.values()):.1f}")
     out.print(table)
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=str))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The embeddings as a .npy array (N, D) float32; the images' paths, one per "
+                   "row, go to OUTPUT with the suffix .paths.txt.")
+@click.option("--normalize", is_flag=True, help="L2-normalise the embeddings (for cosine "
+              "similarity as a dot product).")
+@click.option("--batch", default=default(PipelineOptions, "batch"), show_default=True,
+              type=click.IntRange(min=1), help="Images per inference.")
+@_with(pipeline_options)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@debug_option
+def embed(artifact: str, images: tuple[str, ...], output: str, normalize: bool, batch: int,
+          fast: bool, device: str | None, streams: int, as_json: bool) -> None:
+    """Embed IMAGES (files, folders or globs) with ARTIFACT, a model without a
+    classification head (DINOv2, CLIP / SigLIP image towers): a gallery for retrieval,
+    few-shot or anomaly detection. Unreadable images are skipped and named."""
+    from vitedge.runtime.embed import embed_images
+
+    files = _image_files(images)
+    with _progress("embedding", not as_json) as progress:
+        result = embed_images(artifact, files, output,
+                              PipelineOptions(fast=fast, device=device, streams=streams,
+                                              batch=batch, normalize_embeddings=normalize),
+                              progress)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    _warn([f"skipped {name}: {why}" for name, why in result.skipped], False)
+    out.print(f"[green]wrote[/] {result.output} ({result.count} x {result.dim} float32"
+              f"{', L2-normalised' if normalize else ''}) and {result.paths}")
 
 
 @cli.command()
@@ -925,8 +1004,9 @@ def explain(artifact: str, images: tuple[str, ...], out_dir: str, method: str, l
                   "figure")
     for r in results:
         pred = r.prediction
-        row = [r.image, f"{pred['label'] if pred['label'] is not None else pred['class_id']} "
-               f"{pred['score']:.2f}", f"{r.grid_shape[0]}x{r.grid_shape[1]}"]
+        said = (f"{pred['label'] if pred['label'] is not None else pred['class_id']} "
+                f"{pred['score']:.2f}" if pred["score"] is not None else "(embedding)")
+        row = [r.image, said, f"{r.grid_shape[0]}x{r.grid_shape[1]}"]
         if compare:
             c = r.compare
             row.append(f"cosine {c['similarity']:.4f}, "

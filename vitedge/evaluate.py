@@ -66,6 +66,10 @@ def evaluate(artifact: str | Path, options: EvalOptions, report: Reporter | None
 def _evaluate(model: Runner, ref: Runner | None, data: str | Path, batch: int,
               limit: int | None, rep: Reporter) -> EvalResult:
     labels = model.manifest.labels
+    if not model.manifest.is_classifier:
+        raise VitedgeError(f"{model.name} has no classification head (it outputs embeddings): "
+                           "there is no accuracy to measure",
+                           "compare embeddings with `vitedge embed`, or export a classifier")
     if ref is not None and ref.manifest.labels != labels:
         raise VitedgeError(f"{ref.name} has other labels than {model.name}",
                            "compare models exported from the same checkpoint")

@@ -54,7 +54,9 @@ class Preprocess:
     resize_mode "shorter": scale the shorter side to `resize[0]` keeping the aspect ratio
     (timm's eval transform, torchvision); "exact": scale to `resize` (H, W) regardless of
     aspect (Hugging Face's ViTImageProcessor). Then centre-crop to `crop` (H, W), scale to
-    [0, 1], subtract `mean` and divide by `std` per channel.
+    [0, 1], subtract `mean` and divide by `std` per channel. An odd margin is split as
+    `crop_offset` says: "round" (torchvision's CenterCrop, timm) or "floor" (Hugging Face's
+    image processors), one pixel apart.
     """
 
     crop: tuple[int, int] = (224, 224)
@@ -64,8 +66,18 @@ class Preprocess:
     mean: tuple[float, ...] = INCEPTION_MEAN
     std: tuple[float, ...] = INCEPTION_STD
     crop_pct: float | None = None
+    crop_offset: str = "round"
+
+    def crop_box(self, height: int, width: int) -> tuple[int, int]:
+        """(top, left) of the centre crop in an image of that size."""
+        ch, cw = self.crop
+        if self.crop_offset == "floor":
+            return (height - ch) // 2, (width - cw) // 2
+        return int(round((height - ch) / 2.0)), int(round((width - cw) / 2.0))
 
     def __post_init__(self) -> None:
+        if self.crop_offset not in ("round", "floor"):
+            raise VitedgeError(f"unknown crop offset '{self.crop_offset}' (round, floor)")
         if self.resize_mode not in ("shorter", "exact"):
             raise VitedgeError(f"unknown resize mode '{self.resize_mode}' (shorter, exact)")
         if self.interpolation not in INTERPOLATIONS:
@@ -129,6 +141,8 @@ class Preprocess:
             "mean": list(self.mean),
             "std": list(self.std),
             "crop_pct": self.crop_pct,
+            # left out at its default: a manifest written before it hashes the same
+            **({"crop_offset": self.crop_offset} if self.crop_offset != "round" else {}),
         }
 
     @classmethod
@@ -147,11 +161,15 @@ class Preprocess:
             mean=_numbers(d["mean"], "mean"),
             std=_numbers(d["std"], "std"),
             crop_pct=d.get("crop_pct"),
+            crop_offset=d.get("crop_offset", "round"),
         )
 
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUTS = ("images", "patches", "frames", "pixels")
+SCORES = ("softmax", "sigmoid")
+"""How class scores come from logits: softmax (one class), or an independent sigmoid per
+class (a SigLIP zero-shot head)."""
 
 
 class IntegrityError(VitedgeError):
@@ -172,13 +190,30 @@ class Manifest:
     integrity: dict[str, str] = field(default_factory=dict)
     """sha256 of the graph (`graph_sha256`) and of this manifest without this field
     (`manifest_sha256`), set when vitedge writes the artifact and checked when it is read."""
+    score: str = "softmax"
+    """How class scores come from the logits (SCORES); a headless model has none."""
 
     @property
     def output_name(self) -> str:
         return "logits" if self.architecture.num_classes > 0 else "features"
 
+    @property
+    def is_classifier(self) -> bool:
+        return self.architecture.num_classes > 0
+
+    def outputs(self) -> dict[str, str]:
+        """What each output is, in words (the manifest's JSON carries it for other tools)."""
+        cfg = self.architecture
+        if not self.is_classifier:
+            return {"features": f"image embedding, {cfg.feature_dim} floats (L2-normalise it "
+                                "to compare by cosine similarity)"}
+        scores = ("independent sigmoid probabilities per class" if self.score == "sigmoid"
+                  else "softmax over the classes")
+        head = "zero-shot head (text embeddings), " if cfg.head_l2norm else ""
+        return {"logits": f"{cfg.num_classes} class scores ({head}{scores}), in `labels` order"}
+
     def _content(self) -> dict[str, Any]:
-        return {
+        content = {
             "schema": self.schema,
             "vitedge_version": self.vitedge_version,
             "architecture": self.architecture.to_dict(),
@@ -188,6 +223,9 @@ class Manifest:
             "precision": self.precision,
             "source": self.source,
         }
+        if self.score != "softmax":  # left out at its default: older manifests hash the same
+            content["score"] = self.score
+        return content
 
     def digest(self) -> str:
         """sha256 of what the manifest says (everything but `integrity`)."""
@@ -195,6 +233,7 @@ class Manifest:
 
     def to_json(self) -> str:
         content = self._content()
+        content["outputs"] = self.outputs()  # derived, for readers other than vitedge
         if self.integrity:
             content["integrity"] = self.integrity
         return json.dumps(content, sort_keys=True)
@@ -233,6 +272,9 @@ class Manifest:
         if d["precision"] not in PRECISIONS:
             raise VitedgeError(f"the model's manifest precision '{d['precision']}' is not one of "
                                f"{', '.join(PRECISIONS)}")
+        if d.get("score", "softmax") not in SCORES:
+            raise VitedgeError(f"the model's manifest score '{d.get('score')}' is not one of "
+                               f"{', '.join(SCORES)}")
         for key, kind in (("source", dict), ("integrity", dict)):
             if not isinstance(d.get(key, {}), kind):
                 raise VitedgeError(f"the model's manifest {key} must be an object")
@@ -246,6 +288,7 @@ class Manifest:
             vitedge_version=str(d.get("vitedge_version", "?")),
             schema=schema,
             integrity=d.get("integrity", {}),
+            score=d.get("score", "softmax"),
         )
         cfg = manifest.architecture
         if labels is not None and cfg.num_classes and len(labels) != cfg.num_classes:

@@ -62,9 +62,34 @@ class ExportOptions:
     input_kind: str = "images"
     verify: bool = True
     attention_outputs: bool = False
+    zero_shot: str | Path | None = None
+    """A CLIP or SigLIP image tower becomes a classifier of these class names (a text file,
+    one per line): their text embeddings are its head."""
+    prompts: tuple[str, ...] = ("a photo of a {}.",)
+    """Zero-shot prompts; several are averaged per class."""
+    zero_shot_embeddings: str | Path | None = None
+    """The classes' text embeddings (.npy, classes x embedding) instead of a text tower."""
+    logit_scale: float | None = None
+    """The zero-shot logit scale (default: the text tower's, or CLIP's 100)."""
+    logit_bias: float | None = None
+    """SigLIP's logit bias (default: the text tower's)."""
 
     def __post_init__(self) -> None:
         _choice(self.input_kind, INPUT_KINDS, "--input")
+        if self.zero_shot is None and (self.zero_shot_embeddings is not None or
+                                       self.logit_scale is not None or self.logit_bias is not None):
+            raise VitedgeError("--zero-shot-embeddings, --logit-scale and --logit-bias go with "
+                               "--zero-shot LABELS")
+        if self.zero_shot is not None and self.labels is not None:
+            raise VitedgeError("--zero-shot names the classes itself; drop --labels")
+        if self.logit_scale is not None and not 0 < self.logit_scale < 1e6:
+            raise VitedgeError("--logit-scale must be a positive number")
+        if not self.prompts:
+            raise VitedgeError("give at least one zero-shot --prompt")
+        for prompt in self.prompts:
+            if not isinstance(prompt, str) or prompt.count("{}") != 1:
+                raise VitedgeError(f"the prompt '{prompt}' must hold '{{}}' once, where the "
+                                   "class name goes", "e.g. --prompt 'a photo of a {}.'")
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise VitedgeError(f"--opset {self.opset} is outside the supported "
                                f"{MIN_OPSET}..{MAX_OPSET} (TensorRT 10 parses up to 20)")
@@ -210,6 +235,8 @@ class PipelineOptions:
     """OpenCV resize instead of PIL's (not bit-exact with the reference libraries)."""
     topk: int = 5
     keep_logits: bool = False
+    normalize_embeddings: bool = False
+    """A headless model's `Prediction.embedding` L2-normalised (for cosine similarity)."""
     threads: int | None = None
     """ONNX Runtime intra-op threads; None: every core, or cores / streams."""
     batch: int = 1
@@ -223,7 +250,7 @@ class PipelineOptions:
         if self.device is not None:
             _choice(self.device, DEVICES, "device")
         _choice(self.color, COLOR_ORDERS, "color order")
-        for name in ("fast", "keep_logits", "cuda_graph"):
+        for name in ("fast", "keep_logits", "normalize_embeddings", "cuda_graph"):
             if not isinstance(getattr(self, name), bool):
                 raise VitedgeError(f"{name} must be True or False, not {getattr(self, name)!r}")
         for name, least in (("topk", 1), ("batch", 1), ("streams", 1)):

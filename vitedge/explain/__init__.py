@@ -42,6 +42,8 @@ class ExplainResult:
 
 
 def _top(prediction: Any) -> str:
+    if not prediction.topk:
+        return prediction.describe()
     return ", ".join(f"{lab if lab is not None else i} {s:.0%}" for i, lab, s in prediction.topk)
 
 

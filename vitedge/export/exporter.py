@@ -56,7 +56,8 @@ def export_onnx(
     """
     opts = options or ExportOptions()
     rep = reporter(report)
-    refuse_overwriting_inputs(output, checkpoint, opts.labels)
+    refuse_overwriting_inputs(output, checkpoint, opts.labels, opts.zero_shot,
+                              opts.zero_shot_embeddings)
     require("torch", "export", "exporting a checkpoint")
     from vitedge.model.importer import ImportOptions, load_checkpoint
 
@@ -72,6 +73,15 @@ def export_onnx(
     with step("import"):
         imported = load_checkpoint(checkpoint, ImportOptions(
             arch=opts.arch, num_heads=opts.num_heads, img_size=opts.img_size, labels=opts.labels))
+    if opts.zero_shot is not None:
+        with step("zero-shot head"):
+            from vitedge.export.zero_shot import tower_family, with_zero_shot_head, zero_shot_head
+            from vitedge.model.importer import read_labels
+
+            head = zero_shot_head(checkpoint, tower_family(imported.config),
+                                  read_labels(opts.zero_shot), opts.prompts,
+                                  opts.zero_shot_embeddings, opts.logit_scale, opts.logit_bias)
+            imported = with_zero_shot_head(imported, head)
     cfg = imported.config
     n_params = cfg.num_params()
     if n_params * 4 > PROTOBUF_LIMIT:

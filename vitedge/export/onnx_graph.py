@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from vitedge.architecture import ViTConfig
+from vitedge.architecture import ViTConfig, rope_tables
 from vitedge.options import INPUT_KINDS, MAX_OPSET, MIN_OPSET
 
 
@@ -101,9 +101,10 @@ def onnx_from_vit(
         if input_kind == "images":
             x_in = helper.make_tensor_value_info(
                 "images", TensorProto.FLOAT, [batch_dim, cfg.in_chans, *cfg.img_size])
-        conv = g.node("Conv", [image_input, g.const("patch_embed.proj.weight", w["patch_embed.proj.weight"]),
-                               g.const("patch_embed.proj.bias", w["patch_embed.proj.bias"])],
-                      "patch_embed.proj", kernel_shape=[cfg.patch_size] * 2,
+        conv_inputs = [image_input, g.const("patch_embed.proj.weight", w["patch_embed.proj.weight"])]
+        if cfg.patch_bias:
+            conv_inputs.append(g.const("patch_embed.proj.bias", w["patch_embed.proj.bias"]))
+        conv = g.node("Conv", conv_inputs, "patch_embed.proj", kernel_shape=[cfg.patch_size] * 2,
                       strides=[cfg.patch_size] * 2)
         flat = g.node("Reshape", [conv, g.ints("patch_embed.shape", [0, d, -1])], "patch_embed.flatten")
         x = g.node("Transpose", [flat], "patch_embed.tokens", perm=[0, 2, 1])
@@ -111,7 +112,8 @@ def onnx_from_vit(
         x_in = helper.make_tensor_value_info(
             "patches", TensorProto.FLOAT, [batch_dim, cfg.num_patches, cfg.patch_dim])
         weight = w["patch_embed.proj.weight"].reshape(d, -1).T
-        x = _linear(g, "patch_embed.proj", "patches", weight, w["patch_embed.proj.bias"], transposed=True)
+        x = _linear(g, "patch_embed.proj", "patches", weight, w.get("patch_embed.proj.bias"),
+                    transposed=True)
 
     # Position embeddings: added to the patch tokens; the prefix tokens (class,
     # distillation, registers) get theirs folded in, then are broadcast over the batch.
@@ -136,24 +138,24 @@ def onnx_from_vit(
     if cfg.pre_norm:
         x = _layer_norm(g, "norm_pre", x, w, cfg.norm_eps)
 
+    rope = None
+    if cfg.rope:
+        sin, cos = rope_tables(cfg)
+        rope = (g.const("rope.sin", sin), g.const("rope.cos", cos))
     attn_names = []
     for i in range(cfg.depth):
-        x, probs = _block(g, f"blocks.{i}", x, w, cfg)
+        x, probs = _block(g, f"blocks.{i}", x, w, cfg, rope)
         attn_names.append(probs)
 
     if not cfg.fc_norm:
         x = _layer_norm(g, "norm", x, w, cfg.norm_eps)
-    if cfg.global_pool == "avg":
-        body = g.node("Slice", [x, g.ints("pool.start", [k]), g.ints("pool.end", [cfg.num_tokens]),
-                                g.ints("pool.axis", [1])], "pool.patch_tokens")
-        if opset >= 18:
-            pooled = g.node("ReduceMean", [body, g.ints("pool.axes", [1])], "pool", keepdims=0)
-        else:
-            pooled = g.node("ReduceMean", [body], "pool", axes=[1], keepdims=0)
-        if cfg.fc_norm:
-            pooled = _layer_norm(g, "fc_norm", pooled, w, cfg.norm_eps)
-    else:
-        pooled = g.node("Gather", [x, g.ints("pool.index", 0)], "pool", axis=1)  # type: ignore[arg-type]
+    pooled = _pool(g, x, w, cfg, opset)
+    if cfg.fc_norm:
+        pooled = _layer_norm(g, "fc_norm", pooled, w, cfg.norm_eps)
+    if cfg.embed_proj:
+        pooled = _linear(g, "embed_proj", pooled, w["embed_proj.weight"], None)
+    if cfg.head_l2norm:
+        pooled = _l2_normalize(g, "head.l2norm", pooled)
 
     out_name = "logits" if cfg.num_classes else "features"
     if cfg.num_classes:
@@ -168,7 +170,7 @@ def onnx_from_vit(
     out = g.node("Identity", [out], out_name) if out != out_name else out
 
     outputs = [helper.make_tensor_value_info(
-        out_name, TensorProto.FLOAT, [batch_dim, cfg.num_classes or d])]
+        out_name, TensorProto.FLOAT, [batch_dim, cfg.output_dim])]
     if attention_outputs:
         for i, probs in enumerate(attn_names):
             name = g.node("Identity", [probs], f"attn.{i}")
@@ -209,8 +211,97 @@ def _heads(g: GraphBuilder, name: str, x: str, cfg: ViTConfig, perm: list[int]) 
     return g.node("Transpose", [split], f"{name}.heads", perm=perm)
 
 
-def _block(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray], cfg: ViTConfig
-           ) -> tuple[str, str]:
+def _pool(g: GraphBuilder, x: str, w: Mapping[str, np.ndarray], cfg: ViTConfig, opset: int) -> str:
+    """The normed sequence (B, T, D) to the pooled features (B, pooled_dim)."""
+    k = cfg.num_prefix_tokens
+    if cfg.global_pool == "token":
+        return g.node("Gather", [x, g.ints("pool.index", 0)], "pool", axis=1)  # type: ignore[arg-type]
+    body = x if not k else g.node(
+        "Slice", [x, g.ints("pool.start", [k]), g.ints("pool.end", [cfg.num_tokens]),
+                  g.ints("pool.axis", [1])], "pool.patch_tokens")
+    if cfg.global_pool == "map":
+        return _attention_pool(g, "attn_pool", body, w, cfg)
+    name = "pool" if cfg.global_pool == "avg" else "pool.mean"
+    if opset >= 18:
+        mean = g.node("ReduceMean", [body, g.ints("pool.axes", [1])], name, keepdims=0)
+    else:
+        mean = g.node("ReduceMean", [body], name, axes=[1], keepdims=0)
+    if cfg.global_pool == "avg":
+        return mean
+    token = g.node("Gather", [x, g.ints("pool.index", 0)], "pool.token", axis=1)  # type: ignore[arg-type]
+    return g.node("Concat", [token, mean], "pool", axis=-1)
+
+
+def _attention_pool(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray],
+                    cfg: ViTConfig) -> str:
+    """SigLIP's head: a learned query attends over the patch tokens (one query, so the
+    query's projection is a constant), then a residual MLP. (B, N, D) -> (B, D)."""
+    d = cfg.embed_dim
+    q = (w[f"{p}.latent"].reshape(1, d) @ w[f"{p}.q.weight"].T + w[f"{p}.q.bias"]).astype(np.float32)
+    q_heads = g.const(f"{p}.q.heads", q.reshape(1, 1, cfg.num_heads, cfg.head_dim)
+                      .transpose(0, 2, 1, 3) * np.float32(cfg.head_dim ** -0.5))
+    kv = _linear(g, f"{p}.kv", x, w[f"{p}.kv.weight"], w[f"{p}.kv.bias"])
+    axis = g.ints(f"{p}.kv.axis", [2])
+    k = g.node("Slice", [kv, g.ints(f"{p}.k.start", [0]), g.ints(f"{p}.k.end", [d]), axis], f"{p}.k")
+    v = g.node("Slice", [kv, g.ints(f"{p}.v.start", [d]), g.ints(f"{p}.v.end", [2 * d]), axis],
+               f"{p}.v")
+    kt = _heads(g, f"{p}.k", k, cfg, [0, 2, 3, 1])
+    vh = _heads(g, f"{p}.v", v, cfg, [0, 2, 1, 3])
+    scores = g.node("MatMul", [q_heads, kt], f"{p}.qk")
+    probs = g.node("Softmax", [scores], f"{p}.softmax", axis=-1)
+    ctx = g.node("MatMul", [probs, vh], f"{p}.context")
+    merged = g.node("Transpose", [ctx], f"{p}.merge_heads", perm=[0, 2, 1, 3])
+    flat = g.node("Reshape", [merged, g.ints(f"{p}.merge_shape", [0, 0, d])], f"{p}.merged")
+    out = _linear(g, f"{p}.proj", flat, w[f"{p}.proj.weight"], w[f"{p}.proj.bias"])
+    h = _layer_norm(g, f"{p}.norm", out, w, cfg.norm_eps)
+    h = _linear(g, f"{p}.mlp.fc1", h, w[f"{p}.mlp.fc1.weight"], w[f"{p}.mlp.fc1.bias"])
+    h = _activation(g, f"{p}.mlp.act", h, cfg.act)
+    h = _linear(g, f"{p}.mlp.fc2", h, w[f"{p}.mlp.fc2.weight"], w[f"{p}.mlp.fc2.bias"])
+    pooled = g.node("Add", [out, h], f"{p}.residual")
+    return g.node("Gather", [pooled, g.ints(f"{p}.index", 0)], "pool", axis=1)  # type: ignore[arg-type]
+
+
+def _l2_normalize(g: GraphBuilder, name: str, x: str) -> str:
+    """x / max(||x||, 1e-12) over the last axis, as torch's F.normalize."""
+    square = g.node("Mul", [x, x], f"{name}.square")
+    total = g.node("ReduceSum", [square, g.ints(f"{name}.axes", [-1])], f"{name}.sum", keepdims=1)
+    norm = g.node("Sqrt", [total], f"{name}.norm")
+    floor = g.node("Max", [norm, g.const(f"{name}.eps", 1e-12)], f"{name}.floor")
+    return g.node("Div", [x, floor], name)
+
+
+def _rotate(g: GraphBuilder, name: str, x: str, cfg: ViTConfig, rope: tuple[str, str]) -> str:
+    """Rotary embedding on the patch tokens of a (B, heads, T, head_dim) query or key:
+    x * cos + (-x1, x0, -x3, x2, ...) * sin; the prefix tokens pass unchanged."""
+    k, t, hd = cfg.num_prefix_tokens, cfg.num_tokens, cfg.head_dim
+    axis = g.ints(f"{name}.token_axis", [2])
+    patches = x if not k else g.node(
+        "Slice", [x, g.ints(f"{name}.start", [k]), g.ints(f"{name}.end", [t]), axis],
+        f"{name}.patches")
+    pairs = g.node("Reshape", [patches, g.ints(f"{name}.pairs_shape", [0, 0, 0, hd // 2, 2])],
+                   f"{name}.pairs")
+    last = g.ints(f"{name}.pair_axis", [4])
+    even = g.node("Slice", [pairs, g.ints(f"{name}.even_start", [0]), g.ints(f"{name}.even_end", [1]),
+                            last], f"{name}.even")
+    odd = g.node("Slice", [pairs, g.ints(f"{name}.odd_start", [1]), g.ints(f"{name}.odd_end", [2]),
+                           last], f"{name}.odd")
+    minus_odd = g.node("Neg", [odd], f"{name}.minus_odd")
+    swapped = g.node("Concat", [minus_odd, even], f"{name}.swapped", axis=4)
+    turned = g.node("Reshape", [swapped, g.ints(f"{name}.turned_shape", [0, 0, 0, hd])],
+                    f"{name}.turned")
+    sin, cos = rope
+    a = g.node("Mul", [patches, cos], f"{name}.cos")
+    b = g.node("Mul", [turned, sin], f"{name}.sin")
+    rotated = g.node("Add", [a, b], f"{name}.rotated")
+    if not k:
+        return rotated
+    prefix = g.node("Slice", [x, g.ints(f"{name}.prefix_start", [0]),
+                              g.ints(f"{name}.prefix_end", [k]), axis], f"{name}.prefix")
+    return g.node("Concat", [prefix, rotated], name, axis=2)
+
+
+def _block(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray], cfg: ViTConfig,
+           rope: tuple[str, str] | None = None) -> tuple[str, str]:
     d = cfg.embed_dim
     h = _layer_norm(g, f"{p}.norm1", x, w, cfg.norm_eps)
     if cfg.fused_qkv:
@@ -230,7 +321,12 @@ def _block(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray], cfg: Vi
         for i, n in enumerate("qkv")
     )
     qh = _heads(g, f"{p}.attn.q", q, cfg, [0, 2, 1, 3])
-    kt = _heads(g, f"{p}.attn.k", k, cfg, [0, 2, 3, 1])
+    if rope is None:
+        kt = _heads(g, f"{p}.attn.k", k, cfg, [0, 2, 3, 1])
+    else:
+        qh = _rotate(g, f"{p}.attn.q.rope", qh, cfg, rope)
+        kh = _rotate(g, f"{p}.attn.k.rope", _heads(g, f"{p}.attn.k", k, cfg, [0, 2, 1, 3]), cfg, rope)
+        kt = g.node("Transpose", [kh], f"{p}.attn.k.t", perm=[0, 1, 3, 2])
     vh = _heads(g, f"{p}.attn.v", v, cfg, [0, 2, 1, 3])
     scores = g.node("MatMul", [qh, kt], f"{p}.attn.qk")
     scaled = g.node("Mul", [scores, g.const(f"{p}.attn.scale", cfg.head_dim ** -0.5)],
@@ -239,18 +335,50 @@ def _block(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray], cfg: Vi
     ctx = g.node("MatMul", [probs, vh], f"{p}.attn.context")
     merged = g.node("Transpose", [ctx], f"{p}.attn.merge_heads", perm=[0, 2, 1, 3])
     flat = g.node("Reshape", [merged, g.ints(f"{p}.attn.merge_shape", [0, 0, d])], f"{p}.attn.merged")
+    if cfg.attn_norm:
+        flat = _layer_norm(g, f"{p}.attn.norm", flat, w, cfg.norm_eps)
     a = _linear(g, f"{p}.attn.proj", flat, w[f"{p}.attn.proj.weight"], w[f"{p}.attn.proj.bias"])
     if cfg.layer_scale:
         a = g.node("Mul", [a, g.const(f"{p}.ls1.gamma", w[f"{p}.ls1.gamma"])], f"{p}.ls1")
     x = g.node("Add", [x, a], f"{p}.residual1")
 
     h = _layer_norm(g, f"{p}.norm2", x, w, cfg.norm_eps)
-    h = _linear(g, f"{p}.mlp.fc1", h, w[f"{p}.mlp.fc1.weight"], w[f"{p}.mlp.fc1.bias"])
-    h = _gelu(g, f"{p}.mlp.act", h)
-    h = _linear(g, f"{p}.mlp.fc2", h, w[f"{p}.mlp.fc2.weight"], w[f"{p}.mlp.fc2.bias"])
+    h = _mlp(g, f"{p}.mlp", h, w, cfg)
     if cfg.layer_scale:
         h = g.node("Mul", [h, g.const(f"{p}.ls2.gamma", w[f"{p}.ls2.gamma"])], f"{p}.ls2")
     return g.node("Add", [x, h], f"{p}.residual2"), probs
+
+
+def _mlp(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray], cfg: ViTConfig) -> str:
+    if cfg.mlp == "swiglu":
+        gate = _linear(g, f"{p}.fc1_g", x, w[f"{p}.fc1_g.weight"], w[f"{p}.fc1_g.bias"])
+        value = _linear(g, f"{p}.fc1_x", x, w[f"{p}.fc1_x.weight"], w[f"{p}.fc1_x.bias"])
+        sig = g.node("Sigmoid", [gate], f"{p}.act.sigmoid")
+        silu = g.node("Mul", [gate, sig], f"{p}.act")
+        h = g.node("Mul", [silu, value], f"{p}.glu")
+    else:
+        h = _linear(g, f"{p}.fc1", x, w[f"{p}.fc1.weight"], w[f"{p}.fc1.bias"])
+        h = _activation(g, f"{p}.act", h, cfg.act)
+    if cfg.mlp_norm:
+        h = _layer_norm(g, f"{p}.norm", h, w, cfg.norm_eps)
+    return _linear(g, f"{p}.fc2", h, w[f"{p}.fc2.weight"], w[f"{p}.fc2.bias"])
+
+
+def _activation(g: GraphBuilder, name: str, x: str, act: str) -> str:
+    if act == "quick_gelu":  # x * sigmoid(1.702 x)
+        scaled = g.node("Mul", [x, g.const(f"{name}.alpha", 1.702)], f"{name}.scaled")
+        sig = g.node("Sigmoid", [scaled], f"{name}.sigmoid")
+        return g.node("Mul", [x, sig], name)
+    if act == "gelu_tanh":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        cube = g.node("Mul", [g.node("Mul", [x, x], f"{name}.square"), x], f"{name}.cube")
+        inner = g.node("Add", [x, g.node("Mul", [cube, g.const(f"{name}.c", 0.044715)],
+                                         f"{name}.cube_scaled")], f"{name}.inner")
+        arg = g.node("Mul", [inner, g.const(f"{name}.k", np.sqrt(2.0 / np.pi))], f"{name}.arg")
+        one = g.node("Add", [g.node("Tanh", [arg], f"{name}.tanh"), g.const(f"{name}.one", 1.0)],
+                     f"{name}.add")
+        return g.node("Mul", [g.node("Mul", [x, one], f"{name}.mul"),
+                              g.const(f"{name}.half", 0.5)], name)
+    return _gelu(g, name, x)
 
 
 def _gelu(g: GraphBuilder, name: str, x: str) -> str:

@@ -32,18 +32,22 @@ TENSORRT_OPS: dict[str, str | None] = {
     "Identity": None,
     "LayerNormalization": "only the first output Y",
     "MatMul": None,
+    "Max": None,  # the L2 norm's floor in a zero-shot head
     "Mul": None,
+    "Neg": None,  # rotary embedding's pair rotation (EVA-02)
     "QuantizeLinear": "y_zero_point must be zero",
     "ReduceMax": "axes must be an initializer",
     "ReduceMean": "axes must be an initializer",
     "ReduceSum": "axes must be an initializer",
     "Reshape": None,
     "Shape": None,
+    "Sigmoid": None,  # quick-GELU (CLIP), SiLU (SwiGLU)
     "Slice": "axes must be an initializer",
     "Softmax": None,
     "Split": "split must be an initializer",  # what ONNX Runtime's GatherSliceToSplitFusion makes
     "Sqrt": None,
     "Sub": None,
+    "Tanh": None,  # GELU's tanh approximation (SigLIP)
     "Transpose": None,
     "Unsqueeze": "axes must be a constant tensor",
     "Squeeze": "axes must be an initializer",

@@ -12,7 +12,10 @@ import torch
 from vitedge.architecture import ViTConfig
 from vitedge.errors import CheckpointError
 
-FORMATS = ("vitedge", "timm", "hf", "torchvision")
+FORMATS = ("vitedge", "timm", "hf", "hf-clip", "hf-siglip", "torchvision")
+"""hf: ViT, DeiT and DINOv2 (`embeddings.patch_embeddings.projection`); hf-clip and
+hf-siglip: CLIP and SigLIP vision towers (`embeddings.patch_embedding`), alone or inside
+the full two-tower model."""
 NATIVE_METADATA_KEY = "vitedge.manifest"
 
 Tensors = dict[str, torch.Tensor]
@@ -26,6 +29,9 @@ def detect_format(tensors: Tensors, metadata: dict[str, str]) -> str:
         return "timm"
     if any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in keys):
         return "hf"
+    if any(k.endswith("embeddings.patch_embedding.weight") for k in keys):
+        return "hf-clip" if any(k.endswith("embeddings.class_embedding") for k in keys) \
+            else "hf-siglip"
     if "conv_proj.weight" in keys and "encoder.pos_embedding" in keys:
         return "torchvision"
     sample = ", ".join(sorted(keys)[:5]) or "none"
@@ -64,9 +70,23 @@ _HF_BLOCK = [
     (r"layers\.(\d+)\.mlp\.fc2\.", r"blocks.\1.mlp.fc2."),
     (r"layers\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
     (r"layers\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
+    # DINOv2: hub names (attention.attention.query etc., above) and transformers-5 names
+    (r"encoder\.layer\.(\d+)\.attention\.q_proj\.", r"blocks.\1.attn.q."),
+    (r"encoder\.layer\.(\d+)\.attention\.k_proj\.", r"blocks.\1.attn.k."),
+    (r"encoder\.layer\.(\d+)\.attention\.v_proj\.", r"blocks.\1.attn.v."),
+    (r"encoder\.layer\.(\d+)\.attention\.o_proj\.", r"blocks.\1.attn.proj."),
+    (r"encoder\.layer\.(\d+)\.norm([12])\.", r"blocks.\1.norm\2."),
+    (r"encoder\.layer\.(\d+)\.layer_scale([12])\.lambda1$", r"blocks.\1.ls\2.gamma"),
+    (r"encoder\.layer\.(\d+)\.mlp\.(fc[12])\.", r"blocks.\1.mlp.\2."),
+    (r"encoder\.layer\.(\d+)\.mlp\.weights_in\.", r"blocks.\1.mlp.weights_in."),
+    (r"encoder\.layer\.(\d+)\.mlp\.weights_out\.", r"blocks.\1.mlp.fc2."),
+    (r"encoder\.layer\.(\d+)\.mlp\.gate_proj\.", r"blocks.\1.mlp.fc1_g."),
+    (r"encoder\.layer\.(\d+)\.mlp\.up_proj\.", r"blocks.\1.mlp.fc1_x."),
+    (r"encoder\.layer\.(\d+)\.mlp\.down_proj\.", r"blocks.\1.mlp.fc2."),
 ]
 _HF_TOP = {
     "embeddings.cls_token": "cls_token",
+    "embeddings.register_tokens": "reg_token",
     "embeddings.distillation_token": "dist_token",
     "embeddings.position_embeddings": "pos_embed",
     "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
@@ -88,6 +108,8 @@ def timm_layout_from_hf(tensors: Tensors) -> Tensors:
     for key, value in tensors.items():
         if key.startswith("pooler.") or key.startswith(prefix + "pooler."):
             continue  # ViTModel's tanh pooler is not part of classification
+        if key.endswith("embeddings.mask_token"):
+            continue  # DINOv2's masked-image-modelling token: training only
         head = next((h for h in _HF_HEADS if key.startswith(h)), None)
         if head is not None:
             out[_HF_HEADS[head] + key[len(head) :]] = value
@@ -97,10 +119,48 @@ def timm_layout_from_hf(tensors: Tensors) -> Tensors:
             out[_HF_TOP[name]] = value
             continue
         out[_rename(name, _HF_BLOCK)] = value
+    for key in [k for k in out if k.endswith(".mlp.weights_in.weight") or
+                k.endswith(".mlp.weights_in.bias")]:
+        # DINOv2's SwiGLU: SiLU on the first half of weights_in, times the second half
+        gate, val = out.pop(key).chunk(2, dim=0)
+        out[key.replace(".weights_in.", ".fc1_g.")] = gate
+        out[key.replace(".weights_in.", ".fc1_x.")] = val
+    if "reg_token" in out:
+        # registers are inserted after the class token and get no position embedding;
+        # the class token's own is folded into it (timm's no_embed_class layout)
+        pos = out["pos_embed"]
+        out["cls_token"] = out["cls_token"] + pos[:, :1]
+        out["pos_embed"] = pos[:, 1:]
     return out
 
 
+def vision_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The vision tower's part of a Hugging Face config (a two-tower CLIP / SigLIP config
+    nests it under vision_config)."""
+    nested = config.get("vision_config")
+    return nested if isinstance(nested, dict) else config
+
+
+_HF_ACTS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_pytorch_tanh": "gelu_tanh",
+            "gelu_new": "gelu_tanh"}
+
+
+def _hf_act(config: dict[str, Any]) -> str:
+    act = config.get("hidden_act", "gelu")
+    if act not in _HF_ACTS:
+        raise CheckpointError(f"unsupported hidden_act '{act}' in config.json",
+                              f"vitedge's ViT takes {', '.join(_HF_ACTS)}")
+    return _HF_ACTS[act]
+
+
+def _hf_image_size(config: dict[str, Any], default: int) -> tuple[int, int]:
+    size = config.get("image_size", default)
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 def config_from_hf(config: dict[str, Any], tensors: Tensors) -> ViTConfig:
+    if str(config.get("model_type", "")).startswith("dinov2"):
+        return config_from_hf_dinov2(config, tensors)
     act = config.get("hidden_act", "gelu")
     if act != "gelu":
         raise CheckpointError(f"activation '{act}' is not supported (vitedge's ViT uses exact GELU)")
@@ -121,6 +181,110 @@ def config_from_hf(config: dict[str, Any], tensors: Tensors) -> ViTConfig:
         dist_head="head_dist.weight" in tensors,
         num_classes=tensors["head.weight"].shape[0] if "head.weight" in tensors else 0,
         norm_eps=float(config.get("layer_norm_eps", 1e-12)),
+    )
+
+
+def config_from_hf_dinov2(config: dict[str, Any], tensors: Tensors) -> ViTConfig:
+    """Dinov2Model / Dinov2ForImageClassification (and their with-registers kin): layer
+    scale, patch 14; the classifier reads the class token beside the patch tokens' mean."""
+    dim = int(config["hidden_size"])
+    swiglu = bool(config.get("use_swiglu_ffn", False))
+    hidden = int(dim * float(config.get("mlp_ratio", 4)))
+    if swiglu:  # Dinov2SwiGLUFFN's width: two thirds, rounded up to a multiple of 8
+        hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
+    registers = tensors["reg_token"].shape[1] if "reg_token" in tensors else 0
+    return ViTConfig(
+        img_size=_hf_image_size(config, 518),
+        patch_size=int(config.get("patch_size", 14)),
+        in_chans=int(config.get("num_channels", 3)),
+        embed_dim=dim,
+        depth=int(config["num_hidden_layers"]),
+        num_heads=int(config["num_attention_heads"]),
+        mlp_hidden=hidden,
+        qkv_bias=bool(config.get("qkv_bias", True)),
+        fused_qkv=False,
+        reg_tokens=registers,
+        no_embed_class=registers > 0,
+        layer_scale="blocks.0.ls1.gamma" in tensors,
+        global_pool="token_avg" if "head.weight" in tensors else "token",
+        num_classes=tensors["head.weight"].shape[0] if "head.weight" in tensors else 0,
+        norm_eps=float(config.get("layer_norm_eps", 1e-6)),
+        act=_hf_act(config),
+        mlp="swiglu" if swiglu else "mlp",
+    )
+
+
+# --- Hugging Face CLIP and SigLIP vision towers ------------------------------------------
+
+_TOWER_RULES = [
+    (r"(vision_model\.)?embeddings\.class_embedding$", "cls_token"),
+    (r"(vision_model\.)?embeddings\.patch_embedding\.", "patch_embed.proj."),
+    (r"(vision_model\.)?embeddings\.position_embedding\.weight$", "pos_embed"),
+    (r"(vision_model\.)?pre_layrnorm\.", "norm_pre."),
+    (r"(vision_model\.)?post_layernorm\.", "norm."),
+    (r"(vision_model\.)?encoder\.layers\.(\d+)\.layer_norm([12])\.", r"blocks.\2.norm\3."),
+    (r"(vision_model\.)?encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.", r"blocks.\2.attn.\3."),
+    (r"(vision_model\.)?encoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"blocks.\2.attn.proj."),
+    (r"(vision_model\.)?encoder\.layers\.(\d+)\.mlp\.(fc[12])\.", r"blocks.\2.mlp.\3."),
+    (r"(vision_model\.)?head\.probe$", "attn_pool.latent"),
+    (r"(vision_model\.)?head\.attention\.out_proj\.", "attn_pool.proj."),
+    (r"(vision_model\.)?head\.layernorm\.", "attn_pool.norm."),
+    (r"(vision_model\.)?head\.mlp\.(fc[12])\.", r"attn_pool.mlp.\2."),
+    (r"visual_projection\.weight$", "embed_proj.weight"),
+]
+_OTHER_TOWER = ("text_model.", "text_projection.", "logit_scale", "logit_bias")
+"""What a two-tower CLIP / SigLIP checkpoint holds besides the image tower."""
+
+
+def timm_layout_from_hf_tower(tensors: Tensors) -> Tensors:
+    """A CLIP or SigLIP vision tower (alone, with its projection, or inside the full
+    CLIPModel / SiglipModel) in vitedge's layout; the text tower is left out."""
+    out: Tensors = {}
+    for key, value in tensors.items():
+        if key.startswith(_OTHER_TOWER) or key.endswith("position_ids"):
+            continue
+        m = re.match(r"(vision_model\.)?head\.attention\.in_proj_(weight|bias)$", key)
+        if m:  # nn.MultiheadAttention's packed q, k, v: the query, and k and v together
+            d = value.shape[0] // 3
+            out[f"attn_pool.q.{m.group(2)}"] = value[:d]
+            out[f"attn_pool.kv.{m.group(2)}"] = value[d:]
+            continue
+        name = _rename(key, _TOWER_RULES)
+        if name == "cls_token":
+            value = value.reshape(1, 1, -1)
+        elif name == "pos_embed":
+            value = value.unsqueeze(0)
+        elif name == "attn_pool.latent":
+            value = value.reshape(1, 1, -1)
+        out[name] = value
+    return out
+
+
+def config_from_hf_tower(config: dict[str, Any], tensors: Tensors, fmt: str) -> ViTConfig:
+    """CLIPVisionModel(WithProjection) / CLIPModel, SiglipVisionModel / SiglipModel."""
+    vc = vision_config(config)
+    clip = fmt == "hf-clip"
+    if not clip and "attn_pool.latent" not in tensors:
+        raise CheckpointError("a SigLIP vision tower without its attention-pool head "
+                              "(vision_use_head=False) has no pooled output to export")
+    dim = int(vc.get("hidden_size", 768))
+    return ViTConfig(
+        img_size=_hf_image_size(vc, 224),
+        patch_size=int(vc.get("patch_size", 32 if clip else 16)),
+        in_chans=int(vc.get("num_channels", 3)),
+        embed_dim=dim,
+        depth=int(vc.get("num_hidden_layers", 12)),
+        num_heads=int(vc.get("num_attention_heads", 12)),
+        mlp_hidden=int(vc.get("intermediate_size", 3072)),
+        fused_qkv=False,
+        class_token=clip,
+        pre_norm=clip,
+        patch_bias="patch_embed.proj.bias" in tensors,
+        global_pool="token" if clip else "map",
+        num_classes=0,
+        norm_eps=float(vc.get("layer_norm_eps", 1e-5 if clip else 1e-6)),
+        act=_hf_act(vc),
+        embed_proj=tensors["embed_proj.weight"].shape[0] if "embed_proj.weight" in tensors else 0,
     )
 
 
@@ -166,7 +330,19 @@ _TIMM_HARMLESS = {
 
 
 def timm_layout_from_timm(tensors: Tensors) -> Tensors:
+    """timm's vision_transformer layout as it is; timm's EVA layout (q_bias / v_bias beside
+    a bias-free qkv, separate q_proj / k_proj / v_proj, gamma_1 / gamma_2) brought to it."""
     out = {_rename(key, _TIMM_RENAMES): value for key, value in tensors.items()}
+    for key in [k for k in out if k.endswith(".attn.q_bias")]:
+        p = key[: -len("q_bias")]
+        q_bias, v_bias = out.pop(f"{p}q_bias"), out.pop(f"{p}v_bias")
+        out[f"{p}qkv.bias"] = torch.cat([q_bias, torch.zeros_like(q_bias), v_bias])
+    for key in [k for k in out if re.search(r"\.attn\.[qkv]_proj\.weight$", k)]:
+        p, name = key.rsplit(".", 3)[0], key.rsplit(".", 2)[1][0]
+        out[f"{p}.attn.{name}.weight"] = out.pop(key)
+        bias = out.pop(f"{p}.attn.{name}_proj.bias", None)
+        out[f"{p}.attn.{name}.bias"] = bias if bias is not None else torch.zeros(
+            out[f"{p}.attn.{name}.weight"].shape[0], dtype=out[f"{p}.attn.{name}.weight"].dtype)
     if "patch_embed.proj.weight" in out and out["patch_embed.proj.weight"].dim() != 4:
         raise CheckpointError(
             "the patch embedding is stored as a matrix (an early timm layout); "
@@ -175,9 +351,33 @@ def timm_layout_from_timm(tensors: Tensors) -> Tensors:
     return out
 
 
-def config_from_timm_args(args: dict[str, Any], distilled: bool = False) -> ViTConfig:
+def fit_to_config(tensors: Tensors, config: ViTConfig) -> Tensors:
+    """What only the architecture tells: a SwiGLU stored packed (timm's GluMlp: one fc1 of
+    twice the width, SiLU on its first half) split into fc1_g and fc1_x."""
+    if config.mlp != "swiglu" or "blocks.0.mlp.fc1.weight" not in tensors:
+        return tensors
+    out = dict(tensors)
+    for key in [k for k in tensors if re.match(r"blocks\.\d+\.mlp\.fc1\.(weight|bias)$", k)]:
+        gate, value = out.pop(key).chunk(2, dim=0)
+        out[key.replace(".fc1.", ".fc1_g.")] = gate
+        out[key.replace(".fc1.", ".fc1_x.")] = value
+    return out
+
+
+_TIMM_ACTS = {None: "gelu", "gelu": "gelu", "gelu_tanh": "gelu_tanh", "quick_gelu": "quick_gelu"}
+_EVA_HARMLESS = {"use_abs_pos_emb": True, "rope_type": "cat", "rope_grid_offset": 0.0,
+                 "rope_grid_indexing": "ij", "rope_rotate_half": False, "qk_norm": False,
+                 "num_reg_tokens": 0, "use_pre_transformer_norm": False,
+                 "use_post_transformer_norm": None, "attn_type": "eva", "gated_attn": False,
+                 "swiglu_align_to": 0}
+"""EVA arguments vitedge supports only at these values (others are refused by name)."""
+
+
+def config_from_timm_args(args: dict[str, Any], distilled: bool = False, layout: str = "timm",
+                          norm_eps: float = 1e-6) -> ViTConfig:
     """A ViTConfig from timm `create_model` keyword arguments (architecture defaults with
-    the checkpoint's `model_args` applied)."""
+    the checkpoint's `model_args` applied); `layout` "eva" reads timm's eva.py arguments."""
+    eva = layout == "eva"
     unsupported = {
         k: v for k, v in args.items()
         if k in _TIMM_HARMLESS and _TIMM_HARMLESS[k] is not None and v != _TIMM_HARMLESS[k]
@@ -185,19 +385,32 @@ def config_from_timm_args(args: dict[str, Any], distilled: bool = False) -> ViTC
     known = {
         "img_size", "patch_size", "in_chans", "num_classes", "global_pool", "embed_dim",
         "depth", "num_heads", "mlp_ratio", "qkv_bias", "init_values", "class_token",
-        "no_embed_class", "reg_tokens", "pre_norm", "fc_norm", *_TIMM_HARMLESS,
+        "no_embed_class", "reg_tokens", "pre_norm", "fc_norm", "act_layer", *_TIMM_HARMLESS,
     }
+    if eva:
+        known |= {"swiglu_mlp", "scale_mlp", "scale_attn_inner", "use_rot_pos_emb",
+                  "ref_feat_shape", "qkv_fused", "use_fc_norm", "rope_temperature", *_EVA_HARMLESS}
+        unsupported.update({k: v for k, v in args.items()
+                            if k in _EVA_HARMLESS and v != _EVA_HARMLESS[k]})
+        if args.get("use_rot_pos_emb") and args.get("num_reg_tokens"):
+            unsupported["num_reg_tokens"] = args["num_reg_tokens"]
     unsupported.update({k: v for k, v in args.items() if k not in known})
-    pool = args.get("global_pool", "token")
-    if pool not in ("token", "avg"):
+    pool = args.get("global_pool", "avg" if eva else "token")
+    if pool not in ("token", "avg", "map"):
         unsupported["global_pool"] = pool
+    act = args.get("act_layer")
+    if not isinstance(act, (str, type(None))) or act not in _TIMM_ACTS:
+        unsupported["act_layer"] = act
     if unsupported:
         listed = ", ".join(f"{k}={v!r}" for k, v in sorted(unsupported.items()))
-        raise CheckpointError(f"unsupported timm model options: {listed}")
+        raise CheckpointError(f"unsupported timm model options: {listed}",
+                              "vitedge exports the options `vitedge archs` lists")
     size = args.get("img_size", 224)
     img = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     dim = int(args.get("embed_dim", 768))
-    fc_norm = args.get("fc_norm")
+    fc_norm = args.get("use_fc_norm" if eva else "fc_norm")
+    ref = args.get("ref_feat_shape")
+    pre_norm = bool(args.get("pre_norm", False))
     return ViTConfig(
         img_size=img,
         patch_size=int(args.get("patch_size", 16)),
@@ -212,11 +425,20 @@ def config_from_timm_args(args: dict[str, Any], distilled: bool = False) -> ViTC
         dist_head=distilled,
         reg_tokens=int(args.get("reg_tokens", 0)),
         no_embed_class=bool(args.get("no_embed_class", False)),
-        pre_norm=bool(args.get("pre_norm", False)),
+        pre_norm=pre_norm,
         layer_scale=args.get("init_values") is not None,
         global_pool=pool,
         fc_norm=(pool == "avg") if fc_norm is None else bool(fc_norm),
         num_classes=int(args.get("num_classes", 1000)),
+        norm_eps=norm_eps,
+        act=_TIMM_ACTS[act],
+        mlp="swiglu" if eva and args.get("swiglu_mlp") else "mlp",
+        mlp_norm=eva and bool(args.get("scale_mlp")),
+        attn_norm=eva and bool(args.get("scale_attn_inner")),
+        patch_bias=not pre_norm,
+        rope=eva and bool(args.get("use_rot_pos_emb")),
+        rope_ref_grid=(ref, ref) if isinstance(ref, int) else tuple(ref) if ref else None,
+        rope_temperature=float(args.get("rope_temperature", 10000.0)),
     )
 
 

@@ -22,7 +22,7 @@ from vitedge.manifest import (
     Preprocess,
 )
 from vitedge.model import formats
-from vitedge.model.archs import find_arch
+from vitedge.model.archs import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, find_arch
 from vitedge.model.checkpoint import RawCheckpoint, read_checkpoint
 from vitedge.model.vit import VisionTransformer, resample_pos_embed
 
@@ -47,6 +47,8 @@ class ImportedViT:
     labels: list[str] | None
     source: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    score: str = "softmax"
+    """How class scores come from the logits (sigmoid for a SigLIP zero-shot head)."""
 
     def manifest(self, input_kind: str = "images") -> Manifest:
         return Manifest(
@@ -55,6 +57,7 @@ class ImportedViT:
             labels=self.labels,
             input=input_kind,
             source=self.source,
+            score=self.score,
         )
 
 
@@ -85,7 +88,10 @@ def load_checkpoint(path: str | Path, options: ImportOptions | None = None) -> I
                          f"{config.img_size[1]} to {size[0]}x{size[1]}")
             config = config.replace(img_size=tuple(size))
             preprocess = preprocess.with_size(config.img_size)
-    tensors = _fit_pos_embed(tensors, config)
+    model_type = str(formats.vision_config(raw.config or {}).get("model_type", ""))
+    antialias = fmt in ("timm", "vitedge") or model_type == "dinov2_with_registers"
+    tensors = _fit_pos_embed(tensors, config, antialias)
+    tensors = formats.fit_to_config(tensors, config)
 
     model = VisionTransformer(config)
     load_weights_strict(model, tensors)
@@ -119,6 +125,13 @@ def _convert(
         else:
             config = _config_without_file(tensors, opts, notes, norm_eps=1e-12)
         return tensors, config, _hf_preprocess(raw, config), _hf_labels(raw.config)
+    if fmt in ("hf-clip", "hf-siglip"):
+        tensors = formats.timm_layout_from_hf_tower(raw.tensors)
+        if raw.config is None:
+            raise CheckpointError(f"a Hugging Face {fmt[3:].upper()} checkpoint needs its config.json",
+                                  "give the model folder (config.json beside the weights)")
+        config = formats.config_from_hf_tower(raw.config, tensors, fmt)
+        return tensors, config, _hf_preprocess(raw, config), None
     if fmt == "torchvision":
         tensors = formats.timm_layout_from_torchvision(raw.tensors)
         config = _config_without_file(tensors, opts, notes)
@@ -150,7 +163,8 @@ def _config_without_file(
         tensors["reg_token"].shape[1] if "reg_token" in tensors else 0)
     if opts.arch:
         named = find_arch(opts.arch)
-        config = formats.config_from_timm_args(named.args, named.distilled)
+        config = formats.config_from_timm_args(named.args, named.distilled, named.layout,
+                                               named.norm_eps)
         _, grid = formats.pos_embed_grid(tensors, grid_prefix)
         depth = formats.count_blocks(tensors)
         if depth != config.depth:
@@ -179,7 +193,7 @@ def _timm_hub_config(cfg: dict[str, Any], tensors: formats.Tensors) -> tuple[ViT
     for key in ("num_classes", "global_pool"):
         if key in cfg:
             args[key] = cfg[key]
-    config = formats.config_from_timm_args(args, named.distilled)
+    config = formats.config_from_timm_args(args, named.distilled, named.layout, named.norm_eps)
     config = config.replace(fused_qkv="blocks.0.attn.qkv.weight" in tensors)
     pc = cfg.get("pretrained_cfg") or {}
     prep = named.preprocess.with_size(config.img_size)
@@ -197,18 +211,37 @@ def _timm_hub_config(cfg: dict[str, Any], tensors: formats.Tensors) -> tuple[ViT
     return config, prep
 
 
+HF_PROCESSOR_DEFAULTS: dict[str, dict[str, Any]] = {
+    "vit": {"size": None, "do_center_crop": False, "resample": 2},
+    "deit": {"size": {"height": 256, "width": 256}, "do_center_crop": True, "resample": 3,
+             "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD},
+    "dinov2": {"size": {"shortest_edge": 256}, "do_center_crop": True, "resample": 3,
+               "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD},
+    "clip": {"size": "shortest", "do_center_crop": True, "resample": 3,
+             "image_mean": OPENAI_CLIP_MEAN, "image_std": OPENAI_CLIP_STD},
+    "siglip": {"size": None, "do_center_crop": False, "resample": 3},
+}
+"""What each family's image processor does when the checkpoint has no
+preprocessor_config.json (the processors' own defaults, and DINOv2's hub files')."""
+
+
 def _hf_preprocess(raw: RawCheckpoint, config: ViTConfig) -> Preprocess:
-    p = raw.preprocessor or {}
-    model_type = (raw.config or {}).get("model_type", "vit")
-    crop_default = model_type == "deit"
+    model_type = str(formats.vision_config(raw.config or {}).get("model_type", "vit"))
+    family = next((f for f in ("dinov2", "clip", "siglip", "deit") if model_type.startswith(f)),
+                  "vit")
+    p = {**HF_PROCESSOR_DEFAULTS[family], **(raw.preprocessor or {})}
     mean = tuple(p.get("image_mean", INCEPTION_MEAN))
     std = tuple(p.get("image_std", INCEPTION_STD))
     if p.get("do_normalize") is False:
         mean, std = (0.0,) * len(mean), (1.0,) * len(std)
-    interp = PIL_RESAMPLE.get(int(p.get("resample", 3 if crop_default else 2)), "bilinear")
-    size = p.get("size", {"height": 256, "width": 256} if crop_default else None)
-    do_crop = p.get("do_center_crop", crop_default)
+    interp = PIL_RESAMPLE.get(int(p.get("resample", 2)), "bilinear")
+    size = p.get("size")
+    if size == "shortest":
+        size = {"shortest_edge": config.img_size[0]}
+    do_crop = p.get("do_center_crop", False)
     crop_size = p.get("crop_size", {"height": config.img_size[0], "width": config.img_size[1]})
+    if isinstance(crop_size, int):
+        crop_size = {"height": crop_size, "width": crop_size}
     crop = (int(crop_size["height"]), int(crop_size["width"])) if do_crop else config.img_size
     if isinstance(size, dict) and "shortest_edge" in size:
         resize, mode = (int(size["shortest_edge"]),) * 2, "shorter"
@@ -219,7 +252,7 @@ def _hf_preprocess(raw: RawCheckpoint, config: ViTConfig) -> Preprocess:
     if not do_crop:
         crop = resize if mode == "exact" else config.img_size
     prep = Preprocess(crop=crop, resize=(resize[0], resize[1]), resize_mode=mode,
-                      interpolation=interp, mean=mean, std=std)
+                      interpolation=interp, mean=mean, std=std, crop_offset="floor")
     return prep if prep.crop == config.img_size else prep.with_size(config.img_size)
 
 
@@ -231,7 +264,8 @@ def _hf_labels(config: dict[str, Any] | None) -> list[str] | None:
     return labels
 
 
-def _fit_pos_embed(tensors: formats.Tensors, config: ViTConfig) -> formats.Tensors:
+def _fit_pos_embed(tensors: formats.Tensors, config: ViTConfig, antialias: bool = True
+                   ) -> formats.Tensors:
     pos = tensors.get("pos_embed")
     if pos is None or pos.dim() != 3 or pos.shape[1] == config.pos_embed_len:
         return tensors
@@ -240,7 +274,7 @@ def _fit_pos_embed(tensors: formats.Tensors, config: ViTConfig) -> formats.Tenso
     if side * side != pos.shape[1] - prefix:
         return tensors  # leave it to the shape check to report
     out = dict(tensors)
-    out["pos_embed"] = resample_pos_embed(pos, (side, side), config.grid, prefix)
+    out["pos_embed"] = resample_pos_embed(pos, (side, side), config.grid, prefix, antialias)
     return out
 
 

@@ -1,7 +1,10 @@
-"""A Vision Transformer in PyTorch covering what published checkpoints use.
+"""A Vision Transformer in PyTorch covering what published checkpoints use: the classic
+ViT / DeiT / DeiT III, DINOv2 (layer scale, registers), CLIP (pre-norm, quick-GELU, a
+projection), SigLIP (no class token, attention pooling) and EVA-02 (SwiGLU, sub-LayerNorm,
+rotary position embedding: the small named piece `RotaryEmbedding`).
 
 Parameter names follow timm's layout (vitedge's native layout); the readers in
-`vitedge.model.formats` convert Hugging Face and torchvision checkpoints into it.
+`vitedge.model.formats` convert Hugging Face, torchvision and timm's EVA checkpoints into it.
 The model takes images (B, C, H, W) or pre-patchified input (B, N, C*P*P), where each
 patch vector is the patch's pixels in (C, P, P) order, the order of the conv weights.
 """
@@ -14,7 +17,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitedge.architecture import ViTConfig
+from vitedge.architecture import ViTConfig, rope_tables
+
+
+class QuickGELU(nn.Module):
+    """OpenAI CLIP's activation: x * sigmoid(1.702 x)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def activation(name: str) -> nn.Module:
+    if name == "quick_gelu":
+        return QuickGELU()
+    return nn.GELU(approximate="tanh" if name == "gelu_tanh" else "none")
 
 
 class LayerScale(nn.Module):
@@ -26,8 +42,37 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
+class RotaryEmbedding(nn.Module):
+    """EVA-02's rotary position embedding: each patch token's query and key, pair by pair,
+    rotated by angles set by its row and column (`vitedge.architecture.rope_tables`); the
+    prefix tokens (class, registers) are left as they are."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        sin, cos = rope_tables(cfg)
+        self.register_buffer("sin", torch.from_numpy(sin), persistent=False)
+        self.register_buffer("cos", torch.from_numpy(cos), persistent=False)
+        self.num_prefix = cfg.num_prefix_tokens
+
+    @staticmethod
+    def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
+        """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...)."""
+        return torch.stack([-x[..., 1::2], x[..., ::2]], -1).reshape(x.shape)
+
+    sin: torch.Tensor
+    cos: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.num_prefix
+        patches = x[:, :, k:]
+        turned = patches * self.cos + self.rotate_pairs(patches) * self.sin
+        return torch.cat([x[:, :, :k], turned], dim=2)
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused QKV projection or separate Q, K and V."""
+    """Multi-head self-attention with a fused QKV projection or separate Q, K and V,
+    optionally rotary position embedding on Q and K and a LayerNorm before the output
+    projection (EVA-02)."""
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
@@ -42,6 +87,7 @@ class Attention(nn.Module):
             self.q = nn.Linear(d, d, bias=cfg.qkv_bias)
             self.k = nn.Linear(d, d, bias=cfg.qkv_bias)
             self.v = nn.Linear(d, d, bias=cfg.qkv_bias)
+        self.norm: nn.Module = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.attn_norm else nn.Identity()
         self.proj = nn.Linear(d, d)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,7 +95,7 @@ class Attention(nn.Module):
         return x.reshape(b, t, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(
-        self, x: torch.Tensor, want_probs: bool = False
+        self, x: torch.Tensor, want_probs: bool = False, rope: RotaryEmbedding | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, t, d = x.shape
         if self.fused:
@@ -57,24 +103,63 @@ class Attention(nn.Module):
         else:
             q, k, v = self.q(x), self.k(x), self.v(x)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        if rope is not None:
+            q, k = rope(q), rope(k)
         if want_probs:
             probs = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
             out = probs @ v
         else:
             probs = None
             out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, t, d)), probs
+        return self.proj(self.norm(out.transpose(1, 2).reshape(b, t, d))), probs
 
 
 class Mlp(nn.Module):
+    """fc1 -> activation -> fc2, or SwiGLU: SiLU(fc1_g x) * fc1_x x -> fc2 (EVA-02); either
+    with an optional LayerNorm before fc2 (sub-LN)."""
+
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        self.fc1 = nn.Linear(cfg.embed_dim, cfg.mlp_hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(cfg.mlp_hidden, cfg.embed_dim)
+        d, hidden = cfg.embed_dim, cfg.mlp_hidden
+        self.swiglu = cfg.mlp == "swiglu"
+        if self.swiglu:
+            self.fc1_g = nn.Linear(d, hidden)
+            self.fc1_x = nn.Linear(d, hidden)
+            self.act: nn.Module = nn.SiLU()
+        else:
+            self.fc1 = nn.Linear(d, hidden)
+            self.act = activation(cfg.act)
+        self.norm: nn.Module = nn.LayerNorm(hidden, eps=cfg.norm_eps) if cfg.mlp_norm else nn.Identity()
+        self.fc2 = nn.Linear(hidden, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        h = self.act(self.fc1_g(x)) * self.fc1_x(x) if self.swiglu else self.act(self.fc1(x))
+        return self.fc2(self.norm(h))
+
+
+class AttentionPool(nn.Module):
+    """SigLIP's head (timm's AttentionPoolLatent, `global_pool='map'`): one learned query
+    attends over the tokens, then a residual MLP; the pooled (B, D) features."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        d = cfg.embed_dim
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.latent = nn.Parameter(torch.zeros(1, 1, d))
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.proj = nn.Linear(d, d)
+        self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.mlp = Mlp(cfg.replace(mlp="mlp", mlp_norm=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q = self.q(self.latent.expand(b, -1, -1)).reshape(b, 1, self.num_heads, self.head_dim)
+        kv = self.kv(x).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), kv[0], kv[1])
+        out = self.proj(out.transpose(1, 2).reshape(b, 1, d))
+        out = out + self.mlp(self.norm(out))
+        return out[:, 0]
 
 
 class Block(nn.Module):
@@ -90,9 +175,9 @@ class Block(nn.Module):
         self.ls2: nn.Module = LayerScale(cfg.embed_dim) if cfg.layer_scale else nn.Identity()
 
     def forward(
-        self, x: torch.Tensor, want_probs: bool = False
+        self, x: torch.Tensor, want_probs: bool = False, rope: RotaryEmbedding | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        a, probs = self.attn(self.norm1(x), want_probs)
+        a, probs = self.attn(self.norm1(x), want_probs, rope)
         x = x + self.ls1(a)
         x = x + self.ls2(self.mlp(self.norm2(x)))
         return x, probs
@@ -102,7 +187,8 @@ class PatchEmbed(nn.Module):
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         p = cfg.patch_size
-        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=p, stride=p)
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=p, stride=p,
+                              bias=cfg.patch_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:  # (B, N, C*P*P): the convolution as a matrix product
@@ -124,12 +210,18 @@ class VisionTransformer(nn.Module):
         self.norm_pre: nn.Module = (
             nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
         )
+        self.rope = RotaryEmbedding(cfg) if cfg.rope else None
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.depth)])
         self.norm: nn.Module = nn.Identity() if cfg.fc_norm else nn.LayerNorm(d, eps=cfg.norm_eps)
-        self.fc_norm: nn.Module = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.fc_norm else nn.Identity()
-        self.head: nn.Module = nn.Linear(d, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        self.attn_pool = AttentionPool(cfg) if cfg.global_pool == "map" else None
+        self.fc_norm: nn.Module = (nn.LayerNorm(cfg.pooled_dim, eps=cfg.norm_eps) if cfg.fc_norm
+                                   else nn.Identity())
+        self.embed_proj = (nn.Linear(cfg.pooled_dim, cfg.embed_proj, bias=False)
+                           if cfg.embed_proj else None)
+        features = cfg.feature_dim
+        self.head: nn.Module = nn.Linear(features, cfg.num_classes) if cfg.num_classes else nn.Identity()
         self.head_dist: nn.Module | None = (
-            nn.Linear(d, cfg.num_classes) if cfg.dist_head and cfg.num_classes else None
+            nn.Linear(features, cfg.num_classes) if cfg.dist_head and cfg.num_classes else None
         )
         self.init_weights()
 
@@ -166,15 +258,31 @@ class VisionTransformer(nn.Module):
         x = self.embed(x)
         all_probs = []
         for block in self.blocks:
-            x, probs = block(x, want_probs)
+            x, probs = block(x, want_probs, self.rope)
             if probs is not None:
                 all_probs.append(probs)
         return self.norm(x), all_probs
 
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """The sequence (B, T, D) to the features the head reads (B, pooled_dim)."""
+        cfg, k = self.cfg, self.cfg.num_prefix_tokens
+        if self.attn_pool is not None:
+            return self.attn_pool(x[:, k:])
+        if cfg.global_pool == "avg":
+            return x[:, k:].mean(dim=1)
+        if cfg.global_pool == "token_avg":
+            return torch.cat([x[:, 0], x[:, k:].mean(dim=1)], dim=-1)
+        return x[:, 0]
+
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        cfg = self.cfg
-        pooled = x[:, cfg.num_prefix_tokens:].mean(dim=1) if cfg.global_pool == "avg" else x[:, 0]
-        out = self.head(self.fc_norm(pooled))
+        """Pool, normalise, project; then the classifier, or the embedding when there is
+        none."""
+        features = self.fc_norm(self.pool(x))
+        if self.embed_proj is not None:
+            features = self.embed_proj(features)
+        if self.cfg.head_l2norm:
+            features = F.normalize(features, dim=-1)
+        out = self.head(features)
         if self.head_dist is not None:
             out = (out + self.head_dist(x[:, 1])) / 2
         return out
@@ -192,15 +300,18 @@ def resample_pos_embed(
     old_grid: tuple[int, int],
     new_grid: tuple[int, int],
     num_prefix: int,
+    antialias: bool = True,
 ) -> torch.Tensor:
-    """Resize learned position embeddings to a new patch grid (bicubic, antialiased, as
-    timm does when a checkpoint is loaded at another image size); prefix entries kept."""
+    """Resize learned position embeddings to a new patch grid, bicubic, as the checkpoint's
+    own library does at another image size (timm: antialiased; Hugging Face: not, but for
+    DINOv2 with registers); prefix entries kept."""
     if tuple(old_grid) == tuple(new_grid):
         return pos_embed
     prefix, grid = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
     d = grid.shape[-1]
     grid = grid.float().reshape(1, old_grid[0], old_grid[1], d).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True, align_corners=False)
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=antialias,
+                         align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], d)
     return torch.cat([prefix.float(), grid], dim=1)
 

@@ -62,9 +62,10 @@ def rollout_matrix(probs: list[np.ndarray], head: str | int = "mean") -> np.ndar
 def attention_rollout(probs: list[np.ndarray], cfg: ViTConfig, head: str | int = "mean"
                       ) -> np.ndarray:
     """Rollout over the patch grid, (B, H/P, W/P): the class token's row, or for a model
-    that pools the mean of its patch tokens, the mean of the patch rows."""
+    that pools its patch tokens (mean, or SigLIP's attention pool), the mean of the patch
+    rows."""
     rolled = rollout_matrix(probs, head)
-    if cfg.global_pool == "token":
+    if cfg.global_pool in ("token", "token_avg"):
         rows = rolled[:, 0]
     else:
         rows = rolled[:, cfg.num_prefix_tokens:].mean(axis=1)

@@ -62,8 +62,7 @@ class FrameOutput:
     def _annotate(self, cv2: Any, frame: Any, prediction: Any) -> np.ndarray:
         image = as_bgr(frame).copy()
         if prediction is not None:
-            label = prediction.label if prediction.label is not None else prediction.class_id
-            text = f"{label} {prediction.score:.2f}  {self.fps:.1f} FPS"
+            text = f"{prediction.describe()}  {self.fps:.1f} FPS"
             cv2.putText(image, text, (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 255, 0), 2)
         return image
 

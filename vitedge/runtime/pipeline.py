@@ -45,13 +45,19 @@ STAGES = ("decode", "preprocess", "patchify", "host_to_device", "infer", "device
 
 @dataclass
 class Prediction:
-    class_id: int
+    """A classifier's answer for one frame (class, label, score, top-k), or, from a model
+    without a classification head (DINOv2, CLIP / SigLIP image towers), its `embedding`
+    with class_id, label and score None and topk empty."""
+
+    class_id: int | None
     label: str | None
-    score: float
+    score: float | None
     topk: list[tuple[int, str | None, float]]
     timings: dict[str, float]
     """Milliseconds per stage for the call that made this prediction (shared by a batch)."""
     logits: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+    """The image embedding of a headless model (L2-normalised with normalize_embeddings)."""
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"class_id": self.class_id, "label": self.label, "score": self.score,
@@ -60,7 +66,17 @@ class Prediction:
                              "timings_ms": self.timings}
         if self.logits is not None:
             d["logits"] = self.logits.tolist()
+        if self.embedding is not None:
+            d["embedding"] = self.embedding.tolist()
         return d
+
+    def describe(self) -> str:
+        """One short line: the label and score, or the embedding's size and norm."""
+        if self.embedding is not None:
+            return (f"embedding ({self.embedding.shape[0]} floats, norm "
+                    f"{float(np.linalg.norm(self.embedding)):.3f})")
+        label = self.label if self.label is not None else self.class_id
+        return f"{label} {self.score:.2f}"
 
 
 @dataclass
@@ -90,9 +106,7 @@ class Pipeline:
         self.warnings: list[str] = list(model.warnings)
         """What the user should know about this model on this machine, one line each (an
         INT8 artifact whose kernels can saturate on this CPU, say)."""
-        if self.manifest.architecture.num_classes == 0:
-            raise VitedgeError("this model has no classification head (it outputs features)",
-                               "use the model's `infer` directly")
+        self.normalize_embeddings = opts.normalize_embeddings
         self.color = color
         self.fast = fast
         self.topk = topk
@@ -202,7 +216,11 @@ class Pipeline:
 
     def _postprocess(self, logits: np.ndarray, timings: dict[str, float]) -> list[Prediction]:
         logits = logits.astype(np.float32, copy=False)
-        probs = softmax(logits)
+        if not self.manifest.is_classifier:
+            return [Prediction(None, None, None, [], timings, None, self._embedding(row))
+                    for row in logits]
+        probs = (1.0 / (1.0 + np.exp(-logits)) if self.manifest.score == "sigmoid"
+                 else softmax(logits))
         k = min(self.topk, probs.shape[1])
         top = np.argsort(-probs, axis=1)[:, :k]
         labels = self.manifest.labels
@@ -212,6 +230,11 @@ class Pipeline:
             out.append(Prediction(ranked[0][0], ranked[0][1], ranked[0][2], ranked, timings,
                                   logits[row].copy() if self.keep_logits else None))
         return out
+
+    def _embedding(self, row: np.ndarray) -> np.ndarray:
+        if not self.normalize_embeddings:
+            return row.copy()
+        return row / max(float(np.linalg.norm(row)), 1e-12)
 
     def batches(self, chunks: Iterable[list[Any]]) -> Iterator[list[Prediction]]:
         """The predictions of each batch of frames, in order, `streams` batches in flight
@@ -467,7 +490,7 @@ class _FastPreprocess:
             y0, x0 = (canvas.shape[0] - h) // 2, (canvas.shape[1] - w) // 2
             canvas[y0:y0 + h, x0:x0 + w] = rgb
             rgb, (h, w) = canvas, canvas.shape[:2]
-        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+        top, left = p.crop_box(h, w)
         crop = rgb[top:top + ch, left:left + cw]
         return crop if crop.ndim == 3 else crop[:, :, None]
 

@@ -76,16 +76,16 @@ def resize_for(image: Image.Image, prep: Preprocess) -> Image.Image:
     return image.resize(size, PIL_FILTERS[prep.interpolation]) if size != image.size else image
 
 
-def center_crop(image: Image.Image, crop: tuple[int, int]) -> Image.Image:
-    """Centre crop with torchvision's rounding; pads with zeros when the image is smaller."""
-    ch, cw = crop
+def center_crop(image: Image.Image, prep: Preprocess) -> Image.Image:
+    """Centre crop to `prep.crop`, its odd margins split by `prep.crop_offset`; pads with
+    zeros when the image is smaller."""
+    ch, cw = prep.crop
     w, h = image.size
     if w < cw or h < ch:
         padded = Image.new(image.mode, (max(w, cw), max(h, ch)))
         padded.paste(image, ((max(w, cw) - w) // 2, (max(h, ch) - h) // 2))
         image, (w, h) = padded, padded.size
-    top = int(round((h - ch) / 2.0))
-    left = int(round((w - cw) / 2.0))
+    top, left = prep.crop_box(h, w)
     return image.crop((left, top, left + cw, top + ch))
 
 
@@ -117,7 +117,7 @@ def crop_pixels(image: Image.Image, prep: Preprocess) -> np.ndarray:
     """Resized and centre-cropped uint8 pixels, (H, W, C): RGB, or grayscale ("L", one
     channel) for a model whose preprocessing has one mean. What a `frames` model takes."""
     mode = "L" if len(prep.mean) == 1 else "RGB"
-    pixels = np.asarray(center_crop(resize_for(image.convert(mode), prep), prep.crop))
+    pixels = np.asarray(center_crop(resize_for(image.convert(mode), prep), prep))
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 

@@ -64,6 +64,7 @@ class TritonPythonModel:
                 self.runner = self.pipe.model
             self.manifest = self.runner.manifest
         self.labels = self.manifest.labels or []
+        self.classifier = self.manifest.architecture.num_classes > 0
 
     def execute(self, requests: list[Any]) -> list[Any]:
         if self.mode == "tensor":
@@ -110,13 +111,17 @@ class TritonPythonModel:
                 if self.mode == "preprocess":
                     out[i] = pb.InferenceResponse([pb.Tensor("input", tensors[start:start + n])])
                 else:
-                    logits = np.stack([np.asarray(p.logits) for p in predictions[start:start + n]])
-                    out[i] = self._response(logits)
+                    out[i] = self._response(np.stack([
+                        np.asarray(p.logits if self.classifier else p.embedding)
+                        for p in predictions[start:start + n]]))
                 start += n
         return out
 
     def _response(self, logits: np.ndarray) -> Any:
-        ids, scores, label_names = top_classes(logits, self.topk, self.labels)
+        if not self.classifier:  # a headless model: its embedding
+            return pb.InferenceResponse([pb.Tensor("embedding", logits.astype(np.float32))])
+        ids, scores, label_names = top_classes(logits, self.topk, self.labels,
+                                               self.manifest.score)
         return pb.InferenceResponse([
             pb.Tensor("logits", logits.astype(np.float32)),
             pb.Tensor("label", label_names[:, :1]),
@@ -131,13 +136,14 @@ class TritonPythonModel:
             self.runner.close()
 
 
-def top_classes(logits: np.ndarray, k: int, labels: list[str]
+def top_classes(logits: np.ndarray, k: int, labels: list[str], score: str = "softmax"
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(top-k class ids INT32, their softmax scores FP32, their labels as bytes objects),
-    each (batch, k)."""
+    """(top-k class ids INT32, their scores FP32 (softmax, or sigmoid for a SigLIP
+    zero-shot head), their labels as bytes objects), each (batch, k)."""
     from vitedge.compare import softmax
 
-    probs = softmax(logits.astype(np.float64))
+    z = logits.astype(np.float64)
+    probs = 1.0 / (1.0 + np.exp(-z)) if score == "sigmoid" else softmax(z)
     k = min(k, probs.shape[1])
     ids = np.argsort(-probs, axis=1)[:, :k].astype(np.int32)
     scores = np.take_along_axis(probs, ids, axis=1).astype(np.float32)

@@ -95,6 +95,10 @@ def input_spec(manifest: Manifest, name: str = "input") -> TensorSpec:
 
 
 def prediction_outputs(manifest: Manifest, topk: int) -> list[TensorSpec]:
+    """What the vitedge Python-backend model answers: a classifier's logits, label, score
+    and top-k; a headless model's embedding."""
+    if not manifest.is_classifier:
+        return [TensorSpec("embedding", "TYPE_FP32", [manifest.architecture.feature_dim])]
     classes = manifest.architecture.num_classes
     k = min(topk, classes) if classes else topk
     return [TensorSpec("logits", "TYPE_FP32", [classes], "labels.txt" if manifest.labels else ""),
@@ -291,9 +295,9 @@ def _onnx_model(artifact: Path, repo: Path, name: str, options: ServeOptions
                                                  **_labels(manifest)})
         return ModelEntry(name, "python", inputs, outputs, max_batch, config), manifest
     inputs = [TensorSpec(graph_input.name, dtype, dims if static else dims[1:])]
-    classes = manifest.architecture.num_classes
+    width = manifest.architecture.output_dim
     outputs = [TensorSpec(manifest.output_name, "TYPE_FP32",
-                          [dims[0], classes] if static else [classes],
+                          [dims[0], width] if static else [width],
                           "labels.txt" if manifest.labels else "")]
     text = config_pbtxt(name, "onnxruntime_onnx", inputs, outputs, max_batch, options,
                         warmup=not static)

@@ -158,7 +158,8 @@ class _Taps:
         split_quantized_attention(graph)
         self.taps: list[_Tap] = []
         for node in graph.graph.node:
-            if node.op_type == "Softmax":
+            if node.op_type == "Softmax" and not node.name.startswith("attn_pool."):
+                # a block's attention (SigLIP's pooling head has a softmax of its own)
                 self.taps.append(_Tap(probs=node.output[0]))
             elif node.op_type == "MultiHeadAttention":
                 attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
