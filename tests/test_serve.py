@@ -64,15 +64,25 @@ def artifacts(demo_fp32, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(artifacts, tmp_path_factory):
-    """One real tritonserver serving both artifacts, as `vitedge serve` sets it up."""
+def headless(tmp_path_factory) -> Path:
+    """A model without a classification head (the SigLIP fixture): it answers embeddings."""
+    from vitedge.export import ExportOptions, export_onnx
+
+    out = tmp_path_factory.mktemp("headless") / "siglip.onnx"
+    export_onnx(FIXTURES / "siglip", out, ExportOptions())
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(artifacts, headless, tmp_path_factory):
+    """One real tritonserver serving the artifacts, as `vitedge serve` sets it up."""
     from vitedge.serve import serving_repository
 
     if not HAS_TRITON:
         pytest.skip("needs tritonserver (make setup)")
     repo = tmp_path_factory.mktemp("repo") / "models"
     options = ServeOptions(max_batch=8, max_delay_us=2000)
-    serving_repository([artifacts["fp32"], artifacts["int8"]], repo, options)
+    serving_repository([artifacts["fp32"], artifacts["int8"], headless], repo, options)
     with TritonServer(repo) as running:
         yield running
 
@@ -121,6 +131,18 @@ def test_tensors_and_image_bytes_give_what_vitedge_open_gives(server, artifacts,
     np.testing.assert_allclose(encoded.as_numpy("score")[:, 0], [p.score for p in expected],
                                atol=1e-5)
     assert (encoded.as_numpy("topk_ids")[:, 0] == want.argmax(1)).all()
+
+
+@needs_triton
+def test_a_headless_model_answers_its_embedding(server, headless):
+    photos = sorted((ROOT / "vitedge" / "data" / "photos").glob("*.jpg"))
+    client = http.InferenceServerClient(server.url)
+    inp = http.InferInput("image", [len(photos), 1], "BYTES")
+    inp.set_data_from_numpy(image_bytes(photos))
+    got = client.infer("siglip_image", [inp]).as_numpy("embedding")
+    with vitedge.open(headless) as pipe:
+        want = np.stack([p.embedding for p in pipe.batch(photos)])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 @needs_triton
