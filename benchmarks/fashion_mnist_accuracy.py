@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import onnx
-from results import publish
+from results import machine, publish
 
 from vitedge.evaluate import evaluate
 from vitedge.export import ExportOptions, export_onnx
@@ -86,7 +86,11 @@ def main() -> None:
     stats = calib_times[("demo", "percentile", 0.5)]
     section = (
         "\n## Fashion-MNIST demo model: accuracy by precision (`benchmarks/fashion_mnist_accuracy.py`)\n\n"
+        f"Machine: {machine()}. "
         f"{images} test images; calibration on the 512 images of `calibration/fashion-mnist`. "
+        "The INT8 Q/DQ graphs run on ONNX Runtime's integer kernels with the 7-bit weights "
+        "vitedge uses on every CPU (the same numbers on any CPU class: "
+        "`benchmarks/int8_cpu_classes.py`). "
         "Agreement and KL are against the FP32 export (for the stress copy, against its own FP32, "
         "which computes the same function as the demo model).\n\n"
         "| model | variant | top-1 | change (points) | top-1 agreement | mean KL |\n"
