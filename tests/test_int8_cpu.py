@@ -249,3 +249,39 @@ def test_avx2_emulated(built, test_images, tmp_path):
     assert exact.top1_agreement == 1.0 and exact.max_abs < 0.1
     np.testing.assert_allclose(out["artifact"], OnnxRuntimeRunner(m["artifact"]).infer(x),
                                atol=1e-3)
+
+
+def test_top1_is_judged_only_where_the_reference_decides():
+    """A near tie in the reference (two classes within DECIDED_MARGIN) may flip under any
+    arithmetic: it is not counted; a flip of a decided input is."""
+    from vitedge.compare import MIN_DECIDED, judge
+
+    rng = np.random.default_rng(0)
+    decided = rng.standard_normal((MIN_DECIDED, 10))
+    decided[:, 0] += 8.0  # class 0 far ahead
+    ties = np.zeros((20, 10))
+    ties[:, 1] = ties[:, 2] = 1.0  # classes 1 and 2 exactly tied
+    ref = np.concatenate([decided, ties])
+    cand = ref.copy()
+    cand[MIN_DECIDED:, 2] += 1e-3  # every tie flips to class 2
+    a = agreement(ref, cand)
+    assert a.decided == MIN_DECIDED and a.top1_agreement < 0.7
+    assert judge(a, 0.99, 0.999, classifier=True).ok
+    cand[0, 3] += 20.0  # one decided input gets another answer
+    b = agreement(ref, cand)
+    verdict = judge(b, 0.99, 0.999, classifier=True)
+    assert not verdict.ok and "decided" in verdict.measure
+    # a reference that decides too few inputs, or an embedding: judged by cosine
+    assert judge(agreement(ties, ties + 1e-4), 0.99, 0.999, classifier=True).ok
+    assert not judge(agreement(ties, -ties), 0.99, 0.999, classifier=False).ok
+
+
+def test_a_model_whose_reference_cannot_decide_builds_on_its_cosine(tmp_path):
+    """Random weights: the reference's top-1 is a near tie on nearly every image, so top-1
+    agreement says nothing; the build judges the outputs' cosine and passes, and records it."""
+    from tests.conftest import FIXTURES
+
+    result = build(FIXTURES / "dinov2", str(tmp_path / "m.int8.ort.onnx"),
+                   BuildOptions(precision="int8", data=str(DEMO_CALIBRATION)))
+    v = result.verification
+    assert v["classifier"] is False and v["vs_graph"]["cosine_min"] > 0.999

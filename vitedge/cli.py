@@ -276,9 +276,18 @@ def inspect(artifact: str, pos_embed: str | None, as_json: bool) -> None:
         t = info["tokens"]
         summary.add_row("tokens", f"{t['total']} = {t['prefix']} prefix + {t['patches']} patches "
                         f"({t['grid'][0]}x{t['grid'][1]} grid)")
+        extras = [f"{a['act']}" if a.get("act") else "", "SwiGLU" if a.get("mlp") == "swiglu" else "",
+                  "sub-LN" if a.get("mlp_norm") or a.get("attn_norm") else "",
+                  "rotary embedding" if a.get("rope") else "", "pre-norm" if a["pre_norm"] else "",
+                  f"{a['reg_tokens']} registers" if a["reg_tokens"] else "",
+                  f"projection {a['embed_proj']}" if a.get("embed_proj") else "",
+                  "zero-shot head" if a.get("head_l2norm") else "",
+                  "distilled" if a["dist_token"] else ""]
         summary.add_row("architecture", f"dim {a['embed_dim']}, depth {a['depth']}, heads "
                         f"{a['num_heads']}, mlp {a['mlp_hidden']}, patch {a['patch_size']}, "
-                        f"pool {a['global_pool']}" + (", distilled" if a["dist_token"] else ""))
+                        f"pool {a['global_pool']}" + "".join(f", {x}" for x in extras if x))
+        for name, what in (manifest.get("outputs") or {}).items():
+            summary.add_row(f"output {name}", what)
         summary.add_row("preprocess", f"{p['resize_mode']} resize {p['resize']} {p['interpolation']}, "
                         f"crop {p['crop']}, mean {p['mean']}, std {p['std']}")
         labels = manifest["labels"]
@@ -684,11 +693,23 @@ def _print_verification(v: dict[str, Any]) -> None:
     rows = [("vs " + v["graph"], v["vs_graph"], v["min_agreement"]),
             ("vs the FP32 model", v["vs_fp32"], v["min_fp32_agreement"]),
             ("vs the 8-bit Q/DQ graph TensorRT gets", v["vs_tensorrt_graph"], None)]
+    from vitedge.compare import MIN_DECIDED
+
     for what, a, least in rows:
-        if a:
-            bar = f" (at least {least:.0%})" if least is not None and v["judged"] else ""
-            out.print(f"  {what}: top-1 agreement {a['top1_agreement']:.2%}{bar}, mean KL "
-                      f"{a['mean_kl']:.2e}, cosine {a['cosine']:.5f} (min {a['cosine_min']:.5f})")
+        if not a:
+            continue
+        decided = a.get("decided", a["images"])
+        if not v.get("classifier", True):
+            top1 = ""  # an embedding: judged by cosine
+        elif decided >= MIN_DECIDED:
+            bar = f", at least {least:.0%}" if least is not None and v["judged"] else ""
+            top1 = (f"top-1 agreement {a.get('decided_agreement', a['top1_agreement']):.2%} "
+                    f"({decided} decided inputs{bar}; {a['top1_agreement']:.2%} of all), ")
+        else:
+            top1 = (f"top-1 agreement {a['top1_agreement']:.2%} (near ties: the reference "
+                    f"decides only {decided} inputs, so cosine is judged), ")
+        out.print(f"  {what}: {top1}mean KL {a['mean_kl']:.2e}, cosine {a['cosine']:.5f} "
+                  f"(min {a['cosine_min']:.5f})")
 
 
 # --- predict, run, bench ----------------------------------------------------------------

@@ -32,6 +32,11 @@ class Agreement:
     max_abs: float
     relative: float
     """max |reference - candidate| / max |reference|."""
+    decided: int = 0
+    """Inputs whose reference top-1 leads its second by DECIDED_MARGIN in probability:
+    where a different top-1 means a different answer, not a near tie."""
+    decided_agreement: float = 1.0
+    """Top-1 agreement over the decided inputs."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,8 +57,52 @@ def agreement(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
     kl = np.sum(p * (np.log(np.maximum(p, 1e-30)) - np.log(np.maximum(q, 1e-30))), axis=-1)
     cos = np.sum(ref * cand, axis=-1) / np.maximum(
         np.linalg.norm(ref, axis=-1) * np.linalg.norm(cand, axis=-1), 1e-30)
-    top1 = float(np.mean(ref.argmax(-1) == cand.argmax(-1))) if ref.shape[-1] > 1 else 1.0
+    same = ref.argmax(-1) == cand.argmax(-1)
+    top1 = float(np.mean(same)) if ref.shape[-1] > 1 else 1.0
+    ranked = np.sort(p, axis=-1)
+    decided = (ranked[:, -1] - ranked[:, -2] >= DECIDED_MARGIN) if ref.shape[-1] > 1 \
+        else np.zeros(len(ref), bool)
     diff = float(np.abs(ref - cand).max()) if ref.size else 0.0
     return Agreement(images=len(ref), top1_agreement=top1, mean_kl=float(np.mean(kl)),
                      cosine=float(np.mean(cos)), cosine_min=float(np.min(cos)), max_abs=diff,
-                     relative=diff / max(float(np.abs(ref).max()) if ref.size else 0.0, 1e-12))
+                     relative=diff / max(float(np.abs(ref).max()) if ref.size else 0.0, 1e-12),
+                     decided=int(decided.sum()),
+                     decided_agreement=float(np.mean(same[decided])) if decided.any() else 1.0)
+
+
+DECIDED_MARGIN = 0.05
+"""A reference top-1 this far ahead of its second (in softmax probability) is an answer; a
+closer one is a near tie that any change of arithmetic may flip (random weights, 1000
+classes, images far from the training data)."""
+MIN_DECIDED = 32
+"""Top-1 agreement is judged on at least this many decided inputs, else by cosine."""
+SAME_FUNCTION_COSINE = 0.999
+"""Worst-input cosine above which two outputs are one function computed two ways."""
+COLLAPSE_COSINE = 0.9
+"""Mean cosine with FP32 below which quantization lost the model."""
+
+
+@dataclass(frozen=True)
+class Judgement:
+    ok: bool
+    measure: str
+    """What was judged, in words, e.g. 'top-1 agreement 99.2% on 120 decided inputs'."""
+
+
+def judge(a: Agreement, least_top1: float, least_cosine: float, classifier: bool,
+          worst: bool = True) -> Judgement:
+    """Whether a candidate agrees with its reference enough: a classifier by its top-1
+    agreement on the inputs whose reference top-1 is decided, where there are MIN_DECIDED of
+    them; otherwise (an embedding, or a reference that cannot decide) by cosine similarity,
+    the worst input's (`worst`) or the mean."""
+    if classifier and a.decided >= MIN_DECIDED:
+        return Judgement(a.decided_agreement >= least_top1,
+                         f"top-1 agreement {a.decided_agreement:.1%} on the {a.decided} of "
+                         f"{a.images} inputs whose reference top-1 is decided (at least "
+                         f"{least_top1:.1%} needed)")
+    cosine = a.cosine_min if worst else a.cosine
+    why = "" if not classifier else (f" (the reference's top-1 is decided on only {a.decided} "
+                                     f"of {a.images} inputs)")
+    return Judgement(cosine >= least_cosine,
+                     f"{'worst' if worst else 'mean'} cosine {cosine:.5f}{why} (at least "
+                     f"{least_cosine} needed)")

@@ -6,7 +6,11 @@ set the calibration ranges):
 - the graph the artifact computes, run by ONNX Runtime without optimizations (an INT8
   model's Q/DQ graph computed in float, as TensorRT reads it): below `min_agreement` top-1
   agreement the backend's kernels compute something else, and the build fails;
-- the FP32 model: below `min_fp32_agreement` quantization collapsed, and the build fails;
+- the FP32 model: below `min_fp32_agreement` quantization collapsed, and the build fails.
+Top-1 agreement counts the inputs whose reference top-1 is decided (not a near tie, which
+any change of arithmetic may flip); an embedding model, or a reference that decides on too
+few inputs (random weights, data far from training), is judged by cosine similarity
+instead (`vitedge.compare.judge`);
 - for the ONNX Runtime INT8 artifact, whose weights are re-encoded for the CPU, also the
   8-bit Q/DQ graph TensorRT is given (reported, not judged).
 The figures go into the artifact (manifest or engine sidecar), the build summary and
@@ -21,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from vitedge.compare import Agreement, agreement
+from vitedge.compare import COLLAPSE_COSINE, SAME_FUNCTION_COSINE, Agreement, agreement, judge
 from vitedge.datasets import ImageSource, model_inputs, prepare_image
 from vitedge.errors import VitedgeError
 from vitedge.manifest import Manifest
@@ -52,6 +56,8 @@ class Verification:
     judged: bool = True
     cpu: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    classifier: bool = True
+    """False for an embedding model: judged by cosine, not top-1."""
 
     @property
     def images(self) -> int:
@@ -65,7 +71,7 @@ class Verification:
                 "vs_tensorrt_graph": self.vs_tensorrt_graph.to_dict() if self.vs_tensorrt_graph
                 else None, "min_agreement": self.min_agreement,
                 "min_fp32_agreement": self.min_fp32_agreement, "judged": self.judged,
-                "cpu": self.cpu, "notes": self.notes}
+                "cpu": self.cpu, "notes": self.notes, "classifier": self.classifier}
 
 
 def verification_inputs(manifest: Manifest, held_out: ImageSource | None
@@ -98,6 +104,7 @@ def verify_artifact(runner: Any, graph: bytes, graph_name: str, fp32: Path | Non
         return graph_output(graph, inputs, optimization="none")
 
     out = runner.infer(inputs)
+    classifier = bool(runner.manifest.is_classifier)
     vs_fp32 = None
     if fp32 is not None:
         with OnnxRuntimeRunner(fp32) as reference:
@@ -108,7 +115,7 @@ def verify_artifact(runner: Any, graph: bytes, graph_name: str, fp32: Path | Non
         vs_tensorrt_graph=agreement(in_float(tensorrt_graph), out)
         if tensorrt_graph is not None else None,
         min_agreement=options.min_agreement, min_fp32_agreement=options.min_fp32_agreement,
-        judged=len(inputs) >= MIN_JUDGED, cpu=cpu,
+        judged=len(inputs) >= MIN_JUDGED, cpu=cpu, classifier=classifier,
         notes=[] if len(inputs) >= MIN_JUDGED else
         [f"verified on {len(inputs)} inputs only: too few to judge agreement (give --data)"])
 
@@ -117,17 +124,18 @@ def check_verification(v: Verification, artifact_model: Any = None) -> None:
     """Raise VerificationError, with the cause found and what to try, when `v` fails."""
     if not v.judged:
         return
-    if v.vs_graph.top1_agreement < v.min_agreement:
+    same = judge(v.vs_graph, v.min_agreement, SAME_FUNCTION_COSINE, v.classifier)
+    if not same.ok:
         raise VerificationError(
-            f"the {v.backend} artifact agrees with {v.graph} on only "
-            f"{v.vs_graph.top1_agreement:.1%} of {v.data} (at least {v.min_agreement:.1%} "
-            f"needed): {_graph_cause(v, artifact_model)}",
+            f"the {v.backend} artifact agrees with {v.graph} on {v.data} by only "
+            f"{same.measure}: {_graph_cause(v, artifact_model)}",
             "nothing was written; --min-agreement lowers the bar if this is expected")
-    if v.vs_fp32 is not None and v.vs_fp32.top1_agreement < v.min_fp32_agreement:
+    kept = judge(v.vs_fp32, v.min_fp32_agreement, COLLAPSE_COSINE, v.classifier, worst=False) \
+        if v.vs_fp32 is not None else None
+    if kept is not None and not kept.ok:
         raise VerificationError(
-            f"the artifact agrees with the FP32 model on only {v.vs_fp32.top1_agreement:.1%} "
-            f"of {v.data} (at least {v.min_fp32_agreement:.1%} needed): quantization "
-            "collapsed the model",
+            f"the artifact agrees with the FP32 model on {v.data} by only {kept.measure}: "
+            "quantization collapsed the model",
             "recalibrate (more --num-images, --method entropy), keep sensitive layers in float "
             "(vitedge quantize --sensitivity N), or build --precision fp16; "
             "--min-fp32-agreement lowers the bar")

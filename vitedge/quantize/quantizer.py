@@ -125,7 +125,8 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
     check_quantized(quantized)
     data = quantized.SerializeToString()
     if check_inputs is not None:
-        _check_against_fp32(result, request, model.SerializeToString(), quantized, check_inputs)
+        _check_against_fp32(result, request, model.SerializeToString(), quantized, check_inputs,
+                            manifest.is_classifier)
     step("writing")
     write_bytes_atomic(output, data)
     result.size_bytes = len(data)
@@ -134,7 +135,7 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
 
 
 def _check_against_fp32(result: QuantizeResult, request: QuantizeRequest, fp32: bytes,
-                        quantized: onnx.ModelProto, x: np.ndarray) -> None:
+                        quantized: onnx.ModelProto, x: np.ndarray, classifier: bool) -> None:
     """The quantized graph against FP32, computed in float (as TensorRT reads it) and, for
     INT8, on ONNX Runtime's integer kernels on this CPU: as the graph stands (what plain
     ONNX Runtime runs) and with vitedge's CPU-exact weights (what vitedge's runtime runs).
@@ -163,11 +164,14 @@ def _check_against_fp32(result: QuantizeResult, request: QuantizeRequest, fp32: 
                 f"{result.check.top1_agreement:.1%} for the graph in float: {why}. vitedge's "
                 f"runtime and `vitedge build` use 7-bit weights there: "
                 f"{result.check_integer_exact.top1_agreement:.1%}")
-    if result.check.top1_agreement < request.min_fp32_agreement:
+    from vitedge.compare import COLLAPSE_COSINE, judge
+
+    kept = judge(result.check, request.min_fp32_agreement, COLLAPSE_COSINE,
+                 classifier, worst=False)
+    if not kept.ok:
         raise VitedgeError(
-            f"quantization collapsed the model: top-1 agreement with FP32 is "
-            f"{result.check.top1_agreement:.1%} on {len(x)} images (at least "
-            f"{request.min_fp32_agreement:.0%} expected); nothing was written",
+            f"quantization collapsed the model: against FP32, {kept.measure}, on {len(x)} "
+            "images; nothing was written",
             "check the calibration table (recalibrate with vitedge calibrate), try --method "
             "entropy, keep sensitive layers in float (--sensitivity N) or use fp16")
 
