@@ -46,6 +46,16 @@ class Agreement:
                 f"cosine {self.cosine:.5f} (min {self.cosine_min:.5f}) on {self.images}")
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Elementwise logistic function, without overflow for large |logits|."""
+    return 0.5 * (1.0 + np.tanh(0.5 * logits))
+
+
+def scores(logits: np.ndarray, kind: str = "softmax") -> np.ndarray:
+    """Class scores from logits as a manifest's `score` says: softmax, or sigmoid."""
+    return sigmoid(logits) if kind == "sigmoid" else softmax(logits)
+
+
 def agreement(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
     """Compare two (N, classes) outputs (or (N, D) features: KL then compares their softmax
     all the same, and top-1 their largest component)."""

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from vitedge.backends import Runner, load_runner
-from vitedge.compare import softmax
+from vitedge.compare import scores
 from vitedge.errors import VitedgeError
 from vitedge.manifest import Manifest
 from vitedge.options import PipelineOptions, pipeline_options
@@ -219,8 +219,7 @@ class Pipeline:
         if not self.manifest.is_classifier:
             return [Prediction(None, None, None, [], timings, None, self._embedding(row))
                     for row in logits]
-        probs = (1.0 / (1.0 + np.exp(-logits)) if self.manifest.score == "sigmoid"
-                 else softmax(logits))
+        probs = scores(logits, self.manifest.score)
         k = min(self.topk, probs.shape[1])
         top = np.argsort(-probs, axis=1)[:, :k]
         labels = self.manifest.labels

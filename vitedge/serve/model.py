@@ -140,13 +140,12 @@ def top_classes(logits: np.ndarray, k: int, labels: list[str], score: str = "sof
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(top-k class ids INT32, their scores FP32 (softmax, or sigmoid for a SigLIP
     zero-shot head), their labels as bytes objects), each (batch, k)."""
-    from vitedge.compare import softmax
+    from vitedge.compare import scores
 
-    z = logits.astype(np.float64)
-    probs = 1.0 / (1.0 + np.exp(-z)) if score == "sigmoid" else softmax(z)
+    probs = scores(logits.astype(np.float64), score)
     k = min(k, probs.shape[1])
     ids = np.argsort(-probs, axis=1)[:, :k].astype(np.int32)
-    scores = np.take_along_axis(probs, ids, axis=1).astype(np.float32)
+    top = np.take_along_axis(probs, ids, axis=1).astype(np.float32)
     names = np.array([[(labels[j] if j < len(labels) else str(j)).encode() for j in row]
                       for row in ids], dtype=object)
-    return ids, scores, names
+    return ids, top, names
