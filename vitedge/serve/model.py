@@ -3,13 +3,13 @@ repository as `1/model.py`; Triton imports it, this package does not run it dire
 
 The model's `parameters` say what it does:
 - `artifact`: the model file, run through `vitedge.backends.load_runner` (any backend);
-- `mode`: `tensor` (the artifact's own input: images, patches or uint8 frames),
+- `mode`: `tensor` (the artifact's own input: images, patches, uint8 frames or pixels),
   `image` (encoded JPEG / PNG bytes, decoded and preprocessed exactly as `vitedge.open`
   does), or `preprocess` (image bytes in, the model's input tensor out: the first step of
   an ensemble in front of a TensorRT or ONNX Runtime model);
 - `topk`: how many classes the top-k outputs hold.
 Outputs: `logits` (FP32), `label` (BYTES), `score` (FP32), `topk_ids` (INT32),
-`topk_scores` (FP32); or `input` in preprocess mode. Requests Triton batched together run
+`topk_scores` (FP32); a headless model's `embedding` (FP32); or `input` in preprocess mode. Requests Triton batched together run
 as one inference; a request that cannot be served (a corrupt image) gets its own error
 response and the others are answered."""
 
