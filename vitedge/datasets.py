@@ -167,11 +167,6 @@ def _video_frame_count(path: Path) -> int:
     return n
 
 
-def prepare_image(image: Any, manifest: Manifest) -> np.ndarray:
-    """One decoded PIL image as the model takes it (`vitedge.runtime.preprocess.model_input`)."""
-    return model_input(image, manifest)
-
-
 def model_inputs(source: ImageSource, manifest: Manifest,
                  on_broken: Callable[[str], None] | None = None) -> Iterator[np.ndarray]:
     """One model input (C, H, W), or (T, C*P*P) for a patch-input model, per source item.
@@ -203,11 +198,11 @@ def model_inputs(source: ImageSource, manifest: Manifest,
         return
     if source.kind == "video":
         for frame in _video_frames(source.path, source.count):
-            yield prepare_image(frame, manifest)
+            yield model_input(frame, manifest)
         return
     for i, item in enumerate(source.items):
         try:
-            x = prepare_image(load_image(item), manifest)
+            x = model_input(load_image(item), manifest)
         except VitedgeError as exc:
             source.broken.append(str(item))
             if on_broken:

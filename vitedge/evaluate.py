@@ -14,11 +14,11 @@ import numpy as np
 
 from vitedge.backends import Runner, load_runner
 from vitedge.compare import Agreement, agreement
-from vitedge.datasets import MAX_BROKEN_FRACTION, labelled_folder, prepare_image
+from vitedge.datasets import MAX_BROKEN_FRACTION, labelled_folder
 from vitedge.errors import VitedgeError
 from vitedge.options import EvalOptions
 from vitedge.report import Reporter, reporter
-from vitedge.runtime.preprocess import load_image
+from vitedge.runtime.preprocess import load_image, model_input
 
 
 @dataclass
@@ -97,11 +97,11 @@ def _evaluate(model: Runner, ref: Runner | None, data: str | Path, batch: int,
         if not images:
             continue
         kept_truth += [label for _, label in images]
-        x = np.stack([prepare_image(im, model.manifest) for im, _ in images])
+        x = np.stack([model_input(im, model.manifest) for im, _ in images])
         outs.append(model.infer(x))
         if ref is not None:
             ref_outs.append(ref.infer(x if same else np.stack(
-                [prepare_image(im, ref.manifest) for im, _ in images])))
+                [model_input(im, ref.manifest) for im, _ in images])))
     if not outs:
         raise VitedgeError(f"none of the {len(items)} images in {data} could be read")
     truth = np.array(kept_truth)

@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 
 from vitedge.compare import COLLAPSE_COSINE, SAME_FUNCTION_COSINE, Agreement, agreement, judge
-from vitedge.datasets import ImageSource, model_inputs, prepare_image
+from vitedge.datasets import ImageSource, model_inputs
 from vitedge.errors import VitedgeError
 from vitedge.manifest import Manifest
 from vitedge.options import VerifyOptions
+from vitedge.runtime.preprocess import model_input
 
 MIN_JUDGED = 32
 """Fewer inputs than this are reported but not judged (one disagreement is 3 %)."""
@@ -86,7 +87,7 @@ def verification_inputs(manifest: Manifest, held_out: ImageSource | None
     from vitedge.runtime.preprocess import load_image
 
     photos = photo_files()
-    x = np.stack([prepare_image(load_image(str(p)), manifest) for p in photos])
+    x = np.stack([model_input(load_image(str(p)), manifest) for p in photos])
     return x, f"the {len(x)} bundled photos (no --data to hold out)", False
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from vitedge.backends.onnxruntime.session import graph_output
-from vitedge.compare import Agreement, agreement
+from vitedge.compare import COLLAPSE_COSINE, Agreement, agreement, judge
 from vitedge.datasets import image_source, model_inputs
 from vitedge.errors import ExportError, VitedgeError
 from vitedge.export.tensorrt_ops import tensorrt_check
@@ -164,8 +164,6 @@ def _check_against_fp32(result: QuantizeResult, request: QuantizeRequest, fp32: 
                 f"{result.check.top1_agreement:.1%} for the graph in float: {why}. vitedge's "
                 f"runtime and `vitedge build` use 7-bit weights there: "
                 f"{result.check_integer_exact.top1_agreement:.1%}")
-    from vitedge.compare import COLLAPSE_COSINE, judge
-
     kept = judge(result.check, request.min_fp32_agreement, COLLAPSE_COSINE,
                  classifier, worst=False)
     if not kept.ok:

@@ -35,7 +35,13 @@ from vitedge.errors import VitedgeError
 from vitedge.manifest import Manifest
 from vitedge.options import PipelineOptions, pipeline_options
 from vitedge.runtime.patchify import patches_from_images
-from vitedge.runtime.preprocess import MAX_PIXELS, crop_pixels, load_image, normalize, upright
+from vitedge.runtime.preprocess import (
+    MAX_PIXELS,
+    crop_pixels,
+    input_from_pixels,
+    load_image,
+    upright,
+)
 from vitedge.runtime.stats import StageTimes
 
 STAGES = ("decode", "preprocess", "patchify", "host_to_device", "infer", "device_to_host",
@@ -171,8 +177,7 @@ class Pipeline:
     def _preprocess(self, image: Image.Image | np.ndarray) -> np.ndarray:
         """Float (C, H, W), or for a `frames` model uint8 (H, W, C) resized and cropped
         (the graph normalises)."""
-        pixels = self._pixels(image)
-        return self._model_pixels(pixels)
+        return input_from_pixels(self._pixels(image), self.manifest)
 
     def _pixels(self, decoded: Image.Image | np.ndarray) -> np.ndarray:
         """The resized and cropped uint8 (H, W, C) frame the model sees."""
@@ -181,16 +186,6 @@ class Pipeline:
             return self._fast.crop(decoded)
         assert isinstance(decoded, Image.Image)
         return crop_pixels(decoded, self.manifest.preprocess)
-
-    def _model_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Cropped uint8 (H, W, C) pixels as the model takes them: as they are (`frames`),
-        float 0..255 (C, H, W) (`pixels`), else normalised."""
-        kind = self.manifest.input
-        if kind == "frames":
-            return pixels
-        if kind == "pixels":
-            return np.ascontiguousarray(pixels.transpose(2, 0, 1), np.float32)
-        return normalize(pixels, self.manifest.preprocess)
 
     # --- calls --------------------------------------------------------------------------
 
@@ -378,7 +373,7 @@ class Pipeline:
         self._check_open()
         head = parse_head(head)
         pixels = self._pixels(self._decode(frame))
-        x = self._model_pixels(pixels)
+        x = input_from_pixels(pixels, self.manifest)
         with self._lock:
             logits, probs = self.model.attention(self._patchify(x[None]))
         grid = attention_grid(probs, self.manifest.architecture, method, layer, head)[0]

@@ -126,19 +126,24 @@ def preprocess_image(image: Image.Image, prep: Preprocess) -> np.ndarray:
     return normalize(crop_pixels(image, prep), prep)
 
 
+def input_from_pixels(pixels: np.ndarray, manifest: Any) -> np.ndarray:
+    """Resized and cropped uint8 (H, W, C) pixels as the model described by `manifest`
+    takes them, before any patchify: as they are (`frames`), float 0..255 (C, H, W)
+    (`pixels`), else normalised float (C, H, W)."""
+    if manifest.input == "frames":
+        return pixels
+    if manifest.input == "pixels":
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1), np.float32)
+    return normalize(pixels, manifest.preprocess)
+
+
 def model_input(image: Image.Image, manifest: Any) -> np.ndarray:
-    """One decoded PIL image as the model described by `manifest` takes it: float (C, H, W)
-    normalised (`images`), patch vectors (T, C*P*P) (`patches`), uint8 (H, W, C) pixels
-    (`frames`), or float 0..255 (C, H, W) pixels (`pixels`): the one preprocessing that
-    inference, calibration, evaluation and serving share."""
+    """One decoded PIL image as the model described by `manifest` takes it (patch vectors
+    (T, C*P*P) for a `patches` model): the one preprocessing that inference, calibration,
+    evaluation and serving share."""
     from vitedge.runtime.patchify import patches_from_images
 
-    prep = manifest.preprocess
-    if manifest.input == "frames":
-        return crop_pixels(image, prep)
-    if manifest.input == "pixels":
-        return np.ascontiguousarray(crop_pixels(image, prep).transpose(2, 0, 1), np.float32)
-    x = preprocess_image(image, prep)
+    x = input_from_pixels(crop_pixels(image, manifest.preprocess), manifest)
     if manifest.input == "patches":
         return patches_from_images(x[None], manifest.architecture.patch_size)[0]
     return x
