@@ -687,15 +687,20 @@ class FlakyCamera:
         self._server.server_close()
 
 
-@pytest.mark.slow
-def test_the_camera_loop_rides_out_a_10_second_outage(work, tmp_path):
-    camera = FlakyCamera(frames=20, outage=10.0)
+def run_on(camera: FlakyCamera, artifact: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`vitedge run ARTIFACT --source CAMERA ARGS --json` in its own process; the camera is
+    closed afterwards whatever happens."""
     try:
-        result = subprocess.run([sys.executable, "-m", "vitedge", "run", str(work["artifact"]),
-                                 "--source", camera.url, "--max-frames", "40", "--json"],
-                                capture_output=True, text=True, timeout=120, cwd=ROOT)
+        return subprocess.run([sys.executable, "-m", "vitedge", "run", str(artifact), "--source",
+                               camera.url, *args, "--json"],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
     finally:
         camera.close()
+
+
+@pytest.mark.slow
+def test_the_camera_loop_rides_out_a_10_second_outage(work, tmp_path):
+    result = run_on(FlakyCamera(frames=20, outage=10.0), work["artifact"], "--max-frames", "40")
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout)
     assert summary["frames"] == 40 and summary["reconnects"] >= 1
@@ -704,13 +709,8 @@ def test_the_camera_loop_rides_out_a_10_second_outage(work, tmp_path):
 
 
 def test_a_camera_that_stays_away_ends_the_loop_with_exit_1(work, tmp_path):
-    camera = FlakyCamera(frames=10, outage=0.0, back=False)
-    try:
-        result = subprocess.run([sys.executable, "-m", "vitedge", "run", str(work["artifact"]),
-                                 "--source", camera.url, "--reconnect-for", "2", "--json"],
-                                capture_output=True, text=True, timeout=120, cwd=ROOT)
-    finally:
-        camera.close()
+    result = run_on(FlakyCamera(frames=10, outage=0.0, back=False), work["artifact"],
+                    "--reconnect-for", "2")
     clean_failure(result.returncode, result.stderr, tmp_path, "is gone")
     summary = json.loads(result.stdout)
     assert summary["frames"] == 10 and summary["reconnect_attempts"] >= 2
