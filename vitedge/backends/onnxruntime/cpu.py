@@ -44,8 +44,8 @@ class CpuInt8:
         names = ", ".join(self.features) or "no SIMD extension vitedge knows"
         if self.saturates:
             return (f"{self.arch} with {names}: ONNX Runtime's INT8 kernels add pairs of "
-                    "products in saturating 16-bit lanes here (no VNNI); 8-bit weights can "
-                    "clip, 7-bit weights (vitedge build's CPU artifact) cannot")
+                    f"products in saturating 16-bit lanes here ({self.kernel}, no VNNI); 8-bit "
+                    "weights can clip, 7-bit weights (vitedge build's CPU artifact) cannot")
         return (f"{self.arch} with {names}: ONNX Runtime's INT8 kernels accumulate in 32 "
                 f"bits here ({self.kernel}); 7-bit and 8-bit weights are both exact")
 
