@@ -38,7 +38,7 @@ demo: setup
 	$(BIN)/vitedge eval $$(ls $(DEMO)/fmnist.int8.engine 2>/dev/null || echo $(DEMO)/fmnist.int8.ort.onnx) \
 		--data evaluation/fashion-mnist --reference $(DEMO)/fmnist.onnx
 	$(BIN)/vitedge bench $$(ls $(DEMO)/fmnist.int8.engine 2>/dev/null || echo $(DEMO)/fmnist.int8.ort.onnx) \
-		$(DEMO)/fmnist.onnx --batch 1,8 --iterations 50 --json $(DEMO)/bench.json
+		$(DEMO)/fmnist.onnx --batch 1,8 --iterations 50 --json-file $(DEMO)/bench.json
 	$(BIN)/vitedge predict $$(ls $(DEMO)/fmnist.int8.engine 2>/dev/null || echo $(DEMO)/fmnist.int8.ort.onnx) \
 		evaluation/fashion-mnist/sneaker/test-00036.png vitedge/data/photos/coffee.jpg
 	$(BIN)/vitedge explain $(DEMO)/fmnist.int8.onnx evaluation/fashion-mnist/sneaker/test-00036.png \

@@ -322,7 +322,7 @@ def test_bench_and_serve_repositories_take_a_headless_model(tmp_path, capsys):
     model = tmp_path / "siglip.onnx"
     export_onnx(FIXTURES / "siglip", model, ExportOptions())
     code, stdout, err = run_cli(["bench", str(model), "--iterations", "5", "--batch", "1",
-                                 "--json", str(tmp_path / "b.json")], capsys)
+                                 "--json-file", str(tmp_path / "b.json")], capsys)
     assert code == 0, err
     entries = export_repository([model], tmp_path / "repo", ServeOptions())
     assert entries[0].outputs[0].name == "features" and entries[0].outputs[0].dims == [96]

@@ -317,7 +317,7 @@ def test_bench_cli_writes_json_csv_and_plot(demo_fp32, tmp_path, capsys):
     out = tmp_path / "b.json"
     code, stdout, err = run_cli(["bench", str(demo_fp32), str(demo_fp32), "--batch", "1,2",
                                  "--streams", "1,2", "--iterations", "3", "--warmup", "1",
-                                 "--json", str(out), "--csv", str(tmp_path / "b.csv"),
+                                 "--json-file", str(out), "--csv", str(tmp_path / "b.csv"),
                                  "--plot", str(tmp_path / "b.png")], capsys)
     assert code == 0, err
     data = json.loads(out.read_text())

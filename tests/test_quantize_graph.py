@@ -11,7 +11,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import FIXTURES, relative_error
-from vitedge.backends.onnxruntime.session import ort_session
 from vitedge.export import ExportOptions, export_onnx
 from vitedge.export.tensorrt_ops import tensorrt_problems
 from vitedge.quantize import equalize
@@ -19,6 +18,7 @@ from vitedge.quantize.calibrate import CalibrationOptions, calibrate
 from vitedge.quantize.fp16 import convert_fp16
 from vitedge.quantize.qdq import QuantizeOptions, quantize_int8
 from vitedge.quantize.table import CalibrationTable
+from vitedge.sessions import ort_session
 
 PHOTOS = Path(__file__).parents[1] / "vitedge" / "data" / "photos"
 LINEARS = ["patch_embed.proj", "blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1",

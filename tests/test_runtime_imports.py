@@ -27,11 +27,18 @@ MODULES = sorted(m.name for m in pkgutil.walk_packages(vitedge.__path__, "vitedg
 
 
 def imported(module: str) -> set[str]:
-    """Every vitedge module `module` imports, at the top or inside a function."""
+    """Every vitedge module `module` imports, at the top or inside a function (not the
+    names imported for type annotations only)."""
     path = PACKAGE.joinpath(*module.split(".")[1:])
     source = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
     found: set[str] = set()
-    for node in ast.walk(ast.parse(source.read_text())):
+    tree = ast.parse(source.read_text())
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and getattr(node.test, "id", "") == "TYPE_CHECKING"
+                   for n in ast.walk(node)}  # for annotations only: never imported at run time
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -96,3 +103,19 @@ def test_export_without_torch_names_the_extra():
 def test_every_module_imports():
     for name in MODULES:
         __import__(name)
+
+
+def test_nothing_reaches_back_to_the_package_front_door():
+    """`vitedge/__init__.py` (vitedge.open) is for users: no module of vitedge imports it or
+    a name from it (its version lives in vitedge.version); submodules it holds are fine."""
+    found = []
+    for module in MODULES:
+        path = PACKAGE.joinpath(*module.split(".")[1:])
+        source = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                found += [f"{module}: import vitedge" for a in node.names if a.name == "vitedge"]
+            elif isinstance(node, ast.ImportFrom) and node.module == "vitedge" and node.level == 0:
+                found += [f"{module}: from vitedge import {a.name}" for a in node.names
+                          if f"vitedge.{a.name}" not in MODULES]
+    assert not found, found

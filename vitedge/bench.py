@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from vitedge import __version__
 from vitedge.errors import VitedgeError
 from vitedge.fileio import write_text_atomic
 from vitedge.options import BenchOptions
 from vitedge.report import Reporter, reporter
 from vitedge.runtime.pipeline import STAGES, Pipeline
 from vitedge.runtime.stats import Stats
+from vitedge.version import __version__
 
 FRAME_SIZE = (480, 640)
 """Synthetic frames are 640x480 BGR, a VGA camera's."""
@@ -52,17 +52,17 @@ class BenchResult:
 def machine_info() -> dict[str, Any]:
     import os
 
-    import onnxruntime
+    from vitedge.backends import all_backends
+    from vitedge.machine import gpu_info
 
-    from vitedge.backends.tensorrt.device import gpu_info, tensorrt_module
-
-    trt = tensorrt_module(lean_ok=True)
     gpu = gpu_info()
+    facts: dict[str, Any] = {}
+    for backend in all_backends():
+        facts.update(backend.machine_facts())
     return {"machine": platform.machine(), "processor": platform.processor(),
             "cpus": os.cpu_count(), "python": platform.python_version(),
-            "vitedge": __version__, "onnxruntime": onnxruntime.__version__,
-            "tensorrt": getattr(trt, "__version__", None) if trt else None,
-            "gpu": f"{gpu[0]} (compute {gpu[1]})" if gpu else None}
+            "vitedge": __version__, **{b.name: b.version() for b in all_backends()},
+            "gpu": f"{gpu[0]} (compute {gpu[1]})" if gpu else None, **facts}
 
 
 def bench_frames(source: str | None, count: int = 32, seed: int = 0) -> list[Any]:
@@ -173,13 +173,17 @@ def layer_times(pipe: Pipeline, frames: list[Any], runs: int = 20) -> dict[str, 
     return pipe.model.layer_times(pipe.prepare(frames), runs)
 
 
+def results_dict(results: list[BenchResult], options: BenchOptions) -> dict[str, Any]:
+    """The results, the machine and the versions, as `--json` prints them."""
+    return {"schema": 1, "machine": machine_info(), "options": asdict(options),
+            "results": [r.to_dict() for r in results]}
+
+
 def write_json(path: str | Path, results: list[BenchResult], options: BenchOptions) -> None:
-    write_text_atomic(path, json.dumps({
-        "schema": 1, "machine": machine_info(), "options": asdict(options),
-        "results": [r.to_dict() for r in results]}, indent=1))
+    write_text_atomic(path, json.dumps(results_dict(results, options), indent=1))
 
 
-def write_csv(path: str | Path, results: list[BenchResult]) -> None:
+def write_csv(path: str | Path, results: list[BenchResult], _options: Any = None) -> None:
     rows = ["artifact,backend,precision,batch,streams,stage,mean_ms,p50_ms,p90_ms,p99_ms,max_ms,n"]
     for r in results:
         for stage, s in [*r.stages.items(), ("end_to_end", r.end_to_end)]:
@@ -188,7 +192,7 @@ def write_csv(path: str | Path, results: list[BenchResult]) -> None:
     write_text_atomic(path, "\n".join(rows) + "\n")
 
 
-def write_plot(path: str | Path, results: list[BenchResult], samples_note: str = "") -> None:
+def write_plot(path: str | Path, results: list[BenchResult], _options: Any = None) -> None:
     """Stage breakdown (stacked means) and end-to-end percentiles per artifact and batch."""
     from vitedge.errors import require
 
@@ -214,7 +218,7 @@ def write_plot(path: str | Path, results: list[BenchResult], samples_note: str =
         ax2.plot([e.p50, e.p90, e.p99, e.max], [i] * 4, "o-")
     ax2.set_yticks(range(len(results)), names)
     ax2.set_xlabel("end-to-end ms (p50, p90, p99, max)")
-    ax2.set_title("latency distribution" + (f" ({samples_note})" if samples_note else ""))
+    ax2.set_title(f"latency distribution ({results[0].iterations} iterations)")
     fig.tight_layout()
     from vitedge.fileio import atomic_path
 

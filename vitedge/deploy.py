@@ -13,26 +13,25 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vitedge.backends.tensorrt.device import gpu_info, tensorrt_module
+import vitedge.backends as backends
+from vitedge.backends.base import Backend, BuildRequest, BuiltArtifact
 from vitedge.errors import VitedgeError
 from vitedge.fileio import atomic_path, refuse_overwriting_inputs, sha256_file
 from vitedge.graph import load_onnx
 from vitedge.manifest import Manifest, require_manifest
 from vitedge.options import (
-    BUILD_BACKENDS,
     BUILD_PRECISIONS,
     BuildOptions,
     CalibrationOptions,
     QuantizeOptions,
     VerifyOptions,
 )
-from vitedge.profiles import BatchRange, Profile, load_profile
+from vitedge.profiles import BatchRange, Profile, load_profile, suggested_profile
 from vitedge.report import Reporter, reporter
 
 __all__ = ["BuildOptions", "BuildResult", "CalibrationOptions", "QuantizeOptions",
            "VerifyOptions", "build", "choose_backend"]
 
-BACKENDS = BUILD_BACKENDS
 PRECISIONS = BUILD_PRECISIONS
 
 
@@ -59,37 +58,27 @@ class BuildResult:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "artifact": str(self.artifact), "seconds": self.seconds}
 
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """The build summary, as rows."""
+        rows = [("artifact", f"{self.artifact} ({self.size_bytes / 1e6:.2f} MB)"),
+                ("precision", self.precision), ("backend", self.backend),
+                ("profile", self.profile), ("device", self.device),
+                ("build time", f"{self.seconds:.1f} s")]
+        if self.intermediate:
+            rows.append(("also wrote", ", ".join(self.intermediate)))
+        return rows
+
 
 def choose_backend(requested: str, profile: Profile) -> tuple[str, str]:
-    """(backend, why)."""
-    if requested not in BACKENDS:
-        raise VitedgeError(f"unknown backend '{requested}'", f"use one of {', '.join(BACKENDS)}")
+    """(backend, why): the one asked for, else the profile's where it can build here, else
+    the embedded default, saying why."""
     if requested != "auto":
-        return requested, "asked for with --backend"
-    if profile.backend == "onnxruntime":
-        return "onnxruntime", f"profile {profile.name} builds for ONNX Runtime"
-    if profile.backend == "tensorrt-rtx":  # only where a profile asks for it, never by guess
-        from vitedge.backends.tensorrt.flavours import TENSORRT_RTX
-
-        if TENSORRT_RTX.import_module() is None:
-            return "onnxruntime", (f"profile {profile.name} builds for TensorRT for RTX, which "
-                                   "is not installed (pip install tensorrt-rtx-cu13)")
-        targets = ", ".join(profile.tensorrt_rtx.compute_capabilities)
-        return "tensorrt-rtx", (f"profile {profile.name} builds for TensorRT for RTX (compute "
-                                f"capabilities {targets}; no GPU is needed to build)")
-    if tensorrt_module() is None:
-        return "onnxruntime", "TensorRT (with its builder) is not installed"
-    if gpu_info() is None:
-        return "onnxruntime", "TensorRT is installed but no CUDA GPU is visible"
-    return "tensorrt", "TensorRT and a GPU are present"
-
-
-def _suggested_profile() -> str:
-    from vitedge.doctor import jetson_model
-    from vitedge.profiles import suggest_profile
-
-    gpu = gpu_info()
-    return suggest_profile(jetson_model(), gpu[0] if gpu else None)
+        return backends.get(requested).name, "asked for with --backend"
+    backend = backends.get(profile.backend)
+    why_not = backend.unavailable()
+    if why_not is None:
+        return backend.name, backend.chosen(profile)
+    return backends.EMBEDDED, why_not
 
 
 def build(input_path: str | Path, output: str | Path | None = None,
@@ -103,29 +92,25 @@ def build(input_path: str | Path, output: str | Path | None = None,
     src = Path(input_path)
     if not src.exists():
         raise VitedgeError(f"no such file or folder: {src}")
-    profile = load_profile(options.profile or _suggested_profile())
+    profile = load_profile(options.profile or suggested_profile())
     precision = options.precision or profile.precision
     if precision not in PRECISIONS:
         raise VitedgeError(f"unknown precision '{precision}'", f"use one of {', '.join(PRECISIONS)}")
     batch = BatchRange.parse(options.batch) if options.batch else profile.batch
-    backend, reason = choose_backend(options.backend, profile)
-    if backend in ("tensorrt", "tensorrt-rtx"):
-        from vitedge.backends.tensorrt.build import require_tensorrt
-        from vitedge.backends.tensorrt.flavours import FLAVOURS
-
-        require_tensorrt(FLAVOURS[backend])  # fail before any work, with what is missing
+    name, reason = choose_backend(options.backend, profile)
+    backend = backends.get(name)
+    backend.require()  # fail before any work, with what is missing
     is_onnx = src.suffix == ".onnx"
     stem = src.stem if is_onnx else (src.stem if src.is_file() else src.name)
-    suffix = ".ort.onnx" if backend == "onnxruntime" else ".engine"
-    output = Path(output) if output else src.parent / f"{stem}.{precision}{suffix}"
+    output = Path(output) if output else src.parent / f"{stem}.{precision}{backend.suffix}"
     _check_writable(output)
     refuse_overwriting_inputs(output, src, options.data, options.calib)
     intermediates = ([] if is_onnx else [output.parent / f"{stem}.onnx"]) + (
         [output.parent / f"{stem}.{precision}.onnx"] if precision != "fp32" else [])
     if output.resolve() in [p.resolve() for p in intermediates]:
         raise VitedgeError(f"-o {output} is where the build writes an intermediate model",
-                           f"choose another name, e.g. {stem}.{precision}{suffix}")
-    result = BuildResult(output, backend, reason, precision, profile.name, _device(backend), 0)
+                           f"choose another name, e.g. {stem}.{precision}{backend.suffix}")
+    result = BuildResult(output, name, reason, precision, profile.name, backend.device(), 0)
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
         step(name)
@@ -176,18 +161,46 @@ def build(input_path: str | Path, output: str | Path | None = None,
         model_for_backend = quantized
     reference = fp32 if manifest.precision == "fp32" and model_for_backend != fp32 else None
     inputs = _verification_inputs(options, manifest, held_out)
+    build_request = BuildRequest(
+        model_for_backend, require_manifest(load_onnx(model_for_backend), model_for_backend),
+        profile, batch, Path(options.timing_cache) if options.timing_cache else None, rep)
     with atomic_path(output) as tmp:  # the artifact appears only once it is verified
-        if backend != "onnxruntime":
-            verification = _build_tensorrt(backend,options, model_for_backend, tmp, profile, batch,
-                                           reference, inputs, result, timed, rep)
-        else:
-            verification = _build_onnxruntime(options, model_for_backend, tmp, profile,
-                                              reference, inputs, result, timed)
-        if verification is not None:
-            result.verification = verification.to_dict()
-            result.notes.extend(verification.notes)
+        try:
+            built = timed(backend.build_step, lambda: backend.build(build_request, tmp))
+            result.details.update(built.details)
+            result.notes.extend(built.notes)
+            if inputs is not None:
+                verification = _verify(backend, built, reference, inputs, options, result, timed)
+                backend.record(built, verification)
+            backend.finish(built, output)
+        finally:
+            backend.discard(tmp)
         result.size_bytes = tmp.stat().st_size
     return result
+
+
+def _verify(backend: Backend, built: BuiltArtifact, reference: Path | None,
+            inputs: tuple[Any, str, bool], options: BuildOptions, result: BuildResult,
+            timed: Callable[[str, Callable[[], Any]], Any]) -> dict[str, Any]:
+    """The built artifact run by its own runner against the graph it came from and FP32;
+    what was measured (or why nothing could be) for the artifact to record."""
+    skipped = backend.cannot_run_here()
+    if skipped is not None:
+        result.notes.append(skipped)
+        return {"skipped": skipped}
+    from vitedge.verification import check_verification, verify_artifact
+
+    def run() -> Any:
+        with backend.load_built(built) as runner:
+            return verify_artifact(runner, built.graph, built.graph_name, reference, *inputs,
+                                   options.verify, backend.name, result.device,
+                                   tensorrt_graph=built.portable_graph, cpu=built.cpu)
+
+    verification = timed("verify", run)
+    check_verification(verification, lambda v: backend.disagreement(v, built))
+    result.verification = verification.to_dict()
+    result.notes.extend(verification.notes)
+    return result.verification
 
 
 def _split_data(options: BuildOptions) -> tuple[Any, Any]:
@@ -208,111 +221,6 @@ def _verification_inputs(options: BuildOptions, manifest: Manifest, held_out: An
     from vitedge.verification import verification_inputs
 
     return verification_inputs(manifest, held_out)
-
-
-def _build_onnxruntime(options: BuildOptions, model: Path, tmp: Path, profile: Profile,
-                       reference: Path | None, inputs: tuple[Any, str, bool] | None,
-                       result: BuildResult, timed: Callable[[str, Callable[[], Any]], Any]
-                       ) -> Any:
-    from vitedge.backends.onnxruntime.build import build_onnxruntime
-    from vitedge.manifest import set_onnx_manifest
-
-    if options.timing_cache:
-        result.notes.append("--timing-cache applies to TensorRT builds only")
-    built = timed("onnxruntime optimize", lambda: build_onnxruntime(model, tmp, profile))
-    result.details["onnxruntime"] = built.details
-    if inputs is None:
-        return None
-    from vitedge.backends.onnxruntime.cpu import cpu_int8
-    from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
-    from vitedge.verification import check_verification, verify_artifact
-
-    def run() -> Any:
-        with OnnxRuntimeRunner(tmp, profile.onnxruntime.threads or None) as runner:
-            int8 = runner.manifest.precision == "int8"
-            graph = "its Q/DQ graph (7-bit weights) computed in float" if int8 else \
-                "the ONNX model it was built from"
-            return verify_artifact(
-                runner, built.graph, graph, reference, *inputs, options.verify, "onnxruntime",
-                result.device, tensorrt_graph=model.read_bytes() if int8 else None,
-                cpu=cpu_int8().to_dict())
-
-    verification = timed("verify", run)
-    check_verification(verification, built.model)
-    manifest = built.manifest
-    manifest.source = {**manifest.source, "verification": verification.to_dict()}
-    set_onnx_manifest(built.model, manifest)
-    tmp.write_bytes(built.model.SerializeToString())
-    return verification
-
-
-def _build_tensorrt(backend: str, options: BuildOptions, model: Path, tmp: Path, profile: Profile,
-                    batch: BatchRange, reference: Path | None,
-                    inputs: tuple[Any, str, bool] | None, result: BuildResult,
-                    timed: Callable[[str, Callable[[], Any]], Any],
-                    rep: Reporter) -> Any:
-    import os
-
-    from vitedge.backends import runner_class
-    from vitedge.backends.tensorrt.build import build_engine
-    from vitedge.backends.tensorrt.engine_info import sidecar_path
-    from vitedge.fileio import write_text_atomic
-
-    final = require_manifest(load_onnx(model), model)
-    cache = Path(options.timing_cache) if options.timing_cache else None
-    try:
-        if backend == "tensorrt-rtx":
-            from vitedge.backends.tensorrt_rtx.build import build_rtx_engine
-
-            info = timed("tensorrt-rtx build", lambda: build_rtx_engine(
-                model, tmp, final, profile, batch, rep))
-            if cache is not None:
-                result.notes.append("--timing-cache has no effect with TensorRT for RTX")
-        else:
-            info = timed("tensorrt build", lambda: build_engine(
-                model, tmp, final, profile, batch, cache, rep))
-        result.details["engine"] = {"backend": backend, "version": info.tensorrt_version,
-                                    "gpu": info.gpu_name, "batch": info.batch,
-                                    "compute_capabilities": info.compute_capabilities}
-        verification = None
-        if inputs is not None and gpu_info() is None:
-            skipped = (f"not verified: the {backend} engine runs only on a GPU and this machine "
-                       "has none (its graph passed the real parser and builder); build it on the "
-                       "GPU machine to have it verified there")
-            result.notes.append(skipped)
-            info.verification = {"skipped": skipped}
-            write_text_atomic(sidecar_path(tmp), info.to_json())
-        elif inputs is not None:
-            from vitedge.verification import check_verification, verify_artifact
-
-            def run() -> Any:
-                with runner_class(backend)(tmp) as runner:  # type: ignore[call-arg]
-                    return verify_artifact(
-                        runner, model.read_bytes(), "ONNX Runtime on the same graph (Q/DQ in "
-                        "float)", reference, *inputs, options.verify, backend, result.device)
-
-            verification = timed("verify", run)
-            check_verification(verification)
-            info.verification = verification.to_dict()
-            write_text_atomic(sidecar_path(tmp), info.to_json())
-        os.replace(sidecar_path(tmp), sidecar_path(result.artifact))
-        return verification
-    finally:
-        if sidecar_path(tmp).exists():
-            sidecar_path(tmp).unlink()
-
-
-def _device(backend: str) -> str:
-    if backend in ("tensorrt", "tensorrt-rtx"):
-        gpu = gpu_info()
-        if gpu:
-            return f"{gpu[0]} (compute {gpu[1]})"
-        return "no GPU (ahead-of-time build)" if backend == "tensorrt-rtx" else "GPU"
-    import os
-
-    from vitedge.backends.onnxruntime.cpu import cpu_int8, cpu_name
-
-    return f"CPU: {cpu_name()}, {os.cpu_count()} cores, INT8 kernels {cpu_int8().kernel}"
 
 
 def _claim(path: Path, made_from: Path, force: bool, ours: Callable[[Manifest], bool]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +67,99 @@ def describe_onnx(path: str | Path) -> dict[str, Any]:
 
 
 def describe_engine(path: str | Path) -> dict[str, Any]:
-    """A TensorRT engine as its description file (`NAME.engine.json`) records it; reading it
-    needs no GPU, so an engine can be inspected anywhere."""
-    from dataclasses import asdict
-
-    from vitedge.backends.tensorrt.engine_info import EngineInfo, sidecar_path
+    """An artifact that is not an ONNX model (an engine) as its backend describes it."""
+    from vitedge.backends import backend_of, get
 
     p = Path(path)
     if not p.is_file():
         raise VitedgeError(f"no such file: {p}")
-    info = EngineInfo.read(sidecar_path(p))
-    return {"path": str(p), "size_bytes": p.stat().st_size, "engine": asdict(info)}
+    return get(backend_of(p)).describe(p)
+
+
+@dataclass
+class Description:
+    """What `vitedge inspect` shows: `data` is its JSON; the rest, the same in rows."""
+
+    data: dict[str, Any]
+    title: str
+    rows: list[tuple[str, str]]
+    io: list[tuple[str, str, str, str]] = field(default_factory=list)
+    """(input or output, name, shape, dtype) of an ONNX model."""
+    ops: str = ""
+
+
+def describe(path: str | Path) -> Description:
+    """An artifact described for `vitedge inspect`: an ONNX model from its graph and
+    manifest, anything else by the backend that runs it."""
+    from vitedge.backends import claimant
+
+    p = Path(path)
+    backend = claimant(p) if p.is_file() else None
+    if backend is not None and not backend.onnx_artifact:
+        data = backend.describe(p)
+        verification = data.get("engine", {}).get("verification") or {}
+        return Description(data, f"{path} ({data['size_bytes'] / 1e6:.1f} MB)",
+                           [*backend.inspect_rows(data), ("verified", verification_line(verification))])
+    info = describe_onnx(path)
+    io = [(kind[:-1], v["name"], str(v["shape"]), v["dtype"])
+          for kind in ("inputs", "outputs") for v in info[kind]]
+    rows = [("parameters", f"{info['parameters'] / 1e6:.2f} M")]
+    manifest = info["manifest"]
+    if manifest:
+        rows += _manifest_rows(info, manifest)
+    else:
+        rows.append(("manifest", "none (not made by vitedge)"))
+    prec = info["precision"]
+    rows.append(("precision", f"{prec['declared']}; weights "
+                 + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in prec["weights_by_dtype"].items())
+                 + f"; Q/DQ nodes {prec['qdq_nodes']}"))
+    return Description(info, f"{info['path']} ({info['size_bytes'] / 1e6:.1f} MB, opset "
+                             f"{info['opset']})", rows, io,
+                       ", ".join(f"{k} {v}" for k, v in info["op_histogram"].items()))
+
+
+def _manifest_rows(info: dict[str, Any], manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    from vitedge.backends import get, names
+
+    a, p = manifest["architecture"], manifest["preprocess"]
+    t = info["tokens"]
+    extras = [f"{a['act']}" if a.get("act") else "", "SwiGLU" if a.get("mlp") == "swiglu" else "",
+              "sub-LN" if a.get("mlp_norm") or a.get("attn_norm") else "",
+              "rotary embedding" if a.get("rope") else "", "pre-norm" if a["pre_norm"] else "",
+              f"{a['reg_tokens']} registers" if a["reg_tokens"] else "",
+              f"projection {a['embed_proj']}" if a.get("embed_proj") else "",
+              "zero-shot head" if a.get("head_l2norm") else "",
+              "distilled" if a["dist_token"] else ""]
+    rows = [("GMACs / image", f"{info['gmacs']:.3f}"),
+            ("tokens", f"{t['total']} = {t['prefix']} prefix + {t['patches']} patches "
+                       f"({t['grid'][0]}x{t['grid'][1]} grid)"),
+            ("architecture", f"dim {a['embed_dim']}, depth {a['depth']}, heads "
+                             f"{a['num_heads']}, mlp {a['mlp_hidden']}, patch {a['patch_size']}, "
+                             f"pool {a['global_pool']}" + "".join(f", {x}" for x in extras if x))]
+    rows += [(f"output {name}", what) for name, what in (manifest.get("outputs") or {}).items()]
+    labels = manifest["labels"]
+    src = manifest["source"]
+    rows += [("preprocess", f"{p['resize_mode']} resize {p['resize']} {p['interpolation']}, "
+                            f"crop {p['crop']}, mean {p['mean']}, std {p['std']}"),
+             ("labels", f"{len(labels)}: {', '.join(labels[:5])}"
+                        f"{', ...' if len(labels) > 5 else ''}" if labels else "none"),
+             ("source", f"{src.get('format')} {src.get('file')} ({src.get('stored_dtype')}), "
+                        f"sha256 {str(src.get('sha256'))[:16]}..."),
+             ("made by", f"vitedge {manifest['vitedge_version']}, manifest schema "
+                         f"{manifest['schema']}")]
+    if src.get("backend") in names():
+        rows += get(src["backend"]).inspect_rows(src)
+        rows.append(("verified", verification_line(src.get("verification") or {})))
+    return rows
+
+
+def verification_line(v: dict[str, Any]) -> str:
+    """The build's verification of an artifact, in one line."""
+    if v.get("skipped"):
+        return str(v["skipped"])
+    if not v:
+        return "no (built without verification, or by an older vitedge)"
+    parts = [f"vs {v['graph']} {v['vs_graph']['top1_agreement']:.2%}"]
+    if v.get("vs_fp32"):
+        parts.append(f"vs FP32 {v['vs_fp32']['top1_agreement']:.2%} (KL {v['vs_fp32']['mean_kl']:.1e})")
+    return f"on {v['data']} with {v['backend']} on {v['device']}: top-1 agreement " + ", ".join(parts)

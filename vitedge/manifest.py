@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitedge import __version__
 from vitedge.architecture import ViTConfig
 from vitedge.errors import VitedgeError
+from vitedge.version import __version__
 
 MANIFEST_KEY = "vitedge.manifest"
 SCHEMA_VERSION = 1

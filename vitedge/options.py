@@ -1,7 +1,8 @@
-"""The options of every stage, one dataclass each, and the only place their defaults are
-written: the library uses them as they are, the CLI builds its flags from them (their
-defaults and choices), and `--help` shows them. Kept free of heavy imports, so the CLI
-starts without loading onnx or torch.
+"""The options of every stage, one dataclass each, and the only place their defaults, bounds
+and help are written: the library uses them as they are, the CLI generates its flags from
+each field's `Flag` (name, help, bounds, default: `vitedge.cli.flags`), and the same bounds
+are checked when an options object is made, so a new option is one field. Kept free of
+heavy imports, so the CLI starts without loading onnx or torch.
 
 Every stage has one shape, `stage(input, output, options, report=None)`:
     export_onnx(checkpoint, out.onnx, ExportOptions)       vitedge.export
@@ -13,7 +14,8 @@ and reports through one `vitedge.report.Reporter` (step, progress, warning).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,74 @@ HISTOGRAM_BINS = 2048
 SCHEMES = ("vit", "all")
 QUANTIZE_PRECISIONS = ("int8", "fp16")
 BUILD_PRECISIONS = ("fp32", "fp16", "int8")
-BUILD_BACKENDS = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime")
 EXPLAIN_METHODS = ("cls", "rollout")
 HEAD_REDUCTIONS = ("mean", "max")
+COLOR_ORDERS = ("bgr", "rgb")
+DEVICES = ("cpu", "gpu")
+MAX_THREADS = 1024
+INSTANCE_KINDS = ("cpu", "gpu")
+TRITON_ONNX_BACKENDS = ("onnxruntime", "python")
+"""How export-triton serves an ONNX model: with Triton's onnxruntime backend, or its Python
+one (Triton's names, not vitedge's backends)."""
+PROCESS_MODES = ("primary", "secondary")
+
+
+def build_backends() -> tuple[str, ...]:
+    """What `--backend` takes: `auto` and every registered backend."""
+    from vitedge.backends import names
+
+    return ("auto", *names())
+
+
+# --- how a field appears on the command line ------------------------------------------------
+
+@dataclass(frozen=True)
+class Flag:
+    """A field's command-line flag and the bounds its value keeps (checked both by the CLI's
+    parser and when the options object is made)."""
+
+    help: str = ""
+    name: str = ""
+    """The flag, e.g. `--num-images`; default: the field's name with dashes."""
+    least: float | None = None
+    most: float | None = None
+    above: bool = False
+    """`least` itself is excluded (a duration must be more than 0)."""
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
+    metavar: str | None = None
+    path: str | None = None
+    """file, folder or any: the value names a path."""
+    negate: str = ""
+    """A flag that turns a True-by-default field off, e.g. `--no-verify`."""
+    multiple: bool = False
+    """Repeatable; the field is a tuple of the values (empty: the field's default)."""
+    parse: Callable[[str], Any] | None = None
+    """Turns the flag's text into the field's value (raising ValueError with the usage
+    error to print)."""
+    shown: str | None = None
+    """What `--help` shows as the default, where the value is not the field's default."""
+    kind: type | None = None
+    """The value's type where the default does not tell it (a None default)."""
+
+    def choice_list(self) -> tuple[str, ...] | None:
+        return self.choices() if callable(self.choices) else self.choices
+
+
+def option(default: Any = None, help: str = "", **flag: Any) -> Any:  # noqa: A002
+    """A dataclass field with its command-line flag (`Flag`)."""
+    return field(default=default, metadata={"flag": Flag(help=help, **flag)})
+
+
+def flag_of(cls: type, name: str) -> Flag:
+    for f in fields(cls):
+        if f.name == name:
+            return f.metadata.get("flag") or Flag()
+    raise KeyError(name)
+
+
+def flag_name(cls: type, name: str) -> str:
+    """The field's command-line flag, e.g. `--num-images`."""
+    return flag_of(cls, name).name or "--" + name.replace("_", "-")
 
 
 def default(cls: type, name: str) -> Any:
@@ -41,6 +108,39 @@ def default(cls: type, name: str) -> Any:
     raise KeyError(name)
 
 
+def check_fields(options: Any) -> None:
+    """Every field with a `Flag` checked against its choices and bounds: one VitedgeError
+    naming the field (and its flag) for the first value out of them."""
+    for f in fields(options):
+        spec = f.metadata.get("flag")
+        if spec is None:
+            continue
+        value = getattr(options, f.name)
+        what = f"{f.name} ({spec.name or '--' + f.name.replace('_', '-')})"
+        choices = spec.choice_list()
+        if choices is not None and value is not None and not spec.multiple:
+            _choice(value, choices, f.name.replace("_", " "))
+        if spec.least is None and spec.most is None or value is None:
+            continue
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            whole = spec.kind is int or isinstance(default(type(options), f.name), int)
+            if isinstance(v, bool) or not isinstance(v, int if whole else (int, float)):
+                raise VitedgeError(f"{what} must be a {'whole ' if whole else ''}number, "
+                                   f"not {v!r}")
+            low_ok = spec.least is None or (v > spec.least if spec.above else v >= spec.least)
+            if not low_ok or (spec.most is not None and v > spec.most):
+                raise VitedgeError(f"{what} must be {_bounds(spec)}, not {v!r}")
+
+
+def _bounds(spec: Flag) -> str:
+    if spec.least is not None and spec.most is not None:
+        return f"{spec.least:g}..{spec.most:g}"
+    if spec.least is not None:
+        return f"more than {spec.least:g}" if spec.above else f"at least {spec.least:g}"
+    return f"at most {spec.most:g}"
+
+
 def _choice(value: Any, choices: tuple[str, ...], what: str) -> None:
     if value not in choices:
         raise VitedgeError(f"unknown {what} '{value}'", f"use one of {', '.join(choices)}")
@@ -48,34 +148,62 @@ def _choice(value: Any, choices: tuple[str, ...], what: str) -> None:
 
 # --- export -------------------------------------------------------------------------------
 
+def parse_batch(text: str) -> int | None:
+    """`--batch dynamic` or a fixed batch size."""
+    if text == "dynamic":
+        return None
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise ValueError("use 'dynamic' or a positive number")
+
+
 @dataclass(frozen=True)
 class ExportOptions:
-    arch: str | None = None
-    """Architecture name (timm or torchvision) for checkpoints without a config file."""
-    num_heads: int | None = None
-    img_size: int | None = None
-    """Input size; position embeddings are resampled to it."""
-    labels: str | Path | None = None
-    batch: int | None = None
+    arch: str | None = option(help="Architecture name (timm or torchvision, e.g. "
+                              "vit_small_patch16_224) for checkpoints without a config file.",
+                              kind=str)
+    num_heads: int | None = option(help="Attention heads, when neither a config nor --arch "
+                                   "gives them.", least=1, kind=int)
+    img_size: int | None = option(help="Input size; position embeddings are resampled "
+                                  "(bicubic) to it.", least=1, kind=int)
+    labels: str | Path | None = option(help="Class names: a text file, one per line, or JSON.",
+                                       path="file")
+    batch: int | None = option(help="'dynamic' or a fixed batch size.", parse=parse_batch,
+                               shown="dynamic")
     """None: a dynamic batch dimension."""
-    opset: int = 17
-    input_kind: str = "images"
-    verify: bool = True
-    attention_outputs: bool = False
-    zero_shot: str | Path | None = None
+    opset: int = option(17, "ONNX opset (17-20).")
+    input_kind: str = option(
+        "images", "Model input: images (B,C,H,W) float, patch vectors (B,N,C*P*P) float, "
+        "frames (B,H,W,C) uint8, resized and cropped, which the graph normalises and "
+        "patchifies itself, or pixels (B,C,H,W) float 0..255, which the graph normalises "
+        "(DeepStream's nvinfer feeds these).", name="--input", choices=INPUT_KINDS)
+    verify: bool = option(True, "Skip the ONNX Runtime vs PyTorch check.", negate="--no-verify")
+    attention_outputs: bool = option(False, "Add each block's attention probabilities as "
+                                     "outputs attn.N.")
+    zero_shot: str | Path | None = option(
+        help="CLIP / SigLIP: make the image tower a classifier of these class names (a text "
+        "file, one per line), its head the text embeddings of the prompts, computed once here "
+        "with the checkpoint's text tower (transformers).", path="file", metavar="LABELS")
     """A CLIP or SigLIP image tower becomes a classifier of these class names (a text file,
     one per line): their text embeddings are its head."""
-    prompts: tuple[str, ...] = ("a photo of a {}.",)
+    prompts: tuple[str, ...] = option(
+        ("a photo of a {}.",), "Zero-shot prompt with {} for the class name; repeat to average "
+        "several. [default: 'a photo of a {}.']", name="--prompt", multiple=True,
+        metavar="TEMPLATE")
     """Zero-shot prompts; several are averaged per class."""
-    zero_shot_embeddings: str | Path | None = None
+    zero_shot_embeddings: str | Path | None = option(
+        help="The classes' text embeddings (classes x size) instead of a text tower (for an "
+        "image tower alone, e.g. timm's).", path="file", metavar="TEXT.npy")
     """The classes' text embeddings (.npy, classes x embedding) instead of a text tower."""
-    logit_scale: float | None = None
+    logit_scale: float | None = option(help="Zero-shot logit scale [default: the text tower's; "
+                                       "CLIP's 100 with --zero-shot-embeddings].", kind=float)
     """The zero-shot logit scale (default: the text tower's, or CLIP's 100)."""
-    logit_bias: float | None = None
+    logit_bias: float | None = option(help="SigLIP's logit bias [default: the text tower's].",
+                                      kind=float)
     """SigLIP's logit bias (default: the text tower's)."""
 
     def __post_init__(self) -> None:
-        _choice(self.input_kind, INPUT_KINDS, "--input")
+        check_fields(self)
         if self.zero_shot is None and (self.zero_shot_embeddings is not None or
                                        self.logit_scale is not None or self.logit_bias is not None):
             raise VitedgeError("--zero-shot-embeddings, --logit-scale and --logit-bias go with "
@@ -107,20 +235,22 @@ class CalibrationOptions:
     data: Any = None
     """Images to calibrate on: a folder, an image list, a video, an array file, or a chosen
     `vitedge.datasets.ImageSource`."""
-    method: str = "percentile"
-    percentile: float = 99.99
-    num_images: int = 512
-    batch: int = 8
-    smooth_alpha: float = 0.5
+    method: str = option("percentile", "How a tensor's histogram becomes its INT8 range.",
+                         choices=CALIBRATION_METHODS)
+    percentile: float = option(99.99, "For --method percentile: the share of |x| kept "
+                               "unclipped.")
+    num_images: int = option(512, "Images to calibrate on (a seeded sample when the source has "
+                             "more).", least=1)
+    batch: int = option(8, "Images per ONNX Runtime run.", least=1)
+    smooth_alpha: float = option(0.5, "Channel-equalisation strength alpha (SmoothQuant); 0 "
+                                 "turns it off.", name="--smooth")
     """Channel-equalisation strength (SmoothQuant); 0 turns it off."""
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _choice(self.method, CALIBRATION_METHODS, "calibration method")
+        check_fields(self)
         if not 0 < self.percentile <= 100:
             raise VitedgeError("--percentile must be in (0, 100]")
-        if self.num_images < 1 or self.batch < 1:
-            raise VitedgeError("--num-images and --batch must be positive")
         if not 0 <= self.smooth_alpha < 1:
             raise VitedgeError("--smooth must be in [0, 1) (0 turns equalisation off)")
 
@@ -135,16 +265,22 @@ class CalibrationOptions:
 class QuantizeOptions:
     """Where INT8 Q/DQ go (see vitedge.quantize.qdq)."""
 
-    scheme: str = "vit"
-    attention: bool = False
-    exclude: tuple[str, ...] = ()
+    scheme: str = option("vit", "INT8 Q/DQ placement: vit, the Linear and patch-embedding "
+                         "inputs and weights only; all, every op (naive baseline).",
+                         choices=SCHEMES)
+    attention: bool = option(False, "Also Q/DQ the attention matmuls' inputs (TensorRT's INT8 "
+                             "fused attention).", name="--quantize-attention")
+    exclude: tuple[str, ...] = option((), "Layer names to keep in float (fnmatch, e.g. "
+                                      "'blocks.0.*', 'head'). Repeatable.", multiple=True,
+                                      metavar="PATTERN")
     """Layer-name patterns (fnmatch) left in float, e.g. `blocks.0.*` or `head`."""
-    smooth: bool | None = None
+    smooth: bool | None = option(None, "Ignore the table's channel equalisation (the default "
+                                 "for --scheme all).", negate="--no-smooth")
     """Use the table's channel equalisation; None: yes for the `vit` scheme, no for the
     naive `all` baseline."""
 
     def __post_init__(self) -> None:
-        _choice(self.scheme, SCHEMES, "scheme")
+        check_fields(self)
 
     @property
     def smoothing(self) -> bool:
@@ -155,112 +291,115 @@ class QuantizeOptions:
 class QuantizeRequest:
     """The quantize stage's options."""
 
-    precision: str = "int8"
-    calib: str | None = None
-    data: str | None = None
+    precision: str = option("int8", "int8: explicit Q/DQ; fp16: float16 weights and "
+                            "activations.", choices=QUANTIZE_PRECISIONS)
+    calib: str | None = option(help="A calibration table from `vitedge calibrate`.", path="file")
+    data: str | None = option(help="Images to calibrate on (instead of --calib; the table goes "
+                              "to MODEL.calib.json and is reused), to check the result against "
+                              "FP32 on, and with --sensitivity to rank layers on.", path="any")
     calibration: CalibrationOptions = CalibrationOptions()
     qdq: QuantizeOptions = QuantizeOptions()
-    sensitivity: int = 0
+    sensitivity: int = option(0, "Rank layers by their effect on the output; keep the N most "
+                              "sensitive in float.", least=0, metavar="N")
     """Keep this many of the most sensitive layers in float (0: no analysis)."""
     min_fp32_agreement: float = 0.8
     """Least top-1 agreement with FP32 on the check images: below it quantization
     collapsed and nothing is written."""
 
     def __post_init__(self) -> None:
-        _choice(self.precision, QUANTIZE_PRECISIONS, "precision")
+        check_fields(self)
 
 
 # --- build ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class VerifyOptions:
-    enabled: bool = True
-    images: int = 128
+    enabled: bool = option(True, "Skip the check of the built artifact.", negate="--no-verify")
+    images: int = option(128, "Images of --data held out of calibration to verify the artifact "
+                         "on (at most a quarter of --data).", name="--verify-images", least=1)
     """Inputs of --data held out of calibration to verify on (at most a quarter of it)."""
-    min_agreement: float = 0.99
+    min_agreement: float = option(0.99, "Least top-1 agreement of the artifact with the graph it "
+                                  "was built from (INT8: its Q/DQ graph in float); below it the "
+                                  "build fails and writes nothing.", least=0, most=1)
     """Least top-1 agreement with the graph the artifact computes."""
-    min_fp32_agreement: float = 0.8
+    min_fp32_agreement: float = option(0.8, "Least top-1 agreement with the FP32 model; below "
+                                       "it quantization collapsed and the build fails.",
+                                       least=0, most=1)
     """Least top-1 agreement with the FP32 model (below: quantization collapsed)."""
 
     def __post_init__(self) -> None:
-        if self.images < 1:
-            raise VitedgeError("--verify-images must be at least 1")
-        for name in ("min_agreement", "min_fp32_agreement"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise VitedgeError(f"--{name.replace('_', '-')} must be between 0 and 1")
+        check_fields(self)
 
 
 @dataclass(frozen=True)
 class BuildOptions:
-    precision: str | None = None
+    precision: str | None = option(help="Default: the profile's (int8 for GPUs and CPUs alike).",
+                                   choices=BUILD_PRECISIONS)
     """None: the profile's default."""
-    data: str | None = None
+    data: str | None = option(help="Images to calibrate on (int8; a matching MODEL.calib.json is "
+                              "reused) and to hold out for verifying the artifact.", path="any")
     """Images to calibrate on and to hold out for verification."""
-    calib: str | None = None
-    profile: str | None = None
+    calib: str | None = option(help="A calibration table instead of --data.", path="file")
+    profile: str | None = option(help="Device profile name or TOML file (`vitedge profiles`); "
+                                 "default: the one `vitedge doctor` suggests for this machine.",
+                                 kind=str)
     """A profile name or TOML path; None: the one doctor suggests for this machine."""
-    backend: str = "auto"
-    batch: str | None = None
+    backend: str = option("auto", "auto: TensorRT when it and a GPU are present, else ONNX "
+                          "Runtime.", choices=build_backends)
+    batch: str | None = option(help="TensorRT optimization profile's batch range (default: the "
+                               "profile's).", metavar="MIN:OPT:MAX", kind=str)
     """MIN:OPT:MAX for the engine's optimization profile; None: the profile's."""
-    timing_cache: str | None = None
-    force: bool = False
+    timing_cache: str | None = option(help="TensorRT timing cache to load and save (faster "
+                                      "rebuilds).", path="file")
+    force: bool = option(False, "Replace intermediate models beside the artifact (MODEL.onnx, "
+                         "MODEL.PRECISION.onnx) even when this build did not make them.")
     """Replace intermediates (MODEL.onnx, MODEL.PRECISION.onnx) that a build did not make."""
     calibration: CalibrationOptions = CalibrationOptions()
     qdq: QuantizeOptions = QuantizeOptions()
     verify: VerifyOptions = VerifyOptions()
 
     def __post_init__(self) -> None:
-        _choice(self.backend, BUILD_BACKENDS, "backend")
-        if self.precision is not None:
-            _choice(self.precision, BUILD_PRECISIONS, "precision")
+        check_fields(self)
 
 
 # --- run side -----------------------------------------------------------------------------
-
-COLOR_ORDERS = ("bgr", "rgb")
-DEVICES = ("cpu", "gpu")
-MAX_THREADS = 1024
-
 
 @dataclass(frozen=True)
 class PipelineOptions:
     """`vitedge.open(path, **options)`: how the runtime pipeline runs an artifact."""
 
-    device: str | None = None
+    device: str | None = option(help="For .onnx: ONNX Runtime on the CPU, or its CUDA/TensorRT "
+                                "providers.", choices=DEVICES)
     """"gpu": ONNX Runtime's CUDA / TensorRT providers where installed; None / "cpu": the
     CPU (an engine always runs on its GPU)."""
-    color: str = "bgr"
+    color: str = option("bgr", "Channel order of the source's frames (OpenCV gives BGR).",
+                        choices=COLOR_ORDERS)
     """Channel order of 3-channel array frames (OpenCV gives BGR)."""
-    fast: bool = False
+    fast: bool = option(False, "OpenCV preprocessing (faster on a weak CPU; not bit-exact with "
+                        "the reference libraries, see `vitedge bench`).")
     """OpenCV resize instead of PIL's (not bit-exact with the reference libraries)."""
-    topk: int = 5
+    topk: int = option(5, "Classes in the top-k of each prediction.", least=1)
     keep_logits: bool = False
-    normalize_embeddings: bool = False
+    normalize_embeddings: bool = option(False, "L2-normalise the embeddings.",
+                                        name="--normalize")
     """A headless model's `Prediction.embedding` L2-normalised (for cosine similarity)."""
-    threads: int | None = None
+    threads: int | None = option(help="ONNX Runtime intra-op threads [default: every core, or "
+                                 "cores / streams].", least=1, most=MAX_THREADS, kind=int)
     """ONNX Runtime intra-op threads; None: every core, or cores / streams."""
-    batch: int = 1
+    batch: int = option(1, "Images per inference.", least=1)
     """Frames `stream()` runs together."""
     cuda_graph: bool = False
     """Replay a TensorRT engine's execution as a CUDA graph."""
-    streams: int = 1
+    streams: int = option(1, "Frames in flight at once, each on its share of the CPU cores "
+                          "(ONNX Runtime). 1: every core on one frame, the lowest latency; the "
+                          "number of cores: the most frames/s, each frame slower.", least=1)
     """Frames in flight at once in `stream()` (ONNX Runtime)."""
 
     def __post_init__(self) -> None:
-        if self.device is not None:
-            _choice(self.device, DEVICES, "device")
-        _choice(self.color, COLOR_ORDERS, "color order")
         for name in ("fast", "keep_logits", "normalize_embeddings", "cuda_graph"):
             if not isinstance(getattr(self, name), bool):
                 raise VitedgeError(f"{name} must be True or False, not {getattr(self, name)!r}")
-        for name, least in (("topk", 1), ("batch", 1), ("streams", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise VitedgeError(f"{name} must be a whole number of at least {least}, "
-                                   f"not {value!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(
-                self.threads, bool) or not 1 <= self.threads <= MAX_THREADS):
-            raise VitedgeError(f"threads must be between 1 and {MAX_THREADS}, not {self.threads!r}")
+        check_fields(self)
 
 
 def pipeline_options(options: PipelineOptions | None = None, **changes: Any) -> PipelineOptions:
@@ -274,34 +413,42 @@ def pipeline_options(options: PipelineOptions | None = None, **changes: Any) -> 
 
     return replace(options or PipelineOptions(), **changes)
 
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How a live source (camera, stream, GStreamer) rides out an outage."""
+
+    reconnect_for: float | None = option(
+        help="A live source that drops is reconnected until it is back; after this many "
+        "seconds without a frame it counts as gone (exit 1). Default: keep trying.",
+        least=0, metavar="SECONDS", kind=float)
+    """Seconds without a frame after which a dropped live source counts as gone; None:
+    keep trying for ever (each attempt counted and reported)."""
+    max_failures: int = 30
+    """Failed reads in a row after which the stream counts as dropped and is re-opened."""
+    backoff: float = 0.5
+    """First wait before re-opening; it doubles up to `backoff_max`."""
+    backoff_max: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.reconnect_for is not None and self.reconnect_for < 0:
+            raise VitedgeError("--reconnect-for must be 0 or more seconds")
+        if self.max_failures < 1 or self.backoff < 0 or self.backoff_max < self.backoff:
+            raise VitedgeError("a source needs max_failures >= 1 and 0 <= backoff <= backoff_max")
+
+
 @dataclass(frozen=True)
 class EvalOptions:
-    data: str | Path = ""
+    data: str | Path = option("", "A folder with one sub-folder of images per class, named after "
+                              "the labels.", path="any")
     """A folder with one sub-folder of images per class, named after the labels."""
-    reference: str | Path | None = None
-    batch: int = 64
-    limit: int | None = None
+    reference: str | Path | None = option(help="Another model (e.g. the FP32 export) to compare "
+                                          "with on the same images.", path="any")
+    batch: int = option(64, least=1)
+    limit: int | None = option(help="Evaluate a seeded sample of this many.", least=1, kind=int)
 
     def __post_init__(self) -> None:
-        if self.batch < 1 or (self.limit is not None and self.limit < 1):
-            raise VitedgeError("--batch and --limit must be positive")
-
-
-@dataclass(frozen=True)
-class ExplainOptions:
-    method: str = "cls"
-    layer: int = -1
-    """Block for `cls`: 0 is the first, -1 the last."""
-    head: str | int = "mean"
-    """`mean` or `max` over heads, or one head's index."""
-    topk: int = 3
-    fast: bool = False
-    compare: str | Path | None = None
-    """Another artifact drawn beside, with the maps' cosine similarity."""
-
-    def __post_init__(self) -> None:
-        _choice(self.method, EXPLAIN_METHODS, "method")
-        parse_head(self.head)
+        check_fields(self)
 
 
 def parse_head(text: str | int) -> str | int:
@@ -315,89 +462,118 @@ def parse_head(text: str | int) -> str | int:
 
 
 @dataclass(frozen=True)
+class ExplainOptions:
+    method: str = option("cls", "cls: the class token's attention in one layer; rollout: "
+                         "attention rollout across all layers (residual added, rows "
+                         "re-normalised).", choices=EXPLAIN_METHODS)
+    layer: int = option(-1, "Block for cls: 0 is the first, -1 the last.")
+    """Block for `cls`: 0 is the first, -1 the last."""
+    head: str | int = option("mean", "mean or max over the heads, or one head's number (0 is "
+                             "the first).")
+    """`mean` or `max` over heads, or one head's index."""
+    topk: int = option(3, least=1)
+    fast: bool = option(False, "OpenCV preprocessing (faster on a weak CPU; not bit-exact with "
+                        "the reference libraries, see `vitedge bench`).")
+    compare: str | Path | None = option(help="Draw OTHER_ARTIFACT's map beside it (e.g. the FP32 "
+                                        "export beside INT8), with the maps' cosine similarity.",
+                                        path="any", metavar="OTHER_ARTIFACT")
+    """Another artifact drawn beside, with the maps' cosine similarity."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        parse_head(self.head)
+
+
+def parse_counts(text: str) -> tuple[int, ...]:
+    """`1` or `1,2`: comma-separated positive counts."""
+    try:
+        counts = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError("use numbers like 1 or 1,2") from None
+    if any(n < 1 for n in counts):
+        raise ValueError("must be positive")
+    return counts
+
+
+@dataclass(frozen=True)
 class BenchOptions:
-    batches: tuple[int, ...] = (1,)
-    warmup: int = 10
-    iterations: int | None = 100
-    duration: float | None = None
+    batches: tuple[int, ...] = option((1,), "Batch sizes, comma-separated (1,8).", name="--batch",
+                                      parse=parse_counts, shown="1", least=1)
+    warmup: int = option(10, least=0)
+    iterations: int | None = option(100, least=1)
+    duration: float | None = option(help="Run for this many seconds instead of --iterations.",
+                                    least=0, above=True, kind=float)
     """Seconds to run instead of a number of iterations."""
-    source: str | None = None
-    fast: bool = False
-    layers: bool = False
-    streams: tuple[int, ...] = (1,)
+    source: str | None = option(help="Frames from a source (default: random 640x480 BGR "
+                                "frames).", kind=str)
+    fast: bool = option(False, "OpenCV preprocessing.")
+    layers: bool = option(False, "Per-layer times (TensorRT profiler; ONNX Runtime profiling on "
+                          "the CPU).")
+    streams: tuple[int, ...] = option((1,), "Frames in flight at once, comma-separated (1,2): "
+                                      "each artifact runs with each, interleaved; more streams "
+                                      "give more frames/s on a CPU (ONNX Runtime).",
+                                      parse=parse_counts, shown="1", least=1)
     """Each artifact is opened once per value: batches in flight at once."""
 
     def __post_init__(self) -> None:
-        if any(b < 1 for b in self.batches):
-            raise VitedgeError("--batch sizes must be positive")
-        if any(s < 1 for s in self.streams):
-            raise VitedgeError("--streams must be positive")
+        check_fields(self)
 
 
 # --- serve --------------------------------------------------------------------------------
-
-INSTANCE_KINDS = ("cpu", "gpu")
-ONNX_BACKENDS = ("onnxruntime", "python")
-
 
 @dataclass(frozen=True)
 class ServeOptions:
     """`vitedge serve` / `export-triton`: how Triton serves each artifact."""
 
-    host: str = "127.0.0.1"
+    host: str = option("127.0.0.1", "Address to listen on; loopback unless you mean to expose "
+                       "it.")
     """Where the server listens: loopback unless told otherwise."""
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
-    max_batch: int | None = None
+    http_port: int = option(8000, "HTTP/REST port (0: any free one).", least=0, most=65535)
+    grpc_port: int = option(8001, "gRPC port (0: any free one).", least=0, most=65535)
+    metrics_port: int = option(8002, "Prometheus metrics port (0: any free one).", least=0,
+                               most=65535)
+    max_batch: int | None = option(help="Largest batch Triton's dynamic batcher forms "
+                                   "[default: an engine's optimization profile max, else 8; more "
+                                   "than an engine allows is refused].", least=1, most=4096,
+                                   kind=int)
     """Largest batch dynamic batching forms; None: a TensorRT engine's profile max, else 8.
     More than an engine's profile allows is refused (Triton would not load it)."""
-    max_delay_us: int = 1000
+    max_delay_us: int = option(1000, "How long a request may wait for others to batch with "
+                               "(microseconds).", least=0, most=10_000_000)
     """How long a request may wait for others to batch with (microseconds)."""
-    instances: int = 1
-    topk: int = 5
-    instance_kind: str = "cpu"
-    onnx_backend: str = "onnxruntime"
+    instances: int = option(1, "Model instances (instance_group count).", least=1, most=64)
+    topk: int = option(5, "Classes in the topk outputs.", least=1, most=1000)
+    instance_kind: str = option("cpu", "Where ONNX and Python models run (a TensorRT plan always "
+                                "runs on the GPU).", choices=INSTANCE_KINDS)
+    onnx_backend: str = option(TRITON_ONNX_BACKENDS[0], "Serve an ONNX model with Triton's "
+                               "onnxruntime backend, or through vitedge in the Python backend "
+                               "(a Triton without the ONNX Runtime backend).",
+                               choices=TRITON_ONNX_BACKENDS)
     """export-triton: serve an ONNX model with Triton's onnxruntime backend, or with the
     Python backend running vitedge (for servers without that backend)."""
 
     def __post_init__(self) -> None:
-        for name in ("http_port", "grpc_port", "metrics_port"):
-            port = getattr(self, name)
-            if not isinstance(port, int) or not 0 <= port <= 65535:
-                raise VitedgeError(f"--{name.replace('_', '-')} must be a port number (0: any free)")
-        if not 1 <= (self.max_batch or 1) <= 4096 or not 1 <= self.instances <= 64:
-            raise VitedgeError("--max-batch must be 1..4096 and --instances 1..64")
-        if not 0 <= self.max_delay_us <= 10_000_000 or not 1 <= self.topk <= 1000:
-            raise VitedgeError("--max-delay-us must be 0..10000000 and --topk 1..1000")
-        _choice(self.instance_kind, INSTANCE_KINDS, "instance kind")
-        _choice(self.onnx_backend, ONNX_BACKENDS, "ONNX backend")
+        check_fields(self)
 
 
 # --- export-deepstream ----------------------------------------------------------------------
-
-PROCESS_MODES = ("primary", "secondary")
-
 
 @dataclass(frozen=True)
 class DeepStreamOptions:
     """How nvinfer runs the classifier."""
 
-    batch_size: int = 1
-    process_mode: str = "primary"
+    batch_size: int = option(1, "nvinfer's batch-size.", least=1, most=1024)
+    process_mode: str = option("primary", "primary: classify whole frames; secondary: a "
+                               "detector's objects.", name="--mode", choices=PROCESS_MODES)
     """primary: classify whole frames; secondary: the objects a detector found."""
-    classifier_threshold: float = 0.5
+    classifier_threshold: float = option(0.5, "classifier-threshold: least probability to "
+                                         "attach a label.", name="--threshold", least=0, most=1)
     """Least probability for nvinfer to attach the label."""
-    gie_id: int = 1
+    gie_id: int = option(1, "gie-unique-id of this classifier.", least=1)
     """gie-unique-id of this classifier; a secondary one is given its detector's as
     operate_on_gie_id."""
-    operate_on_gie_id: int | None = None
+    operate_on_gie_id: int | None = option(help="Secondary mode: the detector's gie-unique-id.",
+                                           least=1, kind=int)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 1024:
-            raise VitedgeError("--batch-size must be 1..1024")
-        _choice(self.process_mode, PROCESS_MODES, "process mode")
-        if not 0.0 <= self.classifier_threshold <= 1.0:
-            raise VitedgeError("--threshold is a probability: 0..1")
-        if self.gie_id < 1 or (self.operate_on_gie_id is not None and self.operate_on_gie_id < 1):
-            raise VitedgeError("gie ids are positive numbers")
+        check_fields(self)

@@ -19,6 +19,7 @@ The figures go into the artifact (manifest or engine sidecar), the build summary
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,8 +97,8 @@ def verify_artifact(runner: Any, graph: bytes, graph_name: str, fp32: Path | Non
                     backend: str, device: str, tensorrt_graph: bytes | None = None,
                     cpu: dict[str, Any] | None = None) -> Verification:
     """Run the artifact (through `runner`, as the pipeline will) and its references."""
-    from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
-    from vitedge.backends.onnxruntime.session import graph_output
+    from vitedge.backends import embedded
+    from vitedge.sessions import graph_output
 
     def in_float(graph: bytes) -> np.ndarray:
         """The graph with every ONNX Runtime optimization off: Q/DQ nodes computed in
@@ -108,7 +109,7 @@ def verify_artifact(runner: Any, graph: bytes, graph_name: str, fp32: Path | Non
     classifier = bool(runner.manifest.is_classifier)
     vs_fp32 = None
     if fp32 is not None:
-        with OnnxRuntimeRunner(fp32) as reference:
+        with embedded().load(fp32) as reference:
             vs_fp32 = agreement(reference.infer(inputs), out)
     return Verification(
         backend=backend, device=device, data=data, held_out=held_out, graph=graph_name,
@@ -121,15 +122,18 @@ def verify_artifact(runner: Any, graph: bytes, graph_name: str, fp32: Path | Non
         [f"verified on {len(inputs)} inputs only: too few to judge agreement (give --data)"])
 
 
-def check_verification(v: Verification, artifact_model: Any = None) -> None:
-    """Raise VerificationError, with the cause found and what to try, when `v` fails."""
+def check_verification(v: Verification, cause: Callable[[Verification], str] | None = None
+                       ) -> None:
+    """Raise VerificationError, with the cause found (`cause`, the backend's reading of
+    the failure) and what to try, when `v` fails."""
     if not v.judged:
         return
     same = judge(v.vs_graph, v.min_agreement, SAME_FUNCTION_COSINE, v.classifier)
     if not same.ok:
+        why = cause(v) if cause is not None else "it computes something else"
         raise VerificationError(
             f"the {v.backend} artifact agrees with {v.graph} on {v.data} by only "
-            f"{same.measure}: {_graph_cause(v, artifact_model)}",
+            f"{same.measure}: {why}",
             "nothing was written; --min-agreement lowers the bar if this is expected")
     kept = judge(v.vs_fp32, v.min_fp32_agreement, COLLAPSE_COSINE, v.classifier, worst=False) \
         if v.vs_fp32 is not None else None
@@ -142,18 +146,30 @@ def check_verification(v: Verification, artifact_model: Any = None) -> None:
             "--min-fp32-agreement lowers the bar")
 
 
-def _graph_cause(v: Verification, artifact_model: Any) -> str:
-    if v.backend == "onnxruntime" and v.cpu and v.cpu.get("saturates") and artifact_model is not None:
-        from vitedge.backends.onnxruntime.int8 import WEIGHT_MAX, largest_integer_weight
+def verification_lines(v: dict[str, Any]) -> list[str]:
+    """A build's verification (`Verification.to_dict`) as the build summary prints it: where
+    it ran, then one line per reference with what was judged; [] when there is none."""
+    if not v or v.get("skipped"):
+        return []
+    lines = [f"verified on {v['data']} ({v['backend']}, {v['device']}):"]
+    rows = [("vs " + v["graph"], v["vs_graph"], v["min_agreement"]),
+            ("vs the FP32 model", v["vs_fp32"], v["min_fp32_agreement"]),
+            ("vs the 8-bit Q/DQ graph TensorRT gets", v["vs_tensorrt_graph"], None)]
+    from vitedge.compare import MIN_DECIDED
 
-        largest = largest_integer_weight(artifact_model)
-        if largest > WEIGHT_MAX:
-            return (f"this CPU's ONNX Runtime integer kernels ({v.cpu.get('kernel')}, no VNNI) "
-                    f"add products in saturating 16-bit lanes and the artifact has weights up "
-                    f"to {largest}")
-    if v.backend == "onnxruntime":
-        return ("ONNX Runtime's optimized artifact computes something else than the graph it "
-                "was built from (a rewrite or kernel is wrong); please report it")
-    return (f"{v.backend}'s engine computes something else than the graph it was built from "
-            "(a kernel's precision or a fusion); try --precision fp16, or keep layers in float "
-            "with vitedge quantize --exclude")
+    for what, a, least in rows:
+        if not a:
+            continue
+        decided = a.get("decided", a["images"])
+        if not v.get("classifier", True):
+            top1 = ""  # an embedding: judged by cosine
+        elif decided >= MIN_DECIDED:
+            bar = f", at least {least:.0%}" if least is not None and v["judged"] else ""
+            top1 = (f"top-1 agreement {a.get('decided_agreement', a['top1_agreement']):.2%} "
+                    f"({decided} decided inputs{bar}; {a['top1_agreement']:.2%} of all), ")
+        else:
+            top1 = (f"top-1 agreement {a['top1_agreement']:.2%} (near ties: the reference "
+                    f"decides only {decided} inputs, so cosine is judged), ")
+        lines.append(f"  {what}: {top1}mean KL {a['mean_kl']:.2e}, cosine {a['cosine']:.5f} "
+                     f"(min {a['cosine_min']:.5f})")
+    return lines

@@ -2,13 +2,17 @@
 `BaseRunner`: a loaded artifact with its manifest and I/O description that maps a batch of
 model inputs to outputs, times itself, profiles its layers, reads its attention for
 `explain`, and releases everything on `close`. The pipeline, bench, explain, eval, serve
-and the CLI use only this; what differs between backends stays in their folders."""
+and the CLI use only this; what differs between backends stays in their folders.
+
+And the `Backend` contract: everything else vitedge asks of a backend (its build, whether it
+can build or run here, its device-profile section, `doctor`, `inspect`, Triton), one object
+per backend, registered once in `vitedge.backends`."""
 
 from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -138,3 +142,214 @@ class Runner(ABC):
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+# --- the build side and everything else vitedge asks of a backend --------------------------
+
+@dataclass(frozen=True)
+class Check:
+    """One line of `vitedge doctor`: a component, whether it is usable, what was found, and
+    what to do where it is not."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class BuildRequest:
+    """What `vitedge build` hands a backend: the ONNX graph to build from (FP32, FP16 or Q/DQ
+    INT8, with its manifest) and how (the device profile, the batch range, a timing cache)."""
+
+    model: Path
+    manifest: Manifest
+    profile: Any
+    """The `vitedge.profiles.Profile`; the backend reads its own section."""
+    batch: Any
+    """The `vitedge.profiles.BatchRange` an engine's optimization profile covers."""
+    timing_cache: Path | None = None
+    report: Any = None
+    """A `vitedge.report.Reporter` for steps, progress and warnings."""
+
+
+@dataclass
+class BuiltArtifact:
+    """What a backend's build made at `path` (a temporary path until the build succeeds)."""
+
+    path: Path
+    graph: bytes
+    """The ONNX graph the artifact computes: what the build's verification compares it with."""
+    graph_name: str
+    """That graph, in words (the build summary says what was compared)."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """Entries for the build result's `details`, as the backend names them."""
+    notes: list[str] = field(default_factory=list)
+    portable_graph: bytes | None = None
+    """Where the artifact computes a re-encoded graph (ONNX Runtime's 7-bit INT8 weights):
+    the portable Q/DQ graph a GPU backend is given, compared too (reported, not judged)."""
+    cpu: dict[str, Any] | None = None
+    """The CPU's INT8 kernel class where that decides what the artifact computes."""
+    state: Any = None
+    """The backend's own (its amended model, its engine description)."""
+
+
+@dataclass(frozen=True)
+class TritonModel:
+    """How Triton's own backend for this artifact serves it (`vitedge export-triton`)."""
+
+    platform: str
+    """Triton's platform: tensorrt_plan, onnxruntime_onnx."""
+    file: str
+    """The model file's name in the version folder: model.plan, model.onnx."""
+    payload: Path | bytes
+    """The artifact itself, or the bytes to write instead."""
+    manifest: Manifest
+    inputs: list[TensorInfo]
+    """With the batch dimension first (-1 where it is dynamic)."""
+    outputs: list[TensorInfo]
+    batch: str | None = None
+    """An engine's optimization-profile batch range, "MIN:OPT:MAX"; None: any batch."""
+    warmup: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+class Backend(ABC):
+    """A backend as the rest of vitedge sees it: its name, the artifact it makes, whether it
+    can build here, its build, its runner, its device-profile section, its `doctor` checks
+    and `inspect` rows, and how Triton serves what it makes. One object per backend, in its
+    own folder, listed once in `vitedge.backends.BACKENDS`; `vitedge build`, `inspect`,
+    `bench`, `serve`, `profiles` and `doctor` take their choices from that registry."""
+
+    name: ClassVar[str]
+    """`--backend NAME`, and what an artifact records as its backend."""
+    product: ClassVar[str]
+    """The library, as people call it: ONNX Runtime, TensorRT, TensorRT for RTX."""
+    suffix: ClassVar[str]
+    """The artifact's file suffix: `.ort.onnx`, `.engine`."""
+    build_step: ClassVar[str]
+    """The build summary's name for the backend's step."""
+    runner: ClassVar[str]
+    """Its Runner class, "module:Class", imported on first use."""
+    onnx_artifact: ClassVar[bool] = False
+    """The artifact is an ONNX model carrying its manifest (else a file with a description
+    beside it)."""
+    settings: ClassVar[tuple[str, type] | None] = None
+    """Its device-profile section: (TOML table name, the dataclass it is read into)."""
+    default_profile: ClassVar[str] = "cpu"
+    """The device profile a build for this backend uses when none is given."""
+
+    # --- here, on this machine --------------------------------------------------------
+
+    def unavailable(self) -> str | None:
+        """None when this backend can build here; else why not, in a few words."""
+        return None
+
+    def require(self) -> None:
+        """Fail before any work, in one line saying what is missing, where it cannot build."""
+        return None
+
+    def device(self) -> str:
+        """What the artifact would run on, in words, for the build summary."""
+        return "CPU"
+
+    def cannot_run_here(self) -> str | None:
+        """None when an artifact of this backend can run on this machine; else why not."""
+        return None
+
+    def version(self) -> str | None:
+        """The installed library's version, or None."""
+        return None
+
+    def machine_facts(self) -> dict[str, Any]:
+        """What about this machine decides how this backend runs (for `bench`'s record)."""
+        return {}
+
+    def doctor(self) -> list[Check]:
+        """What `vitedge doctor` says about this backend on this machine."""
+        reason = self.unavailable()
+        return [Check(self.name, reason is None, self.version() or reason or "installed")]
+
+    # --- artifacts -----------------------------------------------------------------------
+
+    @abstractmethod
+    def claims(self, path: Path) -> bool:
+        """Whether the artifact at `path` is this backend's to run (from what the file is)."""
+
+    def load(self, path: str | Path, threads: int | None = None, device: str | None = None,
+             cuda_graph: bool = False) -> Runner:
+        """The artifact at `path` behind the runner interface."""
+        import importlib
+
+        module, _, cls = self.runner.partition(":")
+        runner: Runner = getattr(importlib.import_module(module), cls)(path)
+        return runner
+
+    def describe(self, path: Path) -> dict[str, Any]:
+        """`vitedge inspect --json` of an artifact that is not an ONNX model."""
+        raise VitedgeError(f"{path.name}: the {self.name} backend cannot describe its artifact")
+
+    def inspect_rows(self, description: dict[str, Any]) -> list[tuple[str, str]]:
+        """`vitedge inspect`'s rows for what the build recorded (`source` of an ONNX
+        artifact's manifest, or `describe`'s answer)."""
+        return []
+
+    def parser_available(self) -> bool:
+        """Whether this backend has its own ONNX parser installed here (`parser_problems`)."""
+        return False
+
+    def parser_problems(self, model: Any) -> list[str] | None:
+        """What this backend's own ONNX parser rejects in `model` (a ModelProto or its
+        bytes), where the backend has a parser and it is installed; None otherwise."""
+        return None
+
+    def triton_model(self, artifact: Path) -> TritonModel:
+        """How Triton's own backend serves this artifact (export-triton)."""
+        raise VitedgeError(f"{artifact.name} is a {self.name} artifact; Triton has no backend "
+                           "that runs it", "export the ONNX model it was built from instead")
+
+    # --- build ---------------------------------------------------------------------------
+
+    def chosen(self, profile: Any) -> str:
+        """Why `--backend auto` picked this backend for `profile`, in words."""
+        return f"profile {profile.name} builds for {self.product}"
+
+    @abstractmethod
+    def build(self, request: BuildRequest, path: Path) -> BuiltArtifact:
+        """Build the artifact at `path` from `request.model`."""
+
+    def load_built(self, built: BuiltArtifact) -> Runner:
+        """The artifact a build just made, loaded as the build's verification runs it."""
+        return self.load(built.path)
+
+    def check_int8(self, reference: Any, quantized: Any, x: Any, in_float: Any) -> Any:
+        """What this backend's integer kernels on this machine make of an INT8 Q/DQ graph
+        (quantize's check), where that can differ from the graph computed in float; None
+        where the backend has nothing to add."""
+        return None
+
+    def record(self, built: BuiltArtifact, verification: dict[str, Any]) -> None:
+        """Write the build's verification (or why it was skipped) into the artifact."""
+        return None
+
+    def finish(self, built: BuiltArtifact, final: Path) -> None:
+        """The artifact moves to `final`: move what lies beside it (a description) too."""
+        return None
+
+    def discard(self, path: Path) -> None:
+        """A failed build: remove what lies beside the temporary artifact."""
+        return None
+
+    def disagreement(self, verification: Any, built: BuiltArtifact) -> str:
+        """The likely cause when the artifact does not compute the graph it came from."""
+        return (f"{self.product} computes something else than the graph it was built from "
+                "(a kernel's precision or a fusion)")
+
+    # --- device profiles -------------------------------------------------------------------
+
+    def profile_rows(self, profile: Any) -> list[tuple[str, str]]:
+        """`vitedge profiles NAME`'s rows for a profile that builds for this backend."""
+        if self.settings is None:
+            return []
+        section = getattr(profile, self.settings[0])
+        return [(self.settings[0], ", ".join(f"{k} {v}" for k, v in asdict(section).items()))]

@@ -140,12 +140,12 @@ def position_embeddings(artifact: str | Path) -> tuple[np.ndarray, tuple[int, in
     """The patch positions' embeddings (N, D) of a vitedge ONNX model and its patch grid."""
     from onnx import numpy_helper
 
-    from vitedge.backends import is_engine
+    from vitedge.backends import is_onnx_artifact
     from vitedge.graph import load_onnx
     from vitedge.manifest import manifest_from_onnx
 
     path = Path(artifact)
-    if is_engine(path):
+    if not is_onnx_artifact(path):
         raise VitedgeError(f"{path.name}: the position embeddings are read from an ONNX model "
                            "(an engine's weights are not readable)",
                            "pass the ONNX model the engine was built from")

@@ -107,11 +107,24 @@ def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
 
 
 def tensorrt_check(model: onnx.ModelProto) -> list[str]:
-    """What TensorRT would reject in the graph: TensorRT for RTX's real ONNX parser where
-    tensorrt_rtx is installed (one line per error, naming the node), and this table's rules
-    in any case, which also hold where that parser is more lenient than TensorRT 10."""
-    from vitedge.backends.tensorrt_rtx.parser import parser_problems
+    """What TensorRT would reject in the graph: the real ONNX parser of every backend that
+    has one installed here (TensorRT for RTX's; one line per error, naming the node), and
+    this table's rules in any case, which also hold where a parser is more lenient than
+    TensorRT 10."""
+    from vitedge.backends import all_backends
 
     problems = tensorrt_problems(model)
-    real = parser_problems(model)
-    return problems + [f"TensorRT for RTX's parser: {p}" for p in (real or [])]
+    for backend in all_backends():
+        real = backend.parser_problems(model)
+        problems += [f"{backend.product}'s parser: {p}" for p in (real or [])]
+    return problems
+
+
+def parser_summary() -> str:
+    """What a graph that passed `tensorrt_check` passed, in one line."""
+    from vitedge.backends import all_backends
+
+    real = "".join(f"{b.product}'s ONNX parser and " for b in all_backends()
+                   if b.parser_available())
+    return (f"TensorRT's parser: ok ({real}vitedge's operator table: symmetric Q/DQ, no int32 "
+            "bias, supported ops)")

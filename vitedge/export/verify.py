@@ -70,7 +70,7 @@ def verify_onnx_against_torch(
 ) -> list[Comparison]:
     import torch
 
-    from vitedge.backends.onnxruntime.session import ort_session, run_in_batches
+    from vitedge.sessions import ort_session, run_in_batches
 
     session = ort_session(model_bytes)
     results = []

@@ -151,3 +151,10 @@ def find_arch(name: str) -> NamedArch:
     close = get_close_matches(name, ARCHITECTURES, n=3)
     hint = f"did you mean {', '.join(close)}?" if close else "`vitedge archs` lists them"
     raise VitedgeError(f"unknown architecture '{name}'", hint)
+
+
+def architecture_rows() -> list[dict[str, Any]]:
+    """`vitedge archs`: each name with its size, patch, image size and layout."""
+    return [{"name": a.name, **{k: a.args[k] for k in ("embed_dim", "depth", "num_heads",
+                                                        "patch_size", "img_size")},
+             "distilled": a.distilled, "layout": a.layout} for a in ARCHITECTURES.values()]

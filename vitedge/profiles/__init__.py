@@ -20,13 +20,7 @@ else:  # JetPack 6 ships Python 3.10
     import tomli as tomllib
 
 PROFILE_DIR = Path(__file__).parent
-MAX_THREADS = 1024
 PRECISIONS = ("fp32", "fp16", "int8")
-BACKENDS = ("tensorrt", "tensorrt-rtx", "onnxruntime")
-RTX_TARGETS = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1", "current")
-RTX_SPECIALIZATION = ("lazy", "eager", "none")
-RTX_CUDA_GRAPHS = ("disabled", "whole_graph_capture")
-HARDWARE_COMPATIBILITY = ("none", "ampere+", "same-compute-capability")
 
 
 @dataclass(frozen=True)
@@ -59,87 +53,45 @@ class BatchRange:
 
 
 @dataclass(frozen=True)
-class TensorRTSettings:
-    workspace_mb: int = 1024
-    optimization_level: int = 3
-    dla_core: int = -1
-    """-1: no DLA; 0 or 1: that DLA core, with GPU fallback."""
-    hardware_compatibility: str = "none"
-    version_compatible: bool = False
-    cuda_graphs: bool = True
-
-    def __post_init__(self) -> None:
-        if self.workspace_mb <= 0:
-            raise VitedgeError("tensorrt.workspace_mb must be positive")
-        if not 0 <= self.optimization_level <= 5:
-            raise VitedgeError("tensorrt.optimization_level must be 0..5")
-        if self.dla_core < -1:
-            raise VitedgeError("tensorrt.dla_core must be -1 (none) or a core index")
-        if self.hardware_compatibility not in HARDWARE_COMPATIBILITY:
-            raise VitedgeError(f"tensorrt.hardware_compatibility '{self.hardware_compatibility}'"
-                               f" is not one of {', '.join(HARDWARE_COMPATIBILITY)}")
-
-
-@dataclass(frozen=True)
-class TensorRTRTXSettings:
-    """TensorRT for RTX (`vitedge.backends.tensorrt.flavours`): what the engine targets and
-    how its kernels are compiled on the user's GPU."""
-
-    compute_capabilities: tuple[str, ...] = ("8.6", "8.9", "12.0")
-    """Build targets: Ampere RTX 30xx, Ada RTX 40xx, Blackwell RTX 50xx by default; 7.5 for
-    Turing (explicit only), `current` for this machine's GPU."""
-    runtime_cache: bool = True
-    """Keep the JIT-compiled kernels in ENGINE.runtime-cache beside the engine."""
-    dynamic_shapes: str = "lazy"
-    """Kernel specialisation for a new batch size: lazy (a fallback kernel first, the
-    specialised one compiled in the background), eager, or none."""
-    cuda_graph_strategy: str = "disabled"
-
-    def __post_init__(self) -> None:
-        if not self.compute_capabilities or any(
-                c not in RTX_TARGETS for c in self.compute_capabilities):
-            raise VitedgeError(f"tensorrt_rtx.compute_capabilities must be some of "
-                               f"{', '.join(RTX_TARGETS)}")
-        if self.dynamic_shapes not in RTX_SPECIALIZATION:
-            raise VitedgeError(f"tensorrt_rtx.dynamic_shapes must be one of {', '.join(RTX_SPECIALIZATION)}")
-        if self.cuda_graph_strategy not in RTX_CUDA_GRAPHS:
-            raise VitedgeError(f"tensorrt_rtx.cuda_graph_strategy must be one of "
-                               f"{', '.join(RTX_CUDA_GRAPHS)}")
-
-
-@dataclass(frozen=True)
-class OnnxRuntimeSettings:
-    threads: int = 0
-    """0: ONNX Runtime's choice (every physical core)."""
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.threads <= MAX_THREADS:
-            raise VitedgeError(f"onnxruntime.threads must be 0 (automatic) to {MAX_THREADS}")
-
-
-@dataclass(frozen=True)
 class Profile:
+    """A device build profile: the backend and precision it builds, the batch range, and
+    each backend's own table (`profile.tensorrt`, `profile.onnxruntime`, ...: the sections
+    the backends register, `vitedge.backends.profile_sections`)."""
+
     name: str
     description: str
     backend: str
     precision: str
     batch: BatchRange = BatchRange()
-    tensorrt: TensorRTSettings = TensorRTSettings()
-    tensorrt_rtx: TensorRTRTXSettings = TensorRTRTXSettings()
-    onnxruntime: OnnxRuntimeSettings = OnnxRuntimeSettings()
+    sections: dict[str, Any] = field(default_factory=dict)
+    """Each registered backend's table, read or at its defaults."""
     match: tuple[str, ...] = ()
     """Substrings of the Jetson model or GPU name this profile is for (doctor's pick)."""
     notes: tuple[str, ...] = field(default=())
     path: str = ""
 
+    def __getattr__(self, name: str) -> Any:
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        if name in _section_types():  # a profile made before that backend was registered
+            return _section_types()[name]()
+        raise AttributeError(name)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        sections = {name: asdict(self.__getattr__(name)) for name in _section_types()}
+        return {"name": self.name, "description": self.description, "backend": self.backend,
+                "precision": self.precision, "batch": asdict(self.batch), **sections,
+                "match": list(self.match), "notes": list(self.notes), "path": self.path}
 
 
-_SECTIONS: dict[str, type] = {"batch": BatchRange, "tensorrt": TensorRTSettings,
-                              "tensorrt_rtx": TensorRTRTXSettings,
-                              "onnxruntime": OnnxRuntimeSettings}
-_TOP = {"description", "backend", "precision", "match", "notes", *_SECTIONS}
+_TOP = ("description", "backend", "precision", "match", "notes", "batch")
+
+
+def _section_types() -> dict[str, type]:
+    from vitedge.backends import profile_sections
+
+    return profile_sections()
 
 
 def available() -> list[str]:
@@ -169,18 +121,21 @@ def load_profile(name_or_path: str | Path) -> Profile:
 
 
 def profile_from_dict(name: str, data: dict[str, Any], path: str = "") -> Profile:
+    from vitedge.backends import names
+
     where = f"profile '{name}'"
-    _no_unknown(data, _TOP, where)
+    types = {"batch": BatchRange, **_section_types()}
+    _no_unknown(data, {*_TOP, *types}, where)
     for key in ("description", "backend", "precision"):
         if key not in data:
             raise VitedgeError(f"{where} lacks '{key}'")
-    if data["backend"] not in BACKENDS:
-        raise VitedgeError(f"{where}: backend '{data['backend']}' is not one of {', '.join(BACKENDS)}")
+    if data["backend"] not in names():
+        raise VitedgeError(f"{where}: backend '{data['backend']}' is not one of {', '.join(names())}")
     if data["precision"] not in PRECISIONS:
         raise VitedgeError(f"{where}: precision '{data['precision']}' is not one of "
                            f"{', '.join(PRECISIONS)}")
     sections: dict[str, Any] = {}
-    for key, cls in _SECTIONS.items():
+    for key, cls in types.items():
         table = data.get(key, {})
         if not isinstance(table, dict):
             raise VitedgeError(f"{where}: [{key}] must be a table")
@@ -200,9 +155,11 @@ def profile_from_dict(name: str, data: dict[str, Any], path: str = "") -> Profil
             sections[key] = cls(**table)
         except VitedgeError as exc:
             raise VitedgeError(f"{where}: {exc.message}", exc.hint) from None
+    batch = sections.pop("batch")
     return Profile(name=name, description=str(data["description"]), backend=data["backend"],
-                   precision=data["precision"], match=tuple(data.get("match", ())),
-                   notes=tuple(data.get("notes", ())), path=path, **sections)
+                   precision=data["precision"], batch=batch, sections=sections,
+                   match=tuple(data.get("match", ())), notes=tuple(data.get("notes", ())),
+                   path=path)
 
 
 def _no_unknown(table: dict[str, Any], known: set[str], where: str) -> None:
@@ -224,3 +181,22 @@ def suggest_profile(jetson_model: str | None, gpu_name: str | None) -> str:
             if any(m.lower() in text.lower() for m in profile.match):
                 return name
     return "cpu" if not (jetson_model or gpu_name) else "desktop-rtx"
+
+
+def suggested_profile() -> str:
+    """The shipped profile for this machine (its Jetson model or its GPU), `cpu` without."""
+    from vitedge.machine import gpu_info, jetson_model
+
+    gpu = gpu_info()
+    return suggest_profile(jetson_model(), gpu[0] if gpu else None)
+
+
+def profile_rows(profile: Profile) -> list[tuple[str, str]]:
+    """`vitedge profiles NAME`: the profile in rows, its backend's settings as that backend
+    shows them (`Backend.profile_rows`), then its notes."""
+    from vitedge.backends import get
+
+    return [("backend / precision", f"{profile.backend} / {profile.precision}"),
+            ("batch (min:opt:max)", str(profile.batch)),
+            *get(profile.backend).profile_rows(profile),
+            *(("note", note) for note in profile.notes)]

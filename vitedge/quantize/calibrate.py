@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import onnx
 
-from vitedge.backends.onnxruntime.session import ort_session
 from vitedge.datasets import ImageSource, batches, image_source, model_inputs
 from vitedge.errors import VitedgeError
 from vitedge.fileio import refuse_overwriting_inputs, sha256_file, write_text_atomic
@@ -40,6 +39,7 @@ from vitedge.quantize.table import (
     tensorrt_cache_path,
 )
 from vitedge.report import Reporter, reporter
+from vitedge.sessions import ort_session
 
 Progress = Callable[[int, int], None]
 
@@ -50,6 +50,13 @@ class CalibrationResult:
     output: Path
     cache: Path
     reused: bool
+
+    def to_dict(self) -> dict[str, object]:
+        t = self.table
+        return {"table": str(self.output), "tensorrt_cache": str(self.cache),
+                "reused": self.reused, "tensors": len(t.tensors),
+                "equalized_tensors": len(t.smoothed_tensors), "data": t.data,
+                "options": t.options, "stats": t.stats}
 
 
 def default_table_path(model_path: str | Path) -> Path:

@@ -12,11 +12,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from vitedge.backends.onnxruntime.session import graph_output
 from vitedge.compare import COLLAPSE_COSINE, Agreement, agreement, judge
 from vitedge.datasets import image_source, model_inputs
 from vitedge.errors import ExportError, VitedgeError
-from vitedge.export.tensorrt_ops import tensorrt_check
+from vitedge.export.tensorrt_ops import parser_summary, tensorrt_check
 from vitedge.fileio import refuse_overwriting_inputs, sha256_file, write_bytes_atomic
 from vitedge.graph import load_onnx
 from vitedge.manifest import require_manifest, set_onnx_manifest
@@ -25,6 +24,7 @@ from vitedge.quantize.calibrate import CalibrationTable, calibrate, default_tabl
 from vitedge.quantize.fp16 import convert_fp16
 from vitedge.quantize.qdq import QuantizeOptions, plan_quantization, quantize_int8
 from vitedge.report import Reporter, reporter
+from vitedge.sessions import graph_output
 
 CHECK_IMAGES = 64
 """Calibration images on which the written model is compared with the FP32 model."""
@@ -50,11 +50,39 @@ class QuantizeResult:
     check_images: int = 0
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    parser_check: str = ""
+    """Which TensorRT parser checks the graph passed, in one line."""
+    quantization: dict[str, Any] = field(default_factory=dict)
+    """How: the scheme, attention, calibration method, what stayed in float."""
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
         return asdict(self)
+
+    def summary_lines(self) -> list[str]:
+        """What was quantized and what was kept in float, in words."""
+        if self.precision == "int8":
+            q = self.quantization
+            kept = f"; kept in float: {', '.join(self.float_layers)}" if self.float_layers else ""
+            return [f"quantized {len(self.quantized_layers)} layers ({q.get('scheme')} scheme"
+                    + (", attention" if q.get("attention") else "") + ")" + kept]
+        risk = f"; overflow risk: {', '.join(self.overflow_nodes)}" if self.overflow_nodes else ""
+        return [f"{len(self.fp32_nodes)} nodes kept in float32 (LayerNorm{risk})"]
+
+    def check_lines(self) -> list[str]:
+        """How the written model compares with FP32, in words; [] when it was not checked."""
+        if self.check is None:
+            return []
+        c = self.check
+        lines = [f"vs FP32 on {self.check_images} calibration images, the graph in float (as "
+                 f"TensorRT reads it): top-1 agreement {c.top1_agreement:.1%}, mean KL "
+                 f"{c.mean_kl:.2e}, logit cosine {c.cosine:.5f}"]
+        if self.check_integer_exact:
+            e = self.check_integer_exact
+            lines.append(f"  on ONNX Runtime's integer kernels (vitedge's CPU weights): top-1 "
+                         f"agreement {e.top1_agreement:.1%}, mean KL {e.mean_kl:.2e}")
+        return lines
 
 
 def quantize_model(model_path: str | Path, output: str | Path, request: QuantizeRequest,
@@ -118,11 +146,13 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
         info = {"fp32_nodes": len(fp16.fp32_nodes), "overflow_checked": fp16.checked_ranges}
 
     step("checking")
+    result.quantization = info
     manifest.precision = request.precision
     manifest.source = {**manifest.source, "quantization": info,
                        "fp32_sha256": model_sha}
     set_onnx_manifest(quantized, manifest)
     check_quantized(quantized)
+    result.parser_check = parser_summary()
     data = quantized.SerializeToString()
     if check_inputs is not None:
         _check_against_fp32(result, request, model.SerializeToString(), quantized, check_inputs,
@@ -137,33 +167,20 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
 def _check_against_fp32(result: QuantizeResult, request: QuantizeRequest, fp32: bytes,
                         quantized: onnx.ModelProto, x: np.ndarray, classifier: bool) -> None:
     """The quantized graph against FP32, computed in float (as TensorRT reads it) and, for
-    INT8, on ONNX Runtime's integer kernels on this CPU: as the graph stands (what plain
-    ONNX Runtime runs) and with vitedge's CPU-exact weights (what vitedge's runtime runs).
-    Where the integer kernels disagree with the float graph, a note says so and why."""
-    from vitedge.backends.onnxruntime.cpu import cpu_int8
-    from vitedge.backends.onnxruntime.int8 import seven_bit_weights
+    INT8, on the embedded backend's integer kernels on this CPU (`Backend.check_int8`: the
+    graph as it stands, and as vitedge's runtime runs it), with a note where they differ."""
+    from vitedge.backends import embedded
 
     reference = _run(fp32, x)
     data = quantized.SerializeToString()
     result.check = agreement(reference, _run(data, x, "none"))
     result.check_images = len(x)
     if request.precision == "int8":
-        exact = onnx.ModelProto()
-        exact.CopyFrom(quantized)
-        seven_bit_weights(exact)
-        result.check_integer = agreement(reference, _run(data, x))
-        result.check_integer_exact = agreement(reference, _run(exact.SerializeToString(), x))
-        lost = result.check.top1_agreement - result.check_integer.top1_agreement
-        if lost > 0.005 or result.check_integer.mean_kl > 3 * max(result.check.mean_kl, 1e-6):
-            cpu = cpu_int8()
-            why = (f"this CPU's kernels ({cpu.kernel}, no VNNI) add products in saturating "
-                   "16-bit lanes" if cpu.saturates else "unexpected on this CPU; please report it")
-            result.notes.append(
-                f"on this CPU, ONNX Runtime's integer kernels run this 8-bit graph at "
-                f"{result.check_integer.top1_agreement:.1%} top-1 agreement with FP32 against "
-                f"{result.check.top1_agreement:.1%} for the graph in float: {why}. vitedge's "
-                f"runtime and `vitedge build` use 7-bit weights there: "
-                f"{result.check_integer_exact.top1_agreement:.1%}")
+        kernels = embedded().check_int8(reference, quantized, x, result.check)
+        if kernels is not None:
+            result.check_integer, result.check_integer_exact = kernels.as_is, kernels.as_run
+            if kernels.note:
+                result.notes.append(kernels.note)
     kept = judge(result.check, request.min_fp32_agreement, COLLAPSE_COSINE,
                  classifier, worst=False)
     if not kept.ok:

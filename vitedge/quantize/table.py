@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitedge import __version__
 from vitedge.errors import VitedgeError
 from vitedge.fileio import read_json
 from vitedge.quantize.histogram import INT8_MAX
+from vitedge.version import __version__
 
 TABLE_FORMAT = "vitedge.calibration"
 TABLE_VERSION = 1

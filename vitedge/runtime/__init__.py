@@ -22,7 +22,8 @@ from typing import Any
 
 _EXPORTS = {
     "open_pipeline": "vitedge.runtime.pipeline", "Pipeline": "vitedge.runtime.pipeline",
-    "Prediction": "vitedge.runtime.pipeline", "open_source": "vitedge.runtime.sources",
+    "Prediction": "vitedge.runtime.postprocess", "available_cores": "vitedge.runtime.pipeline",
+    "open_source": "vitedge.runtime.sources",
     "FrameSource": "vitedge.runtime.sources", "SourceOptions": "vitedge.runtime.sources",
     "open_output": "vitedge.runtime.outputs", "PipelineOptions": "vitedge.options",
 }

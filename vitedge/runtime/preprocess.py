@@ -147,3 +147,66 @@ def model_input(image: Image.Image, manifest: Any) -> np.ndarray:
     if manifest.input == "patches":
         return patches_from_images(x[None], manifest.architecture.patch_size)[0]
     return x
+
+
+class FastPreprocess:
+    """The manifest's resize and centre crop with OpenCV on numpy RGB arrays. Not bit-exact
+    with the reference libraries (OpenCV's resampling filters differ from PIL's); `vitedge
+    bench` and the tests measure the effect on the logits. Normalisation is the exact
+    path's."""
+
+    CV2_FILTERS = {"nearest": "INTER_NEAREST", "bilinear": "INTER_LINEAR",
+                   "bicubic": "INTER_CUBIC", "lanczos": "INTER_LANCZOS4"}
+
+    def __init__(self, prep: Preprocess):
+        from vitedge.errors import require
+
+        self.cv2 = require("cv2", "video", "fast (OpenCV) preprocessing")
+        self.prep = prep
+        self.flag = getattr(self.cv2, self.CV2_FILTERS[prep.interpolation])
+        self.gray = len(prep.mean) == 1
+
+    def crop(self, rgb: np.ndarray) -> np.ndarray:
+        """Resized and centre-cropped uint8 pixels, (H, W, C)."""
+        cv2, p = self.cv2, self.prep
+        if self.gray:
+            rgb = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
+        h, w = rgb.shape[:2]
+        if p.resize_mode == "shorter":
+            short = p.resize[0]
+            size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+        else:
+            size = (p.resize[1], p.resize[0])
+        if size != (w, h):
+            rgb = cv2.resize(rgb, size, interpolation=self.flag)
+        ch, cw = p.crop
+        h, w = rgb.shape[:2]
+        if h < ch or w < cw:  # zero padding, centred, as the exact path does
+            canvas = np.zeros((max(h, ch), max(w, cw), *rgb.shape[2:]), rgb.dtype)
+            y0, x0 = (canvas.shape[0] - h) // 2, (canvas.shape[1] - w) // 2
+            canvas[y0:y0 + h, x0:x0 + w] = rgb
+            rgb, (h, w) = canvas, canvas.shape[:2]
+        top, left = p.crop_box(h, w)
+        crop = rgb[top:top + ch, left:left + cw]
+        return crop if crop.ndim == 3 else crop[:, :, None]
+
+
+class Preprocessor:
+    """Stage 2, preprocess: a decoded frame to what the model takes, by the manifest, on
+    the exact (PIL) or the fast (OpenCV) path; both crop first, then normalise."""
+
+    def __init__(self, manifest: Any, fast: bool = False):
+        self.manifest = manifest
+        self.fast = FastPreprocess(manifest.preprocess) if fast else None
+
+    def pixels(self, decoded: Image.Image | np.ndarray) -> np.ndarray:
+        """The resized and cropped uint8 (H, W, C) frame the model sees."""
+        if self.fast is not None:
+            return self.fast.crop(np.asarray(decoded))
+        if not isinstance(decoded, Image.Image):
+            decoded = Image.fromarray(decoded)
+        return crop_pixels(decoded, self.manifest.preprocess)
+
+    def __call__(self, decoded: Image.Image | np.ndarray) -> np.ndarray:
+        """Float (C, H, W), or for a `frames` model uint8 (H, W, C) (the graph normalises)."""
+        return input_from_pixels(self.pixels(decoded), self.manifest)

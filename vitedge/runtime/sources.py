@@ -14,30 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from vitedge.errors import VitedgeError, require
+from vitedge.options import SourceOptions
+
+__all__ = ["FrameSource", "SourceOptions", "SourceStats", "describe", "image_files",
+           "open_source"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mjpeg", ".mjpg"}
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "tcp://")
-
-
-@dataclass(frozen=True)
-class SourceOptions:
-    """How a live source (camera, stream, GStreamer) rides out an outage."""
-
-    reconnect_for: float | None = None
-    """Seconds without a frame after which a dropped live source counts as gone; None:
-    keep trying for ever (each attempt counted and reported)."""
-    max_failures: int = 30
-    """Failed reads in a row after which the stream counts as dropped and is re-opened."""
-    backoff: float = 0.5
-    """First wait before re-opening; it doubles up to `backoff_max`."""
-    backoff_max: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.reconnect_for is not None and self.reconnect_for < 0:
-            raise VitedgeError("--reconnect-for must be 0 or more seconds")
-        if self.max_failures < 1 or self.backoff < 0 or self.backoff_max < self.backoff:
-            raise VitedgeError("a source needs max_failures >= 1 and 0 <= backoff <= backoff_max")
 
 
 @dataclass
@@ -227,6 +211,18 @@ class FrameSource:
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+
+
+def image_files(specs: list[str] | tuple[str, ...]) -> list[Path]:
+    """Image files from files, folders and globs; a video or camera is refused."""
+    files: list[Path] = []
+    for spec in specs:
+        source = FrameSource(spec)
+        if source.kind not in ("image", "folder", "glob"):
+            raise VitedgeError(f"{spec} is a {source.kind}, not an image",
+                               "use `vitedge run --source` for videos and cameras")
+        files += source.files
+    return files
 
 
 def open_source(source: Any, **options: Any) -> FrameSource:

@@ -26,8 +26,18 @@ from vitedge.serve.repository import ModelEntry, export_repository, serving_repo
 from vitedge.serve.server import TritonServer, find_triton
 
 __all__ = ["DeepStreamExport", "ModelEntry", "ServeOptions", "TritonServer",
-           "export_deepstream", "export_repository", "find_triton", "serve",
+           "export_deepstream", "export_repository", "exposure_notes", "find_triton", "serve",
            "serving_repository"]
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def exposure_notes(options: ServeOptions) -> list[str]:
+    """What the user should know about where the server listens."""
+    if options.host in LOOPBACK:
+        return []
+    return [f"listening on {options.host}, not only this machine"]
 
 
 def serve(artifacts: list[str | Path], options: ServeOptions | None = None,

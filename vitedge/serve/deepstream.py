@@ -125,23 +125,24 @@ def export_deepstream(artifact: str | Path, out_dir: str | Path,
 
     import onnx
 
-    from vitedge.backends import is_engine
+    from vitedge.backends import is_onnx_artifact
     from vitedge.fileio import refuse_overwriting_inputs, write_bytes_atomic, write_text_atomic
     from vitedge.graph import load_onnx
     from vitedge.manifest import require_manifest
 
     options = options or DeepStreamOptions()
     src, out = Path(artifact), Path(out_dir)
-    if is_engine(src):
+    if not is_onnx_artifact(src):
         raise VitedgeError(
             f"{src.name} is an engine: nvinfer builds its own from the ONNX model on the "
             "device, with the Softmax its classifier parser reads",
             "give the .onnx it was built from")
     model = load_onnx(src)
     manifest = require_manifest(model, src)
-    if manifest.source.get("backend") == "onnxruntime":
-        raise VitedgeError(f"{src.name} was built for ONNX Runtime (its fused operators are "
-                           "not TensorRT's)", "give the exported or quantized .onnx it was built from")
+    if manifest.source.get("backend"):
+        raise VitedgeError(f"{src.name} was built for {manifest.source['backend']} (its fused "
+                           "operators are not TensorRT's)",
+                           "give the exported or quantized .onnx it was built from")
     name = src.name.removesuffix(".onnx").replace(".", "_") or "model"
     model_file, labels_file = f"{name}.onnx", "labels.txt" if manifest.labels else None
     props = deepstream_properties(manifest, model_file, labels_file, options)

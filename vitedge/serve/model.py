@@ -53,14 +53,14 @@ class TritonPythonModel:
 
             self.manifest = Manifest.from_json((here / _param(config, "manifest")).read_text())
         else:
-            import vitedge
             from vitedge.backends import load_runner
+            from vitedge.runtime.pipeline import open_pipeline
 
             artifact = here / _param(config, "artifact")
             if self.mode == "tensor":
                 self.runner = load_runner(artifact)
             else:
-                self.pipe = vitedge.open(artifact, keep_logits=True, topk=self.topk)
+                self.pipe = open_pipeline(artifact, keep_logits=True, topk=self.topk)
                 self.runner = self.pipe.model
             self.manifest = self.runner.manifest
         self.labels = self.manifest.labels or []
@@ -139,13 +139,11 @@ class TritonPythonModel:
 def top_classes(logits: np.ndarray, k: int, labels: list[str], score: str = "softmax"
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(top-k class ids INT32, their scores FP32 (softmax, or sigmoid for a SigLIP
-    zero-shot head), their labels as bytes objects), each (batch, k)."""
-    from vitedge.compare import scores
+    zero-shot head), their labels as bytes objects), each (batch, k): the pipeline's own
+    postprocessing (`vitedge.runtime.postprocess`)."""
+    from vitedge.runtime.postprocess import top_classes as ranked
 
-    probs = scores(logits.astype(np.float64), score)
-    k = min(k, probs.shape[1])
-    ids = np.argsort(-probs, axis=1)[:, :k].astype(np.int32)
-    top = np.take_along_axis(probs, ids, axis=1).astype(np.float32)
+    ids, top = ranked(logits, k, score)
     names = np.array([[(labels[j] if j < len(labels) else str(j)).encode() for j in row]
                       for row in ids], dtype=object)
-    return ids, top, names
+    return ids.astype(np.int32), top.astype(np.float32), names

@@ -17,7 +17,6 @@ is installed (`validate_config`). With `max_batch_size > 0`, `dims` leave out th
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vitedge.backends.base import TensorInfo, TritonModel
 from vitedge.errors import VitedgeError
 from vitedge.manifest import Manifest
 from vitedge.options import ServeOptions
@@ -207,11 +207,12 @@ def serving_repository(artifacts: list[Path], repo: Path, options: ServeOptions
 
 def export_repository(artifacts: list[Path], repo: Path, options: ServeOptions
                       ) -> list[ModelEntry]:
-    """For a production Triton: each engine as tensorrt_plan, each ONNX model as
-    onnxruntime_onnx (or, with onnx_backend="python", through vitedge in the Python
-    backend), plus `<name>_preprocess` and the ensemble `<name>_image` for image bytes.
-    The repository appears whole or not at all; `repo` must be new or empty."""
-    from vitedge.backends import is_engine
+    """For a production Triton: each artifact as Triton's own backend for it serves it
+    (`Backend.triton_model`: an engine as tensorrt_plan, an ONNX model as onnxruntime_onnx),
+    or with onnx_backend="python" an ONNX model through vitedge in the Python backend; plus
+    `<name>_preprocess` and the ensemble `<name>_image` for image bytes. The repository
+    appears whole or not at all; `repo` must be new or empty."""
+    from vitedge.backends import backend_of, get
     from vitedge.fileio import atomic_folder, write_text_atomic
 
     if not artifacts:
@@ -219,10 +220,12 @@ def export_repository(artifacts: list[Path], repo: Path, options: ServeOptions
     entries: list[ModelEntry] = []
     with atomic_folder(repo) as tmp:
         for artifact, name in zip(artifacts, _unique_names(artifacts), strict=True):
-            if is_engine(artifact):
-                entry, manifest = _plan_model(artifact, tmp, name, options)
+            backend = get(backend_of(artifact))
+            if backend.onnx_artifact and options.onnx_backend == "python":
+                entry, manifest = _python_model(artifact, tmp, name, options)
             else:
-                entry, manifest = _onnx_model(artifact, tmp, name, options)
+                entry, manifest = _triton_model(backend.triton_model(artifact), tmp, name,
+                                                options)
             entries += [entry, *_ensemble(tmp, name, entry, manifest, options)]
         write_text_atomic(tmp / "README.md", _readme(entries, artifacts))
     for entry in entries:
@@ -230,99 +233,63 @@ def export_repository(artifacts: list[Path], repo: Path, options: ServeOptions
     return entries
 
 
-def _plan_model(artifact: Path, repo: Path, name: str, options: ServeOptions
-                ) -> tuple[ModelEntry, Manifest]:
-    from vitedge.backends.tensorrt.engine_info import EngineInfo, sidecar_path
-    from vitedge.fileio import sha256_file
+def _triton_model(model: TritonModel, repo: Path, name: str, options: ServeOptions
+                  ) -> tuple[ModelEntry, Manifest]:
+    """A model served by Triton's own backend for it, with dims without the batch where
+    Triton batches (a model with a static batch is served as it is, max_batch_size 0)."""
+    manifest = model.manifest
+    first = model.inputs[0]
+    static = first.shape[0] != -1
+    if model.batch is not None:
+        low, _, high = (int(b) for b in model.batch.split(":"))
+        max_batch = options.max_batch or high
+        if max_batch > high:
+            raise VitedgeError(f"--max-batch {max_batch} is more than the engine's optimization "
+                               f"profile allows ({model.batch}); Triton would refuse to load it",
+                               f"use --max-batch {high} or rebuild with --batch "
+                               f"1:{min(8, max_batch)}:{max_batch}")
+        if low > 1:
+            raise VitedgeError(f"the engine's optimization profile starts at batch {low} "
+                               f"({model.batch}); Triton sends batches from 1",
+                               f"rebuild with --batch 1:{low}:{high}")
+        static = False
+    else:
+        max_batch = 0 if static else options.max_batch or DEFAULT_MAX_BATCH
 
-    info = EngineInfo.read(sidecar_path(artifact))
-    if info.backend != "tensorrt":
-        raise VitedgeError(f"{artifact.name} is a {info.backend} engine; Triton's tensorrt_plan "
-                           "backend runs TensorRT engines",
-                           "export the ONNX model it was built from instead")
-    if sha256_file(artifact) != info.engine_sha256:
-        raise VitedgeError(f"{artifact.name} is not the engine its description "
-                           f"{sidecar_path(artifact).name} records (sha256 differs)",
-                           "rebuild it with `vitedge build`")
-    manifest = Manifest.from_json(json.dumps(info.manifest))
-    low, _, high = (int(b) for b in info.batch.split(":"))
-    max_batch = options.max_batch or high
-    if max_batch > high:
-        raise VitedgeError(f"--max-batch {max_batch} is more than the engine's optimization "
-                           f"profile allows ({info.batch}); Triton would refuse to load it",
-                           f"use --max-batch {high} or rebuild with --batch 1:{min(8, max_batch)}:"
-                           f"{max_batch}")
-    if low > 1:
-        raise VitedgeError(f"the engine's optimization profile starts at batch {low} "
-                           f"({info.batch}); Triton sends batches from 1",
-                           f"rebuild with --batch 1:{low}:{high}")
-    first = info.inputs[0]
-    inputs = [TensorSpec(first["name"], TRITON_TYPES.get(first["dtype"], "TYPE_FP32"),
-                         [int(d) for d in first["shape"][1:]])]
-    out = info.outputs[0]
-    outputs = [TensorSpec(out["name"], TRITON_TYPES.get(out["dtype"], "TYPE_FP32"),
-                          [int(d) for d in out["shape"][1:]],
-                          "labels.txt" if manifest.labels else "")]
-    text = config_pbtxt(name, "tensorrt_plan", inputs, outputs, max_batch, options, warmup=True)
-    config = _write_model(repo, name, text, {"1/model.plan": artifact, **_labels(manifest)})
-    entry = ModelEntry(name, "tensorrt_plan", inputs, outputs, max_batch, config,
-                       [f"{name}: TensorRT {info.tensorrt_version} on {info.gpu_name} (compute "
-                        f"{info.compute_capability}): the Triton release must ship that TensorRT"])
-    return entry, manifest
+    def spec(t: TensorInfo, labels: bool = False) -> TensorSpec:
+        dims = [int(d) for d in t.shape]
+        return TensorSpec(t.name, TRITON_TYPES.get(t.dtype, "TYPE_FP32"),
+                          dims if static else dims[1:],
+                          "labels.txt" if labels and manifest.labels else "")
+
+    inputs = [spec(first)]
+    outputs = [spec(o, labels=True) for o in model.outputs]
+    text = config_pbtxt(name, model.platform, inputs, outputs, max_batch, options,
+                        warmup=model.warmup and not static)
+    config = _write_model(repo, name, text, {f"1/{model.file}": model.payload,
+                                             **_labels(manifest)})
+    return (ModelEntry(name, model.platform, inputs, outputs, max_batch, config,
+                       [f"{name}: {note}" for note in model.notes]), manifest)
 
 
-def _onnx_model(artifact: Path, repo: Path, name: str, options: ServeOptions
-                ) -> tuple[ModelEntry, Manifest]:
-    import onnx
-
+def _python_model(artifact: Path, repo: Path, name: str, options: ServeOptions
+                  ) -> tuple[ModelEntry, Manifest]:
+    """An ONNX model served through vitedge in Triton's Python backend (for a Triton
+    without the ONNX Runtime backend)."""
     from vitedge.graph import load_onnx
     from vitedge.manifest import require_manifest
 
     model = load_onnx(artifact)
     manifest = require_manifest(model, artifact)
-    graph_input = model.graph.input[0]
-    dims = [d.dim_value if d.dim_value else -1 for d in graph_input.type.tensor_type.shape.dim]
-    static = dims[0] > 0
+    static = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value > 0
     max_batch = 0 if static else options.max_batch or DEFAULT_MAX_BATCH
-    dtype = TRITON_TYPES.get(onnx.helper.tensor_dtype_to_np_dtype(
-        graph_input.type.tensor_type.elem_type).name, "TYPE_FP32")
-    if options.onnx_backend == "python":
-        inputs = [input_spec(manifest)]
-        outputs = prediction_outputs(manifest, options.topk)
-        params = {"artifact": "1/model.onnx", "mode": "tensor", "topk": str(options.topk)}
-        text = config_pbtxt(name, "python", inputs, outputs, max_batch, options, params)
-        config = _write_model(repo, name, text, {"1/model.onnx": artifact, "1/model.py": MODEL_PY,
-                                                 **_labels(manifest)})
-        return ModelEntry(name, "python", inputs, outputs, max_batch, config), manifest
-    inputs = [TensorSpec(graph_input.name, dtype, dims if static else dims[1:])]
-    width = manifest.architecture.output_dim
-    outputs = [TensorSpec(manifest.output_name, "TYPE_FP32",
-                          [dims[0], width] if static else [width],
-                          "labels.txt" if manifest.labels else "")]
-    text = config_pbtxt(name, "onnxruntime_onnx", inputs, outputs, max_batch, options,
-                        warmup=not static)
-    notes = []
-    payload: Path | bytes = artifact
-    if manifest.source.get("backend") == "onnxruntime":
-        notes.append(f"{name}: a `vitedge build` artifact, optimized by ONNX Runtime "
-                     f"{manifest.source.get('onnxruntime_version', '')}: Triton's ONNX Runtime "
-                     "backend should be that version or newer (or export the .onnx it was "
-                     "built from)")
-    elif manifest.precision == "int8":
-        # as vitedge.open does: weights ONNX Runtime's integer kernels compute exactly on
-        # every CPU, VNNI or not (vitedge.backends.onnxruntime.int8)
-        from vitedge.backends.onnxruntime.int8 import WEIGHT_BITS, cpu_exact_graph
-        from vitedge.manifest import set_onnx_manifest
-
-        cpu_exact_graph(model)
-        manifest.source = {**manifest.source, "int8_weight_bits": WEIGHT_BITS}
-        set_onnx_manifest(model, manifest)
-        payload = model.SerializeToString()
-        notes.append(f"{name}: INT8 weights re-encoded to {WEIGHT_BITS} bits, which ONNX "
-                     "Runtime's integer kernels compute exactly on CPUs without VNNI too")
-    config = _write_model(repo, name, text, {"1/model.onnx": payload, **_labels(manifest)})
-    return (ModelEntry(name, "onnxruntime_onnx", inputs, outputs, max_batch, config, notes),
-            manifest)
+    inputs = [input_spec(manifest)]
+    outputs = prediction_outputs(manifest, options.topk)
+    params = {"artifact": "1/model.onnx", "mode": "tensor", "topk": str(options.topk)}
+    text = config_pbtxt(name, "python", inputs, outputs, max_batch, options, params)
+    config = _write_model(repo, name, text, {"1/model.onnx": artifact, "1/model.py": MODEL_PY,
+                                             **_labels(manifest)})
+    return ModelEntry(name, "python", inputs, outputs, max_batch, config), manifest
 
 
 def _ensemble(repo: Path, name: str, model: ModelEntry, manifest: Manifest,

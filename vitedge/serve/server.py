@@ -275,9 +275,7 @@ def _site_paths() -> list[str]:
     """This environment's packages and vitedge itself, for the Python backend's models."""
     import site
 
-    import vitedge
-
-    paths = [str(Path(vitedge.__file__).parent.parent)]
+    paths = [str(Path(__file__).parents[2])]  # the folder vitedge is imported from
     with contextlib.suppress(Exception):
         paths += site.getsitepackages()
     return paths

@@ -8,7 +8,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
@@ -27,12 +27,14 @@ from vitedge.backends.onnxruntime.int8 import (
 from vitedge.errors import VitedgeError
 from vitedge.fileio import write_bytes_atomic
 from vitedge.manifest import Manifest, manifest_from_onnx, set_onnx_manifest
-from vitedge.profiles import Profile
+
+if TYPE_CHECKING:
+    from vitedge.profiles import Profile
 
 OPTIMIZATION = "extended"
 """ORT_ENABLE_EXTENDED: the fusions that are the same on every CPU. ORT_ENABLE_ALL adds
 layout changes for the CPU it runs on, which a saved model must not carry to another.
-(The level `vitedge.backends.onnxruntime.session.ort_session` applies.)"""
+(The level `vitedge.sessions.ort_session` applies.)"""
 
 
 @dataclass
@@ -47,15 +49,17 @@ class OnnxRuntimeBuild:
     artifact with."""
 
 
-def build_onnxruntime(onnx_path: Path, output: Path, profile: Profile,
-                      fusions: bool = True, cpu_exact: bool = True) -> OnnxRuntimeBuild:
+def build_onnxruntime(onnx_path: Path, output: Path, profile: Profile) -> OnnxRuntimeBuild:
     """An INT8 model's weights get the encoding ONNX Runtime's integer kernels compute
-    exactly on every CPU (`onnxruntime_int8`). For measuring what each costs or brings
-    only: `fusions=False` leaves out vitedge's rewrites (ONNX Runtime's own still run);
-    `cpu_exact=False` keeps 8-bit weights (exact only on CPUs with VNNI, AMX or ARM)."""
+    exactly on every CPU (`int8.py`). For measuring what each costs or brings only, the
+    profile's [onnxruntime] table can turn vitedge's rewrites off (`fusions = false`: ONNX
+    Runtime's own still run) or keep 8-bit weights (`int8_weight_bits = 8`: exact only on
+    CPUs with VNNI, AMX or ARM)."""
+    fusions = profile.onnxruntime.fusions
+    cpu_exact = profile.onnxruntime.int8_weight_bits == WEIGHT_BITS
     import onnxruntime as ort
 
-    from vitedge.backends.onnxruntime.session import ort_session
+    from vitedge.sessions import ort_session
 
     model = onnx.load(str(onnx_path))
     manifest = manifest_from_onnx(model)

@@ -15,15 +15,15 @@ from typing import Any
 import numpy as np
 
 from vitedge.backends.base import Runner, TensorInfo, attention_outputs
-from vitedge.backends.onnxruntime.session import (
+from vitedge.compare import softmax
+from vitedge.errors import VitedgeError
+from vitedge.manifest import Manifest, manifest_from_file
+from vitedge.sessions import (
     default_providers,
     ort_session,
     run_in_batches,
     static_batch,
 )
-from vitedge.compare import softmax
-from vitedge.errors import VitedgeError
-from vitedge.manifest import Manifest, manifest_from_file
 
 
 def is_built(manifest: Manifest) -> bool:

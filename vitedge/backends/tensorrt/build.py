@@ -22,11 +22,12 @@ from vitedge.backends.tensorrt.flavours import TENSORRT, TENSORRT_RTX, Flavour, 
 from vitedge.errors import MissingDependency, VitedgeError
 from vitedge.fileio import sha256_file, write_bytes_atomic
 from vitedge.manifest import Manifest
-from vitedge.profiles import BatchRange, Profile
 from vitedge.report import Reporter, reporter
 
 if TYPE_CHECKING:
     import tensorrt
+
+    from vitedge.profiles import BatchRange, Profile
 
 MIN_TENSORRT = 10
 

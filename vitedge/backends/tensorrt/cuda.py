@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from vitedge.errors import MissingDependency, VitedgeError
+from vitedge.machine import import_cudart
 
 
 class CudaApi(Protocol):
@@ -37,18 +38,6 @@ class CudaApi(Protocol):
     def destroy_event(self, event: Any) -> None: ...
     def destroy_stream(self, stream: Any) -> None: ...
     def free_host_buffers(self) -> None: ...
-
-
-def import_cudart() -> Any:
-    """cuda-python's runtime module (its location moved in cuda-python 12.6), or None."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError:
-            return None
-    return cudart
 
 
 class CudaPython:

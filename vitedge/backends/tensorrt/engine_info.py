@@ -11,9 +11,9 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from vitedge import __version__
 from vitedge.errors import VitedgeError
 from vitedge.fileio import read_json
+from vitedge.version import __version__
 
 SIDECAR_SCHEMA = 1
 

@@ -6,15 +6,17 @@ user's RTX GPU at first run."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vitedge.backends.tensorrt.build import build_engine, require_tensorrt
 from vitedge.backends.tensorrt.engine_info import EngineInfo, sidecar_path
 from vitedge.backends.tensorrt.flavours import TENSORRT_RTX
 from vitedge.fileio import write_text_atomic
 from vitedge.manifest import Manifest
-from vitedge.profiles import BatchRange, Profile
 from vitedge.report import Reporter
+
+if TYPE_CHECKING:
+    from vitedge.profiles import BatchRange, Profile
 
 
 def require_tensorrt_rtx() -> Any:

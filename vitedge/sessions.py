@@ -1,7 +1,8 @@
-"""The one place an ONNX Runtime session is made, so that the runner, bench's layer
-profile, calibration, quantize's check, export and build verification all run a model the
-same way: CPU provider unless asked, threads that sleep rather than spin, a named
-optimization level, and static-batch models fed in padded chunks."""
+"""ONNX Runtime sessions: how vitedge computes any ONNX graph. The one place a session is
+made, so that calibration, export verification, quantize's check, the build's verification
+(the references every backend is judged against) and the onnxruntime backend's runner all
+run a model the same way: CPU provider unless asked, threads that sleep rather than spin,
+a named optimization level, and static-batch models fed in padded chunks."""
 
 from __future__ import annotations
 

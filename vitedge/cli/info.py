@@ -1,0 +1,104 @@
+"""What is here and what a file holds: `inspect`, `doctor`, `profiles`, `archs`."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from vitedge.cli.common import command, out, print_json, rows_table
+
+
+@command(json_help="Print as JSON.")
+@click.argument("artifact", type=click.Path(path_type=str))
+@click.option("--pos-embed", type=click.Path(dir_okay=False), metavar="OUT.png",
+              help="Also draw the position-embedding similarity figure of the ViT paper: for "
+                   "each patch position, its embedding's cosine similarity with all others.")
+def inspect(artifact: str, pos_embed: str | None, as_json: bool) -> None:
+    """Show what ARTIFACT holds: manifest, inputs and outputs, parameters, GMACs, tokens,
+    operator histogram and precision; for a TensorRT engine, what its description records
+    (GPU, TensorRT, precision, batch range, I/O)."""
+    from vitedge.describe import describe
+
+    figure = None
+    if pos_embed:
+        from vitedge.explain import write_position_embedding_figure
+
+        figure = write_position_embedding_figure(artifact, pos_embed)
+    d = describe(artifact)
+    if as_json:
+        print_json({"pos_embed": figure, **d.data} if figure else d.data)
+        return
+    if figure:
+        out.print(f"position-embedding similarity ({figure['grid'][0]}x{figure['grid'][1]} "
+                  f"positions, dim {figure['dim']}): {figure['figure']}")
+    if not d.io:  # an engine: what its description records
+        out.print(rows_table(d.rows, d.title))
+        return
+    out.print(f"[bold]{d.title.split(' (')[0]}[/] ({d.title.split(' (', 1)[1]}")
+    io = Table("", "name", "shape", "dtype", title="inputs and outputs")
+    for row in d.io:
+        io.add_row(*row)
+    out.print(io)
+    out.print(rows_table(d.rows, "model"))
+    out.print(f"ops: {d.ops}")
+
+
+@command(json_help="Print as JSON.")
+def doctor(as_json: bool) -> None:
+    """Check Python, ONNX Runtime, torch, TensorRT, pycuda / cuda-python and the GPU, and
+    say what to install where something is missing."""
+    from dataclasses import asdict
+
+    from vitedge.doctor import run_checks
+
+    checks = run_checks()
+    if as_json:
+        print_json([asdict(c) for c in checks])
+        return
+    table = Table("", "component", "found", "to fix")
+    for c in checks:
+        table.add_row("[green]ok[/]" if c.ok else "[yellow]--[/]", c.name, c.detail,
+                      "" if c.ok else c.fix)
+    out.print(table)
+
+
+@command(json_help="Print as JSON.")
+@click.argument("name", required=False)
+def profiles(name: str | None, as_json: bool) -> None:
+    """List the device build profiles, or show one (NAME, or a path to a TOML file)."""
+    from vitedge.profiles import available, load_profile, profile_rows
+
+    if name:
+        p = load_profile(name)
+        if as_json:
+            print_json(p.to_dict())
+            return
+        out.print(rows_table(profile_rows(p), f"profile {p.name}: {p.description}"))
+        return
+    rows = [load_profile(n) for n in available()]
+    if as_json:
+        print_json([r.to_dict() for r in rows])
+        return
+    table = Table("name", "backend", "precision", "batch", "description")
+    for r in rows:
+        table.add_row(r.name, r.backend, r.precision, str(r.batch), r.description)
+    out.print(table)
+
+
+@command(json_help="Print as JSON.")
+def archs(as_json: bool) -> None:
+    """List the architecture names --arch accepts."""
+    from vitedge.model.archs import architecture_rows
+
+    rows = architecture_rows()
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("name", "dim", "depth", "heads", "patch", "image", "layout")
+    for r in rows:
+        table.add_row(r["name"], str(r["embed_dim"]), str(r["depth"]), str(r["num_heads"]),
+                      str(r["patch_size"]), str(r["img_size"]), r["layout"])
+    out.print(table)
+
+
+COMMANDS = [inspect, doctor, profiles, archs]

@@ -1,0 +1,252 @@
+"""Running a model: `predict`, `embed`, `run`, `bench`, `explain`, `eval`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from rich.table import Table
+
+from vitedge.cli.common import command, out, print_json, progress, stage_table, warn
+from vitedge.cli.flags import flag, flags, options
+from vitedge.errors import VitedgeError
+from vitedge.options import (
+    BenchOptions,
+    EvalOptions,
+    ExplainOptions,
+    PipelineOptions,
+    SourceOptions,
+)
+
+RUNTIME_FLAGS = ("fast", "device", "streams")
+
+
+@command(json_help="Print the predictions as JSON.")
+@click.argument("artifact", type=click.Path(path_type=str))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
+@flags(PipelineOptions, "topk")
+@click.option("--embeddings", is_flag=True,
+              help="A headless model (DINOv2, CLIP / SigLIP image tower): show each image's "
+                   "embedding (with --json, every value).")
+@flags(PipelineOptions, "normalize_embeddings", *RUNTIME_FLAGS)
+def predict(artifact: str, images: tuple[str, ...], embeddings: bool, as_json: bool,
+            **kw: Any) -> None:
+    """Classify IMAGES (files, folders or globs) with ARTIFACT (.engine or .onnx); a model
+    without a classification head gives each image's embedding instead."""
+    from vitedge.runtime.predict import predict_images
+    from vitedge.runtime.sources import image_files
+
+    opts = options(PipelineOptions, kw)
+    result = predict_images(artifact, image_files(images), opts, embeddings)
+    warn(result.warnings + [f"skipped {name}: {why}" for name, why in result.skipped], as_json)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    if not result.classifier:
+        table = Table("image", "embedding", "norm", "first values", "ms")
+        for name, p in result.predictions:
+            e = p.embedding if p.embedding is not None else np.zeros(0, np.float32)
+            shown = e if embeddings else e[:4]
+            table.add_row(name, f"{e.shape[0]} floats", f"{float(np.linalg.norm(e)):.4f}",
+                          " ".join(f"{v:+.4f}" for v in shown) + ("" if embeddings else " ..."),
+                          f"{sum(p.timings.values()):.1f}")
+        out.print(table)
+        return
+    table = Table("image", "label", "score", f"top-{opts.topk}", "ms")
+    for name, p in result.predictions:
+        table.add_row(name, str(p.label if p.label is not None else p.class_id), f"{p.score:.3f}",
+                      ", ".join(f"{lab if lab is not None else i} {s:.2f}" for i, lab, s in p.topk[1:]),
+                      f"{sum(p.timings.values()):.1f}")
+    out.print(table)
+
+
+@command()
+@click.argument("artifact", type=click.Path(path_type=str))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The embeddings as a .npy array (N, D) float32; the images' paths, one per "
+                   "row, go to OUTPUT with the suffix .paths.txt.")
+@flags(PipelineOptions, "normalize_embeddings", "batch", *RUNTIME_FLAGS)
+def embed(artifact: str, images: tuple[str, ...], output: str, as_json: bool, **kw: Any) -> None:
+    """Embed IMAGES (files, folders or globs) with ARTIFACT, a model without a
+    classification head (DINOv2, CLIP / SigLIP image towers): a gallery for retrieval,
+    few-shot or anomaly detection. Unreadable images are skipped and named."""
+    from vitedge.runtime.embed import embed_images
+    from vitedge.runtime.sources import image_files
+
+    files = image_files(images)
+    opts = options(PipelineOptions, kw)
+    with progress("embedding", not as_json) as bar:
+        result = embed_images(artifact, files, output, opts, bar)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    warn([f"skipped {name}: {why}" for name, why in result.skipped], False)
+    out.print(f"[green]wrote[/] {result.output} ({result.count} x {result.dim} float32"
+              f"{', L2-normalised' if opts.normalize_embeddings else ''}) and {result.paths}")
+
+
+@command(json_help="Print the stage timings as JSON at the end.")
+@click.argument("artifact", type=click.Path(path_type=str))
+@click.option("--source", required=True, help="Video file, camera index or /dev/videoN, "
+              "rtsp:// or http:// stream, GStreamer pipeline, image folder or glob.")
+@click.option("--output", type=click.Path(dir_okay=False), help="Write the annotated frames to "
+              "a video (.mp4, .avi).")
+@click.option("--display", is_flag=True, help="Show the annotated frames in a window (q quits).")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames.")
+@flags(SourceOptions, "reconnect_for")
+@flags(PipelineOptions, "color", *RUNTIME_FLAGS)
+def run(artifact: str, source: str, output: str | None, display: bool, max_frames: int | None,
+        as_json: bool, **kw: Any) -> None:
+    """The camera loop: classify every frame of --source, draw the label and FPS on it,
+    and print per-stage timings at the end. A live source that drops is reconnected with
+    growing waits (every attempt shown); one that stays away longer than --reconnect-for
+    ends the run with exit code 1."""
+    from vitedge.cli.common import err
+    from vitedge.runtime.run_loop import run_loop
+
+    try:
+        summary = run_loop(artifact, source, output=output, display=display,
+                           max_frames=max_frames, pipeline=options(PipelineOptions, kw),
+                           source_options=options(SourceOptions, kw), log=err.print)
+    except VitedgeError as exc:
+        if as_json and exc.details:
+            print_json(exc.details)
+        raise
+    warn(summary["warnings"], as_json)
+    if as_json:
+        print_json(summary)
+        return
+    out.print(stage_table(summary["stages"], f"{summary['frames']} frames, {summary['fps']:.1f} "
+                          f"FPS ({summary['dropped']} dropped)"))
+
+
+@command(json_help="Print the results, machine and versions as JSON.")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=str))
+@flags(BenchOptions, "batches", "warmup", "iterations", "duration", "source", "fast",
+       "streams", "layers")
+@click.option("--json-file", "json_path", type=click.Path(dir_okay=False),
+              help="Write the results, machine and versions as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write a CSV table.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Write a plot (stage breakdown, latency percentiles); needs matplotlib.")
+def bench(artifacts: tuple[str, ...], json_path: str | None, csv_path: str | None,
+          plot_path: str | None, as_json: bool, **kw: Any) -> None:
+    """Latency of the whole pipeline per stage (decode, preprocess, patchify, infer,
+    postprocess) and end to end: mean, p50, p90, p99, max and throughput. Several
+    ARTIFACTS run interleaved in one process and are compared as ratios."""
+    import vitedge.bench as benchmark
+    from vitedge.fileio import refuse_overwriting_inputs
+    from vitedge.runtime.pipeline import STAGES
+
+    opts = options(BenchOptions, kw)
+    if opts.duration is not None:
+        opts = replace(opts, iterations=None)
+    for path in (json_path, csv_path, plot_path):
+        refuse_overwriting_inputs(path, *artifacts, opts.source)
+    with progress("benchmarking", not as_json) as bar:
+        results = benchmark.bench(list(artifacts), opts, bar)
+    for path, write in ((json_path, benchmark.write_json), (csv_path, benchmark.write_csv),
+                        (plot_path, benchmark.write_plot)):
+        if path:
+            write(path, results, opts)
+    if as_json:
+        print_json(benchmark.results_dict(results, opts))
+        return
+    warn(list(dict.fromkeys(w for r in results for w in r.warnings)), False)
+    first = results[0]
+    table = Table("artifact", "batch", *(f"{s} ms" for s in STAGES), "end-to-end ms",
+                  "p99 ms", "frames/s", "vs first",
+                  title=f"mean per call over {first.iterations} iterations, artifacts interleaved "
+                        f"({first.preprocessing} preprocessing)")
+    for r in results:
+        streams_note = f", {r.streams} streams" if r.streams > 1 else ""
+        table.add_row(f"{Path(r.artifact).name} ({r.backend}, {r.precision}{streams_note})",
+                      str(r.batch), *(f"{r.stages[s].mean:.2f}" for s in STAGES),
+                      f"{r.end_to_end.mean:.2f}", f"{r.end_to_end.p99:.2f}",
+                      f"{r.throughput_fps:.1f}", f"{r.throughput_fps / first.throughput_fps:.2f}x")
+    out.print(table)
+    for r in results:
+        if r.layers:
+            top = list(r.layers.items())[:10]
+            out.print(f"slowest layers of {Path(r.artifact).name}, batch {r.batch}: "
+                      + ", ".join(f"{k} {v:.3f} ms" for k, v in top))
+    for path in (json_path, csv_path, plot_path):
+        if path:
+            out.print(f"[green]wrote[/] {path}")
+
+
+@command(json_help="Print the results as JSON.")
+@click.argument("artifact", type=click.Path(path_type=str))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("-o", "--output", "out_dir", default="explanations", show_default=True,
+              type=click.Path(file_okay=False), help="Folder for NAME.METHOD.png and .npy.")
+@flags(ExplainOptions, "method", "layer", "head", "compare", "topk", "fast")
+def explain(artifact: str, images: tuple[str, ...], out_dir: str, as_json: bool,
+            **kw: Any) -> None:
+    """Show where ARTIFACT looks in each of IMAGES (files, folders or globs): a PNG with the
+    image as the model saw it, the attention over the patch grid upsampled on top, and the
+    top-k prediction, plus the raw grid (H/P x W/P) as .npy.
+
+    The attention is read from ARTIFACT itself, so an FP16 or INT8 model shows its own.
+    Any vitedge ONNX model works; a TensorRT engine must be built from an export with
+    --attention-outputs."""
+    from vitedge.explain import explain_images
+    from vitedge.runtime.sources import image_files
+
+    opts = options(ExplainOptions, kw)
+    files = image_files(images)
+    with progress("explaining", enabled=not as_json) as bar:
+        results = explain_images(artifact, files, out_dir, opts, bar)
+    if as_json:
+        print_json([r.to_dict() for r in results])
+        return
+    compare = opts.compare
+    table = Table("image", "prediction", "grid", *(["vs " + Path(compare).name] if compare else []),
+                  "figure")
+    for r in results:
+        pred = r.prediction
+        said = (f"{pred['label'] if pred['label'] is not None else pred['class_id']} "
+                f"{pred['score']:.2f}" if pred["score"] is not None else "(embedding)")
+        row = [r.image, said, f"{r.grid_shape[0]}x{r.grid_shape[1]}"]
+        if compare:
+            c = r.compare
+            row.append(f"cosine {c['similarity']:.4f}, "
+                       f"{'same' if c['same_top1'] else 'different'} top-1")
+        table.add_row(*row, r.png)
+    out.print(table)
+
+
+@command(name="eval")
+@click.argument("artifact", type=click.Path(path_type=str))
+@flag(EvalOptions, "data", required=True, default=None, show_default=False)
+@flags(EvalOptions, "reference", "limit", "batch")
+def eval_(artifact: str, as_json: bool, **kw: Any) -> None:
+    """Top-1 / top-5 accuracy of ARTIFACT on a labelled image folder and, with --reference,
+    top-1 agreement, mean KL divergence and logit cosine against the reference model."""
+    from vitedge.evaluate import evaluate
+
+    opts = options(EvalOptions, kw)
+    with progress("evaluating", not as_json) as bar:
+        r = evaluate(artifact, opts, bar)
+    warn(r.warnings, as_json)
+    if as_json:
+        print_json(r.to_dict())
+        return
+    table = Table("model", "precision", "images", "top-1", "top-5", title=f"accuracy on {opts.data}")
+    table.add_row(r.model, r.precision, str(r.images), f"{r.top1:.2%}", f"{r.top5:.2%}")
+    if r.reference is not None and r.reference_top1 is not None:
+        table.add_row(r.reference + " (reference)", "", str(r.images), f"{r.reference_top1:.2%}", "")
+    out.print(table)
+    if r.agreement:
+        a = r.agreement
+        out.print(f"vs reference: top-1 agreement {a.top1_agreement:.2%}, mean KL {a.mean_kl:.2e}, "
+                  f"logit cosine {a.cosine:.5f}; top-1 change "
+                  f"{(r.top1 - (r.reference_top1 or 0)) * 100:+.2f} points")
+    out.print(f"{r.seconds:.1f}s")
+
+
+COMMANDS = [predict, embed, run, bench, explain, eval_]

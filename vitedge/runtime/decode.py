@@ -1,0 +1,53 @@
+"""Stage 1, decode: whatever a camera application hands the pipeline (an OpenCV BGR array,
+an RGB or gray array, RGBA, a PIL image, an image file) as the pixels preprocessing takes:
+an RGB (or L) PIL image for the exact path, an RGB array for the fast one. Every frame that
+cannot be one is a VitedgeError naming why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from vitedge.errors import VitedgeError
+from vitedge.runtime.preprocess import MAX_PIXELS, load_image, upright
+
+
+def decode_frame(frame: Any, color: str = "bgr", fast: bool = False) -> Image.Image | np.ndarray:
+    """One frame, decoded: a PIL image (exact path) or an RGB uint8 array (`fast`).
+    `color` is the channel order of a 3- or 4-channel array (OpenCV gives BGR)."""
+    if isinstance(frame, (str, Path)):
+        return load_image(frame) if not fast else np.asarray(load_image(frame))
+    if isinstance(frame, Image.Image):
+        if frame.width < 1 or frame.height < 1:
+            raise VitedgeError(f"an empty frame ({frame.width}x{frame.height}) cannot be classified")
+        frame = upright(frame)
+        return frame if not fast else np.asarray(frame.convert("RGB"))
+    if not isinstance(frame, np.ndarray):
+        raise VitedgeError(f"a frame must be a numpy array, a PIL image or a path, not "
+                           f"{type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise VitedgeError(f"a frame must be uint8 pixels, not {frame.dtype}")
+    if frame.ndim >= 2 and (frame.shape[0] < 1 or frame.shape[1] < 1):
+        raise VitedgeError(f"an empty frame ({frame.shape[1]}x{frame.shape[0]}) cannot be "
+                           "classified")
+    if frame.ndim >= 2 and frame.shape[0] * frame.shape[1] > MAX_PIXELS:
+        raise VitedgeError(f"a frame of {frame.shape[1]}x{frame.shape[0]} is more than "
+                           f"{MAX_PIXELS // 1_000_000} megapixels")
+    if frame.ndim == 3 and frame.shape[2] == 3 and not fast:
+        # PIL swaps BGR while it copies: no numpy pass over the frame
+        h, w = frame.shape[:2]
+        raw = "BGR" if color == "bgr" else "RGB"
+        return Image.frombuffer("RGB", (w, h), np.ascontiguousarray(frame), "raw", raw, 0, 1)
+    if frame.ndim == 2:
+        rgb = np.repeat(frame[:, :, None], 3, axis=2)
+    elif frame.ndim == 3 and frame.shape[2] in (3, 4):
+        rgb = frame[:, :, :3]
+        if color == "bgr":
+            rgb = rgb[:, :, ::-1]
+    else:
+        raise VitedgeError(f"a frame of shape {frame.shape} is not HxW, HxWx3 or HxWx4")
+    rgb = np.ascontiguousarray(rgb)
+    return rgb if fast else Image.fromarray(rgb)
