@@ -12,17 +12,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import CALIBRATION, export_random
 from results import machine, publish
-
-ROOT = Path(__file__).parents[1]
-CALIBRATION = ROOT / "calibration" / "fashion-mnist"
 
 
 def main(arch: str) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from int8_cpu import export_random
-
-    from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
+    from vitedge.backends import load_runner
     from vitedge.deploy import BuildOptions, build
 
     rows, loads = [], []
@@ -36,7 +31,7 @@ def main(arch: str) -> None:
             times = []
             for path in (source, r.artifact):
                 start = time.perf_counter()
-                OnnxRuntimeRunner(path)
+                load_runner(path).close()
                 times.append((time.perf_counter() - start) * 1e3)
             loads.append(f"| {precision} | {times[0]:.0f} ms | {times[1]:.0f} ms |")
             print(rows[-1], loads[-1], flush=True)

@@ -12,23 +12,16 @@ from pathlib import Path
 
 import torch
 from results import publish
-from safetensors.torch import save_file
 
-from vitedge.export import export_onnx
-from vitedge.export.exporter import ExportOptions
-from vitedge.model.archs import find_arch
-from vitedge.model.formats import config_from_timm_args
-from vitedge.model.vit import VisionTransformer
+from vitedge.export import ExportOptions, export_onnx
+from vitedge.model import random_checkpoint
 
 
 def main(archs: list[str]) -> None:
     rows = []
     for arch in archs:
-        cfg = config_from_timm_args(find_arch(arch).args)
         with tempfile.TemporaryDirectory() as tmp:
-            ckpt = Path(tmp) / "model.safetensors"
-            torch.manual_seed(0)
-            save_file(VisionTransformer(cfg).state_dict(), ckpt)
+            ckpt = random_checkpoint(arch, Path(tmp) / "model.safetensors")
             start = time.perf_counter()
             result = export_onnx(ckpt, Path(tmp) / "model.onnx", ExportOptions(arch=arch))
             total = time.perf_counter() - start

@@ -43,8 +43,7 @@ def main() -> None:
     from vitedge.compare import agreement
     from vitedge.export import ExportOptions, export_onnx
     from vitedge.options import QuantizeRequest
-    from vitedge.quantize.equalize import with_outlier_channels
-    from vitedge.quantize.quantizer import quantize_model
+    from vitedge.quantize import quantize_model, with_outlier_channels
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

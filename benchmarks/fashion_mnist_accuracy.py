@@ -20,12 +20,9 @@ from results import machine, publish
 
 from vitedge.evaluate import evaluate
 from vitedge.export import ExportOptions, export_onnx
-from vitedge.fileio import write_bytes_atomic
-from vitedge.options import EvalOptions
-from vitedge.quantize.calibrate import CalibrationOptions, calibrate
-from vitedge.quantize.equalize import with_outlier_channels
-from vitedge.quantize.qdq import QuantizeOptions
-from vitedge.quantize.quantizer import QuantizeRequest, quantize_model
+from vitedge.options import CalibrationOptions, EvalOptions, QuantizeOptions, QuantizeRequest
+from vitedge.quantize import quantize_model, with_outlier_channels
+from vitedge.quantize.calibrate import calibrate
 
 ROOT = Path(__file__).parents[1]
 CHECKPOINT = ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"
@@ -64,7 +61,7 @@ def main() -> None:
         fp32 = work / "demo.onnx"
         export_onnx(CHECKPOINT, fp32, ExportOptions())
         stress = work / "stress.onnx"
-        write_bytes_atomic(stress, with_outlier_channels(onnx.load(str(fp32))).SerializeToString())
+        _write_bytes(stress, with_outlier_channels(onnx.load(str(fp32))).SerializeToString())
         calib_times = {}
         for name, model in (("demo", fp32), ("stress copy", stress)):
             base = evaluate(model, EvalOptions(data=data, reference=fp32 if model != fp32 else None))
@@ -102,3 +99,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    Path(path).write_bytes(data)

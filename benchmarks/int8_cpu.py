@@ -10,7 +10,6 @@ vit_small_patch16_224). Appends a section to benchmarks/RESULTS.md."""
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -18,29 +17,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import CALIBRATION, ROOT, build_unverified, cpu_profile, export_random, latency_ms
 from results import machine, publish
-
-ROOT = Path(__file__).parents[1]
-CALIBRATION = ROOT / "calibration" / "fashion-mnist"
-
-
-def export_random(arch: str, folder: Path) -> Path:
-    import torch
-    from safetensors.torch import save_file
-
-    from vitedge.export import ExportOptions, export_onnx
-    from vitedge.model.archs import find_arch
-    from vitedge.model.formats import config_from_timm_args
-    from vitedge.model.vit import VisionTransformer
-
-    cfg = config_from_timm_args(find_arch(arch).args)
-    torch.manual_seed(0)
-    model = VisionTransformer(cfg)
-    model.init_weights()
-    save_file(model.state_dict(), folder / "model.safetensors")
-    out = folder / "fp32.onnx"
-    export_onnx(folder / "model.safetensors", out, ExportOptions(arch=arch, verify=False))
-    return out
 
 
 def calibrate_in_subprocess(model: Path) -> dict:
@@ -54,30 +32,13 @@ def calibrate_in_subprocess(model: Path) -> dict:
     return info
 
 
-def latency_ms(sessions: dict[str, object], x: np.ndarray, rounds: int = 40) -> dict[str, float]:
-    """Median batch-1 latency per model, the models interleaved round by round so that
-    machine noise hits them alike."""
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for s in sessions.values():
-        for _ in range(3):
-            s.run(None, {"images": x})  # type: ignore[attr-defined]
-    for _ in range(rounds):
-        for name, s in sessions.items():
-            start = time.perf_counter()
-            s.run(None, {"images": x})  # type: ignore[attr-defined]
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def main(arch: str) -> None:
     import onnx
 
-    from vitedge.backends.onnxruntime.build import build_onnxruntime
-    from vitedge.backends.onnxruntime.int8 import seven_bit_weights
-    from vitedge.backends.onnxruntime.session import ort_session
-    from vitedge.profiles import load_profile
-    from vitedge.quantize.calibrate import default_table_path
-    from vitedge.quantize.quantizer import QuantizeRequest, quantize_model
+    from vitedge.backends import get
+    from vitedge.options import QuantizeRequest
+    from vitedge.quantize import default_table_path, quantize_model
+    from vitedge.sessions import ort_session
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -88,12 +49,10 @@ def main(arch: str) -> None:
         quantize_model(fp32, int8, QuantizeRequest("int8", calib=table))
         fp16 = folder / "fp16.onnx"
         quantize_model(fp32, fp16, QuantizeRequest("fp16", calib=table))
-        seven = onnx.load(str(int8))
-        seven_bit_weights(seven)
-        cpu = load_profile("cpu")
-        built7, built8 = folder / "int8.7.ort.onnx", folder / "int8.8.ort.onnx"
-        build_onnxruntime(int8, built7, cpu)
-        build_onnxruntime(int8, built8, cpu, cpu_exact=False)
+        seven = get("onnxruntime").cpu_exact(onnx.load(str(int8)))  # type: ignore[attr-defined]
+        built7 = build_unverified(int8, folder / "int8.7.ort.onnx", "cpu")
+        built8 = build_unverified(int8, folder / "int8.8.ort.onnx",
+                                  cpu_profile(folder, "8-bit", int8_weight_bits=8))
         x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
         models: dict[str, object] = {
             "fp32": fp32, "int8 (Q/DQ graph, 8-bit weights)": int8,

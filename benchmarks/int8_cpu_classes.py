@@ -22,18 +22,17 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from common import CALIBRATION, ROOT, build_unverified, cpu_profile
 from results import machine, publish
 
-ROOT = Path(__file__).parents[1]
-CALIBRATION = ROOT / "calibration" / "fashion-mnist"
 TEST_IMAGES = ROOT / "evaluation" / "fashion-mnist"
 CHECKPOINT = ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"
 EMULATED = "EPYC-Rome"
 
 RUN_SCRIPT = """
 import sys, numpy as np, onnxruntime as ort
-from vitedge.backends.onnxruntime.cpu import cpu_int8
-x = np.load(sys.argv[1]); out = {"kernel": np.array(cpu_int8().kernel)}
+from vitedge.bench import machine_info
+x = np.load(sys.argv[1]); out = {"kernel": np.array(machine_info()["int8_kernels"])}
 so = ort.SessionOptions(); so.intra_op_num_threads = 2
 for i, path in enumerate(sys.argv[3:]):
     s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
@@ -60,7 +59,7 @@ def logits_on(models: list[Path], x: np.ndarray, work: Path, emulate: str | None
 
 
 def float_graph(path: Path, x: np.ndarray) -> np.ndarray:
-    from vitedge.backends.onnxruntime.session import ort_session
+    from vitedge.sessions import ort_session
 
     s = ort_session(path, optimization="none")
     return s.run(["logits"], {s.get_inputs()[0].name: x})[0]
@@ -73,15 +72,12 @@ def main() -> None:
 
     import onnx
 
-    from vitedge.backends.onnxruntime.build import build_onnxruntime
-    from vitedge.backends.onnxruntime.int8 import seven_bit_weights
-    from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
+    from vitedge.backends import get, load_runner
     from vitedge.compare import agreement
     from vitedge.datasets import image_source, labelled_folder, model_inputs
     from vitedge.deploy import BuildOptions, build
     from vitedge.export import ExportOptions, export_onnx
-    from vitedge.profiles import load_profile
-    from vitedge.quantize.equalize import with_outlier_channels
+    from vitedge.quantize import with_outlier_channels
 
     if not shutil.which("qemu-x86_64"):
         sys.exit("needs QEMU's user-mode emulator: apt-get install qemu-user")
@@ -92,7 +88,9 @@ def main() -> None:
         export_onnx(CHECKPOINT, demo, ExportOptions())
         stress = work / "stress.onnx"
         stress.write_bytes(with_outlier_channels(onnx.load(str(demo))).SerializeToString())
-        manifest = OnnxRuntimeRunner(demo).manifest
+        with load_runner(demo) as runner:
+            manifest = runner.manifest
+        eight_bit = cpu_profile(work, "8-bit", int8_weight_bits=8)
         items = labelled_folder(TEST_IMAGES, manifest.labels).items[: args.images]
         labels = np.array([label for _, label in items])
         (work / "test.txt").write_text("".join(f"{path}\n" for path, _ in items))
@@ -102,9 +100,8 @@ def main() -> None:
             build(fp32, str(seven), BuildOptions(precision="int8", data=str(CALIBRATION)))
             qdq = work / f"{fp32.stem}.int8.onnx"
             eight = work / f"{fp32.stem}.int8.8bit.ort.onnx"
-            build_onnxruntime(qdq, eight, load_profile("cpu"), cpu_exact=False)
-            graph7 = onnx.load(str(qdq))
-            seven_bit_weights(graph7)
+            build_unverified(qdq, eight, eight_bit)  # saturates on this CPU class: not verified
+            graph7 = get("onnxruntime").cpu_exact(onnx.load(str(qdq)))  # type: ignore[attr-defined]
             (work / "graph7.onnx").write_bytes(graph7.SerializeToString())
             reference = float_graph(fp32, x)
             graphs = {"8-bit": float_graph(qdq, x), "7-bit": float_graph(work / "graph7.onnx", x)}

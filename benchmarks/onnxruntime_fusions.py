@@ -14,10 +14,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).parent))
-from int8_cpu import CALIBRATION, export_random, latency_ms  # noqa: E402
-from results import machine, publish  # noqa: E402
+from common import CALIBRATION, build_unverified, cpu_profile, export_random, latency_ms
+from results import machine, publish
 
 ROUNDS = 60
 
@@ -25,13 +23,10 @@ ROUNDS = 60
 def main(arch: str) -> None:
     import onnxruntime
 
-    from vitedge.backends.onnxruntime.build import build_onnxruntime
-    from vitedge.backends.onnxruntime.session import ort_session
-    from vitedge.profiles import load_profile
-    from vitedge.quantize.calibrate import CalibrationOptions
-    from vitedge.quantize.quantizer import QuantizeRequest, quantize_model
+    from vitedge.options import CalibrationOptions, QuantizeRequest
+    from vitedge.quantize import quantize_model
+    from vitedge.sessions import ort_session
 
-    profile = load_profile("cpu")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -40,10 +35,11 @@ def main(arch: str) -> None:
         quantize_model(fp32, int8, QuantizeRequest(
             "int8", data=str(CALIBRATION), calibration=CalibrationOptions(num_images=64)))
         sessions = {}
+        plain = cpu_profile(folder, "no-rewrites", fusions=False)
         for precision, model in (("fp32", fp32), ("int8", int8)):
             for fused in (False, True):
                 out = folder / f"{precision}.{'fused' if fused else 'plain'}.ort.onnx"
-                build_onnxruntime(model, out, profile, fusions=fused)
+                build_unverified(model, out, "cpu" if fused else plain)
                 sessions[(precision, fused)] = ort_session(out, optimization="none")
         x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
         named = {f"{p} {'fused' if f else 'plain'}": s for (p, f), s in sessions.items()}

@@ -77,7 +77,7 @@ def measure_hf(folder: str) -> None:
 
 
 def measure_vitedge(artifact: Path, fast: bool) -> tuple[list[float], dict[str, float]]:
-    from vitedge.runtime.pipeline import open_pipeline
+    from vitedge.runtime import open_pipeline
 
     frames = frames_640x480()
     times = []
@@ -93,7 +93,7 @@ def measure_vitedge(artifact: Path, fast: bool) -> tuple[list[float], dict[str, 
 
 def measure_vitedge_streams(artifact: Path, fast: bool) -> float:
     """Milliseconds per frame of `stream()` over the frames, one stream per core."""
-    from vitedge.runtime.pipeline import available_cores, open_pipeline
+    from vitedge.runtime import available_cores, open_pipeline
 
     frames = frames_640x480()
     sequence = [frames[i % len(frames)] for i in range(FRAMES)]
@@ -154,7 +154,7 @@ def rss_mb() -> float:
 def memory_check(work: Path, frames: int = 10_000) -> str:
     import cv2
 
-    from vitedge.runtime.pipeline import open_pipeline
+    from vitedge.runtime import open_pipeline
 
     video = work / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30, (160, 120))
@@ -167,7 +167,7 @@ def memory_check(work: Path, frames: int = 10_000) -> str:
                     str(ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"),
                     "--precision", "int8", "--data", str(ROOT / "calibration" / "fashion-mnist"),
                     "-o", str(artifact), "--json"], check=True, capture_output=True)
-    from vitedge.runtime.pipeline import available_cores
+    from vitedge.runtime import available_cores
 
     lines = []
     for streams in sorted({1, available_cores()}):

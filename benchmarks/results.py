@@ -13,11 +13,11 @@ def machine() -> str:
     import os
     import platform
 
-    from vitedge.backends.onnxruntime.cpu import cpu_int8, cpu_name
+    from vitedge.bench import machine_info
 
-    info = cpu_int8()
-    return (f"{cpu_name()} ({platform.machine()}; {', '.join(info.features) or 'no AVX2'}; "
-            f"INT8 kernels {info.kernel}), {len(os.sched_getaffinity(0))} cores")
+    m = machine_info()
+    return (f"{m['cpu']} ({platform.machine()}; {', '.join(m['cpu_features']) or 'no AVX2'}; "
+            f"INT8 kernels {m['int8_kernels']}), {len(os.sched_getaffinity(0))} cores")
 
 
 def publish(section: str) -> None:

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -285,3 +286,26 @@ def test_a_model_whose_reference_cannot_decide_builds_on_its_cosine(tmp_path):
                    BuildOptions(precision="int8", data=str(DEMO_CALIBRATION)))
     v = result.verification
     assert v["classifier"] is False and v["vs_graph"]["cosine_min"] > 0.999
+
+
+def test_a_profile_can_keep_8_bit_weights_and_the_build_says_what_it_got(demo_fp32, tmp_path):
+    """`int8_weight_bits = 8` (only to measure what the CPU-exact encoding costs) keeps the
+    weights as quantize made them; the default re-encodes to 7 bits."""
+    from vitedge.backends.onnxruntime.int8 import largest_integer_weight
+    from vitedge.options import VerifyOptions
+
+    profile = tmp_path / "eight.toml"
+    profile.write_text('description = "8"\nbackend = "onnxruntime"\nprecision = "int8"\n'
+                       "[onnxruntime]\nint8_weight_bits = 8\n")
+    options = BuildOptions(precision="int8", data=str(DEMO_CALIBRATION),
+                           verify=VerifyOptions(enabled=False))
+    model = tmp_path / "m.onnx"
+    shutil.copy(demo_fp32, model)
+    eight = build(model, tmp_path / "m8.ort.onnx", replace(options, profile=str(profile)))
+    seven = build(model, tmp_path / "m7.ort.onnx", options)
+    assert largest_integer_weight(onnx.load(str(eight.artifact))) > WEIGHT_MAX_7
+    assert largest_integer_weight(onnx.load(str(seven.artifact))) <= WEIGHT_MAX_7
+    assert OnnxRuntimeRunner(eight.artifact).manifest.source["int8_weight_bits"] == 8
+
+
+WEIGHT_MAX_7 = 63

@@ -8,13 +8,15 @@ from typing import Any
 
 from vitedge.architecture import ViTConfig
 
-__all__ = ["ViTConfig", "VisionTransformer", "load_checkpoint", "ImportOptions", "ImportedViT"]
+__all__ = ["ImportOptions", "ImportedViT", "ViTConfig", "VisionTransformer", "load_checkpoint",
+           "random_checkpoint"]
 
 _LAZY = {
     "VisionTransformer": "vitedge.model.vit",
     "load_checkpoint": "vitedge.model.importer",
     "ImportOptions": "vitedge.model.importer",
     "ImportedViT": "vitedge.model.importer",
+    "random_checkpoint": "vitedge.model.random_init",
 }
 
 

@@ -7,3 +7,25 @@ as TensorRT 10 (strongly typed) and 11 take precision.
   to know of a ViT graph;
 - `quantizer.py`: the stage (`quantize_model`), with its TensorRT parser check and its
   comparison with FP32."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_PUBLIC = {
+    "quantize_model": "vitedge.quantize.quantizer",
+    "QuantizeResult": "vitedge.quantize.quantizer",
+    "default_table_path": "vitedge.quantize.calibrate",
+    "with_outlier_channels": "vitedge.quantize.equalize",
+}
+"""The stage functions, and the stress copy the accuracy benchmarks and tests measure
+quantization on (`vitedge.quantize.calibrate.calibrate` is the calibrate stage)."""
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        import importlib
+
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(name)
