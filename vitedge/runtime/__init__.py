@@ -8,13 +8,14 @@ onnxruntime or TensorRT (OpenCV for video, cameras and windows).
         for frame, p in pipe.stream(open_source("rtsp://camera/stream")):   # capture, classify
             out.render(frame, p)                                             # render
 
-What is here: `open_pipeline` (`vitedge.open`) and `Pipeline` (pipeline.py: decode ->
-preprocess -> patchify -> infer -> postprocess, every stage timed), `open_source` /
+What is here: `open_pipeline` (`vitedge.open`) and `Pipeline` (pipeline.py), which composes
+the stages, each timed: decode.py -> preprocess.py (exact and fast) -> patchify.py -> the
+backend's runner (`vitedge.backends`) -> postprocess.py (scores, top-k, embeddings), with
+scheduler.py saying when frames run (prefetch, frames in flight); `open_source` /
 `FrameSource` (sources.py: files, folders, video, cameras, streams, GStreamer; outages
-ridden out), `open_output` (outputs.py: video file, window, none), the preprocessing and
-patchify the whole toolkit shares (preprocess.py, patchify.py), attention maps
-(attention.py), stage statistics (stats.py) and the camera loop (run_loop.py). The
-backends that run the model are `vitedge.backends`."""
+ridden out), `open_output` (outputs.py: video file, window, none), attention maps
+(attention.py), stage statistics (stats.py), the camera loop (run_loop.py), and the
+library calls of `vitedge predict` and `vitedge embed` (predict.py, embed.py)."""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 backend beside ONNX Runtime and TensorRT, sharing TensorRT's builder and runner code
 (`vitedge.backends.tensorrt.flavours` says where the two differ).
 
+- `backend.py`: the `Backend` the registry lists, TensorRT's with the RTX flavour
+  (profile table `[tensorrt_rtx]`, compute-capability targets);
 - build side: `build.py` (`build_rtx_engine`: a strongly typed engine for chosen compute
   capabilities, built ahead of time on a machine without a GPU); `parser.py` (its real ONNX
   parser, which checks every ONNX model vitedge writes when tensorrt_rtx is installed);
