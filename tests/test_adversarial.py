@@ -373,10 +373,16 @@ def test_build_does_not_replace_a_users_file_where_an_intermediate_goes(work, tm
     shutil.copy(work["checkpoint"], ckpt)
     mine = tmp_path / "vit.onnx"
     mine.write_bytes(b"my own model")
-    run_in(tmp_path, ["build", str(ckpt), "--precision", "fp32"], capsys,
-           "is not what this build makes", keep=(mine,))
+    code, out, err = run_cli(["build", str(ckpt), "--precision", "fp32", "--json"], capsys)
+    assert code == 0, err
+    assert mine.read_bytes() == b"my own model"  # left alone; the build's export goes beside
+    result = json.loads(out)
+    assert any("vit.onnx is not what this build makes" in n for n in result["notes"])
+    written = result["intermediate"]
+    assert len(written) == 1 and Path(written[0]).name.startswith("vit.") and Path(written[0]).is_file()
     code, _, err = run_cli(["build", str(ckpt), "--precision", "fp32", "--force"], capsys)
-    assert code == 0, err  # --force says it may
+    assert code == 0, err  # --force says it may replace it
+    assert mine.read_bytes() != b"my own model"
 
 
 # --- images and frames --------------------------------------------------------------------------

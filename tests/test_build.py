@@ -20,6 +20,7 @@ from vitedge.backends import load_runner
 from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
 from vitedge.compare import agreement
 from vitedge.deploy import BuildOptions, build
+from vitedge.errors import VitedgeError
 
 CALIBRATION = str(DEMO_CALIBRATION)
 MIN_AGREEMENT = {"fp32": 1.0, "fp16": 0.998, "int8": 0.99}
@@ -65,11 +66,21 @@ def test_build_from_a_checkpoint_exports_first(tmp_path, precision):
         assert any("reused" in n for n in again.notes)
 
 
-def test_auto_falls_back_to_onnxruntime_and_says_why(demo_fp32, tmp_path):
-    fp32 = demo_fp32
-    result = build(fp32, str(tmp_path / "m.ort.onnx"), BuildOptions(precision="fp32", profile="desktop-rtx"))
-    assert result.backend == "onnxruntime"
-    assert result.backend_reason == "TensorRT (with its builder) is not installed"
+def test_a_profile_whose_backend_is_missing_is_refused_not_replaced(demo_fp32, tmp_path):
+    """A profile names what to build: where its backend cannot build, one line says what is
+    missing and which profiles build here; never another backend's artifact in its place."""
+    out = tmp_path / "m.ort.onnx"
+    with pytest.raises(VitedgeError) as info:
+        build(demo_fp32, str(out), BuildOptions(precision="fp32", profile="desktop-rtx"))
+    assert "profile desktop-rtx builds for TensorRT, which cannot build here: TensorRT (with " \
+           "its builder) is not installed" in str(info.value)
+    assert "profiles that build on this machine: cpu" in str(info.value)
+    assert not out.exists()
+
+
+def test_without_a_profile_this_machine_s_one_or_the_cpu_s(demo_fp32, tmp_path):
+    result = build(demo_fp32, str(tmp_path / "m.ort.onnx"), BuildOptions(precision="fp32"))
+    assert result.backend == "onnxruntime" and result.profile == "cpu"
 
 
 def test_cli_build_json(demo_fp32, tmp_path, capsys):

@@ -194,7 +194,7 @@ def test_cli_explain(demo_fp32, tmp_path, capsys):
     code, out, _ = run_cli(["explain", str(demo_fp32), str(IMAGES[0]), "-o", str(tmp_path),
                             "--head", "max", "--layer", "0", "--json"], capsys)
     assert code == 0
-    (result,) = json.loads(out)
+    (result,) = json.loads(out)["explanations"]
     assert result["grid_shape"] == [7, 7] and result["prediction"]["label"]
     with open_pipeline(demo_fp32) as pipe:
         np.testing.assert_allclose(np.load(result["npy"]), pipe.explain(IMAGES[0], "cls", 0, "max"))

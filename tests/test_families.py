@@ -362,7 +362,7 @@ def test_each_family_quantizes_to_int8_and_fp16(family, tmp_path):
 
 def test_archs_lists_the_new_families(capsys):
     code, out, _ = run_cli(["archs", "--json"], capsys)
-    names = {a["name"] for a in json.loads(out)}
+    names = {a["name"] for a in json.loads(out)["architectures"]}
     assert {"vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2",
             "vit_base_patch16_clip_224", "vit_base_patch16_clip_quickgelu_224",
             "vit_base_patch16_siglip_224", "eva02_small_patch14_224"} <= names

@@ -204,7 +204,7 @@ def test_doctor_reports_the_cpu(capsys):
 
     code, out, _ = run_cli(["doctor", "--json"], capsys)
     assert code == 0
-    cpu = next(c for c in json.loads(out) if c["name"] == "cpu")
+    cpu = next(c for c in json.loads(out)["checks"] if c["name"] == "cpu")
     assert cpu_int8().kernel in cpu["detail"] and "INT8" in cpu["detail"]
 
 

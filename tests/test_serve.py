@@ -311,7 +311,7 @@ def test_an_onnx_model_becomes_onnxruntime_onnx_with_an_image_ensemble(artifacts
     ensemble = parse_config(repo / "fmnist_int8_image" / "config.pbtxt")
     assert ensemble.platform == "ensemble"
     steps = [s.model_name for s in ensemble.ensemble_scheduling.step]
-    assert steps == ["fmnist_int8_preprocess", "fmnist_int8"]
+    assert steps == ["fmnist_int8_preprocess", "fmnist_int8", "fmnist_int8_postprocess"]
     assert parse_config(repo / "fmnist_int8_preprocess" / "config.pbtxt").backend == "python"
     assert "Triton" in (repo / "README.md").read_text()
 
@@ -327,9 +327,10 @@ def test_the_exported_repository_loads_in_triton_and_answers_image_bytes(artifac
     export_repository([artifacts["int8"]], repo, ServeOptions(onnx_backend="python"))
     plain = tmp_path / "plain"
     export_repository([artifacts["int8"]], plain, ServeOptions())
-    shutil.copytree(plain / "fmnist_int8_preprocess", repo / "plain_preprocess")
-    config = repo / "plain_preprocess" / "config.pbtxt"
-    config.write_text(config.read_text().replace('"fmnist_int8_preprocess"', '"plain_preprocess"'))
+    for step in ("preprocess", "postprocess"):
+        shutil.copytree(plain / f"fmnist_int8_{step}", repo / f"plain_{step}")
+        config = repo / f"plain_{step}" / "config.pbtxt"
+        config.write_text(config.read_text().replace(f'"fmnist_int8_{step}"', f'"plain_{step}"'))
     expected = reference(artifacts["int8"], IMAGES)
     with TritonServer(repo) as running:
         client = http.InferenceServerClient(running.url)
@@ -341,6 +342,16 @@ def test_the_exported_repository_loads_in_triton_and_answers_image_bytes(artifac
         inp.set_data_from_numpy(image_bytes(IMAGES))
         pre = client.infer("plain_preprocess", [inp]).as_numpy("input")
         np.testing.assert_array_equal(pre, model_inputs(artifacts["int8"], IMAGES))
+        logits = http.InferInput("logits", [len(IMAGES), 10], "FP32")
+        logits.set_data_from_numpy(np.stack([p.logits for p in expected]).astype(np.float32))
+        post = client.infer("plain_postprocess", [logits])
+        assert [x[0].decode() for x in post.as_numpy("label")] == [p.label for p in expected]
+        assert post.as_numpy("topk_ids")[:, 0].tolist() == [p.class_id for p in expected]
+        np.testing.assert_allclose(post.as_numpy("score")[:, 0], [p.score for p in expected],
+                                   atol=1e-6)
+    ensemble = (plain / "fmnist_int8_image" / "config.pbtxt").read_text()
+    for output in ("logits", "label", "score", "topk_ids", "topk_scores"):
+        assert f'name: "{output}"' in ensemble  # what serve answers, the fleet's Triton too
 
 
 def engine_description(tmp_path: Path, demo_fp32: Path, batch: str) -> Path:

@@ -64,7 +64,8 @@ def agreement(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
     if ref.shape != cand.shape:
         raise ValueError(f"outputs of shape {ref.shape} and {cand.shape} cannot be compared")
     p, q = softmax(ref), softmax(cand)
-    kl = np.sum(p * (np.log(np.maximum(p, 1e-30)) - np.log(np.maximum(q, 1e-30))), axis=-1)
+    kl = np.maximum(np.sum(p * (np.log(np.maximum(p, 1e-30)) - np.log(np.maximum(q, 1e-30))),
+                           axis=-1), 0.0)  # never below 0: float rounding of equal outputs
     cos = np.sum(ref * cand, axis=-1) / np.maximum(
         np.linalg.norm(ref, axis=-1) * np.linalg.norm(cand, axis=-1), 1e-30)
     same = ref.argmax(-1) == cand.argmax(-1)

@@ -7,6 +7,8 @@ and a GPU are present, else ONNX Runtime's optimized model.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -46,6 +48,10 @@ class BuildResult:
     size_bytes: int
     steps: dict[str, float] = field(default_factory=dict)
     intermediate: list[str] = field(default_factory=list)
+    """Every file the build wrote besides the artifact (export, calibration table and cache,
+    quantized model)."""
+    reused: list[str] = field(default_factory=list)
+    """Intermediates that were there already and were what this build makes."""
     details: dict[str, Any] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
     """What `vitedge.verification` measured; empty with --no-verify."""
@@ -56,7 +62,9 @@ class BuildResult:
         return round(sum(self.steps.values()), 2)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "artifact": str(self.artifact), "seconds": self.seconds}
+        d = {**asdict(self), "seconds": self.seconds}
+        d["output"] = str(d.pop("artifact"))  # the file written: `output` in every command
+        return d
 
     def summary_rows(self) -> list[tuple[str, str]]:
         """The build summary, as rows."""
@@ -66,43 +74,56 @@ class BuildResult:
                 ("build time", f"{self.seconds:.1f} s")]
         if self.intermediate:
             rows.append(("also wrote", ", ".join(self.intermediate)))
+        if self.reused:
+            rows.append(("reused", ", ".join(self.reused)))
         return rows
 
 
 def choose_backend(requested: str, profile: Profile) -> tuple[str, str]:
-    """(backend, why): the one asked for, else the profile's where it can build here, else
-    the embedded default, saying why."""
+    """(backend, why): the one asked for, else the profile's; a profile whose backend cannot
+    build here is refused in one line (never another backend in its place) saying what is
+    missing and which profiles do build here."""
     if requested != "auto":
         return backends.get(requested).name, "asked for with --backend"
     backend = backends.get(profile.backend)
     why_not = backend.unavailable()
     if why_not is None:
         return backend.name, backend.chosen(profile)
-    return backends.EMBEDDED, why_not
+    raise VitedgeError(f"profile {profile.name} builds for {backend.product}, which cannot build "
+                       f"here: {why_not}", _profiles_that_build_here())
+
+
+def _profiles_that_build_here() -> str:
+    from vitedge.profiles import available
+
+    here = [name for name in available()
+            if backends.get(load_profile(name).backend).unavailable() is None]
+    return f"profiles that build on this machine: {', '.join(here)} (`vitedge profiles`)"
 
 
 def build(input_path: str | Path, output: str | Path | None = None,
           options: BuildOptions | None = None, report: Reporter | None = None) -> BuildResult:
     """INPUT (a checkpoint, or a vitedge ONNX model) to the artifact at `output` (default
     INPUT.PRECISION.engine or INPUT.PRECISION.ort.onnx beside INPUT), verified; nothing is
-    written at `output` unless the verification passes."""
+    written at `output` unless the verification passes. The intermediates (the export, the
+    calibration table, the quantized model) are reused where they match; a file the user
+    made is never replaced (without --force): the build's own goes beside it."""
     options = options or BuildOptions()
     rep = reporter(report)
-    step = rep.step
     src = Path(input_path)
     if not src.exists():
         raise VitedgeError(f"no such file or folder: {src}")
-    profile = load_profile(options.profile or suggested_profile())
+    profile, name, reason = choose_profile_and_backend(options)
+    backend = backends.get(name)
     precision = options.precision or profile.precision
     if precision not in PRECISIONS:
         raise VitedgeError(f"unknown precision '{precision}'", f"use one of {', '.join(PRECISIONS)}")
     batch = BatchRange.parse(options.batch) if options.batch else profile.batch
-    name, reason = choose_backend(options.backend, profile)
-    backend = backends.get(name)
     backend.require()  # fail before any work, with what is missing
     is_onnx = src.suffix == ".onnx"
     stem = src.stem if is_onnx else (src.stem if src.is_file() else src.name)
     output = Path(output) if output else src.parent / f"{stem}.{precision}{backend.suffix}"
+    _check_output_names_backend(output, backend)
     _check_writable(output)
     refuse_overwriting_inputs(output, src, options.data, options.calib)
     intermediates = ([] if is_onnx else [output.parent / f"{stem}.onnx"]) + (
@@ -111,54 +132,20 @@ def build(input_path: str | Path, output: str | Path | None = None,
         raise VitedgeError(f"-o {output} is where the build writes an intermediate model",
                            f"choose another name, e.g. {stem}.{precision}{backend.suffix}")
     result = BuildResult(output, name, reason, precision, profile.name, backend.device(), 0)
-
-    def timed(name: str, fn: Callable[[], Any]) -> Any:
-        step(name)
-        t = time.perf_counter()
-        value = fn()
-        result.steps[name] = round(time.perf_counter() - t, 2)
-        return value
-
-    work = output.parent
-    if is_onnx:
-        fp32 = src
-    else:
-        from vitedge.export import ExportOptions, export_onnx
-
-        fp32 = work / f"{stem}.onnx"
-        _claim(fp32, src, options.force, lambda m: m.source.get("file") == src.name and (
-            not src.is_file() or m.source.get("sha256") == sha256_file(src)))
-        timed("export", lambda: export_onnx(src, fp32, ExportOptions(batch=None)))
-        result.intermediate.append(str(fp32))
+    files = Intermediates(output.parent, options.force, result, rep)
+    fp32 = src if is_onnx else files.export(src, stem)
     manifest = require_manifest(load_onnx(fp32), fp32)
-    model_for_backend = fp32
     if manifest.precision not in ("fp32", precision):
         raise VitedgeError(f"{fp32} is already {manifest.precision}; cannot build {precision}",
                            "start from the FP32 export")
-    calib_source, held_out = _split_data(options)
+    calibrating = precision != "fp32" and manifest.precision == "fp32" and options.calib is None
+    calib_source, held_out = _split_data(options, calibrating)
+    model_for_backend = fp32
     if precision != "fp32" and manifest.precision == "fp32":
-        from vitedge.quantize.calibrate import calibrate, default_table_path
-        from vitedge.quantize.quantizer import QuantizeRequest, quantize_model
-
         calib = options.calib
         if calib is None and calib_source is not None:
-            table = timed("calibrate", lambda: calibrate(
-                fp32, default_table_path(fp32), replace(options.calibration, data=calib_source),
-                rep))
-            calib = str(table.output)
-            if table.reused:
-                result.notes.append(f"calibration table {table.output} reused (same model, "
-                                    "data, options)")
-        quantized = work / f"{stem}.{precision}.onnx"
-        fp32_sha = sha256_file(fp32)
-        _claim(quantized, fp32, options.force, lambda m: m.precision == precision and
-               m.source.get("fp32_sha256") == fp32_sha)
-        request = QuantizeRequest(precision=precision, calib=calib, calibration=options.calibration,
-                                  qdq=options.qdq)
-        q = timed("quantize", lambda: quantize_model(fp32, quantized, request, rep))
-        result.notes.extend(q.notes)
-        result.intermediate.append(str(quantized))
-        model_for_backend = quantized
+            calib = files.calibrate(fp32, replace(options.calibration, data=calib_source))
+        model_for_backend = files.quantize(fp32, stem, precision, calib, options)
     reference = fp32 if manifest.precision == "fp32" and model_for_backend != fp32 else None
     inputs = _verification_inputs(options, manifest, held_out)
     build_request = BuildRequest(
@@ -166,17 +153,204 @@ def build(input_path: str | Path, output: str | Path | None = None,
         profile, batch, Path(options.timing_cache) if options.timing_cache else None, rep)
     with atomic_path(output) as tmp:  # the artifact appears only once it is verified
         try:
-            built = timed(backend.build_step, lambda: backend.build(build_request, tmp))
+            built = files.timed(backend.build_step, lambda: backend.build(build_request, tmp))
             result.details.update(built.details)
             result.notes.extend(built.notes)
-            if inputs is not None:
-                verification = _verify(backend, built, reference, inputs, options, result, timed)
-                backend.record(built, verification)
+            if inputs is None:
+                result.verification = {"skipped": "not verified (--no-verify)"}
+            else:
+                backend.record(built, _verify(backend, built, reference, inputs, options,
+                                              result, files.timed))
             backend.finish(built, output)
         finally:
             backend.discard(tmp)
         result.size_bytes = tmp.stat().st_size
     return result
+
+
+def choose_profile_and_backend(options: BuildOptions) -> tuple[Profile, str, str]:
+    """(profile, backend, why). A profile given is built for as it says, or refused where
+    its backend cannot build here; a backend given brings its own default profile; with
+    neither, this machine's profile, or the CPU's where that one's backend is missing."""
+    if options.profile:
+        profile = load_profile(options.profile)
+        return (profile, *choose_backend(options.backend, profile))
+    if options.backend != "auto":
+        backend = backends.get(options.backend)
+        profile = load_profile(backend.default_profile)
+        return profile, backend.name, (f"asked for with --backend (profile {profile.name}, "
+                                       f"the {backend.name} backend's default)")
+    profile = load_profile(suggested_profile())
+    why_not = backends.get(profile.backend).unavailable()
+    if why_not is None:
+        return (profile, *choose_backend("auto", profile))
+    fallback = load_profile(backends.embedded().default_profile)
+    name, _ = choose_backend("auto", fallback)
+    return fallback, name, (f"this machine's profile {profile.name} builds for "
+                            f"{backends.get(profile.backend).product}, but {why_not}; building "
+                            f"for the CPU (profile {fallback.name})")
+
+
+def _check_output_names_backend(output: Path, backend: Backend) -> None:
+    """-o x.engine names an engine: a build that makes another backend's artifact refuses
+    it instead of writing, say, an ONNX Runtime model called .engine."""
+    named = [b for b in backends.all_backends() if output.name.endswith(b.suffix)]
+    if not named or backend in named:
+        return
+    which = " or ".join(b.name for b in named)
+    here = [b.name for b in named if b.unavailable() is None]
+    hint = (f"--backend {here[0]} builds it here" if here else
+            f"{named[0].product} is not installed here ({named[0].unavailable()})")
+    raise VitedgeError(f"-o {output.name} names a {which} artifact ({named[0].suffix}), but this "
+                       f"build makes a {backend.name} one ({backend.suffix})",
+                       f"name it {output.name.removesuffix(named[0].suffix)}{backend.suffix}, "
+                       f"or {hint}")
+
+
+class Intermediates:
+    """The files a build makes on the way: the export, the calibration table (and its
+    TensorRT cache), the quantized model. Each is reused where it matches what this build
+    would make; made again where an earlier build made it; and where the user made it (a
+    `vitedge export`, `calibrate` or `quantize` of their own), left alone: the build's
+    goes beside it under a name with the build's fingerprint, or replaces it with --force.
+    Every file written and reused is listed in the result."""
+
+    def __init__(self, folder: Path, force: bool, result: BuildResult, report: Reporter):
+        self.folder, self.force, self.result, self.report = folder, force, result, report
+
+    def timed(self, name: str, fn: Callable[[], Any]) -> Any:
+        self.report.step(name)
+        t = time.perf_counter()
+        value = fn()
+        self.result.steps[name] = round(time.perf_counter() - t, 2)
+        return value
+
+    def place(self, path: Path, key: Any, matches: Callable[[Path], bool],
+              ours: Callable[[Path], bool]) -> tuple[Path, bool]:
+        """(where to write, whether what is there already is it)."""
+        if not path.exists() or self.force:
+            return path, False
+        if matches(path):
+            return path, True
+        if ours(path):
+            return path, False
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+        mine = path.with_name(f"{_stem(path)}.{digest[:8]}{_suffix(path)}")
+        self.result.notes.append(f"{path.name} is not what this build makes (yours, from other "
+                                 f"options or data): left as it is; the build's is {mine.name}")
+        return mine, mine.exists() and matches(mine)
+
+    def _record(self, path: Path, reused: bool, also: tuple[Path, ...] = ()) -> None:
+        target = self.result.reused if reused else self.result.intermediate
+        target.extend(str(p) for p in (path, *also))
+
+    def export(self, checkpoint: Path, stem: str) -> Path:
+        from vitedge.export import ExportOptions, export_onnx
+
+        export = ExportOptions(batch=None)
+        sha = sha256_file(checkpoint) if checkpoint.is_file() else None
+
+        def matches(p: Path) -> bool:
+            m = _manifest_of(p)
+            return m is not None and m.source.get("file") == checkpoint.name and (
+                sha is None or m.source.get("sha256") == sha) and \
+                m.source.get("export") == export.key()
+
+        path, reused = self.place(self.folder / f"{stem}.onnx", [sha, export.key()], matches,
+                                  _made_by_build)
+        if not reused:
+            self.timed("export", lambda: export_onnx(checkpoint, path, export, self.report,
+                                                     made_by=BUILD))
+        self._record(path, reused)
+        return path
+
+    def calibrate(self, fp32: Path, options: Any) -> str:
+        from vitedge.quantize.calibrate import (
+            calibrate,
+            calibration_source,
+            default_table_path,
+            table_matches,
+            tensorrt_cache_path,
+        )
+        from vitedge.quantize.table import CalibrationTable
+
+        source = calibration_source(options)
+        model_sha = sha256_file(fp32)
+
+        def table(p: Path) -> CalibrationTable | None:
+            try:
+                return CalibrationTable.read(p)
+            except VitedgeError:
+                return None
+
+        def matches(p: Path) -> bool:
+            t = table(p)
+            return t is not None and table_matches(t, model_sha, source, options)
+
+        def ours(p: Path) -> bool:
+            t = table(p)
+            return t is not None and t.stats.get("made_by") == BUILD
+
+        path, reused = self.place(default_table_path(fp32),
+                                  [model_sha, source.fingerprint, options.key()], matches, ours)
+        made = self.timed("calibrate", lambda: calibrate(fp32, path, options, self.report,
+                                                         made_by=BUILD))
+        self._record(path, made.reused, (tensorrt_cache_path(path),))
+        return str(path)
+
+    def quantize(self, fp32: Path, stem: str, precision: str, calib: str | None,
+                 options: BuildOptions) -> Path:
+        from vitedge.quantize.quantizer import QuantizeRequest, quantize_model
+        from vitedge.quantize.table import CalibrationTable
+
+        request = QuantizeRequest(precision=precision, calib=calib,
+                                  calibration=options.calibration, qdq=options.qdq)
+        fp32_sha = sha256_file(fp32)
+        key = request.key(CalibrationTable.read(calib).checksum() if calib else None)
+
+        def matches(p: Path) -> bool:
+            m = _manifest_of(p)
+            return m is not None and m.precision == precision and \
+                m.source.get("fp32_sha256") == fp32_sha and m.source.get("quantize") == key
+
+        path, reused = self.place(self.folder / f"{stem}.{precision}.onnx", [fp32_sha, key],
+                                  matches, _made_by_build)
+        if reused:
+            self.result.notes.append(f"{path.name} reused (same FP32 model, calibration and "
+                                     "options)")
+        else:
+            q = self.timed("quantize", lambda: quantize_model(fp32, path, request, self.report,
+                                                              made_by=BUILD))
+            self.result.notes.extend(q.notes)
+        self._record(path, reused)
+        return path
+
+
+BUILD = "build"
+"""What a file `vitedge build` made records as its maker."""
+
+
+def _manifest_of(path: Path) -> Manifest | None:
+    from vitedge.manifest import manifest_from_file
+
+    try:
+        return manifest_from_file(path)
+    except VitedgeError:
+        return None
+
+
+def _made_by_build(path: Path) -> bool:
+    m = _manifest_of(path)
+    return m is not None and m.source.get("made_by") == BUILD
+
+
+def _stem(path: Path) -> str:
+    return path.name[: -len(_suffix(path))] if _suffix(path) else path.name
+
+
+def _suffix(path: Path) -> str:
+    """`.calib.json`, `.onnx`: what follows the model's name in an intermediate's name."""
+    return ".calib.json" if path.name.endswith(".calib.json") else path.suffix
 
 
 def _verify(backend: Backend, built: BuiltArtifact, reference: Path | None,
@@ -186,8 +360,8 @@ def _verify(backend: Backend, built: BuiltArtifact, reference: Path | None,
     what was measured (or why nothing could be) for the artifact to record."""
     skipped = backend.cannot_run_here()
     if skipped is not None:
-        result.notes.append(skipped)
-        return {"skipped": skipped}
+        result.verification = {"skipped": skipped}
+        return result.verification
     from vitedge.verification import check_verification, verify_artifact
 
     def run() -> Any:
@@ -203,13 +377,16 @@ def _verify(backend: Backend, built: BuiltArtifact, reference: Path | None,
     return result.verification
 
 
-def _split_data(options: BuildOptions) -> tuple[Any, Any]:
-    """(calibration images, held-out images) of --data: the held-out ones never set a range."""
+def _split_data(options: BuildOptions, calibrating: bool) -> tuple[Any, Any]:
+    """(calibration images, held-out images) of --data: the held-out ones never set a range.
+    A build that does not calibrate (FP32, or a table given) verifies on all of --data."""
     if options.data is None:
         return None, None
-    from vitedge.datasets import split_source
+    from vitedge.datasets import image_source, split_source
 
     held = options.verify.images if options.verify.enabled else 0
+    if not calibrating:
+        return None, image_source(options.data, held, options.calibration.seed) if held else None
     return split_source(options.data, held, options.calibration.num_images,
                         options.calibration.seed)
 
@@ -221,24 +398,6 @@ def _verification_inputs(options: BuildOptions, manifest: Manifest, held_out: An
     from vitedge.verification import verification_inputs
 
     return verification_inputs(manifest, held_out)
-
-
-def _claim(path: Path, made_from: Path, force: bool, ours: Callable[[Manifest], bool]) -> None:
-    """May the build write its intermediate at `path`? Yes when nothing is there, when what
-    is there is what this build would make from `made_from` (vitedge made it from the same
-    input: it is made again), or with --force; a user's file is never replaced otherwise."""
-    from vitedge.manifest import manifest_from_file
-
-    if force or not path.exists():
-        return
-    try:
-        manifest = manifest_from_file(path, verify=False)
-    except VitedgeError:
-        manifest = None
-    if manifest is not None and ours(manifest):
-        return
-    raise VitedgeError(f"{path} exists and is not what this build makes from {made_from.name}; "
-                       "it is not replaced", "move it, build elsewhere with -o, or pass --force")
 
 
 def _check_writable(output: Path) -> None:

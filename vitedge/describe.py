@@ -42,7 +42,7 @@ def describe_onnx(path: str | Path) -> dict[str, Any]:
                 params += n
     ops = Counter(n.op_type for n in model.graph.node)
     info: dict[str, Any] = {
-        "path": str(path),
+        "artifact": str(path),
         "size_bytes": Path(path).stat().st_size,
         "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0),
         "inputs": [_value_info(v) for v in model.graph.input],
@@ -113,7 +113,7 @@ def describe(path: str | Path) -> Description:
     rows.append(("precision", f"{prec['declared']}; weights "
                  + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in prec["weights_by_dtype"].items())
                  + f"; Q/DQ nodes {prec['qdq_nodes']}"))
-    return Description(info, f"{info['path']} ({info['size_bytes'] / 1e6:.1f} MB, opset "
+    return Description(info, f"{info['artifact']} ({info['size_bytes'] / 1e6:.1f} MB, opset "
                              f"{info['opset']})", rows, io,
                        ", ".join(f"{k} {v}" for k, v in info["op_histogram"].items()))
 

@@ -8,6 +8,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 from vitedge.backends.base import Check
 from vitedge.machine import jetson_model
@@ -63,4 +64,4 @@ def run_checks() -> list[Check]:
     name = suggest_profile(jetson, gpu.detail if gpu.ok and not jetson else None)
     checks.append(Check("profile", True, f"{name} (vitedge build --profile {name}; "
                         "`vitedge profiles` lists all)"))
-    return checks
+    return [c if not c.ok else replace(c, fix="") for c in checks]  # a fix only where needed

@@ -37,7 +37,9 @@ class EvalResult:
     """Test images that could not be read (left out of every figure)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["artifact"] = d.pop("model")  # the model file read: `artifact` in every command
+        return d
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:

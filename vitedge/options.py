@@ -180,6 +180,9 @@ class ExportOptions:
     verify: bool = option(True, "Skip the ONNX Runtime vs PyTorch check.", negate="--no-verify")
     attention_outputs: bool = option(False, "Add each block's attention probabilities as "
                                      "outputs attn.N.")
+    head: bool = option(True, "Leave the classification head out: the model outputs its "
+                        "features (the embedding `vitedge embed` collects).", negate="--no-head")
+    """False: a classifier checkpoint exported without its head (it outputs its features)."""
     zero_shot: str | Path | None = option(
         help="CLIP / SigLIP: make the image tower a classifier of these class names (a text "
         "file, one per line), its head the text embeddings of the prompts, computed once here "
@@ -210,6 +213,8 @@ class ExportOptions:
                                "--zero-shot LABELS")
         if self.zero_shot is not None and self.labels is not None:
             raise VitedgeError("--zero-shot names the classes itself; drop --labels")
+        if not self.head and (self.zero_shot is not None or self.labels is not None):
+            raise VitedgeError("--no-head leaves the classes out; drop --zero-shot and --labels")
         if self.logit_scale is not None and not 0 < self.logit_scale < 1e6:
             raise VitedgeError("--logit-scale must be a positive number")
         if not self.prompts:
@@ -226,6 +231,13 @@ class ExportOptions:
 
     def check(self) -> None:
         """Kept for callers of vitedge < 0.2: the checks now run on construction."""
+
+    def key(self) -> dict[str, Any]:
+        """What shapes the exported graph, as the manifest records it (`source.export`):
+        an export is reused by `vitedge build` only when this matches."""
+        return {f.name: (Path(v).name if isinstance(v, (str, Path)) and f.metadata.get(
+                    "flag", Flag()).path else list(v) if isinstance(v, tuple) else v)
+                for f in fields(self) if f.name != "verify" for v in (getattr(self, f.name),)}
 
 
 # --- calibrate, quantize --------------------------------------------------------------------
@@ -308,6 +320,14 @@ class QuantizeRequest:
 
     def __post_init__(self) -> None:
         check_fields(self)
+
+    def key(self, table_checksum: str | None) -> dict[str, Any]:
+        """What a quantized model depends on besides its FP32 model (its manifest records it
+        as `source.quantize`; `vitedge build` reuses a model whose record matches)."""
+        q = self.qdq
+        return {"precision": self.precision, "scheme": q.scheme, "attention": q.attention,
+                "exclude": list(q.exclude), "smooth": q.smoothing,
+                "sensitivity": self.sensitivity, "calibration_sha256": table_checksum}
 
 
 # --- build ----------------------------------------------------------------------------------

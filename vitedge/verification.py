@@ -119,7 +119,9 @@ def verify_artifact(runner: Any, graph: bytes, graph_name: str, fp32: Path | Non
         min_agreement=options.min_agreement, min_fp32_agreement=options.min_fp32_agreement,
         judged=len(inputs) >= MIN_JUDGED, cpu=cpu, classifier=classifier,
         notes=[] if len(inputs) >= MIN_JUDGED else
-        [f"verified on {len(inputs)} inputs only: too few to judge agreement (give --data)"])
+        [f"verified on {len(inputs)} inputs only: too few to judge agreement (at least "
+         f"{MIN_JUDGED}; " + ("give --data with more images: a build that calibrates holds at "
+                              "most a quarter of them out" if held_out else "give --data") + ")"])
 
 
 def check_verification(v: Verification, cause: Callable[[Verification], str] | None = None
@@ -149,8 +151,10 @@ def check_verification(v: Verification, cause: Callable[[Verification], str] | N
 def verification_lines(v: dict[str, Any]) -> list[str]:
     """A build's verification (`Verification.to_dict`) as the build summary prints it: where
     it ran, then one line per reference with what was judged; [] when there is none."""
-    if not v or v.get("skipped"):
+    if not v:
         return []
+    if v.get("skipped"):
+        return [str(v["skipped"])]
     lines = [f"verified on {v['data']} ({v['backend']}, {v['device']}):"]
     rows = [("vs " + v["graph"], v["vs_graph"], v["min_agreement"]),
             ("vs the FP32 model", v["vs_fp32"], v["min_fp32_agreement"]),

@@ -26,7 +26,7 @@ CALIBRATION_FLAGS = ("num_images", "method", "percentile", "batch", "smooth_alph
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Where to write the ONNX model (written atomically).")
 @flags(ExportOptions, "arch", "num_heads", "img_size", "batch", "opset", "input_kind", "labels",
-       "attention_outputs", "zero_shot", "prompts", "zero_shot_embeddings", "logit_scale",
+       "attention_outputs", "head", "zero_shot", "prompts", "zero_shot_embeddings", "logit_scale",
        "logit_bias", "verify")
 def export(checkpoint: str, output: str, as_json: bool, **kw: Any) -> None:
     """Export CHECKPOINT (timm, Hugging Face, torchvision or vitedge; a file or a folder)
@@ -159,11 +159,11 @@ def build(input_path: str, output: str | None, as_json: bool, **kw: Any) -> None
     out.print(f"backend: [bold]{result.backend}[/] ({result.backend_reason})")
     for name, seconds in result.steps.items():
         out.print(f"  {name:<22} {seconds:7.2f} s")
-    lines = verification_lines(result.verification)
-    if not lines:
-        err.print("[yellow]not verified[/] (--no-verify)")
-    for line in lines:
-        out.print(line)
+    for line in verification_lines(result.verification):
+        if result.verification.get("skipped"):
+            err.print(f"[yellow]{line}[/]")
+        else:
+            out.print(line)
     out.print(rows_table(result.summary_rows(), "built"))
 
 

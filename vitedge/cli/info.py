@@ -53,7 +53,7 @@ def doctor(as_json: bool) -> None:
 
     checks = run_checks()
     if as_json:
-        print_json([asdict(c) for c in checks])
+        print_json({"checks": [asdict(c) for c in checks]})
         return
     table = Table("", "component", "found", "to fix")
     for c in checks:
@@ -77,7 +77,7 @@ def profiles(name: str | None, as_json: bool) -> None:
         return
     rows = [load_profile(n) for n in available()]
     if as_json:
-        print_json([r.to_dict() for r in rows])
+        print_json({"profiles": [r.to_dict() for r in rows]})
         return
     table = Table("name", "backend", "precision", "batch", "description")
     for r in rows:
@@ -92,7 +92,7 @@ def archs(as_json: bool) -> None:
 
     rows = architecture_rows()
     if as_json:
-        print_json(rows)
+        print_json({"architectures": rows})
         return
     table = Table("name", "dim", "depth", "heads", "patch", "image", "layout")
     for r in rows:

@@ -202,7 +202,8 @@ def explain(artifact: str, images: tuple[str, ...], out_dir: str, as_json: bool,
     with progress("explaining", enabled=not as_json) as bar:
         results = explain_images(artifact, files, out_dir, opts, bar)
     if as_json:
-        print_json([r.to_dict() for r in results])
+        print_json({"artifact": artifact, "output": out_dir,
+                    "explanations": [r.to_dict() for r in results]})
         return
     compare = opts.compare
     table = Table("image", "prediction", "grid", *(["vs " + Path(compare).name] if compare else []),

@@ -78,7 +78,7 @@ def export_triton(artifacts: tuple[str, ...], output: str, as_json: bool, **kw: 
     entries = export_repository([Path(a) for a in artifacts], Path(output),
                                 options(ServeOptions, kw))
     if as_json:
-        print_json({"repository": output, "models": [e.to_dict() for e in entries]})
+        print_json({"output": output, "models": [e.to_dict() for e in entries]})
         return
     table = Table("model", "kind", "max batch", "inputs", "outputs", title=f"wrote {output}")
     for e in entries:

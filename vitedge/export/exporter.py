@@ -39,6 +39,7 @@ class ExportResult:
             "comparisons": [c.to_dict() for c in self.comparisons],
             "tolerance_relative": FP32_RELATIVE_TOLERANCE,
             "timings_s": self.timings,
+            "seconds": round(sum(self.timings.values()), 3),
             "notes": self.notes,
             "manifest": json.loads(self.manifest.to_json()),
         }
@@ -49,11 +50,13 @@ def export_onnx(
     output: str | Path,
     options: ExportOptions | None = None,
     report: Reporter | None = None,
+    made_by: str = "export",
 ) -> ExportResult:
     """Import a checkpoint, write the ViT as ONNX, check it and verify it against PyTorch.
 
-    Nothing is written unless every check passes.
-    """
+    Nothing is written unless every check passes. The manifest records the options that
+    shape the graph and who made it (`made_by`: an export `vitedge build` made is its own to
+    make again)."""
     opts = options or ExportOptions()
     rep = reporter(report)
     refuse_overwriting_inputs(output, checkpoint, opts.labels, opts.zero_shot,
@@ -82,6 +85,10 @@ def export_onnx(
                                   read_labels(opts.zero_shot), opts.prompts,
                                   opts.zero_shot_embeddings, opts.logit_scale, opts.logit_bias)
             imported = with_zero_shot_head(imported, head)
+    if not opts.head:
+        from vitedge.model.importer import without_head
+
+        imported = without_head(imported)
     cfg = imported.config
     n_params = cfg.num_params()
     if n_params * 4 > PROTOBUF_LIMIT:
@@ -93,6 +100,7 @@ def export_onnx(
         model = onnx_from_vit(cfg, imported.model.state_dict(), opts.input_kind, opts.batch,
                               opts.opset, opts.attention_outputs, (prep.mean, prep.std))
         manifest = imported.manifest(opts.input_kind)
+        manifest.source = {**manifest.source, "export": opts.key(), "made_by": made_by}
         set_onnx_manifest(model, manifest)
         data = model.SerializeToString()
 

@@ -55,7 +55,7 @@ def verification_inputs(cfg: ViTConfig, prep: Preprocess, seed: int = 0) -> dict
     rng = np.random.default_rng(seed)
     noise = rng.standard_normal((4, cfg.in_chans, *cfg.img_size)).astype(np.float32)
     cases = {"random": noise}
-    if cfg.in_chans == 3:
+    if cfg.in_chans in (1, 3):  # a one-channel model sees the photos in gray
         cases["photos"] = sample_photos(prep.with_size(cfg.img_size))
     return cases
 
@@ -92,7 +92,7 @@ def frame_inputs(cfg: ViTConfig, prep: Preprocess, seed: int = 0) -> dict[str, n
     """uint8 (n, H, W, C) frames: random pixels, and the photos resized and cropped."""
     rng = np.random.default_rng(seed)
     cases = {"random": rng.integers(0, 256, (4, *cfg.img_size, cfg.in_chans), dtype=np.uint8)}
-    if cfg.in_chans == 3:
+    if cfg.in_chans in (1, 3):
         sized = prep.with_size(cfg.img_size)
         cases["photos"] = np.stack([crop_pixels(load_image(str(f)), sized) for f in photo_files()])
     return cases

@@ -112,6 +112,24 @@ def load_checkpoint(path: str | Path, options: ImportOptions | None = None) -> I
     return ImportedViT(model, config, preprocess, labels, source, notes)
 
 
+def without_head(imported: ImportedViT) -> ImportedViT:
+    """A classifier without its classification head (and its labels): the model then
+    outputs the features the head read, an embedding for retrieval or few-shot use."""
+    from dataclasses import replace
+
+    if imported.config.num_classes == 0:
+        return replace(imported, notes=[*imported.notes, "--no-head: the checkpoint has no "
+                                        "classification head; it already outputs features"])
+    config = imported.config.replace(num_classes=0)
+    model = VisionTransformer(config)
+    kept = {k: v for k, v in imported.model.state_dict().items() if k in model.state_dict()}
+    load_weights_strict(model, kept)
+    model.eval()
+    return replace(imported, model=model, config=config, labels=None, score="softmax",
+                   notes=[*imported.notes, f"the {imported.config.num_classes}-class head was "
+                          f"left out: the model outputs its {config.feature_dim}-float features"])
+
+
 def _convert(
     fmt: str, raw: RawCheckpoint, opts: ImportOptions, notes: list[str]
 ) -> tuple[formats.Tensors, ViTConfig, Preprocess, list[str] | None]:
@@ -124,14 +142,14 @@ def _convert(
             config = formats.config_from_hf(raw.config, tensors)
         else:
             config = _config_without_file(tensors, opts, notes, norm_eps=1e-12)
-        return tensors, config, _hf_preprocess(raw, config), _hf_labels(raw.config)
+        return tensors, config, _hf_preprocess(raw, config, notes), _hf_labels(raw.config)
     if fmt in ("hf-clip", "hf-siglip"):
         tensors = formats.timm_layout_from_hf_tower(raw.tensors)
         if raw.config is None:
             raise CheckpointError(f"a Hugging Face {fmt[3:].upper()} checkpoint needs its config.json",
                                   "give the model folder (config.json beside the weights)")
         config = formats.config_from_hf_tower(raw.config, tensors, fmt)
-        return tensors, config, _hf_preprocess(raw, config), None
+        return tensors, config, _hf_preprocess(raw, config, notes), None
     if fmt == "torchvision":
         tensors = formats.timm_layout_from_torchvision(raw.tensors)
         config = _config_without_file(tensors, opts, notes)
@@ -225,7 +243,8 @@ HF_PROCESSOR_DEFAULTS: dict[str, dict[str, Any]] = {
 preprocessor_config.json (the processors' own defaults, and DINOv2's hub files')."""
 
 
-def _hf_preprocess(raw: RawCheckpoint, config: ViTConfig) -> Preprocess:
+def _hf_preprocess(raw: RawCheckpoint, config: ViTConfig, notes: list[str] | None = None
+                   ) -> Preprocess:
     model_type = str(formats.vision_config(raw.config or {}).get("model_type", "vit"))
     family = next((f for f in ("dinov2", "clip", "siglip", "deit") if model_type.startswith(f)),
                   "vit")
@@ -253,7 +272,14 @@ def _hf_preprocess(raw: RawCheckpoint, config: ViTConfig) -> Preprocess:
         crop = resize if mode == "exact" else config.img_size
     prep = Preprocess(crop=crop, resize=(resize[0], resize[1]), resize_mode=mode,
                       interpolation=interp, mean=mean, std=std, crop_offset="floor")
-    return prep if prep.crop == config.img_size else prep.with_size(config.img_size)
+    if prep.crop == config.img_size:
+        return prep
+    if notes is not None and raw.preprocessor:
+        notes.append(f"preprocessor_config.json makes {prep.crop[0]}x{prep.crop[1]} inputs but "
+                     f"the model takes {config.img_size[0]}x{config.img_size[1]} (config.json): "
+                     f"the preprocessing resizes to {config.img_size[0]}x{config.img_size[1]} "
+                     "(--img-size resamples the model instead)")
+    return prep.with_size(config.img_size)
 
 
 def _hf_labels(config: dict[str, Any] | None) -> list[str] | None:

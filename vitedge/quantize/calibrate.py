@@ -51,12 +51,16 @@ class CalibrationResult:
     cache: Path
     reused: bool
 
+    seconds: float = 0.0
+    """This run's time (a reused table takes none to make)."""
+
     def to_dict(self) -> dict[str, object]:
         t = self.table
-        return {"table": str(self.output), "tensorrt_cache": str(self.cache),
+        return {"output": str(self.output), "tensorrt_cache": str(self.cache),
                 "reused": self.reused, "tensors": len(t.tensors),
-                "equalized_tensors": len(t.smoothed_tensors), "data": t.data,
-                "options": t.options, "stats": t.stats}
+                "equalized_inputs": len(t.smoothing), "data": t.data,
+                "options": t.options, "seconds": self.seconds,
+                "stats": None if self.reused else t.stats}
 
 
 def default_table_path(model_path: str | Path) -> Path:
@@ -66,12 +70,14 @@ def default_table_path(model_path: str | Path) -> Path:
 
 def calibrate(model_path: str | Path, output: str | Path | None = None,
               options: CalibrationOptions | None = None,
-              report: Reporter | None = None) -> CalibrationResult:
+              report: Reporter | None = None, made_by: str = "calibrate") -> CalibrationResult:
     """Measure the activation ranges of the FP32 model at `model_path` on `options.data`
     and write the table (JSON; default MODEL.calib.json) and a TensorRT calibration cache
     beside it. A table at `output` that was made from the same model, data and options is
     reused. `options.data` may be a chosen `ImageSource` (the build calibrates on what it
-    does not hold out for verification)."""
+    does not hold out for verification). `made_by` is recorded in the table's stats (a
+    table `vitedge build` made is its own to make again; a user's is never replaced)."""
+    began = time.perf_counter()
     options = options or CalibrationOptions()
     rep = reporter(report)
     data = options.data
@@ -85,11 +91,8 @@ def calibrate(model_path: str | Path, output: str | Path | None = None,
         raise VitedgeError(f"{model_path} is already {manifest.precision}",
                            "calibrate the FP32 export")
     out = Path(output) if output else default_table_path(model_path)
-    source = data if isinstance(data, ImageSource) else image_source(data, options.num_images,
-                                                                     options.seed)
-    if source.count < options.batch:
-        raise VitedgeError(f"{source.describe()}: fewer than --batch {options.batch}",
-                           "give more images or a smaller --batch")
+    source = calibration_source(options)
+    batch = min(options.batch, max(source.count, 1))  # a few images make one short batch
     model_sha = sha256_file(model_path)
     data_info = {"source": str(source.path), "kind": source.kind, "count": source.count,
                  "fingerprint": source.fingerprint}
@@ -101,9 +104,9 @@ def calibrate(model_path: str | Path, output: str | Path | None = None,
                 raise VitedgeError(f"{out} exists and is not a vitedge calibration table; "
                                    "it is not replaced", "choose another -o") from exc
             old = None  # a vitedge table that is damaged or out of date: made again
-        if old and old.model_sha256 == model_sha and old.data.get("fingerprint") == \
-                source.fingerprint and old.options == options.key():
-            return CalibrationResult(old, out, tensorrt_cache_path(out), reused=True)
+        if old and table_matches(old, model_sha, source, options):
+            return CalibrationResult(old, out, tensorrt_cache_path(out), reused=True,
+                                     seconds=round(time.perf_counter() - began, 2))
 
     start = time.perf_counter()
     total_steps = source.count * (2 if options.smooth_alpha > 0 else 1)
@@ -111,7 +114,7 @@ def calibrate(model_path: str | Path, output: str | Path | None = None,
     names = calibration_tensors(model)
     pairs = equalize.smoothing_pairs(model) if options.smooth_alpha > 0 else []
     hists, channels, seen = _collect(model, manifest, source, names, [p.tensor for p in pairs],
-                                     options.batch, progress, rep.warning)
+                                     batch, progress, rep.warning)
     table = CalibrationTable(options.key(), model_sha, data_info,
                              _ranges(hists, options), {k: v.tolist() for k, v in channels.items()})
     if pairs:
@@ -120,8 +123,7 @@ def calibrate(model_path: str | Path, output: str | Path | None = None,
         smoothed.CopyFrom(model)
         equalize.apply_smoothing(smoothed, pairs, factors)
         changed = [n for n in names if n in equalize.changed_tensors(model, pairs)]
-        hists2, _, _ = _collect(smoothed, manifest, source, changed, [], options.batch, progress,
-                             None)
+        hists2, _, _ = _collect(smoothed, manifest, source, changed, [], batch, progress, None)
         table.smoothing = {k: v.tolist() for k, v in factors.items()}
         table.smoothed_tensors = _ranges(hists2, options)
     broken = list(dict.fromkeys(source.broken))
@@ -129,10 +131,28 @@ def calibrate(model_path: str | Path, output: str | Path | None = None,
         "images": seen, "broken": broken[:20],
         "seconds": round(time.perf_counter() - start, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "made_by": made_by,
     }
     write_text_atomic(out, table.to_json())
     write_text_atomic(tensorrt_cache_path(out), tensorrt_cache(table))
-    return CalibrationResult(table, out, tensorrt_cache_path(out), reused=False)
+    return CalibrationResult(table, out, tensorrt_cache_path(out), reused=False,
+                             seconds=table.stats["seconds"])
+
+
+def calibration_source(options: CalibrationOptions) -> ImageSource:
+    """The images `options` says to calibrate on (a chosen ImageSource as it is)."""
+    data = options.data
+    if isinstance(data, ImageSource):
+        return data
+    return image_source(data, options.num_images, options.seed)
+
+
+def table_matches(table: CalibrationTable, model_sha: str, source: ImageSource,
+                  options: CalibrationOptions) -> bool:
+    """Whether `table` is what calibrating that model on that data with those options makes
+    (then it is reused, not made again)."""
+    return table.model_sha256 == model_sha and table.data.get("fingerprint") == \
+        source.fingerprint and table.options == options.key()
 
 
 class _Steps:

@@ -52,6 +52,8 @@ class QuantizeResult:
     seconds: float = 0.0
     parser_check: str = ""
     """Which TensorRT parser checks the graph passed, in one line."""
+    check_data: str = ""
+    """What `check` was measured on, or why nothing was compared with FP32."""
     quantization: dict[str, Any] = field(default_factory=dict)
     """How: the scheme, attention, calibration method, what stayed in float."""
 
@@ -75,9 +77,9 @@ class QuantizeResult:
         if self.check is None:
             return []
         c = self.check
-        lines = [f"vs FP32 on {self.check_images} calibration images, the graph in float (as "
-                 f"TensorRT reads it): top-1 agreement {c.top1_agreement:.1%}, mean KL "
-                 f"{c.mean_kl:.2e}, logit cosine {c.cosine:.5f}"]
+        lines = [f"vs FP32 on {self.check_data}; the graph in float (as TensorRT reads it): "
+                 f"top-1 agreement {c.top1_agreement:.1%}, mean KL {c.mean_kl:.2e}, logit "
+                 f"cosine {c.cosine:.5f}"]
         if self.check_integer_exact:
             e = self.check_integer_exact
             lines.append(f"  on ONNX Runtime's integer kernels (vitedge's CPU weights): top-1 "
@@ -86,7 +88,10 @@ class QuantizeResult:
 
 
 def quantize_model(model_path: str | Path, output: str | Path, request: QuantizeRequest,
-                   report: Reporter | None = None) -> QuantizeResult:
+                   report: Reporter | None = None, made_by: str = "quantize") -> QuantizeResult:
+    """The FP32 model at `model_path` quantized as `request` says, written to `output` once
+    it passed its checks. Its manifest records what it was made from and by whom
+    (`made_by`: a model `vitedge build` made is its own to make again)."""
     start = time.perf_counter()
     rep = reporter(report)
     step = rep.step
@@ -102,6 +107,8 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
     model_sha = sha256_file(model_path)
 
     table: CalibrationTable | None = None
+    if request.calib and request.data and request.precision == "int8" and not request.sensitivity:
+        result.notes.append("--calib given: --data is used only to check the result")
     if request.calib:
         table = CalibrationTable.read(request.calib)
         table.check_model(model_sha, model_path)
@@ -116,7 +123,7 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
     elif request.precision == "int8":
         raise VitedgeError("INT8 needs activation ranges", "give --calib TABLE or --data SOURCE")
 
-    check_inputs = _check_inputs(request, manifest) if request.data else None
+    check_inputs = _check_inputs(request, table, manifest, result)
     if request.precision == "int8":
         assert table is not None
         keep: tuple[str, ...] = ()
@@ -149,7 +156,8 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
     result.quantization = info
     manifest.precision = request.precision
     manifest.source = {**manifest.source, "quantization": info,
-                       "fp32_sha256": model_sha}
+                       "fp32_sha256": model_sha, "made_by": made_by,
+                       "quantize": request.key(table.checksum() if table else None)}
     set_onnx_manifest(quantized, manifest)
     check_quantized(quantized)
     result.parser_check = parser_summary()
@@ -203,9 +211,27 @@ def check_quantized(model: onnx.ModelProto) -> None:
                           + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
 
 
-def _check_inputs(request: QuantizeRequest, manifest: Any) -> np.ndarray:
-    source = image_source(request.data or "", CHECK_IMAGES, request.calibration.seed)
-    return np.stack(list(model_inputs(source, manifest)))
+def _check_inputs(request: QuantizeRequest, table: CalibrationTable | None, manifest: Any,
+                  result: QuantizeResult) -> np.ndarray | None:
+    """Up to CHECK_IMAGES images to compare the result with FP32 on: of --data, else of the
+    data the calibration table was made from (not held out, and said so); where neither is
+    at hand, None, with `result.check_data` saying why nothing was compared."""
+    seed = request.calibration.seed
+    if request.data:
+        source, what = image_source(request.data, CHECK_IMAGES, seed), "of --data"
+    elif table is not None and table.data.get("source") and Path(table.data["source"]).exists():
+        source = image_source(table.data["source"], CHECK_IMAGES, seed + 1)
+        what = "the calibration table was made from (not held out: --data checks on others)"
+    else:
+        where = table.data.get("source") if table is not None else None
+        result.check_data = ("not compared with FP32: no --data" + (
+            f", and the calibration table's data ({where}) is not here" if where else "")
+            + "; give --data IMAGES to check")
+        result.notes.append(result.check_data)
+        return None
+    x = np.stack(list(model_inputs(source, manifest)))
+    result.check_data = f"{len(x)} images {what}: {source.path}"
+    return x
 
 
 def _run(model_bytes: bytes, x: np.ndarray, optimization: str = "all") -> np.ndarray:

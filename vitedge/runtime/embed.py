@@ -24,9 +24,11 @@ class EmbedResult:
     normalized: bool
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """(image, why) of the images that could not be read."""
+    artifact: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"output": str(self.output), "paths": str(self.paths), "count": self.count,
+        return {"artifact": self.artifact, "output": str(self.output), "paths": str(self.paths),
+                "count": self.count,
                 "dim": self.dim, "normalized": self.normalized,
                 "skipped": [{"image": name, "error": why} for name, why in self.skipped]}
 
@@ -60,8 +62,9 @@ def embed_images(artifact: str | Path, images: list[Path], output: str | Path,
         if pipe.manifest.is_classifier:
             raise VitedgeError(f"{Path(artifact).name} is a classifier: it outputs class "
                                "scores, not embeddings",
-                               "export the checkpoint without its head (DINOv2, CLIP or "
-                               "SigLIP image towers are headless)")
+                               "export the checkpoint without its head: vitedge export "
+                               "CHECKPOINT --no-head (DINOv2, CLIP and SigLIP image towers are "
+                               "headless already)")
         rep.step("embedding")
         for done, (frame, p) in enumerate(pipe.stream(images), 1):
             if p.embedding is not None:
@@ -77,4 +80,4 @@ def embed_images(artifact: str | Path, images: list[Path], output: str | Path,
     write_bytes_atomic(out, buffer.getvalue())
     write_text_atomic(paths_file(out), "".join(f"{name}\n" for name in names))
     return EmbedResult(out, paths_file(out), array.shape[0], array.shape[1],
-                       options.normalize_embeddings, skipped)
+                       options.normalize_embeddings, skipped, str(artifact))

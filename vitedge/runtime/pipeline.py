@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from vitedge.backends import Runner, load_runner
 from vitedge.errors import VitedgeError
@@ -165,8 +166,10 @@ class Pipeline:
         return self.batch([frame])[0]
 
     def batch(self, frames: Iterable[Any]) -> list[Prediction]:
+        """One prediction per frame of `frames` (a list of frames, or an (N, H, W, C) uint8
+        array), run as one batch."""
         self._check_open()
-        frames = list(frames)
+        frames = frames_of(frames)
         if not frames:
             return []
         _kept, x, timings = self._prepare(frames, skip_unreadable=False)
@@ -177,11 +180,13 @@ class Pipeline:
         kept, x, timings = self._prepare(chunk, skip_unreadable=True)
         return (kept, self._infer(x, timings)) if kept else ([], [])
 
-    def batches(self, chunks: Iterable[list[Any]]) -> Iterator[list[Prediction]]:
+    def batches(self, chunks: Iterable[Any]) -> Iterator[list[Prediction]]:
         """The predictions of each batch of frames, in order, `streams` batches in flight
         at once: each goes through every stage on a worker thread of its own while the
-        next are read. With one stream this is `batch` on each in turn."""
-        for _chunk, predictions in self._in_flight(chunks, self.batch):
+        next are read. Each item is a batch (a list of frames, or an (N, H, W, C) array) or
+        one frame (a batch of one). With one stream this is `batch` on each in turn."""
+        batches = ([item] if is_frame(item) else frames_of(item) for item in chunks)
+        for _chunk, predictions in self._in_flight(batches, self.batch):
             yield predictions
 
     def _in_flight(self, chunks: Iterable[list[Any]], run: Callable[[list[Any]], Any]
@@ -267,6 +272,33 @@ class Pipeline:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def is_frame(item: Any) -> bool:
+    """One frame: an image file's path, a PIL image, an HxW or HxWxC (C 1, 3 or 4) array."""
+    if isinstance(item, (str, Path, Image.Image)):
+        return True
+    return isinstance(item, np.ndarray) and (item.ndim == 2 or (
+        item.ndim == 3 and item.shape[2] in (1, 3, 4)))
+
+
+def frames_of(batch: Any) -> list[Any]:
+    """The frames of one batch: a list or tuple of frames, an (N, H, W, C) array, or any
+    iterable of frames; one frame alone (which would be read row by row) is refused."""
+    if is_frame(batch):
+        raise VitedgeError("a batch is a list of frames (or an (N, H, W, C) array), not one "
+                           f"frame{f' of shape {batch.shape}' if hasattr(batch, 'shape') else ''}",
+                           "for one frame call pipe(frame), or pass [frame]")
+    if isinstance(batch, np.ndarray):
+        if batch.ndim != 4:
+            raise VitedgeError(f"an array of shape {batch.shape} is neither one frame (HxW, "
+                               "HxWxC) nor a batch of them (N, H, W, C)",
+                               "pass a list of frames")
+        return list(batch)
+    try:
+        return list(batch)
+    except TypeError:
+        raise VitedgeError(f"a batch must be a list of frames, not {type(batch).__name__}") from None
 
 
 def open_pipeline(path: str | Path, options: PipelineOptions | None = None,

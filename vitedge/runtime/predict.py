@@ -41,8 +41,8 @@ def predict_images(artifact: str | Path, images: list[Path],
     with open_pipeline(artifact, options) as pipe:
         if embeddings and pipe.manifest.is_classifier:
             raise VitedgeError(f"{Path(artifact).name} is a classifier: it outputs class scores, "
-                               "not embeddings", "export the checkpoint without its head, or "
-                               "drop --embeddings")
+                               "not embeddings", "export the checkpoint without its head "
+                               "(vitedge export --no-head), or drop --embeddings")
         predictions = [(str(file), p) for file, p in pipe.stream(images)]
         result = PredictResult(str(artifact), predictions, pipe.manifest.is_classifier,
                                pipe.manifest.outputs(), list(pipe.warnings), list(pipe.skipped))

@@ -50,7 +50,8 @@ def run_loop(artifact: str, source: str, output: str | None = None, display: boo
         elapsed = time.perf_counter() - start
         stages = {k: asdict(Stats.of(v)) for k, v in pipe.times.samples.items() if len(v)}
         warnings = list(pipe.warnings)
-    summary = {"frames": count, "seconds": round(elapsed, 3),
+    summary = {"artifact": str(artifact), "source": str(source), "frames": count,
+               "seconds": round(elapsed, 3),
                "fps": count / elapsed if elapsed else 0.0, **frames.stats.to_dict(),
                "stages": stages, "output": output, "warnings": warnings}
     if log:

@@ -39,7 +39,8 @@ class DeepStreamExport:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": str(self.config), "model": str(self.model),
+        return {"output": str(self.config.parent), "config": str(self.config),
+                "model": str(self.model),
                 "labels": str(self.labels) if self.labels else None,
                 "properties": self.properties, "notes": self.notes}
 

@@ -5,8 +5,9 @@ The model's `parameters` say what it does:
 - `artifact`: the model file, run through `vitedge.backends.load_runner` (any backend);
 - `mode`: `tensor` (the artifact's own input: images, patches, uint8 frames or pixels),
   `image` (encoded JPEG / PNG bytes, decoded and preprocessed exactly as `vitedge.open`
-  does), or `preprocess` (image bytes in, the model's input tensor out: the first step of
-  an ensemble in front of a TensorRT or ONNX Runtime model);
+  does), `preprocess` (image bytes in, the model's input tensor out: the first step of an
+  ensemble in front of a TensorRT or ONNX Runtime model) or `postprocess` (its logits in,
+  label, score and top-k out: the last step);
 - `topk`: how many classes the top-k outputs hold.
 Outputs: `logits` (FP32), `label` (BYTES), `score` (FP32), `topk_ids` (INT32),
 `topk_scores` (FP32); a headless model's `embedding` (FP32); or `input` in preprocess mode. Requests Triton batched together run
@@ -48,10 +49,11 @@ class TritonPythonModel:
         here = Path(args.get("model_repository", "."))  # REPO/<model>: relative paths start here
         self.pipe: Any = None
         self.runner: Any = None
-        if self.mode == "preprocess":
+        if self.mode in ("preprocess", "postprocess"):
             from vitedge.manifest import Manifest
 
             self.manifest = Manifest.from_json((here / _param(config, "manifest")).read_text())
+            self.logits_name = _param(config, "logits", "logits")
         else:
             from vitedge.backends import load_runner
             from vitedge.runtime.pipeline import open_pipeline
@@ -69,6 +71,9 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any]:
         if self.mode == "tensor":
             return self._tensors(requests)
+        if self.mode == "postprocess":
+            return [self._response(pb.get_input_tensor_by_name(r, self.logits_name).as_numpy(),
+                                   with_logits=False) for r in requests]
         return self._images(requests)
 
     def _tensors(self, requests: list[Any]) -> list[Any]:
@@ -117,13 +122,13 @@ class TritonPythonModel:
                 start += n
         return out
 
-    def _response(self, logits: np.ndarray) -> Any:
+    def _response(self, logits: np.ndarray, with_logits: bool = True) -> Any:
         if not self.classifier:  # a headless model: its embedding
             return pb.InferenceResponse([pb.Tensor("embedding", logits.astype(np.float32))])
         ids, scores, label_names = top_classes(logits, self.topk, self.labels,
                                                self.manifest.score)
         return pb.InferenceResponse([
-            pb.Tensor("logits", logits.astype(np.float32)),
+            *([pb.Tensor("logits", logits.astype(np.float32))] if with_logits else []),
             pb.Tensor("label", label_names[:, :1]),
             pb.Tensor("score", scores[:, :1]),
             pb.Tensor("topk_ids", ids),

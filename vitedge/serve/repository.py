@@ -295,7 +295,9 @@ def _python_model(artifact: Path, repo: Path, name: str, options: ServeOptions
 def _ensemble(repo: Path, name: str, model: ModelEntry, manifest: Manifest,
               options: ServeOptions) -> list[ModelEntry]:
     """`<name>_preprocess` (image bytes -> the model's input, vitedge's preprocessing from a
-    copy of the manifest) and the ensemble `<name>_image` (bytes -> preprocess -> model)."""
+    copy of the manifest), for a classifier served by Triton's own backend (its only output
+    the logits) `<name>_postprocess` (logits -> label, score, top-k, as vitedge.open answers),
+    and the ensemble `<name>_image` chaining them: image bytes in, every answer out."""
     if model.max_batch_size == 0:
         return []  # a static-batch model cannot sit behind a batching ensemble
     image = TensorSpec("image", "TYPE_STRING", [1])
@@ -305,22 +307,40 @@ def _ensemble(repo: Path, name: str, model: ModelEntry, manifest: Manifest,
     text = config_pbtxt(pre, "python", [image], [tensor], model.max_batch_size, options, params)
     pre_config = _write_model(repo, pre, text, {"1/model.py": MODEL_PY,
                                                 "manifest.json": manifest.to_json()})
-    ens = f"{name}_image"
-    output_map = " ".join(f'output_map {{ key: "{t.name}" value: "{t.name}" }}'
-                          for t in model.outputs)
-    steps = (
-        "ensemble_scheduling { step [\n"
-        f'  {{ model_name: "{pre}" model_version: -1 input_map {{ key: "image" value: "image" }} '
-        'output_map { key: "input" value: "preprocessed" } },\n'
-        f'  {{ model_name: "{name}" model_version: -1 input_map {{ key: "{model.inputs[0].name}" '
-        f'value: "preprocessed" }} {output_map} }}\n'
-        "] }")
+    entries = [ModelEntry(pre, "python", [image], [tensor], model.max_batch_size, pre_config)]
     outputs = list(model.outputs)
+    steps = [f'{{ model_name: "{pre}" model_version: -1 input_map {{ key: "image" value: '
+             '"image" } output_map { key: "input" value: "preprocessed" } }',
+             f'{{ model_name: "{name}" model_version: -1 input_map {{ key: '
+             f'"{model.inputs[0].name}" value: "preprocessed" }} '
+             + " ".join(f'output_map {{ key: "{t.name}" value: "{t.name}" }}' for t in outputs)
+             + " }"]
+    answers = prediction_outputs(manifest, options.topk)
+    if manifest.is_classifier and not any(t.name == "label" for t in outputs):
+        post = f"{name}_postprocess"
+        logits = TensorSpec(outputs[0].name, "TYPE_FP32", outputs[0].dims)
+        extra = [t for t in answers if t.name != "logits"]
+        params = {"manifest": "manifest.json", "mode": "postprocess",
+                  "topk": str(options.topk), "logits": logits.name}
+        text = config_pbtxt(post, "python", [logits], extra, model.max_batch_size, options,
+                            params)
+        post_config = _write_model(repo, post, text, {"1/model.py": MODEL_PY,
+                                                      "manifest.json": manifest.to_json(),
+                                                      **_labels(manifest)})
+        entries.append(ModelEntry(post, "python", [logits], extra, model.max_batch_size,
+                                  post_config))
+        steps.append(f'{{ model_name: "{post}" model_version: -1 input_map {{ key: '
+                     f'"{logits.name}" value: "{logits.name}" }} '
+                     + " ".join(f'output_map {{ key: "{t.name}" value: "{t.name}" }}'
+                                for t in extra) + " }")
+        outputs += extra
+    ens = f"{name}_image"
     text = config_pbtxt(ens, "ensemble", [image], outputs, model.max_batch_size, options,
-                        extra=steps)
+                        extra="ensemble_scheduling { step [\n  " + ",\n  ".join(steps)
+                        + "\n] }")
     ens_config = _write_model(repo, ens, text, _labels(manifest))
-    return [ModelEntry(pre, "python", [image], [tensor], model.max_batch_size, pre_config),
-            ModelEntry(ens, "ensemble", [image], outputs, model.max_batch_size, ens_config)]
+    return [*entries, ModelEntry(ens, "ensemble", [image], outputs, model.max_batch_size,
+                                 ens_config)]
 
 
 def _readme(entries: list[ModelEntry], artifacts: list[Path]) -> str:
@@ -344,8 +364,9 @@ or JetPack's Triton on a Jetson).
   e.g. Triton 24.08 / 2.49 has TensorRT 10.3, JetPack 6's). Its `max_batch_size` is the
   engine profile's largest batch; Triton refuses a larger one.
 - `onnxruntime_onnx` needs Triton's ONNX Runtime backend (in the NGC containers).
-- The `_preprocess` models and the `_image` ensembles use the Python backend and need
-  `pip install vitedge` (numpy, Pillow) in the server's Python; they decode JPEG / PNG bytes
-  and preprocess exactly as `vitedge.open` does (from `manifest.json`).
+- The `_preprocess` and `_postprocess` models and the `_image` ensembles use the Python
+  backend and need `pip install vitedge` (numpy, Pillow) in the server's Python; they decode
+  JPEG / PNG bytes and preprocess exactly as `vitedge.open` does (from `manifest.json`), and
+  answer `label`, `score`, `topk_ids` and `topk_scores` beside the `logits` as it does.
 {notes}
 """

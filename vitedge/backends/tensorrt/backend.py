@@ -148,7 +148,7 @@ class TensorRTBackend(Backend):
         if not path.is_file():
             raise VitedgeError(f"no such file: {path}")
         info = EngineInfo.read(sidecar_path(path))
-        return {"path": str(path), "size_bytes": path.stat().st_size, "engine": asdict(info)}
+        return {"artifact": str(path), "size_bytes": path.stat().st_size, "engine": asdict(info)}
 
     def inspect_rows(self, description: dict[str, Any]) -> list[tuple[str, str]]:
         e = description["engine"]
@@ -244,7 +244,10 @@ def cuda_checks() -> list[Check]:
     cuda_python = None
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         cuda_python = importlib.metadata.version("cuda-python")
-    return [Check("pycuda", pycuda is not None, pycuda or "missing",
-                  "" if pycuda else "Jetson: pip install pycuda (needs CUDA headers)"),
-            Check("cuda-python", cuda_python is not None, cuda_python or "missing",
-                  "" if cuda_python else "pip install cuda-python (alternative to pycuda)")]
+    either = pycuda is not None or cuda_python is not None  # one of the two is enough
+    fix = "pip install cuda-python (or, on a Jetson with CUDA's headers, pycuda)"
+    return [Check("pycuda", either, pycuda or ("not installed (not needed: cuda-python is)"
+                                               if either else "missing"), "" if either else fix),
+            Check("cuda-python", either, cuda_python or ("not installed (not needed: pycuda is)"
+                                                         if either else "missing"),
+                  "" if either else fix)]
