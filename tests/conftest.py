@@ -94,6 +94,10 @@ def _recording_replace(src: object, dst: object, *args: object, **kwargs: object
 
 def pytest_configure(config: pytest.Config) -> None:
     os.replace = _recording_replace  # type: ignore[assignment]
+    if "VITEDGE_SCRATCH" not in os.environ:  # the suite's scratch files stay out of ~/.cache
+        import tempfile
+
+        os.environ["VITEDGE_SCRATCH"] = tempfile.mkdtemp(prefix="vitedge-test-scratch-")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

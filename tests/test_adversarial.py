@@ -552,32 +552,61 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def _slow_export(work: dict, tmp_path: Path) -> subprocess.Popen:
+    """`vitedge export` whose writer stops for 30 s half-way, its scratch folder in tmp_path."""
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITE, "export", str(work["checkpoint"]),
+                             "-o", str(tmp_path / "out" / "m.onnx"), "--no-verify"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "VITEDGE_SCRATCH": str(tmp_path / "scratch")})
+    assert proc.stdout is not None and "writing" in proc.stdout.readline()
+    return proc
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_a_write_leaves_no_temp_file(work, tmp_path, sig):
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITE, "export", str(work["checkpoint"]),
-                             "-o", str(tmp_path / "m.onnx"), "--no-verify"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT)
-    assert proc.stdout is not None and "writing" in proc.stdout.readline()
-    assert leftovers(tmp_path)  # the temp file is there while it writes
+    (tmp_path / "out").mkdir()
+    proc = _slow_export(work, tmp_path)
+    assert list((tmp_path / "scratch").rglob("*m.onnx"))  # the file is made in the scratch folder
+    assert not list((tmp_path / "out").iterdir())  # and has no name beside its target
+    start = time.monotonic()
     proc.send_signal(sig)
     proc.wait(timeout=30)
-    assert proc.returncode != 0 and not leftovers(tmp_path)
-    assert not (tmp_path / "m.onnx").exists()
+    assert time.monotonic() - start < 2 and proc.returncode == 128 + sig
+    assert not list((tmp_path / "out").iterdir()) and not list((tmp_path / "scratch").iterdir())
 
 
-def test_a_killed_runs_temp_file_is_removed_by_the_next_run(work, tmp_path, capsys):
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITE, "export", str(work["checkpoint"]),
-                             "-o", str(tmp_path / "m.onnx"), "--no-verify"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    assert proc.stdout is not None and "writing" in proc.stdout.readline()
+def test_a_killed_runs_scratch_is_swept_by_the_next_run(work, tmp_path, capsys, monkeypatch):
+    (tmp_path / "out").mkdir()
+    proc = _slow_export(work, tmp_path)
     proc.kill()  # SIGKILL: no chance to clean up
     proc.wait(timeout=30)
-    assert leftovers(tmp_path)
-    code, _, err = run_cli(["export", str(work["checkpoint"]), "-o", str(tmp_path / "m.onnx"),
-                            "--no-verify"], capsys)
+    assert not list((tmp_path / "out").iterdir())  # nothing ever had a name beside the target
+    assert list((tmp_path / "scratch").iterdir())  # what it was making is in its scratch folder
+    monkeypatch.setenv("VITEDGE_SCRATCH", str(tmp_path / "scratch"))
+    code, _, err = run_cli(["doctor"], capsys)  # any vitedge command sweeps at its start
     assert code == 0, err
-    assert not leftovers(tmp_path) and (tmp_path / "m.onnx").is_file()
+    assert not [p for p in (tmp_path / "scratch").iterdir() if not p.name.startswith(
+        f"{os.getpid()}-")]
+
+
+def test_bytes_written_are_unnamed_until_complete(tmp_path, monkeypatch):
+    """write_bytes_atomic's file has no name while it is written (O_TMPFILE): a process
+    killed then leaves nothing at all."""
+    import vitedge.fileio as fileio
+
+    seen = []
+    real = fileio._link
+
+    def spy(fd, target):
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        real(fd, target)
+
+    monkeypatch.setattr(fileio, "_link", spy)
+    fileio.write_bytes_atomic(tmp_path / "a.bin", b"x" * 1000)
+    fileio.write_bytes_atomic(tmp_path / "a.bin", b"y" * 1000)  # over an existing file too
+    assert seen == [[], ["a.bin"]]  # just before it is named: nothing, or the old file only
+    assert (tmp_path / "a.bin").read_bytes() == b"y" * 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
 
 
 @pytest.fixture()

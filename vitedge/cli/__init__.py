@@ -58,9 +58,14 @@ for _module in (build, run, serve, info):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI and turns errors into one line and an exit code."""
-    from vitedge.fileio import install_signal_cleanup
+    from vitedge.fileio import finished, install_signal_cleanup, signalled
 
     install_signal_cleanup()  # SIGTERM / SIGINT leave no temporary file behind
+    code = _run(argv)
+    return finished(signalled() or code)  # a signal whose exception a callback swallowed
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         cli.main(args=argv, prog_name="vitedge", standalone_mode=False)
     except click.exceptions.Abort:
@@ -88,6 +93,10 @@ def _debug_enabled() -> bool:
 
 
 def _fail(exc: BaseException, code: int, line: str) -> int:
+    from vitedge.fileio import signalled
+
+    if signalled():  # what failed after a SIGTERM / SIGINT failed because of it
+        return signalled() or code
     if _debug_enabled():
         import traceback
 

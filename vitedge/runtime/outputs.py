@@ -16,7 +16,6 @@ leaves a half-written or 0-byte video behind. Needs OpenCV (`vitedge[video]`) ex
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -140,8 +139,9 @@ class VideoFileOutput(FrameOutput):
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.tmp)
+        from vitedge.fileio import release
+
+        release(self.tmp)
         self._closed = True
 
     def close(self) -> None:
@@ -151,15 +151,22 @@ class VideoFileOutput(FrameOutput):
         if self._writer is not None:
             self._writer.release()
             self._writer = None
+        from vitedge.fileio import publish, release, write_error
+
         written = self.tmp.stat().st_size if self.tmp.exists() else 0
-        if self.frames == 0 or written == 0:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.tmp)
-            if self.frames:
-                raise VitedgeError(f"{self.path}: the video writer wrote no bytes (is the disk "
-                                   "full?); nothing written", "free space or choose another path")
-            return
-        os.replace(self.tmp, self.path)
+        try:
+            if self.frames == 0 or written == 0:
+                if self.frames:
+                    raise VitedgeError(f"{self.path}: the video writer wrote no bytes (is the "
+                                       "disk full?); nothing written",
+                                       "free space or choose another path")
+                return
+            try:
+                publish(self.tmp, self.path)
+            except OSError as exc:
+                raise write_error(self.path, exc) from exc
+        finally:
+            release(self.tmp)
 
 
 def open_output(uri: str | Path | None) -> FrameOutput:

@@ -13,13 +13,13 @@ the files a fleet deploys.
 from __future__ import annotations
 
 import signal
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vitedge.errors import VitedgeError
+from vitedge.fileio import scratch_folder
 from vitedge.options import ServeOptions
 from vitedge.serve.deepstream import DeepStreamExport, export_deepstream
 from vitedge.serve.repository import ModelEntry, export_repository, serving_repository
@@ -56,7 +56,7 @@ def serve(artifacts: list[str | Path], options: ServeOptions | None = None,
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_a: stop.set())
     try:
-        with tempfile.TemporaryDirectory(prefix="vitedge-serve-") as tmp:
+        with scratch_folder("serve-") as tmp:
             repo = Path(tmp) / "models"
             entries = serving_repository([Path(a) for a in artifacts], repo, options)
             with TritonServer(repo, options.host, options.http_port, options.grpc_port,

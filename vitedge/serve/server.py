@@ -24,7 +24,6 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from vitedge.errors import MissingDependency, VitedgeError
+from vitedge.fileio import scratch_folder
 
 INSTALL_HINT = ("pip install --no-deps --target VENV/triton nvidia-pytriton==0.7.0 && pip install "
                 "--no-deps --target VENV/triton/stub-site 'numpy<2' (make setup does)")
@@ -163,7 +163,7 @@ class TritonServer:
         self.http_port = self.http_port or free_port()
         self.grpc_port = self.grpc_port or free_port()
         self.metrics_port = self.metrics_port or free_port()
-        self._work = tempfile.TemporaryDirectory(prefix="vitedge-triton-")
+        self._work = scratch_folder("triton-")
         backends = _backend_folder(install, Path(self._work.name))
         libdir = sysconfig.get_config_var("LIBDIR") or ""
         env = {**os.environ,

@@ -5,7 +5,6 @@ like any vitedge ONNX model."""
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,7 @@ from vitedge.backends.onnxruntime.int8 import (
     seven_bit_weights,
 )
 from vitedge.errors import VitedgeError
-from vitedge.fileio import write_bytes_atomic
+from vitedge.fileio import scratch_folder, write_bytes_atomic
 from vitedge.manifest import Manifest, manifest_from_onnx, set_onnx_manifest
 
 if TYPE_CHECKING:
@@ -70,7 +69,7 @@ def build_onnxruntime(onnx_path: Path, output: Path, profile: Profile) -> OnnxRu
     requantized = seven_bit_weights(model) if int8 and cpu_exact else 0
     graph = model.SerializeToString()  # what the artifact computes, before any rewrite
     attention = fuse_attention(model) if fusions else 0
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_folder("build-") as tmp:
         fused, optimized = Path(tmp) / "fused.onnx", Path(tmp) / "optimized.onnx"
         onnx.save(model, str(fused))
         ort_session(fused, profile.onnxruntime.threads or None, optimization=OPTIMIZATION,

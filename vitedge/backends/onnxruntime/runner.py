@@ -7,7 +7,6 @@ parsing the graph."""
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 from vitedge.backends.base import Runner, TensorInfo, attention_outputs
 from vitedge.compare import softmax
 from vitedge.errors import VitedgeError
+from vitedge.fileio import scratch_folder
 from vitedge.manifest import Manifest, manifest_from_file
 from vitedge.sessions import (
     default_providers,
@@ -96,7 +96,7 @@ class OnnxRuntimeRunner(Runner):
     def layer_times(self, x: np.ndarray, runs: int = 10) -> dict[str, float]:
         """ONNX Runtime's profile of a session opened exactly as this one (same model,
         threads, optimization level), fed as `infer` feeds it."""
-        with tempfile.TemporaryDirectory() as tmp:
+        with scratch_folder("profile-") as tmp:
             session = self._session(profile_prefix=str(Path(tmp) / "profile"))
             for _ in range(runs):
                 self._run(session, x, [self.output_name])

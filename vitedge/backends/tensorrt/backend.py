@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -213,8 +212,9 @@ class TensorRTBackend(Backend):
 
     def finish(self, built: BuiltArtifact, final: Path) -> None:
         from vitedge.backends.tensorrt.engine_info import sidecar_path
+        from vitedge.fileio import publish
 
-        os.replace(sidecar_path(built.path), sidecar_path(final))
+        publish(sidecar_path(built.path), sidecar_path(final))
 
     def discard(self, path: Path) -> None:
         from vitedge.backends.tensorrt.engine_info import sidecar_path
