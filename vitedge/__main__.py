@@ -1,5 +1,6 @@
 """`python -m vitedge` and the `vitedge` console script."""
 
+import contextlib
 import os
 import sys
 
@@ -18,10 +19,8 @@ def entry() -> None:
     from vitedge.fileio import cleanup_temporary_files
 
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can be said
-            pass
     cleanup_temporary_files()
     os._exit(code)
 

@@ -18,7 +18,13 @@ from typing import Any
 import vitedge.backends as backends
 from vitedge.backends.base import Backend, BuildRequest, BuiltArtifact
 from vitedge.errors import VitedgeError
-from vitedge.fileio import atomic_path, refuse_overwriting_inputs, sha256_file
+from vitedge.fileio import (
+    refuse_overwriting_inputs,
+    release,
+    sha256_file,
+    temporary_path,
+    write_error,
+)
 from vitedge.graph import load_onnx
 from vitedge.manifest import Manifest, require_manifest
 from vitedge.options import (
@@ -151,20 +157,24 @@ def build(input_path: str | Path, output: str | Path | None = None,
     build_request = BuildRequest(
         model_for_backend, require_manifest(load_onnx(model_for_backend), model_for_backend),
         profile, batch, Path(options.timing_cache) if options.timing_cache else None, rep)
-    with atomic_path(output) as tmp:  # the artifact appears only once it is verified
-        try:
-            built = files.timed(backend.build_step, lambda: backend.build(build_request, tmp))
-            result.details.update(built.details)
-            result.notes.extend(built.notes)
-            if inputs is None:
-                result.verification = {"skipped": "not verified (--no-verify)"}
-            else:
-                backend.record(built, _verify(backend, built, reference, inputs, options,
-                                              result, files.timed))
-            backend.finish(built, output)
-        finally:
-            backend.discard(tmp)
+    tmp = temporary_path(output)  # the artifact appears only once it is verified
+    try:
+        built = files.timed(backend.build_step, lambda: backend.build(build_request, tmp))
+        result.details.update(built.details)
+        result.notes.extend(built.notes)
+        if inputs is None:
+            result.verification = {"skipped": "not verified (--no-verify)"}
+        else:
+            backend.record(built, _verify(backend, built, reference, inputs, options,
+                                          result, files.timed))
         result.size_bytes = tmp.stat().st_size
+        try:
+            backend.finish(built, output)
+        except OSError as exc:
+            raise write_error(output, exc) from exc
+    finally:
+        backend.discard(tmp)
+        release(tmp)
     return result
 
 

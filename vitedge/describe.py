@@ -12,7 +12,7 @@ import numpy as np
 
 from vitedge.errors import VitedgeError
 from vitedge.graph import load_onnx
-from vitedge.manifest import manifest_from_onnx
+from vitedge.manifest import manifest_from_file
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -29,8 +29,8 @@ def describe_onnx(path: str | Path) -> dict[str, Any]:
     """Manifest, I/O, parameter count, GMACs, tokens, op histogram and precision summary."""
     import onnx
 
+    manifest = manifest_from_file(path)  # checked first: a model changed since is refused
     model = load_onnx(path)
-    manifest = manifest_from_onnx(model)
     init_dtypes: Counter[str] = Counter()
     params = 0
     for t in model.graph.initializer:

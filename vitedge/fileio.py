@@ -148,19 +148,28 @@ def scratch_folder(prefix: str = "work-") -> tempfile.TemporaryDirectory[str]:
 
 
 def temporary_path(path: str | os.PathLike[str]) -> Path:
-    """A fresh path in this process's scratch folder for a writer that makes `path`'s
-    file (its suffix kept: writers that pick a format by extension still can); the caller
-    moves it onto `path` with `publish` or unlinks it, then calls `release`."""
+    """A fresh path in this process's scratch folder for a writer that makes `path`'s file,
+    with `path`'s own name (writers that pick a format by extension still can, and files
+    named after it, a model's data file, keep their names); the caller moves it onto `path`
+    with `publish` or unlinks it, then calls `release`."""
     target = Path(path)
-    tmp = scratch() / f"{secrets.token_hex(4)}-{target.name}"
-    _register(tmp)
-    return tmp
+    folder = scratch() / secrets.token_hex(4)
+    folder.mkdir()
+    _register(folder)
+    _FOLDERS[folder / target.name] = folder
+    return folder / target.name
+
+
+_FOLDERS: dict[Path, Path] = {}
+"""A temporary path `temporary_path` gave -> the scratch folder made for it."""
 
 
 def release(tmp: Path) -> None:
-    """Forget a temporary file (published or removed), removing what is still there."""
-    _remove(tmp)
-    _unregister(tmp)
+    """Forget a temporary file (published or removed), removing what is still there (for
+    a `temporary_path`, its whole folder: files written beside it too)."""
+    target = _FOLDERS.pop(tmp, tmp)
+    _remove(target)
+    _unregister(target)
 
 
 def publish(tmp: Path, target: Path) -> None:

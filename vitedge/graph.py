@@ -3,6 +3,7 @@ error, who makes and who reads each tensor, initializers, extra outputs, topolog
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,17 @@ import onnx
 
 from vitedge.errors import VitedgeError
 
+PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2
+"""A model larger than this cannot be one protobuf (2 GB): its weights go to a data file."""
+EXTERNAL_THRESHOLD = 1024
+"""Tensors of at least this many bytes go to the data file of a model stored that way."""
 
-def load_onnx(path: str | Path) -> Any:
-    """The ONNX model at `path`, or one VitedgeError saying it is missing or not ONNX."""
+
+def load_onnx(path: str | Path, verify: bool = True) -> Any:
+    """The ONNX model at `path`, with the weights it keeps in external files (beside it,
+    never outside its folder; a vitedge model's checked against its manifest unless not
+    `verify`) read in; or one VitedgeError saying it is missing, not ONNX, or refers to a
+    data file it may not."""
     from google.protobuf.message import DecodeError
 
     from vitedge.fileio import require_regular_file
@@ -27,10 +36,139 @@ def load_onnx(path: str | Path) -> Any:
         raise VitedgeError(f"{p} is not an ONNX model", "vitedge export makes one") from exc
     if not model.graph.node:
         raise VitedgeError(f"{p} is not an ONNX model (it has no graph)", "vitedge export makes one")
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
-        raise VitedgeError(f"{p} keeps its weights in external files, which vitedge does not "
-                           "read", "export it again with vitedge export (one file)")
+    if external_tensors(model):
+        if verify:
+            from vitedge.manifest import manifest_from_file
+
+            manifest_from_file(p)  # a vitedge model's data files are checked before use
+        load_external_weights(model, p)
     return model
+
+
+def external_tensors(model: onnx.ModelProto) -> list[Any]:
+    return [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def external_file(model_path: Path, location: str) -> Path:
+    """A data file a model at `model_path` refers to, refused in one line when its name
+    leaves the model's folder (an absolute path, `..`, a link out of it)."""
+    folder = model_path.resolve().parent
+    candidate = Path(location)
+    target = (folder / candidate).resolve()
+    if candidate.is_absolute() or ".." in candidate.parts or not target.is_relative_to(folder):
+        raise VitedgeError(f"{model_path} refers to weights at '{location}', outside its folder; "
+                           "it is not read", "keep a model's data files beside it")
+    return target
+
+
+def load_external_weights(model: onnx.ModelProto, model_path: Path) -> None:
+    """Read each external tensor's bytes (location, offset, length checked against the
+    file) into the model, in place."""
+    import numpy as np
+
+    sizes: dict[Path, int] = {}
+    for tensor in external_tensors(model):
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        file = external_file(model_path, location)
+        if file not in sizes:
+            if not file.is_file():
+                raise VitedgeError(f"{model_path} keeps its weights in {location}, which is "
+                                   "missing", "copy the model's data files beside it")
+            sizes[file] = file.stat().st_size
+        try:
+            offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
+        except ValueError:
+            raise VitedgeError(f"{model_path}: tensor '{tensor.name}' has a bad offset or "
+                               "length for its external data") from None
+        if length < 0:
+            length = sizes[file] - offset
+        if offset < 0 or offset + length > sizes[file]:
+            raise VitedgeError(f"{model_path}: tensor '{tensor.name}' reads bytes {offset}..."
+                               f"{offset + length} of {location}, which has {sizes[file]}",
+                               "the data file does not belong to this model")
+        with open(file, "rb") as f:
+            f.seek(offset)
+            tensor.raw_data = f.read(length)
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        expected = int(np.prod(tensor.dims)) * onnx.helper.tensor_dtype_to_np_dtype(
+            tensor.data_type).itemsize if tensor.data_type != onnx.TensorProto.STRING else None
+        if expected is not None and len(tensor.raw_data) != expected:
+            raise VitedgeError(f"{model_path}: tensor '{tensor.name}' needs {expected} bytes; "
+                               f"{location} gives {len(tensor.raw_data)}",
+                               "the data file does not belong to this model")
+
+
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    """Whether `model` is too large for one ONNX file."""
+    return model.ByteSize() > PROTOBUF_LIMIT
+
+
+def save_onnx(model: onnx.ModelProto, path: str | Path, external: bool | None = None) -> None:
+    """Write `model` at `path` atomically: one file, or (`external`, or where it is too
+    large for one) the graph in `path` and every tensor of 1 KB or more in one data file
+    beside it, `NAME.onnx.SHA8.data`, written first; the model file then switches to it in
+    one rename, and the data file the old model used is removed. A vitedge manifest in the
+    model is given the sha256 of the stored graph and of the data file."""
+    from vitedge.fileio import write_bytes_atomic
+
+    target = Path(path)
+    if external is None:
+        external = needs_external_data(model)
+    if not external:
+        write_bytes_atomic(target, model.SerializeToString())
+        return
+    stored = onnx.ModelProto()
+    stored.CopyFrom(model)
+    blob = bytearray()
+    for tensor in stored.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or \
+                len(tensor.raw_data) < EXTERNAL_THRESHOLD:
+            continue
+        blob += b"\0" * (-len(blob) % 64)  # aligned, as onnx's own writer does
+        offset = len(blob)
+        blob += tensor.raw_data
+        tensor.raw_data = b""
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        del tensor.external_data[:]
+        for key, value in (("location", ""), ("offset", str(offset)),
+                           ("length", str(len(blob) - offset))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+    import hashlib
+
+    digest = hashlib.sha256(blob).hexdigest()
+    location = f"{target.name}.{digest[:8]}.data"
+    for tensor in external_tensors(stored):
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    old = _data_files(target)
+    write_bytes_atomic(target.parent / location, bytes(blob))
+    from vitedge.manifest import manifest_from_onnx, set_onnx_manifest
+
+    manifest = manifest_from_onnx(stored)
+    if manifest is not None:
+        set_onnx_manifest(stored, manifest, external={location: digest})
+    write_bytes_atomic(target, stored.SerializeToString())
+    for stale in old - {target.parent / location}:
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+
+
+def _data_files(model_path: Path) -> set[Path]:
+    """The data files the model now at `model_path` (if any, written by vitedge) uses."""
+    try:
+        old = onnx.load(str(model_path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - no model there, or not one: nothing to clean up
+        return set()
+    files = set()
+    for tensor in external_tensors(old):
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value.startswith(model_path.name + "."):
+                files.add(model_path.parent / entry.value)
+    return files
 
 
 def initializer_names(model: onnx.ModelProto) -> set[str]:
@@ -90,3 +228,31 @@ def topological_order(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> li
             raise ValueError(f"graph has a cycle or a missing input near {rest[0].name}")
         pending = rest
     return ordered
+
+
+def data_files(model_path: Path) -> list[Path]:
+    """The data files the ONNX model at `model_path` keeps its weights in (none for one
+    stored in one file)."""
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not a model: nothing beside it
+        return []
+    locations = {e.value for t in external_tensors(model) for e in t.external_data
+                 if e.key == "location"}
+    return [external_file(model_path, loc) for loc in sorted(locations)]
+
+
+def publish_onnx(tmp: Path, target: Path) -> None:
+    """Move a complete model written at `tmp` (with its data files beside it) onto `target`:
+    its data files first, then the model file in one rename; the data files the model that
+    was there used are removed once nothing refers to them."""
+    from vitedge.fileio import publish
+
+    old = _data_files(target)
+    new = data_files(tmp)
+    for file in new:
+        publish(file, target.parent / file.name)
+    publish(tmp, target)
+    for stale in old - {target.parent / f.name for f in new}:
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()

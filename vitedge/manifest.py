@@ -187,7 +187,7 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     vitedge_version: str = __version__
     schema: int = SCHEMA_VERSION
-    integrity: dict[str, str] = field(default_factory=dict)
+    integrity: dict[str, Any] = field(default_factory=dict)
     """sha256 of the graph (`graph_sha256`) and of this manifest without this field
     (`manifest_sha256`), set when vitedge writes the artifact and checked when it is read."""
     score: str = "softmax"
@@ -406,7 +406,25 @@ def manifest_from_file(path: str | Path, verify: bool = True) -> Manifest | None
         raise IntegrityError(f"{path} was changed since vitedge wrote it: its graph (weights or "
                              "operators) is not the one its manifest records",
                              "export, quantize or build it again")
+    external = manifest.integrity.get("external_sha256") or {}
+    if not isinstance(external, dict):
+        raise IntegrityError(f"{path}: its manifest's record of its data files is not a mapping")
+    for location, digest in external.items():
+        _check_data_file(Path(path), str(location), str(digest), verify)
     return manifest
+
+
+def _check_data_file(model: Path, location: str, digest: str, verify: bool) -> None:
+    from vitedge.fileio import sha256_file
+    from vitedge.graph import external_file
+
+    file = external_file(model, location)
+    if not file.is_file():
+        raise IntegrityError(f"{model} keeps its weights in {location}, which is missing",
+                             "copy the model's data files beside it")
+    if verify and sha256_file(file) != digest:
+        raise IntegrityError(f"{model}: its weights file {location} was changed or replaced "
+                             "since vitedge wrote it", "export, quantize or build it again")
 
 
 def manifest_from_onnx(model: Any) -> Manifest | None:
@@ -417,12 +435,17 @@ def manifest_from_onnx(model: Any) -> Manifest | None:
     return None
 
 
-def set_onnx_manifest(model: Any, manifest: Manifest) -> None:
-    """Store `manifest` in the model's metadata with the sha256 of the graph and of the
-    manifest itself, so that a later change to either is caught when the file is read.
-    The graph must be final: call this last, before writing."""
+def set_onnx_manifest(model: Any, manifest: Manifest,
+                      external: dict[str, str] | None = None) -> None:
+    """Store `manifest` in the model's metadata with the sha256 of the graph, of each data
+    file it keeps its weights in (`external`: file name -> sha256) and of the manifest
+    itself, so that a later change to any is caught when the file is read. The graph must
+    be final: call this last, before writing (`vitedge.graph.save_onnx` does it again for
+    a model it stores with a data file)."""
     manifest.integrity = {"graph_sha256": hashlib.sha256(model.graph.SerializeToString()).hexdigest(),
                           "manifest_sha256": manifest.digest()}
+    if external:
+        manifest.integrity["external_sha256"] = dict(external)
     _store_manifest(model, manifest)
 
 

@@ -180,6 +180,8 @@ class ExportOptions:
     verify: bool = option(True, "Skip the ONNX Runtime vs PyTorch check.", negate="--no-verify")
     attention_outputs: bool = option(False, "Add each block's attention probabilities as "
                                      "outputs attn.N.")
+    external_data: bool = option(False, "Keep the weights in a data file beside the model "
+                                 "(always, for a model over 2 GB).")
     head: bool = option(True, "Leave the classification head out: the model outputs its "
                         "features (the embedding `vitedge embed` collects).", negate="--no-head")
     """False: a classifier checkpoint exported without its head (it outputs its features)."""

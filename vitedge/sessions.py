@@ -20,12 +20,13 @@ OPTIMIZATIONS = ("all", "extended", "basic", "none")
 computed in float, as TensorRT reads them)."""
 
 
-def ort_session(model: str | Path | bytes, threads: int | None = None,
+def ort_session(model: str | Path | bytes | Any, threads: int | None = None,
                 optimization: str = "all", arena: bool = True,
                 providers: list[str] | None = None, profile_prefix: str | None = None,
                 saved_model: str | Path | None = None) -> Any:
-    """An InferenceSession for a path or serialized model bytes, on the CPU unless
-    `providers` says otherwise. `arena=False` returns memory after each run (calibration
+    """An InferenceSession for a path, serialized model bytes or an onnx.ModelProto (one too
+    large for a protobuf goes through a file with its weights beside it, in the scratch
+    folder), on the CPU unless `providers` says otherwise. `arena=False` returns memory after each run (calibration
     asks for every activation at once); `profile_prefix` turns ONNX Runtime's profiling
     on; `saved_model` writes the optimized graph there (what `vitedge build` keeps)."""
     try:
@@ -52,18 +53,48 @@ def ort_session(model: str | Path | bytes, threads: int | None = None,
         so.profile_file_prefix = profile_prefix
     if saved_model:
         so.optimized_model_filepath = str(saved_model)
+        # a model over 2 GB can only be saved with its weights beside it
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                    Path(saved_model).name + ".data")
     # Idle worker threads sleep instead of spinning: a camera application decodes and
     # preprocesses on the same cores, and spinning threads of one session slow the next
     # (ViT-S INT8 on 2 cores: 27 ms alone either way; 43 ms against 30 ms when two
     # sessions alternate). VITEDGE_ORT_SPIN=1 turns spinning back on.
     so.add_session_config_entry("session.intra_op.allow_spinning",
                                 "1" if os.environ.get("VITEDGE_ORT_SPIN") == "1" else "0")
+    if not isinstance(model, (str, Path, bytes)):
+        return _session_for_proto(model, so, providers or ["CPUExecutionProvider"])
     try:
         return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
                                     providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         what = model if isinstance(model, (str, Path)) else "the model"
         raise VitedgeError(f"ONNX Runtime cannot load {what}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+
+
+def _session_for_proto(model: Any, options: Any, providers: list[str]) -> Any:
+    """A session for an in-memory model: its bytes, or, too large for one protobuf, a copy
+    stored with its weights in a data file (scratch folder) that the session reads."""
+    import onnxruntime as ort
+
+    from vitedge.graph import needs_external_data, save_onnx
+
+    if not needs_external_data(model):
+        return ort_session_from(ort, model.SerializeToString(), options, providers)
+    from vitedge.fileio import scratch_folder
+
+    with scratch_folder("session-") as folder:
+        path = Path(folder) / "model.onnx"
+        save_onnx(model, path, external=True)
+        return ort_session_from(ort, str(path), options, providers)
+
+
+def ort_session_from(ort: Any, model: str | bytes, options: Any, providers: list[str]) -> Any:
+    try:
+        return ort.InferenceSession(model, options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise VitedgeError(f"ONNX Runtime cannot load the model: "
                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
 
 
@@ -97,7 +128,7 @@ def run_in_batches(session: Any, input_name: str, x: np.ndarray, batch: int | No
     return [np.concatenate(col) for col in zip(*parts, strict=True)]
 
 
-def graph_output(model: str | Path | bytes, x: np.ndarray, optimization: str = "all",
+def graph_output(model: str | Path | bytes | Any, x: np.ndarray, optimization: str = "all",
                  threads: int | None = None) -> np.ndarray:
     """A model's first output on `x` through a fresh session (references in checks)."""
     session = ort_session(model, threads, optimization=optimization)

@@ -92,15 +92,15 @@ def verification_inputs(manifest: Manifest, held_out: ImageSource | None
     return x, f"the {len(x)} bundled photos (no --data to hold out)", False
 
 
-def verify_artifact(runner: Any, graph: bytes, graph_name: str, fp32: Path | None,
+def verify_artifact(runner: Any, graph: Any, graph_name: str, fp32: Path | None,
                     inputs: np.ndarray, data: str, held_out: bool, options: VerifyOptions,
-                    backend: str, device: str, tensorrt_graph: bytes | None = None,
+                    backend: str, device: str, tensorrt_graph: Any = None,
                     cpu: dict[str, Any] | None = None) -> Verification:
     """Run the artifact (through `runner`, as the pipeline will) and its references."""
     from vitedge.backends import embedded
     from vitedge.sessions import graph_output
 
-    def in_float(graph: bytes) -> np.ndarray:
+    def in_float(graph: Any) -> np.ndarray:
         """The graph with every ONNX Runtime optimization off: Q/DQ nodes computed in
         float, as TensorRT reads them, not through integer kernels."""
         return graph_output(graph, inputs, optimization="none")

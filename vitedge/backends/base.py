@@ -178,14 +178,15 @@ class BuiltArtifact:
     """What a backend's build made at `path` (a temporary path until the build succeeds)."""
 
     path: Path
-    graph: bytes
-    """The ONNX graph the artifact computes: what the build's verification compares it with."""
+    graph: Any
+    """The ONNX graph the artifact computes (an onnx.ModelProto, or its bytes): what the
+    build's verification compares it with."""
     graph_name: str
     """That graph, in words (the build summary says what was compared)."""
     details: dict[str, Any] = field(default_factory=dict)
     """Entries for the build result's `details`, as the backend names them."""
     notes: list[str] = field(default_factory=list)
-    portable_graph: bytes | None = None
+    portable_graph: Any = None
     """Where the artifact computes a re-encoded graph (ONNX Runtime's 7-bit INT8 weights):
     the portable Q/DQ graph a GPU backend is given, compared too (reported, not judged)."""
     cpu: dict[str, Any] | None = None
@@ -333,8 +334,11 @@ class Backend(ABC):
         return None
 
     def finish(self, built: BuiltArtifact, final: Path) -> None:
-        """The artifact moves to `final`: move what lies beside it (a description) too."""
-        return None
+        """Put the verified artifact (and what lies beside it) in place at `final`: the
+        artifact's own file last, in one rename."""
+        from vitedge.fileio import publish
+
+        publish(built.path, final)
 
     def discard(self, path: Path) -> None:
         """A failed build: remove what lies beside the temporary artifact."""

@@ -26,7 +26,7 @@ CALIBRATION_FLAGS = ("num_images", "method", "percentile", "batch", "smooth_alph
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Where to write the ONNX model (written atomically).")
 @flags(ExportOptions, "arch", "num_heads", "img_size", "batch", "opset", "input_kind", "labels",
-       "attention_outputs", "head", "zero_shot", "prompts", "zero_shot_embeddings", "logit_scale",
+       "attention_outputs", "head", "external_data", "zero_shot", "prompts", "zero_shot_embeddings", "logit_scale",
        "logit_bias", "verify")
 def export(checkpoint: str, output: str, as_json: bool, **kw: Any) -> None:
     """Export CHECKPOINT (timm, Hugging Face, torchvision or vitedge; a file or a folder)

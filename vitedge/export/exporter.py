@@ -14,12 +14,11 @@ from vitedge.errors import ExportError, require
 from vitedge.export.onnx_graph import onnx_from_vit
 from vitedge.export.tensorrt_ops import tensorrt_check
 from vitedge.export.verify import FP32_RELATIVE_TOLERANCE, Comparison, verify_onnx_against_torch
-from vitedge.fileio import refuse_overwriting_inputs, write_bytes_atomic
+from vitedge.fileio import refuse_overwriting_inputs
+from vitedge.graph import data_files, needs_external_data, save_onnx
 from vitedge.manifest import Manifest, set_onnx_manifest
 from vitedge.options import ExportOptions
 from vitedge.report import Reporter, reporter
-
-PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2
 
 
 @dataclass
@@ -90,10 +89,6 @@ def export_onnx(
 
         imported = without_head(imported)
     cfg = imported.config
-    n_params = cfg.num_params()
-    if n_params * 4 > PROTOBUF_LIMIT:
-        raise ExportError(f"the model has {n_params / 1e6:.0f}M parameters: over the 2 GB "
-                          "limit of a single ONNX file, which vitedge does not split yet")
 
     with step("build graph"):
         prep = imported.preprocess
@@ -102,7 +97,6 @@ def export_onnx(
         manifest = imported.manifest(opts.input_kind)
         manifest.source = {**manifest.source, "export": opts.key(), "made_by": made_by}
         set_onnx_manifest(model, manifest)
-        data = model.SerializeToString()
 
     with step("check"):
         check_onnx(model)
@@ -111,7 +105,7 @@ def export_onnx(
     if opts.verify:
         with step("verify"):
             comparisons = verify_onnx_against_torch(
-                data, imported.model, cfg, imported.preprocess, opts.input_kind, opts.batch)
+                model, imported.model, cfg, imported.preprocess, opts.input_kind, opts.batch)
         worst = max(comparisons, key=lambda c: c.relative)
         if worst.relative > FP32_RELATIVE_TOLERANCE:
             raise ExportError(
@@ -122,8 +116,12 @@ def export_onnx(
             )
 
     with step("write"):
-        write_bytes_atomic(output, data)
-    return ExportResult(Path(output), manifest, comparisons, timings, imported.notes, len(data))
+        external = opts.external_data or needs_external_data(model)
+        save_onnx(model, output, external=external)
+    notes = imported.notes + ([f"the weights are in {', '.join(f.name for f in data_files(Path(output)))} "
+                               "beside the model (keep them together)"] if external else [])
+    size = Path(output).stat().st_size + sum(f.stat().st_size for f in data_files(Path(output)))
+    return ExportResult(Path(output), manifest, comparisons, timings, notes, size)
 
 
 def check_onnx(model: Any) -> None:

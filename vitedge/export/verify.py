@@ -61,7 +61,7 @@ def verification_inputs(cfg: ViTConfig, prep: Preprocess, seed: int = 0) -> dict
 
 
 def verify_onnx_against_torch(
-    model_bytes: bytes,
+    model: Any,
     torch_model: Any,
     cfg: ViTConfig,
     prep: Preprocess,
@@ -72,7 +72,7 @@ def verify_onnx_against_torch(
 
     from vitedge.sessions import ort_session, run_in_batches
 
-    session = ort_session(model_bytes)
+    session = ort_session(model)
     results = []
     raw = input_kind in ("frames", "pixels")
     cases = frame_inputs(cfg, prep) if raw else verification_inputs(cfg, prep)

@@ -170,7 +170,7 @@ def _collect(model: onnx.ModelProto, manifest: Manifest, source: ImageSource, na
              ) -> tuple[dict[str, TensorHistogram], dict[str, np.ndarray], int]:
     same_as = {k: v for k, v in value_aliases(model).items() if k not in channel_names}
     measured = list(dict.fromkeys([*(same_as.get(n, n) for n in names), *channel_names]))
-    session = ort_session(with_outputs(model, measured).SerializeToString(), optimization="basic",
+    session = ort_session(with_outputs(model, measured), optimization="basic",
                           arena=False)
     input_name = session.get_inputs()[0].name
     fixed = session.get_inputs()[0].shape[0]

@@ -16,8 +16,8 @@ from vitedge.compare import COLLAPSE_COSINE, Agreement, agreement, judge
 from vitedge.datasets import image_source, model_inputs
 from vitedge.errors import ExportError, VitedgeError
 from vitedge.export.tensorrt_ops import parser_summary, tensorrt_check
-from vitedge.fileio import refuse_overwriting_inputs, sha256_file, write_bytes_atomic
-from vitedge.graph import load_onnx
+from vitedge.fileio import refuse_overwriting_inputs, sha256_file
+from vitedge.graph import data_files, load_onnx, save_onnx
 from vitedge.manifest import require_manifest, set_onnx_manifest
 from vitedge.options import QuantizeRequest
 from vitedge.quantize.calibrate import CalibrationTable, calibrate, default_table_path
@@ -98,6 +98,7 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
     refuse_overwriting_inputs(output, model_path, request.calib)
     model = load_onnx(model_path)
     manifest = require_manifest(model, model_path)
+    external = bool(manifest.integrity.get("external_sha256")) or None  # kept as it came
     if manifest.precision != "fp32":
         raise VitedgeError(f"{model_path} is already {manifest.precision}",
                            "quantize the FP32 export")
@@ -161,18 +162,18 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
     set_onnx_manifest(quantized, manifest)
     check_quantized(quantized)
     result.parser_check = parser_summary()
-    data = quantized.SerializeToString()
     if check_inputs is not None:
-        _check_against_fp32(result, request, model.SerializeToString(), quantized, check_inputs,
+        _check_against_fp32(result, request, model, quantized, check_inputs,
                             manifest.is_classifier)
     step("writing")
-    write_bytes_atomic(output, data)
-    result.size_bytes = len(data)
+    save_onnx(quantized, output, external=external)
+    result.size_bytes = Path(output).stat().st_size + sum(
+        f.stat().st_size for f in data_files(Path(output)))
     result.seconds = round(time.perf_counter() - start, 2)
     return result
 
 
-def _check_against_fp32(result: QuantizeResult, request: QuantizeRequest, fp32: bytes,
+def _check_against_fp32(result: QuantizeResult, request: QuantizeRequest, fp32: onnx.ModelProto,
                         quantized: onnx.ModelProto, x: np.ndarray, classifier: bool) -> None:
     """The quantized graph against FP32, computed in float (as TensorRT reads it) and, for
     INT8, on the embedded backend's integer kernels on this CPU (`Backend.check_int8`: the
@@ -180,8 +181,7 @@ def _check_against_fp32(result: QuantizeResult, request: QuantizeRequest, fp32: 
     from vitedge.backends import embedded
 
     reference = _run(fp32, x)
-    data = quantized.SerializeToString()
-    result.check = agreement(reference, _run(data, x, "none"))
+    result.check = agreement(reference, _run(quantized, x, "none"))
     result.check_images = len(x)
     if request.precision == "int8":
         kernels = embedded().check_int8(reference, quantized, x, result.check)
@@ -234,9 +234,9 @@ def _check_inputs(request: QuantizeRequest, table: CalibrationTable | None, mani
     return x
 
 
-def _run(model_bytes: bytes, x: np.ndarray, optimization: str = "all") -> np.ndarray:
+def _run(model: onnx.ModelProto, x: np.ndarray, optimization: str = "all") -> np.ndarray:
     """The output of a model on ONNX Runtime; "none" computes Q/DQ in float."""
-    return graph_output(model_bytes, x, optimization)
+    return graph_output(model, x, optimization)
 
 
 def layer_sensitivity(model: onnx.ModelProto, table: CalibrationTable, options: QuantizeOptions,
@@ -244,13 +244,13 @@ def layer_sensitivity(model: onnx.ModelProto, table: CalibrationTable, options: 
                       ) -> list[tuple[str, float]]:
     """Each quantizable layer's effect alone: mean KL divergence of the softmax from the
     FP32 model's when only that layer is quantized. Most sensitive first."""
-    reference = _run(model.SerializeToString(), inputs)
+    reference = _run(model, inputs)
     layers = plan_quantization(model, options).layers
     scores = []
     for i, layer in enumerate(layers):
         others = tuple(n for n in layers if n != layer)
         single, _ = quantize_int8(model, table, options, keep_float=others)
-        single_out = _run(single.SerializeToString(), inputs, "none")  # as TensorRT reads it
+        single_out = _run(single, inputs, "none")  # as TensorRT reads it
         scores.append((layer, agreement(reference, single_out).mean_kl))
         reporter(report).progress(i + 1, len(layers))
     return sorted(scores, key=lambda s: -s[1])

@@ -127,8 +127,8 @@ def export_deepstream(artifact: str | Path, out_dir: str | Path,
     import onnx
 
     from vitedge.backends import is_onnx_artifact
-    from vitedge.fileio import refuse_overwriting_inputs, write_bytes_atomic, write_text_atomic
-    from vitedge.graph import load_onnx
+    from vitedge.fileio import refuse_overwriting_inputs, write_text_atomic
+    from vitedge.graph import load_onnx, save_onnx
     from vitedge.manifest import require_manifest
 
     options = options or DeepStreamOptions()
@@ -171,7 +171,8 @@ def export_deepstream(artifact: str | Path, out_dir: str | Path,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise VitedgeError(f"cannot create {out}: {exc.strerror}") from exc
-    write_bytes_atomic(out / model_file, with_probabilities(model, manifest).SerializeToString())
+    save_onnx(with_probabilities(model, manifest), out / model_file,
+              external=bool(manifest.integrity.get("external_sha256")) or None)
     onnx.checker.check_model(str(out / model_file))
     labels_path = None
     if labels_file:

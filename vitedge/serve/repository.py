@@ -161,6 +161,10 @@ def _write_model(repo: Path, name: str, config: str,
         target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, Path):
             shutil.copy2(content, target)
+            from vitedge.graph import data_files
+
+            for data in data_files(content) if content.suffix == ".onnx" else []:
+                shutil.copy2(data, target.parent / data.name)  # its weights, beside it
         elif isinstance(content, bytes):
             write_bytes_atomic(target, content)
         else:

@@ -57,6 +57,12 @@ class Int8KernelCheck:
     note: str | None = None
 
 
+def artifact_is_large(model: Any) -> bool:
+    from vitedge.graph import needs_external_data
+
+    return needs_external_data(model)
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     product = "ONNX Runtime"
@@ -165,6 +171,11 @@ class OnnxRuntimeBackend(Backend):
             cpu_exact_graph(model)
             manifest.source = {**manifest.source, "int8_weight_bits": WEIGHT_BITS}
             set_onnx_manifest(model, manifest)
+            if artifact_is_large(model):
+                raise VitedgeError(f"{artifact.name} is an INT8 Q/DQ graph over 2 GB; Triton's "
+                                   "ONNX Runtime backend needs its CPU-exact encoding",
+                                   "build it first (vitedge build --backend onnxruntime) and "
+                                   "export the artifact")
             payload = model.SerializeToString()
             notes.append(f"INT8 weights re-encoded to {WEIGHT_BITS} bits, which ONNX Runtime's "
                          "integer kernels compute exactly on CPUs without VNNI too")
@@ -184,6 +195,7 @@ class OnnxRuntimeBackend(Backend):
     def build(self, request: BuildRequest, path: Path) -> BuiltArtifact:
         from vitedge.backends.onnxruntime.build import build_onnxruntime
         from vitedge.backends.onnxruntime.cpu import cpu_int8
+        from vitedge.graph import load_onnx
 
         notes = (["--timing-cache applies to TensorRT builds only"]
                  if request.timing_cache else [])
@@ -192,7 +204,7 @@ class OnnxRuntimeBackend(Backend):
         graph = ("its Q/DQ graph (7-bit weights) computed in float" if int8 else
                  "the ONNX model it was built from")
         return BuiltArtifact(path, built.graph, graph, {"onnxruntime": built.details}, notes,
-                             portable_graph=request.model.read_bytes() if int8 else None,
+                             portable_graph=load_onnx(request.model) if int8 else None,
                              cpu=cpu_int8().to_dict(), state=(built, request.profile))
 
     def load_built(self, built: BuiltArtifact) -> Runner:
@@ -200,13 +212,19 @@ class OnnxRuntimeBackend(Backend):
         return self.load(built.path, profile.onnxruntime.threads or None)
 
     def record(self, built: BuiltArtifact, verification: dict[str, Any]) -> None:
+        from vitedge.graph import save_onnx
         from vitedge.manifest import set_onnx_manifest
 
         artifact, _ = built.state
         manifest = artifact.manifest
         manifest.source = {**manifest.source, "verification": verification}
         set_onnx_manifest(artifact.model, manifest)
-        built.path.write_bytes(artifact.model.SerializeToString())
+        save_onnx(artifact.model, built.path, external=artifact.external)
+
+    def finish(self, built: BuiltArtifact, final: Path) -> None:
+        from vitedge.graph import publish_onnx
+
+        publish_onnx(built.path, final)  # its data file first, where it has one
 
     def disagreement(self, verification: Any, built: BuiltArtifact) -> str:
         cpu = verification.cpu or {}
@@ -237,8 +255,8 @@ class OnnxRuntimeBackend(Backend):
         exact = onnx.ModelProto()
         exact.CopyFrom(quantized)
         seven_bit_weights(exact)
-        as_is = agreement(reference, graph_output(quantized.SerializeToString(), x))
-        as_run = agreement(reference, graph_output(exact.SerializeToString(), x))
+        as_is = agreement(reference, graph_output(quantized, x))
+        as_run = agreement(reference, graph_output(exact, x))
         note = None
         lost = in_float.top1_agreement - as_is.top1_agreement
         if lost > 0.005 or as_is.mean_kl > 3 * max(in_float.mean_kl, 1e-6):

@@ -24,7 +24,8 @@ from vitedge.backends.onnxruntime.int8 import (
     seven_bit_weights,
 )
 from vitedge.errors import VitedgeError
-from vitedge.fileio import scratch_folder, write_bytes_atomic
+from vitedge.fileio import scratch_folder
+from vitedge.graph import load_onnx, needs_external_data, save_onnx
 from vitedge.manifest import Manifest, manifest_from_onnx, set_onnx_manifest
 
 if TYPE_CHECKING:
@@ -42,10 +43,13 @@ class OnnxRuntimeBuild:
     model: onnx.ModelProto
     """The artifact as written (its manifest can still be amended)."""
     manifest: Manifest
-    graph: bytes
+    graph: onnx.ModelProto
     """The ONNX graph the artifact computes (for INT8: the Q/DQ graph with the CPU-exact
     weights), before ONNX Runtime's and vitedge's rewrites: what verification compares the
     artifact with."""
+    external: bool = False
+    """The artifact keeps its weights in a data file beside it (as its source did, or it is
+    over 2 GB)."""
 
 
 def build_onnxruntime(onnx_path: Path, output: Path, profile: Profile) -> OnnxRuntimeBuild:
@@ -60,21 +64,23 @@ def build_onnxruntime(onnx_path: Path, output: Path, profile: Profile) -> OnnxRu
 
     from vitedge.sessions import ort_session
 
-    model = onnx.load(str(onnx_path))
+    model = load_onnx(onnx_path)
     manifest = manifest_from_onnx(model)
     if manifest is None:
         raise VitedgeError(f"{onnx_path} has no vitedge manifest")
+    external = bool(manifest.integrity.get("external_sha256")) or needs_external_data(model)
     nodes_before = len(model.graph.node)
     int8 = manifest.precision == "int8"
     requantized = seven_bit_weights(model) if int8 and cpu_exact else 0
-    graph = model.SerializeToString()  # what the artifact computes, before any rewrite
+    graph = onnx.ModelProto()  # what the artifact computes, before any rewrite
+    graph.CopyFrom(model)
     attention = fuse_attention(model) if fusions else 0
     with scratch_folder("build-") as tmp:
         fused, optimized = Path(tmp) / "fused.onnx", Path(tmp) / "optimized.onnx"
-        onnx.save(model, str(fused))
+        save_onnx(model, fused)
         ort_session(fused, profile.onnxruntime.threads or None, optimization=OPTIMIZATION,
                     saved_model=optimized)
-        result = onnx.load(str(optimized))
+        result = load_onnx(optimized, verify=False)  # ONNX Runtime's, manifest not yet redone
     folds = {"attention_fused": attention,
              "bias_adds_folded": fold_bias_adds(result) if fusions else 0,
              "weight_dequantize_folded": fold_constant_dequantize(result) if fusions else 0,
@@ -87,10 +93,10 @@ def build_onnxruntime(onnx_path: Path, output: Path, profile: Profile) -> OnnxRu
                        "onnxruntime_threads": profile.onnxruntime.threads, "profile": profile.name,
                        **({"int8_weight_bits": WEIGHT_BITS if cpu_exact else 8} if int8 else {})}
     set_onnx_manifest(result, manifest)
-    write_bytes_atomic(output, result.SerializeToString())
+    save_onnx(result, output, external=external)
     details = {"nodes_before": nodes_before, "nodes_after": len(result.graph.node), **folds,
                "threads": profile.onnxruntime.threads or "automatic"}
     if int8:
         details.update(int8_weight_bits=WEIGHT_BITS if cpu_exact else 8,
                        weights_requantized=requantized)
-    return OnnxRuntimeBuild(details, result, manifest, graph)
+    return OnnxRuntimeBuild(details, result, manifest, graph, external)

@@ -57,13 +57,12 @@ class OnnxRuntimeRunner(Runner):
         self.threads = threads
         self.providers_wanted = default_providers(use_gpu)
         self.optimization = "none" if self.built else "all"
-        self._model: Path | bytes = self.path
+        self._model: Any = self.path  # a path, or the model re-encoded in memory
         if manifest.precision == "int8" and not self.built:
-            import onnx
-
             from vitedge.backends.onnxruntime.int8 import cpu_exact_graph
+            from vitedge.graph import load_onnx
 
-            self._model = cpu_exact_graph(onnx.load(str(self.path))).SerializeToString()
+            self._model = cpu_exact_graph(load_onnx(self.path))
         elif manifest.precision == "int8":
             from vitedge.backends.onnxruntime.int8 import saturation_warnings
 
@@ -77,7 +76,7 @@ class OnnxRuntimeRunner(Runner):
         self.input_dtype = np.uint8 if first.type == "tensor(uint8)" else np.float32
         self._taps: _Taps | None = None
 
-    def _session(self, model: Path | bytes | None = None, **extra: Any) -> Any:
+    def _session(self, model: Any = None, **extra: Any) -> Any:
         return ort_session(self._model if model is None else model, self.threads,
                            optimization=self.optimization, providers=self.providers_wanted,
                            **extra)
@@ -152,9 +151,14 @@ class _Taps:
         import onnx
 
         from vitedge.backends.onnxruntime.fusions import split_quantized_attention
+        from vitedge.graph import load_onnx
 
         model = runner._model
-        graph = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+        if isinstance(model, onnx.ModelProto):
+            graph = onnx.ModelProto()
+            graph.CopyFrom(model)
+        else:
+            graph = load_onnx(model)
         split_quantized_attention(graph)
         self.taps: list[_Tap] = []
         for node in graph.graph.node:
@@ -178,7 +182,7 @@ class _Taps:
                 graph.graph.output.append(onnx.ValueInfoProto(name=name))
                 present.add(name)
         self.names = [runner.output_name, *dict.fromkeys(wanted)]
-        self.session = runner._session(graph.SerializeToString())
+        self.session = runner._session(graph)
 
 
 def _softmax_qk(q: np.ndarray, k: np.ndarray, heads: int, scale: float) -> np.ndarray:

@@ -200,7 +200,9 @@ class TensorRTBackend(Backend):
         details = {"engine": {"backend": self.name, "version": info.tensorrt_version,
                               "gpu": info.gpu_name, "batch": info.batch,
                               "compute_capabilities": info.compute_capabilities}}
-        return BuiltArtifact(path, request.model.read_bytes(), "ONNX Runtime on the same graph "
+        from vitedge.graph import load_onnx
+
+        return BuiltArtifact(path, load_onnx(request.model), "ONNX Runtime on the same graph "
                              "(Q/DQ in float)", details, notes, state=info)
 
     def record(self, built: BuiltArtifact, verification: dict[str, Any]) -> None:
@@ -215,6 +217,7 @@ class TensorRTBackend(Backend):
         from vitedge.fileio import publish
 
         publish(sidecar_path(built.path), sidecar_path(final))
+        publish(built.path, final)
 
     def discard(self, path: Path) -> None:
         from vitedge.backends.tensorrt.engine_info import sidecar_path

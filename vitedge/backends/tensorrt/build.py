@@ -95,9 +95,11 @@ def parser_errors(parser: Any) -> list[str]:
     return errors
 
 
-def parse_onnx(trt: Any, data: bytes, logger: Any, what: str, product: str) -> tuple[Any, Any]:
-    """(builder, strongly typed network) parsed from ONNX bytes, or one VitedgeError naming
-    the first node the parser rejects."""
+def parse_onnx(trt: Any, data: bytes, logger: Any, what: str, product: str,
+               path: str | None = None) -> tuple[Any, Any]:
+    """(builder, strongly typed network) parsed from ONNX bytes (`path`: the file, where its
+    weights are in data files beside it), or one VitedgeError naming the first node the
+    parser rejects."""
     builder = trt.Builder(logger)
     flags = 0
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
@@ -105,7 +107,7 @@ def parse_onnx(trt: Any, data: bytes, logger: Any, what: str, product: str) -> t
         flags |= 1 << int(strongly_typed)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(data):
+    if not (parser.parse(data, path) if path else parser.parse(data)):
         errors = parser_errors(parser)
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
         raise VitedgeError(f"{product}'s ONNX parser rejected {what}: "
@@ -125,7 +127,7 @@ def build_engine(onnx_path: Path, engine_path: Path, manifest: Manifest, profile
     start = time.perf_counter()
     logger = collecting_logger(trt)
     builder, network = parse_onnx(trt, onnx_path.read_bytes(), logger, str(onnx_path),
-                                  flavour.product)
+                                  flavour.product, str(onnx_path))
 
     config = builder.create_builder_config()
     settings = profile.tensorrt

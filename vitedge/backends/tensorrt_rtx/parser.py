@@ -6,6 +6,7 @@ vitedge writes, where tensorrt_rtx is installed; vitedge's operator table
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 from vitedge.backends.tensorrt.flavours import TENSORRT_RTX, collecting_logger
@@ -24,15 +25,27 @@ def parser_problems(model: Any) -> list[str] | None:
     trt = TENSORRT_RTX.import_module()
     if trt is None:
         return None
+    from vitedge.graph import needs_external_data, save_onnx
+
+    if not isinstance(model, bytes) and needs_external_data(model):  # too large for bytes
+        from vitedge.fileio import scratch_folder
+
+        with scratch_folder("parse-") as folder:
+            path = Path(folder) / "model.onnx"
+            save_onnx(model, path, external=True)
+            return _parse(trt, path.read_bytes(), str(path))
+    return _parse(trt, model if isinstance(model, bytes) else model.SerializeToString(), None)
+
+
+def _parse(trt: Any, data: bytes, path: str | None) -> list[str]:
     from vitedge.backends.tensorrt.build import parser_errors
 
-    data = model if isinstance(model, bytes) else model.SerializeToString()
     with _LOCK:  # one parse at a time: the builder is not meant to be shared by threads
         logger = collecting_logger(trt)
         builder = trt.Builder(logger)
         network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
         parser = trt.OnnxParser(network, logger)
-        if parser.parse(data):
+        if parser.parse(data, path) if path else parser.parse(data):
             return []
         return parser_errors(parser) or [m.splitlines()[0] for m in logger.errors()[:3]] or [
             "rejected, no reason given"]
