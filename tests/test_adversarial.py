@@ -9,6 +9,7 @@ Every case runs through the command line or `vitedge.open`, the interfaces users
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ import pytest
 from PIL import Image
 
 import vitedge
-from tests.conftest import DEMO_CALIBRATION, DEMO_CHECKPOINT, DEMO_TEST_IMAGES, run_cli
+from tests.conftest import DEMO_CALIBRATION, DEMO_CHECKPOINT, DEMO_TEST_IMAGES, FIXTURES, run_cli
 from vitedge.errors import VitedgeError
 
 ROOT = Path(__file__).parents[1]
@@ -750,3 +751,63 @@ def test_a_camera_that_stays_away_ends_the_loop_with_exit_1(work, tmp_path):
     summary = json.loads(result.stdout)
     assert summary["frames"] == 10 and summary["reconnect_attempts"] >= 2
     assert summary["gave_up"].startswith("no frame for")
+
+
+# --- what ended in "internal error" (exit 3) before round two ----------------------------------
+
+def test_a_sharded_checkpoints_index_must_map_names_to_files(tmp_path, capsys):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    shutil.copy(FIXTURES / "vit_tiny_hub" / "model.safetensors",
+                folder / "model-00001-of-00001.safetensors")
+    shutil.copy(FIXTURES / "vit_tiny_hub" / "config.json", folder / "config.json")
+    for weight_map in (["a", "b"], {"x": "../../etc/passwd"}):
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+        run_in(tmp_path, ["export", str(folder), "-o", str(tmp_path / "out.onnx")], capsys,
+               "weight_map must map" if isinstance(weight_map, list) else "outside its folder")
+
+
+def test_a_checkpoint_link_that_loops(tmp_path, capsys):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    run_in(tmp_path, ["export", str(tmp_path / "a"), "-o", str(tmp_path / "out.onnx")], capsys,
+           "symbolic link that leads nowhere")
+
+
+def test_an_array_whose_header_claims_a_billion_images(work, tmp_path, capsys):
+    import numpy.lib.format as npformat
+
+    header = io.BytesIO()
+    npformat.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                             "shape": (10**9, 1, 28, 28)})
+    lie = tmp_path / "lie.npy"
+    lie.write_bytes(header.getvalue() + b"\0" * 4096)
+    run_in(tmp_path, ["calibrate", str(work["fp32"]), "--data", str(lie), "-o",
+                      str(tmp_path / "t.json")], capsys, "its header is wrong")
+
+
+def test_explain_into_a_folder_a_file_blocks(work, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    run_in(tmp_path, ["explain", str(work["fp32"]), str(GOOD_IMAGE), "-o",
+                      str(tmp_path / "afile" / "sub")], capsys, "a file is in the way")
+
+
+@pytest.mark.parametrize("key, value", [("notes", "5"), ("match", "7"), ("description", "3")])
+def test_a_profile_with_a_mistyped_list(tmp_path, capsys, key, value):
+    lines = {"description": '"x"', "backend": '"onnxruntime"', "precision": '"int8"', key: value}
+    (tmp_path / "p.toml").write_text("".join(f"{k} = {v}\n" for k, v in lines.items()))
+    run_in(tmp_path, ["profiles", str(tmp_path / "p.toml")], capsys, f"{key} must be")
+
+
+def test_run_output_on_a_full_disk_is_one_line_and_leaves_nothing(work, full_disk, tmp_path,
+                                                                capsys, monkeypatch):
+    if full_disk is None:
+        pytest.skip("needs root to mount a 1 MB tmpfs")
+    monkeypatch.setenv("VITEDGE_SCRATCH", str(full_disk / "scratch"))
+    free = shutil.disk_usage(full_disk).free
+    with open(full_disk / "filler", "wb") as f:
+        f.write(b"\0" * max(free - 64 * 1024, 0))
+    run_in(full_disk, ["run", str(work["fp32"]), "--source", str(GOOD_IMAGE.parent),
+                       "--output", str(full_disk / "out.avi")], capsys, "the disk is full")
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler", "scratch"]
+    assert not [p for p in (full_disk / "scratch").rglob("*") if not p.is_dir()]

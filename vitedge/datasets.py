@@ -130,9 +130,43 @@ def _read_list(path: Path) -> list[Path]:
     return items
 
 
+def load_array(path: Path) -> Any:
+    """np.load of a .npy / .npz, each array's header checked against the bytes the file
+    holds first: a header that claims 10^9 images of a small file is refused, not
+    allocated."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                with z.open(info) as f:
+                    _check_header(path, f, info.file_size, info.filename)
+    else:
+        with open(path, "rb") as f:
+            _check_header(path, f, path.stat().st_size, None)
+    return np.load(path, allow_pickle=False)
+
+
+def _check_header(path: Path, f: Any, size: int, member: str | None) -> None:
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        shape, _order, dtype = (fmt.read_array_header_1_0(f) if version == (1, 0)
+                                else fmt.read_array_header_2_0(f))
+    except (ValueError, OSError) as exc:
+        raise VitedgeError(f"cannot read {path} as a NumPy array: {exc}") from exc
+    need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    have = size - f.tell()
+    if need > have:
+        where = f" ({member})" if member else ""
+        raise VitedgeError(f"{path}{where} claims an array of shape {shape} ({need / 1e9:.1f} GB) "
+                           f"but holds {have / 1e6:.1f} MB: its header is wrong",
+                           "write it again with numpy.save")
+
+
 def _read_array(path: Path) -> np.ndarray:
     try:
-        data = np.load(path, allow_pickle=False)
+        data = load_array(path)
         if isinstance(data, np.lib.npyio.NpzFile):
             key = "images" if "images" in data.files else data.files[0] if data.files else None
             if key is None:

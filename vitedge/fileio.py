@@ -76,7 +76,8 @@ def write_error(target: Path, exc: OSError) -> VitedgeError:
               errno.EPERM: "permission denied", errno.ENOTDIR: "a file is in the way of its "
               "folder"}.get(exc.errno or 0, exc.strerror or str(exc))
     return VitedgeError(f"cannot write {target}: {reason}",
-                        "free space or choose another output path")
+                        "free space or choose another output path" if exc.errno in (
+                            errno.ENOSPC, errno.EDQUOT) else "choose another output path")
 
 
 # --- the scratch folder: paths for writers that need one --------------------------------------
@@ -126,8 +127,8 @@ def sweep_scratch() -> list[Path]:
 def scratch() -> Path:
     """This process's scratch folder (made on first use; removed at exit and on a signal)."""
     global _SCRATCH
-    if _SCRATCH is None or not _SCRATCH.is_dir():
-        root = scratch_root()
+    root = scratch_root()
+    if _SCRATCH is None or _SCRATCH.parent != root or not _SCRATCH.is_dir():
         folder = root / f"{os.getpid()}-{_start_ticks(os.getpid()) or 0}"
         try:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -460,7 +461,7 @@ def refuse_overwriting_inputs(output: str | os.PathLike[str] | None,
     folder input counts with every file inside it): an output never destroys an input."""
     if output is None:
         return
-    out = Path(output).resolve()
+    out = os.path.realpath(output)  # never raises: a link that loops stays as it is
     for item in inputs:
         if item is None:
             continue
@@ -469,9 +470,24 @@ def refuse_overwriting_inputs(output: str | os.PathLike[str] | None,
         if p.is_dir():
             candidates = [f for f in p.rglob("*") if f.is_file()]
         for c in candidates:
-            if c.resolve() == out or (c.exists() and out.exists() and os.path.samefile(c, out)):
+            if os.path.realpath(c) == out or (c.exists() and os.path.exists(out) and
+                                              os.path.samefile(c, out)):
                 raise VitedgeError(f"the output {output} is the input {c}: writing it would "
                                    "destroy the input", "choose another -o")
+
+
+def make_folder(path: str | os.PathLike[str]) -> Path:
+    """The folder `path`, made with its parents where missing; a file in the way, a
+    read-only or foreign folder is one VitedgeError."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise VitedgeError(f"cannot make the folder {folder}: a file is there",
+                           "choose another output folder") from None
+    except OSError as exc:
+        raise write_error(folder, exc) from exc
+    return folder
 
 
 MAX_JSON_BYTES = 256 << 20

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from vitedge.errors import VitedgeError
-from vitedge.fileio import atomic_path
+from vitedge.fileio import atomic_path, make_folder
 from vitedge.options import ExplainOptions
 from vitedge.report import Reporter, reporter
 from vitedge.runtime.attention import METHODS, grid_similarity, position_similarity
@@ -119,13 +119,13 @@ def explain_images(artifact: str | Path, images: Iterable[str | Path], out_dir: 
                     title = (f"{Path(artifact).name}: {title}\n{Path(compare).name}: {_top(o.prediction)}"
                              f"   |   map cosine similarity {similarity:.4f}")
                     other_npy = out / f"{stem}.compare.npy"
-                    out.mkdir(parents=True, exist_ok=True)
+                    make_folder(out)
                     _save_grid(o.grid, other_npy)
                     result.compare = {"artifact": str(compare), "similarity": similarity,
                                       "same_top1": o.prediction.class_id == e.prediction.class_id,
                                       "prediction": _prediction(o.prediction),
                                       "npy": str(other_npy)}
-                out.mkdir(parents=True, exist_ok=True)
+                make_folder(out)
                 explanation_figure(e.pixels, panels, title, png)
                 _save_grid(e.grid, npy)
                 results.append(result)

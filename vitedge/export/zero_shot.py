@@ -76,8 +76,10 @@ def _embeddings_file(path: str | Path, classes: int) -> np.ndarray:
     from vitedge.fileio import require_regular_file
 
     p = require_regular_file(path, "text embeddings file (.npy)")
+    from vitedge.datasets import load_array
+
     try:
-        text = np.load(p, allow_pickle=False)
+        text = load_array(p)
     except (ValueError, OSError) as exc:
         raise VitedgeError(f"{p} is not a .npy array: {exc}") from exc
     if text.ndim != 2 or text.shape[0] != classes or not np.issubdtype(text.dtype, np.floating):

@@ -39,6 +39,9 @@ class RawCheckpoint:
 
 def read_checkpoint(path: str | Path) -> RawCheckpoint:
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise CheckpointError(f"{path} is a symbolic link that leads nowhere (to itself, or "
+                              "to a file that is gone)", "give the checkpoint file itself")
     if not path.exists():
         raise CheckpointError(f"no such file or folder: {path}")
     if path.is_dir():
@@ -64,8 +67,7 @@ def _read_folder(folder: Path) -> RawCheckpoint:
             )
         candidate = singles[0]
     if candidate.name.endswith(".index.json"):
-        index = _read_json(candidate)
-        files = sorted({folder / f for f in index.get("weight_map", {}).values()})
+        files = _shards(folder, candidate)
         tensors: dict[str, Any] = {}
         metadata: dict[str, str] = {}
         for f in files:
@@ -76,6 +78,24 @@ def _read_folder(folder: Path) -> RawCheckpoint:
         files = [candidate]
         tensors, metadata = _read_file(candidate)
     return _finish(tensors, files, config, preprocessor, metadata)
+
+
+def _shards(folder: Path, index_file: Path) -> list[Path]:
+    """The weight files a sharded checkpoint's index names (its `weight_map`: tensor name
+    -> file), each inside the checkpoint's folder."""
+    weight_map = _read_json(index_file).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+            isinstance(v, str) and v for v in weight_map.values()):
+        raise CheckpointError(f"{index_file}: its weight_map must map each tensor name to a "
+                              "file name", "the index of a sharded checkpoint is "
+                              '{"weight_map": {"name": "model-00001-of-00002.safetensors", ...}}')
+    files = []
+    for name in sorted(set(weight_map.values())):
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise CheckpointError(f"{index_file} names the shard '{name}' outside its folder; "
+                                  "it is not read", "keep the shards beside the index")
+        files.append(folder / name)
+    return files
 
 
 def _read_json(path: Path) -> dict[str, Any]:

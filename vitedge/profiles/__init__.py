@@ -131,6 +131,13 @@ def profile_from_dict(name: str, data: dict[str, Any], path: str = "") -> Profil
             raise VitedgeError(f"{where} lacks '{key}'")
     if data["backend"] not in names():
         raise VitedgeError(f"{where}: backend '{data['backend']}' is not one of {', '.join(names())}")
+    for key in ("match", "notes"):
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise VitedgeError(f"{where}: {key} must be a list of strings, not {value!r:.60}",
+                               f'e.g. {key} = ["..."]')
+    if not isinstance(data["description"], str):
+        raise VitedgeError(f"{where}: description must be a string")
     if data["precision"] not in PRECISIONS:
         raise VitedgeError(f"{where}: precision '{data['precision']}' is not one of "
                            f"{', '.join(PRECISIONS)}")

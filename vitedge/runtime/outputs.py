@@ -132,6 +132,11 @@ class VideoFileOutput(FrameOutput):
                 self.abort()
                 raise VitedgeError(f"cannot write video {self.path}",
                                    "check the folder is writable, or use .avi")
+        if self.frames % 16 == 1 and _free_bytes(self.tmp) < FREE_FLOOR:
+            self.abort()  # the writer would fail frame by frame, silently or loudly
+            raise VitedgeError(f"cannot write {self.path}: the disk is full (less than "
+                               f"{FREE_FLOOR >> 20} MB left where it is written); nothing "
+                               "written", "free space or choose another path")
         self._writer.write(image)
         return True
 
@@ -161,12 +166,42 @@ class VideoFileOutput(FrameOutput):
                                        "disk full?); nothing written",
                                        "free space or choose another path")
                 return
+            stored = _frames_in(self.cv2, self.tmp)
+            if stored is not None and stored < self.frames:
+                raise VitedgeError(f"{self.path}: the video writer kept {stored} of "
+                                   f"{self.frames} frames (is the disk full?); nothing written",
+                                   "free space or choose another path")
             try:
                 publish(self.tmp, self.path)
             except OSError as exc:
                 raise write_error(self.path, exc) from exc
         finally:
             release(self.tmp)
+
+
+FREE_FLOOR = 4 << 20
+"""Bytes a video keeps free on its disk while it is written, checked every 16 frames."""
+
+
+def _free_bytes(path: Path) -> int:
+    import shutil
+
+    try:
+        return shutil.disk_usage(path.parent).free
+    except OSError:
+        return FREE_FLOOR
+
+
+def _frames_in(cv2: Any, path: Path) -> int | None:
+    """How many frames the written video holds, as its container says (None: it does not)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return 0
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        return n if n > 0 else None
+    finally:
+        cap.release()
 
 
 def open_output(uri: str | Path | None) -> FrameOutput:

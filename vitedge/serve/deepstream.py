@@ -127,7 +127,7 @@ def export_deepstream(artifact: str | Path, out_dir: str | Path,
     import onnx
 
     from vitedge.backends import is_onnx_artifact
-    from vitedge.fileio import refuse_overwriting_inputs, write_text_atomic
+    from vitedge.fileio import make_folder, refuse_overwriting_inputs, write_text_atomic
     from vitedge.graph import load_onnx, save_onnx
     from vitedge.manifest import require_manifest
 
@@ -167,10 +167,7 @@ def export_deepstream(artifact: str | Path, out_dir: str | Path,
     config = out / f"config_infer_{name}.txt"
     for target in (config, out / model_file, out / "labels.txt"):
         refuse_overwriting_inputs(target, src)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise VitedgeError(f"cannot create {out}: {exc.strerror}") from exc
+    make_folder(out)
     save_onnx(with_probabilities(model, manifest), out / model_file,
               external=bool(manifest.integrity.get("external_sha256")) or None)
     onnx.checker.check_model(str(out / model_file))
