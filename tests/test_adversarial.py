@@ -665,18 +665,25 @@ def test_a_read_only_folder_is_a_user_error(work, tmp_path, capsys, monkeypatch)
 # --- the camera loop: a loopback MJPEG camera that drops and comes back ----------------------------
 
 class FlakyCamera:
-    """An HTTP MJPEG camera on loopback that serves `frames` frames, then is gone (port
-    closed) for `outage` seconds, then comes back for good."""
+    """An HTTP MJPEG camera on loopback that serves `frames` frames, then (`after`) is gone
+    (port closed) for `outage` seconds and comes back for good; or keeps the connection
+    open and sends nothing more (`stall`); or sends parts that are not JPEG (`garbage`).
+    `late`: not there at all for that many seconds at first."""
 
-    def __init__(self, frames: int, outage: float, back: bool = True) -> None:
+    def __init__(self, frames: int, outage: float, back: bool = True, after: str = "drop",
+                 late: float = 0.0) -> None:
         import cv2
 
         ok, jpg = cv2.imencode(".jpg", np.asarray(Image.open(GOOD_IMAGE).convert("RGB"))[:, :, ::-1])
         self.jpg = jpg.tobytes()
-        self.frames, self.outage, self.back = frames, outage, back
+        self.frames, self.outage, self.back, self.after = frames, outage, back, after
         self.served = 0
         self._server = self._start(0)
         self.port = self._server.server_address[1]
+        if late:
+            self._server.shutdown()
+            self._server.server_close()
+            threading.Timer(late, lambda: setattr(self, "_server", self._start(self.port))).start()
 
     def _start(self, port: int) -> ThreadingHTTPServer:
         camera = self
@@ -691,6 +698,8 @@ class FlakyCamera:
                 self.end_headers()
                 with_drop = camera.served < camera.frames
                 try:
+                    if camera.after != "drop" and camera.served >= camera.frames:
+                        return self.do_GET_after()  # every later connection too
                     while not with_drop or camera.served < camera.frames:
                         self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
                                          b"%d\r\n\r\n" % len(camera.jpg) + camera.jpg + b"\r\n")
@@ -698,8 +707,23 @@ class FlakyCamera:
                         time.sleep(0.02)
                 except (BrokenPipeError, ConnectionResetError):
                     return
-                if with_drop:
+                if with_drop and camera.after == "drop":
                     threading.Thread(target=camera._outage, daemon=True).start()
+                elif with_drop:
+                    self.do_GET_after()
+
+            def do_GET_after(self) -> None:
+                junk = b"not a jpeg " * 40
+                try:
+                    while True:
+                        if camera.after == "stall":
+                            time.sleep(0.5)
+                            continue
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                         b"Content-Length: %d\r\n\r\n" % len(junk) + junk + b"\r\n")
+                        time.sleep(0.02)
+                except (BrokenPipeError, ConnectionResetError):
+                    return
 
         server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         server.daemon_threads = True
@@ -751,6 +775,29 @@ def test_a_camera_that_stays_away_ends_the_loop_with_exit_1(work, tmp_path):
     summary = json.loads(result.stdout)
     assert summary["frames"] == 10 and summary["reconnect_attempts"] >= 2
     assert summary["gave_up"].startswith("no frame for")
+
+
+@pytest.mark.parametrize("after", ["drop", "stall", "garbage"])
+def test_a_live_source_is_gone_within_its_budget_whatever_it_does(work, tmp_path, after):
+    """--reconnect-for 3 holds within 3 + 2 s for a camera that drops, one that stalls
+    with its socket open, and one whose parts never decode; FFmpeg's own lines stay off
+    the terminal."""
+    start = time.monotonic()
+    result = run_on(FlakyCamera(frames=10, outage=0.0, back=False, after=after),
+                    work["artifact"], "--reconnect-for", "3")
+    elapsed = time.monotonic() - start
+    clean_failure(result.returncode, result.stderr, tmp_path, "is gone")
+    assert elapsed < 3 + 2 + 2.5, elapsed  # + the process's own start (torch-free: ~1-2 s)
+    assert json.loads(result.stdout)["frames"] == 10
+    assert "JPEG" not in result.stderr and "WARN" not in result.stderr, result.stderr[-500:]
+
+
+def test_a_camera_that_is_not_there_at_start_is_waited_for(work, tmp_path):
+    result = run_on(FlakyCamera(frames=10**6, outage=0.0, late=2.0), work["artifact"],
+                    "--max-frames", "20", "--reconnect-for", "15")
+    assert result.returncode == 0, result.stderr[-1000:]
+    assert json.loads(result.stdout)["frames"] == 20
+    assert "waiting for it" in result.stderr
 
 
 # --- what ended in "internal error" (exit 3) before round two ----------------------------------

@@ -6,6 +6,7 @@ colour order)."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import time
 from collections.abc import Callable, Iterator
@@ -112,12 +113,18 @@ class FrameSource:
 
     def _open_capture(self) -> Any:
         cv2 = require("cv2", "video", f"reading a {self.kind}")
+        _quiet(cv2)
         src: Any = self.source
         if self.kind == "camera":
             src = int(src) if str(src).isdigit() else str(src)
             cap = cv2.VideoCapture(src)
         elif self.kind == "gstreamer":
             cap = cv2.VideoCapture(str(src), cv2.CAP_GSTREAMER)
+        elif self.kind == "stream":  # FFmpeg gives up on a stall instead of waiting for ever
+            open_ms, read_ms = self._timeouts_ms()
+            cap = cv2.VideoCapture(str(src), cv2.CAP_FFMPEG,
+                                   [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, open_ms,
+                                    cv2.CAP_PROP_READ_TIMEOUT_MSEC, read_ms])
         else:
             cap = cv2.VideoCapture(str(src))
         if not cap.isOpened():
@@ -126,6 +133,13 @@ class FrameSource:
                     "camera": "check the device exists and is not in use"}.get(self.kind)
             raise VitedgeError(f"cannot open {self.kind} {src}", hint)
         return cap
+
+    def _timeouts_ms(self) -> tuple[int, int]:
+        """(open, read) timeouts for a network stream: within the reconnect budget."""
+        budget = self.options.reconnect_for
+        if budget is None:
+            return 10_000, 5_000
+        return int(min(max(budget / 2, 0.5), 5.0) * 1000), int(min(max(budget / 4, 0.25), 2.0) * 1000)
 
     def __iter__(self) -> Iterator[Any]:
         if self.kind in ("image", "folder", "glob"):
@@ -151,13 +165,17 @@ class FrameSource:
 
     def _capture_frames(self) -> Iterator[Any]:
         live = self.kind in ("camera", "stream", "gstreamer")
-        self._cap = self._open_capture()
+        self._last_frame = self._clock()
+        self._cap = self._open_capture() if not live else self._open_or_wait()
+        if self._cap is None:
+            return
         failures = 0
         try:
             while True:
                 ok, frame = self._cap.read()
                 if ok and frame is not None:
                     failures = 0
+                    self._last_frame = self._clock()
                     self.stats.frames += 1
                     yield frame
                     continue
@@ -165,6 +183,9 @@ class FrameSource:
                     return  # the end of the file
                 self.stats.dropped += 1
                 failures += 1
+                if self._out_of_time():  # no frame that decodes: as gone as no frame at all
+                    self._give_up()
+                    return
                 if failures >= self.options.max_failures:
                     if not self._reconnect():
                         return
@@ -172,26 +193,45 @@ class FrameSource:
         finally:
             self.close()
 
-    def _reconnect(self) -> bool:
-        """Re-open the dropped live source with growing waits; False once the budget is
-        spent (`stats.gave_up` then says why)."""
+    def _out_of_time(self) -> bool:
+        budget = self.options.reconnect_for
+        return budget is not None and self._clock() - self._last_frame >= budget
+
+    def _give_up(self) -> None:
+        waited = self._clock() - self._last_frame
+        self.stats.outage_seconds += waited
+        self.stats.gave_up = (f"no frame for {waited:.1f} s after "
+                              f"{self.stats.reconnect_attempts} reconnect attempts")
+
+    def _open_or_wait(self) -> Any:
+        """A live source that is not there at start (a camera that boots after the box) is
+        waited for like one that drops: None once the reconnect budget is spent."""
+        try:
+            return self._open_capture()
+        except VitedgeError as exc:
+            self.on_event(f"{self.kind} {self.source} is not there ({exc.message}); waiting "
+                          "for it")
+        return self._cap if self._reconnect(dropped=False) else None
+
+    def _reconnect(self, dropped: bool = True) -> bool:
+        """Re-open the live source with growing waits; False once the budget (seconds since
+        the last frame that decoded) is spent (`stats.gave_up` then says why)."""
         opts = self.options
         if self._cap is not None:
             self._cap.release()
             self._cap = None
         start = self._clock()
         wait = opts.backoff
-        self.on_event(f"{self.kind} {self.source} dropped after {self.stats.frames} frames; "
-                      "reconnecting")
+        if dropped:
+            self.on_event(f"{self.kind} {self.source} dropped after {self.stats.frames} frames; "
+                          "reconnecting")
         while True:
-            waited = self._clock() - start
-            if opts.reconnect_for is not None and waited >= opts.reconnect_for:
-                self.stats.outage_seconds += waited
-                self.stats.gave_up = (f"no frame for {waited:.1f} s after "
-                                      f"{self.stats.reconnect_attempts} reconnect attempts")
+            if self._out_of_time():
+                self._give_up()
                 return False
             if opts.reconnect_for is not None:
-                wait = min(wait, max(opts.reconnect_for - waited, 0.0))
+                left = opts.reconnect_for - (self._clock() - self._last_frame)
+                wait = min(wait, max(left, 0.0))
             self._sleep(wait)
             wait = min(max(wait * 2, opts.backoff), opts.backoff_max)
             self.stats.reconnect_attempts += 1
@@ -211,6 +251,16 @@ class FrameSource:
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+
+
+def _quiet(cv2: Any) -> None:
+    """FFmpeg's and OpenCV's own log lines (one per frame that does not decode) stay off the
+    user's terminal: vitedge says what happened, once."""
+    import os
+
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    with contextlib.suppress(Exception):
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 def image_files(specs: list[str] | tuple[str, ...]) -> list[Path]:
