@@ -529,3 +529,86 @@ def test_a_pixels_export_computes_what_the_images_export_computes(tmp_path):
     with vitedge.open(tmp_path / "images.onnx", keep_logits=True) as p1, \
             vitedge.open(tmp_path / "pixels.onnx", keep_logits=True) as p2:
         np.testing.assert_allclose(p1(photo).logits, p2(photo).logits, rtol=1e-4, atol=1e-4)
+
+
+# --- who may use what: the admin surface and keys ---------------------------------------------
+
+def test_off_loopback_the_admin_apis_need_the_key(tmp_path, monkeypatch):
+    """Without starting a server: 0.0.0.0 gets the admin APIs restricted, with a key made
+    in a file only this user can read; loopback stays open as before."""
+    from vitedge.serve import access_for
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    access, notes = access_for(ServeOptions(host="0.0.0.0"))
+    key_file = tmp_path / ".config" / "vitedge" / "serve-admin.key"
+    assert access.admin_key == key_file.read_text().strip() and key_file.stat().st_mode & 0o077 == 0
+    args = " ".join(access.arguments())
+    for group in ("model-repository", "shared-memory", "statistics", "trace", "logging"):
+        assert group in args
+    assert access.admin_key not in " ".join(notes) + repr(access)  # never printed
+    assert access_for(ServeOptions())[0].arguments() == []
+    key_file.chmod(0o644)
+    with pytest.raises(VitedgeError, match="can be read by other users"):
+        access_for(ServeOptions(host="0.0.0.0"))
+
+
+@needs_triton
+def test_a_stranger_cannot_use_the_admin_apis_and_the_model_keeps_serving(artifacts, tmp_path):
+    from vitedge.serve import serve
+
+    keys = {"admin": tmp_path / "admin.key", "api": tmp_path / "api.key"}
+    options = ServeOptions(http_port=0, grpc_port=0, metrics_port=0,
+                           admin_key_file=str(keys["admin"]), api_key_file=str(keys["api"]))
+    stop, ready = threading.Event(), {}
+    log = tmp_path / "triton.log"
+    thread = threading.Thread(target=serve, args=([artifacts["fp32"]], options), kwargs=dict(
+        on_ready=lambda server, _entries: ready.setdefault("server", server), stop=stop, log=log))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while "server" not in ready and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        server = ready["server"]
+        admin = {"vitedge-admin-key": keys["admin"].read_text().strip()}
+        api = {"vitedge-api-key": keys["api"].read_text().strip()}
+        client = http.InferenceServerClient(server.url)
+        x = model_inputs(artifacts["fp32"], IMAGES[:2])
+
+        def infer_with(headers=None):
+            inp = http.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            return client.infer("fmnist", [inp], headers=headers).as_numpy("logits")
+
+        def refused(call) -> str:
+            with pytest.raises(InferenceServerException) as info:
+                call()
+            return str(info.value)
+
+        from tritonclient.utils import shared_memory as shm
+
+        region = shm.create_shared_memory_region("vitedge_test", "/vitedge_test", 64)
+        try:
+            for call in (lambda h: client.register_system_shared_memory("r", "/vitedge_test", 64,
+                                                                        headers=h),
+                         lambda h: client.update_log_settings({"log_verbose_level": 0}, headers=h),
+                         lambda h: client.get_model_repository_index(headers=h),
+                         lambda h: client.get_inference_statistics(headers=h)):
+                assert "restricted" in refused(lambda c=call: c(None))
+                call(admin)  # with the key: done
+                np.testing.assert_allclose(infer_with(api), reference_logits(artifacts, x))
+            client.unregister_system_shared_memory("r", headers=admin)
+        finally:
+            shm.destroy_shared_memory_region(region)
+        assert "vitedge-api-key" in refused(lambda: infer_with())  # inference needs its key
+        assert "vitedge-api-key" in refused(lambda: infer_with(admin))  # not the admin's
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert admin["vitedge-admin-key"] not in log.read_text()
+
+
+def reference_logits(artifacts, x):
+    from vitedge.backends import load_runner
+
+    with load_runner(artifacts["fp32"]) as runner:
+        return runner.infer(x)

@@ -567,6 +567,14 @@ class ServeOptions:
     topk: int = option(5, "Classes in the topk outputs.", least=1, most=1000)
     instance_kind: str = option("cpu", "Where ONNX and Python models run (a TensorRT plan always "
                                 "runs on the GPU).", choices=INSTANCE_KINDS)
+    admin_key_file: str | None = option(
+        help="Where the key for Triton's admin APIs (model repository and configuration, "
+        "shared memory, statistics, trace, logging) is kept; made, readable by you alone, when "
+        "missing. Off loopback those APIs always need it (the header vitedge-admin-key) "
+        "[default: ~/.config/vitedge/serve-admin.key].", path="file")
+    api_key_file: str | None = option(
+        help="Require a key for inference too (the header vitedge-api-key): the file that "
+        "holds it, made when missing.", path="file")
     onnx_backend: str = option(TRITON_ONNX_BACKENDS[0], "Serve an ONNX model with Triton's "
                                "onnxruntime backend, or through vitedge in the Python backend "
                                "(a Triton without the ONNX Runtime backend).",

@@ -19,7 +19,8 @@ SERVING_FLAGS = ("max_batch", "max_delay_us", "instances", "topk")
 
 @command(json_help="Print the endpoints and models as one JSON line when ready.")
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=str))
-@flags(ServeOptions, "host", "http_port", "grpc_port", "metrics_port", *SERVING_FLAGS)
+@flags(ServeOptions, "host", "http_port", "grpc_port", "metrics_port", *SERVING_FLAGS,
+       "admin_key_file", "api_key_file")
 @click.option("--log", type=click.Path(dir_okay=False), help="Keep tritonserver's log in FILE.")
 def serve(artifacts: tuple[str, ...], log: str | None, as_json: bool, **kw: Any) -> None:
     """Serve ARTIFACTS (any vitedge model: ONNX Runtime artifact, ONNX, engine) through a

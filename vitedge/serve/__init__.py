@@ -23,21 +23,47 @@ from vitedge.fileio import scratch_folder
 from vitedge.options import ServeOptions
 from vitedge.serve.deepstream import DeepStreamExport, export_deepstream
 from vitedge.serve.repository import ModelEntry, export_repository, serving_repository
-from vitedge.serve.server import TritonServer, find_triton
+from vitedge.serve.server import (
+    ADMIN_HEADER,
+    API_HEADER,
+    Access,
+    TritonServer,
+    find_triton,
+    read_or_make_key,
+)
 
-__all__ = ["DeepStreamExport", "ModelEntry", "ServeOptions", "TritonServer",
+__all__ = ["ADMIN_HEADER", "API_HEADER", "Access", "DeepStreamExport", "ModelEntry", "ServeOptions", "TritonServer",
            "export_deepstream", "export_repository", "exposure_notes", "find_triton", "serve",
            "serving_repository"]
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+ADMIN_KEY_FILE = "~/.config/vitedge/serve-admin.key"
+
+
+def access_for(options: ServeOptions) -> tuple[Access, list[str]]:
+    """(who may use what, what the user should know about it). On loopback every API is
+    this machine's user's; off it, Triton's admin APIs need the admin key (made and kept in a
+    file readable by the user alone). `api_key_file` requires a key for inference too."""
+    admin_file = options.admin_key_file or (None if options.host in LOOPBACK else ADMIN_KEY_FILE)
+    admin = read_or_make_key(admin_file) if admin_file else None
+    api = read_or_make_key(options.api_key_file) if options.api_key_file else None
+    notes = []
+    if options.host not in LOOPBACK:
+        notes.append(f"listening on {options.host}, not only this machine")
+    if admin_file:
+        notes.append(f"the admin APIs (model repository and configuration, shared memory, "
+                     f"statistics, trace, logging) need the header {ADMIN_HEADER}: the key is "
+                     f"in {Path(admin_file).expanduser()}")
+    if api:
+        notes.append(f"inference needs the header {API_HEADER}: the key is in "
+                     f"{Path(options.api_key_file or '').expanduser()}")
+    return Access(admin, api), notes
 
 
 def exposure_notes(options: ServeOptions) -> list[str]:
-    """What the user should know about where the server listens."""
-    if options.host in LOOPBACK:
-        return []
-    return [f"listening on {options.host}, not only this machine"]
+    """What the user should know about where the server listens and who may use what."""
+    return access_for(options)[1]
 
 
 def serve(artifacts: list[str | Path], options: ServeOptions | None = None,
@@ -59,8 +85,9 @@ def serve(artifacts: list[str | Path], options: ServeOptions | None = None,
         with scratch_folder("serve-") as tmp:
             repo = Path(tmp) / "models"
             entries = serving_repository([Path(a) for a in artifacts], repo, options)
+            access, _ = access_for(options)
             with TritonServer(repo, options.host, options.http_port, options.grpc_port,
-                              options.metrics_port, log=log) as server:
+                              options.metrics_port, log=log, access=access) as server:
                 if on_ready:
                     on_ready(server, entries)
                 while not stop.wait(0.2):

@@ -110,6 +110,67 @@ def _backend_folder(install: TritonInstall, work: Path) -> Path:
     return folder
 
 
+ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "statistics", "trace",
+              "logging")
+"""Triton's API groups a stranger must not use: load and unload models, read their
+configuration, map shared-memory regions of this machine, read statistics, start traces,
+change the log settings (a verbose level fills the disk)."""
+ADMIN_HEADER = "vitedge-admin-key"
+API_HEADER = "vitedge-api-key"
+KEY_PATTERN = r"[A-Za-z0-9_\-]{16,256}"
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may use what: the admin APIs only with the header `vitedge-admin-key`, inference
+    (with `api_key`) only with `vitedge-api-key`. The keys themselves are never printed,
+    logged or put in an error message (this object's repr hides them)."""
+
+    admin_key: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+
+    def arguments(self) -> list[str]:
+        """tritonserver's restricted-API arguments (Triton checks the header itself)."""
+        args = []
+        for groups, header, key in ((ADMIN_APIS, ADMIN_HEADER, self.admin_key),
+                                    (("inference",), API_HEADER, self.api_key)):
+            if key:
+                args += [f"--http-restricted-api={','.join(groups)}:{header}={key}",
+                         f"--grpc-restricted-protocol={','.join(groups)}:{header}={key}"]
+        return args
+
+
+def read_or_make_key(path: str | Path) -> str:
+    """The key in the file at `path`; where there is none, a new random one written there,
+    readable by this user alone. A key file others can read is refused."""
+    import re
+    import secrets
+    import stat
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = secrets.token_urlsafe(32)
+        try:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise VitedgeError(f"cannot write the key file {p}: {exc.strerror}") from exc
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        return key
+    from vitedge.fileio import require_regular_file
+
+    require_regular_file(p, "key file")
+    if p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise VitedgeError(f"the key file {p} can be read by other users of this machine; it "
+                           "is not used", f"chmod 600 {p}")
+    key = p.read_text(errors="replace").strip()
+    if not re.fullmatch(KEY_PATTERN, key):
+        raise VitedgeError(f"the key file {p} does not hold a key (16 to 256 letters, digits, "
+                           "'-' or '_')", "remove it to have one made, or write one there")
+    return key
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -132,6 +193,8 @@ class TritonServer:
     """Where tritonserver writes its log; default: a temporary file, removed on stop."""
     models: tuple[str, ...] = ()
     """Load only these (explicit model control); empty: every model of the repository."""
+    access: Access = field(default_factory=Access)
+    """Which API groups need a key (see `Access`)."""
     process: Any = field(default=None, init=False)
     _work: Any = field(default=None, init=False)
     _log_file: Any = field(default=None, init=False)
@@ -177,7 +240,7 @@ class TritonServer:
                 f"--grpc-address={self.host}", f"--metrics-address={self.host}",
                 f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
                 f"--metrics-port={self.metrics_port}", "--log-verbose=0",
-                "--exit-on-error=true", "--strict-readiness=true"]
+                "--exit-on-error=true", "--strict-readiness=true", *self.access.arguments()]
         if self.models:
             args += ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models)]
         self._shm_before = _shm_regions()
