@@ -8,8 +8,9 @@ from vitedge.cli import main
 from vitedge.errors import VitedgeError
 from vitedge.profiles import BatchRange, available, load_profile, profile_from_dict, suggest_profile
 
-SHIPPED = ["cpu", "datacenter-gpu", "desktop-rtx", "jetson-agx-orin", "jetson-orin-nano",
-           "jetson-orin-nx", "jetson-xavier-nx", "rtx-portable"]
+SHIPPED = ["cpu", "datacenter-gpu", "desktop-rtx", "desktop-rtx-40", "desktop-rtx-50",
+           "jetson-agx-orin", "jetson-orin-nano", "jetson-orin-nx", "jetson-thor",
+           "jetson-xavier-nx", "rtx-portable"]
 
 
 def test_every_shipped_profile_loads_and_cites_its_numbers():
@@ -31,6 +32,7 @@ def test_jetson_facts():
     ("NVIDIA Jetson Orin Nano Developer Kit", None, "jetson-orin-nano"),
     ("NVIDIA Jetson AGX Orin Developer Kit", None, "jetson-agx-orin"),
     ("NVIDIA Jetson Xavier NX Developer Kit", None, "jetson-xavier-nx"),
+    ("NVIDIA Jetson AGX Thor Developer Kit", None, "jetson-thor"),
     (None, "NVIDIA GeForce RTX 4090", "desktop-rtx"),
     (None, "NVIDIA H100 80GB HBM3", "datacenter-gpu"),
     (None, None, "cpu"),
@@ -50,7 +52,9 @@ BASE = {"description": "x", "backend": "tensorrt", "precision": "int8"}
     ({**BASE, "tensorrt": {"workspace_mb": -1}}, "workspace_mb must be positive"),
     ({**BASE, "tensorrt": {"workspace_mb": "big"}}, "tensorrt.workspace_mb must be int"),
     ({**BASE, "tensorrt": {"dla_core": -2}}, "dla_core must be -1"),
-    ({**BASE, "backend": "openvino"}, "backend 'openvino' is not one of"),
+    ({**BASE, "backend": "tflite"}, "backend 'tflite' is not one of"),
+    ({**BASE, "targets": ["8.8"]}, "target '8.8' is not one of"),
+    ({**BASE, "targets": "8.9"}, "targets must be a list of strings"),
     ({**BASE, "precision": "int4"}, "precision 'int4' is not one of"),
     ({"backend": "tensorrt", "precision": "int8"}, "lacks 'description'"),
 ])

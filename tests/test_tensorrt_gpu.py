@@ -51,6 +51,33 @@ def test_engine_matches_onnxruntime(demo_fp32, demo_images, tmp_path, precision)
         assert np.abs(out - reference).max() / np.abs(reference).max() < 1e-2  # TF32 allowed
 
 
+@pytest.mark.parametrize("precision", ["fp8", "nvfp4"])
+def test_fp8_and_nvfp4_engines_match_the_cpu_check(demo_fp32, demo_images, tmp_path, precision):
+    """Where the GPU runs the format (FP8: compute capability 8.9+; NVFP4: Blackwell), the
+    engine agrees with ONNX Runtime computing the same graph on the CPU."""
+    from vitedge.backends.precisions import accelerated
+    from vitedge.backends.tensorrt.backend import TensorRTBackend
+    from vitedge.emulation import cpu_graph
+    from vitedge.machine import gpu_info
+    from vitedge.profiles import load_profile
+    from vitedge.sessions import graph_output
+
+    backend, profile = TensorRTBackend(), load_profile("datacenter-gpu")
+    gpu = gpu_info()
+    assert gpu is not None
+    if precision not in accelerated(backend.precision_column(profile), gpu[1]):
+        pytest.skip(f"compute capability {gpu[1]} does not run {precision}")
+    engine = tmp_path / f"m.{precision}.engine"
+    result = build(demo_fp32, str(engine), BuildOptions(
+        precision=precision, data=CALIBRATION, backend="tensorrt", profile="datacenter-gpu"))
+    assert result.verification["vs_graph"]["top1_agreement"] >= 0.97
+    import onnx
+
+    graph = onnx.load(str(demo_fp32.with_name(f"{demo_fp32.stem}.{precision}.onnx")))
+    reference = graph_output(cpu_graph(graph), demo_images, "none")
+    assert agreement(reference, load_runner(engine).infer(demo_images)).top1_agreement >= 0.97
+
+
 def test_engine_build_that_fails_verification_writes_nothing(demo_fp32, tmp_path):
     """A table whose ranges clip every activation collapses the INT8 engine: the build
     fails on its verification and leaves neither engine nor sidecar."""

@@ -61,6 +61,10 @@ class BuildResult:
     details: dict[str, Any] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
     """What `vitedge.verification` measured; empty with --no-verify."""
+    quantization: dict[str, Any] = field(default_factory=dict)
+    """The quantize step's own account: `summary` (what went into which format, in lines) and
+    `check` (its graph against FP32 on the CPU, which also runs where the artifact cannot);
+    empty where nothing was quantized or the quantized model was reused."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -124,6 +128,7 @@ def build(input_path: str | Path, output: str | Path | None = None,
     precision = options.precision or profile.precision
     if precision not in PRECISIONS:
         raise VitedgeError(f"unknown precision '{precision}'", f"use one of {', '.join(PRECISIONS)}")
+    precision_notes = _check_precision(backend, profile, precision)
     batch = BatchRange.parse(options.batch) if options.batch else profile.batch
     backend.require()  # fail before any work, with what is missing
     is_onnx = src.suffix == ".onnx"
@@ -138,7 +143,9 @@ def build(input_path: str | Path, output: str | Path | None = None,
         raise VitedgeError(f"-o {output} is where the build writes an intermediate model",
                            f"choose another name, e.g. {stem}.{precision}{backend.suffix}")
     result = BuildResult(output, name, reason, precision, profile.name, backend.device(), 0)
-    files = Intermediates(output.parent, options.force, result, rep)
+    result.notes.extend(precision_notes)
+    files = Intermediates(output.parent, options.force, result, rep,
+                          profile.path or profile.name)
     fp32 = src if is_onnx else files.export(src, stem)
     manifest = require_manifest(load_onnx(fp32), fp32)
     if manifest.precision not in ("fp32", precision):
@@ -151,7 +158,7 @@ def build(input_path: str | Path, output: str | Path | None = None,
         calib = options.calib
         if calib is None and calib_source is not None:
             calib = files.calibrate(fp32, replace(options.calibration, data=calib_source))
-        model_for_backend = files.quantize(fp32, stem, precision, calib, options)
+        model_for_backend = files.quantize(fp32, stem, precision, calib, options, held_out)
     reference = fp32 if manifest.precision == "fp32" and model_for_backend != fp32 else None
     inputs = _verification_inputs(options, manifest, held_out)
     build_request = BuildRequest(
@@ -176,6 +183,20 @@ def build(input_path: str | Path, output: str | Path | None = None,
         backend.discard(tmp)
         release(tmp)
     return result
+
+
+def _check_precision(backend: Backend, profile: Profile, precision: str) -> list[str]:
+    """Refuse, in one line, a precision a target of the profile cannot run with this
+    backend (the precision table, `vitedge.backends.precisions`); the notes where it builds
+    but is not accelerated."""
+    from vitedge.backends.precisions import check_precision
+    from vitedge.profiles import profiles_running
+
+    targets = backend.targets(profile)
+    if precision == "auto" or not targets:
+        return []
+    return check_precision(backend.precision_column(profile), targets, precision,
+                           f"profile {profile.name}", profiles_running(precision))
 
 
 def choose_profile_and_backend(options: BuildOptions) -> tuple[Profile, str, str]:
@@ -225,8 +246,12 @@ class Intermediates:
     goes beside it under a name with the build's fingerprint, or replaces it with --force.
     Every file written and reused is listed in the result."""
 
-    def __init__(self, folder: Path, force: bool, result: BuildResult, report: Reporter):
+    def __init__(self, folder: Path, force: bool, result: BuildResult, report: Reporter,
+                 profile: str | None = None):
         self.folder, self.force, self.result, self.report = folder, force, result, report
+        self.profile = profile
+        """The device profile (name or TOML path): NVFP4's activation form and --precision
+        auto's formats follow its targets."""
 
     def timed(self, name: str, fn: Callable[[], Any]) -> Any:
         self.report.step(name)
@@ -309,19 +334,21 @@ class Intermediates:
         return str(path)
 
     def quantize(self, fp32: Path, stem: str, precision: str, calib: str | None,
-                 options: BuildOptions) -> Path:
+                 options: BuildOptions, held_out: Any = None) -> Path:
         from vitedge.quantize.quantizer import QuantizeRequest, quantize_model
         from vitedge.quantize.table import CalibrationTable
 
         request = QuantizeRequest(precision=precision, calib=calib,
-                                  calibration=options.calibration, qdq=options.qdq)
+                                  calibration=options.calibration, qdq=options.qdq,
+                                  profile=self.profile, max_drop=options.max_drop,
+                                  check_source=held_out)
         fp32_sha = sha256_file(fp32)
         key = request.key(CalibrationTable.read(calib).checksum() if calib else None)
 
         def matches(p: Path) -> bool:
             m = _manifest_of(p)
-            return m is not None and m.precision == precision and \
-                m.source.get("fp32_sha256") == fp32_sha and m.source.get("quantize") == key
+            return m is not None and m.source.get("fp32_sha256") == fp32_sha and \
+                m.source.get("quantize") == key
 
         path, reused = self.place(self.folder / f"{stem}.{precision}.onnx", [fp32_sha, key],
                                   matches, _made_by_build)
@@ -332,6 +359,9 @@ class Intermediates:
             q = self.timed("quantize", lambda: quantize_model(fp32, path, request, self.report,
                                                               made_by=BUILD))
             self.result.notes.extend(q.notes)
+            self.result.quantization = {"summary": q.summary_lines(), "check_lines": q.check_lines(),
+                                        "check": q.check.to_dict() if q.check else None,
+                                        "formats": q.formats, "auto": q.auto}
         self._record(path, reused)
         return path
 

@@ -25,6 +25,19 @@ def _version(module: str) -> str | None:
     return str(getattr(mod, "__version__", None) or "installed")
 
 
+def _precisions(profile_name: str) -> Check:
+    """What the suggested profile's targets accelerate (the precision table)."""
+    from vitedge.backends import get
+    from vitedge.backends.precisions import table_rows
+    from vitedge.profiles import load_profile
+
+    profile = load_profile(profile_name)
+    backend = get(profile.backend)
+    rows = table_rows(backend.precision_column(profile), backend.targets(profile))
+    return Check("precisions", True, "; ".join(f"{k.removeprefix('precisions, ')}: {v}"
+                                               for k, v in rows) or "no target known")
+
+
 def _gpu() -> Check:
     smi = shutil.which("nvidia-smi")
     if smi:
@@ -64,4 +77,5 @@ def run_checks() -> list[Check]:
     name = suggest_profile(jetson, gpu.detail if gpu.ok and not jetson else None)
     checks.append(Check("profile", True, f"{name} (vitedge build --profile {name}; "
                         "`vitedge profiles` lists all)"))
+    checks.append(_precisions(name))
     return [c if not c.ok else replace(c, fix="") for c in checks]  # a fix only where needed

@@ -165,7 +165,8 @@ class Preprocess:
         )
 
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "fp8", "nvfp4", "mixed")
+"""What a graph computes in; "mixed": a format per layer (`--precision auto` on a GPU)."""
 INPUTS = ("images", "patches", "frames", "pixels")
 SCORES = ("softmax", "sigmoid")
 """How class scores come from logits: softmax (one class), or an independent sigmoid per

@@ -28,8 +28,10 @@ MIN_OPSET, MAX_OPSET = 17, 20
 CALIBRATION_METHODS = ("entropy", "percentile", "minmax", "mse")
 HISTOGRAM_BINS = 2048
 SCHEMES = ("vit", "all")
-QUANTIZE_PRECISIONS = ("int8", "fp16")
-BUILD_PRECISIONS = ("fp32", "fp16", "int8")
+QUANTIZE_PRECISIONS = ("int8", "fp16", "fp8", "nvfp4", "auto")
+BUILD_PRECISIONS = ("fp32", "fp16", "int8", "fp8", "nvfp4", "auto")
+FP4_ACTIVATIONS = ("auto", "nvfp4", "fp8")
+"""NVFP4's activations: auto (the target's TensorRT decides), dynamic NVFP4 (W4A4), FP8 (W4A8)."""
 EXPLAIN_METHODS = ("cls", "rollout")
 HEAD_REDUCTIONS = ("mean", "max")
 COLOR_ORDERS = ("bgr", "rgb")
@@ -292,6 +294,13 @@ class QuantizeOptions:
                                  "for --scheme all).", negate="--no-smooth")
     """Use the table's channel equalisation; None: yes for the `vit` scheme, no for the
     naive `all` baseline."""
+    ends: bool = option(False, "FP8 / NVFP4: quantize the patch embedding and the head too "
+                        "(kept FP16 by default, ModelOpt's ViT recipe; INT8 always quantizes "
+                        "them).", name="--quantize-ends")
+    fp4_activations: str = option("auto", "NVFP4's activations: nvfp4 (dynamic, W4A4: TensorRT "
+                                  "11, TensorRT for RTX), fp8 (W4A8: TensorRT 10.8+), auto: "
+                                  "what the profile's TensorRT builds (fp8 without --profile).",
+                                  choices=FP4_ACTIVATIONS)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -306,7 +315,10 @@ class QuantizeRequest:
     """The quantize stage's options."""
 
     precision: str = option("int8", "int8: explicit Q/DQ; fp16: float16 weights and "
-                            "activations.", choices=QUANTIZE_PRECISIONS)
+                            "activations; fp8 / nvfp4: E4M3 / E2M1 Q/DQ in an FP16 graph (Ada, "
+                            "Hopper, Blackwell); auto: a format per layer, the cheapest the "
+                            "--profile's targets accelerate within --max-drop.",
+                            choices=QUANTIZE_PRECISIONS)
     calib: str | None = option(help="A calibration table from `vitedge calibrate`.", path="file")
     data: str | None = option(help="Images to calibrate on (instead of --calib; the table goes "
                               "to MODEL.calib.json and is reused), to check the result against "
@@ -316,20 +328,39 @@ class QuantizeRequest:
     sensitivity: int = option(0, "Rank layers by their effect on the output; keep the N most "
                               "sensitive in float.", least=0, metavar="N")
     """Keep this many of the most sensitive layers in float (0: no analysis)."""
+    profile: str | None = option(help="--precision auto, --fp4-activations auto: the device "
+                                 "profile whose targets decide (`vitedge profiles`).", kind=str)
+    max_drop: float = option(0.5, "--precision auto: the accuracy budget, in points: top-1 "
+                             "agreement with FP32 at least 100 - D %, or for a model without "
+                             "classes a mean output cosine of at least 1 - D/100.", least=0,
+                             most=100)
     min_fp32_agreement: float = 0.8
     """Least top-1 agreement with FP32 on the check images: below it quantization
     collapsed and nothing is written."""
+    check_source: Any = None
+    """Images to compare the result with FP32 on (and --precision auto to measure on): a
+    chosen `vitedge.datasets.ImageSource`, as `vitedge build` holds them out of calibration;
+    None: of --data."""
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.precision == "auto" and not self.profile:
+            raise VitedgeError("--precision auto needs a target", "give --profile NAME "
+                               "(vitedge profiles), or use vitedge build, which has one")
 
     def key(self, table_checksum: str | None) -> dict[str, Any]:
         """What a quantized model depends on besides its FP32 model (its manifest records it
         as `source.quantize`; `vitedge build` reuses a model whose record matches)."""
         q = self.qdq
-        return {"precision": self.precision, "scheme": q.scheme, "attention": q.attention,
-                "exclude": list(q.exclude), "smooth": q.smoothing,
-                "sensitivity": self.sensitivity, "calibration_sha256": table_checksum}
+        key = {"precision": self.precision, "scheme": q.scheme, "attention": q.attention,
+               "exclude": list(q.exclude), "smooth": q.smoothing,
+               "sensitivity": self.sensitivity, "calibration_sha256": table_checksum}
+        if self.precision in ("fp8", "nvfp4", "auto"):
+            key.update(ends=q.ends, fp4_activations=q.fp4_activations, profile=self.profile)
+        if self.precision == "auto":
+            key.update(max_drop=self.max_drop, measured_on=getattr(
+                self.check_source, "fingerprint", None) or self.data)
+        return key
 
 
 # --- build ----------------------------------------------------------------------------------
@@ -355,8 +386,10 @@ class VerifyOptions:
 
 @dataclass(frozen=True)
 class BuildOptions:
-    precision: str | None = option(help="Default: the profile's (int8 for GPUs and CPUs alike).",
-                                   choices=BUILD_PRECISIONS)
+    precision: str | None = option(help="Default: the profile's (`vitedge profiles`). fp8 and "
+                                   "nvfp4 need a target that runs them (Ada, Hopper, Blackwell); "
+                                   "auto: a format per layer, the cheapest the target "
+                                   "accelerates within --max-drop.", choices=BUILD_PRECISIONS)
     """None: the profile's default."""
     data: str | None = option(help="Images to calibrate on (int8; a matching MODEL.calib.json is "
                               "reused) and to hold out for verifying the artifact.", path="any")
@@ -373,6 +406,9 @@ class BuildOptions:
     """MIN:OPT:MAX for the engine's optimization profile; None: the profile's."""
     timing_cache: str | None = option(help="TensorRT timing cache to load and save (faster "
                                       "rebuilds).", path="file")
+    max_drop: float = option(0.5, "--precision auto: the accuracy budget, in points (top-1 "
+                             "agreement with FP32 at least 100 - D %; cosine at least 1 - D/100 "
+                             "without classes).", least=0, most=100)
     force: bool = option(False, "Replace intermediate models beside the artifact (MODEL.onnx, "
                          "MODEL.PRECISION.onnx) even when this build did not make them.")
     """Replace intermediates (MODEL.onnx, MODEL.PRECISION.onnx) that a build did not make."""

@@ -102,8 +102,15 @@ def verify_artifact(runner: Any, graph: Any, graph_name: str, fp32: Path | None,
 
     def in_float(graph: Any) -> np.ndarray:
         """The graph with every ONNX Runtime optimization off: Q/DQ nodes computed in
-        float, as TensorRT reads them, not through integer kernels."""
-        return graph_output(graph, inputs, optimization="none")
+        float, as TensorRT reads them, not through integer kernels (NVFP4 emulated)."""
+        import onnx
+
+        from vitedge.emulation import cpu_graph
+
+        if isinstance(graph, bytes):
+            graph = onnx.load_from_string(graph)
+        return graph_output(cpu_graph(graph) if isinstance(graph, onnx.ModelProto) else graph,
+                            inputs, optimization="none")
 
     out = runner.infer(inputs)
     classifier = bool(runner.manifest.is_classifier)

@@ -271,6 +271,21 @@ class Backend(ABC):
         reason = self.unavailable()
         return [Check(self.name, reason is None, self.version() or reason or "installed")]
 
+    # --- precisions (vitedge.backends.precisions) -----------------------------------------
+
+    def precision_column(self, profile: Any) -> str:
+        """Which column of the precision table applies to a build with `profile`."""
+        return "onnxruntime"
+
+    def targets(self, profile: Any) -> tuple[str, ...]:
+        """The targets (compute capabilities, or "cpu") a build with `profile` runs on."""
+        return ("cpu",)
+
+    def nvfp4_activations(self, profile: Any) -> str:
+        """NVFP4's activation form this backend builds: "nvfp4" (TensorRT's dynamic block
+        quantizer) or "fp8" (W4A8) where its TensorRT lacks the quantizer."""
+        return "fp8"
+
     # --- artifacts -----------------------------------------------------------------------
 
     @abstractmethod

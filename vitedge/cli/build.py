@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from vitedge.cli.common import command, err, json_or_notes, out, print_json, progress, rows_table
 from vitedge.cli.flags import flag, flags, options
@@ -99,15 +100,18 @@ def calibrate(model: str, data: str, output: str | None, as_json: bool, **kw: An
 @flags(QuantizeRequest, "calib", "data")
 @flags(QuantizeOptions, "scheme", "attention", "exclude")
 @flags(QuantizeRequest, "sensitivity")
-@flags(QuantizeOptions, "smooth")
+@flags(QuantizeOptions, "smooth", "ends", "fp4_activations")
+@flags(QuantizeRequest, "profile", "max_drop")
 @flags(CalibrationOptions, *CALIBRATION_FLAGS)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Where to write the quantized ONNX model (atomically).")
 def quantize(model: str, output: str, as_json: bool, **kw: Any) -> None:
-    """Quantize the FP32 MODEL to INT8 (explicit Q/DQ, symmetric, weights per channel) or
-    FP16 (LayerNorm in float32, inputs and outputs float32), for TensorRT 10 and 11 and ONNX
-    Runtime. The output is checked against TensorRT's parser rules and compared with the FP32
-    model on up to 64 of the --data images."""
+    """Quantize the FP32 MODEL to INT8 (explicit Q/DQ, symmetric, weights per channel), FP16
+    (LayerNorm in float32, inputs and outputs float32), FP8 or NVFP4 (Q/DQ in an FP16 graph,
+    for Ada, Hopper and Blackwell), or --precision auto (a format per layer for a --profile's
+    targets), for TensorRT 10 and 11, TensorRT for RTX and ONNX Runtime. The output is checked
+    against TensorRT's parser rules and compared with the FP32 model on up to 64 of the --data
+    images (NVFP4 through an exact emulation ONNX Runtime runs)."""
     from vitedge.quantize.quantizer import quantize_model
 
     request = options(QuantizeRequest, kw, calibration=options(CalibrationOptions, kw),
@@ -134,7 +138,8 @@ def quantize(model: str, output: str, as_json: bool, **kw: Any) -> None:
 @command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=str))
 @flags(BuildOptions, "precision", "data", "calib", "profile", "backend", "batch", "timing_cache")
-@flags(QuantizeOptions, "scheme", "attention")
+@flags(QuantizeOptions, "scheme", "attention", "ends", "fp4_activations")
+@flags(BuildOptions, "max_drop")
 @flags(CalibrationOptions, "num_images", "method")
 @flags(VerifyOptions, "images", "min_agreement", "min_fp32_agreement", "enabled")
 @flags(BuildOptions, "force")
@@ -143,8 +148,10 @@ def quantize(model: str, output: str, as_json: bool, **kw: Any) -> None:
 def build(input_path: str, output: str | None, as_json: bool, **kw: Any) -> None:
     """Build the deployable artifact for this machine from INPUT (a checkpoint, exported
     first, or a vitedge ONNX model): a TensorRT engine (+ ENGINE.json) where TensorRT and a
-    GPU are present, else an optimized ONNX Runtime model. INT8 and FP16 are quantized in
-    the graph first, so TensorRT 10 and 11 build them the same way. The artifact is then
+    GPU are present, a TensorRT for RTX engine (no GPU needed), else an optimized ONNX Runtime
+    model. INT8, FP16, FP8 and NVFP4 are quantized in the graph first, so TensorRT 10 and 11
+    build them the same way; a precision the profile's targets cannot run is refused
+    (`vitedge profiles NAME` shows what they run). The artifact is then
     verified on this machine, with the backend that will run it, on images of --data held
     out of calibration: against the graph it was built from and against FP32."""
     from vitedge.deploy import build as run_build
@@ -159,6 +166,8 @@ def build(input_path: str, output: str | None, as_json: bool, **kw: Any) -> None
     out.print(f"backend: [bold]{result.backend}[/] ({result.backend_reason})")
     for name, seconds in result.steps.items():
         out.print(f"  {name:<22} {seconds:7.2f} s")
+    for line in [*result.quantization.get("summary", []), *result.quantization.get("check_lines", [])]:
+        out.print(Text(line))
     for line in verification_lines(result.verification):
         if result.verification.get("skipped"):
             err.print(f"[yellow]{line}[/]")

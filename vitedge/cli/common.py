@@ -77,9 +77,12 @@ def json_or_notes(result: Any, as_json: bool) -> bool:
 
 def rows_table(rows: list[tuple[str, str]], title: str | None = None) -> Table:
     """A two-column table of (what, value) rows, as `inspect`, `profiles` and `build` show."""
-    table = Table(show_header=False, title=title)
+    from rich.markup import escape
+    from rich.text import Text
+
+    table = Table(show_header=False, title=escape(title) if title else None)
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(Text(key), Text(value))  # data, not markup: "[tensorrt]" stays
     return table
 
 

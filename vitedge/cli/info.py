@@ -64,10 +64,28 @@ def doctor(as_json: bool) -> None:
 
 @command(json_help="Print as JSON.")
 @click.argument("name", required=False)
-def profiles(name: str | None, as_json: bool) -> None:
-    """List the device build profiles, or show one (NAME, or a path to a TOML file)."""
+@click.option("--targets", "show_targets", is_flag=True,
+              help="Show the precision table: what each compute capability (and the CPU) "
+                   "accelerates with each backend, and its source.")
+def profiles(name: str | None, show_targets: bool, as_json: bool) -> None:
+    """List the device build profiles, or show one (NAME, or a path to a TOML file), with
+    what its targets accelerate."""
     from vitedge.profiles import available, load_profile, profile_rows
 
+    if show_targets:
+        from vitedge.backends.precisions import COLUMN_NAMES, COLUMNS, TARGETS
+
+        if as_json:
+            print_json({"targets": [{"id": t.id, "devices": t.devices, "source": t.source,
+                                     "accelerates": {c: t.runs[c].split() for c in t.runs}}
+                                    for t in TARGETS]})
+            return
+        table = Table("target", "devices", *(COLUMN_NAMES[c] for c in COLUMNS),
+                      title="precisions each target accelerates (docs/sources.md#precisions)")
+        for t in TARGETS:
+            table.add_row(t.id, t.devices, *(t.runs.get(c, "-") for c in COLUMNS))
+        out.print(table)
+        return
     if name:
         p = load_profile(name)
         if as_json:

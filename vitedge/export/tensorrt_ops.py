@@ -52,6 +52,11 @@ TENSORRT_OPS: dict[str, str | None] = {
     "Unsqueeze": "axes must be a constant tensor",
     "Squeeze": "axes must be an initializer",
 }
+TRT_DOMAIN_OPS: dict[str, str] = {
+    "TRT_FP4DynamicQuantize": "NVFP4 activations: block 16 on the last axis, E4M3 block "
+                              "scales; TensorRT 11 and TensorRT for RTX build it",
+}
+"""TensorRT's own ONNX operators (domain "trt"), which its parser knows without a plugin."""
 AXES_INPUT = {"Slice": 3, "ReduceMean": 1, "ReduceMax": 1, "ReduceSum": 1, "Squeeze": 1,
               "Unsqueeze": 1, "Split": 1}
 """Ops whose axes (or split sizes) come as an input, which TensorRT needs to be constant."""
@@ -68,9 +73,13 @@ def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
             for attr in node.attribute:
                 if attr.name == "value":
                     constants[node.output[0]] = attr.t
+    scales = {n.output[0]: constants[n.input[1]] for n in graph.node  # NVFP4's block scales,
+              if n.op_type == "DequantizeLinear" and n.input[1] in constants}  # dequantized
     problems: list[str] = []
     for node in graph.node:
         where = f"{node.op_type} '{node.name}'"
+        if node.domain == "trt" and node.op_type in TRT_DOMAIN_OPS:
+            continue
         if node.domain not in ("", "ai.onnx"):
             problems.append(f"{where}: custom domain '{node.domain}' needs a plugin")
             continue
@@ -82,7 +91,7 @@ def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
                 node.input[axes_index] and node.input[axes_index] not in constants:
             problems.append(f"{where}: input {axes_index} (axes / split) must be an initializer")
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            scale = constants.get(node.input[1])
+            scale = constants.get(node.input[1], scales.get(node.input[1]))
             if scale is None:
                 problems.append(f"{where}: scale must be a constant")
             elif not (numpy_helper.to_array(scale) > 0).all():

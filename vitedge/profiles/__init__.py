@@ -20,7 +20,7 @@ else:  # JetPack 6 ships Python 3.10
     import tomli as tomllib
 
 PROFILE_DIR = Path(__file__).parent
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "fp8", "nvfp4")
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,10 @@ class Profile:
     batch: BatchRange = BatchRange()
     sections: dict[str, Any] = field(default_factory=dict)
     """Each registered backend's table, read or at its defaults."""
+    targets: tuple[str, ...] = ()
+    """The compute capabilities a TensorRT profile's engines run on ("8.7"), for the
+    precision table (`vitedge.backends.precisions`); TensorRT for RTX profiles name theirs
+    in [tensorrt_rtx], the CPU's is "cpu"."""
     match: tuple[str, ...] = ()
     """Substrings of the Jetson model or GPU name this profile is for (doctor's pick)."""
     notes: tuple[str, ...] = field(default=())
@@ -81,11 +85,12 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         sections = {name: asdict(self.__getattr__(name)) for name in _section_types()}
         return {"name": self.name, "description": self.description, "backend": self.backend,
-                "precision": self.precision, "batch": asdict(self.batch), **sections,
+                "precision": self.precision, "targets": list(self.targets),
+                "batch": asdict(self.batch), **sections,
                 "match": list(self.match), "notes": list(self.notes), "path": self.path}
 
 
-_TOP = ("description", "backend", "precision", "match", "notes", "batch")
+_TOP = ("description", "backend", "precision", "targets", "match", "notes", "batch")
 
 
 def _section_types() -> dict[str, type]:
@@ -131,7 +136,7 @@ def profile_from_dict(name: str, data: dict[str, Any], path: str = "") -> Profil
             raise VitedgeError(f"{where} lacks '{key}'")
     if data["backend"] not in names():
         raise VitedgeError(f"{where}: backend '{data['backend']}' is not one of {', '.join(names())}")
-    for key in ("match", "notes"):
+    for key in ("targets", "match", "notes"):
         value = data.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise VitedgeError(f"{where}: {key} must be a list of strings, not {value!r:.60}",
@@ -141,6 +146,13 @@ def profile_from_dict(name: str, data: dict[str, Any], path: str = "") -> Profil
     if data["precision"] not in PRECISIONS:
         raise VitedgeError(f"{where}: precision '{data['precision']}' is not one of "
                            f"{', '.join(PRECISIONS)}")
+    from vitedge.backends.precisions import TARGETS
+
+    known = [t.id for t in TARGETS]
+    for t in data.get("targets", []):
+        if t not in known:
+            raise VitedgeError(f"{where}: target '{t}' is not one of {', '.join(known)}",
+                               "a compute capability as in `vitedge profiles --targets`")
     sections: dict[str, Any] = {}
     for key, cls in types.items():
         table = data.get(key, {})
@@ -165,7 +177,8 @@ def profile_from_dict(name: str, data: dict[str, Any], path: str = "") -> Profil
     batch = sections.pop("batch")
     return Profile(name=name, description=str(data["description"]), backend=data["backend"],
                    precision=data["precision"], batch=batch, sections=sections,
-                   match=tuple(data.get("match", ())), notes=tuple(data.get("notes", ())),
+                   targets=tuple(data.get("targets", ())), match=tuple(data.get("match", ())),
+                   notes=tuple(data.get("notes", ())),
                    path=path)
 
 
@@ -202,8 +215,27 @@ def profile_rows(profile: Profile) -> list[tuple[str, str]]:
     """`vitedge profiles NAME`: the profile in rows, its backend's settings as that backend
     shows them (`Backend.profile_rows`), then its notes."""
     from vitedge.backends import get
+    from vitedge.backends.precisions import table_rows
 
+    backend = get(profile.backend)
     return [("backend / precision", f"{profile.backend} / {profile.precision}"),
             ("batch (min:opt:max)", str(profile.batch)),
-            *get(profile.backend).profile_rows(profile),
+            *backend.profile_rows(profile),
+            *table_rows(backend.precision_column(profile), backend.targets(profile)),
             *(("note", note) for note in profile.notes)]
+
+
+def profiles_running(precision: str) -> tuple[str, ...]:
+    """Shipped profiles whose every target accelerates `precision` with their backend."""
+    from vitedge.backends import get
+    from vitedge.backends.precisions import accelerated
+
+    names = []
+    for name in available():
+        profile = load_profile(name)
+        backend = get(profile.backend)
+        targets = backend.targets(profile)
+        if targets and all(precision in accelerated(backend.precision_column(profile), t)
+                           for t in targets):
+            names.append(name)
+    return tuple(names)

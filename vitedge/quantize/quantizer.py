@@ -14,6 +14,7 @@ import onnx
 
 from vitedge.compare import COLLAPSE_COSINE, Agreement, agreement, judge
 from vitedge.datasets import image_source, model_inputs
+from vitedge.emulation import cpu_graph
 from vitedge.errors import ExportError, VitedgeError
 from vitedge.export.tensorrt_ops import parser_summary, tensorrt_check
 from vitedge.fileio import refuse_overwriting_inputs, sha256_file
@@ -22,6 +23,7 @@ from vitedge.manifest import require_manifest, set_onnx_manifest
 from vitedge.options import QuantizeRequest
 from vitedge.quantize.calibrate import CalibrationTable, calibrate, default_table_path
 from vitedge.quantize.fp16 import convert_fp16
+from vitedge.quantize.mixed import layer_formats, quantize_mixed
 from vitedge.quantize.qdq import QuantizeOptions, plan_quantization, quantize_int8
 from vitedge.report import Reporter, reporter
 from vitedge.sessions import graph_output
@@ -56,6 +58,10 @@ class QuantizeResult:
     """What `check` was measured on, or why nothing was compared with FP32."""
     quantization: dict[str, Any] = field(default_factory=dict)
     """How: the scheme, attention, calibration method, what stayed in float."""
+    formats: dict[str, str] = field(default_factory=dict)
+    """FP8 / NVFP4 / auto: each Linear layer's format."""
+    auto: dict[str, Any] = field(default_factory=dict)
+    """--precision auto: the target, the formats it chose from, the budget and the result."""
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -64,6 +70,27 @@ class QuantizeResult:
 
     def summary_lines(self) -> list[str]:
         """What was quantized and what was kept in float, in words."""
+        if self.auto:
+            a = self.auto
+            counts = ", ".join(f"{n} {f}" for f, n in sorted(self.quantization["formats"].items()))
+            lines = [f"--precision auto for {a['target']}: {counts} (of {', '.join(a['formats'])}"
+                     f", base {a['base']}); {a['budget']}: "
+                     + ("kept" if a["within"] else "missed") + f" ({a['measured']})"]
+            by_format: dict[str, list[str]] = {}
+            for layer, fmt in self.formats.items():
+                by_format.setdefault(fmt, []).append(layer)
+            lines += [f"  {fmt} ({len(names)}): {', '.join(names)}"
+                      for fmt, names in by_format.items()]
+            return lines
+        if self.precision in ("fp8", "nvfp4"):
+            q = self.quantization
+            counts = ", ".join(f"{n} {f}" for f, n in sorted(q["formats"].items()))
+            acts = {"nvfp4": "dynamic NVFP4 activations (W4A4)",
+                    "fp8": "FP8 activations (W4A8)"}.get(q.get("activations", ""), "")
+            return [f"layers: {counts}" + (f"; {acts}" if acts else "")
+                    + ("; FP8 attention" if q.get("attention") else "")
+                    + (f"; kept FP16: {', '.join(self.float_layers)}" if self.float_layers else "")
+                    + f"; {q['fp32_nodes']} nodes (LayerNorm) in FP32"]
         if self.precision == "int8":
             q = self.quantization
             kept = f"; kept in float: {', '.join(self.float_layers)}" if self.float_layers else ""
@@ -108,7 +135,9 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
     model_sha = sha256_file(model_path)
 
     table: CalibrationTable | None = None
-    if request.calib and request.data and request.precision == "int8" and not request.sensitivity:
+    scaled = request.precision != "fp16"  # every precision but FP16 needs activation ranges
+    if request.calib and request.data and scaled and not request.sensitivity and \
+            request.precision != "auto":
         result.notes.append("--calib given: --data is used only to check the result")
     if request.calib:
         table = CalibrationTable.read(request.calib)
@@ -121,29 +150,23 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
         table, result.table = calib.table, str(calib.output)
         if calib.reused:
             result.notes.append(f"calibration table {calib.output} reused (same model, data, options)")
-    elif request.precision == "int8":
-        raise VitedgeError("INT8 needs activation ranges", "give --calib TABLE or --data SOURCE")
+    elif scaled:
+        raise VitedgeError(f"{request.precision.upper()} needs activation ranges",
+                           "give --calib TABLE or --data SOURCE")
 
+    if request.precision == "auto" and request.check_source is None and request.data:
+        request = replace(request, check_source=image_source(  # measured and checked on these
+            request.data, AUTO_IMAGES, request.calibration.seed + 2))
     check_inputs = _check_inputs(request, table, manifest, result)
     if request.precision == "int8":
         assert table is not None
-        keep: tuple[str, ...] = ()
-        if request.sensitivity:
-            step("measuring layer sensitivity")
-            assert check_inputs is not None
-            result.sensitivity = layer_sensitivity(model, table, request.qdq, check_inputs,
-                                                   rep)
-            keep = tuple(name for name, _ in result.sensitivity[:request.sensitivity])
-        step("inserting Q/DQ")
-        quantized, plan = quantize_int8(model, table, request.qdq, keep)
-        all_layers = plan_quantization(model, QuantizeOptions(
-            scheme=request.qdq.scheme, attention=request.qdq.attention)).layers
-        result.quantized_layers = plan.layers
-        result.float_layers = [n for n in all_layers if n not in plan.layers]
-        info: dict[str, Any] = {"scheme": request.qdq.scheme, "attention": request.qdq.attention,
-                                "method": table.options["method"],
-                                "equalized": request.qdq.smoothing and bool(table.smoothing),
-                                "float_layers": result.float_layers}
+        quantized, info = _int8(model, table, request, check_inputs, result, rep)
+    elif request.precision in ("fp8", "nvfp4"):
+        assert table is not None
+        quantized, info = _fp8_nvfp4(model, table, request, check_inputs, result, rep)
+    elif request.precision == "auto":
+        assert table is not None
+        quantized, info = _auto(model, model_path, table, request, manifest, result, rep)
     else:
         step("converting to FP16")
         quantized, fp16 = convert_fp16(model, table.ranges(False) if table else None)
@@ -155,7 +178,7 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
 
     step("checking")
     result.quantization = info
-    manifest.precision = request.precision
+    manifest.precision = info.pop("graph_precision", request.precision)
     manifest.source = {**manifest.source, "quantization": info,
                        "fp32_sha256": model_sha, "made_by": made_by,
                        "quantize": request.key(table.checksum() if table else None)}
@@ -173,6 +196,139 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
     return result
 
 
+def _int8(model: onnx.ModelProto, table: CalibrationTable, request: QuantizeRequest,
+          check_inputs: np.ndarray | None, result: QuantizeResult, rep: Reporter
+          ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Explicit INT8 Q/DQ in the FP32 graph (`qdq.py`)."""
+    keep: tuple[str, ...] = ()
+    if request.sensitivity:
+        rep.step("measuring layer sensitivity")
+        assert check_inputs is not None
+        result.sensitivity = layer_sensitivity(model, table, request.qdq, check_inputs, rep)
+        keep = tuple(name for name, _ in result.sensitivity[:request.sensitivity])
+    rep.step("inserting Q/DQ")
+    quantized, plan = quantize_int8(model, table, request.qdq, keep)
+    all_layers = plan_quantization(model, QuantizeOptions(
+        scheme=request.qdq.scheme, attention=request.qdq.attention)).layers
+    result.quantized_layers = plan.layers
+    result.float_layers = [n for n in all_layers if n not in plan.layers]
+    return quantized, {"scheme": request.qdq.scheme, "attention": request.qdq.attention,
+                       "method": table.options["method"],
+                       "equalized": request.qdq.smoothing and bool(table.smoothing),
+                       "float_layers": result.float_layers}
+
+
+def fp4_activations(request: QuantizeRequest) -> str:
+    """NVFP4's activation form: as asked, else what the --profile's TensorRT builds, else FP8
+    (W4A8, which every TensorRT with NVFP4 builds)."""
+    if request.qdq.fp4_activations != "auto":
+        return request.qdq.fp4_activations
+    if request.profile:
+        from vitedge.backends import get
+        from vitedge.profiles import load_profile
+
+        profile = load_profile(request.profile)
+        return get(profile.backend).nvfp4_activations(profile)
+    return "fp8"
+
+
+def _fp8_nvfp4(model: onnx.ModelProto, table: CalibrationTable, request: QuantizeRequest,
+               check_inputs: np.ndarray | None, result: QuantizeResult, rep: Reporter
+               ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """FP8 / NVFP4 Q/DQ in an FP16 graph (`mixed.py`)."""
+    acts = fp4_activations(request) if request.precision == "nvfp4" else "fp8"
+    keep: tuple[str, ...] = ()
+    if request.sensitivity:
+        rep.step("measuring layer sensitivity")
+        assert check_inputs is not None
+        result.sensitivity = layer_sensitivity(model, table, request.qdq, check_inputs, rep,
+                                               request.precision, acts)
+        keep = tuple(name for name, _ in result.sensitivity[:request.sensitivity])
+    rep.step("inserting Q/DQ")
+    q = request.qdq
+    formats = layer_formats(model, request.precision, q.ends, q.exclude, keep)
+    quantized, plan = quantize_mixed(model, table, formats, acts, q.attention)
+    result.formats = plan.formats
+    result.quantized_layers = [n for n, f in plan.formats.items() if f != "fp16"]
+    result.float_layers = [n for n, f in plan.formats.items() if f == "fp16"]
+    result.fp32_nodes = plan.fp32_nodes
+    result.notes.extend(plan.notes)
+    info: dict[str, Any] = {"formats": plan.counts(), "attention": plan.attention != [],
+                            "ends": q.ends, "float_layers": result.float_layers,
+                            "fp32_nodes": len(plan.fp32_nodes)}
+    if request.precision == "nvfp4":
+        info["activations"] = acts
+    return quantized, info
+
+
+AUTO_IMAGES = 256
+"""Images `--precision auto` checks its budget on (of --data)."""
+
+
+def _auto(model: onnx.ModelProto, model_path: str | Path, table: CalibrationTable,
+          request: QuantizeRequest, manifest: Any, result: QuantizeResult, rep: Reporter
+          ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """A format per layer for the --profile's targets (`auto.py`)."""
+    from vitedge.backends import get
+    from vitedge.profiles import load_profile
+    from vitedge.quantize.auto import auto_formats, choose_formats
+
+    assert request.profile is not None
+    profile = load_profile(request.profile)
+    backend = get(profile.backend)
+    targets = backend.targets(profile)
+    formats, base = auto_formats(backend.precision_column(profile), targets)
+    if not formats:
+        raise VitedgeError(f"profile {profile.name}'s targets ({', '.join(targets) or 'none'}) "
+                           "accelerate no quantized format vitedge makes",
+                           "build --precision fp16 or fp32 for it")
+    if request.check_source is None:
+        raise VitedgeError("--precision auto needs --data (images to measure the layers on)")
+    source = request.check_source
+    x = np.stack(list(model_inputs(source, manifest)))
+    acts = fp4_activations(request)
+    q = request.qdq
+    if base == "fp32":
+        layers = [n for n in plan_quantization(model, q).layers]
+
+        def graph(assignment: dict[str, str]) -> onnx.ModelProto:
+            keep = tuple(n for n, f in assignment.items() if f == "fp32")
+            return quantize_int8(model, table, q, keep)[0]
+    else:
+        layers = [n for n, f in layer_formats(model, "quantized", True, q.exclude).items()
+                  if f != "fp16"]
+
+        def graph(assignment: dict[str, str]) -> onnx.ModelProto:
+            return quantize_mixed(model, table, assignment, acts, q.attention)[0]
+
+    choice = choose_formats(layers, formats, base, graph, _run_check, _run(model, x), x,
+                            manifest.is_classifier, request.max_drop, rep)
+    quantized = graph(choice.formats)
+    if base == "fp16":  # as written (an NVFP4 convolution is FP8)
+        choice.formats = quantize_mixed(model, table, choice.formats, acts, q.attention)[1].formats
+    result.formats = choice.formats
+    result.quantized_layers = [n for n, f in choice.formats.items() if f != base]
+    result.float_layers = [n for n, f in choice.formats.items() if f == base]
+    result.auto = {"target": f"profile {profile.name}: {', '.join(targets)}",
+                   "formats": list(formats), "base": base, "budget": choice.budget,
+                   "within": choice.within, "images": len(x),
+                   "measured": choice.check.describe(), "graphs_measured": choice.measured_graphs}
+    if not choice.within:
+        result.notes.append(f"--precision auto: even with every layer in {base} the model misses "
+                            f"the budget ({choice.budget}); it is written as measured")
+    info: dict[str, Any] = {"formats": choice.counts(), "per_layer": choice.formats,
+                            "budget": choice.budget, "base": base,
+                            "graph_precision": "mixed" if base == "fp16" else "int8"}
+    if "nvfp4" in formats:
+        info["activations"] = acts
+    return quantized, info
+
+
+def _run_check(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """A quantized graph computed as the CPU checks it: Q/DQ in float, NVFP4 emulated."""
+    return _run(cpu_graph(model), x, "none")
+
+
 def _check_against_fp32(result: QuantizeResult, request: QuantizeRequest, fp32: onnx.ModelProto,
                         quantized: onnx.ModelProto, x: np.ndarray, classifier: bool) -> None:
     """The quantized graph against FP32, computed in float (as TensorRT reads it) and, for
@@ -181,7 +337,7 @@ def _check_against_fp32(result: QuantizeResult, request: QuantizeRequest, fp32: 
     from vitedge.backends import embedded
 
     reference = _run(fp32, x)
-    result.check = agreement(reference, _run(quantized, x, "none"))
+    result.check = agreement(reference, _run_check(quantized, x))
     result.check_images = len(x)
     if request.precision == "int8":
         kernels = embedded().check_int8(reference, quantized, x, result.check)
@@ -217,7 +373,11 @@ def _check_inputs(request: QuantizeRequest, table: CalibrationTable | None, mani
     data the calibration table was made from (not held out, and said so); where neither is
     at hand, None, with `result.check_data` saying why nothing was compared."""
     seed = request.calibration.seed
-    if request.data:
+    if request.check_source is not None:
+        source = request.check_source
+        what = ("of --data, those --precision auto measured on" if request.data else
+                "held out of calibration")
+    elif request.data:
         source, what = image_source(request.data, CHECK_IMAGES, seed), "of --data"
     elif table is not None and table.data.get("source") and Path(table.data["source"]).exists():
         source = image_source(table.data["source"], CHECK_IMAGES, seed + 1)
@@ -240,17 +400,24 @@ def _run(model: onnx.ModelProto, x: np.ndarray, optimization: str = "all") -> np
 
 
 def layer_sensitivity(model: onnx.ModelProto, table: CalibrationTable, options: QuantizeOptions,
-                      inputs: np.ndarray, report: Reporter | None = None
+                      inputs: np.ndarray, report: Reporter | None = None,
+                      precision: str = "int8", fp4_acts: str = "fp8"
                       ) -> list[tuple[str, float]]:
     """Each quantizable layer's effect alone: mean KL divergence of the softmax from the
-    FP32 model's when only that layer is quantized. Most sensitive first."""
+    FP32 model's when only that layer is quantized (in `precision`). Most sensitive first."""
     reference = _run(model, inputs)
-    layers = plan_quantization(model, options).layers
+    if precision == "int8":
+        layers = plan_quantization(model, options).layers
+    else:
+        layers = [n for n, f in layer_formats(model, precision, options.ends,
+                                              options.exclude).items() if f != "fp16"]
     scores = []
     for i, layer in enumerate(layers):
-        others = tuple(n for n in layers if n != layer)
-        single, _ = quantize_int8(model, table, options, keep_float=others)
-        single_out = _run(single, inputs, "none")  # as TensorRT reads it
-        scores.append((layer, agreement(reference, single_out).mean_kl))
+        if precision == "int8":
+            others = tuple(n for n in layers if n != layer)
+            single, _ = quantize_int8(model, table, options, keep_float=others)
+        else:
+            single, _ = quantize_mixed(model, table, {layer: precision}, fp4_acts)
+        scores.append((layer, agreement(reference, _run_check(single, inputs)).mean_kl))
         reporter(report).progress(i + 1, len(layers))
     return sorted(scores, key=lambda s: -s[1])

@@ -67,6 +67,8 @@ class OnnxRuntimeRunner(Runner):
             from vitedge.backends.onnxruntime.int8 import saturation_warnings
 
             self.warnings += saturation_warnings(manifest, self.path.name)
+        elif manifest.precision in ("fp8", "nvfp4", "mixed"):
+            self._model, self.optimization = self._low_float(), "none"
         self.session = self._session()
         self.providers = self.session.get_providers()
         self.inputs = [_info(v) for v in self.session.get_inputs()]
@@ -75,6 +77,19 @@ class OnnxRuntimeRunner(Runner):
         self.fixed_batch = static_batch(self.session)
         self.input_dtype = np.uint8 if first.type == "tensor(uint8)" else np.float32
         self._taps: _Taps | None = None
+
+    def _low_float(self) -> Any:
+        """An FP8 / NVFP4 graph as the CPU computes it: Q/DQ in float (no optimization
+        fuses them), NVFP4 through the exact rewrite (`vitedge.emulation`); said once."""
+        from vitedge.emulation import cpu_graph, needs_emulation
+        from vitedge.graph import load_onnx
+
+        model = load_onnx(self.path)
+        self.warnings.append(f"{self.path.name} is {self.manifest.precision}, a GPU format: on "
+                             "the CPU its Q/DQ are computed in float"
+                             + (", NVFP4 through vitedge's exact rewrite" if needs_emulation(model)
+                                else "") + " (the numbers a GPU computes, not its speed)")
+        return cpu_graph(model)
 
     def _session(self, model: Any = None, **extra: Any) -> Any:
         return ort_session(self._model if model is None else model, self.threads,

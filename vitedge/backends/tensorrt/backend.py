@@ -61,6 +61,29 @@ class TensorRTBackend(Backend):
     default_profile = "datacenter-gpu"
     flavour: Flavour = TENSORRT
 
+    # --- precisions ------------------------------------------------------------------------
+
+    def precision_column(self, profile: Any) -> str:
+        """TensorRT 11's column where TensorRT 11 is installed here, else 10's (JetPack 6 and 7.0
+        / 7.1, most desktops today)."""
+        from vitedge.backends.tensorrt.device import tensorrt_module
+
+        builder = tensorrt_module()  # the builder's version decides, not a lean runtime's
+        major = str(getattr(builder, "__version__", "")).split(".")[0]
+        return "tensorrt-11" if major.isdigit() and int(major) >= 11 else "tensorrt-10"
+
+    def targets(self, profile: Any) -> tuple[str, ...]:
+        """The GPU the engine is built on, and so runs on; without one here (nothing to
+        build on), the profile's `targets`."""
+        from vitedge.backends.tensorrt.device import gpu_info
+
+        gpu = gpu_info()
+        return (gpu[1],) if gpu else tuple(profile.targets)
+
+    def nvfp4_activations(self, profile: Any) -> str:
+        """Dynamic NVFP4 activations need TensorRT 11 to build; 10.8+ gets W4A8."""
+        return "nvfp4" if self.precision_column(profile) == "tensorrt-11" else "fp8"
+
     # --- here, on this machine ----------------------------------------------------------
 
     def version(self) -> str | None:

@@ -68,6 +68,22 @@ class TensorRTRTXBackend(TensorRTBackend):
         return (f"profile {profile.name} builds for TensorRT for RTX (compute capabilities "
                 f"{targets}; no GPU is needed to build)")
 
+    def precision_column(self, profile: Any) -> str:
+        return "tensorrt-rtx"
+
+    def targets(self, profile: Any) -> tuple[str, ...]:
+        """The profile's compute capabilities (`current`: this machine's GPU)."""
+        from vitedge.backends.tensorrt.device import gpu_info
+
+        here = gpu_info()
+        return tuple(here[1] if c == "current" and here else c
+                     for c in profile.tensorrt_rtx.compute_capabilities
+                     if c != "current" or here)
+
+    def nvfp4_activations(self, profile: Any) -> str:
+        """TensorRT for RTX builds `TRT_FP4DynamicQuantize` (measured with 1.7.1)."""
+        return "nvfp4"
+
     def _no_gpu_device(self) -> str:
         return "no GPU (ahead-of-time build)"
 
