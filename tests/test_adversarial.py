@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from PIL import Image
 
 import vitedge
 from tests.conftest import DEMO_CALIBRATION, DEMO_CHECKPOINT, DEMO_TEST_IMAGES, FIXTURES, run_cli
+from tests.helpers.cameras import FlakyCamera
 from vitedge.errors import VitedgeError
 
 ROOT = Path(__file__).parents[1]
@@ -663,89 +663,6 @@ def test_a_read_only_folder_is_a_user_error(work, tmp_path, capsys, monkeypatch)
 
 
 # --- the camera loop: a loopback MJPEG camera that drops and comes back ----------------------------
-
-class FlakyCamera:
-    """An HTTP MJPEG camera on loopback that serves `frames` frames, then (`after`) is gone
-    (port closed) for `outage` seconds and comes back for good; or keeps the connection
-    open and sends nothing more (`stall`); or sends parts that are not JPEG (`garbage`).
-    `late`: not there at all for that many seconds at first."""
-
-    def __init__(self, frames: int, outage: float, back: bool = True, after: str = "drop",
-                 late: float = 0.0) -> None:
-        import cv2
-
-        ok, jpg = cv2.imencode(".jpg", np.asarray(Image.open(GOOD_IMAGE).convert("RGB"))[:, :, ::-1])
-        self.jpg = jpg.tobytes()
-        self.frames, self.outage, self.back, self.after = frames, outage, back, after
-        self.served = 0
-        self._server = self._start(0)
-        self.port = self._server.server_address[1]
-        if late:
-            self._server.shutdown()
-            self._server.server_close()
-            threading.Timer(late, lambda: setattr(self, "_server", self._start(self.port))).start()
-
-    def _start(self, port: int) -> ThreadingHTTPServer:
-        camera = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *_args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.end_headers()
-                with_drop = camera.served < camera.frames
-                try:
-                    if camera.after != "drop" and camera.served >= camera.frames:
-                        return self.do_GET_after()  # every later connection too
-                    while not with_drop or camera.served < camera.frames:
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                                         b"%d\r\n\r\n" % len(camera.jpg) + camera.jpg + b"\r\n")
-                        camera.served += 1
-                        time.sleep(0.02)
-                except (BrokenPipeError, ConnectionResetError):
-                    return
-                if with_drop and camera.after == "drop":
-                    threading.Thread(target=camera._outage, daemon=True).start()
-                elif with_drop:
-                    self.do_GET_after()
-
-            def do_GET_after(self) -> None:
-                junk = b"not a jpeg " * 40
-                try:
-                    while True:
-                        if camera.after == "stall":
-                            time.sleep(0.5)
-                            continue
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
-                                         b"Content-Length: %d\r\n\r\n" % len(junk) + junk + b"\r\n")
-                        time.sleep(0.02)
-                except (BrokenPipeError, ConnectionResetError):
-                    return
-
-        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server
-
-    def _outage(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if not self.back:
-            return
-        time.sleep(self.outage)
-        self._server = self._start(self.port)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/stream"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
 
 def run_on(camera: FlakyCamera, artifact: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`vitedge run ARTIFACT --source CAMERA ARGS --json` in its own process; the camera is

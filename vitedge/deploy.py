@@ -338,10 +338,12 @@ class Intermediates:
         from vitedge.quantize.quantizer import QuantizeRequest, quantize_model
         from vitedge.quantize.table import CalibrationTable
 
+        auto = precision == "auto"  # measures its layers on --data, as many as it can
         request = QuantizeRequest(precision=precision, calib=calib,
+                                  data=options.data if auto else None,
                                   calibration=options.calibration, qdq=options.qdq,
                                   profile=self.profile, max_drop=options.max_drop,
-                                  check_source=held_out)
+                                  check_source=None if auto else held_out)
         fp32_sha = sha256_file(fp32)
         key = request.key(CalibrationTable.read(calib).checksum() if calib else None)
 

@@ -496,6 +496,32 @@ class SourceOptions:
 
 
 @dataclass(frozen=True)
+class CameraOptions:
+    """How `vitedge run` puts several cameras through one model, and where the results go."""
+
+    batch: int | None = option(help="Frames per inference across the cameras [default: the "
+                               "number of cameras, at most the model's largest batch].",
+                               least=1, kind=int)
+    max_wait_ms: float = option(20.0, "Longest a batch that holds a frame waits for more "
+                                "(DeepStream's batched push timeout).", least=0)
+    events: str | None = option(help="Every prediction as one JSON line (camera, frame, "
+                                "captured, latency_ms, top or embedding) to this file; '-': "
+                                "standard output.", metavar="FILE", kind=str)
+    mqtt: str | None = option(help="Publish every prediction to an MQTT broker, on "
+                              "TOPIC/CAMERA (needs paho-mqtt).", metavar="HOST[:PORT]/TOPIC",
+                              kind=str)
+    mqtt_qos: int = option(1, "MQTT quality of service: 0 at most once, 1 at least once.",
+                           least=0, most=1)
+    output_dir: str | None = option(help="Write each camera's annotated frames to "
+                                    "DIR/CAMERA.mp4.", metavar="DIR", kind=str)
+    status: bool = option(True, "No live status table (it is shown only on a terminal).",
+                          negate="--no-status")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
 class EvalOptions:
     data: str | Path = option("", "A folder with one sub-folder of images per class, named after "
                               "the labels.", path="any")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from vitedge.cli.flags import flag, flags, options
 from vitedge.errors import VitedgeError
 from vitedge.options import (
     BenchOptions,
+    CameraOptions,
     EvalOptions,
     ExplainOptions,
     PipelineOptions,
@@ -89,22 +91,70 @@ def embed(artifact: str, images: tuple[str, ...], output: str, as_json: bool, **
               f"{', L2-normalised' if opts.normalize_embeddings else ''}) and {result.paths}")
 
 
-@command(json_help="Print the stage timings as JSON at the end.")
+@command(json_help="Print the stage timings (per camera, with several) as JSON at the end.")
 @click.argument("artifact", type=click.Path(path_type=str))
-@click.option("--source", required=True, help="Video file, camera index or /dev/videoN, "
-              "rtsp:// or http:// stream, GStreamer pipeline, image folder or glob.")
+@click.option("--source", "sources", multiple=True, metavar="[NAME=]URI",
+              help="Video file, camera index or /dev/videoN, rtsp:// or http:// stream, "
+                   "GStreamer pipeline, image folder or glob. Repeat it, NAME=URI, for several "
+                   "cameras through one model.")
+@click.option("--sources", "sources_file", type=click.Path(dir_okay=False),
+              help="A TOML file of cameras: [[camera]] tables with name, uri and optional fps "
+                   "(a cap) and color (bgr, rgb).")
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the annotated frames to "
-              "a video (.mp4, .avi).")
-@click.option("--display", is_flag=True, help="Show the annotated frames in a window (q quits).")
-@click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames.")
+              "a video (.mp4, .avi); one camera.")
+@click.option("--display", is_flag=True, help="Show the annotated frames in a window (q "
+              "quits); one camera.")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames "
+              "(all cameras together).")
+@flags(CameraOptions, "batch", "max_wait_ms", "events", "mqtt", "mqtt_qos", "output_dir",
+       "status")
 @flags(SourceOptions, "reconnect_for")
 @flags(PipelineOptions, "color", *RUNTIME_FLAGS)
-def run(artifact: str, source: str, output: str | None, display: bool, max_frames: int | None,
-        as_json: bool, **kw: Any) -> None:
+def run(artifact: str, sources: tuple[str, ...], sources_file: str | None, output: str | None,
+        display: bool, max_frames: int | None, as_json: bool, **kw: Any) -> None:
     """The camera loop: classify every frame of --source, draw the label and FPS on it,
-    and print per-stage timings at the end. A live source that drops is reconnected with
-    growing waits (every attempt shown); one that stays away longer than --reconnect-for
-    ends the run with exit code 1."""
+    and print per-stage timings at the end. Several cameras (--source NAME=URI, repeated, or
+    --sources FILE) go through one model in batches: live cameras keep only their latest
+    frame (older ones are dropped and counted), files are read at the model's pace, a batch
+    waits at most --max-wait-ms to fill; every prediction can go out as a JSON line
+    (--events) and to an MQTT broker (--mqtt); a live table shows each camera's fps, drops,
+    reconnects and latency. A live source that drops is reconnected with growing waits
+    (every attempt shown); one that stays away longer than --reconnect-for is gone: the
+    others run on, and the run ends with exit code 1."""
+    from vitedge.cli.common import err
+    from vitedge.runtime.cameras import parse_camera, read_cameras
+
+    cams = options(CameraOptions, kw)
+    if not sources and not sources_file:
+        raise click.UsageError("give --source (or --sources FILE)")
+    if cams.events == "-" and as_json:
+        raise VitedgeError("--events - and --json would both write to standard output",
+                           "give --events a file")
+    several = bool(sources_file) or len(sources) > 1 or any(_named(s) for s in sources) or \
+        any(getattr(cams, k) for k in ("batch", "events", "mqtt", "output_dir"))
+    if not several:
+        return _run_one(artifact, sources[0], output, display, max_frames, as_json, kw)
+    if output or display:
+        raise VitedgeError("--output and --display show one camera",
+                           "with several, --output-dir DIR writes DIR/CAMERA.mp4 each")
+    cameras = read_cameras(sources_file) if sources_file else []
+    cameras += [parse_camera(s) if _named(s) else _unnamed(s, i) for i, s in enumerate(sources)]
+    _run_several(artifact, cameras, cams, max_frames, as_json, kw, err)
+
+
+def _named(spec: str) -> bool:
+    name, sep, _ = spec.partition("=")
+    return bool(sep) and bool(name) and not any(c in name for c in "/:\\?&")
+
+
+def _unnamed(spec: str, i: int) -> Any:
+    from vitedge.runtime.cameras import Camera
+
+    return Camera(f"camera{i}", spec)
+
+
+def _run_one(artifact: str, source: str, output: str | None, display: bool,
+             max_frames: int | None, as_json: bool, kw: dict[str, Any]) -> None:
     from vitedge.cli.common import err
     from vitedge.runtime.run_loop import run_loop
 
@@ -122,6 +172,56 @@ def run(artifact: str, source: str, output: str | None, display: bool, max_frame
         return
     out.print(stage_table(summary["stages"], f"{summary['frames']} frames, {summary['fps']:.1f} "
                           f"FPS ({summary['dropped']} dropped)"))
+
+
+def _run_several(artifact: str, cameras: list[Any], cams: CameraOptions,
+                 max_frames: int | None, as_json: bool, kw: dict[str, Any], err: Any) -> None:
+    from vitedge.runtime.camera_loop import run_cameras
+
+    live = None
+    if cams.status and err.is_terminal:
+        from rich.live import Live
+
+        live = Live(console=err, refresh_per_second=4, transient=True)
+    try:
+        with live if live is not None else contextlib.nullcontext():
+            summary = run_cameras(
+                artifact, cameras, cams, max_frames, options(PipelineOptions, kw),
+                options(SourceOptions, kw), log=err.print,
+                status=(lambda rows: live.update(camera_table(rows))) if live else None)
+    except VitedgeError as exc:
+        if as_json and exc.details:
+            print_json(exc.details)
+        elif exc.details:
+            out.print(camera_table(exc.details["cameras"], stages=True))
+        raise
+    warn(summary["warnings"], as_json)
+    if as_json:
+        print_json(summary)
+        return
+    out.print(camera_table(summary["cameras"], stages=True))
+    out.print(stage_table(summary["stages"], f"{summary['frames']} frames, "
+                          f"{summary['fps']:.1f} FPS in all, batches "
+                          + ", ".join(f"{n} x {k}" for k, n in summary["batch_sizes"].items())))
+
+
+def camera_table(rows: list[dict[str, Any]], stages: bool = False) -> Table:
+    """Per camera: fps, frames, dropped, reconnects, latency; with `stages`, the latency's
+    parts (waiting for a batch, the pipeline) at p50 / p99."""
+    table = Table("camera", "kind", "fps", "frames", "dropped", "reconnects", "latency ms",
+                  *(("wait p50 / p99", "pipeline p50 / p99", "latency p50 / p99")
+                    if stages else ()), "state", title="cameras")
+    for r in rows:
+        parts = [_p50_p99(r["stages"], k) for k in ("wait", "pipeline", "latency")]
+        table.add_row(r["camera"], r["kind"], f"{r['fps']:.1f}", str(r["processed"]),
+                      str(r["dropped"]), str(r["reconnects"]), f"{r['last_latency_ms']:.1f}",
+                      *(parts if stages else ()), "gone" if r["gone"] else "ok")
+    return table
+
+
+def _p50_p99(stages: dict[str, Any], stage: str) -> str:
+    s = stages.get(stage)
+    return f"{s['p50']:.1f} / {s['p99']:.1f}" if s else "-"
 
 
 @command(json_help="Print the results, machine and versions as JSON.")

@@ -261,8 +261,9 @@ def _fp8_nvfp4(model: onnx.ModelProto, table: CalibrationTable, request: Quantiz
     return quantized, info
 
 
-AUTO_IMAGES = 256
-"""Images `--precision auto` checks its budget on (of --data)."""
+AUTO_IMAGES = 512
+"""Images `--precision auto` checks its budget on (of --data): a budget of 0.5 points is one
+image in 200, so a few hundred images are the least that can tell it."""
 
 
 def _auto(model: onnx.ModelProto, model_path: str | Path, table: CalibrationTable,

@@ -230,6 +230,21 @@ class Pipeline:
                 with contextlib.suppress(ValueError):
                     close()
 
+    def multi_stream(self, cameras: Any, batch: int | None = None,
+                     max_wait_ms: float | None = None, source_options: Any = None,
+                     on_event: Callable[[str], None] | None = None) -> Any:
+        """Many cameras through this one model (`vitedge.runtime.cameras.MultiStream`):
+        `cameras` is a dict name -> source, a list of sources, or a list of `Camera`;
+        iterating gives `(camera, frame, prediction)` as results are ready (each with its
+        `number`, `captured` time and `latency_ms`). Live cameras keep only their latest frame
+        (older ones are dropped and counted, never queued); files are read at the model's
+        pace. Batches of up to `batch` frames (default: the cameras, at most the model's
+        largest batch) wait at most `max_wait_ms` to fill; `streams` batches run at once."""
+        from vitedge.runtime.cameras import MAX_WAIT_MS, MultiStream
+
+        return MultiStream(self, cameras, batch, MAX_WAIT_MS if max_wait_ms is None
+                           else max_wait_ms, source_options, on_event)
+
     # --- attention ----------------------------------------------------------------------
 
     def explain(self, frame: Any, method: str = "cls", layer: int = -1,

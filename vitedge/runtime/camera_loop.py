@@ -1,0 +1,129 @@
+"""`vitedge run ARTIFACT --source NAME=URI ...`: many cameras through one model
+(`pipe.multi_stream`), each camera's annotated frames optionally to DIR/CAMERA.mp4, every
+prediction out as an event (JSON lines, MQTT), a live status per camera, and per-camera
+statistics at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from vitedge.errors import VitedgeError
+from vitedge.options import CameraOptions, PipelineOptions, SourceOptions
+from vitedge.runtime.cameras import Camera, MultiStream, check_unique
+from vitedge.runtime.events import JsonLines, MqttEvents, MqttTarget, event_of
+from vitedge.runtime.outputs import FrameOutput, open_output
+from vitedge.runtime.pipeline import open_pipeline
+from vitedge.runtime.stats import Stats
+
+STATUS_EVERY = 0.5
+"""Seconds between two status updates."""
+
+
+def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | None = None,
+                max_frames: int | None = None, pipeline: PipelineOptions | None = None,
+                source_options: SourceOptions | None = None,
+                log: Callable[[str], None] | None = None,
+                status: Callable[[list[dict[str, Any]]], None] | None = None) -> dict[str, Any]:
+    """Run every camera through `artifact` until they have all ended (or `max_frames` in
+    all), and return the summary: frames, fps, per-camera statistics, batch sizes, events
+    sent. `status` hears each camera's figures every half second. A camera that is gone
+    (its reconnect budget spent, or an error) ends the run with a VitedgeError once the
+    others are done, with the summary as its details."""
+    from vitedge.fileio import refuse_overwriting_inputs
+
+    opts = options or CameraOptions()
+    check_unique(cameras)
+    if not cameras:
+        raise VitedgeError("no camera given", "--source NAME=URI (repeatable) or --sources FILE")
+    mqtt_target = MqttTarget.parse(opts.mqtt) if opts.mqtt else None
+    events_path = None if opts.events in (None, "-") else Path(str(opts.events))
+    refuse_overwriting_inputs(events_path, artifact,
+                              *[c.uri for c in cameras if Path(c.uri).is_file()])
+    log = log or (lambda _line: None)
+    start = time.monotonic()
+    count = 0
+    with contextlib.ExitStack() as stack:
+        pipe = stack.enter_context(open_pipeline(artifact, pipeline))
+        sinks: list[Any] = []
+        if opts.events == "-":
+            sinks.append(JsonLines(sys.stdout))
+        elif events_path is not None:
+            sinks.append(JsonLines(stack.enter_context(_events_file(events_path))))
+        mqtt = None
+        if mqtt_target is not None:
+            mqtt = MqttEvents(mqtt_target, opts.mqtt_qos)
+            stack.callback(mqtt.close)
+            if not mqtt.wait_connected(5.0):
+                log(f"MQTT broker {mqtt_target.host}:{mqtt_target.port} is not answering; "
+                    "events wait for it (up to 10,000)")
+            sinks.append(mqtt)
+        outputs: dict[str, FrameOutput] = {}
+        if opts.output_dir:
+            folder = Path(opts.output_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            for c in cameras:
+                outputs[c.name] = stack.enter_context(open_output(folder / f"{c.name}.mp4"))
+        multi = stack.enter_context(MultiStream(pipe, cameras, opts.batch, opts.max_wait_ms,
+                                                source_options, log))
+        last_status = 0.0
+        embeddings = True
+        for result in multi:
+            count += 1
+            if sinks:
+                event = event_of(result, embeddings)
+                for sink in sinks:
+                    sink.send(event)
+            out = outputs.get(result.camera)
+            if out is not None:
+                out.render(result.frame, result.prediction)
+            now = time.monotonic()
+            if status is not None and now - last_status >= STATUS_EVERY:
+                last_status = now
+                status([s.to_dict() for s in multi.stats.values()])
+            if max_frames is not None and count >= max_frames:
+                break
+        multi.close()
+        elapsed = time.monotonic() - start
+        stages = {k: asdict(Stats.of(v)) for k, v in pipe.times.samples.items() if len(v)}
+        warnings = list(pipe.warnings)
+        per_camera = [s.to_dict() for s in multi.stats.values()]
+        batch_sizes = {str(k): v for k, v in sorted(multi.batch_sizes.items())}
+        batch = multi.batch
+    if status is not None:
+        status(per_camera)
+    summary: dict[str, Any] = {
+        "artifact": str(artifact), "cameras": per_camera, "frames": count,
+        "seconds": round(elapsed, 3), "fps": count / elapsed if elapsed else 0.0,
+        "batch": batch, "max_wait_ms": opts.max_wait_ms, "batch_sizes": batch_sizes,
+        "stages": stages, "events": {"json_lines": opts.events,
+                                     "mqtt": mqtt.counters() if mqtt else None},
+        "output_dir": opts.output_dir, "warnings": warnings}
+    gone = [c for c in per_camera if c["gone"]]
+    log(f"{count} frames from {len(cameras)} cameras in {elapsed:.1f} s, batches of up to "
+        f"{batch}" + (f"; gone: {', '.join(c['camera'] for c in gone)}" if gone else ""))
+    if gone:
+        raise VitedgeError(f"camera {gone[0]['camera']} is gone: {gone[0]['gone']}"
+                           + (f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""),
+                           "the other cameras ran on; --reconnect-for sets how long to keep "
+                           "trying", details=summary)
+    return summary
+
+
+@contextlib.contextmanager
+def _events_file(path: Path) -> Any:
+    """The events file, written line by line as events happen (a log, not a document: it is
+    read while it grows)."""
+    try:
+        stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise VitedgeError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        yield stream
+    finally:
+        stream.close()
