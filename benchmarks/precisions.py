@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from results import machine, publish
 
+from vitedge.errors import VitedgeError
 from vitedge.evaluate import evaluate
 from vitedge.options import CalibrationOptions, EvalOptions, QuantizeOptions, QuantizeRequest
 from vitedge.quantize import quantize_model, with_outlier_channels
@@ -92,7 +93,12 @@ def accuracy(work: Path, data: Path) -> list[str]:
                           CalibrationOptions(data=str(CALIBRATION))).output
         for v in VARIANTS:
             out = work / f"{model.stem}.q.onnx"
-            q = quantize_model(model, out, request(v, table))
+            try:
+                q = quantize_model(model, out, request(v, table))
+            except VitedgeError as exc:  # a collapse is refused: that is the row
+                rows.append(f"| {name} | {v.label} | refused | | | | {exc.message[:80]} |")
+                print(rows[-1], flush=True)
+                continue
             r = evaluate(out, EvalOptions(data=data, reference=model))
             assert r.agreement is not None
             mix = ", ".join(f"{n} {f}" for f, n in sorted(q.quantization.get("formats", {})
@@ -123,7 +129,11 @@ def families(work: Path) -> list[str]:
         cells = []
         for v in (VARIANTS[0], VARIANTS[1], VARIANTS[2], VARIANTS[5], VARIANTS[6], VARIANTS[7]):
             out = work / f"{family}.q.onnx"
-            quantize_model(fp32, out, request(v, table))
+            try:
+                quantize_model(fp32, out, request(v, table))
+            except VitedgeError as exc:
+                cells.append(f"refused ({exc.message[:40]})")
+                continue
             a = agreement(ref, outputs(out))
             cells.append(f"{a.cosine:.5f} / {a.cosine_min:.5f}")
         rows.append(f"| {title} | " + " | ".join(cells) + " |")

@@ -12,7 +12,7 @@ import pytest
 
 BENCHMARKS = sorted((Path(__file__).parents[1] / "benchmarks").glob("*.py"))
 PUBLIC = {"vitedge", "vitedge.backends", "vitedge.bench", "vitedge.compare", "vitedge.datasets",
-          "vitedge.deploy", "vitedge.evaluate", "vitedge.explain", "vitedge.export",
+          "vitedge.deploy", "vitedge.errors", "vitedge.evaluate", "vitedge.explain", "vitedge.export",
           "vitedge.model", "vitedge.options", "vitedge.profiles", "vitedge.quantize",
           "vitedge.quantize.calibrate", "vitedge.runtime", "vitedge.serve", "vitedge.sessions"}
 """The package front door, the stages' modules and the base modules the CLI's library calls

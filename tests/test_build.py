@@ -51,7 +51,8 @@ def test_build_from_a_checkpoint_exports_first(tmp_path, precision):
     ckpt = tmp_path / "vit_fmnist.safetensors"
     shutil.copy(DEMO_CHECKPOINT, ckpt)
     default = None if precision == "int8" else precision  # int8 is the cpu profile's default
-    result = build(ckpt, options=BuildOptions(precision=default, data=CALIBRATION))
+    result = build(ckpt, options=BuildOptions(precision=default, data=CALIBRATION,
+                                              backend="onnxruntime"))
     expected = ["export", "onnxruntime optimize", "verify"]
     if precision != "fp32":
         expected[1:1] = ["calibrate", "quantize"]
@@ -62,7 +63,8 @@ def test_build_from_a_checkpoint_exports_first(tmp_path, precision):
     assert (tmp_path / "vit_fmnist.onnx").is_file()
     if precision == "int8":
         assert (tmp_path / "vit_fmnist.calib.json").is_file()
-        again = build(ckpt, options=BuildOptions(data=CALIBRATION))  # reuses the calibration table
+        again = build(ckpt, options=BuildOptions(data=CALIBRATION, backend="onnxruntime"))
+        # reuses the calibration table
         assert any("reused" in n for n in again.notes)
 
 

@@ -24,7 +24,7 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from tests.conftest import DEMO_CALIBRATION, DEMO_TEST_IMAGES, collapsing_table, run_cli
-from vitedge.backends.onnxruntime.cpu import classify, cpu_int8
+from vitedge.backends.cpu_int8 import classify, cpu_int8
 from vitedge.backends.onnxruntime.int8 import seven_bit_weights
 from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
 from vitedge.compare import agreement
@@ -226,7 +226,7 @@ def test_avx2_emulated(built, test_images, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(
         "import sys, numpy as np, onnxruntime as ort\n"
-        "from vitedge.backends.onnxruntime.cpu import cpu_int8\n"
+        "from vitedge.backends.cpu_int8 import cpu_int8\n"
         "assert cpu_int8().kernel == 'avx2', cpu_int8()\n"
         "so = ort.SessionOptions(); so.intra_op_num_threads = 1\n"
         "x = np.load(sys.argv[1]); out = {}\n"

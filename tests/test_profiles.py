@@ -8,7 +8,7 @@ from vitedge.cli import main
 from vitedge.errors import VitedgeError
 from vitedge.profiles import BatchRange, available, load_profile, profile_from_dict, suggest_profile
 
-SHIPPED = ["cpu", "datacenter-gpu", "desktop-rtx", "desktop-rtx-40", "desktop-rtx-50",
+SHIPPED = ["cpu", "cpu-openvino", "datacenter-gpu", "desktop-rtx", "desktop-rtx-40", "desktop-rtx-50",
            "jetson-agx-orin", "jetson-orin-nano", "jetson-orin-nx", "jetson-thor",
            "jetson-xavier-nx", "rtx-portable"]
 

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,8 @@ def build(input_path: str | Path, output: str | Path | None = None,
         raise VitedgeError(f"no such file or folder: {src}")
     profile, name, reason = choose_profile_and_backend(options)
     backend = backends.get(name)
+    measure = options.backend == "auto" and options.profile is None and output is None and \
+        backend.runs_on_cpu
     precision = options.precision or profile.precision
     if precision not in PRECISIONS:
         raise VitedgeError(f"unknown precision '{precision}'", f"use one of {', '.join(PRECISIONS)}")
@@ -161,28 +164,124 @@ def build(input_path: str | Path, output: str | Path | None = None,
         model_for_backend = files.quantize(fp32, stem, precision, calib, options, held_out)
     reference = fp32 if manifest.precision == "fp32" and model_for_backend != fp32 else None
     inputs = _verification_inputs(options, manifest, held_out)
-    build_request = BuildRequest(
-        model_for_backend, require_manifest(load_onnx(model_for_backend), model_for_backend),
-        profile, batch, Path(options.timing_cache) if options.timing_cache else None, rep)
-    tmp = temporary_path(output)  # the artifact appears only once it is verified
+    candidates: list[Any] = []
+    quantized_manifest = require_manifest(load_onnx(model_for_backend), model_for_backend)
+    contenders = [(backend, profile, output)]
+    if measure:
+        contenders += _cpu_contenders(backend, precision, src.parent, stem)
+    made = []
     try:
-        built = files.timed(backend.build_step, lambda: backend.build(build_request, tmp))
+        for b, prof, out in contenders:
+            build_request = BuildRequest(
+                model_for_backend, replace_manifest(quantized_manifest), prof,
+                batch if b is backend else prof.batch,
+                Path(options.timing_cache) if options.timing_cache else None, rep)
+            tmp = temporary_path(out)  # an artifact appears only once it is verified
+            made.append((b, tmp))
+            several = f" ({b.name})" if len(contenders) > 1 else ""
+            try:
+                built = files.timed(b.build_step, partial(b.build, build_request, tmp))
+                verification = ({"skipped": "not verified (--no-verify)"} if inputs is None else
+                                _verify(b, built, reference, inputs, options, result,
+                                        files.timed, "verify" + several))
+            except VitedgeError as exc:
+                if len(contenders) == 1:
+                    raise
+                result.notes.append(f"{b.name} not kept: {exc.message}")
+                continue
+            candidates.append((b, prof, out, tmp, built, verification))
+        if not candidates:
+            raise VitedgeError("no CPU backend built a verified artifact",
+                               "; ".join(result.notes[-len(contenders):]))
+        chosen = _fastest(candidates, inputs, result, files.timed) if len(candidates) > 1 \
+            else candidates[0]
+        b, prof, out, tmp, built, verification = chosen
+        result.artifact, result.backend, result.profile = out, b.name, prof.name
+        result.device = b.device()
+        result.verification = verification
         result.details.update(built.details)
         result.notes.extend(built.notes)
-        if inputs is None:
-            result.verification = {"skipped": "not verified (--no-verify)"}
-        else:
-            backend.record(built, _verify(backend, built, reference, inputs, options,
-                                          result, files.timed))
-        result.size_bytes = tmp.stat().st_size
+        b.record(built, verification)
+        result.size_bytes = b.artifact_size(tmp)
         try:
-            backend.finish(built, output)
+            b.finish(built, out)
         except OSError as exc:
-            raise write_error(output, exc) from exc
+            raise write_error(out, exc) from exc
     finally:
-        backend.discard(tmp)
-        release(tmp)
+        for b, tmp in made:
+            b.discard(tmp)
+            release(tmp)
     return result
+
+
+def replace_manifest(manifest: Manifest) -> Manifest:
+    """A copy of `manifest` a backend may amend (each contender records its own build)."""
+    return Manifest.from_json(manifest.to_json())
+
+
+def _cpu_contenders(chosen: Backend, precision: str, folder: Path, stem: str
+                    ) -> list[tuple[Backend, Profile, Path]]:
+    """The other CPU backends that can build this precision here, each with its own default
+    profile and artifact name (`--backend auto` on the CPU measures them all)."""
+    from vitedge.backends.precisions import accelerated
+
+    found = []
+    for other in backends.all_backends():
+        if other is chosen or not other.runs_on_cpu or other.unavailable() is not None:
+            continue
+        prof = load_profile(other.default_profile)
+        targets = other.targets(prof)
+        if targets and all(precision in accelerated(other.precision_column(prof), t)
+                           for t in targets):
+            found.append((other, prof, folder / f"{stem}.{precision}{other.suffix}"))
+    return found
+
+
+MEASURE_SECONDS = 1.0
+"""Time each contender runs batch-1 inferences for, after its warm-up."""
+
+
+def _fastest(candidates: list[Any], inputs: Any, result: BuildResult,
+             timed: Callable[[str, Callable[[], Any]], Any]) -> Any:
+    """The candidate whose runner takes the least time per image at batch 1 on this
+    machine (median); the measurement goes into the result and the artifact's record."""
+    import statistics
+
+    x = inputs[0][:1] if inputs is not None else None
+
+    def measure() -> dict[str, float]:
+        times: dict[str, float] = {}
+        for b, _prof, _out, _tmp, built, _v in candidates:
+            with b.load_built(built) as runner:
+                sample = x if x is not None else _zeros_input(runner)
+                for _ in range(3):
+                    runner.infer(sample)
+                laps: list[float] = []
+                end = time.perf_counter() + MEASURE_SECONDS
+                while time.perf_counter() < end or len(laps) < 5:
+                    t = time.perf_counter()
+                    runner.infer(sample)
+                    laps.append((time.perf_counter() - t) * 1e3)
+                times[b.name] = round(statistics.median(laps), 3)
+        return times
+
+    times = timed("measure", measure)
+    winner = min(candidates, key=lambda c: times[c[0].name])
+    words = ", ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(times.items(),
+                                                                   key=lambda kv: kv[1]))
+    result.backend_reason = (f"the fastest CPU backend here, measured on the verified artifacts "
+                             f"(median per image at batch 1: {words})")
+    record = {"backends_ms": times, "kept": winner[0].name}
+    result.details["measured"] = record
+    winner[5]["chosen_by_measurement"] = record
+    return winner
+
+
+def _zeros_input(runner: Any) -> Any:
+    import numpy as np
+
+    shape = [1 if not isinstance(d, int) or d < 1 else d for d in runner.inputs[0].shape]
+    return np.zeros(shape, np.uint8 if runner.inputs[0].dtype == "uint8" else np.float32)
 
 
 def _check_precision(backend: Backend, profile: Profile, precision: str) -> list[str]:
@@ -397,13 +496,13 @@ def _suffix(path: Path) -> str:
 
 def _verify(backend: Backend, built: BuiltArtifact, reference: Path | None,
             inputs: tuple[Any, str, bool], options: BuildOptions, result: BuildResult,
-            timed: Callable[[str, Callable[[], Any]], Any]) -> dict[str, Any]:
+            timed: Callable[[str, Callable[[], Any]], Any], step: str = "verify"
+            ) -> dict[str, Any]:
     """The built artifact run by its own runner against the graph it came from and FP32;
     what was measured (or why nothing could be) for the artifact to record."""
     skipped = backend.cannot_run_here()
     if skipped is not None:
-        result.verification = {"skipped": skipped}
-        return result.verification
+        return {"skipped": skipped}
     from vitedge.verification import check_verification, verify_artifact
 
     def run() -> Any:
@@ -412,11 +511,10 @@ def _verify(backend: Backend, built: BuiltArtifact, reference: Path | None,
                                    options.verify, backend.name, result.device,
                                    tensorrt_graph=built.portable_graph, cpu=built.cpu)
 
-    verification = timed("verify", run)
+    verification = timed(step, run)
     check_verification(verification, lambda v: backend.disagreement(v, built))
-    result.verification = verification.to_dict()
     result.notes.extend(verification.notes)
-    return result.verification
+    return verification.to_dict()
 
 
 def _split_data(options: BuildOptions, calibrating: bool) -> tuple[Any, Any]:

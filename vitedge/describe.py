@@ -97,7 +97,8 @@ def describe(path: str | Path) -> Description:
     backend = claimant(p) if p.is_file() else None
     if backend is not None and not backend.onnx_artifact:
         data = backend.describe(p)
-        verification = data.get("engine", {}).get("verification") or {}
+        verification = data.get("verification") or \
+            data.get("engine", {}).get("verification") or {}
         return Description(data, f"{path} ({data['size_bytes'] / 1e6:.1f} MB)",
                            [*backend.inspect_rows(data), ("verified", verification_line(verification))])
     info = describe_onnx(path)

@@ -25,6 +25,7 @@ BACKENDS: dict[str, str] = {
     "onnxruntime": "vitedge.backends.onnxruntime.backend:OnnxRuntimeBackend",
     "tensorrt": "vitedge.backends.tensorrt.backend:TensorRTBackend",
     "tensorrt-rtx": "vitedge.backends.tensorrt_rtx.backend:TensorRTRTXBackend",
+    "openvino": "vitedge.backends.openvino.backend:OpenVINOBackend",
 }
 """backend name -> its Backend class ("module:Class"), imported on first use."""
 

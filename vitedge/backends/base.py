@@ -239,6 +239,9 @@ class Backend(ABC):
     """Its device-profile section: (TOML table name, the dataclass it is read into)."""
     default_profile: ClassVar[str] = "cpu"
     """The device profile a build for this backend uses when none is given."""
+    runs_on_cpu: ClassVar[bool] = False
+    """Its artifacts run on this machine's CPU: where several such backends can build here,
+    `--backend auto` for the CPU builds each and keeps the fastest (measured)."""
 
     # --- here, on this machine --------------------------------------------------------
 
@@ -304,6 +307,10 @@ class Backend(ABC):
     def describe(self, path: Path) -> dict[str, Any]:
         """`vitedge inspect --json` of an artifact that is not an ONNX model."""
         raise VitedgeError(f"{path.name}: the {self.name} backend cannot describe its artifact")
+
+    def artifact_size(self, path: Path) -> int:
+        """Bytes of the artifact and what lies beside it as part of it."""
+        return path.stat().st_size
 
     def inspect_rows(self, description: dict[str, Any]) -> list[tuple[str, str]]:
         """`vitedge inspect`'s rows for what the build recorded (`source` of an ONNX

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 from vitedge.errors import VitedgeError
 
-COLUMNS = ("tensorrt-10", "tensorrt-11", "tensorrt-rtx", "onnxruntime")
+COLUMNS = ("tensorrt-10", "tensorrt-11", "tensorrt-rtx", "onnxruntime", "openvino")
 COLUMN_NAMES = {"tensorrt-10": "TensorRT 10.x", "tensorrt-11": "TensorRT 11.x",
-                "tensorrt-rtx": "TensorRT for RTX", "onnxruntime": "ONNX Runtime (CPU)"}
+                "tensorrt-rtx": "TensorRT for RTX", "onnxruntime": "ONNX Runtime (CPU)",
+                "openvino": "OpenVINO (CPU)"}
 ALL_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-wo", "int4-wo", "fp8", "nvfp4")
 MADE = ("fp32", "fp16", "int8", "fp8", "nvfp4")
 """The precisions vitedge quantizes to (the others are in the table for completeness)."""
@@ -83,9 +84,10 @@ TARGETS: tuple[Target, ...] = (
             "tensorrt-rtx": _RTX + " fp8 nvfp4"},
            f"{SOURCE_TRT}; {SOURCE_RTX} (12.1 from 1.5)"),
     Target("cpu", "x86-64 and Arm CPUs",
-           {"onnxruntime": "fp32 int8"},
-           "ONNX Runtime's CPU kernels: integer GEMMs (VNNI / AVX2 / NEON), no FP8 or FP4 "
-           "math; FP16 runs through casts on most x86 CPUs"),
+           {"onnxruntime": "fp32 int8", "openvino": "fp32 int8"},
+           "ONNX Runtime's and OpenVINO's CPU kernels: integer GEMMs (VNNI / AMX / AVX2 / "
+           "NEON), no FP8 or FP4 math; FP16 runs through casts on most x86 CPUs; OpenVINO runs "
+           "the float parts in BF16 where the CPU has AVX-512 BF16 or AMX (its precision hint)"),
 )
 
 SLOW: dict[tuple[str, str], str] = {
@@ -96,6 +98,8 @@ SLOW: dict[tuple[str, str], str] = {
     ("onnxruntime", "fp16"): (
         "ONNX Runtime's CPU kernels compute FP16 through casts on most x86 CPUs: no faster than "
         "FP32"),
+    ("openvino", "fp16"): (
+        "OpenVINO's CPU plugin computes an FP16 graph in FP32 (or BF16): no faster than FP32"),
 }
 """(column, precision) -> what a precision that builds there but is not accelerated becomes."""
 

@@ -17,8 +17,10 @@ from rich.table import Table
 
 from vitedge.report import Reporter
 
-out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
-"""Piped into a log, tables keep their columns instead of folding at 80 characters."""
+out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200,
+              soft_wrap=not sys.stdout.isatty())
+"""Piped into a log, tables keep their columns instead of folding at 80 characters, and a
+line with a long path stays one line for grep."""
 err = Console(stderr=True, soft_wrap=True)  # an error line or a path is never broken in two
 
 

@@ -5,6 +5,7 @@ onnxruntime build has them).
   checks, inspect rows, Triton model, the build and what verification compares it with);
 - build side: `build.py` (`build_onnxruntime`: ONNX Runtime's portable optimizations,
   vitedge's attention fusions `fusions.py`, the INT8 encoding that is exact on every CPU
-  `int8.py`), saved as `.ort.onnx` with the manifest inside;
+  `int8.py`, from `vitedge.backends.cpu_int8`, which the CPU backends share), saved as
+  `.ort.onnx` with the manifest inside;
 - run side: `runner.py` (`OnnxRuntimeRunner`, on `vitedge.sessions`, the one session
-  factory), `cpu.py` (which INT8 kernels this CPU gets)."""
+  factory)."""

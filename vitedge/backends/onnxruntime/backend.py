@@ -71,6 +71,7 @@ class OnnxRuntimeBackend(Backend):
     runner = "vitedge.backends.onnxruntime.runner:OnnxRuntimeRunner"
     onnx_artifact = True
     settings = ("onnxruntime", OnnxRuntimeSettings)
+    runs_on_cpu = True
 
     def version(self) -> str | None:
         try:
@@ -85,12 +86,12 @@ class OnnxRuntimeBackend(Backend):
     def device(self) -> str:
         import os
 
-        from vitedge.backends.onnxruntime.cpu import cpu_int8, cpu_name
+        from vitedge.backends.cpu_int8 import cpu_int8, cpu_name
 
         return f"CPU: {cpu_name()}, {os.cpu_count()} cores, INT8 kernels {cpu_int8().kernel}"
 
     def machine_facts(self) -> dict[str, Any]:
-        from vitedge.backends.onnxruntime.cpu import cpu_int8, cpu_name
+        from vitedge.backends.cpu_int8 import cpu_int8, cpu_name
 
         cpu = cpu_int8()
         return {"cpu": cpu_name(), "cpu_features": list(cpu.features),
@@ -113,7 +114,7 @@ class OnnxRuntimeBackend(Backend):
             providers = ", ".join(p.replace("ExecutionProvider", "")
                                   for p in onnxruntime.get_available_providers())
             checks = [Check("onnxruntime", True, f"{version} (providers: {providers})")]
-        from vitedge.backends.onnxruntime.cpu import cpu_int8, cpu_name
+        from vitedge.backends.cpu_int8 import cpu_int8, cpu_name
 
         return [*checks, Check("cpu", True, f"{cpu_name()}: {cpu_int8().describe()}")]
 
@@ -193,8 +194,8 @@ class OnnxRuntimeBackend(Backend):
     # --- build -----------------------------------------------------------------------------
 
     def build(self, request: BuildRequest, path: Path) -> BuiltArtifact:
+        from vitedge.backends.cpu_int8 import cpu_int8
         from vitedge.backends.onnxruntime.build import build_onnxruntime
-        from vitedge.backends.onnxruntime.cpu import cpu_int8
         from vitedge.graph import load_onnx
 
         notes = (["--timing-cache applies to TensorRT builds only"]
@@ -247,7 +248,7 @@ class OnnxRuntimeBackend(Backend):
         graph in float (`in_float`) keeps, a note says so and why."""
         import onnx
 
-        from vitedge.backends.onnxruntime.cpu import cpu_int8
+        from vitedge.backends.cpu_int8 import cpu_int8
         from vitedge.backends.onnxruntime.int8 import seven_bit_weights
         from vitedge.compare import agreement
         from vitedge.sessions import graph_output

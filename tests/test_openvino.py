@@ -1,0 +1,133 @@
+"""OpenVINO as a backend, for real: vitedge's own FP32 and INT8 Q/DQ graphs built into an
+OpenVINO IR, run through the one runner interface and checked against ONNX Runtime computing
+the same graph; the 7-bit weight encoding that keeps OpenVINO's AVX2 kernels exact; the IR
+refused when its weights change; and `vitedge build` with no backend named building for
+every CPU backend here and keeping the one it measured fastest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import onnx
+import pytest
+
+from tests.conftest import DEMO_CALIBRATION, run_cli
+from vitedge.backends import load_runner
+from vitedge.compare import agreement
+from vitedge.deploy import BuildOptions, build
+from vitedge.sessions import graph_output
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def work(demo_fp32, tmp_path_factory):
+    d = tmp_path_factory.mktemp("openvino")
+    shutil.copy(demo_fp32, d / "m.onnx")
+    return d
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_ir_computes_the_graph_it_was_built_from(work, demo_images, precision, capsys):
+    out = work / f"m.{precision}.ov.xml"
+    result = build(work / "m.onnx", out, BuildOptions(precision=precision,
+                                                      data=str(DEMO_CALIBRATION),
+                                                      backend="openvino"))
+    assert result.backend == "openvino" and out.is_file() and out.with_suffix(".bin").is_file()
+    assert result.verification["vs_graph"]["top1_agreement"] >= 0.99
+    assert result.size_bytes == out.stat().st_size + out.with_suffix(".bin").stat().st_size
+    graph = onnx.load(str(work / ("m.onnx" if precision == "fp32" else "m.int8.onnx")))
+    if precision == "int8":
+        from vitedge.backends.cpu_int8 import seven_bit_weights
+
+        seven_bit_weights(graph)  # what the IR holds, and ONNX Runtime runs exactly too
+    reference = graph_output(graph, demo_images, "none")
+    with load_runner(out) as runner:
+        assert runner.backend == "openvino" and runner.concurrent
+        got = runner.infer(demo_images)
+    same = agreement(reference, got)
+    assert same.top1_agreement == 1.0 and same.cosine > 0.9999, same.describe()
+    code, text, err = run_cli(["inspect", str(out), "--json"], capsys)
+    assert code == 0, err
+    shown = json.loads(text)
+    assert shown["precision"] == precision and shown["openvino"]["bin_sha256"]
+    assert shown["verification"]["vs_graph"]["top1_agreement"] >= 0.99
+    code, text, err = run_cli(["predict", str(out), str(sorted(DEMO_CALIBRATION.rglob("*.png"))[0]),
+                               "--json"], capsys)
+    assert code == 0, err
+
+
+def test_8_bit_weights_are_what_openvinos_avx2_kernels_get_wrong(work, demo_images):
+    """On a CPU without VNNI, OpenVINO's integer kernels saturate as ONNX Runtime's do; with
+    the 7-bit encoding every CPU class computes the graph's numbers."""
+    import openvino as ov
+
+    from vitedge.backends.cpu_int8 import cpu_int8, seven_bit_weights
+
+    build(work / "m.onnx", work / "q.int8.ov.xml", BuildOptions(
+        precision="int8", data=str(DEMO_CALIBRATION), backend="openvino"))
+    graph8 = onnx.load(str(work / "m.int8.onnx"))
+    graph7 = onnx.ModelProto()
+    graph7.CopyFrom(graph8)
+    seven_bit_weights(graph7)
+    core = ov.Core()
+    results = {}
+    for bits, graph in ((8, graph8), (7, graph7)):
+        path = work / f"w{bits}.onnx"
+        onnx.save(graph, str(path))
+        compiled = core.compile_model(ov.convert_model(str(path)), "CPU",
+                                      {"INFERENCE_PRECISION_HINT": "f32"})
+        got = compiled({0: demo_images})[compiled.outputs[0]]
+        results[bits] = agreement(graph_output(graph, demo_images, "none"), got)
+    assert results[7].top1_agreement == 1.0 and results[7].cosine > 0.9999
+    if cpu_int8().saturates:
+        assert results[8].cosine < results[7].cosine
+    else:
+        assert results[8].top1_agreement >= 0.99
+
+
+def test_a_changed_or_missing_weights_file_is_refused_in_one_line(work, tmp_path, capsys):
+    out = tmp_path / "m.fp32.ov.xml"
+    build(work / "m.onnx", out, BuildOptions(precision="fp32", data=str(DEMO_CALIBRATION),
+                                             backend="openvino"))
+    weights = out.with_suffix(".bin")
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    image = str(sorted(DEMO_CALIBRATION.rglob("*.png"))[0])
+    code, _, err = run_cli(["predict", str(out), image], capsys)
+    assert code == 1 and "was changed or replaced" in err and len(err.strip().splitlines()) == 1
+    weights.unlink()
+    code, _, err = run_cli(["predict", str(out), image], capsys)
+    assert code == 1 and "which is missing" in err and "Traceback" not in err
+
+
+def test_build_without_a_backend_measures_every_cpu_backend_and_keeps_the_faster(work, tmp_path):
+    model = tmp_path / "m.onnx"
+    shutil.copy(work / "m.onnx", model)
+    result = build(model, options=BuildOptions(precision="int8", data=str(DEMO_CALIBRATION)))
+    measured = result.details["measured"]
+    assert set(measured["backends_ms"]) == {"onnxruntime", "openvino"}
+    fastest = min(measured["backends_ms"], key=measured["backends_ms"].get)
+    assert result.backend == measured["kept"] == fastest
+    assert "measured" in result.backend_reason and "measure" in result.steps
+    assert {"verify (onnxruntime)", "verify (openvino)"} <= set(result.steps)
+    suffix = {"onnxruntime": ".int8.ort.onnx", "openvino": ".int8.ov.xml"}[fastest]
+    assert result.artifact == tmp_path / f"m{suffix}"
+    left = {p.name for p in tmp_path.iterdir()}  # the other contender left nothing behind
+    unkept = {"onnxruntime": {"m.int8.ov.xml", "m.int8.ov.bin"},
+              "openvino": {"m.int8.ort.onnx"}}[fastest]
+    assert not unkept & left, left
+    with load_runner(result.artifact) as runner:  # the artifact records why it was kept
+        assert runner.backend == fastest
+    assert result.verification["chosen_by_measurement"]["kept"] == fastest
+
+
+def test_doctor_and_profiles_show_openvino(capsys):
+    code, out, _ = run_cli(["doctor", "--json"], capsys)
+    checks = {c["name"]: c for c in json.loads(out)["checks"]}
+    assert checks["openvino"]["ok"] and "CPU" in checks["openvino"]["detail"]
+    code, out, _ = run_cli(["profiles", "cpu-openvino", "--json"], capsys)
+    profile = json.loads(out)
+    assert profile["backend"] == "openvino" and profile["openvino"]["precision_hint"] == "auto"

@@ -1,0 +1,189 @@
+"""OpenVINO as a `Backend`: vitedge's FP32 or INT8 Q/DQ graph as an OpenVINO IR
+(`MODEL.PRECISION.ov.xml` + `.ov.bin`), run on the CPU with the precision hint the CPU
+computes best (BF16 for the float parts on AVX-512 BF16 / AMX, else FP32; INT8 on VNNI / AMX,
+or exactly on AVX2 with 7-bit weights), verified at build like every backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitedge.backends.base import Backend, BuildRequest, BuiltArtifact, Check, Runner
+from vitedge.errors import VitedgeError
+
+PRECISION_HINTS = ("auto", "f32", "bf16")
+MAX_THREADS = 1024
+
+
+@dataclass(frozen=True)
+class OpenVINOSettings:
+    """A device profile's `[openvino]` table."""
+
+    threads: int = 0
+    """0: OpenVINO's choice (its LATENCY hint: every physical core)."""
+    precision_hint: str = "auto"
+    """The float parts' precision: auto (BF16 where the CPU has AVX-512 BF16 or AMX, else
+    FP32), f32 (always FP32: the closest to the graph), or bf16."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.threads <= MAX_THREADS:
+            raise VitedgeError(f"openvino.threads must be 0 (automatic) to {MAX_THREADS}")
+        if self.precision_hint not in PRECISION_HINTS:
+            raise VitedgeError(f"openvino.precision_hint must be one of "
+                               f"{', '.join(PRECISION_HINTS)}")
+
+
+class OpenVINOBackend(Backend):
+    name = "openvino"
+    product = "OpenVINO"
+    suffix = ".ov.xml"
+    build_step = "openvino convert"
+    runner = "vitedge.backends.openvino.runner:OpenVINORunner"
+    settings = ("openvino", OpenVINOSettings)
+    default_profile = "cpu-openvino"
+    runs_on_cpu = True
+
+    def version(self) -> str | None:
+        try:
+            import openvino
+        except ImportError:
+            return None
+        return str(openvino.__version__).split("-")[0]
+
+    def unavailable(self) -> str | None:
+        return None if self.version() else "OpenVINO is not installed (pip install openvino)"
+
+    def require(self) -> None:
+        from vitedge.backends.openvino.build import require_openvino
+
+        require_openvino()
+
+    def device(self) -> str:
+        import os
+
+        from vitedge.backends.cpu_int8 import cpu_name
+
+        return f"CPU: {cpu_name()}, {os.cpu_count()} cores (OpenVINO)"
+
+    def machine_facts(self) -> dict[str, Any]:
+        import openvino as ov
+
+        from vitedge.backends.openvino.runner import cpu_capabilities
+
+        return {"openvino_cpu_capabilities": cpu_capabilities(ov.Core())}
+
+    def doctor(self) -> list[Check]:
+        version = self.version()
+        if version is None:
+            return [Check("openvino", False, "not installed",
+                          "x86 CPUs with AVX-512 / AMX (Zen 4+, Xeon, Core Ultra): pip install "
+                          "'vitedge[openvino]'")]
+        import openvino as ov
+
+        from vitedge.backends.openvino.runner import cpu_capabilities, inference_precision
+
+        core = ov.Core()
+        caps = cpu_capabilities(core)
+        return [Check("openvino", True, f"{version}: devices {', '.join(core.available_devices)}; "
+                                        f"CPU computes {', '.join(caps)} (float parts in "
+                                        f"{inference_precision('auto', caps).upper()})")]
+
+    # --- precisions ------------------------------------------------------------------------
+
+    def precision_column(self, profile: Any) -> str:
+        return "openvino"
+
+    # --- artifacts -------------------------------------------------------------------------
+
+    def claims(self, path: Path) -> bool:
+        """A vitedge OpenVINO IR: an .xml whose runtime information carries a manifest."""
+        if not path.name.endswith(".xml") or not path.is_file():
+            return False
+        try:
+            with open(path, "rb") as f:
+                head = f.read(1 << 20)
+        except OSError:
+            return False
+        return b"<net " in head[:4096] and b"vitedge" in head
+
+    def load(self, path: str | Path, threads: int | None = None, device: str | None = None,
+             cuda_graph: bool = False) -> Runner:
+        from vitedge.backends.openvino.runner import OpenVINORunner
+
+        if cuda_graph:
+            raise VitedgeError(f"{Path(path).name} is an OpenVINO IR: CUDA graphs are for "
+                               "TensorRT engines", "drop cuda_graph")
+        return OpenVINORunner(path, threads, device)
+
+    def describe(self, path: Path) -> dict[str, Any]:
+        import json
+
+        from vitedge.backends.openvino.build import read_ir, weights_path
+
+        model, manifest, info = read_ir(path)
+        io = {kind: [{"name": p.get_any_name(), "shape": str(p.get_partial_shape()),
+                      "dtype": np.dtype(p.get_element_type().to_dtype()).name} for p in ports]
+              for kind, ports in (("inputs", model.inputs), ("outputs", model.outputs))}
+        return {"artifact": str(path), "size_bytes": self.artifact_size(path),
+                "weights": weights_path(path).name, "precision": manifest.precision,
+                "manifest": json.loads(manifest.to_json()), "openvino": {**info, **io},
+                "verification": info.get("verification") or {}}
+
+    def artifact_size(self, path: Path) -> int:
+        from vitedge.backends.openvino.build import weights_path
+
+        return path.stat().st_size + weights_path(path).stat().st_size
+
+    def inspect_rows(self, description: dict[str, Any]) -> list[tuple[str, str]]:
+        d = description["openvino"]
+        bits = d.get("int8_weight_bits")
+        io = [(kind, ", ".join(f"{v['name']} {v['shape']} {v['dtype']}" for v in d[kind]))
+              for kind in ("inputs", "outputs")]
+        return [("built", f"OpenVINO {d.get('openvino_version', '')}, {description['precision']},"
+                          f" float parts: precision hint {d.get('precision_hint', 'auto')}"
+                          + (f", INT8 weights {bits}-bit (exact on every CPU)" if bits else "")),
+                *io, ("weights", f"{description['weights']} (sha256 {d['bin_sha256'][:16]}...)")]
+
+    # --- build -----------------------------------------------------------------------------
+
+    def build(self, request: BuildRequest, path: Path) -> BuiltArtifact:
+        from vitedge.backends.openvino.build import build_openvino
+
+        notes = (["--timing-cache applies to TensorRT builds only"]
+                 if request.timing_cache else [])
+        if request.manifest.precision not in ("fp32", "fp16", "int8"):
+            raise VitedgeError(f"OpenVINO on the CPU runs fp32, fp16 and int8 graphs, not "
+                               f"{request.manifest.precision}", "--precision int8 or fp32")
+        built = build_openvino(request.model, path, request.manifest, request.profile)
+        graph = ("its Q/DQ graph (7-bit weights) computed in float"
+                 if request.manifest.precision == "int8" else "the ONNX model it was built from")
+        return BuiltArtifact(path, built.graph, graph, {"openvino": dict(built.info)}, notes,
+                             state=(built, request.profile))
+
+    def load_built(self, built: BuiltArtifact) -> Runner:
+        _, profile = built.state
+        return self.load(built.path, profile.openvino.threads or None)
+
+    def record(self, built: BuiltArtifact, verification: dict[str, Any]) -> None:
+        from vitedge.backends.openvino.build import write_ir
+
+        artifact, _ = built.state
+        artifact.info["verification"] = verification
+        write_ir(artifact, built.path)
+
+    def finish(self, built: BuiltArtifact, final: Path) -> None:
+        """The weights file first, the .xml (what names the artifact) last."""
+        from vitedge.backends.openvino.build import weights_path
+        from vitedge.fileio import publish
+
+        publish(weights_path(built.path), weights_path(final))
+        publish(built.path, final)
+
+    def profile_rows(self, profile: Any) -> list[tuple[str, str]]:
+        s = profile.openvino
+        floats = ("BF16 where the CPU has it, else FP32" if s.precision_hint == "auto"
+                  else s.precision_hint.upper())
+        return [("openvino", f"threads {s.threads or 'automatic'}, float parts {floats}")]

@@ -1,0 +1,101 @@
+"""Run an OpenVINO IR vitedge built: compiled for this machine's CPU (or OpenVINO's GPU / NPU
+where asked and present) with the precision hint its profile chose, one infer request per
+thread (several threads may infer at once)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitedge.backends.base import Runner, TensorInfo
+from vitedge.backends.openvino.build import read_ir, require_openvino
+from vitedge.errors import VitedgeError
+
+
+def cpu_capabilities(core: Any) -> list[str]:
+    """OpenVINO's OPTIMIZATION_CAPABILITIES of the CPU device (FP32, INT8, BF16, ...)."""
+    try:
+        return [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+    except Exception:  # noqa: BLE001 - no CPU plugin: nothing to report
+        return []
+
+
+def inference_precision(policy: str, capabilities: list[str]) -> str:
+    """The INFERENCE_PRECISION_HINT for a profile's `precision_hint` on this CPU: auto is BF16
+    where the CPU computes it natively (AVX-512 BF16, AMX), else FP32."""
+    if policy == "auto":
+        return "bf16" if "BF16" in capabilities else "f32"
+    return policy
+
+
+class OpenVINORunner(Runner):
+    backend = "openvino"
+    concurrent = True
+
+    def __init__(self, path: str | Path, threads: int | None = None, device: str | None = None):
+        ov = require_openvino()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise VitedgeError(f"no such file: {self.path}")
+        model, self.manifest, self.info = read_ir(self.path)
+        self.warnings = []
+        core = ov.Core()
+        target = "GPU" if device == "gpu" else "CPU"
+        if target not in core.available_devices:
+            raise VitedgeError(f"OpenVINO has no {target} device here (it has "
+                               f"{', '.join(core.available_devices) or 'none'})",
+                               "run it on the CPU (drop --device gpu)")
+        self.capabilities = cpu_capabilities(core)
+        self.precision_hint = inference_precision(
+            str(self.manifest.source.get("precision_hint", "auto")), self.capabilities)
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if target == "CPU":
+            config["INFERENCE_PRECISION_HINT"] = self.precision_hint
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = int(threads)
+        if self.precision_hint == "bf16":
+            self.warnings.append(f"{self.path.name}: OpenVINO runs its float operations in BF16 "
+                                 "on this CPU (AVX-512 BF16 / AMX), as the build verified")
+        try:
+            self.compiled = core.compile_model(model, target, config)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own exception types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise VitedgeError(f"OpenVINO cannot compile {self.path.name} for {target}: "
+                               f"{first}") from None
+        self.device = target
+        self.inputs = [_info(p) for p in self.compiled.inputs]
+        self.outputs = [_info(p) for p in self.compiled.outputs]
+        self.input_dtype = np.uint8 if self.inputs[0].dtype == "uint8" else np.float32
+        self._local = threading.local()
+
+    def _request(self) -> Any:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        return request
+
+    def infer_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        self._check_open()
+        request = self._request()
+        request.infer({0: np.ascontiguousarray(x, self.input_dtype)})
+        # the request's output buffers are reused by its next inference: copies
+        return {name: np.array(request.get_output_tensor(i).data)
+                for i, name in enumerate(self.output_names)}
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "device": self.device,
+                "precision_hint": self.precision_hint,
+                "openvino_version": self.info.get("openvino_version")}
+
+    def _release(self) -> None:
+        self.compiled = None
+        self._local = threading.local()
+
+
+def _info(port: Any) -> TensorInfo:
+    shape = tuple(int(d.get_length()) if d.is_static else "?" for d in port.get_partial_shape())
+    dtype = np.dtype(port.get_element_type().to_dtype()).name
+    return TensorInfo(port.get_any_name(), shape, dtype)
