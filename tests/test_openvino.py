@@ -48,6 +48,15 @@ def test_the_ir_computes_the_graph_it_was_built_from(work, demo_images, precisio
         got = runner.infer(demo_images)
     same = agreement(reference, got)
     assert same.top1_agreement == 1.0 and same.cosine > 0.9999, same.describe()
+    runs = result.details["openvino"]["runs_as"]  # which layers OpenVINO ran in what
+    if precision == "int8":  # every Linear (4 a block), the patch projection and the head
+        depth = len([n for n in onnx.load(str(work / "m.onnx")).graph.node
+                     if n.op_type == "LayerNormalization"]) // 2  # 2 a block, 1 at the end
+        assert sum(runs["i8"].get(k, 0) for k in ("FullyConnected", "Convolution")) \
+            == 4 * depth + 2, runs
+        assert not any("run in float" in n for n in result.notes)
+    else:
+        assert "i8" not in runs and "f32" in runs
     code, text, err = run_cli(["inspect", str(out), "--json"], capsys)
     assert code == 0, err
     shown = json.loads(text)

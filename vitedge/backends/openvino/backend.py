@@ -138,6 +138,8 @@ class OpenVINOBackend(Backend):
         return path.stat().st_size + weights_path(path).stat().st_size
 
     def inspect_rows(self, description: dict[str, Any]) -> list[tuple[str, str]]:
+        from vitedge.backends.openvino.runner import runs_as_words
+
         d = description["openvino"]
         bits = d.get("int8_weight_bits")
         io = [(kind, ", ".join(f"{v['name']} {v['shape']} {v['dtype']}" for v in d[kind]))
@@ -145,7 +147,9 @@ class OpenVINOBackend(Backend):
         return [("built", f"OpenVINO {d.get('openvino_version', '')}, {description['precision']},"
                           f" float parts: precision hint {d.get('precision_hint', 'auto')}"
                           + (f", INT8 weights {bits}-bit (exact on every CPU)" if bits else "")),
-                *io, ("weights", f"{description['weights']} (sha256 {d['bin_sha256'][:16]}...)")]
+                *io, ("weights", f"{description['weights']} (sha256 {d['bin_sha256'][:16]}...)"),
+                *([("runs as", "at build: " + runs_as_words(d["runs_as"]))]
+                  if d.get("runs_as") else [])]
 
     # --- build -----------------------------------------------------------------------------
 
@@ -164,8 +168,22 @@ class OpenVINOBackend(Backend):
                              state=(built, request.profile))
 
     def load_built(self, built: BuiltArtifact) -> Runner:
-        _, profile = built.state
-        return self.load(built.path, profile.openvino.threads or None)
+        """The runner verification uses; what OpenVINO made of the graph on this CPU (which
+        layers run in INT8, BF16, FP32) goes into the build record and the notes."""
+        from vitedge.backends.openvino.runner import WEIGHTED, runs_as, runs_as_words
+
+        artifact, profile = built.state
+        runner = self.load(built.path, profile.openvino.threads or None)
+        found = runs_as(runner.compiled)  # type: ignore[attr-defined]
+        if artifact.info.get("runs_as") != found:
+            artifact.info["runs_as"] = built.details["openvino"]["runs_as"] = found
+            int8 = sum(n for k, n in found.get("i8", {}).items() if k in WEIGHTED)
+            quantized = artifact.info.get("quantized_layers", 0)
+            built.notes.append(f"OpenVINO runs on this CPU: {runs_as_words(found)}")
+            if quantized and int8 < quantized:
+                built.notes.append(f"{quantized - int8} of the {quantized} quantized layers run "
+                                   "in float here, not INT8 (verification measured the result)")
+        return runner
 
     def record(self, built: BuiltArtifact, verification: dict[str, Any]) -> None:
         from vitedge.backends.openvino.build import write_ir

@@ -80,10 +80,21 @@ def build_openvino(onnx_path: Path, xml: Path, manifest: Manifest, profile: Prof
                        "precision_hint": settings.precision_hint,
                        **({"int8_weight_bits": WEIGHT_BITS} if int8 else {})}
     info = {"openvino_version": version, "precision_hint": settings.precision_hint,
-            "threads": settings.threads, "int8_weight_bits": WEIGHT_BITS if int8 else None}
+            "threads": settings.threads, "int8_weight_bits": WEIGHT_BITS if int8 else None,
+            "quantized_layers": quantized_layers(graph) if int8 else 0}
     built = OpenVINOBuild(model, graph, manifest, info)
     write_ir(built, xml)
     return built
+
+
+def quantized_layers(graph: onnx.ModelProto) -> int:
+    """MatMul / Gemm / Conv nodes of a Q/DQ graph whose weight comes through a
+    DequantizeLinear: the layers an INT8 kernel should run."""
+    dequantized = {o for n in graph.graph.node if n.op_type == "DequantizeLinear"
+                   for o in n.output}
+    return sum(1 for n in graph.graph.node
+               if n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1
+               and n.input[1] in dequantized)
 
 
 def write_ir(built: OpenVINOBuild, xml: Path) -> None:

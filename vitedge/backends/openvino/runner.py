@@ -31,6 +31,35 @@ def inference_precision(policy: str, capabilities: list[str]) -> str:
     return policy
 
 
+MOVES_DATA = {"Const", "Input", "Output", "Parameter", "Result", "Reshape", "Reorder",
+              "Transpose", "ShapeOf", "Split", "Concatenation", "Broadcast", "Gather"}
+"""Runtime layer types that move or shape data rather than compute: left out of `runs_as`."""
+WEIGHTED = {"Convolution", "FullyConnected", "MatMul", "Gemm"}
+
+
+def runs_as(compiled: Any) -> dict[str, dict[str, int]]:
+    """How OpenVINO executes a compiled model: {runtime precision: {layer type: count}} of
+    its computing layers (what it fused, and which ran in INT8, BF16 or FP32 on this CPU)."""
+    found: dict[str, dict[str, int]] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        kind = info["layerType"].astype(str)
+        if kind in MOVES_DATA:
+            continue
+        precision = info["runtimePrecision"].astype(str).lower()
+        precision = {"u8": "i8"}.get(precision, precision)
+        found.setdefault(precision, {})
+        found[precision][kind] = found[precision].get(kind, 0) + 1
+    return found
+
+
+def runs_as_words(found: dict[str, dict[str, int]]) -> str:
+    """`i8 26 (Convolution 1, FullyConnected 25), f32 60 (...)`."""
+    return "; ".join(f"{p} {sum(kinds.values())} ("
+                     + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + ")"
+                     for p, kinds in sorted(found.items()))
+
+
 class OpenVINORunner(Runner):
     backend = "openvino"
     concurrent = True
