@@ -9,15 +9,10 @@ RESULTS = Path(__file__).parent / "RESULTS.md"
 
 def machine() -> str:
     """The machine a section was measured on: CPU model, the instruction sets that decide
-    ONNX Runtime's INT8 kernels, and the cores this process may use."""
-    import os
-    import platform
+    the INT8 kernels, and the cores this process may use (`vitedge.bench.machine_line`)."""
+    from vitedge.bench import machine_line
 
-    from vitedge.bench import machine_info
-
-    m = machine_info()
-    return (f"{m['cpu']} ({platform.machine()}; {', '.join(m['cpu_features']) or 'no AVX2'}; "
-            f"INT8 kernels {m['int8_kernels']}), {len(os.sched_getaffinity(0))} cores")
+    return machine_line()
 
 
 def publish(section: str) -> None:

@@ -292,6 +292,34 @@ class FakeClock:
         return self.now
 
 
+def test_fast_path_takes_every_channel_order_as_numpy_would(demo_fp32):
+    """The fast path's colour conversion (one OpenCV pass) against numpy's own indexing."""
+    from vitedge.runtime.decode import decode_frame
+
+    rgb = np.asarray(Image.open(PHOTOS / "chelsea.jpg").convert("RGB"))
+    alpha = np.full(rgb.shape[:2], 7, np.uint8)
+    gray = np.asarray(Image.open(PHOTOS / "chelsea.jpg").convert("L"))
+    for frame, color in [(rgb[:, :, ::-1], "bgr"), (rgb, "rgb"),
+                         (np.dstack([rgb[:, :, ::-1], alpha]), "bgr"),
+                         (np.dstack([rgb, alpha]), "rgb"), (gray, "bgr")]:
+        want = np.repeat(gray[:, :, None], 3, axis=2) if frame.ndim == 2 else rgb
+        got = decode_frame(frame, color, fast=True)
+        assert got.flags.c_contiguous and np.array_equal(got, want), (frame.shape, color)
+    with vitedge.open(demo_fp32, fast=True, keep_logits=True) as pipe:
+        np.testing.assert_array_equal(pipe(rgb[:, :, ::-1].copy()).logits,
+                                      pipe(Image.fromarray(rgb)).logits)
+
+
+def test_top_classes_are_the_best_in_order():
+    from vitedge.runtime.postprocess import top_classes
+
+    logits = np.random.default_rng(0).normal(size=(4, 21843)).astype(np.float32)
+    ids, scores = top_classes(logits, 5)
+    assert np.array_equal(ids, np.argsort(-logits, axis=1)[:, :5])
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    assert np.array_equal(top_classes(logits[:, :3], 5)[0], np.argsort(-logits[:, :3], axis=1))
+
+
 def test_bench_percentiles_on_a_fake_clock(demo_fp32):
     # readings per call: bench's start; the pipeline's start, after decode, preprocess
     # and patchify; before and after infer, after postprocess; bench's end
@@ -304,6 +332,7 @@ def test_bench_percentiles_on_a_fake_clock(demo_fp32):
     assert r.stages["preprocess"].p99 == pytest.approx(2.0)
     assert r.stages["infer"].max == pytest.approx(4.0)
     assert r.end_to_end.mean == pytest.approx(8.0)
+    assert r.frame_path_share == pytest.approx((8.0 - 4.0) / 4.0)  # all but the 4 ms infer
     assert r.throughput_fps == pytest.approx(125.0)
 
 
@@ -331,7 +360,12 @@ def test_bench_cli_writes_json_csv_and_plot(demo_fp32, tmp_path, capsys):
             assert r["end_to_end"][key] > 0
     assert (tmp_path / "b.csv").read_text().count("\n") == 1 + 8 * (len(STAGES) + 1)
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
-    assert "artifacts interleaved" in stdout
+    assert "artifacts interleaved" in stdout and "of infer" in stdout
+    model_name = next((line.split(":", 1)[1].strip() for line in
+                       Path("/proc/cpuinfo").read_text().splitlines()
+                       if line.startswith("model name")), None)
+    if model_name:  # the machine is named where the numbers are
+        assert model_name in data["machine_line"] and model_name in stdout.replace("\n", "")
 
 
 def test_predict_and_run_cli(demo_fp32, tmp_path, capsys):

@@ -42,6 +42,9 @@ class BenchResult:
     one stream that is batch / mean end-to-end time; with more, batches overlap."""
     streams: int = 1
     """Batches in flight at once (`vitedge.open(..., streams=N)`)."""
+    frame_path_share: float = 0.0
+    """(end to end - inference - copies) / inference, means: what decoding, preprocessing,
+    postprocessing and the call path add to the model, as a share of it."""
     layers: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -63,6 +66,19 @@ def machine_info() -> dict[str, Any]:
             "cpus": os.cpu_count(), "python": platform.python_version(),
             "vitedge": __version__, **{b.name: b.version() for b in all_backends()},
             "gpu": f"{gpu[0]} (compute {gpu[1]})" if gpu else None, **facts}
+
+
+def machine_line(info: dict[str, Any] | None = None) -> str:
+    """The machine in one line, as every published number names it: CPU model, the
+    instruction sets that decide the INT8 kernels, and the cores this process may use."""
+    import os
+
+    m = info or machine_info()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else m["cpus"]
+    features = ", ".join(m.get("cpu_features") or []) or "no AVX2"
+    gpu = f"; GPU {m['gpu']}" if m.get("gpu") else ""
+    return (f"{m.get('cpu') or m['processor'] or 'unknown CPU'} ({m['machine']}; {features}; "
+            f"INT8 kernels {m.get('int8_kernels', 'unknown')}), {cores} cores{gpu}")
 
 
 def bench_frames(source: str | None, count: int = 32, seed: int = 0) -> list[Any]:
@@ -161,10 +177,18 @@ def _bench(pipelines: list[Pipeline], options: BenchOptions, rep: Reporter,
             iterations=done,
             stages={s: Stats.of(samples[i][s]) for s in STAGES},
             end_to_end=total, throughput_fps=count / seconds if seconds else 0.0,
-            streams=pipe.streams,
+            streams=pipe.streams, frame_path_share=frame_path_share(
+                total.mean, {s: Stats.of(samples[i][s]).mean for s in STAGES}),
             layers=layer_times(pipe, frames[:b]) if options.layers else {},
             warnings=list(pipe.warnings)))
     return results
+
+
+def frame_path_share(end_to_end_ms: float, stage_ms: dict[str, float]) -> float:
+    """The frame path's cost as a share of inference (see `BenchResult.frame_path_share`)."""
+    model = stage_ms.get("infer", 0.0)
+    moved = stage_ms.get("host_to_device", 0.0) + stage_ms.get("device_to_host", 0.0)
+    return (end_to_end_ms - model - moved) / model if model > 0 else 0.0
 
 
 def layer_times(pipe: Pipeline, frames: list[Any], runs: int = 20) -> dict[str, float]:
@@ -175,7 +199,9 @@ def layer_times(pipe: Pipeline, frames: list[Any], runs: int = 20) -> dict[str, 
 
 def results_dict(results: list[BenchResult], options: BenchOptions) -> dict[str, Any]:
     """The results, the machine and the versions, as `--json` prints them."""
-    return {"schema": 1, "machine": machine_info(), "options": asdict(options),
+    info = machine_info()
+    return {"schema": 1, "machine": info, "machine_line": machine_line(info),
+            "options": asdict(options),
             "results": [r.to_dict() for r in results]}
 
 

@@ -259,16 +259,19 @@ def bench(artifacts: tuple[str, ...], json_path: str | None, csv_path: str | Non
     warn(list(dict.fromkeys(w for r in results for w in r.warnings)), False)
     first = results[0]
     table = Table("artifact", "batch", *(f"{s} ms" for s in STAGES), "end-to-end ms",
-                  "p99 ms", "frames/s", "vs first",
+                  "frame path", "p99 ms", "frames/s", "vs first",
                   title=f"mean per call over {first.iterations} iterations, artifacts interleaved "
                         f"({first.preprocessing} preprocessing)")
     for r in results:
         streams_note = f", {r.streams} streams" if r.streams > 1 else ""
         table.add_row(f"{Path(r.artifact).name} ({r.backend}, {r.precision}{streams_note})",
                       str(r.batch), *(f"{r.stages[s].mean:.2f}" for s in STAGES),
-                      f"{r.end_to_end.mean:.2f}", f"{r.end_to_end.p99:.2f}",
+                      f"{r.end_to_end.mean:.2f}", f"{r.frame_path_share:.0%} of infer",
+                      f"{r.end_to_end.p99:.2f}",
                       f"{r.throughput_fps:.1f}", f"{r.throughput_fps / first.throughput_fps:.2f}x")
     out.print(table)
+    out.print(f"on {benchmark.machine_line()}; frame path: end to end less inference and "
+              "copies (decode, preprocess, patchify, postprocess, the call)")
     for r in results:
         if r.layers:
             top = list(r.layers.items())[:10]

@@ -54,7 +54,12 @@ def top_classes(logits: np.ndarray, k: int, score: str = "softmax"
     """(the top-k class ids (batch, k) int64, their scores (batch, k) float64), best first."""
     probs = scores(logits.astype(np.float64, copy=False), score)
     k = min(k, probs.shape[1])
-    ids = np.argsort(-probs, axis=1)[:, :k]
+    if k < probs.shape[1]:  # the k best unordered, then only they are sorted
+        best = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(probs, best, axis=1), axis=1, kind="stable")
+        ids = np.take_along_axis(best, order, axis=1)
+    else:
+        ids = np.argsort(-probs, axis=1)
     return ids, np.take_along_axis(probs, ids, axis=1)
 
 
