@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pipeline_vs_hf import PHOTOS, frames_640x480
+from pipeline_vs_hf import PHOTOS, frames_640x480, make_hf
 from results import machine, publish
 
 ROOT = Path(__file__).parents[1]
 CALIBRATION = ROOT / "calibration" / "fashion-mnist"
 HELD_OUT = ROOT / "evaluation" / "fashion-mnist"
-SIZES = {"small": (384, 6), "base": (768, 12)}
 CALIBRATION_IMAGES, FIDELITY_IMAGES = 128, 64
 ROUNDS, FRAMES, WARMUP, THREADS = 5, 20, 3, 2
 CONTENDERS = {
@@ -49,21 +48,7 @@ CONTENDERS = {
 }
 
 
-# --- made once, in child processes where torch is needed ----------------------------------
-
-def make_hf(size: str, folder: str) -> None:
-    """(child process) A random-weight ViT-{size}/16 and its processor, saved."""
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
-    hidden, heads = SIZES[size]
-    torch.manual_seed(0)
-    ViTForImageClassification(ViTConfig(
-        hidden_size=hidden, num_attention_heads=heads, intermediate_size=4 * hidden,
-        num_hidden_layers=12, image_size=224, patch_size=16, num_labels=1000)).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3,
-                      image_std=[0.5] * 3).save_pretrained(folder)
-
+# --- made once (the Hugging Face model in a child process: torch stays out of this one) ---
 
 def vitedge_cli(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "vitedge", *args, "--json"], check=True,

@@ -146,6 +146,17 @@ class Runner(ABC):
 
 # --- the build side and everything else vitedge asks of a backend --------------------------
 
+def check_choice(setting: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """A profile setting's value (or each of a list's) among `allowed`, or one line naming
+    them: `check_choice("openvino.precision_hint", "bf8", PRECISION_HINTS)`."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if not values or any(v not in allowed for v in values):
+        shown = ", ".join(map(str, values)) if values else "nothing"
+        raise VitedgeError(f"{setting} is {shown}; it must be "
+                           f"{'some' if isinstance(value, (list, tuple)) else 'one'} of "
+                           f"{', '.join(allowed)}")
+
+
 @dataclass(frozen=True)
 class Check:
     """One line of `vitedge doctor`: a component, whether it is usable, what was found, and

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from vitedge.backends.base import Backend, BuildRequest, BuiltArtifact, Check, Runner
+from vitedge.backends.base import Backend, BuildRequest, BuiltArtifact, Check, Runner, check_choice
 from vitedge.errors import VitedgeError
 
 PRECISION_HINTS = ("auto", "f32", "bf16")
@@ -31,9 +31,7 @@ class OpenVINOSettings:
     def __post_init__(self) -> None:
         if not 0 <= self.threads <= MAX_THREADS:
             raise VitedgeError(f"openvino.threads must be 0 (automatic) to {MAX_THREADS}")
-        if self.precision_hint not in PRECISION_HINTS:
-            raise VitedgeError(f"openvino.precision_hint must be one of "
-                               f"{', '.join(PRECISION_HINTS)}")
+        check_choice("openvino.precision_hint", self.precision_hint, PRECISION_HINTS)
 
 
 class OpenVINOBackend(Backend):

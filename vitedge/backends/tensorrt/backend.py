@@ -20,6 +20,7 @@ from vitedge.backends.base import (
     Runner,
     TensorInfo,
     TritonModel,
+    check_choice,
 )
 from vitedge.backends.tensorrt.flavours import TENSORRT, Flavour
 from vitedge.errors import VitedgeError
@@ -46,9 +47,8 @@ class TensorRTSettings:
             raise VitedgeError("tensorrt.optimization_level must be 0..5")
         if self.dla_core < -1:
             raise VitedgeError("tensorrt.dla_core must be -1 (none) or a core index")
-        if self.hardware_compatibility not in HARDWARE_COMPATIBILITY:
-            raise VitedgeError(f"tensorrt.hardware_compatibility '{self.hardware_compatibility}'"
-                               f" is not one of {', '.join(HARDWARE_COMPATIBILITY)}")
+        check_choice("tensorrt.hardware_compatibility", self.hardware_compatibility,
+                     HARDWARE_COMPATIBILITY)
 
 
 class TensorRTBackend(Backend):

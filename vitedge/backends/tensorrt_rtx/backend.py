@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vitedge.backends.base import BuildRequest, BuiltArtifact, Check, TritonModel
+from vitedge.backends.base import BuildRequest, BuiltArtifact, Check, TritonModel, check_choice
 from vitedge.backends.tensorrt.backend import TensorRTBackend
 from vitedge.backends.tensorrt.flavours import TENSORRT_RTX, Flavour
 from vitedge.errors import VitedgeError
@@ -34,15 +34,10 @@ class TensorRTRTXSettings:
     cuda_graph_strategy: str = "disabled"
 
     def __post_init__(self) -> None:
-        if not self.compute_capabilities or any(
-                c not in RTX_TARGETS for c in self.compute_capabilities):
-            raise VitedgeError(f"tensorrt_rtx.compute_capabilities must be some of "
-                               f"{', '.join(RTX_TARGETS)}")
-        if self.dynamic_shapes not in RTX_SPECIALIZATION:
-            raise VitedgeError(f"tensorrt_rtx.dynamic_shapes must be one of {', '.join(RTX_SPECIALIZATION)}")
-        if self.cuda_graph_strategy not in RTX_CUDA_GRAPHS:
-            raise VitedgeError(f"tensorrt_rtx.cuda_graph_strategy must be one of "
-                               f"{', '.join(RTX_CUDA_GRAPHS)}")
+        check_choice("tensorrt_rtx.compute_capabilities", self.compute_capabilities, RTX_TARGETS)
+        check_choice("tensorrt_rtx.dynamic_shapes", self.dynamic_shapes, RTX_SPECIALIZATION)
+        check_choice("tensorrt_rtx.cuda_graph_strategy", self.cuda_graph_strategy,
+                     RTX_CUDA_GRAPHS)
 
 
 class TensorRTRTXBackend(TensorRTBackend):
