@@ -194,12 +194,15 @@ def test_a_sabotaged_scale_fails_the_bound_the_real_one_keeps(demo, images):
     assert agreement(fp32, reference_output(broken, images)).top1_agreement < bound
 
 
-def test_a_family_quantizes_to_fp8_and_nvfp4(tmp_path):
-    """DINOv2 (features, its test fixture): the same reference equality, cosine with FP32."""
+@pytest.mark.parametrize("family", ["dinov2", "eva02_small"])
+def test_a_family_quantizes_to_fp8_and_nvfp4(tmp_path, family):
+    """DINOv2 and EVA-02 (features, their test fixtures): the same reference equality,
+    cosine with FP32. EVA-02's mean pooling is a ReduceMean whose `axes` moves from an
+    attribute to an input on the way to FP8's opset 19 and NVFP4's 23."""
     from vitedge.export import ExportOptions, export_onnx
 
-    fp32 = tmp_path / "dinov2.onnx"
-    export_onnx(FIXTURES / "dinov2", fp32, ExportOptions())
+    fp32 = tmp_path / f"{family}.onnx"
+    export_onnx(FIXTURES / family, fp32, ExportOptions())
     manifest = require_manifest(onnx.load(str(fp32)), fp32)
     x = np.stack(list(model_inputs(image_source(EVALUATION, 16, 0), manifest)))
     reference = graph_output(onnx.load(str(fp32)), x)

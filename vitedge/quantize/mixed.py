@@ -298,13 +298,44 @@ class _Writer:
         del self.graph.node[:]
         self.graph.node.extend(topological_order(ordered, self.graph))
         drop_unused_initializers(self.graph)
-        for entry in self.model.opset_import:
-            if entry.domain in ("", "ai.onnx"):
-                entry.version = max(entry.version, opset)
+        raise_opset(self.model, opset)
         if self.fp4 and not any(o.domain == TRT_DOMAIN for o in self.model.opset_import):
             self.model.opset_import.append(helper.make_opsetid(TRT_DOMAIN, 1))
         if self.model.ir_version < 11 and self.fp4:
             self.model.ir_version = 11  # FLOAT4E2M1 arrived with IR version 11
+
+
+AXES_BECAME_AN_INPUT = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+                        "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}
+"""Operators whose `axes` attribute became an input in opset 18 (ReduceSum's in 13)."""
+
+
+def raise_opset(model: onnx.ModelProto, opset: int) -> None:
+    """The default domain's opset raised to `opset` (FP8 Q/DQ needs 19, NVFP4 23), with the
+    nodes whose signature changed on the way rewritten to the new one: a Reduce op's `axes`
+    attribute becomes an int64 input (EVA-02's mean pooling), and a Split with neither split
+    sizes nor `num_outputs` gets `num_outputs`."""
+    entries = [e for e in model.opset_import if e.domain in ("", "ai.onnx")]
+    old = min((e.version for e in entries), default=opset)
+    if old >= opset:
+        return
+    graph = model.graph
+    if old < 18 <= opset:
+        for node in graph.node:
+            if node.op_type in AXES_BECAME_AN_INPUT:
+                axes = next((a for a in node.attribute if a.name == "axes"), None)
+                if axes is None:
+                    continue
+                name = f"{node.name or node.output[0]}.axes"
+                graph.initializer.append(numpy_helper.from_array(
+                    np.asarray(list(axes.ints), np.int64), name))
+                node.attribute.remove(axes)
+                node.input.append(name)
+            elif node.op_type == "Split" and len(node.input) < 2 and not any(
+                    a.name == "num_outputs" for a in node.attribute):
+                node.attribute.append(helper.make_attribute("num_outputs", len(node.output)))
+    for entry in entries:
+        entry.version = max(entry.version, opset)
 
 
 def _absmax(ranges: dict[str, dict[str, float]], tensor: str) -> float:
