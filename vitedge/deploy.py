@@ -201,6 +201,7 @@ def build(input_path: str | Path, output: str | Path | None = None,
         result.verification = verification
         result.details.update(built.details)
         result.notes.extend(built.notes)
+        result.notes.extend(verification.get("notes", []))  # the kept contender's only
         b.record(built, verification)
         result.size_bytes = b.artifact_size(tmp)
         try:
@@ -513,7 +514,6 @@ def _verify(backend: Backend, built: BuiltArtifact, reference: Path | None,
 
     verification = timed(step, run)
     check_verification(verification, lambda v: backend.disagreement(v, built))
-    result.notes.extend(verification.notes)
     return verification.to_dict()
 
 

@@ -56,12 +56,6 @@ class AutoChoice:
     """Layer -> format -> 1 - mean cosine with FP32 with that layer alone in that format."""
     measured_graphs: int = 0
 
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for f in self.formats.values():
-            out[f] = out.get(f, 0) + 1
-        return out
-
 
 def within_budget(a: Agreement, classifier: bool, max_drop: float) -> bool:
     """Top-1 agreement at least 1 - D/100 on the images measured (a model without classes:

@@ -26,6 +26,7 @@ and V before probabilities*V.
 from __future__ import annotations
 
 import fnmatch
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,11 +90,10 @@ class MixedPlan:
     fp32_nodes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for f in self.formats.values():
-            out[f] = out.get(f, 0) + 1
-        return out
+
+def format_counts(formats: dict[str, str]) -> dict[str, int]:
+    """How many layers each format has (layer -> format in, format -> count out)."""
+    return dict(Counter(formats.values()))
 
 
 def quantize_mixed(model: onnx.ModelProto, table: CalibrationTable, formats: dict[str, str],

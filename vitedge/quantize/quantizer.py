@@ -23,7 +23,7 @@ from vitedge.manifest import require_manifest, set_onnx_manifest
 from vitedge.options import QuantizeRequest
 from vitedge.quantize.calibrate import CalibrationTable, calibrate, default_table_path
 from vitedge.quantize.fp16 import convert_fp16
-from vitedge.quantize.mixed import layer_formats, quantize_mixed
+from vitedge.quantize.mixed import format_counts, layer_formats, quantize_mixed
 from vitedge.quantize.qdq import QuantizeOptions, plan_quantization, quantize_int8
 from vitedge.report import Reporter, reporter
 from vitedge.sessions import graph_output
@@ -70,9 +70,10 @@ class QuantizeResult:
 
     def summary_lines(self) -> list[str]:
         """What was quantized and what was kept in float, in words."""
+        counts = ", ".join(f"{n} {f}" for f, n in sorted(self.quantization.get("formats",
+                                                                                {}).items()))
         if self.auto:
             a = self.auto
-            counts = ", ".join(f"{n} {f}" for f, n in sorted(self.quantization["formats"].items()))
             lines = [f"--precision auto for {a['target']}: {counts} (of {', '.join(a['formats'])}"
                      f", base {a['base']}); {a['budget']}: "
                      + ("kept" if a["within"] else "missed") + f" ({a['measured']})"]
@@ -84,7 +85,6 @@ class QuantizeResult:
             return lines
         if self.precision in ("fp8", "nvfp4"):
             q = self.quantization
-            counts = ", ".join(f"{n} {f}" for f, n in sorted(q["formats"].items()))
             acts = {"nvfp4": "dynamic NVFP4 activations (W4A4)",
                     "fp8": "FP8 activations (W4A8)"}.get(q.get("activations", ""), "")
             return [f"layers: {counts}" + (f"; {acts}" if acts else "")
@@ -253,7 +253,7 @@ def _fp8_nvfp4(model: onnx.ModelProto, table: CalibrationTable, request: Quantiz
     result.float_layers = [n for n, f in plan.formats.items() if f == "fp16"]
     result.fp32_nodes = plan.fp32_nodes
     result.notes.extend(plan.notes)
-    info: dict[str, Any] = {"formats": plan.counts(), "attention": plan.attention != [],
+    info: dict[str, Any] = {"formats": format_counts(plan.formats), "attention": plan.attention != [],
                             "ends": q.ends, "float_layers": result.float_layers,
                             "fp32_nodes": len(plan.fp32_nodes)}
     if request.precision == "nvfp4":
@@ -290,7 +290,7 @@ def _auto(model: onnx.ModelProto, model_path: str | Path, table: CalibrationTabl
     acts = fp4_activations(request)
     q = request.qdq
     if base == "fp32":
-        layers = [n for n in plan_quantization(model, q).layers]
+        layers = list(plan_quantization(model, q).layers)
 
         def graph(assignment: dict[str, str]) -> onnx.ModelProto:
             keep = tuple(n for n, f in assignment.items() if f == "fp32")
@@ -304,9 +304,11 @@ def _auto(model: onnx.ModelProto, model_path: str | Path, table: CalibrationTabl
 
     choice = choose_formats(layers, formats, base, graph, _run_check, _run(model, x), x,
                             manifest.is_classifier, request.max_drop, rep)
-    quantized = graph(choice.formats)
-    if base == "fp16":  # as written (an NVFP4 convolution is FP8)
-        choice.formats = quantize_mixed(model, table, choice.formats, acts, q.attention)[1].formats
+    if base == "fp16":
+        quantized, plan = quantize_mixed(model, table, choice.formats, acts, q.attention)
+        choice.formats = plan.formats  # as written (an NVFP4 convolution is FP8)
+    else:
+        quantized = graph(choice.formats)
     result.formats = choice.formats
     result.quantized_layers = [n for n, f in choice.formats.items() if f != base]
     result.float_layers = [n for n, f in choice.formats.items() if f == base]
@@ -317,7 +319,7 @@ def _auto(model: onnx.ModelProto, model_path: str | Path, table: CalibrationTabl
     if not choice.within:
         result.notes.append(f"--precision auto: even with every layer in {base} the model misses "
                             f"the budget ({choice.budget}); it is written as measured")
-    info: dict[str, Any] = {"formats": choice.counts(), "per_layer": choice.formats,
+    info: dict[str, Any] = {"formats": format_counts(choice.formats), "per_layer": choice.formats,
                             "budget": choice.budget, "base": base,
                             "graph_precision": "mixed" if base == "fp16" else "int8"}
     if "nvfp4" in formats:

@@ -72,11 +72,10 @@ def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | N
         multi = stack.enter_context(MultiStream(pipe, cameras, opts.batch, opts.max_wait_ms,
                                                 source_options, log))
         last_status = 0.0
-        embeddings = True
         for result in multi:
             count += 1
             if sinks:
-                event = event_of(result, embeddings)
+                event = event_of(result)
                 for sink in sinks:
                     sink.send(event)
             out = outputs.get(result.camera)

@@ -22,7 +22,7 @@ MQTT_BUFFER = 10_000
 """Events kept while the broker is away (about 11 minutes of 15 fps camera)."""
 
 
-def event_of(result: Any, embeddings: bool = True) -> dict[str, Any]:
+def event_of(result: Any) -> dict[str, Any]:
     """A `CameraResult` as an event. `captured` is wall-clock time (Unix seconds)."""
     p = result.prediction
     captured = time.time() - (time.monotonic() - result.captured)
@@ -30,9 +30,8 @@ def event_of(result: Any, embeddings: bool = True) -> dict[str, Any]:
                              "captured": round(captured, 4),
                              "latency_ms": round(result.latency_ms, 2)}
     if p.embedding is not None:
-        event["embedding"] = ({"dim": int(p.embedding.shape[-1]),
-                               "values": [round(float(v), 6) for v in p.embedding]}
-                              if embeddings else {"dim": int(p.embedding.shape[-1])})
+        event["embedding"] = {"dim": int(p.embedding.shape[-1]),
+                              "values": [round(float(v), 6) for v in p.embedding]}
     else:
         event["top"] = [{"class_id": i, "label": label, "score": round(float(score), 6)}
                         for i, label, score in p.topk]
@@ -50,7 +49,6 @@ class JsonLines:
         self.stream.write(json.dumps(event, separators=(",", ":")) + "\n")
         self.stream.flush()
         self.written += 1
-
 
 
 @dataclass(frozen=True)
