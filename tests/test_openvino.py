@@ -46,8 +46,20 @@ def test_the_ir_computes_the_graph_it_was_built_from(work, demo_images, precisio
     with load_runner(out) as runner:
         assert runner.backend == "openvino" and runner.concurrent
         got = runner.infer(demo_images)
+        floats = runner.float_parts  # what OpenVINO reports it computes the float parts in
+        compiled = runner.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    assert floats == {"f32": "fp32", "bf16": "bf16"}[compiled]
     same = agreement(reference, got)
-    assert same.top1_agreement == 1.0 and same.cosine > 0.9999, same.describe()
+    if precision == "fp32":  # FP32 whatever the CPU: the graph's numbers to float rounding
+        assert floats == "fp32" and result.float_parts == "fp32"
+        assert same.relative <= 1e-4 and same.top1_agreement == 1.0, same.describe()
+        assert result.verification["vs_graph"]["relative"] <= 1e-4  # and the build says so
+    elif floats == "bf16":  # an INT8 build that measured BF16 float parts faster on this CPU
+        assert "BF16" in runner.capabilities and "measured faster" in " ".join(result.notes)
+        assert same.top1_agreement >= 0.99 and same.cosine > 0.999, same.describe()
+    else:  # integer kernels with FP32 float parts: exactly the graph's Q/DQ arithmetic
+        assert same.top1_agreement == 1.0 and same.cosine > 0.9999, same.describe()
+    assert result.verification["float_parts"] == floats
     runs = result.details["openvino"]["runs_as"]  # which layers OpenVINO ran in what
     if precision == "int8":  # every Linear (4 a block), the patch projection and the head
         depth = len([n for n in onnx.load(str(work / "m.onnx")).graph.node
@@ -56,11 +68,12 @@ def test_the_ir_computes_the_graph_it_was_built_from(work, demo_images, precisio
             == 4 * depth + 2, runs
         assert not any("run in float" in n for n in result.notes)
     else:
-        assert "i8" not in runs and "f32" in runs
+        assert "i8" not in runs and "bf16" not in runs and "f32" in runs
     code, text, err = run_cli(["inspect", str(out), "--json"], capsys)
     assert code == 0, err
     shown = json.loads(text)
     assert shown["precision"] == precision and shown["openvino"]["bin_sha256"]
+    assert shown["openvino"]["float_parts"] == floats
     assert shown["verification"]["vs_graph"]["top1_agreement"] >= 0.99
     code, text, err = run_cli(["predict", str(out), str(sorted(DEMO_CALIBRATION.rglob("*.png"))[0]),
                                "--json"], capsys)
@@ -140,3 +153,49 @@ def test_doctor_and_profiles_show_openvino(capsys):
     code, out, _ = run_cli(["profiles", "cpu-openvino", "--json"], capsys)
     profile = json.loads(out)
     assert profile["backend"] == "openvino" and profile["openvino"]["precision_hint"] == "auto"
+
+
+def test_bf16_is_a_precision_of_its_own_where_the_cpu_computes_it(work, demo_images, capsys):
+    """--precision bf16: the FP32 model computed in BF16, on a CPU that has BF16 arithmetic
+    (OpenVINO's own capability list decides), its agreement with the FP32 graph shown; on a
+    CPU without it, refused in one line. ONNX Runtime does not build it."""
+    import openvino as ov
+
+    from vitedge.backends.openvino.runner import cpu_capabilities
+
+    out = work / "m.bf16.ov.xml"
+    args = ["build", str(work / "m.onnx"), "--precision", "bf16", "--backend", "openvino",
+            "--data", str(DEMO_CALIBRATION), "-o", str(out), "--json"]
+    code, text, err = run_cli(args, capsys)
+    if "BF16" not in cpu_capabilities(ov.Core()):
+        assert code == 1 and "no BF16 arithmetic" in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()
+        return
+    assert code == 0, err
+    result = json.loads(text)
+    assert result["precision"] == "bf16" and result["float_parts"] == "bf16"
+    assert result["verification"]["vs_graph"]["top1_agreement"] >= 0.99
+    reference = graph_output(onnx.load(str(work / "m.onnx")), demo_images, "none")
+    with load_runner(out) as runner:
+        assert runner.manifest.precision == "bf16" and runner.float_parts == "bf16"
+        assert runner.precision_label == "bf16"
+        same = agreement(reference, runner.infer(demo_images))
+    # BF16 arithmetic: agrees on the answer, yet differs from FP32 by more than its rounding
+    assert same.top1_agreement >= 0.99 and same.cosine > 0.999, same.describe()
+    assert same.relative > 1e-4, same.describe()
+    code, text, err = run_cli(["inspect", str(out), "--json"], capsys)
+    assert code == 0 and json.loads(text)["precision"] == "bf16", err
+    code, _, err = run_cli(["build", str(work / "m.onnx"), "--precision", "bf16", "--backend",
+                            "onnxruntime", "-o", str(work / "x.bf16.ort.onnx")], capsys)
+    assert code == 1 and "--backend openvino" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_fp32_race_compares_fp32_with_fp32(work, tmp_path):
+    """--backend auto measures every CPU backend on what the precision names: an FP32 request
+    never wins with an artifact whose float parts run in BF16."""
+    model = tmp_path / "m.onnx"
+    shutil.copy(work / "m.onnx", model)
+    result = build(model, options=BuildOptions(precision="fp32", data=str(DEMO_CALIBRATION)))
+    measured = result.details["measured"]
+    assert measured["float_parts"] == {"onnxruntime": "fp32", "openvino": "fp32"}, measured
+    assert result.float_parts == "fp32" and result.verification["vs_graph"]["relative"] <= 1e-4

@@ -169,11 +169,10 @@ def _bench(pipelines: list[Pipeline], options: BenchOptions, rep: Reporter,
     results = []
     for i, (pipe, b) in enumerate(cases):
         total = Stats.of(samples[i]["total"])
-        m = pipe.manifest
         seconds, count = wall[i]
         results.append(BenchResult(
             artifact=str(pipe.model.path), backend=pipe.model.backend,
-            precision=m.precision, batch=b, preprocessing="fast (OpenCV)" if pipe.fast else "exact (PIL)",
+            precision=pipe.model.precision_label, batch=b, preprocessing="fast (OpenCV)" if pipe.fast else "exact (PIL)",
             iterations=done,
             stages={s: Stats.of(samples[i][s]) for s in STAGES},
             end_to_end=total, throughput_fps=count / seconds if seconds else 0.0,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import vitedge.backends as backends
-from vitedge.backends.base import Backend, BuildRequest, BuiltArtifact
+from vitedge.backends.base import Backend, BuildRequest, BuiltArtifact, precision_words
 from vitedge.errors import VitedgeError
 from vitedge.fileio import (
     refuse_overwriting_inputs,
@@ -42,6 +42,8 @@ __all__ = ["BuildOptions", "BuildResult", "CalibrationOptions", "QuantizeOptions
            "VerifyOptions", "build", "choose_backend"]
 
 PRECISIONS = BUILD_PRECISIONS
+FROM_FP32 = ("fp32", "bf16")
+"""Precisions a backend computes from the FP32 graph itself: nothing is quantized for them."""
 
 
 @dataclass
@@ -67,6 +69,9 @@ class BuildResult:
     `check` (its graph against FP32 on the CPU, which also runs where the artifact cannot);
     empty where nothing was quantized or the quantized model was reused."""
     notes: list[str] = field(default_factory=list)
+    float_parts: str | None = None
+    """What the artifact's float arithmetic runs in here, where the backend decides it
+    (OpenVINO: fp32, or bf16 for --precision bf16 and where an INT8 build measured it faster)."""
 
     @property
     def seconds(self) -> float:
@@ -80,7 +85,8 @@ class BuildResult:
     def summary_rows(self) -> list[tuple[str, str]]:
         """The build summary, as rows."""
         rows = [("artifact", f"{self.artifact} ({self.size_bytes / 1e6:.2f} MB)"),
-                ("precision", self.precision), ("backend", self.backend),
+                ("precision", precision_words(self.precision, self.float_parts)),
+                ("backend", self.backend),
                 ("profile", self.profile), ("device", self.device),
                 ("build time", f"{self.seconds:.1f} s")]
         if self.intermediate:
@@ -131,6 +137,10 @@ def build(input_path: str | Path, output: str | Path | None = None,
     precision = options.precision or profile.precision
     if precision not in PRECISIONS:
         raise VitedgeError(f"unknown precision '{precision}'", f"use one of {', '.join(PRECISIONS)}")
+    if precision in FROM_FP32 and precision not in backend.computes_from_fp32:
+        makes = [b.name for b in backends.all_backends() if precision in b.computes_from_fp32]
+        raise VitedgeError(f"{backend.product} does not build {precision} models in vitedge",
+                           f"--backend {' or '.join(makes)}" if makes else "--precision fp32")
     precision_notes = _check_precision(backend, profile, precision)
     batch = BatchRange.parse(options.batch) if options.batch else profile.batch
     backend.require()  # fail before any work, with what is missing
@@ -141,7 +151,7 @@ def build(input_path: str | Path, output: str | Path | None = None,
     _check_writable(output)
     refuse_overwriting_inputs(output, src, options.data, options.calib)
     intermediates = ([] if is_onnx else [output.parent / f"{stem}.onnx"]) + (
-        [output.parent / f"{stem}.{precision}.onnx"] if precision != "fp32" else [])
+        [output.parent / f"{stem}.{precision}.onnx"] if precision not in FROM_FP32 else [])
     if output.resolve() in [p.resolve() for p in intermediates]:
         raise VitedgeError(f"-o {output} is where the build writes an intermediate model",
                            f"choose another name, e.g. {stem}.{precision}{backend.suffix}")
@@ -154,10 +164,11 @@ def build(input_path: str | Path, output: str | Path | None = None,
     if manifest.precision not in ("fp32", precision):
         raise VitedgeError(f"{fp32} is already {manifest.precision}; cannot build {precision}",
                            "start from the FP32 export")
-    calibrating = precision != "fp32" and manifest.precision == "fp32" and options.calib is None
+    quantizing = precision not in FROM_FP32 and manifest.precision == "fp32"
+    calibrating = quantizing and options.calib is None
     calib_source, held_out = _split_data(options, calibrating)
     model_for_backend = fp32
-    if precision != "fp32" and manifest.precision == "fp32":
+    if quantizing:
         calib = options.calib
         if calib is None and calib_source is not None:
             calib = files.calibrate(fp32, replace(options.calibration, data=calib_source))
@@ -173,7 +184,7 @@ def build(input_path: str | Path, output: str | Path | None = None,
     try:
         for b, prof, out in contenders:
             build_request = BuildRequest(
-                model_for_backend, replace_manifest(quantized_manifest), prof,
+                model_for_backend, replace_manifest(quantized_manifest, precision), prof,
                 batch if b is backend else prof.batch,
                 Path(options.timing_cache) if options.timing_cache else None, rep)
             tmp = temporary_path(out)  # an artifact appears only once it is verified
@@ -199,6 +210,8 @@ def build(input_path: str | Path, output: str | Path | None = None,
         result.artifact, result.backend, result.profile = out, b.name, prof.name
         result.device = b.device()
         result.verification = verification
+        result.float_parts = verification.get("float_parts") or \
+            built.details.get(b.name, {}).get("float_parts")
         result.details.update(built.details)
         result.notes.extend(built.notes)
         result.notes.extend(verification.get("notes", []))  # the kept contender's only
@@ -215,9 +228,13 @@ def build(input_path: str | Path, output: str | Path | None = None,
     return result
 
 
-def replace_manifest(manifest: Manifest) -> Manifest:
-    """A copy of `manifest` a backend may amend (each contender records its own build)."""
-    return Manifest.from_json(manifest.to_json())
+def replace_manifest(manifest: Manifest, precision: str | None = None) -> Manifest:
+    """A copy of `manifest` a backend may amend (each contender records its own build); a
+    precision the backend computes from the FP32 graph (bf16) is the artifact's precision."""
+    copy = Manifest.from_json(manifest.to_json())
+    if precision in FROM_FP32:
+        copy.precision = precision
+    return copy
 
 
 def _cpu_contenders(chosen: Backend, precision: str, folder: Path, stem: str
@@ -250,10 +267,13 @@ def _fastest(candidates: list[Any], inputs: Any, result: BuildResult,
 
     x = inputs[0][:1] if inputs is not None else None
 
+    floats: dict[str, str | None] = {}
+
     def measure() -> dict[str, float]:
         times: dict[str, float] = {}
         for b, _prof, _out, _tmp, built, _v in candidates:
             with b.load_built(built) as runner:
+                floats[b.name] = runner.float_parts
                 sample = x if x is not None else _zeros_input(runner)
                 for _ in range(3):
                     runner.infer(sample)
@@ -268,11 +288,12 @@ def _fastest(candidates: list[Any], inputs: Any, result: BuildResult,
 
     times = timed("measure", measure)
     winner = min(candidates, key=lambda c: times[c[0].name])
-    words = ", ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(times.items(),
-                                                                   key=lambda kv: kv[1]))
+    words = ", ".join(f"{name} {ms:.2f} ms" + (f" (float parts {floats[name]})"
+                                               if floats.get(name) else "")
+                      for name, ms in sorted(times.items(), key=lambda kv: kv[1]))
     result.backend_reason = (f"the fastest CPU backend here, measured on the verified artifacts "
                              f"(median per image at batch 1: {words})")
-    record = {"backends_ms": times, "kept": winner[0].name}
+    record = {"backends_ms": times, "kept": winner[0].name, "float_parts": floats}
     result.details["measured"] = record
     winner[5]["chosen_by_measurement"] = record
     return winner
@@ -443,6 +464,7 @@ class Intermediates:
                                   data=options.data if auto else None,
                                   calibration=options.calibration, qdq=options.qdq,
                                   profile=self.profile, max_drop=options.max_drop,
+                                  min_fp32_agreement=options.verify.min_fp32_agreement,
                                   check_source=None if auto else held_out)
         fp32_sha = sha256_file(fp32)
         key = request.key(CalibrationTable.read(calib).checksum() if calib else None)
@@ -506,15 +528,18 @@ def _verify(backend: Backend, built: BuiltArtifact, reference: Path | None,
         return {"skipped": skipped}
     from vitedge.verification import check_verification, verify_artifact
 
+    float_parts: list[str | None] = []
+
     def run() -> Any:
         with backend.load_built(built) as runner:
+            float_parts.append(runner.float_parts)
             return verify_artifact(runner, built.graph, built.graph_name, reference, *inputs,
                                    options.verify, backend.name, result.device,
                                    tensorrt_graph=built.portable_graph, cpu=built.cpu)
 
     verification = timed(step, run)
     check_verification(verification, lambda v: backend.disagreement(v, built))
-    return verification.to_dict()
+    return {**verification.to_dict(), "float_parts": float_parts[0]}
 
 
 def _split_data(options: BuildOptions, calibrating: bool) -> tuple[Any, Any]:

@@ -108,7 +108,7 @@ def _evaluate(model: Runner, ref: Runner | None, data: str | Path, batch: int,
         raise VitedgeError(f"none of the {len(items)} images in {data} could be read")
     truth = np.array(kept_truth)
     logits = np.concatenate(outs)
-    result = EvalResult(model.name, model.manifest.precision, len(truth),
+    result = EvalResult(model.name, model.precision_label, len(truth),
                         topk_accuracy(logits, truth, 1), topk_accuracy(logits, truth, 5), 0.0,
                         warnings=list(model.warnings), skipped=skipped)
     if ref is not None:

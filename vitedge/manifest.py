@@ -165,7 +165,7 @@ class Preprocess:
         )
 
 
-PRECISIONS = ("fp32", "fp16", "int8", "fp8", "nvfp4", "mixed")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "fp8", "nvfp4", "mixed")
 """What a graph computes in; "mixed": a format per layer (`--precision auto` on a GPU)."""
 INPUTS = ("images", "patches", "frames", "pixels")
 SCORES = ("softmax", "sigmoid")

@@ -29,7 +29,7 @@ CALIBRATION_METHODS = ("entropy", "percentile", "minmax", "mse")
 HISTOGRAM_BINS = 2048
 SCHEMES = ("vit", "all")
 QUANTIZE_PRECISIONS = ("int8", "fp16", "fp8", "nvfp4", "auto")
-BUILD_PRECISIONS = ("fp32", "fp16", "int8", "fp8", "nvfp4", "auto")
+BUILD_PRECISIONS = ("fp32", "bf16", "fp16", "int8", "fp8", "nvfp4", "auto")
 FP4_ACTIVATIONS = ("auto", "nvfp4", "fp8")
 """NVFP4's activations: auto (the target's TensorRT decides), dynamic NVFP4 (W4A4), FP8 (W4A8)."""
 EXPLAIN_METHODS = ("cls", "rollout")
@@ -386,10 +386,13 @@ class VerifyOptions:
 
 @dataclass(frozen=True)
 class BuildOptions:
-    precision: str | None = option(help="Default: the profile's (`vitedge profiles`). fp8 and "
-                                   "nvfp4 need a target that runs them (Ada, Hopper, Blackwell); "
-                                   "auto: a format per layer, the cheapest the target "
-                                   "accelerates within --max-drop.", choices=BUILD_PRECISIONS)
+    precision: str | None = option(help="Default: the profile's (`vitedge profiles`). fp32 "
+                                   "computes in FP32 on every backend; bf16: the FP32 model "
+                                   "computed in BF16 (OpenVINO on CPUs with AVX-512 BF16 or "
+                                   "AMX); fp8 and nvfp4 need a target that runs them (Ada, "
+                                   "Hopper, Blackwell); auto: a format per layer, the cheapest "
+                                   "the target accelerates within --max-drop.",
+                                   choices=BUILD_PRECISIONS)
     """None: the profile's default."""
     data: str | None = option(help="Images to calibrate on (int8; a matching MODEL.calib.json is "
                               "reused) and to hold out for verifying the artifact.", path="any")

@@ -43,6 +43,12 @@ def attention_outputs(names: list[str]) -> list[str]:
     return [name for _, name in found]
 
 
+def precision_words(precision: str, float_parts: str | None) -> str:
+    """`int8 (float parts bf16)`; just the precision where the float parts are it or unknown."""
+    return precision if not float_parts or float_parts == precision else \
+        f"{precision} (float parts {float_parts})"
+
+
 class Runner(ABC):
     """A loaded artifact. Subclasses set `path`, `manifest`, `inputs`, `outputs` in their
     constructor and implement `infer_all` and `_release`."""
@@ -58,6 +64,10 @@ class Runner(ABC):
     outputs: list[TensorInfo]
     warnings: list[str]
     """What the user should know about this artifact on this machine, one line each."""
+    float_parts: str | None = None
+    """What the model's float arithmetic runs in on this machine (fp32, bf16, fp16), where
+    the backend decides it rather than the graph (OpenVINO's precision hint); None: as the
+    graph's types say."""
     max_batch: int | None = None
     """The largest batch one execution takes (a TensorRT engine's optimization profile);
     None: any. `infer` splits a larger batch itself; a server batching requests stops here."""
@@ -66,6 +76,12 @@ class Runner(ABC):
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def precision_label(self) -> str:
+        """The precision, and what its float parts run in where that is not the precision
+        itself: `fp32`, `int8 (float parts bf16)`."""
+        return precision_words(self.manifest.precision, self.float_parts)
 
     @property
     def input_name(self) -> str:
@@ -114,6 +130,7 @@ class Runner(ABC):
     def describe(self) -> dict[str, Any]:
         """What `vitedge inspect` and `--json` outputs say about the loaded runner."""
         return {"backend": self.backend, "path": str(self.path),
+                "float_parts": self.float_parts,
                 "inputs": [t.to_dict() for t in self.inputs],
                 "outputs": [t.to_dict() for t in self.outputs], "warnings": self.warnings}
 
@@ -253,6 +270,9 @@ class Backend(ABC):
     runs_on_cpu: ClassVar[bool] = False
     """Its artifacts run on this machine's CPU: where several such backends can build here,
     `--backend auto` for the CPU builds each and keeps the fastest (measured)."""
+    computes_from_fp32: ClassVar[tuple[str, ...]] = ("fp32",)
+    """The precisions it computes from the FP32 graph as it is (no quantized graph between):
+    fp32 everywhere; bf16 where the backend sets its arithmetic itself (OpenVINO's CPU)."""
 
     # --- here, on this machine --------------------------------------------------------
 

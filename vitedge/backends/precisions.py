@@ -8,7 +8,8 @@ what it becomes. Sources: docs/sources.md#precisions (NVIDIA's TensorRT and Tens
 support matrices, the CUDA compute-capability list, the JetPack release notes).
 
 Precisions: fp32, fp16, bf16, int8 (W8A8 Q/DQ), int8-wo / int4-wo (weight-only GEMMs),
-fp8 (E4M3), nvfp4 (E2M1 with E4M3 block scales). vitedge makes fp32, fp16, int8, fp8, nvfp4.
+fp8 (E4M3), nvfp4 (E2M1 with E4M3 block scales). vitedge makes fp32, fp16, int8, fp8, nvfp4,
+and bf16 where the backend computes it from the FP32 graph (OpenVINO on the CPU).
 """
 
 from __future__ import annotations
@@ -84,10 +85,11 @@ TARGETS: tuple[Target, ...] = (
             "tensorrt-rtx": _RTX + " fp8 nvfp4"},
            f"{SOURCE_TRT}; {SOURCE_RTX} (12.1 from 1.5)"),
     Target("cpu", "x86-64 and Arm CPUs",
-           {"onnxruntime": "fp32 int8", "openvino": "fp32 int8"},
+           {"onnxruntime": "fp32 int8", "openvino": "fp32 bf16 int8"},
            "ONNX Runtime's and OpenVINO's CPU kernels: integer GEMMs (VNNI / AMX / AVX2 / "
-           "NEON), no FP8 or FP4 math; FP16 runs through casts on most x86 CPUs; OpenVINO runs "
-           "the float parts in BF16 where the CPU has AVX-512 BF16 or AMX (its precision hint)"),
+           "NEON), no FP8 or FP4 math; FP16 runs through casts on most x86 CPUs; OpenVINO "
+           "computes BF16 (--precision bf16, or an INT8 build's float parts where measured "
+           "faster) on CPUs with AVX-512 BF16 or AMX and refuses it elsewhere"),
 )
 
 SLOW: dict[tuple[str, str], str] = {

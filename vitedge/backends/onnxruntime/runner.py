@@ -50,6 +50,9 @@ class OnnxRuntimeRunner(Runner):
                                "export it with `vitedge export`")
         self.manifest = manifest
         self.warnings = []
+        # ONNX Runtime's CPU kernels compute FP32 and INT8 graphs' float parts in FP32
+        self.float_parts = "fp32" if manifest.precision in ("fp32", "int8") and not use_gpu \
+            else None
         # a `vitedge build` artifact is optimized already: no work at start-up. Its manifest
         # records the profile's thread count (source.onnxruntime_threads) for the
         # application to pass as `threads`.

@@ -1,7 +1,8 @@
 """OpenVINO as a `Backend`: vitedge's FP32 or INT8 Q/DQ graph as an OpenVINO IR
-(`MODEL.PRECISION.ov.xml` + `.ov.bin`), run on the CPU with the precision hint the CPU
-computes best (BF16 for the float parts on AVX-512 BF16 / AMX, else FP32; INT8 on VNNI / AMX,
-or exactly on AVX2 with 7-bit weights), verified at build like every backend."""
+(`MODEL.PRECISION.ov.xml` + `.ov.bin`), run on the CPU in what its precision names: fp32 in
+FP32, bf16 in BF16 (CPUs with AVX-512 BF16 or AMX), int8 in INT8 on VNNI / AMX (exactly on
+AVX2 with 7-bit weights) with its float parts in BF16 only where that measured faster at
+build; verified at build like every backend."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ class OpenVINOSettings:
     threads: int = 0
     """0: OpenVINO's choice (its LATENCY hint: every physical core)."""
     precision_hint: str = "auto"
-    """The float parts' precision: auto (BF16 where the CPU has AVX-512 BF16 or AMX, else
-    FP32), f32 (always FP32: the closest to the graph), or bf16."""
+    """An INT8 build's float parts: auto (BF16 where the CPU has AVX-512 BF16 or AMX and it
+    measured faster at build, else FP32), f32 (always FP32: the closest to the graph), or
+    bf16. An fp32 build always computes in FP32, a bf16 build in BF16."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.threads <= MAX_THREADS:
@@ -43,6 +45,7 @@ class OpenVINOBackend(Backend):
     settings = ("openvino", OpenVINOSettings)
     default_profile = "cpu-openvino"
     runs_on_cpu = True
+    computes_from_fp32 = ("fp32", "bf16")
 
     def version(self) -> str | None:
         try:
@@ -81,13 +84,14 @@ class OpenVINOBackend(Backend):
                           "'vitedge[openvino]'")]
         import openvino as ov
 
-        from vitedge.backends.openvino.runner import cpu_capabilities, inference_precision
+        from vitedge.backends.openvino.runner import cpu_capabilities
 
         core = ov.Core()
         caps = cpu_capabilities(core)
+        bf16 = ("--precision bf16 runs here; an INT8 build's float parts in BF16 where measured "
+                "faster" if "BF16" in caps else "no BF16 arithmetic: fp32 and int8 only")
         return [Check("openvino", True, f"{version}: devices {', '.join(core.available_devices)}; "
-                                        f"CPU computes {', '.join(caps)} (float parts in "
-                                        f"{inference_precision('auto', caps).upper()})")]
+                                        f"CPU computes {', '.join(caps)} ({bf16})")]
 
     # --- precisions ------------------------------------------------------------------------
 
@@ -142,8 +146,13 @@ class OpenVINOBackend(Backend):
         bits = d.get("int8_weight_bits")
         io = [(kind, ", ".join(f"{v['name']} {v['shape']} {v['dtype']}" for v in d[kind]))
               for kind in ("inputs", "outputs")]
+        floats = d.get("float_parts") or f"precision hint {d.get('precision_hint', 'auto')}"
+        measured = d.get("float_parts_ms")
+        if measured:
+            floats += " (measured at build: " + ", ".join(
+                f"{k} {v:.2f} ms" for k, v in sorted(measured.items(), key=lambda kv: kv[1])) + ")"
         return [("built", f"OpenVINO {d.get('openvino_version', '')}, {description['precision']},"
-                          f" float parts: precision hint {d.get('precision_hint', 'auto')}"
+                          f" float parts {floats}"
                           + (f", INT8 weights {bits}-bit (exact on every CPU)" if bits else "")),
                 *io, ("weights", f"{description['weights']} (sha256 {d['bin_sha256'][:16]}...)"),
                 *([("runs as", "at build: " + runs_as_words(d["runs_as"]))]
@@ -156,12 +165,13 @@ class OpenVINOBackend(Backend):
 
         notes = (["--timing-cache applies to TensorRT builds only"]
                  if request.timing_cache else [])
-        if request.manifest.precision not in ("fp32", "fp16", "int8"):
-            raise VitedgeError(f"OpenVINO on the CPU runs fp32, fp16 and int8 graphs, not "
+        if request.manifest.precision not in ("fp32", "bf16", "fp16", "int8"):
+            raise VitedgeError(f"OpenVINO on the CPU runs fp32, bf16, fp16 and int8 graphs, not "
                                f"{request.manifest.precision}", "--precision int8 or fp32")
         built = build_openvino(request.model, path, request.manifest, request.profile)
         graph = ("its Q/DQ graph (7-bit weights) computed in float"
                  if request.manifest.precision == "int8" else "the ONNX model it was built from")
+        notes += built.notes
         return BuiltArtifact(path, built.graph, graph, {"openvino": dict(built.info)}, notes,
                              state=(built, request.profile))
 
@@ -200,6 +210,7 @@ class OpenVINOBackend(Backend):
 
     def profile_rows(self, profile: Any) -> list[tuple[str, str]]:
         s = profile.openvino
-        floats = ("BF16 where the CPU has it, else FP32" if s.precision_hint == "auto"
-                  else s.precision_hint.upper())
-        return [("openvino", f"threads {s.threads or 'automatic'}, float parts {floats}")]
+        floats = ("BF16 where the CPU has it and it measures faster, else FP32"
+                  if s.precision_hint == "auto" else s.precision_hint.upper())
+        return [("openvino", f"threads {s.threads or 'automatic'}, an INT8 build's float parts "
+                             f"{floats} (fp32 computes in FP32)")]

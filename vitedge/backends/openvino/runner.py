@@ -23,12 +23,26 @@ def cpu_capabilities(core: Any) -> list[str]:
         return []
 
 
-def inference_precision(policy: str, capabilities: list[str]) -> str:
-    """The INFERENCE_PRECISION_HINT for a profile's `precision_hint` on this CPU: auto is BF16
-    where the CPU computes it natively (AVX-512 BF16, AMX), else FP32."""
+def inference_precision(precision: str, policy: str, capabilities: list[str]) -> str:
+    """The INFERENCE_PRECISION_HINT an artifact of `precision` gets on this CPU. What the
+    precision names computes: fp32 (and an fp16 graph, which the CPU computes in FP32) in
+    f32, bf16 in bf16 wherever the CPU has it. An int8 artifact's float parts follow what its
+    build chose (`policy`: f32 or bf16, measured at build); `auto`, from artifacts built
+    before that choice was recorded, is BF16 where the CPU computes it natively."""
+    if precision == "bf16":
+        return "bf16"
+    if precision != "int8":
+        return "f32"
     if policy == "auto":
         return "bf16" if "BF16" in capabilities else "f32"
     return policy
+
+
+def float_parts_name(hint: Any) -> str:
+    """vitedge's name for an OpenVINO element type (or its name): f32 -> fp32, bf16, f16 ->
+    fp16."""
+    text = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint).lower()
+    return {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(text, text)
 
 
 MOVES_DATA = {"Const", "Input", "Output", "Parameter", "Result", "Reshape", "Reorder",
@@ -60,6 +74,21 @@ def runs_as_words(found: dict[str, dict[str, int]]) -> str:
                      for p, kinds in sorted(found.items()))
 
 
+def compile_model(core: Any, model: Any, target: str, hint: str, threads: int | None,
+                  name: str) -> Any:
+    """`model` compiled for `target` (CPU: float parts in `hint`, f32 or bf16)."""
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    if target == "CPU":
+        config["INFERENCE_PRECISION_HINT"] = hint
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+    try:
+        return core.compile_model(model, target, config)
+    except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VitedgeError(f"OpenVINO cannot compile {name} for {target}: {first}") from None
+
+
 class OpenVINORunner(Runner):
     backend = "openvino"
     concurrent = True
@@ -79,22 +108,20 @@ class OpenVINORunner(Runner):
                                "run it on the CPU (drop --device gpu)")
         self.capabilities = cpu_capabilities(core)
         self.precision_hint = inference_precision(
-            str(self.manifest.source.get("precision_hint", "auto")), self.capabilities)
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-        if target == "CPU":
-            config["INFERENCE_PRECISION_HINT"] = self.precision_hint
-            if threads:
-                config["INFERENCE_NUM_THREADS"] = int(threads)
-        if self.precision_hint == "bf16":
-            self.warnings.append(f"{self.path.name}: OpenVINO runs its float operations in BF16 "
-                                 "on this CPU (AVX-512 BF16 / AMX), as the build verified")
-        try:
-            self.compiled = core.compile_model(model, target, config)
-        except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise VitedgeError(f"OpenVINO cannot compile {self.path.name} for {target}: "
-                               f"{first}") from None
+            self.manifest.precision, str(self.manifest.source.get("precision_hint", "auto")),
+            self.capabilities)
+        self.compiled = compile_model(core, model, target, self.precision_hint, threads,
+                                      self.path.name)
         self.device = target
+        self.float_parts = float_parts_name(
+            self.compiled.get_property("INFERENCE_PRECISION_HINT")) if target == "CPU" else None
+        if self.manifest.precision == "bf16" and self.float_parts != "bf16":
+            self.warnings.append(f"{self.path.name} is a bf16 model, but this CPU has no BF16 "
+                                 "arithmetic (AVX-512 BF16 or AMX): OpenVINO computes it in "
+                                 f"{self.float_parts or 'FP32'} here")
+        elif self.manifest.precision == "int8" and self.float_parts == "bf16":
+            self.warnings.append(f"{self.path.name}: its float parts run in BF16 on this CPU "
+                                 "(measured faster than FP32 at build, and verified)")
         self.inputs = [_info(p) for p in self.compiled.inputs]
         self.outputs = [_info(p) for p in self.compiled.outputs]
         self.input_dtype = np.uint8 if self.inputs[0].dtype == "uint8" else np.float32
@@ -116,7 +143,7 @@ class OpenVINORunner(Runner):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "device": self.device,
-                "precision_hint": self.precision_hint,
+                "precision_hint": self.precision_hint, "float_parts": self.float_parts,
                 "openvino_version": self.info.get("openvino_version")}
 
     def _release(self) -> None:
