@@ -565,14 +565,22 @@ def _slow_export(work: dict, tmp_path: Path) -> subprocess.Popen:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_a_write_leaves_no_temp_file(work, tmp_path, sig):
+    """Also with the machine loaded (two busy processes beside it), where the interpreter's
+    teardown after the signal takes longer than the watchdog's 1.5 s: the process still ends
+    as the signal (128 + N), never killed by the watchdog's SIGALRM (-14)."""
+    from tests.helpers.load import busy
+
     (tmp_path / "out").mkdir()
     proc = _slow_export(work, tmp_path)
     assert list((tmp_path / "scratch").rglob("*m.onnx"))  # the file is made in the scratch folder
     assert not list((tmp_path / "out").iterdir())  # and has no name beside its target
-    start = time.monotonic()
-    proc.send_signal(sig)
-    proc.wait(timeout=30)
-    assert time.monotonic() - start < 2 and proc.returncode == 128 + sig
+    with busy(2):
+        start = time.monotonic()
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+        took = time.monotonic() - start
+    assert proc.returncode == 128 + sig, proc.returncode
+    assert took < 2
     assert not list((tmp_path / "out").iterdir()) and not list((tmp_path / "scratch").iterdir())
 
 

@@ -93,7 +93,8 @@ def test_cli_build_json(demo_fp32, tmp_path, capsys):
     info = json.loads(out)
     assert info["backend"] == "onnxruntime" and info["precision"] == "fp16"
     assert set(info["steps"]) == {"quantize", "onnxruntime optimize", "verify"}
-    assert info["seconds"] >= 0
+    assert info["seconds"] > 0  # the steps' times, added up
+    assert info["seconds"] == pytest.approx(sum(info["steps"].values()), abs=0.011)
 
 
 @pytest.mark.parametrize("case, expected", [
@@ -126,3 +127,22 @@ def test_build_bad_inputs(demo_fp32, tmp_path, capsys, case, expected):
     assert expected in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
     assert not out.exists() and not list(tmp_path.glob(".out.onnx*"))
+
+
+def test_min_fp32_agreement_reaches_the_quantize_stage_check(demo_fp32, tmp_path, capsys):
+    """`build --min-fp32-agreement` is the floor of quantize's collapse check too: a table
+    that collapses the model fails the build at the default 0.8, and builds at 0."""
+    from tests.conftest import DEMO_CALIBRATION, collapsing_table
+
+    table = collapsing_table(demo_fp32, tmp_path / "t.json")
+    args = ["build", str(demo_fp32), "--precision", "int8", "--calib", str(table), "--data",
+            str(DEMO_CALIBRATION), "--backend", "onnxruntime", "--min-agreement", "0"]
+    code, _, err = run_cli([*args, "-o", str(tmp_path / "a.int8.ort.onnx")], capsys)
+    assert code == 1 and "quantization collapsed" in err, err
+    assert not (tmp_path / "a.int8.ort.onnx").exists()
+    code, out, err = run_cli([*args, "-o", str(tmp_path / "b.int8.ort.onnx"),
+                              "--min-fp32-agreement", "0", "--json"], capsys)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["quantization"]["check"]["top1_agreement"] < 0.8  # what the check let through
+    assert info["verification"]["min_fp32_agreement"] == 0

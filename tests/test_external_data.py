@@ -79,9 +79,20 @@ def test_quantize_build_verify_and_run_it(external, tmp_path, capsys):
 
 def test_a_tensorrt_for_rtx_engine_is_built_from_it(external, tmp_path, capsys):
     pytest.importorskip("tensorrt_rtx")
-    code, _, err = run_cli(["build", str(external), "--precision", "fp16", "--backend",
-                            "tensorrt-rtx", "-o", str(tmp_path / "fm.engine")], capsys)
+    out = tmp_path / "fm.engine"
+    code, text, err = run_cli(["build", str(external), "--precision", "fp16", "--backend",
+                               "tensorrt-rtx", "-o", str(out), "--json"], capsys)
     assert code == 0, err
+    result = json.loads(text)
+    assert result["backend"] == "tensorrt-rtx" and result["precision"] == "fp16"
+    # NVIDIA's builder read the weights from the data file: an FP16 engine holds about half
+    # of the FP32 weights' bytes (a graph without them would build a few kB)
+    assert out.stat().st_size >= 0.4 * data_file(external).stat().st_size
+    code, text, err = run_cli(["inspect", str(out), "--json"], capsys)
+    assert code == 0, err
+    engine = json.loads(text)["engine"]
+    assert engine["precision"] == "fp16" and engine["backend"] == "tensorrt-rtx"
+    assert engine["manifest"]["integrity"]["external_sha256"]  # built from a model with a data file
 
 
 @pytest.mark.parametrize("tamper, expected", [

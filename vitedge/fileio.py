@@ -18,6 +18,7 @@ A full disk or a read-only folder is a VitedgeError, not a crash.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import hashlib
@@ -26,6 +27,7 @@ import re
 import secrets
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -45,6 +47,7 @@ WATCHDOG_SECONDS = 1.5
 _SCRATCH: Path | None = None
 _SIGNALLED: int | None = None
 """The exit code a SIGTERM (143) or SIGINT (130) asked for, once one arrived."""
+_AT_EXIT = False
 _FINISHED = False
 """The command is done (the CLI's main returned): a signal now only has to end the process."""
 
@@ -404,10 +407,37 @@ def cleanup_temporary_files() -> None:
 def finished(code: int) -> int:
     """The CLI's command is done with `code`: a signal that lands while the interpreter
     shuts down (a native library's exit handlers can take a while) ends it at once with the
-    signal's code, as one during the command would."""
+    signal's code, as one during the command would. Where a signal ended the command, the
+    process ends here, with the signal's code: the interpreter's teardown (seconds under
+    load) never runs, so the watchdog can never fire after Python reset its handler and turn
+    a SIGTERM into a death by SIGALRM."""
     global _FINISHED
     _FINISHED = True
+    if _SIGNALLED is not None:
+        end_now(_SIGNALLED)
     return code
+
+
+def end_now(code: int) -> None:
+    """Flush what was said, remove every temporary file, and end the process with `code`
+    without the interpreter's teardown."""
+    with contextlib.suppress(OSError, ValueError):
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+    cleanup_temporary_files()
+    os._exit(code)
+
+
+def _at_exit() -> None:
+    """The interpreter is ending: after a signal, end now with its code (what follows is
+    teardown, during which Python resets its signal handlers: the watchdog's alarm would
+    kill the process as SIGALRM); otherwise the watchdog has nothing left to guard."""
+    if _SIGNALLED is not None:
+        end_now(_SIGNALLED)
+    with contextlib.suppress(OSError, ValueError):
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def signalled() -> int | None:
@@ -422,11 +452,14 @@ def install_signal_cleanup() -> None:
     then end as the signal means (exit code 143 for SIGTERM, KeyboardInterrupt and 130 for
     SIGINT); a watchdog ends a process that has not ended 1.5 s later with the same code,
     removing what it made since. Sweeps the scratch folders of processes that are gone."""
-    global _FINISHED
+    global _FINISHED, _AT_EXIT
     if threading.current_thread() is not threading.main_thread():
         return
     _FINISHED = False
     sweep_scratch()
+    if not _AT_EXIT:
+        atexit.register(_at_exit)
+        _AT_EXIT = True
 
     def last_resort(_signum: int, _frame: Any) -> None:
         cleanup_temporary_files()

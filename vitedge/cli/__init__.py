@@ -61,8 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     from vitedge.fileio import finished, install_signal_cleanup, signalled
 
     install_signal_cleanup()  # SIGTERM / SIGINT leave no temporary file behind
-    code = _run(argv)
-    return finished(signalled() or code)  # a signal whose exception a callback swallowed
+    try:
+        code = _run(argv)
+    except SystemExit as exc:  # SIGTERM's handler raises it; anything else goes on up
+        if not signalled():
+            raise
+        code = exc.code if isinstance(exc.code, int) else 1
+    # after a signal, the process ends in `finished` with the signal's code (a signal whose
+    # exception a callback swallowed included)
+    return finished(signalled() or code)
 
 
 def _run(argv: list[str] | None) -> int:
