@@ -43,12 +43,14 @@ def test_signals_at_random_moments_end_every_process_cleanly(demo_fp32, tmp_path
     trials = [r for r in rows if not r.get("ended_before")]
     bad = []
     for r in trials:
-        code_ok = r["code"] == 128 + r["signal"] or (r["code"] == 0 and (r["intact"] or
-                                                                          r["complete"]))
+        # exit 128 + N, or death by N (a signal before vitedge set its handlers), or 0 where
+        # the command had just finished
+        code_ok = r["code"] in (128 + r["signal"], -r["signal"]) or (
+            r["code"] == 0 and (r["intact"] or r["complete"]))
         if not (code_ok and r["seconds"] < 2 and (r["intact"] or r["complete"]) and
                 not r["left"] and not r["scratch"]):
             bad.append(r)
-    assert not bad, bad[:5]
+    assert not bad, json.dumps(bad[:5])
     by_signal = collections.Counter(r["signal"] for r in trials)
     assert by_signal[15] >= TRIALS // 3 and by_signal[2] >= TRIALS // 3
     assert len({r["command"] for r in trials}) == 5

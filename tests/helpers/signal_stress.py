@@ -44,11 +44,19 @@ SUFFIX = {"export": ".onnx", "quantize": ".onnx", "calibrate": ".calib.json",
 
 
 def child(argv: list[str]) -> None:
-    """In the forked child: the command, as the `vitedge` console script runs it."""
-    sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-    sys.stderr = open(os.devnull, "w")  # noqa: SIM115
-    sys.argv = ["vitedge", *argv]
-    vitedge.__main__.entry()
+    """In the forked child: the command, as the `vitedge` console script runs it. It never
+    returns into this script's loop: a SIGINT that lands before vitedge set its handlers
+    ends it as an uncaught KeyboardInterrupt ends Python (death by SIGINT)."""
+    try:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
+        sys.argv = ["vitedge", *argv]
+        vitedge.__main__.entry()
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        os._exit(1)
 
 
 def wait(pid: int, limit: float) -> tuple[int | None, float]:
@@ -70,9 +78,16 @@ def run(name: str, sig: int, delay: float) -> dict:
     before = out.read_bytes()
     argv = [a.replace("{out}", str(out)).replace("{percentile}", f"{99 + delay / 10:.4f}")
             for a in COMMANDS[name]]  # another table each time: none is reused
+    ready, started = os.pipe()
     pid = os.fork()
     if pid == 0:
+        os.close(ready)
+        os.write(started, b"1")  # Python runs in the child: its after-fork handling is done
+        os.close(started)
         child(argv)
+    os.close(started)
+    os.read(ready, 1)  # the delay counts from there, however loaded the machine
+    os.close(ready)
     time.sleep(delay)
     ended_before = os.waitpid(pid, os.WNOHANG)[0] != 0  # then the signal meets no process
     if ended_before:
@@ -131,8 +146,9 @@ def main() -> None:
     for i in range(TRIALS):
         name = names[i % len(names)]
         sig = signal.SIGTERM if i % 2 == 0 else signal.SIGINT
-        # from 5 ms on: a signal in the first instant after fork() is dropped by Python's
-        # after-fork handling, which a process started by exec never goes through
+        # the delay counts from the child's first Python line: a signal in the instant after
+        # fork() is dropped by Python's after-fork handling, which a process started by exec
+        # never goes through (on a loaded machine that instant lasts)
         print(json.dumps(run(name, sig, rng.uniform(0.005, durations[name]))), flush=True)
 
 
