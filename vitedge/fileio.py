@@ -173,9 +173,22 @@ def release(tmp: Path) -> None:
     _unregister(target)
 
 
+def output_file(path: str | os.PathLike[str]) -> Path:
+    """The one rule for every file vitedge writes: the folders above it that are missing are
+    made (as `explain -o` makes its folder); a folder where the file goes, or a file where a
+    folder must go, is one VitedgeError."""
+    target = Path(path)
+    if target.is_dir():
+        raise VitedgeError(f"{target} is a folder", "give a file name")
+    if str(target.parent) not in ("", "."):
+        make_folder(target.parent)
+    return target
+
+
 def publish(tmp: Path, target: Path) -> None:
-    """Move the complete file `tmp` onto `target`: a rename on the same file system, else a
-    copy that gets its name only when complete."""
+    """Move the complete file `tmp` onto `target` (its missing folders made, `output_file`):
+    a rename on the same file system, else a copy that gets its name only when complete."""
+    output_file(target)
     try:
         os.replace(tmp, target)
     except OSError as exc:
