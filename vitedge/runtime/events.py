@@ -95,6 +95,7 @@ class MqttEvents:
         self._waiting: deque[tuple[str, bytes]] = deque()
         self._buffer = buffer
         self._lock = threading.Lock()
+        self._delivered_lock = threading.Lock()
         self._connected = threading.Event()
         self._ever = False
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
@@ -125,7 +126,9 @@ class MqttEvents:
                 self.published += 1
 
     def _on_publish(self, *_args: Any) -> None:
-        with self._lock:
+        # its own lock: paho calls this holding its message lock, which `send` (holding
+        # self._lock) needs in `publish`; sharing self._lock here would deadlock
+        with self._delivered_lock:
             self.delivered += 1
 
     def _on_disconnect(self, *_args: Any) -> None:
