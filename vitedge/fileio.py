@@ -329,13 +329,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path (in the scratch folder) for `path`'s file; publish it onto
     `path` only if the block succeeds. OSErrors from the block (a full disk while writing)
     become one VitedgeError."""
-    target = Path(path)
-    if target.is_dir():
-        raise VitedgeError(f"{target} is a folder", "give a file name")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise write_error(target, exc) from exc
+    target = output_file(path)
     tmp = temporary_path(target)
     try:
         try:
@@ -349,9 +343,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """`data` as the file at `path`, named only once complete."""
-    target = Path(path)
-    if target.is_dir():
-        raise VitedgeError(f"{target} is a folder", "give a file name")
+    target = output_file(path)
     try:
         _write_unnamed(target, lambda f: f.write(data))
     except OSError as exc:

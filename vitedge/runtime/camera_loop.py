@@ -89,9 +89,9 @@ def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | N
                         sink.send(event)
             out = outputs.get(result.camera)
             if out is not None:
-                if out.frames == 0:
-                    reader = multi.readers.get(result.camera)
-                    out.match_rate(reader.source.fps if reader is not None else None)
+                reader = multi.readers.get(result.camera)
+                if out.frames == 0 and reader is not None and not reader.live:
+                    out.match_rate(reader.source.fps)  # a live camera's frames are dropped
                 out.render(result.frame, result.prediction)
             now = time.monotonic()
             if status is not None and now - last_status >= STATUS_EVERY:

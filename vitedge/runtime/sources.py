@@ -288,7 +288,10 @@ GSTREAMER_HINT = ("pip's opencv-python wheels have no GStreamer: use an OpenCV b
 def _check_backend(kind: str, source: Any) -> None:
     """A VitedgeError, at once, when this OpenCV lacks the backend `kind` needs: waiting
     for such a source would wait for ever."""
-    cv2 = require("cv2", "video", f"reading a {kind}")
+    try:
+        import cv2
+    except ImportError:
+        return  # opening it says what to install
     backend = BACKENDS[kind]
     info = ""
     with contextlib.suppress(Exception):  # no build information: try to open it as ever
