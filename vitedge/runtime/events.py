@@ -1,8 +1,7 @@
 """Predictions out as events: one JSON object per prediction (camera, frame number, capture
 time, top-k labels and scores or the embedding, latency, and the image file where a camera
-reads a folder), written as JSON lines to a file or
-standard output and/or published to an MQTT broker, which is how a camera product hands
-what it sees to the rest of the system.
+reads a folder), written as JSON lines to a file or standard output and/or published to an
+MQTT broker, which is how a camera product hands what it sees to the rest of the system.
 
 Nothing here blocks the inference loop on the broker: paho's network thread sends, and
 while the broker is away events wait in a bounded buffer (sent, in order, once it is back;
