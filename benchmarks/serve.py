@@ -61,8 +61,10 @@ class Sender:
     """One request of one image to the served model, each client thread with its own
     HTTP connection."""
 
-    def __init__(self, url: str, name: str, blobs: list[bytes], tensors: np.ndarray) -> None:
+    def __init__(self, url: str, name: str, blobs: list[bytes], tensors: np.ndarray,
+                 input_name: str) -> None:
         self.url, self.name, self.blobs, self.tensors = url, name, blobs, tensors
+        self.input_name = input_name
         self.local = threading.local()
 
     def _client(self):  # type: ignore[no-untyped-def]
@@ -83,7 +85,7 @@ class Sender:
         import tritonclient.http as http
 
         x = self.tensors[i % len(self.tensors)][None]
-        inp = http.InferInput("input", list(x.shape), "FP32")
+        inp = http.InferInput(self.input_name, list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
         self._client().infer(self.name, [inp])
 
@@ -109,6 +111,7 @@ def main() -> None:
         (work / "list.txt").write_text("".join(f"{p}\n" for p in IMAGES))
         with vitedge.open(artifact) as pipe:
             tensors = np.stack(list(model_inputs(image_source(work / "list.txt"), pipe.manifest)))
+            input_name = pipe.model.input_name  # what serve's tensor model takes
             rows = []
             for c in CONCURRENCY:
                 fps, p50, p99 = load(lambda i: pipe(IMAGES[i % len(IMAGES)]), c, args.requests)
@@ -120,7 +123,7 @@ def main() -> None:
             serving_repository([artifact], repo, options)
             name = repo.iterdir().__next__().name.removesuffix("_image")
             with TritonServer(repo) as server:
-                sender = Sender(server.url, name, blobs, tensors)
+                sender = Sender(server.url, name, blobs, tensors, input_name)
                 for what, call in (("image bytes", sender.image), ("tensor", sender.tensor)):
                     for c in CONCURRENCY:
                         fps, p50, p99 = load(call, c, args.requests)

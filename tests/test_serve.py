@@ -122,7 +122,7 @@ def test_tensors_and_image_bytes_give_what_vitedge_open_gives(server, artifacts,
     name = "fmnist_int8" if precision == "int8" else "fmnist"
     expected = reference(artifacts[precision], IMAGES)
     want = np.stack([p.logits for p in expected])
-    tensors = infer(client, module, name, "input", model_inputs(artifacts[precision], IMAGES), "FP32")
+    tensors = infer(client, module, name, "images", model_inputs(artifacts[precision], IMAGES), "FP32")
     np.testing.assert_allclose(tensors.as_numpy("logits"), want, rtol=1e-4, atol=1e-4)
     encoded = infer(client, module, f"{name}_image", "image", image_bytes(IMAGES), "BYTES")
     np.testing.assert_allclose(encoded.as_numpy("logits"), want, rtol=1e-4, atol=1e-4)
@@ -179,7 +179,7 @@ def test_sixteen_clients_are_batched_and_all_answered_right(server, artifacts):
         for i in range(50):
             j = (k * 50 + i) % len(x)
             start = time.perf_counter()
-            r = infer(c, http, "fmnist_int8", "input", x[j:j + 1], "FP32")
+            r = infer(c, http, "fmnist_int8", "images", x[j:j + 1], "FP32")
             latencies.append(time.perf_counter() - start)
             if not np.allclose(r.as_numpy("logits")[0], want[j], atol=1e-4):
                 wrong.append(f"client {k} request {i}")
@@ -204,24 +204,29 @@ def test_sixteen_clients_are_batched_and_all_answered_right(server, artifacts):
 
 
 @needs_triton
-@pytest.mark.parametrize("case", ["shape", "dtype", "corrupt_jpeg", "unknown_model"])
+@pytest.mark.parametrize("case", ["shape", "dtype", "corrupt_jpeg", "not_an_image",
+                                  "unknown_model"])
 def test_a_bad_request_gets_an_error_and_the_next_good_one_succeeds(server, artifacts, case):
     client = http.InferenceServerClient(server.url)
     good = model_inputs(artifacts["int8"], IMAGES[:1])
     with pytest.raises(InferenceServerException) as caught:
         if case == "shape":
-            infer(client, http, "fmnist_int8", "input", np.zeros((1, 3, 28, 28), np.float32), "FP32")
+            infer(client, http, "fmnist_int8", "images", np.zeros((1, 3, 28, 28), np.float32), "FP32")
         elif case == "dtype":
-            infer(client, http, "fmnist_int8", "input", good.astype(np.int32), "INT32")
-        elif case == "corrupt_jpeg":
-            blob = np.array([[b"\xff\xd8\xff\xe0 this is not a JPEG"]], dtype=object)
+            infer(client, http, "fmnist_int8", "images", good.astype(np.int32), "INT32")
+        elif case in ("corrupt_jpeg", "not_an_image"):
+            blob = np.array([[b"\xff\xd8\xff\xe0 this is not a JPEG" if case == "corrupt_jpeg"
+                              else b"hello, server"]], dtype=object)
             infer(client, http, "fmnist_int8_image", "image", blob, "BYTES")
         else:
-            infer(client, http, "no_such_model", "input", good, "FP32")
+            infer(client, http, "no_such_model", "images", good, "FP32")
     assert str(caught.value)
-    if case == "corrupt_jpeg":
-        assert "cannot read image" in str(caught.value)
-    r = infer(client, http, "fmnist_int8", "input", good, "FP32")
+    if case in ("corrupt_jpeg", "not_an_image"):  # the client's fault, said in one line, no
+        # Python object (`<_io.BytesIO object at 0x...>`) in it
+        assert caught.value.status() == "400", (caught.value.status(), str(caught.value))
+        assert "cannot read image (encoded bytes): " in caught.value.message()
+        assert "object at 0x" not in str(caught.value) and "\n" not in caught.value.message()
+    r = infer(client, http, "fmnist_int8", "images", good, "FP32")
     assert r.as_numpy("logits").shape == (1, 10)
     r = infer(client, http, "fmnist_int8_image", "image", image_bytes(IMAGES[:1]), "BYTES")
     assert r.as_numpy("label")[0, 0].decode() == reference(artifacts["int8"], IMAGES[:1])[0].label
@@ -297,7 +302,7 @@ def test_an_onnx_model_becomes_onnxruntime_onnx_with_an_image_ensemble(artifacts
     code, _, err = run_cli(["export-triton", str(artifacts["int8"]), str(artifacts["fp32"]),
                             "-o", str(repo), "--max-batch", "16"], capsys)
     assert code == 0, err
-    model = parse_config(repo / "fmnist_int8" / "config.pbtxt")
+    model = parse_config(repo / "fmnist_int8_model" / "config.pbtxt")
     assert model.platform == "onnxruntime_onnx" and model.max_batch_size == 16
     assert [i.name for i in model.input] == ["images"] and list(model.input[0].dims) == [1, 28, 28]
     assert model.output[0].name == "logits" and list(model.output[0].dims) == [10]
@@ -305,13 +310,18 @@ def test_an_onnx_model_becomes_onnxruntime_onnx_with_an_image_ensemble(artifacts
     assert model.dynamic_batching.max_queue_delay_microseconds == 1000
     assert model.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert model.model_warmup[0].inputs["images"].zero_data
-    assert (repo / "fmnist_int8" / "1" / "model.onnx").read_bytes() == artifacts["int8"].read_bytes()
-    labels = (repo / "fmnist_int8" / "labels.txt").read_text().splitlines()
+    assert (repo / "fmnist_int8_model" / "1" / "model.onnx").read_bytes() == \
+        artifacts["int8"].read_bytes()
+    labels = (repo / "fmnist_int8_model" / "labels.txt").read_text().splitlines()
     assert labels == vitedge.open(artifacts["int8"]).manifest.labels
     ensemble = parse_config(repo / "fmnist_int8_image" / "config.pbtxt")
     assert ensemble.platform == "ensemble"
     steps = [s.model_name for s in ensemble.ensemble_scheduling.step]
-    assert steps == ["fmnist_int8_preprocess", "fmnist_int8", "fmnist_int8_postprocess"]
+    assert steps == ["fmnist_int8_preprocess", "fmnist_int8_model", "fmnist_int8_postprocess"]
+    tensor = parse_config(repo / "fmnist_int8" / "config.pbtxt")  # what serve's NAME takes
+    assert tensor.platform == "ensemble" and [i.name for i in tensor.input] == ["images"]
+    assert [s.model_name for s in tensor.ensemble_scheduling.step] == [
+        "fmnist_int8_model", "fmnist_int8_postprocess"]
     assert parse_config(repo / "fmnist_int8_preprocess" / "config.pbtxt").backend == "python"
     assert "Triton" in (repo / "README.md").read_text()
 
@@ -354,6 +364,55 @@ def test_the_exported_repository_loads_in_triton_and_answers_image_bytes(artifac
         assert f'name: "{output}"' in ensemble  # what serve answers, the fleet's Triton too
 
 
+def served_interface(client, model: str) -> tuple[list[tuple[str, str, list[int]]], list[str]]:
+    """(inputs as (name, type, dims without the batch), output names) as the running
+    Triton reports the model (its metadata API)."""
+    meta = client.get_model_metadata(model)
+    return ([(t["name"], t["datatype"], [int(d) for d in t["shape"][1:]]) for t in meta["inputs"]],
+            sorted(t["name"] for t in meta["outputs"]))
+
+
+def declared_interface(config: Path) -> tuple[list[tuple[str, str, list[int]]], list[str]]:
+    """The same, as a config.pbtxt declares it (Triton's schema)."""
+    c = parse_config(config)
+
+    def kind(t):
+        return model_config_pb2.DataType.Name(t.data_type).removeprefix("TYPE_").replace(
+            "STRING", "BYTES")
+
+    return ([(t.name, kind(t), list(t.dims)) for t in c.input], sorted(t.name for t in c.output))
+
+
+@needs_triton
+def test_serve_and_export_triton_give_one_interface_for_one_model(server, artifacts, headless,
+                                                                  tmp_path):
+    """A client written for `vitedge serve` works unchanged on the repository export-triton
+    writes: same models, same input names and types, same outputs; the onnxruntime_onnx
+    repository declares it, the Python-backend one is loaded in a real Triton and asked."""
+    from vitedge.serve import export_repository
+
+    served = http.InferenceServerClient(server.url)
+    models = ["fmnist_int8", "fmnist_int8_image", "siglip", "siglip_image"]
+    want = {m: served_interface(served, m) for m in models}
+    assert want["fmnist_int8"] == ([("images", "FP32", [1, 28, 28])],
+                                   ["label", "logits", "score", "topk_ids", "topk_scores"])
+    assert want["siglip_image"][1] == ["embedding"]
+    plain, python = tmp_path / "plain", tmp_path / "python"
+    export_repository([artifacts["int8"], headless], plain, ServeOptions())
+    export_repository([artifacts["int8"], headless], python, ServeOptions(onnx_backend="python"))
+    for m in models:
+        assert declared_interface(plain / m / "config.pbtxt") == want[m], m
+    x = model_inputs(artifacts["int8"], IMAGES[:3])
+    expected = infer(served, http, "fmnist_int8", "images", x, "FP32")
+    with TritonServer(python) as running:
+        client = http.InferenceServerClient(running.url)
+        for m in models:
+            assert served_interface(client, m) == want[m], m
+        got = infer(client, http, "fmnist_int8", "images", x, "FP32")
+    assert got.as_numpy("label").tolist() == expected.as_numpy("label").tolist()
+    np.testing.assert_allclose(got.as_numpy("logits"), expected.as_numpy("logits"), atol=1e-5)
+
+
 def engine_description(tmp_path: Path, demo_fp32: Path, batch: str) -> Path:
     """A TensorRT engine file and the description `vitedge build --backend tensorrt`
     writes beside it (vitedge's own sidecar format; the plan's bytes are not read when a
@@ -386,7 +445,7 @@ def test_a_raw_int8_graph_is_given_weights_exact_on_every_cpu(artifacts, tmp_pat
     qdq = artifacts["int8"].with_name("fmnist.int8.onnx")
     assert largest_integer_weight(onnx.load(str(qdq))) > WEIGHT_MAX
     entries = export_repository([qdq], tmp_path / "repo", ServeOptions())
-    copy = tmp_path / "repo" / "fmnist_int8" / "1" / "model.onnx"
+    copy = tmp_path / "repo" / "fmnist_int8_model" / "1" / "model.onnx"
     assert largest_integer_weight(onnx.load(str(copy))) <= WEIGHT_MAX
     assert any("7 bits" in n for n in entries[0].notes)
     x = model_inputs(qdq, IMAGES)
@@ -399,11 +458,13 @@ def test_an_engine_becomes_a_tensorrt_plan_batched_to_its_profile(demo_fp32, tmp
     repo = tmp_path / "repo"
     code, _, err = run_cli(["export-triton", str(engine), "-o", str(repo)], capsys)
     assert code == 0, err
-    plan = parse_config(repo / "fmnist_int8" / "config.pbtxt")
+    plan = parse_config(repo / "fmnist_int8_model" / "config.pbtxt")
     assert plan.platform == "tensorrt_plan" and plan.max_batch_size == 16  # the profile's max
     assert list(plan.input[0].dims) == [1, 28, 28] and list(plan.output[0].dims) == [10]
     assert plan.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
-    assert (repo / "fmnist_int8" / "1" / "model.plan").read_bytes() == b"plan"
+    assert (repo / "fmnist_int8_model" / "1" / "model.plan").read_bytes() == b"plan"
+    assert declared_interface(repo / "fmnist_int8" / "config.pbtxt") == (
+        [("images", "FP32", [1, 28, 28])], ["label", "logits", "score", "topk_ids", "topk_scores"])
     assert "TensorRT 10.3.0" in (repo / "README.md").read_text()
     code, _, err = run_cli(["export-triton", str(engine), "-o", str(tmp_path / "r2"),
                             "--max-batch", "32"], capsys)
@@ -575,7 +636,7 @@ def test_a_stranger_cannot_use_the_admin_apis_and_the_model_keeps_serving(artifa
         x = model_inputs(artifacts["fp32"], IMAGES[:2])
 
         def infer_with(headers=None):
-            inp = http.InferInput("input", list(x.shape), "FP32")
+            inp = http.InferInput("images", list(x.shape), "FP32")
             inp.set_data_from_numpy(x)
             return client.infer("fmnist", [inp], headers=headers).as_numpy("logits")
 

@@ -176,9 +176,22 @@ def release(tmp: Path) -> None:
     _unregister(target)
 
 
+def output_file(path: str | os.PathLike[str]) -> Path:
+    """The one rule for every file vitedge writes: the folders above it that are missing are
+    made (as `explain -o` makes its folder); a folder where the file goes, or a file where a
+    folder must go, is one VitedgeError."""
+    target = Path(path)
+    if target.is_dir():
+        raise VitedgeError(f"{target} is a folder", "give a file name")
+    if str(target.parent) not in ("", "."):
+        make_folder(target.parent)
+    return target
+
+
 def publish(tmp: Path, target: Path) -> None:
-    """Move the complete file `tmp` onto `target`: a rename on the same file system, else a
-    copy that gets its name only when complete."""
+    """Move the complete file `tmp` onto `target` (its missing folders made, `output_file`):
+    a rename on the same file system, else a copy that gets its name only when complete."""
+    output_file(target)
     try:
         os.replace(tmp, target)
     except OSError as exc:
@@ -319,13 +332,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path (in the scratch folder) for `path`'s file; publish it onto
     `path` only if the block succeeds. OSErrors from the block (a full disk while writing)
     become one VitedgeError."""
-    target = Path(path)
-    if target.is_dir():
-        raise VitedgeError(f"{target} is a folder", "give a file name")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise write_error(target, exc) from exc
+    target = output_file(path)
     tmp = temporary_path(target)
     try:
         try:
@@ -339,9 +346,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """`data` as the file at `path`, named only once complete."""
-    target = Path(path)
-    if target.is_dir():
-        raise VitedgeError(f"{target} is a folder", "give a file name")
+    target = output_file(path)
     try:
         _write_unnamed(target, lambda f: f.write(data))
     except OSError as exc:

@@ -515,6 +515,17 @@ class CameraOptions:
                               kind=str)
     mqtt_qos: int = option(1, "MQTT quality of service: 0 at most once, 1 at least once.",
                            least=0, most=1)
+    mqtt_drop_undelivered: bool = option(
+        False, "Exit 0 even when events could not be delivered to the MQTT broker (counted and "
+        "named in a warning); without it, undelivered events make the run exit 1.")
+    events_min_score: float | None = option(
+        help="Send only events whose top-1 score is at least this (--events and --mqtt).",
+        least=0, most=1, metavar="SCORE", kind=float)
+    events_on_change: bool = option(False, "Send an event only when a camera's top-1 label "
+                                    "changes from the last event it sent (--events and --mqtt).")
+    events_max_rate: float | None = option(
+        help="At most this many events a second per camera, by capture time (--events and "
+        "--mqtt).", least=0, above=True, metavar="PER_SECOND", kind=float)
     output_dir: str | None = option(help="Write each camera's annotated frames to "
                                     "DIR/CAMERA.mp4.", metavar="DIR", kind=str)
     status: bool = option(True, "No live status table (it is shown only on a terminal).",

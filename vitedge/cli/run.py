@@ -106,8 +106,9 @@ def embed(artifact: str, images: tuple[str, ...], output: str, as_json: bool, **
               "quits); one camera.")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames "
               "(all cameras together).")
-@flags(CameraOptions, "batch", "max_wait_ms", "events", "mqtt", "mqtt_qos", "output_dir",
-       "status")
+@flags(CameraOptions, "batch", "max_wait_ms", "events", "mqtt", "mqtt_qos",
+       "mqtt_drop_undelivered", "events_min_score", "events_on_change", "events_max_rate",
+       "output_dir", "status")
 @flags(SourceOptions, "reconnect_for")
 @flags(PipelineOptions, "color", *RUNTIME_FLAGS)
 def run(artifact: str, sources: tuple[str, ...], sources_file: str | None, output: str | None,
@@ -178,6 +179,7 @@ def _run_several(artifact: str, cameras: list[Any], cams: CameraOptions,
                  max_frames: int | None, as_json: bool, kw: dict[str, Any], err: Any) -> None:
     from vitedge.runtime.camera_loop import run_cameras
 
+    shown = err if cams.events == "-" else out  # stdout carries the JSON lines alone
     live = None
     if cams.status and err.is_terminal:
         from rich.live import Live
@@ -193,14 +195,14 @@ def _run_several(artifact: str, cameras: list[Any], cams: CameraOptions,
         if as_json and exc.details:
             print_json(exc.details)
         elif exc.details:
-            out.print(camera_table(exc.details["cameras"], stages=True))
+            shown.print(camera_table(exc.details["cameras"], stages=True))
         raise
     warn(summary["warnings"], as_json)
     if as_json:
         print_json(summary)
         return
-    out.print(camera_table(summary["cameras"], stages=True))
-    out.print(stage_table(summary["stages"], f"{summary['frames']} frames, "
+    shown.print(camera_table(summary["cameras"], stages=True))
+    shown.print(stage_table(summary["stages"], f"{summary['frames']} frames, "
                           f"{summary['fps']:.1f} FPS in all, batches "
                           + ", ".join(f"{n} x {k}" for k, n in summary["batch_sizes"].items())))
 

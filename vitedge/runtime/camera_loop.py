@@ -1,7 +1,9 @@
 """`vitedge run ARTIFACT --source NAME=URI ...`: many cameras through one model
 (`pipe.multi_stream`), each camera's annotated frames optionally to DIR/CAMERA.mp4, every
-prediction out as an event (JSON lines, MQTT), a live status per camera, and per-camera
-statistics at the end."""
+prediction out as an event (JSON lines, MQTT; thinned by `event_filter.EventFilter` when
+asked), a live status per camera, and per-camera statistics at the end. The run's seconds
+and fps count from the first frame to the last: loading the model, waiting for the broker
+at the start and flushing events to it at the end are not the run."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any
 from vitedge.errors import VitedgeError
 from vitedge.options import CameraOptions, PipelineOptions, SourceOptions
 from vitedge.runtime.cameras import Camera, MultiStream, check_unique
+from vitedge.runtime.event_filter import EventFilter
 from vitedge.runtime.events import JsonLines, MqttEvents, MqttTarget, event_of
 from vitedge.runtime.outputs import FrameOutput, open_output
 from vitedge.runtime.pipeline import open_pipeline
@@ -34,7 +37,8 @@ def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | N
     all), and return the summary: frames, fps, per-camera statistics, batch sizes, events
     sent. `status` hears each camera's figures every half second. A camera that is gone
     (its reconnect budget spent, or an error) ends the run with a VitedgeError once the
-    others are done, with the summary as its details."""
+    others are done, with the summary as its details; so do events the MQTT broker never
+    received, unless `options.mqtt_drop_undelivered`."""
     from vitedge.fileio import refuse_overwriting_inputs
 
     opts = options or CameraOptions()
@@ -46,7 +50,8 @@ def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | N
     refuse_overwriting_inputs(events_path, artifact,
                               *[c.uri for c in cameras if Path(c.uri).is_file()])
     log = log or (lambda _line: None)
-    start = time.monotonic()
+    chosen = EventFilter(opts.events_min_score, opts.events_on_change, opts.events_max_rate)
+    event_filter = chosen if chosen.active else None
     count = 0
     with contextlib.ExitStack() as stack:
         pipe = stack.enter_context(open_pipeline(artifact, pipeline))
@@ -61,7 +66,9 @@ def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | N
             stack.callback(mqtt.close)
             if not mqtt.wait_connected(5.0):
                 log(f"MQTT broker {mqtt_target.host}:{mqtt_target.port} is not answering; "
-                    "events wait for it (up to 10,000)")
+                    "events wait for it (up to 10,000); those it has not received at the end "
+                    + ("are dropped and counted" if opts.mqtt_drop_undelivered else
+                       "make the run fail (--mqtt-drop-undelivered accepts losing them)"))
             sinks.append(mqtt)
         outputs: dict[str, FrameOutput] = {}
         if opts.output_dir:
@@ -72,14 +79,19 @@ def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | N
         multi = stack.enter_context(MultiStream(pipe, cameras, opts.batch, opts.max_wait_ms,
                                                 source_options, log))
         last_status = 0.0
+        start = time.monotonic()
         for result in multi:
             count += 1
             if sinks:
                 event = event_of(result)
-                for sink in sinks:
-                    sink.send(event)
+                if event_filter is None or event_filter.keep(event):
+                    for sink in sinks:
+                        sink.send(event)
             out = outputs.get(result.camera)
             if out is not None:
+                reader = multi.readers.get(result.camera)
+                if out.frames == 0 and reader is not None and not reader.live:
+                    out.match_rate(reader.source.fps)  # a live camera's frames are dropped
                 out.render(result.frame, result.prediction)
             now = time.monotonic()
             if status is not None and now - last_status >= STATUS_EVERY:
@@ -89,6 +101,8 @@ def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | N
                 break
         multi.close()
         elapsed = time.monotonic() - start
+        if mqtt is not None:
+            mqtt.close()  # what waits for the broker goes out now, outside the run's time
         stages = {k: asdict(Stats.of(v)) for k, v in pipe.times.samples.items() if len(v)}
         warnings = list(pipe.warnings)
         per_camera = [s.to_dict() for s in multi.stats.values()]
@@ -101,11 +115,21 @@ def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | N
         "seconds": round(elapsed, 3), "fps": count / elapsed if elapsed else 0.0,
         "batch": batch, "max_wait_ms": opts.max_wait_ms, "batch_sizes": batch_sizes,
         "stages": stages, "events": {"json_lines": opts.events,
-                                     "mqtt": mqtt.counters() if mqtt else None},
+                                     "mqtt": mqtt.counters() if mqtt else None,
+                                     "filter": event_filter.to_dict() if event_filter else None},
         "output_dir": opts.output_dir, "warnings": warnings}
     gone = [c for c in per_camera if c["gone"]]
-    log(f"{count} frames from {len(cameras)} cameras in {elapsed:.1f} s, batches of up to "
-        f"{batch}" + (f"; gone: {', '.join(c['camera'] for c in gone)}" if gone else ""))
+    log(f"{count} frames from {plural(len(cameras), 'camera')} in {elapsed:.1f} s, batches of "
+        f"up to {batch}" + (f"; gone: {', '.join(c['camera'] for c in gone)}" if gone else ""))
+    lost = _undelivered(summary, mqtt_target)
+    if lost and opts.mqtt_drop_undelivered:
+        summary["warnings"].append(f"{lost} (dropped: --mqtt-drop-undelivered)")
+    elif lost:
+        if gone:
+            log(lost)
+        else:
+            raise VitedgeError(lost, "check the broker; --mqtt-drop-undelivered accepts "
+                               "losing them (exit 0)", details=summary)
     if gone:
         raise VitedgeError(f"camera {gone[0]['camera']} is gone: {gone[0]['gone']}"
                            + (f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""),
@@ -114,12 +138,30 @@ def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | N
     return summary
 
 
+def plural(n: int, noun: str) -> str:
+    """`1 camera`, `2 cameras`."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _undelivered(summary: dict[str, Any], target: MqttTarget | None) -> str | None:
+    """One line saying how many events the MQTT broker never received, or None."""
+    counters = summary["events"]["mqtt"]
+    if target is None or not counters or not counters["undelivered"]:
+        return None
+    n = counters["undelivered"]
+    sent = counters["published"] + counters["waiting"] + counters["lost"]
+    return (f"{n} of {plural(sent, 'event')} {'was' if n == 1 else 'were'} not delivered to "
+            f"the MQTT broker {target.host}:{target.port}")
+
+
 @contextlib.contextmanager
 def _events_file(path: Path) -> Any:
     """The events file, written line by line as events happen (a log, not a document: it is
     read while it grows)."""
+    from vitedge.fileio import output_file
+
     try:
-        stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        stream = open(output_file(path), "w", encoding="utf-8")  # noqa: SIM115 - closed below
     except OSError as exc:
         raise VitedgeError(f"cannot write {path}: {exc.strerror}") from None
     try:

@@ -26,7 +26,7 @@ import numpy as np
 
 from vitedge.errors import VitedgeError
 from vitedge.options import COLOR_ORDERS, SourceOptions
-from vitedge.runtime.sources import FrameSource, describe
+from vitedge.runtime.sources import FrameSource, describe, source_of
 from vitedge.runtime.stats import StageTimes, Stats
 
 if TYPE_CHECKING:
@@ -123,16 +123,21 @@ def check_unique(cameras: list[Camera]) -> None:
 
 class CameraResult(tuple):
     """(camera, frame, prediction), with the frame's `number` on its camera (from 0), its
-    capture time (`captured`, time.monotonic) and its capture-to-result `latency_ms`."""
+    capture time (`captured`, Unix seconds, as the events carry it; `captured_monotonic`, the
+    same instant on time.monotonic, for measuring against other monotonic times) and its
+    capture-to-result `latency_ms`."""
 
     number: int
     captured: float
+    captured_monotonic: float
     latency_ms: float
 
     def __new__(cls, camera: str, frame: Any, prediction: Prediction, number: int,
-                captured: float, latency_ms: float) -> CameraResult:
+                captured: float, latency_ms: float,
+                captured_monotonic: float | None = None) -> CameraResult:
         self = super().__new__(cls, (camera, frame, prediction))
         self.number, self.captured, self.latency_ms = number, captured, latency_ms
+        self.captured_monotonic = captured if captured_monotonic is None else captured_monotonic
         return self
 
     @property
@@ -377,6 +382,7 @@ class MultiStream:
         _kept, x, timings = self.pipe._prepare(frames, skip_unreadable=False)
         predictions = self.pipe._infer(x, timings)
         done = time.monotonic()
+        to_unix = time.time() - time.monotonic()
         results = []
         with self.wake:
             self.batch_sizes[len(chunk)] += 1
@@ -387,7 +393,9 @@ class MultiStream:
                 stats.last_latency_ms = latency
                 stats.latency.add({"wait": (formed - captured) * 1e3,
                                    "pipeline": (done - formed) * 1e3, "latency": latency}, 1)
-                results.append(CameraResult(name, frame, p, index, captured, latency))
+                p.source = source_of(frame)  # an image file of a folder camera, else None
+                results.append(CameraResult(name, frame, p, index, captured + to_unix, latency,
+                                            captured))
         return results
 
     def close(self) -> None:

@@ -1,11 +1,14 @@
 """Predictions out as events: one JSON object per prediction (camera, frame number, capture
-time, top-k labels and scores or the embedding, latency), written as JSON lines to a file or
-standard output and/or published to an MQTT broker, which is how a camera product hands
-what it sees to the rest of the system.
+time, top-k labels and scores or the embedding, latency, and the image file where a camera
+reads a folder), written as JSON lines to a file or standard output and/or published to an
+MQTT broker, which is how a camera product hands what it sees to the rest of the system.
 
 Nothing here blocks the inference loop on the broker: paho's network thread sends, and
 while the broker is away events wait in a bounded buffer (sent, in order, once it is back;
-those that do not fit are counted as lost)."""
+those that do not fit are counted as lost). An event counts as delivered once the broker
+acknowledged it (QoS 1) or it was written to the socket (QoS 0); what is still undelivered
+when the run ends is counted (`undelivered`) and, unless the user said to drop it, fails
+the run."""
 
 from __future__ import annotations
 
@@ -23,12 +26,14 @@ MQTT_BUFFER = 10_000
 
 
 def event_of(result: Any) -> dict[str, Any]:
-    """A `CameraResult` as an event. `captured` is wall-clock time (Unix seconds)."""
+    """A `CameraResult` as an event. `captured` is wall-clock time (Unix seconds), as the
+    result's own `captured`."""
     p = result.prediction
-    captured = time.time() - (time.monotonic() - result.captured)
     event: dict[str, Any] = {"camera": result.camera, "frame": result.number,
-                             "captured": round(captured, 4),
+                             "captured": round(result.captured, 4),
                              "latency_ms": round(result.latency_ms, 2)}
+    if p.source is not None:  # the image file, where the camera is a folder
+        event["source"] = p.source
     if p.embedding is not None:
         event["embedding"] = {"dim": int(p.embedding.shape[-1]),
                               "values": [round(float(v), 6) for v in p.embedding]}
@@ -71,8 +76,10 @@ class MqttTarget:
 
 class MqttEvents:
     """Events published to TOPIC/CAMERA on an MQTT broker (QoS `qos`), reconnecting when it
-    goes away. Counters: `published`, `buffered` (sent late, after an outage), `lost` (the
-    buffer was full), `reconnects`."""
+    goes away. Counters: `published` (handed to the network), `delivered` (acknowledged by
+    the broker at QoS 1, written at QoS 0), `buffered` (sent late, after an outage), `lost`
+    (the buffer was full), `reconnects`, and `undelivered` (lost, still waiting, or
+    published and never acknowledged)."""
 
     def __init__(self, target: MqttTarget, qos: int = 1, buffer: int = MQTT_BUFFER,
                  client_id: str = ""):
@@ -82,10 +89,12 @@ class MqttEvents:
             raise MissingDependency("--mqtt needs paho-mqtt, which is not installed",
                                     "pip install 'vitedge[mqtt]'") from exc
         self.target, self.qos = target, qos
-        self.published = self.buffered = self.lost = self.reconnects = 0
+        self.published = self.delivered = self.buffered = self.lost = self.reconnects = 0
+        self._closed = False
         self._waiting: deque[tuple[str, bytes]] = deque()
         self._buffer = buffer
         self._lock = threading.Lock()
+        self._delivered_lock = threading.Lock()
         self._connected = threading.Event()
         self._ever = False
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
@@ -93,6 +102,7 @@ class MqttEvents:
         self.client.max_queued_messages_set(0)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
         try:
             self.client.connect_async(target.host, target.port, keepalive=10)
         except (OSError, ValueError) as exc:
@@ -113,6 +123,12 @@ class MqttEvents:
                 topic, payload = self._waiting.popleft()
                 client.publish(topic, payload, qos=self.qos)
                 self.published += 1
+
+    def _on_publish(self, *_args: Any) -> None:
+        # its own lock: paho calls this holding its message lock, which `send` (holding
+        # self._lock) needs in `publish`; sharing self._lock here would deadlock
+        with self._delivered_lock:
+            self.delivered += 1
 
     def _on_disconnect(self, *_args: Any) -> None:
         self._connected.clear()
@@ -137,15 +153,23 @@ class MqttEvents:
 
     def counters(self) -> dict[str, int]:
         with self._lock:
-            return {"published": self.published, "buffered": self.buffered, "lost": self.lost,
-                    "reconnects": self.reconnects, "waiting": len(self._waiting)}
+            return {"published": self.published, "delivered": self.delivered,
+                    "buffered": self.buffered, "lost": self.lost, "reconnects": self.reconnects,
+                    "waiting": len(self._waiting), "undelivered": self._undelivered()}
+
+    def _undelivered(self) -> int:
+        return self.lost + len(self._waiting) + max(self.published - self.delivered, 0)
 
     def close(self, flush_for: float = 2.0) -> None:
-        """Give waiting events `flush_for` seconds to go out, then disconnect."""
+        """Give waiting and unacknowledged events `flush_for` seconds to go out, then
+        disconnect; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         end = time.monotonic() + flush_for
         while time.monotonic() < end:
             with self._lock:
-                if not self._waiting:
+                if not self._waiting and self.delivered >= self.published:
                     break
             time.sleep(0.05)
         self.client.disconnect()

@@ -58,11 +58,13 @@ class FrameOutput:
     def _render(self, frame: Any, prediction: Any) -> bool:
         return True
 
+    def match_rate(self, fps: float | None) -> None:
+        """The source's frame rate (None: unknown), for an output that needs one."""
+
     def _annotate(self, cv2: Any, frame: Any, prediction: Any) -> np.ndarray:
         image = as_bgr(frame).copy()
         if prediction is not None:
-            text = f"{prediction.describe()}  {self.fps:.1f} FPS"
-            cv2.putText(image, text, (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 255, 0), 2)
+            draw_lines(cv2, image, [prediction.describe(), f"{self.fps:.1f} FPS"])
         return image
 
     def close(self) -> None:
@@ -105,17 +107,20 @@ class VideoFileOutput(FrameOutput):
 
     kind = "file"
 
-    def __init__(self, path: str | Path, fps: float = 30.0) -> None:
+    def __init__(self, path: str | Path, fps: float | None = None) -> None:
         super().__init__()
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in VIDEO_CODECS:
             raise VitedgeError(f"cannot write video {self.path}: unknown container '{suffix}'",
                                f"use one of {', '.join(sorted(VIDEO_CODECS))}")
-        if self.path.is_dir():
-            raise VitedgeError(f"{self.path} is a folder", "give a video file name")
         self.cv2 = require("cv2", "video", "writing video")
+        from vitedge.fileio import output_file
+
+        output_file(self.path)  # its folder made now: a file in the way fails before the run
         self.rate = fps
+        """Frames a second the video plays at: `fps`, else the source's (`match_rate`),
+        else DEFAULT_FPS."""
         from vitedge.fileio import temporary_path
 
         self.tmp = temporary_path(self.path)
@@ -127,7 +132,8 @@ class VideoFileOutput(FrameOutput):
         if self._writer is None:
             h, w = image.shape[:2]
             fourcc = self.cv2.VideoWriter_fourcc(*VIDEO_CODECS[self.path.suffix.lower()])
-            self._writer = self.cv2.VideoWriter(str(self.tmp), fourcc, self.rate, (w, h))
+            self._writer = self.cv2.VideoWriter(str(self.tmp), fourcc,
+                                                self.rate or DEFAULT_FPS, (w, h))
             if not self._writer.isOpened():
                 self.abort()
                 raise VitedgeError(f"cannot write video {self.path}",
@@ -139,6 +145,10 @@ class VideoFileOutput(FrameOutput):
                                "written", "free space or choose another path")
         self._writer.write(image)
         return True
+
+    def match_rate(self, fps: float | None) -> None:
+        if self.rate is None and self._writer is None and fps:
+            self.rate = float(fps)
 
     def abort(self) -> None:
         if self._writer is not None:
@@ -179,6 +189,29 @@ class VideoFileOutput(FrameOutput):
             release(self.tmp)
 
 
+DEFAULT_FPS = 30.0
+"""The frame rate of a video written from a source that has none (images, a folder)."""
+
+
+def draw_lines(cv2: Any, image: np.ndarray, lines: list[str]) -> None:
+    """`lines` in green at the top left of `image`, one under the other, the font scaled
+    down so that the longest fits the frame's width (a 112x112 frame shows all of it)."""
+    h, w = image.shape[:2]
+    margin = max(2, min(10, w // 40))
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    widest = max(cv2.getTextSize(line, font, 1.0, 2)[0][0] for line in lines)
+    scale = min(0.8, (w - 2 * margin - 2) / max(widest, 1))
+    thickness = 2 if scale >= 0.5 else 1
+    y = margin
+    for line in lines:
+        (tw, th), base = cv2.getTextSize(line, font, scale, thickness)
+        y += th
+        if y + base > h:
+            break  # no room for another line
+        cv2.putText(image, line, (margin, y), font, scale, (0, 255, 0), thickness)
+        y += base + max(2, th // 3)
+
+
 FREE_FLOOR = 4 << 20
 """Bytes a video keeps free on its disk while it is written, checked every 16 frames."""
 
@@ -204,12 +237,13 @@ def _frames_in(cv2: Any, path: Path) -> int | None:
         cap.release()
 
 
-def open_output(uri: str | Path | None) -> FrameOutput:
-    """A frame output for `uri`: a video file path, `display://N` / `display`, or `None` /
-    `none://` for none."""
+def open_output(uri: str | Path | None, fps: float | None = None) -> FrameOutput:
+    """A frame output for `uri`: a video file path (playing at `fps` frames a second, else
+    at the source's rate, `match_rate`), `display://N` / `display`, or `None` / `none://`
+    for none."""
     if uri is None or str(uri) in ("none", "none://"):
         return FrameOutput()
     text = str(uri)
     if text.startswith(DISPLAY_PREFIXES) and not Path(text).suffix:
         return DisplayOutput()
-    return VideoFileOutput(text)
+    return VideoFileOutput(text, fps)

@@ -203,25 +203,34 @@ class Pipeline:
         yield from scheduler.in_flight(chunks, run, self._workers, self.streams,
                                        self._check_open)
 
-    def stream(self, source: Any, max_frames: int | None = None, prefetch: int = 2
-               ) -> Iterator[tuple[Any, Prediction]]:
+    def stream(self, source: Any, max_frames: int | None = None, prefetch: int = 2,
+               reconnect_for: float | None = None) -> Iterator[tuple[Any, Prediction]]:
         """(frame, prediction) for each frame of a source (anything `open_source` takes, or
-        an iterable of frames), run `batch` frames at a time. Double-buffered: a worker
+        an iterable of frames), run `batch` frames at a time; each prediction's `source`
+        names the image file it came from, or the source's URI. Double-buffered: a worker
         thread decodes and preprocesses the next batches while the model runs on this one
         (`prefetch=0` turns it off). With `streams` > 1, `streams` batches are in flight at
-        once instead, each prepared and run on a worker of its own (see `batches`)."""
+        once instead, each prepared and run on a worker of its own (see `batches`).
+
+        A live source (camera, rtsp:// stream) that is not there yet or drops is waited for,
+        reconnecting, for ever; `reconnect_for` seconds without a frame end the stream
+        instead (pass an `open_source(...)` to read its `stats.gave_up`). A source that can
+        never open here (a GStreamer pipeline on an OpenCV without GStreamer) raises at once."""
+        from vitedge.options import SourceOptions
         from vitedge.runtime.sources import open_source
 
-        frames = open_source(source) if isinstance(source, (str, Path, int)) else source
+        named = str(source) if isinstance(source, (str, Path, int)) else None
+        frames = open_source(source, options=SourceOptions(reconnect_for=reconnect_for)) \
+            if named is not None else source
         limited = itertools.islice(frames, max_frames)
         chunks = iter(lambda: list(itertools.islice(limited, self.batch_size)), [])
         try:
             if self.streams > 1 or prefetch <= 0:
                 for _chunk, (kept, predictions) in self._in_flight(chunks, self._batch_skipping):
-                    yield from zip(kept, predictions, strict=True)
+                    yield from _named(zip(kept, predictions, strict=True), named)
                 return
             for kept, x, timings in scheduler.prefetched(chunks, self._prepared, prefetch):
-                yield from zip(kept, self._infer(x, timings), strict=True)
+                yield from _named(zip(kept, self._infer(x, timings), strict=True), named)
         finally:
             close = getattr(frames, "close", None)
             if close is not None:
@@ -287,6 +296,16 @@ class Pipeline:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _named(pairs: Iterable[tuple[Any, Prediction]], named: str | None
+           ) -> Iterator[tuple[Any, Prediction]]:
+    """(frame, prediction) with the prediction's `source`: the frame's file, else `named`."""
+    from vitedge.runtime.sources import source_of
+
+    for frame, p in pairs:
+        p.source = source_of(frame) or named
+        yield frame, p
 
 
 def is_frame(item: Any) -> bool:

@@ -28,6 +28,10 @@ class Prediction:
     logits: np.ndarray | None = None
     embedding: np.ndarray | None = None
     """The image embedding of a headless model (L2-normalised with normalize_embeddings)."""
+    source: str | None = None
+    """Where the frame came from, set by `pipe.stream`: the image file (from a folder, a glob
+    or a list of paths), else the source stream's URI (video, camera); None for a frame
+    passed in as pixels."""
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"class_id": self.class_id, "label": self.label, "score": self.score,
@@ -38,6 +42,8 @@ class Prediction:
             d["logits"] = self.logits.tolist()
         if self.embedding is not None:
             d["embedding"] = self.embedding.tolist()
+        if self.source is not None:
+            d["source"] = self.source
         return d
 
     def describe(self) -> str:

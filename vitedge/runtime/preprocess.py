@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from vitedge.errors import VitedgeError
 from vitedge.manifest import Preprocess
@@ -52,7 +52,18 @@ def load_image(path: str | Path | bytes) -> Image.Image:
         raise VitedgeError(f"cannot read image {path}: it declares more than "
                            f"{MAX_PIXELS // 1_000_000} megapixels") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise VitedgeError(f"cannot read image {path}: {exc}") from exc
+        raise VitedgeError(f"cannot read image {path}: {_why(exc)}") from exc
+
+
+def _why(exc: Exception) -> str:
+    """Pillow's reason in words, without the Python object it names (`<_io.BytesIO object
+    at 0x...>`, which tells a client or a log nothing)."""
+    import re
+
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image format Pillow reads (JPEG, PNG, BMP, WebP, TIFF, GIF, ...)"
+    said = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc)).strip()
+    return said or type(exc).__name__
 
 
 def upright(image: Image.Image) -> Image.Image:

@@ -43,6 +43,9 @@ def run_loop(artifact: str, source: str, output: str | None = None, display: boo
         stack.callback(frames.close)
         for frame, p in pipe.stream(frames, max_frames=max_frames):
             count += 1
+            if count == 1:  # the source is open now: a video plays at its rate
+                for out in outputs:
+                    out.match_rate(frames.fps)
             if not all([out.render(frame, p) for out in outputs]):
                 break  # the window was closed
         if output and count == 0:

@@ -18,7 +18,7 @@ from vitedge.errors import VitedgeError, require
 from vitedge.options import SourceOptions
 
 __all__ = ["FrameSource", "SourceOptions", "SourceStats", "describe", "image_files",
-           "open_source"]
+           "open_source", "source_of"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mjpeg", ".mjpg"}
@@ -92,8 +92,12 @@ class FrameSource:
         self.on_event = on_event or (lambda _line: None)
         self._sleep, self._clock = sleep, clock
         self._cap: Any = None
+        self.fps: float | None = None
+        """The frame rate the video or camera declares, once it is open (None: unknown)."""
         if self.kind in ("image", "folder", "glob"):
             self.files = self._files()
+        elif self.kind in ("gstreamer", "stream"):
+            _check_backend(self.kind, source)  # one that can never open fails now
 
     def _files(self) -> list[Path]:
         if self.kind == "image":
@@ -132,6 +136,8 @@ class FrameSource:
             hint = {"gstreamer": "OpenCV needs GStreamer support (cv2.getBuildInformation())",
                     "camera": "check the device exists and is not in use"}.get(self.kind)
             raise VitedgeError(f"cannot open {self.kind} {src}", hint)
+        rate = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(rate) if 0 < rate < 1000 else self.fps
         return cap
 
     def _timeouts_ms(self) -> tuple[int, int]:
@@ -158,6 +164,7 @@ class FrameSource:
                 self.on_event(f"skipped {f}: {exc.message}")
                 continue
             self.stats.frames += 1
+            image.info[SOURCE_KEY] = str(f)  # which file: `source_of`
             yield image
         if self.files and not self.stats.frames:
             raise VitedgeError(f"none of the {len(self.files)} images in {self.source} could be "
@@ -209,8 +216,11 @@ class FrameSource:
         try:
             return self._open_capture()
         except VitedgeError as exc:
+            budget = self.options.reconnect_for
             self.on_event(f"{self.kind} {self.source} is not there ({exc.message}); waiting "
-                          "for it")
+                          + ("for it for ever (--reconnect-for SECONDS, or reconnect_for=, "
+                             "bounds the wait)" if budget is None else
+                             f"for it up to {budget:g} s"))
         return self._cap if self._reconnect(dropped=False) else None
 
     def _reconnect(self, dropped: bool = True) -> bool:
@@ -251,6 +261,48 @@ class FrameSource:
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+
+
+SOURCE_KEY = "vitedge.source"
+"""The key in a PIL image's `info` naming the file a folder or glob source read it from."""
+
+
+def source_of(frame: Any) -> str | None:
+    """The file a frame came from: a path itself, or an image a folder / glob source read
+    (`FrameSource` names it in the image's `info`); None for pixels from elsewhere."""
+    if isinstance(frame, (str, Path)):
+        return str(frame)
+    info = getattr(frame, "info", None)
+    return info.get(SOURCE_KEY) if isinstance(info, dict) else None
+
+
+BACKENDS = {"gstreamer": "GStreamer", "stream": "FFMPEG"}
+"""The OpenCV video backend each kind of source needs (cv2.getBuildInformation()'s names)."""
+GSTREAMER_HINT = ("pip's opencv-python wheels have no GStreamer: use an OpenCV built with it "
+                  "(JetPack's python3-opencv on a Jetson; Debian / Ubuntu: apt-get install "
+                  "python3-opencv gstreamer1.0-plugins-good in a venv made with "
+                  "--system-site-packages, pip uninstall opencv-python-headless; or build "
+                  "OpenCV with -D WITH_GSTREAMER=ON)")
+
+
+def _check_backend(kind: str, source: Any) -> None:
+    """A VitedgeError, at once, when this OpenCV lacks the backend `kind` needs: waiting
+    for such a source would wait for ever."""
+    try:
+        import cv2
+    except ImportError:
+        return  # opening it says what to install
+    backend = BACKENDS[kind]
+    info = ""
+    with contextlib.suppress(Exception):  # no build information: try to open it as ever
+        info = cv2.getBuildInformation()
+    for line in info.splitlines():
+        name, _, value = line.strip().partition(":")
+        if name.strip() == backend and not value.strip().upper().startswith("YES"):
+            raise VitedgeError(
+                f"cannot read {kind} {source}: this OpenCV ({cv2.__version__}) was built "
+                f"without {backend}", GSTREAMER_HINT if kind == "gstreamer" else
+                "use an OpenCV built with FFmpeg (pip install opencv-python-headless)")
 
 
 def _quiet(cv2: Any) -> None:

@@ -45,6 +45,7 @@ class TritonPythonModel:
 
         config = json.loads(args["model_config"])
         self.mode = _param(config, "mode", "tensor")
+        self.input_name = _param(config, "input", "input")  # the artifact's own input
         self.topk = int(_param(config, "topk", "5"))
         here = Path(args.get("model_repository", "."))  # REPO/<model>: relative paths start here
         self.pipe: Any = None
@@ -77,7 +78,7 @@ class TritonPythonModel:
         return self._images(requests)
 
     def _tensors(self, requests: list[Any]) -> list[Any]:
-        parts = [pb.get_input_tensor_by_name(r, "input").as_numpy() for r in requests]
+        parts = [pb.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
         logits = self.runner.infer(np.concatenate(parts))
         out, start = [], 0
         for part in parts:
@@ -96,7 +97,7 @@ class TritonPythonModel:
             try:  # decoded as vitedge.open decodes a file: pixel budget, EXIF orientation
                 decoded.append((i, [load_image(bytes(blob)) for blob in blobs]))
             except VitedgeError as exc:  # a bad image is this request's error alone
-                out[i] = pb.InferenceResponse(error=pb.TritonError(str(exc)))
+                out[i] = pb.InferenceResponse(error=client_error(exc.message))
         if decoded:
             frames = [im for _, images in decoded for im in images]
             try:
@@ -139,6 +140,13 @@ class TritonPythonModel:
             self.pipe.close()
         elif self.runner is not None:
             self.runner.close()
+
+
+def client_error(message: str) -> Any:
+    """An error the client caused (a corrupt image): Triton's INVALID_ARG, which its HTTP
+    front end answers with 400 (a plain TritonError would be a 500, the server's fault)."""
+    code = getattr(pb.TritonError, "INVALID_ARG", None)
+    return pb.TritonError(message) if code is None else pb.TritonError(message, code)
 
 
 def top_classes(logits: np.ndarray, k: int, labels: list[str], score: str = "softmax"

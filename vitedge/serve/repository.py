@@ -5,12 +5,14 @@ Two kinds:
 - `serving_repository`: what `vitedge serve` runs: per artifact a Python-backend model taking
   the artifact's own input tensor, and `<name>_image` taking encoded JPEG / PNG bytes, both
   running vitedge's runtime (any backend: ONNX Runtime, TensorRT, TensorRT for RTX).
-- `export_repository`: what a production Triton serves: a TensorRT engine as
-  `tensorrt_plan` (its `max_batch_size` the engine profile's max batch, which Triton
-  requires: a larger one fails to load, server #880 / #5013), an ONNX model as
-  `onnxruntime_onnx`, a Python-backend `<name>_preprocess` (image bytes in, the model's
-  input out, with vitedge's exact preprocessing) and an `ensemble` `<name>_image` chaining
-  the two; labels in `labels.txt` (`label_filename`), warm-up requests, a README.
+- `export_repository`: what a production Triton serves, with the interface `vitedge serve`
+  gives (`<name>`, `<name>_image`; `_ensemble`): a TensorRT engine as `tensorrt_plan` (its
+  `max_batch_size` the engine profile's max batch, which Triton requires: a larger one
+  fails to load, server #880 / #5013) or an ONNX model as `onnxruntime_onnx`, written as
+  `<name>_model`; a Python-backend `<name>_preprocess` (image bytes in, the model's input
+  out, with vitedge's exact preprocessing) and `<name>_postprocess` (logits in, label,
+  score and top-k out), and the ensembles `<name>` and `<name>_image` chaining them; labels
+  in `labels.txt` (`label_filename`), warm-up requests, a README.
 
 Every config.pbtxt is checked against Triton's own `ModelConfig` schema where tritonclient
 is installed (`validate_config`). With `max_batch_size > 0`, `dims` leave out the batch."""
@@ -195,14 +197,15 @@ def serving_repository(artifacts: list[Path], repo: Path, options: ServeOptions
     entries: list[ModelEntry] = []
     for artifact, name in zip(artifacts, _unique_names(artifacts), strict=True):
         with load_runner(artifact) as runner:  # checks it, and gives its manifest and batch
-            manifest, largest = runner.manifest, runner.max_batch
+            manifest, largest, input_name = runner.manifest, runner.max_batch, runner.input_name
         max_batch = options.max_batch or DEFAULT_MAX_BATCH
         max_batch = min(max_batch, largest) if largest else max_batch
         outputs = prediction_outputs(manifest, options.topk)
-        for model, inputs, mode in ((name, [input_spec(manifest)], "tensor"),
+        for model, inputs, mode in ((name, [input_spec(manifest, input_name)], "tensor"),
                                     (f"{name}_image", [TensorSpec("image", "TYPE_STRING", [1])],
                                      "image")):
-            params = {"artifact": str(artifact.resolve()), "mode": mode, "topk": str(options.topk)}
+            params = {"artifact": str(artifact.resolve()), "mode": mode, "topk": str(options.topk),
+                      "input": input_name}
             text = config_pbtxt(model, "python", inputs, outputs, max_batch, options, params)
             config = _write_model(repo, model, text, {"1/model.py": MODEL_PY, **_labels(manifest)})
             entries.append(ModelEntry(model, "python", inputs, outputs, max_batch, config))
@@ -227,9 +230,11 @@ def export_repository(artifacts: list[Path], repo: Path, options: ServeOptions
             backend = get(backend_of(artifact))
             if backend.onnx_artifact and options.onnx_backend == "python":
                 entry, manifest = _python_model(artifact, tmp, name, options)
-            else:
-                entry, manifest = _triton_model(backend.triton_model(artifact), tmp, name,
-                                                options)
+            else:  # behind the ensemble `<name>` where Triton batches it (`_ensemble`)
+                triton = backend.triton_model(artifact)
+                batches = triton.batch is not None or triton.inputs[0].shape[0] == -1
+                entry, manifest = _triton_model(triton, tmp, f"{name}_model" if batches
+                                                else name, options)
             entries += [entry, *_ensemble(tmp, name, entry, manifest, options)]
         write_text_atomic(tmp / "README.md", _readme(entries, artifacts))
     for entry in entries:
@@ -287,9 +292,10 @@ def _python_model(artifact: Path, repo: Path, name: str, options: ServeOptions
     manifest = require_manifest(model, artifact)
     static = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value > 0
     max_batch = 0 if static else options.max_batch or DEFAULT_MAX_BATCH
-    inputs = [input_spec(manifest)]
+    inputs = [input_spec(manifest, model.graph.input[0].name)]
     outputs = prediction_outputs(manifest, options.topk)
-    params = {"artifact": "1/model.onnx", "mode": "tensor", "topk": str(options.topk)}
+    params = {"artifact": "1/model.onnx", "mode": "tensor", "topk": str(options.topk),
+              "input": inputs[0].name}
     text = config_pbtxt(name, "python", inputs, outputs, max_batch, options, params)
     config = _write_model(repo, name, text, {"1/model.onnx": artifact, "1/model.py": MODEL_PY,
                                              **_labels(manifest)})
@@ -298,10 +304,14 @@ def _python_model(artifact: Path, repo: Path, name: str, options: ServeOptions
 
 def _ensemble(repo: Path, name: str, model: ModelEntry, manifest: Manifest,
               options: ServeOptions) -> list[ModelEntry]:
-    """`<name>_preprocess` (image bytes -> the model's input, vitedge's preprocessing from a
-    copy of the manifest), for a classifier served by Triton's own backend (its only output
-    the logits) `<name>_postprocess` (logits -> label, score, top-k, as vitedge.open answers),
-    and the ensemble `<name>_image` chaining them: image bytes in, every answer out."""
+    """What makes the repository answer as `vitedge serve` does, model for model:
+    `<name>_preprocess` (image bytes -> the model's input, vitedge's preprocessing from a
+    copy of the manifest) and the ensemble `<name>_image` (image bytes in); and where Triton's
+    own backend runs the model (written as `<name>_model`, its only output the logits or
+    features), `<name>_postprocess` (logits -> label, score, top-k, as vitedge.open answers)
+    and the ensemble `<name>` taking the model's own input. Both ensembles answer what
+    serve's models answer: `logits`, `label`, `score`, `topk_ids`, `topk_scores`, or a
+    headless model's `embedding`."""
     if model.max_batch_size == 0:
         return []  # a static-batch model cannot sit behind a batching ensemble
     image = TensorSpec("image", "TYPE_STRING", [1])
@@ -312,17 +322,21 @@ def _ensemble(repo: Path, name: str, model: ModelEntry, manifest: Manifest,
     pre_config = _write_model(repo, pre, text, {"1/model.py": MODEL_PY,
                                                 "manifest.json": manifest.to_json()})
     entries = [ModelEntry(pre, "python", [image], [tensor], model.max_batch_size, pre_config)]
-    outputs = list(model.outputs)
-    steps = [f'{{ model_name: "{pre}" model_version: -1 input_map {{ key: "image" value: '
-             '"image" } output_map { key: "input" value: "preprocessed" } }',
-             f'{{ model_name: "{name}" model_version: -1 input_map {{ key: '
-             f'"{model.inputs[0].name}" value: "preprocessed" }} '
-             + " ".join(f'output_map {{ key: "{t.name}" value: "{t.name}" }}' for t in outputs)
-             + " }"]
     answers = prediction_outputs(manifest, options.topk)
-    if manifest.is_classifier and not any(t.name == "label" for t in outputs):
+    own = model.name != name  # Triton's own backend runs it: its raw outputs
+    raw = model.outputs[0]
+    if own and manifest.is_classifier:
+        outputs = [TensorSpec("logits", "TYPE_FP32", raw.dims, raw.label_filename)]
+        renamed = {raw.name: "logits"}
+    elif own:
+        outputs = [TensorSpec("embedding", "TYPE_FP32", raw.dims)]
+        renamed = {raw.name: "embedding"}
+    else:
+        outputs, renamed = list(model.outputs), {t.name: t.name for t in model.outputs}
+    after: list[str] = []
+    if own and manifest.is_classifier:
         post = f"{name}_postprocess"
-        logits = TensorSpec(outputs[0].name, "TYPE_FP32", outputs[0].dims)
+        logits = TensorSpec(raw.name, "TYPE_FP32", raw.dims)
         extra = [t for t in answers if t.name != "logits"]
         params = {"manifest": "manifest.json", "mode": "postprocess",
                   "topk": str(options.topk), "logits": logits.name}
@@ -333,18 +347,31 @@ def _ensemble(repo: Path, name: str, model: ModelEntry, manifest: Manifest,
                                                       **_labels(manifest)})
         entries.append(ModelEntry(post, "python", [logits], extra, model.max_batch_size,
                                   post_config))
-        steps.append(f'{{ model_name: "{post}" model_version: -1 input_map {{ key: '
-                     f'"{logits.name}" value: "{logits.name}" }} '
-                     + " ".join(f'output_map {{ key: "{t.name}" value: "{t.name}" }}'
-                                for t in extra) + " }")
+        after.append(_step(post, {logits.name: "logits"}, {t.name: t.name for t in extra}))
         outputs += extra
-    ens = f"{name}_image"
-    text = config_pbtxt(ens, "ensemble", [image], outputs, model.max_batch_size, options,
-                        extra="ensemble_scheduling { step [\n  " + ",\n  ".join(steps)
-                        + "\n] }")
-    ens_config = _write_model(repo, ens, text, _labels(manifest))
-    return [*entries, ModelEntry(ens, "ensemble", [image], outputs, model.max_batch_size,
-                                 ens_config)]
+
+    def ensemble(ens: str, inputs: list[TensorSpec], steps: list[str]) -> ModelEntry:
+        text = config_pbtxt(ens, "ensemble", inputs, outputs, model.max_batch_size, options,
+                            extra="ensemble_scheduling { step [\n  " + ",\n  ".join(steps)
+                            + "\n] }")
+        return ModelEntry(ens, "ensemble", inputs, outputs, model.max_batch_size,
+                          _write_model(repo, ens, text, _labels(manifest)))
+
+    first = model.inputs[0].name
+    entries.append(ensemble(f"{name}_image", [image], [
+        _step(pre, {"image": "image"}, {"input": "preprocessed"}),
+        _step(model.name, {first: "preprocessed"}, renamed), *after]))
+    if own:
+        entries.append(ensemble(name, [model.inputs[0]],
+                                [_step(model.name, {first: first}, renamed), *after]))
+    return entries
+
+
+def _step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
+    """One step of an ensemble: the model's tensors (keys) from and to the ensemble's."""
+    maps = [f'input_map {{ key: "{k}" value: "{v}" }}' for k, v in inputs.items()]
+    maps += [f'output_map {{ key: "{k}" value: "{v}" }}' for k, v in outputs.items()]
+    return f'{{ model_name: "{model}" model_version: -1 {" ".join(maps)} }}'
 
 
 def _readme(entries: list[ModelEntry], artifacts: list[Path]) -> str:
@@ -368,6 +395,9 @@ or JetPack's Triton on a Jetson).
   e.g. Triton 24.08 / 2.49 has TensorRT 10.3, JetPack 6's). Its `max_batch_size` is the
   engine profile's largest batch; Triton refuses a larger one.
 - `onnxruntime_onnx` needs Triton's ONNX Runtime backend (in the NGC containers).
+- `NAME` (the model's own input, e.g. `images`) and `NAME_image` (encoded image bytes,
+  `image`) take and answer what `vitedge serve`'s models of the same names do; `NAME_model`
+  is the model alone (its logits or features).
 - The `_preprocess` and `_postprocess` models and the `_image` ensembles use the Python
   backend and need `pip install vitedge` (numpy, Pillow) in the server's Python; they decode
   JPEG / PNG bytes and preprocess exactly as `vitedge.open` does (from `manifest.json`), and
