@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from vitedge.errors import VitedgeError
+from vitedge.machine import MAX_THREADS
+from vitedge.manifest import INPUTS
 
 # --- choices ------------------------------------------------------------------------------
 
-INPUT_KINDS = ("images", "patches", "frames", "pixels")
 MIN_OPSET, MAX_OPSET = 17, 20
 CALIBRATION_METHODS = ("entropy", "percentile", "minmax", "mse")
 HISTOGRAM_BINS = 2048
@@ -36,7 +37,6 @@ EXPLAIN_METHODS = ("cls", "rollout")
 HEAD_REDUCTIONS = ("mean", "max")
 COLOR_ORDERS = ("bgr", "rgb")
 DEVICES = ("cpu", "gpu")
-MAX_THREADS = 1024
 INSTANCE_KINDS = ("cpu", "gpu")
 TRITON_ONNX_BACKENDS = ("onnxruntime", "python")
 """How export-triton serves an ONNX model: with Triton's onnxruntime backend, or its Python
@@ -148,6 +148,13 @@ def _choice(value: Any, choices: tuple[str, ...], what: str) -> None:
         raise VitedgeError(f"unknown {what} '{value}'", f"use one of {', '.join(choices)}")
 
 
+MIN_FP32_AGREEMENT = 0.8
+"""Least top-1 agreement with the FP32 model: below it quantization collapsed."""
+MAX_WAIT_MS = 20.0
+"""How long a camera batch holding a frame waits for more by default (DeepStream's samples
+use 33-40 ms at 25-30 fps; 20 ms keeps a 15 fps camera's result within two frame intervals)."""
+
+
 # --- export -------------------------------------------------------------------------------
 
 def parse_batch(text: str) -> int | None:
@@ -178,7 +185,7 @@ class ExportOptions:
         "images", "Model input: images (B,C,H,W) float, patch vectors (B,N,C*P*P) float, "
         "frames (B,H,W,C) uint8, resized and cropped, which the graph normalises and "
         "patchifies itself, or pixels (B,C,H,W) float 0..255, which the graph normalises "
-        "(DeepStream's nvinfer feeds these).", name="--input", choices=INPUT_KINDS)
+        "(DeepStream's nvinfer feeds these).", name="--input", choices=INPUTS)
     verify: bool = option(True, "Skip the ONNX Runtime vs PyTorch check.", negate="--no-verify")
     attention_outputs: bool = option(False, "Add each block's attention probabilities as "
                                      "outputs attn.N.")
@@ -233,15 +240,32 @@ class ExportOptions:
         if self.batch is not None and self.batch < 1:
             raise VitedgeError("--batch must be 'dynamic' or a positive number")
 
-    def check(self) -> None:
-        """Kept for callers of vitedge < 0.2: the checks now run on construction."""
-
     def key(self) -> dict[str, Any]:
         """What shapes the exported graph, as the manifest records it (`source.export`):
         an export is reused by `vitedge build` only when this matches."""
         return {f.name: (Path(v).name if isinstance(v, (str, Path)) and f.metadata.get(
                     "flag", Flag()).path else list(v) if isinstance(v, tuple) else v)
                 for f in fields(self) if f.name != "verify" for v in (getattr(self, f.name),)}
+
+
+def _same_field(cls: type, name: str) -> Any:
+    """A field of another options dataclass, repeated with its flag and bounds."""
+    f = next(f for f in fields(cls) if f.name == name)
+    return field(default=f.default, metadata=f.metadata)
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """What reading a checkpoint takes (`vitedge.model.load_checkpoint`): the export's
+    fields of the same names, with their bounds; `img_size` may also be (height, width)."""
+
+    arch: str | None = _same_field(ExportOptions, "arch")
+    num_heads: int | None = _same_field(ExportOptions, "num_heads")
+    img_size: int | tuple[int, int] | None = _same_field(ExportOptions, "img_size")
+    labels: str | Path | None = _same_field(ExportOptions, "labels")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 # --- calibrate, quantize --------------------------------------------------------------------
@@ -334,7 +358,7 @@ class QuantizeRequest:
                              "agreement with FP32 at least 100 - D %, or for a model without "
                              "classes a mean output cosine of at least 1 - D/100.", least=0,
                              most=100)
-    min_fp32_agreement: float = 0.8
+    min_fp32_agreement: float = MIN_FP32_AGREEMENT
     """Least top-1 agreement with FP32 on the check images: below it quantization
     collapsed and nothing is written."""
     check_source: Any = None
@@ -375,7 +399,7 @@ class VerifyOptions:
                                   "was built from (INT8: its Q/DQ graph in float); below it the "
                                   "build fails and writes nothing.", least=0, most=1)
     """Least top-1 agreement with the graph the artifact computes."""
-    min_fp32_agreement: float = option(0.8, "Least top-1 agreement with the FP32 model; below "
+    min_fp32_agreement: float = option(MIN_FP32_AGREEMENT, "Least top-1 agreement with the FP32 model; below "
                                        "it quantization collapsed and the build fails.",
                                        least=0, most=1)
     """Least top-1 agreement with the FP32 model (below: quantization collapsed)."""
@@ -502,7 +526,7 @@ class CameraOptions:
     batch: int | None = option(help="Frames per inference across the cameras [default: the "
                                "number of cameras, at most the model's largest batch].",
                                least=1, kind=int)
-    max_wait_ms: float = option(20.0, "Longest a batch that holds a frame waits for more "
+    max_wait_ms: float = option(MAX_WAIT_MS, "Longest a batch that holds a frame waits for more "
                                 "(DeepStream's batched push timeout).", least=0)
     events: str | None = option(help="Every prediction as one JSON line (camera, frame, "
                                 "captured, latency_ms, top or embedding) to this file; '-': "

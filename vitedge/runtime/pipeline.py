@@ -34,7 +34,7 @@ from PIL import Image
 from vitedge.backends import Runner, load_runner
 from vitedge.errors import VitedgeError
 from vitedge.manifest import Manifest
-from vitedge.options import PipelineOptions, pipeline_options
+from vitedge.options import MAX_WAIT_MS, PipelineOptions, pipeline_options
 from vitedge.runtime import scheduler
 from vitedge.runtime.decode import decode_frame
 from vitedge.runtime.patchify import patches_from_images
@@ -240,7 +240,7 @@ class Pipeline:
         (older ones are dropped and counted, never queued); files are read at the model's
         pace. Batches of up to `batch` frames (default: the cameras, at most the model's
         largest batch) wait at most `max_wait_ms` to fill; `streams` batches run at once."""
-        from vitedge.runtime.cameras import MAX_WAIT_MS, MultiStream
+        from vitedge.runtime.cameras import MultiStream
 
         return MultiStream(self, cameras, batch, MAX_WAIT_MS if max_wait_ms is None
                            else max_wait_ms, source_options, on_event)

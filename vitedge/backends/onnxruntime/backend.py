@@ -21,8 +21,7 @@ from vitedge.backends.base import (
     TritonModel,
 )
 from vitedge.errors import VitedgeError
-
-MAX_THREADS = 1024
+from vitedge.machine import MAX_THREADS
 
 
 @dataclass(frozen=True)

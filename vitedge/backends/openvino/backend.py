@@ -13,9 +13,9 @@ import numpy as np
 
 from vitedge.backends.base import Backend, BuildRequest, BuiltArtifact, Check, Runner, check_choice
 from vitedge.errors import VitedgeError
+from vitedge.machine import MAX_THREADS
 
 PRECISION_HINTS = ("auto", "f32", "bf16")
-MAX_THREADS = 1024
 
 
 @dataclass(frozen=True)
