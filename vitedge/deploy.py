@@ -18,15 +18,10 @@ from typing import Any
 
 import vitedge.backends as backends
 from vitedge.backends.base import Backend, BuildRequest, BuiltArtifact
-from vitedge.errors import VitedgeError
-from vitedge.fileio import (
-    refuse_overwriting_inputs,
-    release,
-    sha256_file,
-    temporary_path,
-    write_error,
-)
+from vitedge.errors import VitedgeError, write_error
+from vitedge.fileio import release, sha256_file, temporary_path
 from vitedge.graph import load_onnx
+from vitedge.inputs import refuse_overwriting_inputs
 from vitedge.manifest import Manifest, require_manifest
 from vitedge.options import (
     BUILD_PRECISIONS,

@@ -14,8 +14,8 @@ from vitedge.errors import ExportError, require
 from vitedge.export.onnx_graph import onnx_from_vit
 from vitedge.export.tensorrt_ops import tensorrt_check
 from vitedge.export.verify import FP32_RELATIVE_TOLERANCE, Comparison, verify_onnx_against_torch
-from vitedge.fileio import refuse_overwriting_inputs
 from vitedge.graph import data_files, needs_external_data, save_onnx
+from vitedge.inputs import refuse_overwriting_inputs
 from vitedge.manifest import Manifest, set_onnx_manifest
 from vitedge.options import ExportOptions, ImportOptions
 from vitedge.report import Reporter, reporter

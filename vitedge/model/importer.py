@@ -327,7 +327,7 @@ def _dims(shape: Any) -> str:
 
 def read_labels(path: str | Path) -> list[str]:
     """Labels from a text file (one per line) or JSON (a list, or {index: name})."""
-    from vitedge.fileio import read_json, require_regular_file
+    from vitedge.inputs import read_json, require_regular_file
 
     p = require_regular_file(path, "labels file")
     if p.suffix == ".json":

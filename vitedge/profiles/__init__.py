@@ -115,7 +115,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
             near = difflib.get_close_matches(str(name_or_path), available(), n=1, cutoff=0.5)
             hint = f"did you mean '{near[0]}'?" if near else f"one of {', '.join(available())}"
             raise VitedgeError(f"unknown profile '{name_or_path}'", hint)
-    from vitedge.fileio import require_regular_file
+    from vitedge.inputs import require_regular_file
 
     require_regular_file(p, "profile")
     try:

@@ -17,8 +17,9 @@ from vitedge.datasets import image_source, model_inputs
 from vitedge.emulation import cpu_graph
 from vitedge.errors import ExportError, VitedgeError
 from vitedge.export.tensorrt_ops import parser_summary, tensorrt_check
-from vitedge.fileio import refuse_overwriting_inputs, sha256_file
+from vitedge.fileio import sha256_file
 from vitedge.graph import data_files, load_onnx, save_onnx
+from vitedge.inputs import refuse_overwriting_inputs
 from vitedge.manifest import require_manifest, set_onnx_manifest
 from vitedge.options import QuantizeRequest
 from vitedge.quantize.calibrate import CalibrationTable, calibrate, default_table_path

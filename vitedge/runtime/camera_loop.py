@@ -35,7 +35,7 @@ def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | N
     sent. `status` hears each camera's figures every half second. A camera that is gone
     (its reconnect budget spent, or an error) ends the run with a VitedgeError once the
     others are done, with the summary as its details."""
-    from vitedge.fileio import refuse_overwriting_inputs
+    from vitedge.inputs import refuse_overwriting_inputs
 
     opts = options or CameraOptions()
     check_unique(cameras)

@@ -81,7 +81,7 @@ def read_cameras(path: str | Path) -> list[Camera]:
         import tomllib
     else:  # pragma: no cover - JetPack 6's Python 3.10
         import tomli as tomllib
-    from vitedge.fileio import require_regular_file
+    from vitedge.inputs import require_regular_file
 
     p = Path(path)
     require_regular_file(p, "cameras file")

@@ -121,7 +121,8 @@ class OnnxRuntimeBackend(Backend):
 
     def claims(self, path: Path) -> bool:
         """A vitedge ONNX model: an export, a quantized graph, or this backend's artifact."""
-        from vitedge.manifest import MANIFEST_KEY, read_onnx_metadata
+        from vitedge.manifest import MANIFEST_KEY
+        from vitedge.onnx_file import read_onnx_metadata
 
         try:  # what the file is, not whether it is intact: the runner checks that
             metadata = read_onnx_metadata(path)

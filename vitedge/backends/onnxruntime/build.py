@@ -24,8 +24,8 @@ from vitedge.backends.onnxruntime.int8 import (
     seven_bit_weights,
 )
 from vitedge.errors import VitedgeError
-from vitedge.fileio import scratch_folder
 from vitedge.graph import load_onnx, needs_external_data, save_onnx
+from vitedge.lifetime import scratch_folder
 from vitedge.manifest import Manifest, manifest_from_onnx, set_onnx_manifest
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ import numpy as np
 from vitedge.backends.base import Runner, TensorInfo, attention_outputs
 from vitedge.compare import softmax
 from vitedge.errors import VitedgeError
-from vitedge.fileio import scratch_folder
+from vitedge.lifetime import scratch_folder
 from vitedge.manifest import Manifest, manifest_from_file
 from vitedge.sessions import (
     default_providers,

@@ -16,8 +16,9 @@ import onnx
 
 from vitedge.backends.cpu_int8 import WEIGHT_BITS, seven_bit_weights
 from vitedge.errors import MissingDependency, VitedgeError
-from vitedge.fileio import scratch_folder, sha256_file
+from vitedge.fileio import sha256_file
 from vitedge.graph import load_onnx, save_onnx
+from vitedge.lifetime import scratch_folder
 from vitedge.manifest import Manifest
 
 if TYPE_CHECKING:
