@@ -15,6 +15,7 @@ from typing import Any
 from vitedge.architecture import ViTConfig
 from vitedge.errors import VitedgeError
 from vitedge.onnx_file import external_file, read_onnx_fields
+from vitedge.precisions import RECORDED
 from vitedge.version import __version__
 
 MANIFEST_KEY = "vitedge.manifest"
@@ -165,8 +166,6 @@ class Preprocess:
         )
 
 
-PRECISIONS = ("fp32", "fp16", "int8", "fp8", "nvfp4", "mixed")
-"""What a graph computes in; "mixed": a format per layer (`--precision auto` on a GPU)."""
 INPUTS = ("images", "patches", "frames", "pixels")
 SCORES = ("softmax", "sigmoid")
 """How class scores come from logits: softmax (one class), or an independent sigmoid per
@@ -270,9 +269,9 @@ class Manifest:
         if d["input"] not in INPUTS:
             raise VitedgeError(f"the model's manifest input '{d['input']}' is not one of "
                                f"{', '.join(INPUTS)}")
-        if d["precision"] not in PRECISIONS:
+        if d["precision"] not in RECORDED:
             raise VitedgeError(f"the model's manifest precision '{d['precision']}' is not one of "
-                               f"{', '.join(PRECISIONS)}")
+                               f"{', '.join(RECORDED)}")
         if d.get("score", "softmax") not in SCORES:
             raise VitedgeError(f"the model's manifest score '{d.get('score')}' is not one of "
                                f"{', '.join(SCORES)}")

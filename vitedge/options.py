@@ -22,6 +22,7 @@ from typing import Any
 from vitedge.errors import VitedgeError
 from vitedge.machine import MAX_THREADS
 from vitedge.manifest import INPUTS
+from vitedge.precisions import AUTO, BUILD, FP8_FAMILY, NVFP4, QUANTIZE
 
 # --- choices ------------------------------------------------------------------------------
 
@@ -29,8 +30,6 @@ MIN_OPSET, MAX_OPSET = 17, 20
 CALIBRATION_METHODS = ("entropy", "percentile", "minmax", "mse")
 HISTOGRAM_BINS = 2048
 SCHEMES = ("vit", "all")
-QUANTIZE_PRECISIONS = ("int8", "fp16", "fp8", "nvfp4", "auto")
-BUILD_PRECISIONS = ("fp32", "fp16", "int8", "fp8", "nvfp4", "auto")
 FP4_ACTIVATIONS = ("auto", "nvfp4", "fp8")
 """NVFP4's activations: auto (the target's TensorRT decides), dynamic NVFP4 (W4A4), FP8 (W4A8)."""
 EXPLAIN_METHODS = ("cls", "rollout")
@@ -342,7 +341,7 @@ class QuantizeRequest:
                             "activations; fp8 / nvfp4: E4M3 / E2M1 Q/DQ in an FP16 graph (Ada, "
                             "Hopper, Blackwell); auto: a format per layer, the cheapest the "
                             "--profile's targets accelerate within --max-drop.",
-                            choices=QUANTIZE_PRECISIONS)
+                            choices=QUANTIZE)
     calib: str | None = option(help="A calibration table from `vitedge calibrate`.", path="file")
     data: str | None = option(help="Images to calibrate on (instead of --calib; the table goes "
                               "to MODEL.calib.json and is reused), to check the result against "
@@ -372,6 +371,13 @@ class QuantizeRequest:
             raise VitedgeError("--precision auto needs a target", "give --profile NAME "
                                "(vitedge profiles), or use vitedge build, which has one")
 
+    @property
+    def needs_target(self) -> bool:
+        """Whether the device's targets decide: --precision auto's formats, or NVFP4's
+        activations left to the target (--fp4-activations auto)."""
+        return self.precision == AUTO or (self.precision == NVFP4 and
+                                          self.qdq.fp4_activations == AUTO)
+
     def key(self, table_checksum: str | None) -> dict[str, Any]:
         """What a quantized model depends on besides its FP32 model (its manifest records it
         as `source.quantize`; `vitedge build` reuses a model whose record matches)."""
@@ -379,7 +385,7 @@ class QuantizeRequest:
         key = {"precision": self.precision, "scheme": q.scheme, "attention": q.attention,
                "exclude": list(q.exclude), "smooth": q.smoothing,
                "sensitivity": self.sensitivity, "calibration_sha256": table_checksum}
-        if self.precision in ("fp8", "nvfp4", "auto"):
+        if self.precision in (*FP8_FAMILY, AUTO):
             key.update(ends=q.ends, fp4_activations=q.fp4_activations, profile=self.profile)
         if self.precision == "auto":
             key.update(max_drop=self.max_drop, measured_on=getattr(
@@ -413,7 +419,7 @@ class BuildOptions:
     precision: str | None = option(help="Default: the profile's (`vitedge profiles`). fp8 and "
                                    "nvfp4 need a target that runs them (Ada, Hopper, Blackwell); "
                                    "auto: a format per layer, the cheapest the target "
-                                   "accelerates within --max-drop.", choices=BUILD_PRECISIONS)
+                                   "accelerates within --max-drop.", choices=BUILD)
     """None: the profile's default."""
     data: str | None = option(help="Images to calibrate on (int8; a matching MODEL.calib.json is "
                               "reused) and to hold out for verifying the artifact.", path="any")
