@@ -22,7 +22,7 @@ from typing import Any
 from vitedge.errors import VitedgeError
 from vitedge.machine import MAX_THREADS
 from vitedge.manifest import INPUTS
-from vitedge.precisions import AUTO, BUILD, FP8_FAMILY, NVFP4, QUANTIZE
+from vitedge.precisions import AUTO, BUILD, FP8, FP8_FAMILY, NVFP4, QUANTIZE
 
 # --- choices ------------------------------------------------------------------------------
 
@@ -30,7 +30,7 @@ MIN_OPSET, MAX_OPSET = 17, 20
 CALIBRATION_METHODS = ("entropy", "percentile", "minmax", "mse")
 HISTOGRAM_BINS = 2048
 SCHEMES = ("vit", "all")
-FP4_ACTIVATIONS = ("auto", "nvfp4", "fp8")
+FP4_ACTIVATIONS = (AUTO, NVFP4, FP8)
 """NVFP4's activations: auto (the target's TensorRT decides), dynamic NVFP4 (W4A4), FP8 (W4A8)."""
 EXPLAIN_METHODS = ("cls", "rollout")
 HEAD_REDUCTIONS = ("mean", "max")
