@@ -28,7 +28,7 @@ def export_random(arch: str, folder: Path) -> Path:
 def cpu_profile(folder: Path, name: str, **onnxruntime: object) -> str:
     """A copy of the `cpu` device profile with these [onnxruntime] settings (e.g.
     fusions=False, int8_weight_bits=8), as a TOML file `vitedge build --profile` takes."""
-    from vitedge.profiles import load_profile
+    from vitedge.target import load_profile
 
     base = load_profile("cpu")
     table = "".join(f"{k} = {str(v).lower() if isinstance(v, bool) else v}\n"

@@ -14,7 +14,7 @@ BENCHMARKS = sorted((Path(__file__).parents[1] / "benchmarks").glob("*.py"))
 PUBLIC = {"vitedge", "vitedge.backends", "vitedge.bench", "vitedge.compare", "vitedge.datasets",
           "vitedge.deploy", "vitedge.errors", "vitedge.evaluate", "vitedge.explain", "vitedge.export",
           "vitedge.model", "vitedge.options", "vitedge.profiles", "vitedge.quantize",
-          "vitedge.quantize.calibrate", "vitedge.runtime", "vitedge.serve", "vitedge.sessions"}
+          "vitedge.quantize.calibrate", "vitedge.runtime", "vitedge.serve", "vitedge.sessions", "vitedge.target"}
 """The package front door, the stages' modules and the base modules the CLI's library calls
 live in (`vitedge.quantize.calibrate` holds the calibrate stage; `vitedge.sessions` computes
 any ONNX graph)."""

@@ -277,7 +277,8 @@ def test_nvidias_builder_refuses_what_the_table_refuses(demo, variant, refused):
     _rtx()
     from vitedge.backends.tensorrt_rtx.build import build_rtx_engine
     from vitedge.errors import VitedgeError
-    from vitedge.profiles import BatchRange, load_profile
+    from vitedge.profiles import BatchRange
+    from vitedge.target import load_profile
 
     path = quantized(demo, variant)
     profile = load_profile("rtx-portable")

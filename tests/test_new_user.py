@@ -209,7 +209,8 @@ def test_a_grayscale_export_is_verified_on_the_photos_too(tmp_path, capsys):
 def test_profile_notes_cite_files_that_are_in_the_repository():
     import re
 
-    from vitedge.profiles import available, load_profile
+    from vitedge.profiles import available
+    from vitedge.target import load_profile
 
     for name in available():
         for note in load_profile(name).notes:

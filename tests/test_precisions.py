@@ -12,14 +12,15 @@ import pytest
 from tests.conftest import DEMO_CALIBRATION, run_cli
 from vitedge.backends import get
 from vitedge.backends.precisions import (
-    ALL_PRECISIONS,
     TARGETS,
     accelerated,
     check_precision,
     verdict,
 )
 from vitedge.errors import VitedgeError
-from vitedge.profiles import available, load_profile, profiles_running
+from vitedge.precisions import ALL_PRECISIONS
+from vitedge.profiles import available
+from vitedge.target import load_profile, profiles_running
 
 
 @pytest.mark.parametrize("name", available())

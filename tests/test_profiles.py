@@ -6,7 +6,8 @@ import pytest
 
 from vitedge.cli import main
 from vitedge.errors import VitedgeError
-from vitedge.profiles import BatchRange, available, load_profile, profile_from_dict, suggest_profile
+from vitedge.profiles import BatchRange, available
+from vitedge.target import load_profile, profile_from_dict, suggest_profile
 
 SHIPPED = ["cpu", "cpu-openvino", "datacenter-gpu", "desktop-rtx", "desktop-rtx-40", "desktop-rtx-50",
            "jetson-agx-orin", "jetson-orin-nano", "jetson-orin-nx", "jetson-thor",

@@ -14,10 +14,10 @@ import pytest
 
 from tests.conftest import DEMO_CALIBRATION, run_cli
 from vitedge.backends.tensorrt.engine_info import EngineInfo, sidecar_path
-from vitedge.deploy import BuildOptions, build, choose_backend
+from vitedge.deploy import BuildOptions, build
 from vitedge.errors import VitedgeError
 from vitedge.options import QuantizeOptions
-from vitedge.profiles import load_profile
+from vitedge.target import choose_backend, load_profile
 
 pytest.importorskip("tensorrt_rtx")
 

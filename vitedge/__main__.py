@@ -16,7 +16,7 @@ def entry() -> None:
         code = main()
     except SystemExit as exc:  # a SIGTERM during the command: 143
         code = exc.code if isinstance(exc.code, int) else 1
-    from vitedge.fileio import cleanup_temporary_files
+    from vitedge.lifetime import cleanup_temporary_files
 
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say

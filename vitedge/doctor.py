@@ -27,13 +27,11 @@ def _version(module: str) -> str | None:
 
 def _precisions(profile_name: str) -> Check:
     """What the suggested profile's targets accelerate (the precision table)."""
-    from vitedge.backends import get
     from vitedge.backends.precisions import table_rows
-    from vitedge.profiles import load_profile
+    from vitedge.target import load_profile, target_for
 
-    profile = load_profile(profile_name)
-    backend = get(profile.backend)
-    rows = table_rows(backend.precision_column(profile), backend.targets(profile))
+    target = target_for(load_profile(profile_name))
+    rows = table_rows(target.column, target.targets)
     return Check("precisions", True, "; ".join(f"{k.removeprefix('precisions, ')}: {v}"
                                                for k, v in rows) or "no target known")
 
@@ -58,7 +56,7 @@ def _gpu() -> Check:
 
 def run_checks() -> list[Check]:
     from vitedge.backends import all_backends
-    from vitedge.profiles import suggest_profile
+    from vitedge.target import suggest_profile
 
     checks = [
         Check("python", sys.version_info >= (3, 10), platform.python_version(),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -43,3 +45,14 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
             f"{purpose} needs the Python package '{module.split('.')[0]}', which is not installed",
             f"pip install 'vitedge[{extra}]'",
         ) from exc
+
+
+def write_error(target: Path, exc: OSError) -> VitedgeError:
+    """One line for an OSError while writing `target`: full disk, read-only, no access."""
+    reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+              errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+              errno.EPERM: "permission denied", errno.ENOTDIR: "a file is in the way of its "
+              "folder"}.get(exc.errno or 0, exc.strerror or str(exc))
+    return VitedgeError(f"cannot write {target}: {reason}",
+                        "free space or choose another output path" if exc.errno in (
+                            errno.ENOSPC, errno.EDQUOT) else "choose another output path")

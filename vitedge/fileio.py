@@ -1,24 +1,18 @@
 """Atomic writes and file fingerprints: an interrupted command never leaves a half-written
-file, and never a temporary one either, whatever ends it.
+file.
 
 - Bytes (`write_bytes_atomic`): written into a file without a name (Linux `O_TMPFILE`),
   which gets its name (`linkat`) only once it is complete: a SIGKILL leaves nothing. Over
   an existing file the name is a temporary one renamed onto it at once. Where the file
   system has no `O_TMPFILE` the named temporary file beside the target is used, and swept.
 - Writers that need a path (a video writer, ONNX Runtime's saved model, a TensorRT build)
-  get one in this process's scratch folder (`scratch_root()`, or $VITEDGE_SCRATCH), which
-  SIGTERM / SIGINT remove, and every vitedge start sweeps of processes that are gone; the
-  result is moved onto its target when complete (`publish`).
-- The signal handlers (`install_signal_cleanup`, the CLI sets them) take no lock: they read
-  a snapshot of what to remove that the writers replace whole, so a signal that lands
-  while a writer registers a file cannot make the handler wait for itself; and a process
-  that does not end within a second and a half of the signal is ended by a watchdog.
+  get one in this process's scratch folder (`vitedge.lifetime`, which removes what is left
+  on a signal and at exit); the result is moved onto its target when complete (`publish`).
 A full disk or a read-only folder is a VitedgeError, not a crash.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import errno
 import hashlib
@@ -26,129 +20,19 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import sys
-import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vitedge.errors import VitedgeError
+from vitedge.errors import VitedgeError, write_error
+from vitedge.lifetime import register, remove, scratch, unregister
 
-_LIVE: set[Path] = set()
-_SNAPSHOT: frozenset[Path] = frozenset()
-"""What the signal handlers remove: replaced whole (never changed in place) under _LOCK."""
-_LOCK = threading.Lock()
 TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.vitedge-(?P<pid>\d+)-[0-9a-f]+\.tmp")
-SCRATCH_ENV = "VITEDGE_SCRATCH"
-WATCHDOG_SECONDS = 1.5
-"""After SIGTERM / SIGINT, how long the process may take to end by itself."""
-_SCRATCH: Path | None = None
-_SIGNALLED: int | None = None
-"""The exit code a SIGTERM (143) or SIGINT (130) asked for, once one arrived."""
-_AT_EXIT = False
-_FINISHED = False
-"""The command is done (the CLI's main returned): a signal now only has to end the process."""
-
-
-def _register(path: Path) -> None:
-    global _SNAPSHOT
-    with _LOCK:
-        _LIVE.add(path)
-        _SNAPSHOT = frozenset(_LIVE)
-
-
-def _unregister(path: Path) -> None:
-    global _SNAPSHOT
-    with _LOCK:
-        _LIVE.discard(path)
-        _SNAPSHOT = frozenset(_LIVE)
-
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def write_error(target: Path, exc: OSError) -> VitedgeError:
-    """One line for an OSError while writing `target`: full disk, read-only, no access."""
-    reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-              errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-              errno.EPERM: "permission denied", errno.ENOTDIR: "a file is in the way of its "
-              "folder"}.get(exc.errno or 0, exc.strerror or str(exc))
-    return VitedgeError(f"cannot write {target}: {reason}",
-                        "free space or choose another output path" if exc.errno in (
-                            errno.ENOSPC, errno.EDQUOT) else "choose another output path")
-
-
-# --- the scratch folder: paths for writers that need one --------------------------------------
-
-def _start_ticks(pid: int) -> str | None:
-    """When process `pid` started (clock ticks since boot), or None where it is gone: a
-    process id the system reused is not the process that made a scratch folder."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[-1].split()[19]
-
-
-def scratch_root() -> Path:
-    """Where every vitedge process keeps the files its path-based writers are making:
-    $VITEDGE_SCRATCH, else the user's cache folder, else the system's temporary folder."""
-    if os.environ.get(SCRATCH_ENV):
-        return Path(os.environ[SCRATCH_ENV])
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    for root in (cache / "vitedge" / "scratch",
-                 Path(tempfile.gettempdir()) / f"vitedge-scratch-{os.getuid()}"):
-        with contextlib.suppress(OSError):
-            root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if os.access(root, os.W_OK):
-                return root
-    return Path(tempfile.gettempdir())
-
-
-def sweep_scratch() -> list[Path]:
-    """Remove the scratch folders of vitedge processes that are gone (a SIGKILL, a crash):
-    every vitedge command does this when it starts."""
-    removed = []
-    with contextlib.suppress(OSError):
-        for folder in scratch_root().iterdir():
-            m = re.fullmatch(r"(\d+)-(\d+)", folder.name)
-            if not m or not folder.is_dir():
-                continue
-            pid, ticks = int(m.group(1)), m.group(2)
-            if pid == os.getpid() or _start_ticks(pid) == ticks:
-                continue
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
-
-
-def scratch() -> Path:
-    """This process's scratch folder (made on first use; removed at exit and on a signal)."""
-    global _SCRATCH
-    root = scratch_root()
-    if _SCRATCH is None or _SCRATCH.parent != root or not _SCRATCH.is_dir():
-        folder = root / f"{os.getpid()}-{_start_ticks(os.getpid()) or 0}"
-        try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as exc:
-            raise write_error(folder, exc) from exc
-        _register(folder)
-        _SCRATCH = folder
-        import atexit
-
-        atexit.register(_remove, folder)
-    return _SCRATCH
-
-
-def scratch_folder(prefix: str = "work-") -> tempfile.TemporaryDirectory[str]:
-    """A temporary folder inside this process's scratch folder (what a SIGKILL leaves of it
-    is swept by the next vitedge start)."""
-    return tempfile.TemporaryDirectory(prefix=prefix, dir=scratch())
 
 
 def temporary_path(path: str | os.PathLike[str]) -> Path:
@@ -159,7 +43,7 @@ def temporary_path(path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     folder = scratch() / secrets.token_hex(4)
     folder.mkdir()
-    _register(folder)
+    register(folder)
     _FOLDERS[folder / target.name] = folder
     return folder / target.name
 
@@ -172,8 +56,8 @@ def release(tmp: Path) -> None:
     """Forget a temporary file (published or removed), removing what is still there (for
     a `temporary_path`, its whole folder: files written beside it too)."""
     target = _FOLDERS.pop(tmp, tmp)
-    _remove(target)
-    _unregister(target)
+    remove(target)
+    unregister(target)
 
 
 def output_file(path: str | os.PathLike[str]) -> Path:
@@ -295,7 +179,7 @@ def _named_temporary(target: Path, create: bool = True) -> Path:
     of the same target if a SIGKILL leaves it)."""
     remove_stale(target)
     tmp = target.parent / f".{target.name}.vitedge-{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    _register(tmp)
+    register(tmp)
     if create:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_umask())
         os.close(fd)
@@ -310,7 +194,7 @@ def remove_stale(target: Path) -> list[Path]:
             m = TEMP_PATTERN.match(p.name)
             if not m or m.group("name") != target.name or _alive(int(m.group("pid"))):
                 continue
-            _remove(p)
+            remove(p)
             removed.append(p)
     return removed
 
@@ -394,126 +278,6 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
         release(tmp)
 
 
-def _remove(tmp: Path) -> None:
-    if tmp.is_dir() and not tmp.is_symlink():
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-
-
-def cleanup_temporary_files() -> None:
-    """Remove every temporary file and folder this process still holds (on a signal, or at
-    exit). Takes no lock: it reads the snapshot the writers publish."""
-    for tmp in _SNAPSHOT:
-        _remove(tmp)
-
-
-def finished(code: int) -> int:
-    """The CLI's command is done with `code`: a signal that lands while the interpreter
-    shuts down (a native library's exit handlers can take a while) ends it at once with the
-    signal's code, as one during the command would. Where a signal ended the command, the
-    process ends here, with the signal's code: the interpreter's teardown (seconds under
-    load) never runs, so the watchdog can never fire after Python reset its handler and turn
-    a SIGTERM into a death by SIGALRM."""
-    global _FINISHED
-    _FINISHED = True
-    if _SIGNALLED is not None:
-        end_now(_SIGNALLED)
-    return code
-
-
-def end_now(code: int) -> None:
-    """Flush what was said, remove every temporary file, and end the process with `code`
-    without the interpreter's teardown."""
-    with contextlib.suppress(OSError, ValueError):
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            stream.flush()
-    cleanup_temporary_files()
-    os._exit(code)
-
-
-def _at_exit() -> None:
-    """The interpreter is ending: after a signal, end now with its code (what follows is
-    teardown, during which Python resets its signal handlers: the watchdog's alarm would
-    kill the process as SIGALRM); otherwise the watchdog has nothing left to guard."""
-    if _SIGNALLED is not None:
-        end_now(_SIGNALLED)
-    with contextlib.suppress(OSError, ValueError):
-        signal.setitimer(signal.ITIMER_REAL, 0)
-
-
-def signalled() -> int | None:
-    """The exit code a SIGTERM or SIGINT asked for (143, 130), once one arrived: the CLI
-    ends with it even where the exception the handler raised was swallowed (a native
-    library's callback catches everything)."""
-    return _SIGNALLED
-
-
-def install_signal_cleanup() -> None:
-    """On SIGTERM and SIGINT, remove this process's temporary files and scratch folder,
-    then end as the signal means (exit code 143 for SIGTERM, KeyboardInterrupt and 130 for
-    SIGINT); a watchdog ends a process that has not ended 1.5 s later with the same code,
-    removing what it made since. Sweeps the scratch folders of processes that are gone."""
-    global _FINISHED, _AT_EXIT
-    if threading.current_thread() is not threading.main_thread():
-        return
-    _FINISHED = False
-    sweep_scratch()
-    if not _AT_EXIT:
-        atexit.register(_at_exit)
-        _AT_EXIT = True
-
-    def last_resort(_signum: int, _frame: Any) -> None:
-        cleanup_temporary_files()
-        os._exit(_SIGNALLED or 1)
-
-    def ending(signum: int) -> None:
-        global _SIGNALLED
-        first = _SIGNALLED is None
-        _SIGNALLED = _SIGNALLED or 128 + signum
-        cleanup_temporary_files()
-        if _FINISHED:  # shutting down: nothing is left to unwind
-            os._exit(_SIGNALLED)
-        if first:
-            signal.signal(signal.SIGALRM, last_resort)
-            signal.setitimer(signal.ITIMER_REAL, WATCHDOG_SECONDS)
-
-    def on_term(signum: int, _frame: Any) -> None:
-        ending(signum)
-        raise SystemExit(128 + signum)
-
-    def on_int(signum: int, frame: Any) -> None:
-        ending(signum)
-        signal.default_int_handler(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_int)
-
-
-def refuse_overwriting_inputs(output: str | os.PathLike[str] | None,
-                              *inputs: str | os.PathLike[str] | None) -> None:
-    """A VitedgeError when `output` is one of `inputs` (paths resolved, links followed; a
-    folder input counts with every file inside it): an output never destroys an input."""
-    if output is None:
-        return
-    out = os.path.realpath(output)  # never raises: a link that loops stays as it is
-    for item in inputs:
-        if item is None:
-            continue
-        p = Path(item)
-        candidates = [p]
-        if p.is_dir():
-            candidates = [f for f in p.rglob("*") if f.is_file()]
-        for c in candidates:
-            if os.path.realpath(c) == out or (c.exists() and os.path.exists(out) and
-                                              os.path.samefile(c, out)):
-                raise VitedgeError(f"the output {output} is the input {c}: writing it would "
-                                   "destroy the input", "choose another -o")
-
-
 def make_folder(path: str | os.PathLike[str]) -> Path:
     """The folder `path`, made with its parents where missing; a file in the way, a
     read-only or foreign folder is one VitedgeError."""
@@ -526,49 +290,6 @@ def make_folder(path: str | os.PathLike[str]) -> Path:
     except OSError as exc:
         raise write_error(folder, exc) from exc
     return folder
-
-
-MAX_JSON_BYTES = 256 << 20
-
-
-def require_regular_file(path: str | os.PathLike[str], what: str = "file") -> Path:
-    """`path` if it is a regular file; a FIFO, device or socket would block or never end
-    when read, and a folder is not a file: each is one VitedgeError."""
-    import stat
-
-    p = Path(path)
-    try:
-        mode = p.stat().st_mode
-    except FileNotFoundError:
-        raise VitedgeError(f"no such file: {p}", f"give the path of a {what}") from None
-    except OSError as exc:
-        raise VitedgeError(f"cannot read {p}: {exc.strerror or exc}") from exc
-    if stat.S_ISDIR(mode):
-        raise VitedgeError(f"{p} is a folder, not a {what}")
-    if not stat.S_ISREG(mode):
-        raise VitedgeError(f"{p} is not a regular file (a pipe, device or socket)",
-                           f"give a {what} on disk")
-    return p
-
-
-def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
-    """A JSON file's content, or one VitedgeError: missing, not a regular file, too large,
-    not UTF-8, not JSON, or nested too deeply to read."""
-    import json
-
-    p = require_regular_file(path, what)
-    if p.stat().st_size > MAX_JSON_BYTES:
-        raise VitedgeError(f"{p} is {p.stat().st_size >> 20} MB: too large for a {what}")
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise VitedgeError(f"{p} is not a {what}: not UTF-8 text") from exc
-    except RecursionError as exc:
-        raise VitedgeError(f"{p} is not a {what}: nested too deeply") from exc
-    except ValueError as exc:
-        raise VitedgeError(f"{p} is not a {what}: {exc}") from exc
-    except OSError as exc:
-        raise VitedgeError(f"cannot read {p}: {exc.strerror or exc}") from exc
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 import onnx
 
 from vitedge.errors import VitedgeError
+from vitedge.onnx_file import external_file
 
 PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2
 """A model larger than this cannot be one protobuf (2 GB): its weights go to a data file."""
@@ -25,7 +26,7 @@ def load_onnx(path: str | Path, verify: bool = True) -> Any:
     data file it may not."""
     from google.protobuf.message import DecodeError
 
-    from vitedge.fileio import require_regular_file
+    from vitedge.inputs import require_regular_file
 
     p = require_regular_file(path, "model file")
     if p.stat().st_size == 0:
@@ -47,18 +48,6 @@ def load_onnx(path: str | Path, verify: bool = True) -> Any:
 
 def external_tensors(model: onnx.ModelProto) -> list[Any]:
     return [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-
-
-def external_file(model_path: Path, location: str) -> Path:
-    """A data file a model at `model_path` refers to, refused in one line when its name
-    leaves the model's folder (an absolute path, `..`, a link out of it)."""
-    folder = model_path.resolve().parent
-    candidate = Path(location)
-    target = (folder / candidate).resolve()
-    if candidate.is_absolute() or ".." in candidate.parts or not target.is_relative_to(folder):
-        raise VitedgeError(f"{model_path} refers to weights at '{location}', outside its folder; "
-                           "it is not read", "keep a model's data files beside it")
-    return target
 
 
 def load_external_weights(model: onnx.ModelProto, model_path: Path) -> None:

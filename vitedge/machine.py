@@ -7,6 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+MAX_THREADS = 1024
+"""The most threads a session is given (a profile's `threads`, `--threads`)."""
+
 
 def import_cudart() -> Any:
     """cuda-python's runtime module (its location moved in cuda-python 12.6), or None."""

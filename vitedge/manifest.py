@@ -8,13 +8,14 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vitedge.architecture import ViTConfig
 from vitedge.errors import VitedgeError
+from vitedge.onnx_file import external_file, read_onnx_fields
+from vitedge.precisions import RECORDED
 from vitedge.version import __version__
 
 MANIFEST_KEY = "vitedge.manifest"
@@ -165,8 +166,6 @@ class Preprocess:
         )
 
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8", "fp8", "nvfp4", "mixed")
-"""What a graph computes in; "mixed": a format per layer (`--precision auto` on a GPU)."""
 INPUTS = ("images", "patches", "frames", "pixels")
 SCORES = ("softmax", "sigmoid")
 """How class scores come from logits: softmax (one class), or an independent sigmoid per
@@ -270,9 +269,9 @@ class Manifest:
         if d["input"] not in INPUTS:
             raise VitedgeError(f"the model's manifest input '{d['input']}' is not one of "
                                f"{', '.join(INPUTS)}")
-        if d["precision"] not in PRECISIONS:
+        if d["precision"] not in RECORDED:
             raise VitedgeError(f"the model's manifest precision '{d['precision']}' is not one of "
-                               f"{', '.join(PRECISIONS)}")
+                               f"{', '.join(RECORDED)}")
         if d.get("score", "softmax") not in SCORES:
             raise VitedgeError(f"the model's manifest score '{d.get('score')}' is not one of "
                                f"{', '.join(SCORES)}")
@@ -305,94 +304,16 @@ class Manifest:
         return manifest
 
 
-ONNX_METADATA_FIELD = 14
-"""ModelProto.metadata_props: repeated StringStringEntryProto (key = 1, value = 2)."""
-
-
-def _varint(f: Any) -> int | None:
-    shift = result = 0
-    while True:
-        byte = f.read(1)
-        if not byte:
-            return None
-        result |= (byte[0] & 0x7F) << shift
-        if not byte[0] & 0x80:
-            return result
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-ONNX_GRAPH_FIELD = 7
-
-
-def read_onnx_metadata(path: str | Path) -> dict[str, str]:
-    """An ONNX file's `metadata_props` without parsing the graph: the protobuf's top-level
-    fields are walked and every other one (the graph, gigabytes for a large model) is
-    skipped by its length. Pure Python, so the runtime can tell what a file is before it
-    opens a session. Raises ValueError for a file that is not protobuf."""
-    return _read_onnx_fields(path, hash_graph=False)[0]
-
-
-def _read_onnx_fields(path: str | Path, hash_graph: bool) -> tuple[dict[str, str], str | None]:
-    """(metadata_props, sha256 of the graph's serialized bytes or None)."""
-    entries: dict[str, str] = {}
-    graph_digest: str | None = None
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        while (tag := _varint(f)) is not None:
-            field_number, wire = tag >> 3, tag & 7
-            if wire == 0:
-                if _varint(f) is None:
-                    raise ValueError("truncated varint")
-            elif wire == 1:
-                f.seek(8, 1)
-            elif wire == 5:
-                f.seek(4, 1)
-            elif wire == 2:
-                length = _varint(f)
-                if length is None or f.tell() + length > size:
-                    raise ValueError("truncated field")
-                if field_number == ONNX_METADATA_FIELD:
-                    key, value = _string_pair(f.read(length))
-                    entries[key] = value
-                elif field_number == ONNX_GRAPH_FIELD and hash_graph:
-                    digest = hashlib.sha256()
-                    left = length
-                    while left:
-                        block = f.read(min(left, 1 << 22))
-                        digest.update(block)
-                        left -= len(block)
-                    graph_digest = digest.hexdigest()
-                else:
-                    f.seek(length, 1)
-            else:
-                raise ValueError(f"not an ONNX model (wire type {wire})")
-    return entries, graph_digest
-
-
-def _string_pair(data: bytes) -> tuple[str, str]:
-    import io
-
-    f, out = io.BytesIO(data), {1: "", 2: ""}
-    while (tag := _varint(f)) is not None:
-        if tag & 7 != 2:
-            raise ValueError("malformed metadata entry")
-        length = _varint(f) or 0
-        out[tag >> 3] = f.read(length).decode("utf-8", errors="replace")
-    return out[1], out[2]
-
-
 def manifest_from_file(path: str | Path, verify: bool = True) -> Manifest | None:
     """The manifest of an ONNX file, read without parsing its graph; None when vitedge did
     not make it. With `verify`, the graph's bytes are hashed on the way and checked against
     the manifest's record: a model whose weights or manifest were changed since vitedge
     wrote it is refused (IntegrityError)."""
-    from vitedge.fileio import require_regular_file
+    from vitedge.inputs import require_regular_file
 
     require_regular_file(path, "model file")
     try:
-        meta, graph_digest = _read_onnx_fields(path, hash_graph=verify)
+        meta, graph_digest = read_onnx_fields(path, hash_graph=verify)
     except (ValueError, OSError) as exc:
         raise VitedgeError(f"{path} is not an ONNX model: {exc}",
                            "vitedge export makes one") from exc
@@ -417,7 +338,6 @@ def manifest_from_file(path: str | Path, verify: bool = True) -> Manifest | None
 
 def _check_data_file(model: Path, location: str, digest: str, verify: bool) -> None:
     from vitedge.fileio import sha256_file
-    from vitedge.graph import external_file
 
     file = external_file(model, location)
     if not file.is_file():

@@ -20,23 +20,22 @@ from pathlib import Path
 from typing import Any
 
 from vitedge.errors import VitedgeError
+from vitedge.machine import MAX_THREADS
+from vitedge.manifest import INPUTS
+from vitedge.precisions import AUTO, BUILD, FP8, FP8_FAMILY, NVFP4, QUANTIZE
 
 # --- choices ------------------------------------------------------------------------------
 
-INPUT_KINDS = ("images", "patches", "frames", "pixels")
 MIN_OPSET, MAX_OPSET = 17, 20
 CALIBRATION_METHODS = ("entropy", "percentile", "minmax", "mse")
 HISTOGRAM_BINS = 2048
 SCHEMES = ("vit", "all")
-QUANTIZE_PRECISIONS = ("int8", "fp16", "fp8", "nvfp4", "auto")
-BUILD_PRECISIONS = ("fp32", "bf16", "fp16", "int8", "fp8", "nvfp4", "auto")
-FP4_ACTIVATIONS = ("auto", "nvfp4", "fp8")
+FP4_ACTIVATIONS = (AUTO, NVFP4, FP8)
 """NVFP4's activations: auto (the target's TensorRT decides), dynamic NVFP4 (W4A4), FP8 (W4A8)."""
 EXPLAIN_METHODS = ("cls", "rollout")
 HEAD_REDUCTIONS = ("mean", "max")
 COLOR_ORDERS = ("bgr", "rgb")
 DEVICES = ("cpu", "gpu")
-MAX_THREADS = 1024
 INSTANCE_KINDS = ("cpu", "gpu")
 TRITON_ONNX_BACKENDS = ("onnxruntime", "python")
 """How export-triton serves an ONNX model: with Triton's onnxruntime backend, or its Python
@@ -148,6 +147,13 @@ def _choice(value: Any, choices: tuple[str, ...], what: str) -> None:
         raise VitedgeError(f"unknown {what} '{value}'", f"use one of {', '.join(choices)}")
 
 
+MIN_FP32_AGREEMENT = 0.8
+"""Least top-1 agreement with the FP32 model: below it quantization collapsed."""
+MAX_WAIT_MS = 20.0
+"""How long a camera batch holding a frame waits for more by default (DeepStream's samples
+use 33-40 ms at 25-30 fps; 20 ms keeps a 15 fps camera's result within two frame intervals)."""
+
+
 # --- export -------------------------------------------------------------------------------
 
 def parse_batch(text: str) -> int | None:
@@ -178,7 +184,7 @@ class ExportOptions:
         "images", "Model input: images (B,C,H,W) float, patch vectors (B,N,C*P*P) float, "
         "frames (B,H,W,C) uint8, resized and cropped, which the graph normalises and "
         "patchifies itself, or pixels (B,C,H,W) float 0..255, which the graph normalises "
-        "(DeepStream's nvinfer feeds these).", name="--input", choices=INPUT_KINDS)
+        "(DeepStream's nvinfer feeds these).", name="--input", choices=INPUTS)
     verify: bool = option(True, "Skip the ONNX Runtime vs PyTorch check.", negate="--no-verify")
     attention_outputs: bool = option(False, "Add each block's attention probabilities as "
                                      "outputs attn.N.")
@@ -233,15 +239,32 @@ class ExportOptions:
         if self.batch is not None and self.batch < 1:
             raise VitedgeError("--batch must be 'dynamic' or a positive number")
 
-    def check(self) -> None:
-        """Kept for callers of vitedge < 0.2: the checks now run on construction."""
-
     def key(self) -> dict[str, Any]:
         """What shapes the exported graph, as the manifest records it (`source.export`):
         an export is reused by `vitedge build` only when this matches."""
         return {f.name: (Path(v).name if isinstance(v, (str, Path)) and f.metadata.get(
                     "flag", Flag()).path else list(v) if isinstance(v, tuple) else v)
                 for f in fields(self) if f.name != "verify" for v in (getattr(self, f.name),)}
+
+
+def _same_field(cls: type, name: str) -> Any:
+    """A field of another options dataclass, repeated with its flag and bounds."""
+    f = next(f for f in fields(cls) if f.name == name)
+    return field(default=f.default, metadata=f.metadata)
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """What reading a checkpoint takes (`vitedge.model.load_checkpoint`): the export's
+    fields of the same names, with their bounds; `img_size` may also be (height, width)."""
+
+    arch: str | None = _same_field(ExportOptions, "arch")
+    num_heads: int | None = _same_field(ExportOptions, "num_heads")
+    img_size: int | tuple[int, int] | None = _same_field(ExportOptions, "img_size")
+    labels: str | Path | None = _same_field(ExportOptions, "labels")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 # --- calibrate, quantize --------------------------------------------------------------------
@@ -318,7 +341,7 @@ class QuantizeRequest:
                             "activations; fp8 / nvfp4: E4M3 / E2M1 Q/DQ in an FP16 graph (Ada, "
                             "Hopper, Blackwell); auto: a format per layer, the cheapest the "
                             "--profile's targets accelerate within --max-drop.",
-                            choices=QUANTIZE_PRECISIONS)
+                            choices=QUANTIZE)
     calib: str | None = option(help="A calibration table from `vitedge calibrate`.", path="file")
     data: str | None = option(help="Images to calibrate on (instead of --calib; the table goes "
                               "to MODEL.calib.json and is reused), to check the result against "
@@ -334,7 +357,7 @@ class QuantizeRequest:
                              "agreement with FP32 at least 100 - D %, or for a model without "
                              "classes a mean output cosine of at least 1 - D/100.", least=0,
                              most=100)
-    min_fp32_agreement: float = 0.8
+    min_fp32_agreement: float = MIN_FP32_AGREEMENT
     """Least top-1 agreement with FP32 on the check images: below it quantization
     collapsed and nothing is written."""
     check_source: Any = None
@@ -348,6 +371,13 @@ class QuantizeRequest:
             raise VitedgeError("--precision auto needs a target", "give --profile NAME "
                                "(vitedge profiles), or use vitedge build, which has one")
 
+    @property
+    def needs_target(self) -> bool:
+        """Whether the device's targets decide: --precision auto's formats, or NVFP4's
+        activations left to the target (--fp4-activations auto)."""
+        return self.precision == AUTO or (self.precision == NVFP4 and
+                                          self.qdq.fp4_activations == AUTO)
+
     def key(self, table_checksum: str | None) -> dict[str, Any]:
         """What a quantized model depends on besides its FP32 model (its manifest records it
         as `source.quantize`; `vitedge build` reuses a model whose record matches)."""
@@ -355,7 +385,7 @@ class QuantizeRequest:
         key = {"precision": self.precision, "scheme": q.scheme, "attention": q.attention,
                "exclude": list(q.exclude), "smooth": q.smoothing,
                "sensitivity": self.sensitivity, "calibration_sha256": table_checksum}
-        if self.precision in ("fp8", "nvfp4", "auto"):
+        if self.precision in (*FP8_FAMILY, AUTO):
             key.update(ends=q.ends, fp4_activations=q.fp4_activations, profile=self.profile)
         if self.precision == "auto":
             key.update(max_drop=self.max_drop, measured_on=getattr(
@@ -375,7 +405,7 @@ class VerifyOptions:
                                   "was built from (INT8: its Q/DQ graph in float); below it the "
                                   "build fails and writes nothing.", least=0, most=1)
     """Least top-1 agreement with the graph the artifact computes."""
-    min_fp32_agreement: float = option(0.8, "Least top-1 agreement with the FP32 model; below "
+    min_fp32_agreement: float = option(MIN_FP32_AGREEMENT, "Least top-1 agreement with the FP32 model; below "
                                        "it quantization collapsed and the build fails.",
                                        least=0, most=1)
     """Least top-1 agreement with the FP32 model (below: quantization collapsed)."""
@@ -391,8 +421,7 @@ class BuildOptions:
                                    "computed in BF16 (OpenVINO on CPUs with AVX-512 BF16 or "
                                    "AMX); fp8 and nvfp4 need a target that runs them (Ada, "
                                    "Hopper, Blackwell); auto: a format per layer, the cheapest "
-                                   "the target accelerates within --max-drop.",
-                                   choices=BUILD_PRECISIONS)
+                                   "the target accelerates within --max-drop.", choices=BUILD)
     """None: the profile's default."""
     data: str | None = option(help="Images to calibrate on (int8; a matching MODEL.calib.json is "
                               "reused) and to hold out for verifying the artifact.", path="any")
@@ -505,7 +534,7 @@ class CameraOptions:
     batch: int | None = option(help="Frames per inference across the cameras [default: the "
                                "number of cameras, at most the model's largest batch].",
                                least=1, kind=int)
-    max_wait_ms: float = option(20.0, "Longest a batch that holds a frame waits for more "
+    max_wait_ms: float = option(MAX_WAIT_MS, "Longest a batch that holds a frame waits for more "
                                 "(DeepStream's batched push timeout).", least=0)
     events: str | None = option(help="Every prediction as one JSON line (camera, frame, "
                                 "captured, latency_ms, top or embedding) to this file; '-': "

@@ -82,7 +82,7 @@ def _session_for_proto(model: Any, options: Any, providers: list[str]) -> Any:
 
     if not needs_external_data(model):
         return ort_session_from(ort, model.SerializeToString(), options, providers)
-    from vitedge.fileio import scratch_folder
+    from vitedge.lifetime import scratch_folder
 
     with scratch_folder("session-") as folder:
         path = Path(folder) / "model.onnx"

@@ -30,7 +30,7 @@ from vitedge.compare import COLLAPSE_COSINE, SAME_FUNCTION_COSINE, Agreement, ag
 from vitedge.datasets import ImageSource, model_inputs
 from vitedge.errors import VitedgeError
 from vitedge.manifest import Manifest
-from vitedge.options import VerifyOptions
+from vitedge.options import MIN_FP32_AGREEMENT, VerifyOptions
 from vitedge.runtime.preprocess import model_input
 
 MIN_JUDGED = 32
@@ -54,7 +54,7 @@ class Verification:
     vs_fp32: Agreement | None
     vs_tensorrt_graph: Agreement | None = None
     min_agreement: float = 0.99
-    min_fp32_agreement: float = 0.8
+    min_fp32_agreement: float = MIN_FP32_AGREEMENT
     judged: bool = True
     cpu: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)

@@ -14,12 +14,16 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from vitedge.errors import VitedgeError
 from vitedge.manifest import Manifest
+from vitedge.precisions import precision_words
+
+if TYPE_CHECKING:
+    from vitedge.profiles import BatchRange, Profile
 
 ATTENTION_OUTPUT = re.compile(r"attn\.(\d+)$")
 """The outputs of an `--attention-outputs` export: each block's attention probabilities."""
@@ -41,12 +45,6 @@ def attention_outputs(names: list[str]) -> list[str]:
     """The `attn.N` names among `names`, in block order."""
     found = sorted((int(m.group(1)), name) for name in names if (m := ATTENTION_OUTPUT.match(name)))
     return [name for _, name in found]
-
-
-def precision_words(precision: str, float_parts: str | None) -> str:
-    """`int8 (float parts bf16)`; just the precision where the float parts are it or unknown."""
-    return precision if not float_parts or float_parts == precision else \
-        f"{precision} (float parts {float_parts})"
 
 
 class Runner(ABC):
@@ -192,10 +190,10 @@ class BuildRequest:
 
     model: Path
     manifest: Manifest
-    profile: Any
-    """The `vitedge.profiles.Profile`; the backend reads its own section."""
-    batch: Any
-    """The `vitedge.profiles.BatchRange` an engine's optimization profile covers."""
+    profile: Profile
+    """The device profile; the backend reads its own table (`Profile.section`)."""
+    batch: BatchRange
+    """The batch range an engine's optimization profile covers."""
     timing_cache: Path | None = None
     report: Any = None
     """A `vitedge.report.Reporter` for steps, progress and warnings."""
@@ -307,15 +305,15 @@ class Backend(ABC):
 
     # --- precisions (vitedge.backends.precisions) -----------------------------------------
 
-    def precision_column(self, profile: Any) -> str:
+    def precision_column(self, profile: Profile) -> str:
         """Which column of the precision table applies to a build with `profile`."""
         return "onnxruntime"
 
-    def targets(self, profile: Any) -> tuple[str, ...]:
+    def targets(self, profile: Profile) -> tuple[str, ...]:
         """The targets (compute capabilities, or "cpu") a build with `profile` runs on."""
         return ("cpu",)
 
-    def nvfp4_activations(self, profile: Any) -> str:
+    def nvfp4_activations(self, profile: Profile) -> str:
         """NVFP4's activation form this backend builds: "nvfp4" (TensorRT's dynamic block
         quantizer) or "fp8" (W4A8) where its TensorRT lacks the quantizer."""
         return "fp8"
@@ -364,7 +362,7 @@ class Backend(ABC):
 
     # --- build ---------------------------------------------------------------------------
 
-    def chosen(self, profile: Any) -> str:
+    def chosen(self, profile: Profile) -> str:
         """Why `--backend auto` picked this backend for `profile`, in words."""
         return f"profile {profile.name} builds for {self.product}"
 
@@ -404,9 +402,10 @@ class Backend(ABC):
 
     # --- device profiles -------------------------------------------------------------------
 
-    def profile_rows(self, profile: Any) -> list[tuple[str, str]]:
+    def profile_rows(self, profile: Profile) -> list[tuple[str, str]]:
         """`vitedge profiles NAME`'s rows for a profile that builds for this backend."""
         if self.settings is None:
             return []
-        section = getattr(profile, self.settings[0])
-        return [(self.settings[0], ", ".join(f"{k} {v}" for k, v in asdict(section).items()))]
+        name, kind = self.settings
+        section: Any = profile.section(name, kind)
+        return [(name, ", ".join(f"{k} {v}" for k, v in asdict(section).items()))]

@@ -7,9 +7,8 @@ lists what the hardware runs natively; `SLOW` says what builds but is not accele
 what it becomes. Sources: docs/sources.md#precisions (NVIDIA's TensorRT and TensorRT for RTX
 support matrices, the CUDA compute-capability list, the JetPack release notes).
 
-Precisions: fp32, fp16, bf16, int8 (W8A8 Q/DQ), int8-wo / int4-wo (weight-only GEMMs),
-fp8 (E4M3), nvfp4 (E2M1 with E4M3 block scales). vitedge makes fp32, fp16, int8, fp8, nvfp4,
-and bf16 where the backend computes it from the FP32 graph (OpenVINO on the CPU).
+The precisions' names are `vitedge.precisions`' (`ALL_PRECISIONS` every one the table
+names, `MADE` those vitedge makes).
 """
 
 from __future__ import annotations
@@ -17,16 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vitedge.errors import VitedgeError
+from vitedge.precisions import MADE
 
 COLUMNS = ("tensorrt-10", "tensorrt-11", "tensorrt-rtx", "onnxruntime", "openvino")
 COLUMN_NAMES = {"tensorrt-10": "TensorRT 10.x", "tensorrt-11": "TensorRT 11.x",
                 "tensorrt-rtx": "TensorRT for RTX", "onnxruntime": "ONNX Runtime (CPU)",
                 "openvino": "OpenVINO (CPU)"}
-ALL_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-wo", "int4-wo", "fp8", "nvfp4")
-MADE = ("fp32", "fp16", "int8", "fp8", "nvfp4")
-"""The precisions vitedge quantizes to (the others are in the table for completeness)."""
-CHEAPEST_FIRST = ("nvfp4", "fp8", "int8", "fp16", "fp32")
-"""Smallest and fastest first, where a target accelerates several (--precision auto)."""
 
 _TRT_AMPERE = "fp32 fp16 bf16 int8"
 _TRT_FP8 = _TRT_AMPERE + " fp8"

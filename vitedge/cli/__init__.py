@@ -58,7 +58,7 @@ for _module in (build, run, serve, info):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI and turns errors into one line and an exit code."""
-    from vitedge.fileio import finished, install_signal_cleanup, signalled
+    from vitedge.lifetime import finished, install_signal_cleanup, signalled
 
     install_signal_cleanup()  # SIGTERM / SIGINT leave no temporary file behind
     try:
@@ -100,7 +100,7 @@ def _debug_enabled() -> bool:
 
 
 def _fail(exc: BaseException, code: int, line: str) -> int:
-    from vitedge.fileio import signalled
+    from vitedge.lifetime import signalled
 
     if signalled():  # what failed after a SIGTERM / SIGINT failed because of it
         return signalled() or code

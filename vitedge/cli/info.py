@@ -70,7 +70,8 @@ def doctor(as_json: bool) -> None:
 def profiles(name: str | None, show_targets: bool, as_json: bool) -> None:
     """List the device build profiles, or show one (NAME, or a path to a TOML file), with
     what its targets accelerate."""
-    from vitedge.profiles import available, load_profile, profile_rows
+    from vitedge.profiles import available
+    from vitedge.target import load_profile, profile_rows
 
     if show_targets:
         from vitedge.backends.precisions import COLUMN_NAMES, COLUMNS, TARGETS

@@ -241,7 +241,7 @@ def bench(artifacts: tuple[str, ...], json_path: str | None, csv_path: str | Non
     postprocess) and end to end: mean, p50, p90, p99, max and throughput. Several
     ARTIFACTS run interleaved in one process and are compared as ratios."""
     import vitedge.bench as benchmark
-    from vitedge.fileio import refuse_overwriting_inputs
+    from vitedge.inputs import refuse_overwriting_inputs
     from vitedge.runtime.pipeline import STAGES
 
     opts = options(BenchOptions, kw)

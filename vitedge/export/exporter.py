@@ -14,10 +14,10 @@ from vitedge.errors import ExportError, require
 from vitedge.export.onnx_graph import onnx_from_vit
 from vitedge.export.tensorrt_ops import tensorrt_check
 from vitedge.export.verify import FP32_RELATIVE_TOLERANCE, Comparison, verify_onnx_against_torch
-from vitedge.fileio import refuse_overwriting_inputs
 from vitedge.graph import data_files, needs_external_data, save_onnx
+from vitedge.inputs import refuse_overwriting_inputs
 from vitedge.manifest import Manifest, set_onnx_manifest
-from vitedge.options import ExportOptions
+from vitedge.options import ExportOptions, ImportOptions
 from vitedge.report import Reporter, reporter
 
 
@@ -61,7 +61,7 @@ def export_onnx(
     refuse_overwriting_inputs(output, checkpoint, opts.labels, opts.zero_shot,
                               opts.zero_shot_embeddings)
     require("torch", "export", "exporting a checkpoint")
-    from vitedge.model.importer import ImportOptions, load_checkpoint
+    from vitedge.model.importer import load_checkpoint
 
     timings: dict[str, float] = {}
 

@@ -18,7 +18,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from vitedge.architecture import ViTConfig, rope_tables
-from vitedge.options import INPUT_KINDS, MAX_OPSET, MIN_OPSET
+from vitedge.manifest import INPUTS
+from vitedge.options import MAX_OPSET, MIN_OPSET
 
 
 class GraphBuilder:
@@ -65,8 +66,8 @@ def onnx_from_vit(
     `batch=None` makes the batch dimension dynamic. `attention_outputs` adds each block's
     attention probabilities as outputs `attn.{i}` (B, heads, T, T).
     """
-    if input_kind not in INPUT_KINDS:
-        raise ValueError(f"input must be one of {INPUT_KINDS}")
+    if input_kind not in INPUTS:
+        raise ValueError(f"input must be one of {INPUTS}")
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset must be {MIN_OPSET}..{MAX_OPSET}")
     w = {k: _numpy(v) for k, v in weights.items()}

@@ -73,7 +73,7 @@ def zero_shot_head(checkpoint: str | Path, family: str, labels: list[str],
 
 
 def _embeddings_file(path: str | Path, classes: int) -> np.ndarray:
-    from vitedge.fileio import require_regular_file
+    from vitedge.inputs import require_regular_file
 
     p = require_regular_file(path, "text embeddings file (.npy)")
     from vitedge.datasets import load_array
@@ -104,7 +104,7 @@ def _from_text_tower(folder: Path, family: str, labels: list[str], prompts: tupl
     except ImportError as exc:
         raise MissingDependency("computing zero-shot text embeddings needs transformers",
                                 "pip install transformers, or give --zero-shot-embeddings") from exc
-    from vitedge.fileio import read_json
+    from vitedge.inputs import read_json
 
     model_type = read_json(folder / "config.json", "config.json").get("model_type")
     classes = {"clip": "CLIPModel", "siglip": "SiglipModel"}

@@ -14,7 +14,7 @@ __all__ = ["ImportOptions", "ImportedViT", "ViTConfig", "VisionTransformer", "lo
 _LAZY = {
     "VisionTransformer": "vitedge.model.vit",
     "load_checkpoint": "vitedge.model.importer",
-    "ImportOptions": "vitedge.model.importer",
+    "ImportOptions": "vitedge.options",
     "ImportedViT": "vitedge.model.importer",
     "random_checkpoint": "vitedge.model.random_init",
 }

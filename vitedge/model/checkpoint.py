@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from vitedge.errors import CheckpointError, VitedgeError
-from vitedge.fileio import read_json, require_regular_file
+from vitedge.inputs import read_json, require_regular_file
 
 WEIGHT_FILES = (
     "model.safetensors",

@@ -11,12 +11,14 @@ import torch
 
 from vitedge.architecture import ViTConfig
 from vitedge.errors import CheckpointError
+from vitedge.manifest import MANIFEST_KEY
 
 FORMATS = ("vitedge", "timm", "hf", "hf-clip", "hf-siglip", "torchvision")
 """hf: ViT, DeiT and DINOv2 (`embeddings.patch_embeddings.projection`); hf-clip and
 hf-siglip: CLIP and SigLIP vision towers (`embeddings.patch_embedding`), alone or inside
 the full two-tower model."""
-NATIVE_METADATA_KEY = "vitedge.manifest"
+NATIVE_METADATA_KEY = MANIFEST_KEY
+"""A native checkpoint carries its manifest under the ONNX models' key."""
 
 Tensors = dict[str, torch.Tensor]
 

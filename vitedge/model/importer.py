@@ -25,18 +25,11 @@ from vitedge.model import formats
 from vitedge.model.archs import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, find_arch
 from vitedge.model.checkpoint import RawCheckpoint, read_checkpoint
 from vitedge.model.vit import VisionTransformer, resample_pos_embed
+from vitedge.options import ImportOptions
 
 log = logging.getLogger("vitedge")
 MAX_LISTED = 10
 PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
-
-
-@dataclass
-class ImportOptions:
-    arch: str | None = None
-    num_heads: int | None = None
-    img_size: int | tuple[int, int] | None = None
-    labels: str | Path | None = None
 
 
 @dataclass
@@ -334,7 +327,7 @@ def _dims(shape: Any) -> str:
 
 def read_labels(path: str | Path) -> list[str]:
     """Labels from a text file (one per line) or JSON (a list, or {index: name})."""
-    from vitedge.fileio import read_json, require_regular_file
+    from vitedge.inputs import read_json, require_regular_file
 
     p = require_regular_file(path, "labels file")
     if p.suffix == ".json":

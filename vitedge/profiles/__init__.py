@@ -1,6 +1,9 @@
 """Device build profiles: the TOML files in this folder, read and validated.
 
-Torch-free and TensorRT-free: `vitedge doctor` and the build use them on any machine.
+Torch-free and TensorRT-free: `vitedge doctor` and the build use them on any machine. A
+profile's backend tables are data its backend reads: which tables there are, and the
+dataclass each is read into, come in with the `Schema` (`vitedge.target` hands in the
+backends' registry), so nothing here knows a backend.
 """
 
 from __future__ import annotations
@@ -10,9 +13,10 @@ import difflib
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from vitedge.errors import VitedgeError
+from vitedge.precisions import MADE
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -20,7 +24,7 @@ else:  # JetPack 6 ships Python 3.10
     import tomli as tomllib
 
 PROFILE_DIR = Path(__file__).parent
-PRECISIONS = ("fp32", "fp16", "int8", "fp8", "nvfp4")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class BatchRange:
 @dataclass(frozen=True)
 class Profile:
     """A device build profile: the backend and precision it builds, the batch range, and
-    each backend's own table (`profile.tensorrt`, `profile.onnxruntime`, ...: the sections
+    each backend's own table (`profile.section("tensorrt", TensorRTSettings)`: the sections
     the backends register, `vitedge.backends.profile_sections`)."""
 
     name: str
@@ -75,15 +79,26 @@ class Profile:
     path: str = ""
 
     def __getattr__(self, name: str) -> Any:
+        """A backend's table by its name (`profile.tensorrt`), untyped, for scripts and
+        plugins; vitedge's own backends read theirs typed (`section`)."""
         sections = self.__dict__.get("sections", {})
         if name in sections:
             return sections[name]
-        if name in _section_types():  # a profile made before that backend was registered
-            return _section_types()[name]()
         raise AttributeError(name)
 
+    def section(self, name: str, kind: type[T]) -> T:
+        """The backend table `name`, read into its dataclass `kind` (at its defaults where
+        the profile was read before that backend was registered)."""
+        table = self.sections.get(name)
+        if table is None:
+            return kind()
+        if not isinstance(table, kind):
+            raise TypeError(f"profile {self.name}: [{name}] is a {type(table).__name__}, "
+                            f"not a {kind.__name__}")
+        return table
+
     def to_dict(self) -> dict[str, Any]:
-        sections = {name: asdict(self.__getattr__(name)) for name in _section_types()}
+        sections = {name: asdict(table) for name, table in self.sections.items()}
         return {"name": self.name, "description": self.description, "backend": self.backend,
                 "precision": self.precision, "targets": list(self.targets),
                 "batch": asdict(self.batch), **sections,
@@ -93,18 +108,24 @@ class Profile:
 _TOP = ("description", "backend", "precision", "targets", "match", "notes", "batch")
 
 
-def _section_types() -> dict[str, type]:
-    from vitedge.backends import profile_sections
+@dataclass(frozen=True)
+class Schema:
+    """What a profile holds besides its own keys, as the backends' registry says: the
+    backends it may name, each backend's table (TOML name -> the dataclass it is read
+    into), and the targets the precision table knows (`vitedge.backends.precisions`)."""
 
-    return profile_sections()
+    backends: tuple[str, ...]
+    sections: dict[str, type]
+    targets: tuple[str, ...]
 
 
 def available() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
 
 
-def load_profile(name_or_path: str | Path) -> Profile:
-    """A shipped profile by name, or a TOML file by path."""
+def read_profile(name_or_path: str | Path, schema: Schema) -> Profile:
+    """A shipped profile by name, or a TOML file by path, its backend tables read as
+    `schema` says (`vitedge.target.load_profile` hands in the registry's)."""
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists():
         if not p.is_file():
@@ -115,27 +136,26 @@ def load_profile(name_or_path: str | Path) -> Profile:
             near = difflib.get_close_matches(str(name_or_path), available(), n=1, cutoff=0.5)
             hint = f"did you mean '{near[0]}'?" if near else f"one of {', '.join(available())}"
             raise VitedgeError(f"unknown profile '{name_or_path}'", hint)
-    from vitedge.fileio import require_regular_file
+    from vitedge.inputs import require_regular_file
 
     require_regular_file(p, "profile")
     try:
         data = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise VitedgeError(f"profile {p} is not valid TOML: {exc}") from exc
-    return profile_from_dict(p.stem, data, str(p))
+    return profile_from_dict(p.stem, data, schema, str(p))
 
 
-def profile_from_dict(name: str, data: dict[str, Any], path: str = "") -> Profile:
-    from vitedge.backends import names
-
+def profile_from_dict(name: str, data: dict[str, Any], schema: Schema, path: str = "") -> Profile:
     where = f"profile '{name}'"
-    types = {"batch": BatchRange, **_section_types()}
+    types = {"batch": BatchRange, **schema.sections}
     _no_unknown(data, {*_TOP, *types}, where)
     for key in ("description", "backend", "precision"):
         if key not in data:
             raise VitedgeError(f"{where} lacks '{key}'")
-    if data["backend"] not in names():
-        raise VitedgeError(f"{where}: backend '{data['backend']}' is not one of {', '.join(names())}")
+    if data["backend"] not in schema.backends:
+        raise VitedgeError(f"{where}: backend '{data['backend']}' is not one of "
+                           f"{', '.join(schema.backends)}")
     for key in ("targets", "match", "notes"):
         value = data.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -143,12 +163,10 @@ def profile_from_dict(name: str, data: dict[str, Any], path: str = "") -> Profil
                                f'e.g. {key} = ["..."]')
     if not isinstance(data["description"], str):
         raise VitedgeError(f"{where}: description must be a string")
-    if data["precision"] not in PRECISIONS:
+    if data["precision"] not in MADE:
         raise VitedgeError(f"{where}: precision '{data['precision']}' is not one of "
-                           f"{', '.join(PRECISIONS)}")
-    from vitedge.backends.precisions import TARGETS
-
-    known = [t.id for t in TARGETS]
+                           f"{', '.join(MADE)}")
+    known = schema.targets
     for t in data.get("targets", []):
         if t not in known:
             raise VitedgeError(f"{where}: target '{t}' is not one of {', '.join(known)}",
@@ -189,53 +207,3 @@ def _no_unknown(table: dict[str, Any], known: set[str], where: str) -> None:
             raise VitedgeError(f"{where}: unknown key '{key}'",
                                f"did you mean '{near[0]}'?" if near else
                                f"known keys: {', '.join(sorted(known))}")
-
-
-def suggest_profile(jetson_model: str | None, gpu_name: str | None) -> str:
-    """The shipped profile for a Jetson model string or a GPU name; `cpu` when neither."""
-    for text in (jetson_model, gpu_name):
-        if not text:
-            continue
-        for name in available():
-            profile = load_profile(name)
-            if any(m.lower() in text.lower() for m in profile.match):
-                return name
-    return "cpu" if not (jetson_model or gpu_name) else "desktop-rtx"
-
-
-def suggested_profile() -> str:
-    """The shipped profile for this machine (its Jetson model or its GPU), `cpu` without."""
-    from vitedge.machine import gpu_info, jetson_model
-
-    gpu = gpu_info()
-    return suggest_profile(jetson_model(), gpu[0] if gpu else None)
-
-
-def profile_rows(profile: Profile) -> list[tuple[str, str]]:
-    """`vitedge profiles NAME`: the profile in rows, its backend's settings as that backend
-    shows them (`Backend.profile_rows`), then its notes."""
-    from vitedge.backends import get
-    from vitedge.backends.precisions import table_rows
-
-    backend = get(profile.backend)
-    return [("backend / precision", f"{profile.backend} / {profile.precision}"),
-            ("batch (min:opt:max)", str(profile.batch)),
-            *backend.profile_rows(profile),
-            *table_rows(backend.precision_column(profile), backend.targets(profile)),
-            *(("note", note) for note in profile.notes)]
-
-
-def profiles_running(precision: str) -> tuple[str, ...]:
-    """Shipped profiles whose every target accelerates `precision` with their backend."""
-    from vitedge.backends import get
-    from vitedge.backends.precisions import accelerated
-
-    names = []
-    for name in available():
-        profile = load_profile(name)
-        backend = get(profile.backend)
-        targets = backend.targets(profile)
-        if targets and all(precision in accelerated(backend.precision_column(profile), t)
-                           for t in targets):
-            names.append(name)
-    return tuple(names)

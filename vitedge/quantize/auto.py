@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from vitedge.compare import Agreement, agreement
+from vitedge.precisions import FP8, FP16, FP32, INT8, NVFP4
 from vitedge.report import Reporter, reporter
 
 SENSITIVITY_IMAGES = 64
@@ -35,12 +36,12 @@ def auto_formats(column: str, targets: tuple[str, ...]) -> tuple[tuple[str, ...]
 
     common = set.intersection(*(set(accelerated(column, t)) for t in targets)) if targets \
         else set()
-    base = "fp16" if "fp16" in common else "fp32"  # FP16 only where it is accelerated
+    base = FP16 if FP16 in common else FP32  # FP16 only where it is accelerated
     formats: tuple[str, ...]
-    if "fp8" in common:
-        formats = ("nvfp4", "fp8") if "nvfp4" in common else ("fp8",)
+    if FP8 in common:
+        formats = (NVFP4, FP8) if NVFP4 in common else (FP8,)
     else:
-        formats = ("int8",) if "int8" in common else ()
+        formats = (INT8,) if INT8 in common else ()
     return formats, base
 
 

@@ -21,8 +21,9 @@ import onnx
 
 from vitedge.datasets import ImageSource, batches, image_source, model_inputs
 from vitedge.errors import VitedgeError
-from vitedge.fileio import refuse_overwriting_inputs, sha256_file, write_text_atomic
+from vitedge.fileio import sha256_file, write_text_atomic
 from vitedge.graph import load_onnx
+from vitedge.inputs import refuse_overwriting_inputs
 from vitedge.manifest import Manifest, require_manifest
 from vitedge.options import CalibrationOptions
 from vitedge.quantize import equalize

@@ -36,6 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from vitedge.emulation import FP4_BLOCK, FP4_MAX, FP4_QUANTIZER, FP8_MAX, TRT_DOMAIN
 from vitedge.errors import VitedgeError
+from vitedge.precisions import LAYER_FORMATS
 from vitedge.quantize.fp16 import convert_fp16
 from vitedge.quantize.graph import (
     activation_matmuls,
@@ -46,7 +47,7 @@ from vitedge.quantize.graph import (
 from vitedge.quantize.histogram import INT8_MAX
 from vitedge.quantize.table import CalibrationTable
 
-FORMATS = ("fp16", "int8", "fp8", "nvfp4")
+FORMATS = LAYER_FORMATS
 OPSET_FP8 = 19
 OPSET_FP4 = 23
 

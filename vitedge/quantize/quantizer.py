@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -17,16 +17,21 @@ from vitedge.datasets import image_source, model_inputs
 from vitedge.emulation import cpu_graph
 from vitedge.errors import ExportError, VitedgeError
 from vitedge.export.tensorrt_ops import parser_summary, tensorrt_check
-from vitedge.fileio import refuse_overwriting_inputs, sha256_file
+from vitedge.fileio import sha256_file
 from vitedge.graph import data_files, load_onnx, save_onnx
+from vitedge.inputs import refuse_overwriting_inputs
 from vitedge.manifest import require_manifest, set_onnx_manifest
 from vitedge.options import QuantizeRequest
+from vitedge.precisions import FP8_FAMILY
 from vitedge.quantize.calibrate import CalibrationTable, calibrate, default_table_path
 from vitedge.quantize.fp16 import convert_fp16
 from vitedge.quantize.mixed import format_counts, layer_formats, quantize_mixed
 from vitedge.quantize.qdq import QuantizeOptions, plan_quantization, quantize_int8
 from vitedge.report import Reporter, reporter
 from vitedge.sessions import graph_output
+
+if TYPE_CHECKING:
+    from vitedge.target import Target
 
 CHECK_IMAGES = 64
 """Calibration images on which the written model is compared with the FP32 model."""
@@ -83,7 +88,7 @@ class QuantizeResult:
             lines += [f"  {fmt} ({len(names)}): {', '.join(names)}"
                       for fmt, names in by_format.items()]
             return lines
-        if self.precision in ("fp8", "nvfp4"):
+        if self.precision in FP8_FAMILY:
             q = self.quantization
             acts = {"nvfp4": "dynamic NVFP4 activations (W4A4)",
                     "fp8": "FP8 activations (W4A8)"}.get(q.get("activations", ""), "")
@@ -115,11 +120,18 @@ class QuantizeResult:
 
 
 def quantize_model(model_path: str | Path, output: str | Path, request: QuantizeRequest,
-                   report: Reporter | None = None, made_by: str = "quantize") -> QuantizeResult:
+                   report: Reporter | None = None, made_by: str = "quantize",
+                   target: Target | None = None) -> QuantizeResult:
     """The FP32 model at `model_path` quantized as `request` says, written to `output` once
     it passed its checks. Its manifest records what it was made from and by whom
-    (`made_by`: a model `vitedge build` made is its own to make again)."""
+    (`made_by`: a model `vitedge build` made is its own to make again). `target`: the
+    build's (`vitedge.target`), whose targets decide --precision auto's formats and NVFP4's
+    activations; without one, `request.profile`'s, read where those need it."""
     start = time.perf_counter()
+    if target is None and request.profile and request.needs_target:
+        from vitedge.target import load_profile, target_for
+
+        target = target_for(load_profile(request.profile))
     rep = reporter(report)
     step = rep.step
     refuse_overwriting_inputs(output, model_path, request.calib)
@@ -161,12 +173,12 @@ def quantize_model(model_path: str | Path, output: str | Path, request: Quantize
     if request.precision == "int8":
         assert table is not None
         quantized, info = _int8(model, table, request, check_inputs, result, rep)
-    elif request.precision in ("fp8", "nvfp4"):
+    elif request.precision in FP8_FAMILY:
         assert table is not None
-        quantized, info = _fp8_nvfp4(model, table, request, check_inputs, result, rep)
+        quantized, info = _fp8_nvfp4(model, table, request, target, check_inputs, result, rep)
     elif request.precision == "auto":
-        assert table is not None
-        quantized, info = _auto(model, model_path, table, request, manifest, result, rep)
+        assert table is not None and target is not None
+        quantized, info = _auto(model, model_path, table, request, target, manifest, result, rep)
     else:
         step("converting to FP16")
         quantized, fp16 = convert_fp16(model, table.ranges(False) if table else None)
@@ -218,25 +230,19 @@ def _int8(model: onnx.ModelProto, table: CalibrationTable, request: QuantizeRequ
                        "float_layers": result.float_layers}
 
 
-def fp4_activations(request: QuantizeRequest) -> str:
-    """NVFP4's activation form: as asked, else what the --profile's TensorRT builds, else FP8
+def fp4_activations(request: QuantizeRequest, target: Target | None) -> str:
+    """NVFP4's activation form: as asked, else what the target's backend builds, else FP8
     (W4A8, which every TensorRT with NVFP4 builds)."""
     if request.qdq.fp4_activations != "auto":
         return request.qdq.fp4_activations
-    if request.profile:
-        from vitedge.backends import get
-        from vitedge.profiles import load_profile
-
-        profile = load_profile(request.profile)
-        return get(profile.backend).nvfp4_activations(profile)
-    return "fp8"
+    return target.nvfp4_activations if target is not None else "fp8"
 
 
 def _fp8_nvfp4(model: onnx.ModelProto, table: CalibrationTable, request: QuantizeRequest,
-               check_inputs: np.ndarray | None, result: QuantizeResult, rep: Reporter
-               ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+               target: Target | None, check_inputs: np.ndarray | None, result: QuantizeResult,
+               rep: Reporter) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """FP8 / NVFP4 Q/DQ in an FP16 graph (`mixed.py`)."""
-    acts = fp4_activations(request) if request.precision == "nvfp4" else "fp8"
+    acts = fp4_activations(request, target) if request.precision == "nvfp4" else "fp8"
     keep: tuple[str, ...] = ()
     if request.sensitivity:
         rep.step("measuring layer sensitivity")
@@ -267,18 +273,13 @@ image in 200, so a few hundred images are the least that can tell it."""
 
 
 def _auto(model: onnx.ModelProto, model_path: str | Path, table: CalibrationTable,
-          request: QuantizeRequest, manifest: Any, result: QuantizeResult, rep: Reporter
-          ) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """A format per layer for the --profile's targets (`auto.py`)."""
-    from vitedge.backends import get
-    from vitedge.profiles import load_profile
+          request: QuantizeRequest, target: Target, manifest: Any, result: QuantizeResult,
+          rep: Reporter) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """A format per layer for the target's targets (`auto.py`)."""
     from vitedge.quantize.auto import auto_formats, choose_formats
 
-    assert request.profile is not None
-    profile = load_profile(request.profile)
-    backend = get(profile.backend)
-    targets = backend.targets(profile)
-    formats, base = auto_formats(backend.precision_column(profile), targets)
+    profile, targets = target.profile, target.targets
+    formats, base = auto_formats(target.column, targets)
     if not formats:
         raise VitedgeError(f"profile {profile.name}'s targets ({', '.join(targets) or 'none'}) "
                            "accelerate no quantized format vitedge makes",
@@ -287,7 +288,7 @@ def _auto(model: onnx.ModelProto, model_path: str | Path, table: CalibrationTabl
         raise VitedgeError("--precision auto needs --data (images to measure the layers on)")
     source = request.check_source
     x = np.stack(list(model_inputs(source, manifest)))
-    acts = fp4_activations(request)
+    acts = fp4_activations(request, target)
     q = request.qdq
     if base == "fp32":
         layers = list(plan_quantization(model, q).layers)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vitedge.errors import VitedgeError
-from vitedge.fileio import read_json
+from vitedge.inputs import read_json
 from vitedge.quantize.histogram import INT8_MAX
 from vitedge.version import __version__
 

@@ -5,13 +5,32 @@ plus the position-embedding similarity of the ViT paper. Probabilities are per b
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from vitedge.architecture import ViTConfig
 from vitedge.errors import VitedgeError
 from vitedge.options import EXPLAIN_METHODS, parse_head  # noqa: F401 - parse_head re-exported
 
+if TYPE_CHECKING:
+    from vitedge.runtime.postprocess import Prediction
+
 METHODS = EXPLAIN_METHODS
+
+
+@dataclass
+class Explanation:
+    """What the model attended to in one frame: `grid` (H/P, W/P) over the patches,
+    `pixels` the resized and cropped uint8 frame the model saw, and its prediction."""
+
+    grid: np.ndarray
+    pixels: np.ndarray
+    prediction: Prediction
+    method: str
+    layer: int
+    head: str | int
 
 
 def reduce_heads(probs: np.ndarray, head: str | int) -> np.ndarray:

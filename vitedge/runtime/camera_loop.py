@@ -39,7 +39,7 @@ def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | N
     (its reconnect budget spent, or an error) ends the run with a VitedgeError once the
     others are done, with the summary as its details; so do events the MQTT broker never
     received, unless `options.mqtt_drop_undelivered`."""
-    from vitedge.fileio import refuse_overwriting_inputs
+    from vitedge.inputs import refuse_overwriting_inputs
 
     opts = options or CameraOptions()
     check_unique(cameras)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitedge.errors import VitedgeError
-from vitedge.options import COLOR_ORDERS, SourceOptions
+from vitedge.options import COLOR_ORDERS, MAX_WAIT_MS, SourceOptions
 from vitedge.runtime.sources import FrameSource, describe, source_of
 from vitedge.runtime.stats import StageTimes, Stats
 
@@ -34,10 +34,6 @@ if TYPE_CHECKING:
     from vitedge.runtime.postprocess import Prediction
 
 LIVE = ("camera", "stream", "gstreamer")
-MAX_WAIT_MS = 20.0
-"""How long a batch holding a frame waits for more by default (DeepStream's samples use
-33-40 ms at 25-30 fps; 20 ms keeps a 15 fps camera's result within two frame intervals)."""
-
 
 @dataclass(frozen=True)
 class Camera:
@@ -85,7 +81,7 @@ def read_cameras(path: str | Path) -> list[Camera]:
         import tomllib
     else:  # pragma: no cover - JetPack 6's Python 3.10
         import tomli as tomllib
-    from vitedge.fileio import require_regular_file
+    from vitedge.inputs import require_regular_file
 
     p = Path(path)
     require_regular_file(p, "cameras file")

@@ -1,7 +1,8 @@
 """Stage 1, decode: whatever a camera application hands the pipeline (an OpenCV BGR array,
 an RGB or gray array, RGBA, a PIL image, an image file) as the pixels preprocessing takes:
 an RGB (or L) PIL image for the exact path, an RGB array for the fast one. Every frame that
-cannot be one is a VitedgeError naming why."""
+cannot be one is a VitedgeError naming why. And what a frame is, and a batch of them
+(`is_frame`, `frames_of`)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,30 @@ def _rgb_by_opencv(frame: np.ndarray, color: str) -> np.ndarray | None:
     else:
         code = cv2.COLOR_BGRA2RGB if color == "bgr" else cv2.COLOR_RGBA2RGB
     return cv2.cvtColor(np.ascontiguousarray(frame), code)
+
+
+def is_frame(item: Any) -> bool:
+    """One frame: an image file's path, a PIL image, an HxW or HxWxC (C 1, 3 or 4) array."""
+    if isinstance(item, (str, Path, Image.Image)):
+        return True
+    return isinstance(item, np.ndarray) and (item.ndim == 2 or (
+        item.ndim == 3 and item.shape[2] in (1, 3, 4)))
+
+
+def frames_of(batch: Any) -> list[Any]:
+    """The frames of one batch: a list or tuple of frames, an (N, H, W, C) array, or any
+    iterable of frames; one frame alone (which would be read row by row) is refused."""
+    if is_frame(batch):
+        raise VitedgeError("a batch is a list of frames (or an (N, H, W, C) array), not one "
+                           f"frame{f' of shape {batch.shape}' if hasattr(batch, 'shape') else ''}",
+                           "for one frame call pipe(frame), or pass [frame]")
+    if isinstance(batch, np.ndarray):
+        if batch.ndim != 4:
+            raise VitedgeError(f"an array of shape {batch.shape} is neither one frame (HxW, "
+                               "HxWxC) nor a batch of them (N, H, W, C)",
+                               "pass a list of frames")
+        return list(batch)
+    try:
+        return list(batch)
+    except TypeError:
+        raise VitedgeError(f"a batch must be a list of frames, not {type(batch).__name__}") from None

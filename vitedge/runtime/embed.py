@@ -46,7 +46,8 @@ def embed_images(artifact: str | Path, images: list[Path], output: str | Path,
     (.npy) and the image paths beside it (`paths_file`), both atomically."""
     import io
 
-    from vitedge.fileio import refuse_overwriting_inputs, write_bytes_atomic, write_text_atomic
+    from vitedge.fileio import write_bytes_atomic, write_text_atomic
+    from vitedge.inputs import refuse_overwriting_inputs
     from vitedge.runtime.pipeline import open_pipeline
 
     rep = reporter(report)

@@ -166,7 +166,8 @@ class VideoFileOutput(FrameOutput):
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-        from vitedge.fileio import publish, release, write_error
+        from vitedge.errors import write_error
+        from vitedge.fileio import publish, release
 
         written = self.tmp.stat().st_size if self.tmp.exists() else 0
         try:

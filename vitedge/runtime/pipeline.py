@@ -24,19 +24,18 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from vitedge.backends import Runner, load_runner
 from vitedge.errors import VitedgeError
 from vitedge.manifest import Manifest
-from vitedge.options import PipelineOptions, pipeline_options
+from vitedge.options import MAX_WAIT_MS, PipelineOptions, pipeline_options
 from vitedge.runtime import scheduler
-from vitedge.runtime.decode import decode_frame
+from vitedge.runtime.attention import Explanation
+from vitedge.runtime.decode import decode_frame, frames_of, is_frame
 from vitedge.runtime.patchify import patches_from_images
 from vitedge.runtime.postprocess import Postprocessor, Prediction
 from vitedge.runtime.preprocess import Preprocessor, input_from_pixels
@@ -48,19 +47,6 @@ __all__ = ["STAGES", "Explanation", "Pipeline", "Prediction", "available_cores",
 STAGES = ("decode", "preprocess", "patchify", "host_to_device", "infer", "device_to_host",
           "postprocess")
 """host_to_device and device_to_host are CUDA-event times on TensorRT; 0 on the CPU."""
-
-
-@dataclass
-class Explanation:
-    """What the model attended to in one frame: `grid` (H/P, W/P) over the patches,
-    `pixels` the resized and cropped uint8 frame the model saw, and its prediction."""
-
-    grid: np.ndarray
-    pixels: np.ndarray
-    prediction: Prediction
-    method: str
-    layer: int
-    head: str | int
 
 
 class Pipeline:
@@ -249,7 +235,7 @@ class Pipeline:
         (older ones are dropped and counted, never queued); files are read at the model's
         pace. Batches of up to `batch` frames (default: the cameras, at most the model's
         largest batch) wait at most `max_wait_ms` to fill; `streams` batches run at once."""
-        from vitedge.runtime.cameras import MAX_WAIT_MS, MultiStream
+        from vitedge.runtime.cameras import MultiStream
 
         return MultiStream(self, cameras, batch, MAX_WAIT_MS if max_wait_ms is None
                            else max_wait_ms, source_options, on_event)
@@ -306,33 +292,6 @@ def _named(pairs: Iterable[tuple[Any, Prediction]], named: str | None
     for frame, p in pairs:
         p.source = source_of(frame) or named
         yield frame, p
-
-
-def is_frame(item: Any) -> bool:
-    """One frame: an image file's path, a PIL image, an HxW or HxWxC (C 1, 3 or 4) array."""
-    if isinstance(item, (str, Path, Image.Image)):
-        return True
-    return isinstance(item, np.ndarray) and (item.ndim == 2 or (
-        item.ndim == 3 and item.shape[2] in (1, 3, 4)))
-
-
-def frames_of(batch: Any) -> list[Any]:
-    """The frames of one batch: a list or tuple of frames, an (N, H, W, C) array, or any
-    iterable of frames; one frame alone (which would be read row by row) is refused."""
-    if is_frame(batch):
-        raise VitedgeError("a batch is a list of frames (or an (N, H, W, C) array), not one "
-                           f"frame{f' of shape {batch.shape}' if hasattr(batch, 'shape') else ''}",
-                           "for one frame call pipe(frame), or pass [frame]")
-    if isinstance(batch, np.ndarray):
-        if batch.ndim != 4:
-            raise VitedgeError(f"an array of shape {batch.shape} is neither one frame (HxW, "
-                               "HxWxC) nor a batch of them (N, H, W, C)",
-                               "pass a list of frames")
-        return list(batch)
-    try:
-        return list(batch)
-    except TypeError:
-        raise VitedgeError(f"a batch must be a list of frames, not {type(batch).__name__}") from None
 
 
 def open_pipeline(path: str | Path, options: PipelineOptions | None = None,

@@ -33,7 +33,7 @@ def load_image(path: str | Path | bytes) -> Image.Image:
     Not a regular file, unreadable, or over the pixel budget: one VitedgeError."""
     import io
 
-    from vitedge.fileio import require_regular_file
+    from vitedge.inputs import require_regular_file
 
     if isinstance(path, bytes):
         source: Any = io.BytesIO(path)

@@ -27,7 +27,7 @@ def run_loop(artifact: str, source: str, output: str | None = None, display: boo
     file) and/or a window, and return the run's summary (frames, fps, dropped, reconnects,
     per-stage statistics, warnings). A live source that does not come back within its
     reconnect budget ends the run with a VitedgeError after the summary's frames."""
-    from vitedge.fileio import refuse_overwriting_inputs
+    from vitedge.inputs import refuse_overwriting_inputs
 
     refuse_overwriting_inputs(output, artifact, source if Path(str(source)).is_file() else None)
     frames = FrameSource(source, source_options, on_event=log)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vitedge.errors import VitedgeError
-from vitedge.fileio import scratch_folder
+from vitedge.lifetime import scratch_folder
 from vitedge.options import ServeOptions
 from vitedge.serve.deepstream import DeepStreamExport, export_deepstream
 from vitedge.serve.repository import ModelEntry, export_repository, serving_repository

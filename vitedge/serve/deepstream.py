@@ -127,8 +127,9 @@ def export_deepstream(artifact: str | Path, out_dir: str | Path,
     import onnx
 
     from vitedge.backends import is_onnx_artifact
-    from vitedge.fileio import make_folder, refuse_overwriting_inputs, write_text_atomic
+    from vitedge.fileio import make_folder, write_text_atomic
     from vitedge.graph import load_onnx, save_onnx
+    from vitedge.inputs import refuse_overwriting_inputs
     from vitedge.manifest import require_manifest
 
     options = options or DeepStreamOptions()

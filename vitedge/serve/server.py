@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from vitedge.errors import MissingDependency, VitedgeError
-from vitedge.fileio import scratch_folder
+from vitedge.lifetime import scratch_folder
 
 INSTALL_HINT = ("pip install --no-deps --target VENV/triton nvidia-pytriton==0.7.0 && pip install "
                 "--no-deps --target VENV/triton/stub-site 'numpy<2' (make setup does)")
@@ -158,7 +158,7 @@ def read_or_make_key(path: str | Path) -> str:
         with os.fdopen(fd, "w") as f:
             f.write(key + "\n")
         return key
-    from vitedge.fileio import require_regular_file
+    from vitedge.inputs import require_regular_file
 
     require_regular_file(p, "key file")
     if p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):

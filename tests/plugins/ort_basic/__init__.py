@@ -68,7 +68,7 @@ class BasicBackend(Backend):
 
     def claims(self, path: Path) -> bool:
         from vitedge.backends import built_by
-        from vitedge.manifest import read_onnx_metadata
+        from vitedge.onnx_file import read_onnx_metadata
 
         try:
             return built_by(read_onnx_metadata(path)) == self.name

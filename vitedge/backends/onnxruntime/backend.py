@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,30 +20,11 @@ from vitedge.backends.base import (
     TensorInfo,
     TritonModel,
 )
+from vitedge.backends.onnxruntime.settings import OnnxRuntimeSettings
 from vitedge.errors import VitedgeError
 
-MAX_THREADS = 1024
-
-
-@dataclass(frozen=True)
-class OnnxRuntimeSettings:
-    """A device profile's `[onnxruntime]` table."""
-
-    threads: int = 0
-    """0: ONNX Runtime's choice (every physical core)."""
-    fusions: bool = True
-    """vitedge's rewrites (attention as one MultiHeadAttention, biases into the integer
-    GEMMs, weight dequantization folded, QAttention); off only to measure what they bring."""
-    int8_weight_bits: int = 7
-    """7: INT8 weights every CPU's integer kernels compute exactly. 8 only to measure what
-    that costs: on CPUs without VNNI 8-bit weights compute something else (the build's
-    verification fails there, and loading such an artifact there warns)."""
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.threads <= MAX_THREADS:
-            raise VitedgeError(f"onnxruntime.threads must be 0 (automatic) to {MAX_THREADS}")
-        if self.int8_weight_bits not in (7, 8):
-            raise VitedgeError("onnxruntime.int8_weight_bits must be 7 or 8")
+if TYPE_CHECKING:
+    from vitedge.profiles import Profile
 
 
 @dataclass
@@ -122,7 +103,8 @@ class OnnxRuntimeBackend(Backend):
 
     def claims(self, path: Path) -> bool:
         """A vitedge ONNX model: an export, a quantized graph, or this backend's artifact."""
-        from vitedge.manifest import MANIFEST_KEY, read_onnx_metadata
+        from vitedge.manifest import MANIFEST_KEY
+        from vitedge.onnx_file import read_onnx_metadata
 
         try:  # what the file is, not whether it is intact: the runner checks that
             metadata = read_onnx_metadata(path)
@@ -210,7 +192,8 @@ class OnnxRuntimeBackend(Backend):
 
     def load_built(self, built: BuiltArtifact) -> Runner:
         _, profile = built.state
-        return self.load(built.path, profile.onnxruntime.threads or None)
+        threads = profile.section("onnxruntime", OnnxRuntimeSettings).threads
+        return self.load(built.path, threads or None)
 
     def record(self, built: BuiltArtifact, verification: dict[str, Any]) -> None:
         from vitedge.graph import save_onnx
@@ -271,8 +254,8 @@ class OnnxRuntimeBackend(Backend):
                     f"{as_run.top1_agreement:.1%}")
         return Int8KernelCheck(as_is, as_run, note)
 
-    def profile_rows(self, profile: Any) -> list[tuple[str, str]]:
-        s = profile.onnxruntime
+    def profile_rows(self, profile: Profile) -> list[tuple[str, str]]:
+        s = profile.section("onnxruntime", OnnxRuntimeSettings)
         extra = ("" if s.fusions else ", vitedge's rewrites off") + (
             "" if s.int8_weight_bits == 7 else ", 8-bit INT8 weights (not exact without VNNI)")
         return [("onnxruntime", f"threads {s.threads or 'automatic'}{extra}")]

@@ -23,9 +23,10 @@ from vitedge.backends.onnxruntime.int8 import (
     largest_integer_weight,
     seven_bit_weights,
 )
+from vitedge.backends.onnxruntime.settings import OnnxRuntimeSettings
 from vitedge.errors import VitedgeError
-from vitedge.fileio import scratch_folder
 from vitedge.graph import load_onnx, needs_external_data, save_onnx
+from vitedge.lifetime import scratch_folder
 from vitedge.manifest import Manifest, manifest_from_onnx, set_onnx_manifest
 
 if TYPE_CHECKING:
@@ -58,8 +59,9 @@ def build_onnxruntime(onnx_path: Path, output: Path, profile: Profile) -> OnnxRu
     profile's [onnxruntime] table can turn vitedge's rewrites off (`fusions = false`: ONNX
     Runtime's own still run) or keep 8-bit weights (`int8_weight_bits = 8`: exact only on
     CPUs with VNNI, AMX or ARM)."""
-    fusions = profile.onnxruntime.fusions
-    cpu_exact = profile.onnxruntime.int8_weight_bits == WEIGHT_BITS
+    settings = profile.section("onnxruntime", OnnxRuntimeSettings)
+    fusions = settings.fusions
+    cpu_exact = settings.int8_weight_bits == WEIGHT_BITS
     import onnxruntime as ort
 
     from vitedge.sessions import ort_session
@@ -78,7 +80,7 @@ def build_onnxruntime(onnx_path: Path, output: Path, profile: Profile) -> OnnxRu
     with scratch_folder("build-") as tmp:
         fused, optimized = Path(tmp) / "fused.onnx", Path(tmp) / "optimized.onnx"
         save_onnx(model, fused)
-        ort_session(fused, profile.onnxruntime.threads or None, optimization=OPTIMIZATION,
+        ort_session(fused, settings.threads or None, optimization=OPTIMIZATION,
                     saved_model=optimized)
         result = load_onnx(optimized, verify=False)  # ONNX Runtime's, manifest not yet redone
     folds = {"attention_fused": attention,
@@ -90,12 +92,12 @@ def build_onnxruntime(onnx_path: Path, output: Path, profile: Profile) -> OnnxRu
                            "weights after requantization", "please report this")
     manifest.source = {**manifest.source, "backend": "onnxruntime",
                        "onnxruntime_optimization": OPTIMIZATION, "onnxruntime_version": ort.__version__,
-                       "onnxruntime_threads": profile.onnxruntime.threads, "profile": profile.name,
+                       "onnxruntime_threads": settings.threads, "profile": profile.name,
                        **({"int8_weight_bits": WEIGHT_BITS if cpu_exact else 8} if int8 else {})}
     set_onnx_manifest(result, manifest)
     save_onnx(result, output, external=external)
     details = {"nodes_before": nodes_before, "nodes_after": len(result.graph.node), **folds,
-               "threads": profile.onnxruntime.threads or "automatic"}
+               "threads": settings.threads or "automatic"}
     if int8:
         details.update(int8_weight_bits=WEIGHT_BITS if cpu_exact else 8,
                        weights_requantized=requantized)

@@ -16,8 +16,9 @@ import numpy as np
 from vitedge.backends.base import Runner, TensorInfo, attention_outputs
 from vitedge.compare import softmax
 from vitedge.errors import VitedgeError
-from vitedge.fileio import scratch_folder
+from vitedge.lifetime import scratch_folder
 from vitedge.manifest import Manifest, manifest_from_file
+from vitedge.precisions import FP8_FAMILY, MIXED
 from vitedge.sessions import (
     default_providers,
     ort_session,
@@ -70,7 +71,7 @@ class OnnxRuntimeRunner(Runner):
             from vitedge.backends.onnxruntime.int8 import saturation_warnings
 
             self.warnings += saturation_warnings(manifest, self.path.name)
-        elif manifest.precision in ("fp8", "nvfp4", "mixed"):
+        elif manifest.precision in (*FP8_FAMILY, MIXED):
             self._model, self.optimization = self._low_float(), "none"
         self.session = self._session()
         self.providers = self.session.get_providers()

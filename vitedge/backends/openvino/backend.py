@@ -6,35 +6,21 @@ build; verified at build like every backend."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vitedge.backends.base import Backend, BuildRequest, BuiltArtifact, Check, Runner, check_choice
+from vitedge.backends.base import Backend, BuildRequest, BuiltArtifact, Check, Runner
+from vitedge.backends.openvino.settings import OpenVINOSettings
 from vitedge.errors import VitedgeError
+from vitedge.precisions import BF16, FP16, FP32, INT8
 
-PRECISION_HINTS = ("auto", "f32", "bf16")
-MAX_THREADS = 1024
+if TYPE_CHECKING:
+    from vitedge.profiles import Profile
 
-
-@dataclass(frozen=True)
-class OpenVINOSettings:
-    """A device profile's `[openvino]` table."""
-
-    threads: int = 0
-    """0: OpenVINO's choice (its LATENCY hint: every physical core)."""
-    precision_hint: str = "auto"
-    """An INT8 build's float parts: auto (BF16 where the CPU has AVX-512 BF16 or AMX and it
-    measured faster at build, else FP32), f32 (always FP32: the closest to the graph), or
-    bf16. An fp32 build always computes in FP32, a bf16 build in BF16."""
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.threads <= MAX_THREADS:
-            raise VitedgeError(f"openvino.threads must be 0 (automatic) to {MAX_THREADS}")
-        check_choice("openvino.precision_hint", self.precision_hint, PRECISION_HINTS)
-
+BUILDS = (FP32, BF16, FP16, INT8)
+"""The graphs OpenVINO's CPU plugin builds."""
 
 class OpenVINOBackend(Backend):
     name = "openvino"
@@ -95,7 +81,7 @@ class OpenVINOBackend(Backend):
 
     # --- precisions ------------------------------------------------------------------------
 
-    def precision_column(self, profile: Any) -> str:
+    def precision_column(self, profile: Profile) -> str:
         return "openvino"
 
     # --- artifacts -------------------------------------------------------------------------
@@ -165,7 +151,7 @@ class OpenVINOBackend(Backend):
 
         notes = (["--timing-cache applies to TensorRT builds only"]
                  if request.timing_cache else [])
-        if request.manifest.precision not in ("fp32", "bf16", "fp16", "int8"):
+        if request.manifest.precision not in BUILDS:
             raise VitedgeError(f"OpenVINO on the CPU runs fp32, bf16, fp16 and int8 graphs, not "
                                f"{request.manifest.precision}", "--precision int8 or fp32")
         built = build_openvino(request.model, path, request.manifest, request.profile)
@@ -181,7 +167,8 @@ class OpenVINOBackend(Backend):
         from vitedge.backends.openvino.runner import WEIGHTED, runs_as, runs_as_words
 
         artifact, profile = built.state
-        runner = self.load(built.path, profile.openvino.threads or None)
+        threads = profile.section("openvino", OpenVINOSettings).threads
+        runner = self.load(built.path, threads or None)
         found = runs_as(runner.compiled)  # type: ignore[attr-defined]
         if artifact.info.get("runs_as") != found:
             artifact.info["runs_as"] = built.details["openvino"]["runs_as"] = found
@@ -208,8 +195,8 @@ class OpenVINOBackend(Backend):
         publish(weights_path(built.path), weights_path(final))
         publish(built.path, final)
 
-    def profile_rows(self, profile: Any) -> list[tuple[str, str]]:
-        s = profile.openvino
+    def profile_rows(self, profile: Profile) -> list[tuple[str, str]]:
+        s = profile.section("openvino", OpenVINOSettings)
         floats = ("BF16 where the CPU has it and it measures faster, else FP32"
                   if s.precision_hint == "auto" else s.precision_hint.upper())
         return [("openvino", f"threads {s.threads or 'automatic'}, an INT8 build's float parts "

@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from vitedge.backends.cpu_int8 import WEIGHT_BITS, seven_bit_weights
+from vitedge.backends.openvino.settings import OpenVINOSettings
 from vitedge.errors import MissingDependency, VitedgeError
-from vitedge.fileio import scratch_folder, sha256_file
+from vitedge.fileio import sha256_file
 from vitedge.graph import load_onnx, save_onnx
+from vitedge.lifetime import scratch_folder
 from vitedge.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -135,7 +137,7 @@ def build_openvino(onnx_path: Path, xml: Path, manifest: Manifest, profile: Prof
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise VitedgeError(f"OpenVINO cannot convert {onnx_path.name}: {first}",
                                "build it with --backend onnxruntime") from None
-    settings = profile.openvino
+    settings = profile.section("openvino", OpenVINOSettings)
     version = str(ov.__version__).split("-")[0]
     hint, measured, notes = choose_float_parts(ov, model, manifest.precision,
                                                settings.precision_hint, settings.threads)

@@ -8,9 +8,8 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from vitedge.backends.base import (
     Backend,
@@ -20,35 +19,13 @@ from vitedge.backends.base import (
     Runner,
     TensorInfo,
     TritonModel,
-    check_choice,
 )
 from vitedge.backends.tensorrt.flavours import TENSORRT, Flavour
+from vitedge.backends.tensorrt.settings import TensorRTSettings
 from vitedge.errors import VitedgeError
 
-HARDWARE_COMPATIBILITY = ("none", "ampere+", "same-compute-capability")
-
-
-@dataclass(frozen=True)
-class TensorRTSettings:
-    """A device profile's `[tensorrt]` table."""
-
-    workspace_mb: int = 1024
-    optimization_level: int = 3
-    dla_core: int = -1
-    """-1: no DLA; 0 or 1: that DLA core, with GPU fallback."""
-    hardware_compatibility: str = "none"
-    version_compatible: bool = False
-    cuda_graphs: bool = True
-
-    def __post_init__(self) -> None:
-        if self.workspace_mb <= 0:
-            raise VitedgeError("tensorrt.workspace_mb must be positive")
-        if not 0 <= self.optimization_level <= 5:
-            raise VitedgeError("tensorrt.optimization_level must be 0..5")
-        if self.dla_core < -1:
-            raise VitedgeError("tensorrt.dla_core must be -1 (none) or a core index")
-        check_choice("tensorrt.hardware_compatibility", self.hardware_compatibility,
-                     HARDWARE_COMPATIBILITY)
+if TYPE_CHECKING:
+    from vitedge.profiles import Profile
 
 
 class TensorRTBackend(Backend):
@@ -63,7 +40,7 @@ class TensorRTBackend(Backend):
 
     # --- precisions ------------------------------------------------------------------------
 
-    def precision_column(self, profile: Any) -> str:
+    def precision_column(self, profile: Profile) -> str:
         """TensorRT 11's column where TensorRT 11 is installed here, else 10's (JetPack 6 and 7.0
         / 7.1, most desktops today)."""
         from vitedge.backends.tensorrt.device import tensorrt_module
@@ -72,7 +49,7 @@ class TensorRTBackend(Backend):
         major = str(getattr(builder, "__version__", "")).split(".")[0]
         return "tensorrt-11" if major.isdigit() and int(major) >= 11 else "tensorrt-10"
 
-    def targets(self, profile: Any) -> tuple[str, ...]:
+    def targets(self, profile: Profile) -> tuple[str, ...]:
         """The GPU the engine is built on, and so runs on; without one here (nothing to
         build on), the profile's `targets`."""
         from vitedge.backends.tensorrt.device import gpu_info
@@ -80,7 +57,7 @@ class TensorRTBackend(Backend):
         gpu = gpu_info()
         return (gpu[1],) if gpu else tuple(profile.targets)
 
-    def nvfp4_activations(self, profile: Any) -> str:
+    def nvfp4_activations(self, profile: Profile) -> str:
         """Dynamic NVFP4 activations need TensorRT 11 to build; 10.8+ gets W4A8."""
         return "nvfp4" if self.precision_column(profile) == "tensorrt-11" else "fp8"
 
@@ -102,7 +79,7 @@ class TensorRTBackend(Backend):
             return "TensorRT is installed but no CUDA GPU is visible"
         return None
 
-    def chosen(self, profile: Any) -> str:
+    def chosen(self, profile: Profile) -> str:
         return "TensorRT and a GPU are present"
 
     def require(self) -> None:
@@ -253,8 +230,8 @@ class TensorRTBackend(Backend):
                 "from (a kernel's precision or a fusion); try --precision fp16, or keep layers "
                 "in float with vitedge quantize --exclude")
 
-    def profile_rows(self, profile: Any) -> list[tuple[str, str]]:
-        trt = profile.tensorrt
+    def profile_rows(self, profile: Profile) -> list[tuple[str, str]]:
+        trt = profile.section("tensorrt", TensorRTSettings)
         return [("tensorrt", f"workspace {trt.workspace_mb} MB, optimization level "
                              f"{trt.optimization_level}, DLA "
                              f"{'off' if trt.dla_core < 0 else trt.dla_core}, hardware "

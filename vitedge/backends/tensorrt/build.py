@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from vitedge.backends.tensorrt.device import gpu_info
 from vitedge.backends.tensorrt.engine_info import EngineInfo, sidecar_path
 from vitedge.backends.tensorrt.flavours import TENSORRT, TENSORRT_RTX, Flavour, collecting_logger
+from vitedge.backends.tensorrt.settings import TensorRTSettings
 from vitedge.errors import MissingDependency, VitedgeError
 from vitedge.fileio import sha256_file, write_bytes_atomic
 from vitedge.manifest import Manifest
@@ -119,9 +120,10 @@ def parse_onnx(trt: Any, data: bytes, logger: Any, what: str, product: str,
 
 def build_engine(onnx_path: Path, engine_path: Path, manifest: Manifest, profile: Profile,
                  batch: BatchRange, timing_cache: Path | None = None,
-                 report: Reporter | None = None, flavour: Flavour = TENSORRT) -> EngineInfo:
+                 report: Reporter | None = None, flavour: Flavour = TENSORRT,
+                 compute_capabilities: tuple[str, ...] = ()) -> EngineInfo:
     """Parse, configure, build and write `engine_path` and its description beside it, with
-    TensorRT or (flavour TENSORRT_RTX) TensorRT for RTX."""
+    TensorRT or (flavour TENSORRT_RTX) TensorRT for RTX for `compute_capabilities`."""
     trt = require_tensorrt(flavour)
     rep = reporter(report)
     start = time.perf_counter()
@@ -130,7 +132,7 @@ def build_engine(onnx_path: Path, engine_path: Path, manifest: Manifest, profile
                                   flavour.product, str(onnx_path))
 
     config = builder.create_builder_config()
-    settings = profile.tensorrt
+    settings = profile.section("tensorrt", TensorRTSettings)
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mb << 20)
     config.builder_optimization_level = settings.optimization_level
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer info for `bench`
@@ -147,7 +149,7 @@ def build_engine(onnx_path: Path, engine_path: Path, manifest: Manifest, profile
 
     targets: list[str] = []
     if flavour.compute_targets:
-        targets = set_compute_targets(trt, config, profile.tensorrt_rtx.compute_capabilities)
+        targets = set_compute_targets(trt, config, compute_capabilities)
     if flavour is TENSORRT:
         _tensorrt_only(trt, builder, config, settings, rep, timing_cache)
     elif timing_cache is not None:

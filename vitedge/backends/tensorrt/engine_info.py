@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vitedge.errors import VitedgeError
-from vitedge.fileio import read_json
+from vitedge.inputs import read_json
 from vitedge.version import __version__
 
 SIDECAR_SCHEMA = 1

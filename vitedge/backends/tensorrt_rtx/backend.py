@@ -4,40 +4,18 @@ without a GPU, their kernels compiled on the user's RTX GPU at first run."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vitedge.backends.base import BuildRequest, BuiltArtifact, Check, TritonModel, check_choice
+from vitedge.backends.base import BuildRequest, BuiltArtifact, Check, TritonModel
 from vitedge.backends.tensorrt.backend import TensorRTBackend
 from vitedge.backends.tensorrt.flavours import TENSORRT_RTX, Flavour
+from vitedge.backends.tensorrt.settings import TensorRTSettings
+from vitedge.backends.tensorrt_rtx.settings import TensorRTRTXSettings
 from vitedge.errors import VitedgeError
 
-RTX_TARGETS = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1", "current")
-RTX_SPECIALIZATION = ("lazy", "eager", "none")
-RTX_CUDA_GRAPHS = ("disabled", "whole_graph_capture")
-
-
-@dataclass(frozen=True)
-class TensorRTRTXSettings:
-    """A device profile's `[tensorrt_rtx]` table: what the engine targets and how its
-    kernels are compiled on the user's GPU."""
-
-    compute_capabilities: tuple[str, ...] = ("8.6", "8.9", "12.0")
-    """Build targets: Ampere RTX 30xx, Ada RTX 40xx, Blackwell RTX 50xx by default; 7.5 for
-    Turing (explicit only), `current` for this machine's GPU."""
-    runtime_cache: bool = True
-    """Keep the JIT-compiled kernels in ENGINE.runtime-cache beside the engine."""
-    dynamic_shapes: str = "lazy"
-    """Kernel specialisation for a new batch size: lazy (a fallback kernel first, the
-    specialised one compiled in the background), eager, or none."""
-    cuda_graph_strategy: str = "disabled"
-
-    def __post_init__(self) -> None:
-        check_choice("tensorrt_rtx.compute_capabilities", self.compute_capabilities, RTX_TARGETS)
-        check_choice("tensorrt_rtx.dynamic_shapes", self.dynamic_shapes, RTX_SPECIALIZATION)
-        check_choice("tensorrt_rtx.cuda_graph_strategy", self.cuda_graph_strategy,
-                     RTX_CUDA_GRAPHS)
+if TYPE_CHECKING:
+    from vitedge.profiles import Profile
 
 
 class TensorRTRTXBackend(TensorRTBackend):
@@ -58,24 +36,24 @@ class TensorRTRTXBackend(TensorRTBackend):
             return "TensorRT for RTX is not installed (pip install tensorrt-rtx-cu13)"
         return None
 
-    def chosen(self, profile: Any) -> str:
-        targets = ", ".join(profile.tensorrt_rtx.compute_capabilities)
+    def chosen(self, profile: Profile) -> str:
+        targets = ", ".join(_settings(profile).compute_capabilities)
         return (f"profile {profile.name} builds for TensorRT for RTX (compute capabilities "
                 f"{targets}; no GPU is needed to build)")
 
-    def precision_column(self, profile: Any) -> str:
+    def precision_column(self, profile: Profile) -> str:
         return "tensorrt-rtx"
 
-    def targets(self, profile: Any) -> tuple[str, ...]:
+    def targets(self, profile: Profile) -> tuple[str, ...]:
         """The profile's compute capabilities (`current`: this machine's GPU)."""
         from vitedge.backends.tensorrt.device import gpu_info
 
         here = gpu_info()
         return tuple(here[1] if c == "current" and here else c
-                     for c in profile.tensorrt_rtx.compute_capabilities
+                     for c in _settings(profile).compute_capabilities
                      if c != "current" or here)
 
-    def nvfp4_activations(self, profile: Any) -> str:
+    def nvfp4_activations(self, profile: Profile) -> str:
         """TensorRT for RTX builds `TRT_FP4DynamicQuantize` (measured with 1.7.1)."""
         return "nvfp4"
 
@@ -126,11 +104,15 @@ class TensorRTRTXBackend(TensorRTBackend):
                  if request.timing_cache is not None else [])
         return self._built(request, path, info, notes)
 
-    def profile_rows(self, profile: Any) -> list[tuple[str, str]]:
-        builder, settings = profile.tensorrt, profile.tensorrt_rtx
+    def profile_rows(self, profile: Profile) -> list[tuple[str, str]]:
+        builder, settings = profile.section("tensorrt", TensorRTSettings), _settings(profile)
         return [("builder", f"workspace {builder.workspace_mb} MB, optimization level "
                             f"{builder.optimization_level} (the [tensorrt] table)"),
                 ("tensorrt_rtx", f"compute capabilities {', '.join(settings.compute_capabilities)}, "
                                  f"kernels {settings.dynamic_shapes} specialisation, CUDA graphs "
                                  f"{settings.cuda_graph_strategy}, runtime cache "
                                  f"{'beside the engine' if settings.runtime_cache else 'off'}")]
+
+
+def _settings(profile: Profile) -> TensorRTRTXSettings:
+    return profile.section("tensorrt_rtx", TensorRTRTXSettings)

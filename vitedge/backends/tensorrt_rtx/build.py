@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from vitedge.backends.tensorrt.build import build_engine, require_tensorrt
 from vitedge.backends.tensorrt.engine_info import EngineInfo, sidecar_path
 from vitedge.backends.tensorrt.flavours import TENSORRT_RTX
+from vitedge.backends.tensorrt_rtx.settings import TensorRTRTXSettings
 from vitedge.fileio import write_text_atomic
 from vitedge.manifest import Manifest
 from vitedge.report import Reporter
@@ -27,9 +28,9 @@ def build_rtx_engine(onnx_path: Path, engine_path: Path, manifest: Manifest, pro
                      batch: BatchRange, report: Reporter | None = None) -> EngineInfo:
     """Build and write `engine_path` and its description, which also records how the runner
     compiles kernels (the profile's [tensorrt_rtx] settings)."""
+    settings = profile.section("tensorrt_rtx", TensorRTRTXSettings)
     info = build_engine(onnx_path, engine_path, manifest, profile, batch, None, report,
-                        flavour=TENSORRT_RTX)
-    settings = profile.tensorrt_rtx
+                        flavour=TENSORRT_RTX, compute_capabilities=settings.compute_capabilities)
     info.runtime = {"dynamic_shapes": settings.dynamic_shapes,
                     "cuda_graph_strategy": settings.cuda_graph_strategy,
                     "runtime_cache": settings.runtime_cache}

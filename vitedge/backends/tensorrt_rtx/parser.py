@@ -28,7 +28,7 @@ def parser_problems(model: Any) -> list[str] | None:
     from vitedge.graph import needs_external_data, save_onnx
 
     if not isinstance(model, bytes) and needs_external_data(model):  # too large for bytes
-        from vitedge.fileio import scratch_folder
+        from vitedge.lifetime import scratch_folder
 
         with scratch_folder("parse-") as folder:
             path = Path(folder) / "model.onnx"
