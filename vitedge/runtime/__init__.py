@@ -23,7 +23,7 @@ from typing import Any
 
 _EXPORTS = {
     "open_pipeline": "vitedge.runtime.pipeline", "Pipeline": "vitedge.runtime.pipeline",
-    "Prediction": "vitedge.runtime.postprocess", "available_cores": "vitedge.runtime.pipeline",
+    "Prediction": "vitedge.runtime.postprocess", "available_cores": "vitedge.runtime.scheduler",
     "open_source": "vitedge.runtime.sources",
     "FrameSource": "vitedge.runtime.sources", "SourceOptions": "vitedge.runtime.sources",
     "open_output": "vitedge.runtime.outputs", "PipelineOptions": "vitedge.options",

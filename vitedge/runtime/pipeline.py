@@ -39,6 +39,7 @@ from vitedge.runtime.decode import decode_frame, frames_of, is_frame
 from vitedge.runtime.patchify import patches_from_images
 from vitedge.runtime.postprocess import Postprocessor, Prediction
 from vitedge.runtime.preprocess import Preprocessor, input_from_pixels
+from vitedge.runtime.scheduler import available_cores
 from vitedge.runtime.stats import StageTimes
 
 __all__ = ["STAGES", "Explanation", "Pipeline", "Prediction", "available_cores",
@@ -203,7 +204,7 @@ class Pipeline:
         instead (pass an `open_source(...)` to read its `stats.gave_up`). A source that can
         never open here (a GStreamer pipeline on an OpenCV without GStreamer) raises at once."""
         from vitedge.options import SourceOptions
-        from vitedge.runtime.sources import open_source
+        from vitedge.runtime.sources import open_source, with_sources
 
         named = str(source) if isinstance(source, (str, Path, int)) else None
         frames = open_source(source, options=SourceOptions(reconnect_for=reconnect_for)) \
@@ -213,10 +214,10 @@ class Pipeline:
         try:
             if self.streams > 1 or prefetch <= 0:
                 for _chunk, (kept, predictions) in self._in_flight(chunks, self._batch_skipping):
-                    yield from _named(zip(kept, predictions, strict=True), named)
+                    yield from with_sources(zip(kept, predictions, strict=True), named)
                 return
             for kept, x, timings in scheduler.prefetched(chunks, self._prepared, prefetch):
-                yield from _named(zip(kept, self._infer(x, timings), strict=True), named)
+                yield from with_sources(zip(kept, self._infer(x, timings), strict=True), named)
         finally:
             close = getattr(frames, "close", None)
             if close is not None:
@@ -284,16 +285,6 @@ class Pipeline:
         self.close()
 
 
-def _named(pairs: Iterable[tuple[Any, Prediction]], named: str | None
-           ) -> Iterator[tuple[Any, Prediction]]:
-    """(frame, prediction) with the prediction's `source`: the frame's file, else `named`."""
-    from vitedge.runtime.sources import source_of
-
-    for frame, p in pairs:
-        p.source = source_of(frame) or named
-        yield frame, p
-
-
 def open_pipeline(path: str | Path, options: PipelineOptions | None = None,
                   **changes: Any) -> Pipeline:
     """A pipeline on a built artifact (an engine or an ONNX model; `load_runner` decides the
@@ -320,12 +311,3 @@ def open_pipeline(path: str | Path, options: PipelineOptions | None = None,
         model.close()  # an engine's device memory goes back at once
         raise
 
-
-def available_cores() -> int:
-    """The cores this process may run on."""
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1

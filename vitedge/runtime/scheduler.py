@@ -81,3 +81,13 @@ def prefetched(chunks: Iterator[Any], prepare: Callable[[Any], Any | None], dept
             yield item
     finally:
         stop.set()  # the worker sees it at its next put or chunk; nobody waits for that
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,6 +274,15 @@ def source_of(frame: Any) -> str | None:
         return str(frame)
     info = getattr(frame, "info", None)
     return info.get(SOURCE_KEY) if isinstance(info, dict) else None
+
+
+def with_sources(pairs: Iterable[tuple[Any, Any]], named: str | None
+                 ) -> Iterator[tuple[Any, Any]]:
+    """(frame, prediction) with the prediction's `source` set: the frame's file, else
+    `named` (the stream's URI)."""
+    for frame, p in pairs:
+        p.source = source_of(frame) or named
+        yield frame, p
 
 
 BACKENDS = {"gstreamer": "GStreamer", "stream": "FFMPEG"}

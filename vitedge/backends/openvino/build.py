@@ -42,6 +42,29 @@ def require_openvino() -> Any:
     return openvino
 
 
+def cpu_capabilities(core: Any) -> list[str]:
+    """OpenVINO's OPTIMIZATION_CAPABILITIES of the CPU device (FP32, INT8, BF16, ...)."""
+    try:
+        return [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+    except Exception:  # noqa: BLE001 - no CPU plugin: nothing to report
+        return []
+
+
+def compile_model(core: Any, model: Any, target: str, hint: str, threads: int | None,
+                  name: str) -> Any:
+    """`model` compiled for `target` (CPU: float parts in `hint`, f32 or bf16)."""
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    if target == "CPU":
+        config["INFERENCE_PRECISION_HINT"] = hint
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+    try:
+        return core.compile_model(model, target, config)
+    except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VitedgeError(f"OpenVINO cannot compile {name} for {target}: {first}") from None
+
+
 def weights_path(xml: Path) -> Path:
     """The IR's weights file: MODEL.ov.bin beside MODEL.ov.xml."""
     return xml.with_suffix(".bin")
@@ -70,8 +93,6 @@ def choose_float_parts(ov: Any, model: Any, precision: str, policy: str, threads
     bf16 and needs a CPU with BF16 arithmetic; an INT8 build's float parts follow the
     profile's `precision_hint`, where `auto` measures both on this CPU and keeps BF16 only if
     it is faster (the build's verification then judges what was kept)."""
-    from vitedge.backends.openvino.runner import cpu_capabilities
-
     caps = cpu_capabilities(ov.Core())
     if precision == "bf16":
         if "BF16" not in caps:
@@ -101,8 +122,6 @@ def _median_ms(ov: Any, model: Any, hint: str, threads: int) -> float:
     import time
 
     import numpy as np
-
-    from vitedge.backends.openvino.runner import compile_model
 
     compiled = compile_model(ov.Core(), model, "CPU", hint, threads or None, "the model")
     port = compiled.inputs[0]

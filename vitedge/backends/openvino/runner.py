@@ -11,16 +11,13 @@ from typing import Any
 import numpy as np
 
 from vitedge.backends.base import Runner, TensorInfo
-from vitedge.backends.openvino.build import read_ir, require_openvino
+from vitedge.backends.openvino.build import (  # noqa: F401 - cpu_capabilities: a public name here too
+    compile_model,
+    cpu_capabilities,
+    read_ir,
+    require_openvino,
+)
 from vitedge.errors import VitedgeError
-
-
-def cpu_capabilities(core: Any) -> list[str]:
-    """OpenVINO's OPTIMIZATION_CAPABILITIES of the CPU device (FP32, INT8, BF16, ...)."""
-    try:
-        return [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
-    except Exception:  # noqa: BLE001 - no CPU plugin: nothing to report
-        return []
 
 
 def inference_precision(precision: str, policy: str, capabilities: list[str]) -> str:
@@ -72,21 +69,6 @@ def runs_as_words(found: dict[str, dict[str, int]]) -> str:
     return "; ".join(f"{p} {sum(kinds.values())} ("
                      + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + ")"
                      for p, kinds in sorted(found.items()))
-
-
-def compile_model(core: Any, model: Any, target: str, hint: str, threads: int | None,
-                  name: str) -> Any:
-    """`model` compiled for `target` (CPU: float parts in `hint`, f32 or bf16)."""
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-    if target == "CPU":
-        config["INFERENCE_PRECISION_HINT"] = hint
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-    try:
-        return core.compile_model(model, target, config)
-    except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VitedgeError(f"OpenVINO cannot compile {name} for {target}: {first}") from None
 
 
 class OpenVINORunner(Runner):
