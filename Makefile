@@ -55,13 +55,19 @@ typecheck: setup
 	$(BIN)/mypy vitedge
 
 # OS packages the tests start as real services: an MQTT broker (the camera events' tests
-# skip, saying so, where it cannot be installed).
+# skip, saying so, where it cannot be installed); OpenCV's sample videos (opencv-doc), the
+# real footage of the frame-reuse tests (which skip likewise).
 system:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
 		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		  { apt-get install -y -qq mosquitto >/dev/null 2>&1 || \
 		    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq mosquitto >/dev/null 2>&1; }; }; } || \
 		echo "note: mosquitto is not installed (apt-get install mosquitto): the MQTT tests will skip"
+	@[ -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ] || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		  { apt-get install -y -qq opencv-doc >/dev/null 2>&1 || \
+		    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq opencv-doc >/dev/null 2>&1; }; }; } || \
+		echo "note: opencv-doc is not installed (apt-get install opencv-doc): the frame-reuse tests on OpenCV's sample videos will skip"
 
 test: setup system lint typecheck
 	$(BIN)/python -m pytest -q

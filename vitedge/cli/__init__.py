@@ -4,6 +4,7 @@ its result. User errors end as one line on stderr and a non-zero exit code.
 
     build.py   export, calibrate, quantize, build     (the build path)
     run.py     predict, embed, run, bench, explain, eval
+    reuse.py   tune-reuse (the frame-reuse threshold of run --reuse)
     serve.py   serve, export-triton, export-deepstream
     info.py    inspect, doctor, profiles, archs
     common.py  consoles, --json / --debug, the progress bar; flags.py: options -> flags"""
@@ -15,7 +16,7 @@ import sys
 
 import click
 
-from vitedge.cli import build, info, run, serve
+from vitedge.cli import build, info, reuse, run, serve
 from vitedge.cli.common import debug_option, err
 from vitedge.errors import VitedgeError
 from vitedge.version import __version__
@@ -51,7 +52,7 @@ def cli() -> None:
     """
 
 
-for _module in (build, run, serve, info):
+for _module in (build, run, reuse, serve, info):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

@@ -13,7 +13,8 @@ the stages, each timed: decode.py -> preprocess.py (exact and fast) -> patchify.
 backend's runner (`vitedge.backends`) -> postprocess.py (scores, top-k, embeddings), with
 scheduler.py saying when frames run (prefetch, frames in flight); `open_source` /
 `FrameSource` (sources.py: files, folders, video, cameras, streams, GStreamer; outages
-ridden out), `open_output` (outputs.py: video file, window, none), attention maps
+ridden out), `open_output` (outputs.py: video file, window, none), frame reuse on a fixed
+camera (reuse.py: `vitedge.open(..., reuse=K)`), attention maps
 (attention.py), stage statistics (stats.py), the camera loop (run_loop.py), and the
 library calls of `vitedge predict` and `vitedge embed` (predict.py, embed.py)."""
 

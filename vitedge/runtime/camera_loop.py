@@ -94,6 +94,7 @@ def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | N
         per_camera = [s.to_dict() for s in multi.stats.values()]
         batch_sizes = {str(k): v for k, v in sorted(multi.batch_sizes.items())}
         batch = multi.batch
+        reuse = pipe.reuse.counters() if pipe.reuse is not None else None
     if status is not None:
         status(per_camera)
     summary: dict[str, Any] = {
@@ -102,7 +103,7 @@ def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | N
         "batch": batch, "max_wait_ms": opts.max_wait_ms, "batch_sizes": batch_sizes,
         "stages": stages, "events": {"json_lines": opts.events,
                                      "mqtt": mqtt.counters() if mqtt else None},
-        "output_dir": opts.output_dir, "warnings": warnings}
+        "output_dir": opts.output_dir, "warnings": warnings, "reuse": reuse}
     gone = [c for c in per_camera if c["gone"]]
     log(f"{count} frames from {len(cameras)} cameras in {elapsed:.1f} s, batches of up to "
         f"{batch}" + (f"; gone: {', '.join(c['camera'] for c in gone)}" if gone else ""))

@@ -40,6 +40,7 @@ from vitedge.runtime.decode import decode_frame
 from vitedge.runtime.patchify import patches_from_images
 from vitedge.runtime.postprocess import Postprocessor, Prediction
 from vitedge.runtime.preprocess import Preprocessor, input_from_pixels
+from vitedge.runtime.reuse import reuse_gate
 from vitedge.runtime.stats import StageTimes
 
 __all__ = ["STAGES", "Explanation", "Pipeline", "Prediction", "available_cores",
@@ -96,6 +97,8 @@ class Pipeline:
         self._slots = threading.BoundedSemaphore(opts.streams)
         self._workers: Any = None
         self._closed = False
+        self.reuse = reuse_gate(self)
+        """The frame-reuse gate (`reuse=K`): its `counters()` say what was reused."""
 
     # --- the stages ------------------------------------------------------------------
 
@@ -143,8 +146,15 @@ class Pipeline:
         kept, x, timings = self._prepare(chunk, skip_unreadable=True)
         return (kept, x, timings) if kept else None
 
-    def _infer(self, x: np.ndarray, timings: dict[str, float]) -> list[Prediction]:
-        """infer + postprocess for a prepared input, timed into `timings`."""
+    def _infer(self, x: np.ndarray, timings: dict[str, float],
+               cameras: list[Any] | None = None) -> list[Prediction]:
+        """infer + postprocess for a prepared input, timed into `timings`; with frame reuse
+        (reuse.py) only the frames that changed on their camera (None: this pipeline's)."""
+        if self.reuse is not None:
+            return self.reuse.run(x, timings, cameras, self._infer_all)
+        return self._infer_all(x, timings)
+
+    def _infer_all(self, x: np.ndarray, timings: dict[str, float]) -> list[Prediction]:
         self._check_open()
         clock = self.clock
         t = clock()
@@ -321,7 +331,7 @@ def open_pipeline(path: str | Path, options: PipelineOptions | None = None,
     """A pipeline on a built artifact (an engine or an ONNX model; `load_runner` decides the
     backend from the file), run as `options` (`vitedge.options.PipelineOptions`) or keyword
     changes to its defaults say: device, color, fast, topk, keep_logits, threads, batch,
-    cuda_graph, streams.
+    cuda_graph, streams, reuse and max_age (frame reuse, reuse.py).
 
     `streams` (ONNX Runtime): frames in flight at once in `stream()`. 1, the default, puts
     every core on one frame: the lowest latency. More streams split the cores between

@@ -28,6 +28,12 @@ class Prediction:
     logits: np.ndarray | None = None
     embedding: np.ndarray | None = None
     """The image embedding of a headless model (L2-normalised with normalize_embeddings)."""
+    reused: bool = False
+    """Frame reuse (`vitedge.open(..., reuse=K)`): this frame was not inferred; the result is
+    the last inferred frame's, `age` frames and `age_ms` milliseconds old."""
+    age: int | None = None
+    """Frames since the inferred frame this result is from (0: this one); None: reuse off."""
+    age_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"class_id": self.class_id, "label": self.label, "score": self.score,
@@ -38,6 +44,8 @@ class Prediction:
             d["logits"] = self.logits.tolist()
         if self.embedding is not None:
             d["embedding"] = self.embedding.tolist()
+        if self.age is not None:
+            d.update(reused=self.reused, age=self.age, age_ms=round(self.age_ms, 2))
         return d
 
     def describe(self) -> str:
