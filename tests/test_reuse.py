@@ -199,3 +199,74 @@ def test_cli_run_and_tune_reuse(demo_fp32, tmp_path, capsys):
     assert code != 0 and "--max-age" in err and "Traceback" not in err
     with pytest.raises(VitedgeError, match="max-age"):
         vitedge.open(demo_fp32, reuse=8, max_age="0")
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code, out, err = run_cli(["run", str(demo_fp32), "--source", str(VTEST),
+                                  "--metrics-port", str(taken.getsockname()[1]),
+                                  "--max-frames", "5"], capsys)
+    assert code != 0 and "cannot serve metrics" in err and "Traceback" not in err
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@needs_footage
+def test_metrics_are_scraped_over_loopback_while_cameras_run(demo_fp32):
+    """`run --metrics-port`: Prometheus' own parser reads the endpoint mid-run; each camera's
+    processed frames, drops, latency observations and reuse counts match the camera loop's
+    figures at that moment, and the port is closed once the run ends."""
+    import urllib.error
+    import urllib.request
+
+    parser = pytest.importorskip("prometheus_client.parser")
+    from vitedge.options import CameraOptions, PipelineOptions
+    from vitedge.runtime.camera_loop import run_cameras
+    from vitedge.runtime.cameras import Camera
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    scraped: list[tuple[list[dict], dict]] = []
+    closed: list[bool] = []
+
+    def status(rows):
+        try:
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+        except (urllib.error.URLError, ConnectionError):
+            closed.append(True)
+            return
+        samples = {}
+        for family in parser.text_string_to_metric_families(text):
+            for s in family.samples:
+                samples[(s.name, s.labels.get("camera"), s.labels.get("le"))] = s.value
+        scraped.append((rows, samples))
+
+    cameras = [Camera("plaza", str(VTEST), fps=30), Camera("film", str(MEGAMIND), fps=30)]
+    summary = run_cameras(str(demo_fp32), cameras, CameraOptions(metrics_port=port),
+                          max_frames=150, pipeline=PipelineOptions(reuse=128), status=status)
+    assert summary["frames"] == 150 and closed == [True]
+    assert len(scraped) >= 2
+    for rows, samples in scraped:
+        for r in rows:
+            name = r["camera"]
+            processed = samples[("vitedge_camera_frames_processed_total", name, None)]
+            assert processed == r["processed"]
+            assert samples[("vitedge_camera_frames_read_total", name, None)] >= processed
+            assert samples[("vitedge_camera_frames_dropped_total", name, None)] == r["dropped"]
+            # the histogram counts results handed out; the rest of the batch is on its way
+            delivered = samples.get(("vitedge_camera_latency_seconds_count", name, None), 0)
+            assert 0 <= processed - delivered < summary["batch"]
+            assert samples.get(("vitedge_camera_latency_seconds_bucket", name, "+Inf"),
+                               0) == delivered
+            assert (samples[("vitedge_camera_frames_reused_total", name, None)]
+                    + samples[("vitedge_camera_frames_inferred_total", name, None)]) == processed
+    last = scraped[-1][1]
+    assert sum(last[("vitedge_camera_frames_reused_total", n, None)]
+               for n in ("plaza", "film")) > 0

@@ -554,6 +554,12 @@ class CameraOptions:
                                     "DIR/CAMERA.mp4.", metavar="DIR", kind=str)
     status: bool = option(True, "No live status table (it is shown only on a terminal).",
                           negate="--no-status")
+    metrics_port: int | None = option(help="Serve per-camera frames, drops, reuse and latency "
+                                      "histograms in Prometheus' format on this port (0: any "
+                                      "free one; needs prometheus_client).", least=0,
+                                      most=65535, kind=int, metavar="PORT")
+    metrics_host: str = option("127.0.0.1", "The address --metrics-port binds (0.0.0.0: every "
+                               "interface).", metavar="ADDRESS")
 
     def __post_init__(self) -> None:
         check_fields(self)

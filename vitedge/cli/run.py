@@ -107,7 +107,7 @@ def embed(artifact: str, images: tuple[str, ...], output: str, as_json: bool, **
 @click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames "
               "(all cameras together).")
 @flags(CameraOptions, "batch", "max_wait_ms", "events", "mqtt", "mqtt_qos", "output_dir",
-       "status")
+       "status", "metrics_port", "metrics_host")
 @flags(SourceOptions, "reconnect_for")
 @flags(PipelineOptions, "color", *RUNTIME_FLAGS, "reuse", "max_age")
 def run(artifact: str, sources: tuple[str, ...], sources_file: str | None, output: str | None,
@@ -131,7 +131,8 @@ def run(artifact: str, sources: tuple[str, ...], sources_file: str | None, outpu
         raise VitedgeError("--events - and --json would both write to standard output",
                            "give --events a file")
     several = bool(sources_file) or len(sources) > 1 or any(_named(s) for s in sources) or \
-        any(getattr(cams, k) for k in ("batch", "events", "mqtt", "output_dir"))
+        any(getattr(cams, k) for k in ("batch", "events", "mqtt", "output_dir")) or \
+        cams.metrics_port is not None
     if not several:
         return _run_one(artifact, sources[0], output, display, max_frames, as_json, kw)
     if output or display:

@@ -71,9 +71,20 @@ def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | N
                 outputs[c.name] = stack.enter_context(open_output(folder / f"{c.name}.mp4"))
         multi = stack.enter_context(MultiStream(pipe, cameras, opts.batch, opts.max_wait_ms,
                                                 source_options, log))
+        metrics = None
+        if opts.metrics_port is not None:
+            from vitedge.runtime.metrics import CameraMetrics
+
+            metrics = CameraMetrics(lambda: [s.to_dict() for s in multi.stats.values()],
+                                    pipe.reuse.counters if pipe.reuse else lambda: None,
+                                    opts.metrics_port, opts.metrics_host)
+            stack.callback(metrics.close)
+            log(f"metrics on http://{metrics.host}:{metrics.port}/metrics")
         last_status = 0.0
         for result in multi:
             count += 1
+            if metrics is not None:
+                metrics.observe(result.camera, result.latency_ms / 1e3)
             if sinks:
                 event = event_of(result)
                 for sink in sinks:
