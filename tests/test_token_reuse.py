@@ -114,3 +114,18 @@ def test_token_reuse_runtime_refreshes_and_keeps_cameras_apart(graphs, inputs, d
         TokenReuse(demo_fp32, full.output)
     with pytest.raises(VitedgeError, match="not the full pass"):
         TokenReuse(part.output, part.output)
+
+
+def test_tensorrt_parser_accepts_the_streaming_graph(graphs):
+    """TensorRT for RTX's real ONNX parser and vitedge's operator table both accept it."""
+    import onnx
+
+    pytest.importorskip("tensorrt_rtx")
+    from vitedge.backends.tensorrt_rtx.parser import parser_problems
+    from vitedge.export.tensorrt_ops import tensorrt_problems
+
+    for made in graphs:
+        model = onnx.load(str(made.output))
+        assert parser_problems(model) == []
+        assert tensorrt_problems(model) == []
+        assert {"TopK", "ScatterElements", "GatherElements"} <= {n.op_type for n in model.graph.node}

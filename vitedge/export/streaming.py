@@ -60,6 +60,9 @@ def export_streaming(checkpoint: str | Path, output: str | Path, k: int | None =
         except Exception as exc:  # noqa: BLE001 - the exporter's own failure, one line
             raise ExportError(f"the streaming graph did not export: {exc}") from None
         graph = onnx.load(str(tmp))
+    from vitedge.export.exporter import check_onnx
+
+    check_onnx(graph)  # the ONNX checker, shape inference, TensorRT's operators and parser
     manifest = imported.manifest("images")
     manifest.source = {**manifest.source, TOKEN_REUSE_KEY: {"k": stream.k, "tokens": tokens}}
     set_onnx_manifest(graph, manifest)

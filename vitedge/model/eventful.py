@@ -27,6 +27,8 @@ from vitedge.model.vit import Block, VisionTransformer
 
 STATE_PER_BLOCK = ("ref_qkv", "qkv", "ref_proj", "proj", "ref_mlp", "mlp")
 """The state tensors of one block, in the graph's input and output order."""
+CLASS_TOKEN_CHANGE = 3e38
+"""The class token's change as the gates see it: above any other, so it is always picked."""
 
 
 def check_streamable(model: VisionTransformer) -> None:
@@ -41,15 +43,16 @@ def check_streamable(model: VisionTransformer) -> None:
 def gate(x: torch.Tensor, ref: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(indices (B, k, D) of the k tokens of `x` that moved most from `ref`, the class token
     always among them, and the new reference: `ref` with those tokens taken from `x`)."""
-    change = (x - ref).pow(2).sum(-1)
-    change = torch.cat([torch.full_like(change[:, :1], float("inf")), change[:, 1:]], dim=1)
+    moved = x - ref
+    change = (moved * moved).sum(-1)
+    change = torch.cat([change[:, :1].clamp(min=CLASS_TOKEN_CHANGE), change[:, 1:]], dim=1)
     top = torch.topk(change, k, dim=1).indices
-    index = top.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+    index = top.unsqueeze(-1).expand(x.shape[0], k, x.shape[-1])
     return index, ref.scatter(1, index, torch.gather(x, 1, index))
 
 
 def widen(index: torch.Tensor, width: int) -> torch.Tensor:
-    return index[..., :1].expand(-1, -1, width)
+    return index[..., :1].expand(index.shape[0], index.shape[1], width)
 
 
 def streaming_block(block: Block, x: torch.Tensor, state: list[torch.Tensor], k: int
