@@ -27,10 +27,12 @@ class StreamingExport:
 
 
 def export_streaming(checkpoint: str | Path, output: str | Path, k: int | None = None,
-                     opset: int = 17, batch: int = 1) -> StreamingExport:
-    """Write the streaming graph of `checkpoint` with `k` tokens per gate (None: every
-    token, the full pass) for images (B, C, H, W) preprocessed as the manifest says, at a
-    fixed batch (one state per camera)."""
+                     opset: int = 17, batch: int = 1, arch: str | None = None
+                     ) -> StreamingExport:
+    """Write the streaming graph of `checkpoint` (of architecture `arch` where the file
+    does not say, as `ExportOptions.arch`) with `k` tokens per gate (None: every token, the
+    full pass) for images (B, C, H, W) preprocessed as the manifest says, at a fixed batch
+    (one state per camera)."""
     require("torch", "export", "exporting a streaming graph")
     import onnx
     import torch
@@ -38,10 +40,10 @@ def export_streaming(checkpoint: str | Path, output: str | Path, k: int | None =
     from vitedge.fileio import atomic_path, refuse_overwriting_inputs
     from vitedge.graph import save_onnx
     from vitedge.model.eventful import STATE_PER_BLOCK, StreamingViT
-    from vitedge.model.importer import load_checkpoint
+    from vitedge.model.importer import ImportOptions, load_checkpoint
 
     refuse_overwriting_inputs(output, checkpoint)
-    imported = load_checkpoint(checkpoint)
+    imported = load_checkpoint(checkpoint, ImportOptions(arch=arch))
     model = imported.model.eval()
     tokens = imported.config.num_tokens
     stream = StreamingViT(model, tokens if k is None else k)
