@@ -44,6 +44,7 @@ def cli() -> None:
       vitedge predict model.int8.ort.onnx photo.jpg   classify images
       vitedge embed dinov2.onnx gallery/ -o gallery.npy   embeddings of a headless model
       vitedge run model.engine --source 0         the camera loop
+      vitedge tune-reuse model.onnx clip.mp4      the frame-reuse threshold (run --reuse)
       vitedge bench a.engine b.ort.onnx --batch 1,8   per-stage latency
       vitedge serve model.int8.ort.onnx           NVIDIA Triton on loopback, HTTP + gRPC
       vitedge export-triton model.engine -o repo  a Triton model repository for a fleet
