@@ -55,13 +55,23 @@ typecheck: setup
 	$(BIN)/mypy vitedge
 
 # OS packages the tests start as real services: an MQTT broker (the camera events' tests
-# skip, saying so, where it cannot be installed).
+# skip, saying so, where it cannot be installed); OpenCV's sample videos (opencv-doc), the
+# real footage of the frame-reuse tests, and GStreamer's RTSP server that streams it (the
+# system python3 runs tests/helpers/rtsp_server.py; those tests skip likewise).
+REUSE_PACKAGES = opencv-doc gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base \
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav
 system:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
 		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		  { apt-get install -y -qq mosquitto >/dev/null 2>&1 || \
 		    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq mosquitto >/dev/null 2>&1; }; }; } || \
 		echo "note: mosquitto is not installed (apt-get install mosquitto): the MQTT tests will skip"
+	@{ [ -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ] && \
+	   /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" 2>/dev/null; } || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		  { apt-get install -y -qq $(REUSE_PACKAGES) >/dev/null 2>&1 || \
+		    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $(REUSE_PACKAGES) >/dev/null 2>&1; }; }; } || \
+		echo "note: apt-get install $(REUSE_PACKAGES) failed: the frame-reuse tests on OpenCV's sample videos (and through an RTSP server) will skip"
 
 test: setup system lint typecheck
 	$(BIN)/python -m pytest -q

@@ -59,8 +59,8 @@ def test_fp8_and_nvfp4_engines_match_the_cpu_check(demo_fp32, demo_images, tmp_p
     from vitedge.backends.tensorrt.backend import TensorRTBackend
     from vitedge.emulation import cpu_graph
     from vitedge.machine import gpu_info
-    from vitedge.target import load_profile
     from vitedge.sessions import graph_output
+    from vitedge.target import load_profile
 
     backend, profile = TensorRTBackend(), load_profile("datacenter-gpu")
     gpu = gpu_info()

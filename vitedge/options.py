@@ -484,12 +484,50 @@ class PipelineOptions:
                           "(ONNX Runtime). 1: every core on one frame, the lowest latency; the "
                           "number of cores: the most frames/s, each frame slower.", least=1)
     """Frames in flight at once in `stream()` (ONNX Runtime)."""
+    reuse: float | None = option(help="Frame reuse: a frame whose every patch changed by at most "
+                                 "this many times the stream's learnt noise floor since the last "
+                                 "inferred frame gets that frame's result, marked reused "
+                                 "(`vitedge tune-reuse` measures the largest safe value on a "
+                                 "clip). Default: every frame inferred.", least=0, above=True,
+                                 metavar="K", kind=float)
+    """Frame reuse threshold in noise-floor units (`vitedge.runtime.reuse`); None: off."""
+    max_age: str = option("30", "With --reuse: a full inference at least every N frames, or "
+                          "every N seconds written Ns (e.g. 2s).", metavar="N|Ns",
+                          parse=lambda text: _max_age_text(text))
+    """With `reuse`: frames ("30") or seconds ("2s") after which a frame is always inferred."""
 
     def __post_init__(self) -> None:
+        parse_max_age(self.max_age)
         for name in ("fast", "keep_logits", "normalize_embeddings", "cuda_graph"):
             if not isinstance(getattr(self, name), bool):
                 raise VitedgeError(f"{name} must be True or False, not {getattr(self, name)!r}")
         check_fields(self)
+
+
+def parse_max_age(text: str) -> tuple[int | None, float | None]:
+    """`--max-age`: (frames, None) for "N", (None, seconds) for "Ns"; ValueError (a
+    VitedgeError) otherwise."""
+    t = str(text).strip().lower()
+    try:
+        if t.endswith("s"):
+            seconds = float(t[:-1])
+            if seconds > 0:
+                return None, seconds
+        elif int(t) >= 1:
+            return int(t), None
+    except ValueError:
+        pass
+    raise VitedgeError(f"--max-age '{text}' is neither a number of frames (30) nor of seconds "
+                       "(2s)", "e.g. --max-age 30 or --max-age 2s")
+
+
+def _max_age_text(text: str) -> str:
+    """`--max-age` checked for the CLI's parser (a ValueError is its usage error)."""
+    try:
+        parse_max_age(text)
+    except VitedgeError as exc:
+        raise ValueError(exc.message) from None
+    return text
 
 
 def pipeline_options(options: PipelineOptions | None = None, **changes: Any) -> PipelineOptions:
@@ -559,8 +597,34 @@ class CameraOptions:
                                     "DIR/CAMERA.mp4.", metavar="DIR", kind=str)
     status: bool = option(True, "No live status table (it is shown only on a terminal).",
                           negate="--no-status")
+    metrics_port: int | None = option(help="Serve per-camera frames, drops, reuse and latency "
+                                      "histograms in Prometheus' format on this port (0: any "
+                                      "free one; needs prometheus_client).", least=0,
+                                      most=65535, kind=int, metavar="PORT")
+    metrics_host: str = option("127.0.0.1", "The address --metrics-port binds (0.0.0.0: every "
+                               "interface).", metavar="ADDRESS")
 
     def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class ReuseTuneOptions:
+    """`vitedge tune-reuse`: how the frame-reuse threshold is chosen on a clip."""
+
+    budget: float = option(0.01, "Share of the clip's frames whose delivered result may "
+                           "differ from full inference (top-1; embedding cosine < 0.99).",
+                           least=0, most=1)
+    max_age: str = option("30", "A full inference at least every N frames, or Ns seconds, as "
+                          "vitedge run --max-age.", metavar="N|Ns",
+                          parse=lambda text: _max_age_text(text))
+    fps: float = option(10.0, "The clip's frame rate (times a --max-age in seconds).", least=0,
+                        above=True)
+    max_frames: int | None = option(help="Read at most this many frames of the clip.", least=1,
+                                    kind=int)
+
+    def __post_init__(self) -> None:
+        parse_max_age(self.max_age)
         check_fields(self)
 
 

@@ -4,6 +4,7 @@ its result. User errors end as one line on stderr and a non-zero exit code.
 
     build.py   export, calibrate, quantize, build     (the build path)
     run.py     predict, embed, run, bench, explain, eval
+    reuse.py   tune-reuse (the frame-reuse threshold of run --reuse)
     serve.py   serve, export-triton, export-deepstream
     info.py    inspect, doctor, profiles, archs
     common.py  consoles, --json / --debug, the progress bar; flags.py: options -> flags"""
@@ -15,7 +16,7 @@ import sys
 
 import click
 
-from vitedge.cli import build, info, run, serve
+from vitedge.cli import build, info, reuse, run, serve
 from vitedge.cli.common import debug_option, err
 from vitedge.errors import VitedgeError
 from vitedge.version import __version__
@@ -43,6 +44,7 @@ def cli() -> None:
       vitedge predict model.int8.ort.onnx photo.jpg   classify images
       vitedge embed dinov2.onnx gallery/ -o gallery.npy   embeddings of a headless model
       vitedge run model.engine --source 0         the camera loop
+      vitedge tune-reuse model.onnx clip.mp4      the frame-reuse threshold (run --reuse)
       vitedge bench a.engine b.ort.onnx --batch 1,8   per-stage latency
       vitedge serve model.int8.ort.onnx           NVIDIA Triton on loopback, HTTP + gRPC
       vitedge export-triton model.engine -o repo  a Triton model repository for a fleet
@@ -51,7 +53,7 @@ def cli() -> None:
     """
 
 
-for _module in (build, run, serve, info):
+for _module in (build, run, reuse, serve, info):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

@@ -108,9 +108,9 @@ def embed(artifact: str, images: tuple[str, ...], output: str, as_json: bool, **
               "(all cameras together).")
 @flags(CameraOptions, "batch", "max_wait_ms", "events", "mqtt", "mqtt_qos",
        "mqtt_drop_undelivered", "events_min_score", "events_on_change", "events_max_rate",
-       "output_dir", "status")
+       "output_dir", "status", "metrics_port", "metrics_host")
 @flags(SourceOptions, "reconnect_for")
-@flags(PipelineOptions, "color", *RUNTIME_FLAGS)
+@flags(PipelineOptions, "color", *RUNTIME_FLAGS, "reuse", "max_age")
 def run(artifact: str, sources: tuple[str, ...], sources_file: str | None, output: str | None,
         display: bool, max_frames: int | None, as_json: bool, **kw: Any) -> None:
     """The camera loop: classify every frame of --source, draw the label and FPS on it,
@@ -132,7 +132,8 @@ def run(artifact: str, sources: tuple[str, ...], sources_file: str | None, outpu
         raise VitedgeError("--events - and --json would both write to standard output",
                            "give --events a file")
     several = bool(sources_file) or len(sources) > 1 or any(_named(s) for s in sources) or \
-        any(getattr(cams, k) for k in ("batch", "events", "mqtt", "output_dir"))
+        any(getattr(cams, k) for k in ("batch", "events", "mqtt", "output_dir")) or \
+        cams.metrics_port is not None
     if not several:
         return _run_one(artifact, sources[0], output, display, max_frames, as_json, kw)
     if output or display:
@@ -173,6 +174,7 @@ def _run_one(artifact: str, source: str, output: str | None, display: bool,
         return
     out.print(stage_table(summary["stages"], f"{summary['frames']} frames, {summary['fps']:.1f} "
                           f"FPS ({summary['dropped']} dropped)"))
+    _print_reuse(summary.get("reuse"))
 
 
 def _run_several(artifact: str, cameras: list[Any], cams: CameraOptions,
@@ -205,6 +207,15 @@ def _run_several(artifact: str, cameras: list[Any], cams: CameraOptions,
     shown.print(stage_table(summary["stages"], f"{summary['frames']} frames, "
                           f"{summary['fps']:.1f} FPS in all, batches "
                           + ", ".join(f"{n} x {k}" for k, n in summary["batch_sizes"].items())))
+    _print_reuse(summary.get("reuse"))
+
+
+def _print_reuse(reuse: dict[str, Any] | None) -> None:
+    """Frames delivered vs inferred and the saving (`--reuse`)."""
+    if reuse:
+        out.print(f"frame reuse (--reuse {reuse['threshold']:g}): {reuse['frames']} frames "
+                  f"delivered, {reuse['inferred']} inferred, {reuse['reused']} reused "
+                  f"({reuse['saving']:.1%} of the inferences saved)")
 
 
 def camera_table(rows: list[dict[str, Any]], stages: bool = False) -> Table:

@@ -5,8 +5,10 @@ where tensorrt_rtx is installed, by TensorRT for RTX's real parser (`tensorrt_ch
 
 Source: the operator support matrix of onnx-tensorrt for TensorRT 10.1 GA
 (docs/operators.md, Apache-2.0); TensorRT 10.x parses opsets 9 to 20. Listed: the operators
-vitedge emits, and the standard ones ONNX Runtime's optimizer puts into vitedge's graphs
-(Exp, Gemm, ReduceMax, ReduceSum, Split); newer TensorRT releases removed none of them.
+vitedge emits (the streaming graph of token reuse adds TopK, GatherElements,
+ScatterElements and what torch makes of its index expansion), and the standard ones ONNX
+Runtime's optimizer puts into vitedge's graphs (Exp, Gemm, ReduceMax, ReduceSum, Split);
+newer TensorRT releases removed none of them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from onnx import TensorProto, numpy_helper
 TENSORRT_OPS: dict[str, str | None] = {
     "Add": None,
     "Cast": None,
+    "Clip": None,  # token reuse: the class token's change raised above any other
     "Concat": None,
+    "ConstantOfShape": None,  # these three: how torch exports expand(-1, ...) (token reuse)
+    "Equal": None,
     "Constant": "no sparse_value / value_string(s)",
     "Conv": None,
     "DequantizeLinear": "x_zero_point must be zero; int8 input",
@@ -27,6 +32,7 @@ TENSORRT_OPS: dict[str, str | None] = {
     "Exp": None,
     "Expand": None,
     "Gather": None,
+    "GatherElements": None,  # token reuse: the tokens a gate picked
     "Gelu": None,
     "Gemm": None,
     "Identity": None,
@@ -40,6 +46,7 @@ TENSORRT_OPS: dict[str, str | None] = {
     "ReduceMean": "axes must be an initializer",
     "ReduceSum": "axes must be an initializer",
     "Reshape": None,
+    "ScatterElements": "no reduction",  # token reuse: the picked tokens into their buffer
     "Shape": None,
     "Sigmoid": None,  # quick-GELU (CLIP), SiLU (SwiGLU)
     "Slice": "axes must be an initializer",
@@ -48,8 +55,10 @@ TENSORRT_OPS: dict[str, str | None] = {
     "Sqrt": None,
     "Sub": None,
     "Tanh": None,  # GELU's tanh approximation (SigLIP)
+    "TopK": "k a constant of at most 3840",  # token reuse: a gate's k most changed tokens
     "Transpose": None,
     "Unsqueeze": "axes must be a constant tensor",
+    "Where": None,
     "Squeeze": "axes must be an initializer",
 }
 TRT_DOMAIN_OPS: dict[str, str] = {
@@ -106,6 +115,11 @@ def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
                     problems.append(f"{where}: zero point must be 0 (symmetric quantization)")
                 if zp.data_type == TensorProto.INT32:
                     problems.append(f"{where}: int32 (bias) quantization is not supported")
+        if node.op_type == "ScatterElements" and any(
+                at.name == "reduction" and at.s not in (b"", b"none") for at in node.attribute):
+            problems.append(f"{where}: a reduction is not supported")
+        if node.op_type == "TopK" and (len(node.input) < 2 or node.input[1] not in constants):
+            problems.append(f"{where}: k must be a constant")
         if node.op_type == "LayerNormalization" and len([o for o in node.output if o]) > 1:
             problems.append(f"{where}: only the first output is supported")
     for t in graph.initializer:

@@ -13,7 +13,9 @@ the stages, each timed: decode.py -> preprocess.py (exact and fast) -> patchify.
 backend's runner (`vitedge.backends`) -> postprocess.py (scores, top-k, embeddings), with
 scheduler.py saying when frames run (prefetch, frames in flight); `open_source` /
 `FrameSource` (sources.py: files, folders, video, cameras, streams, GStreamer; outages
-ridden out), `open_output` (outputs.py: video file, window, none), attention maps
+ridden out), `open_output` (outputs.py: video file, window, none), frame reuse on a fixed
+camera (reuse.py: `vitedge.open(..., reuse=K)`, `tune_reuse`) and token reuse (tokens.py:
+`TokenReuse` runs the streaming graph of `vitedge.export.export_streaming`), attention maps
 (attention.py), stage statistics (stats.py), the camera loop (run_loop.py), and the
 library calls of `vitedge predict` and `vitedge embed` (predict.py, embed.py)."""
 
@@ -27,6 +29,8 @@ _EXPORTS = {
     "open_source": "vitedge.runtime.sources",
     "FrameSource": "vitedge.runtime.sources", "SourceOptions": "vitedge.runtime.sources",
     "open_output": "vitedge.runtime.outputs", "PipelineOptions": "vitedge.options",
+    "FrameReuse": "vitedge.runtime.reuse", "tune_reuse": "vitedge.runtime.reuse",
+    "TokenReuse": "vitedge.runtime.tokens",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -78,10 +78,21 @@ def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | N
                 outputs[c.name] = stack.enter_context(open_output(folder / f"{c.name}.mp4"))
         multi = stack.enter_context(MultiStream(pipe, cameras, opts.batch, opts.max_wait_ms,
                                                 source_options, log))
+        metrics = None
+        if opts.metrics_port is not None:
+            from vitedge.runtime.metrics import CameraMetrics
+
+            metrics = CameraMetrics(lambda: [s.to_dict() for s in multi.stats.values()],
+                                    pipe.reuse.counters if pipe.reuse else lambda: None,
+                                    opts.metrics_port, opts.metrics_host)
+            stack.callback(metrics.close)
+            log(f"metrics on http://{metrics.host}:{metrics.port}/metrics")
         last_status = 0.0
         start = time.monotonic()
         for result in multi:
             count += 1
+            if metrics is not None:
+                metrics.observe(result.camera, result.latency_ms / 1e3)
             if sinks:
                 event = event_of(result)
                 if event_filter is None or event_filter.keep(event):
@@ -108,6 +119,7 @@ def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | N
         per_camera = [s.to_dict() for s in multi.stats.values()]
         batch_sizes = {str(k): v for k, v in sorted(multi.batch_sizes.items())}
         batch = multi.batch
+        reuse = pipe.reuse.counters() if pipe.reuse is not None else None
     if status is not None:
         status(per_camera)
     summary: dict[str, Any] = {
@@ -117,7 +129,7 @@ def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | N
         "stages": stages, "events": {"json_lines": opts.events,
                                      "mqtt": mqtt.counters() if mqtt else None,
                                      "filter": event_filter.to_dict() if event_filter else None},
-        "output_dir": opts.output_dir, "warnings": warnings}
+        "output_dir": opts.output_dir, "warnings": warnings, "reuse": reuse}
     gone = [c for c in per_camera if c["gone"]]
     log(f"{count} frames from {plural(len(cameras), 'camera')} in {elapsed:.1f} s, batches of "
         f"up to {batch}" + (f"; gone: {', '.join(c['camera'] for c in gone)}" if gone else ""))

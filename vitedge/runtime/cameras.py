@@ -313,6 +313,8 @@ class MultiStream:
                                    f"cameras: {', '.join(self.readers) or 'none'}")
             reader.stop()
             reader.pending.clear()
+            if self.pipe.reuse is not None:  # a camera added again starts from a full inference
+                self.pipe.reuse.reset(name)
             self.wake.notify_all()
 
     def __iter__(self) -> Iterator[CameraResult]:
@@ -376,7 +378,7 @@ class MultiStream:
         frames = [frame for _, _, _, frame in chunk]
         formed = time.monotonic()
         _kept, x, timings = self.pipe._prepare(frames, skip_unreadable=False)
-        predictions = self.pipe._infer(x, timings)
+        predictions = self.pipe._infer(x, timings, [name for name, _, _, _ in chunk])
         done = time.monotonic()
         to_unix = time.time() - time.monotonic()
         results = []

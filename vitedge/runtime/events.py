@@ -40,6 +40,8 @@ def event_of(result: Any) -> dict[str, Any]:
     else:
         event["top"] = [{"class_id": i, "label": label, "score": round(float(score), 6)}
                         for i, label, score in p.topk]
+    if getattr(p, "age", None) is not None:  # frame reuse on: whether this result was reused
+        event.update(reused=p.reused, age=p.age, age_ms=round(p.age_ms, 1))
     return event
 
 

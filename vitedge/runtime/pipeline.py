@@ -39,6 +39,7 @@ from vitedge.runtime.decode import decode_frame, frames_of, is_frame
 from vitedge.runtime.patchify import patches_from_images
 from vitedge.runtime.postprocess import Postprocessor, Prediction
 from vitedge.runtime.preprocess import Preprocessor, input_from_pixels
+from vitedge.runtime.reuse import reuse_gate
 from vitedge.runtime.scheduler import available_cores
 from vitedge.runtime.stats import StageTimes
 
@@ -83,6 +84,8 @@ class Pipeline:
         self._slots = threading.BoundedSemaphore(opts.streams)
         self._workers: Any = None
         self._closed = False
+        self.reuse = reuse_gate(self)
+        """The frame-reuse gate (`reuse=K`): its `counters()` say what was reused."""
 
     # --- the stages ------------------------------------------------------------------
 
@@ -130,8 +133,15 @@ class Pipeline:
         kept, x, timings = self._prepare(chunk, skip_unreadable=True)
         return (kept, x, timings) if kept else None
 
-    def _infer(self, x: np.ndarray, timings: dict[str, float]) -> list[Prediction]:
-        """infer + postprocess for a prepared input, timed into `timings`."""
+    def _infer(self, x: np.ndarray, timings: dict[str, float],
+               cameras: list[Any] | None = None) -> list[Prediction]:
+        """infer + postprocess for a prepared input, timed into `timings`; with frame reuse
+        (reuse.py) only the frames that changed on their camera (None: this pipeline's)."""
+        if self.reuse is not None:
+            return self.reuse.run(x, timings, cameras, self._infer_all)
+        return self._infer_all(x, timings)
+
+    def _infer_all(self, x: np.ndarray, timings: dict[str, float]) -> list[Prediction]:
         self._check_open()
         clock = self.clock
         t = clock()
@@ -252,8 +262,7 @@ class Pipeline:
 
     def explanation(self, frame: Any, method: str = "cls", layer: int = -1,
                     head: str | int = "mean") -> Explanation:
-        """`explain` with the prediction and the pixels the model saw. The attention is read
-        from this pipeline's artifact itself (`Runner.attention`)."""
+        """`explain` with the prediction and the pixels the model saw (`Runner.attention`)."""
         from vitedge.runtime.attention import attention_grid, parse_head
 
         self._check_open()
@@ -290,14 +299,11 @@ def open_pipeline(path: str | Path, options: PipelineOptions | None = None,
     """A pipeline on a built artifact (an engine or an ONNX model; `load_runner` decides the
     backend from the file), run as `options` (`vitedge.options.PipelineOptions`) or keyword
     changes to its defaults say: device, color, fast, topk, keep_logits, threads, batch,
-    cuda_graph, streams.
+    cuda_graph, streams, reuse and max_age (frame reuse, reuse.py).
 
-    `streams` (ONNX Runtime): frames in flight at once in `stream()`. 1, the default, puts
-    every core on one frame: the lowest latency. More streams split the cores between
-    frames (`threads` defaults to cores / streams), which on a CPU gives more frames per
-    second, since a batch-1 ViT's small operators do not keep several cores busy: on 2
-    cores, ViT-S/16 INT8 runs 1.25-1.3x the frames per second with `streams=2`
-    (`benchmarks/pipeline_vs_hf.py`), each frame taking longer."""
+    `streams`: frames in flight at once in `stream()`; 1, the default, puts every core on
+    one frame (the lowest latency); more split the cores (`threads` = cores / streams) for
+    more frames per second, each frame taking longer (`benchmarks/pipeline_vs_hf.py`)."""
     if path is None or not isinstance(path, (str, Path)):
         raise VitedgeError(f"a model path must be a str or a Path, not {type(path).__name__}")
     opts = pipeline_options(options, **changes)

@@ -32,6 +32,12 @@ class Prediction:
     """Where the frame came from, set by `pipe.stream`: the image file (from a folder, a glob
     or a list of paths), else the source stream's URI (video, camera); None for a frame
     passed in as pixels."""
+    reused: bool = False
+    """Frame reuse (`vitedge.open(..., reuse=K)`): this frame was not inferred; the result is
+    the last inferred frame's, `age` frames and `age_ms` milliseconds old."""
+    age: int | None = None
+    """Frames since the inferred frame this result is from (0: this one); None: reuse off."""
+    age_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"class_id": self.class_id, "label": self.label, "score": self.score,
@@ -44,6 +50,8 @@ class Prediction:
             d["embedding"] = self.embedding.tolist()
         if self.source is not None:
             d["source"] = self.source
+        if self.age is not None:
+            d.update(reused=self.reused, age=self.age, age_ms=round(self.age_ms, 2))
         return d
 
     def describe(self) -> str:

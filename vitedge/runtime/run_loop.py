@@ -53,10 +53,11 @@ def run_loop(artifact: str, source: str, output: str | None = None, display: boo
         elapsed = time.perf_counter() - start
         stages = {k: asdict(Stats.of(v)) for k, v in pipe.times.samples.items() if len(v)}
         warnings = list(pipe.warnings)
+        reuse = pipe.reuse.counters() if pipe.reuse is not None else None
     summary = {"artifact": str(artifact), "source": str(source), "frames": count,
                "seconds": round(elapsed, 3),
                "fps": count / elapsed if elapsed else 0.0, **frames.stats.to_dict(),
-               "stages": stages, "output": output, "warnings": warnings}
+               "stages": stages, "output": output, "warnings": warnings, "reuse": reuse}
     if log:
         log(f"{count} frames from {frames.kind} {source} in {elapsed:.1f} s"
             + (f", written to {output}" if output else "")

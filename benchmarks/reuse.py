@@ -1,0 +1,273 @@
+"""Frame and token reuse on real footage (OpenCV's sample videos, `apt-get install
+opencv-doc`): 8 loopback MJPEG cameras playing vtest.avi (a fixed camera over a plaza) from
+different offsets at 10 fps each, served by another process, through one pipeline
+(`pipe.multi_stream`, batch 1, the CPU's best), with no reuse and with frame reuse at the
+threshold `tune_reuse` picks on the clip's first 200 frames (1 % budget); then the same
+with Megamind.avi (a moving camera), where reuse must cost nothing. Models: the demo model
+(FP32) and a ViT-S/16 INT8 (random weights).
+
+Frames/s delivered (all cameras), frames inferred/s, dropped/s, p50 / p99 capture-to-result
+latency, and fidelity: up to 150 reused results, sampled as they come, are compared after
+the run with a full inference of the same frame (top-1 agreement, scaled to all delivered
+frames, and the worst logit cosine; an inferred result is full inference by construction).
+Token reuse (the streaming graph, FP32, not yet quantized) is measured offline on one camera:
+frames/s and cosine with the plain graph on the first 200 frames of vtest.avi.
+
+Run on demand: `.venv/bin/python benchmarks/reuse.py [--seconds 20] [--skip-vits]`.
+Appends a section to benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import CALIBRATION, ROOT, export_random
+from results import machine, publish
+
+DATA = Path("/usr/share/doc/opencv-doc/examples/data")
+CLIPS = {"vtest.avi (fixed camera)": DATA / "vtest.avi",
+         "Megamind.avi (moving camera)": DATA / "Megamind.avi"}
+FPS = 10
+CAMERAS = 8
+CHECKED = 150
+
+
+def jpegs(path: Path) -> list[bytes]:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    out = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            return out
+        out.append(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+
+
+def serve(path: Path, count: int, fps: float, ready: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    """`count` MJPEG cameras on loopback playing the clip in a loop, camera i from frame
+    i * len / count, until the process is killed."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    frames = jpegs(path)
+
+    def handler(offset: int) -> type:
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                due, i = time.monotonic(), offset
+                try:
+                    while True:
+                        jpg = frames[i % len(frames)]
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                         b"Content-Length: %d\r\n\r\n" % len(jpg) + jpg + b"\r\n")
+                        i += 1
+                        due += 1.0 / fps
+                        time.sleep(max(due - time.monotonic(), 0.0))
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+        return Handler
+
+    ports = []
+    for c in range(count):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler(c * len(frames) // count))
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        ports.append(server.server_address[1])
+    ready.put(ports)
+    while True:
+        time.sleep(3600)
+
+
+class Cameras:
+    def __init__(self, path: Path, count: int):
+        self.ready: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
+        self.process = multiprocessing.Process(target=serve, args=(path, count, FPS, self.ready),
+                                               daemon=True)
+        self.process.start()
+        self.urls = [f"http://127.0.0.1:{p}/stream" for p in self.ready.get(timeout=60)]
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.join()
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
+
+
+def run_live(artifact: Path, urls: list[str], seconds: float, reuse: float | None
+             ) -> dict[str, float]:
+    import vitedge
+
+    rng = random.Random(0)
+    with vitedge.open(artifact, keep_logits=True, reuse=reuse) as pipe:
+        multi = pipe.multi_stream({f"c{i}": u for i, u in enumerate(urls)}, batch=1)
+        results = iter(multi)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3:  # warm-up (and the noise floors): counted from here
+            next(results)
+        before = pipe.reuse.counters() if pipe.reuse else None
+        dropped0 = sum(s.dropped for s in multi.stats.values())
+        latencies: list[float] = []
+        sample: list[tuple[np.ndarray, object]] = []
+        reused_seen = 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            r = next(results)
+            latencies.append(r.latency_ms)
+            if r.prediction.reused:  # reservoir sample of the reused results
+                reused_seen += 1
+                if len(sample) < CHECKED:
+                    sample.append((r.frame, r.prediction))
+                elif rng.random() < CHECKED / reused_seen:
+                    sample[rng.randrange(CHECKED)] = (r.frame, r.prediction)
+        elapsed = time.monotonic() - t0
+        dropped = sum(s.dropped for s in multi.stats.values()) - dropped0
+        after = pipe.reuse.counters() if pipe.reuse else None
+        multi.close()
+    delivered = len(latencies)
+    inferred = delivered if after is None or before is None else \
+        after["inferred"] - before["inferred"]
+    agree, cosines = 1.0, [1.0]
+    if sample:
+        with vitedge.open(artifact, keep_logits=True) as full:
+            checks = [(full(frame), p) for frame, p in sample]
+        wrong = sum(q.class_id != p.class_id for q, p in checks) / len(checks)  # type: ignore[attr-defined]
+        agree = 1.0 - wrong * reused_seen / max(delivered, 1)
+        cosines = [cosine(q.logits, p.logits) for q, p in checks]  # type: ignore[attr-defined]
+    lat = np.array(latencies)
+    return {"fps": delivered / elapsed, "inferred": inferred / elapsed,
+            "dropped": dropped / elapsed, "p50": float(np.percentile(lat, 50)),
+            "p99": float(np.percentile(lat, 99)), "agree": agree, "cos": min(cosines),
+            "checked": len(sample)}
+
+
+def threshold(artifact: Path, clip: Path) -> float | None:
+    """`tune_reuse` on the clip's first 200 frames, 1 % budget."""
+    import itertools
+
+    import vitedge
+    from vitedge.runtime import open_source, tune_reuse
+
+    with vitedge.open(artifact) as pipe:
+        return tune_reuse(pipe, itertools.islice(open_source(str(clip)), 200), 0.01).threshold
+
+
+def token_rows(title: str, checkpoint: Path, plain: Path, work: Path, ks: list[int],
+               arch: str | None = None) -> list[str]:
+    """Token reuse on one camera, offline: the streaming graph at each k (full pass every 30
+    frames) against the plain FP32 graph, on vtest.avi's first 200 frames."""
+    import itertools
+
+    import vitedge
+    from vitedge.export import export_streaming
+    from vitedge.runtime import TokenReuse, open_source
+    from vitedge.sessions import ort_session
+
+    full = export_streaming(checkpoint, work / "full.onnx", arch=arch)
+    with vitedge.open(plain) as pipe:
+        xs = [pipe.prepare([f]) for f in itertools.islice(open_source(str(CLIPS[
+            "vtest.avi (fixed camera)"])), 200)]
+    session = ort_session(str(plain))
+    name = session.get_inputs()[0].name
+    t = time.perf_counter()
+    want = [session.run(None, {name: x})[0][0] for x in xs]
+    plain_fps = len(xs) / (time.perf_counter() - t)
+    rows = [f"| {title} | plain graph | {full.tokens} | {plain_fps:.1f} | 1.0000 | 1.0000 |"]
+    for k in ks:
+        part = export_streaming(checkpoint, work / f"k{k}.onnx", k, arch=arch)
+        runner = TokenReuse(part.output, full.output, refresh=30)
+        t = time.perf_counter()
+        got = [runner.run(x, "cam")[0][0] for x in xs]
+        fps = len(xs) / (time.perf_counter() - t)
+        cos = [cosine(a, b) for a, b in zip(got, want, strict=True)]
+        rows.append(f"| {title} | streaming | {k} of {full.tokens} | {fps:.1f} | "
+                    f"{min(cos):.4f} | {float(np.mean(cos)):.4f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--skip-vits", action="store_true")
+    args = parser.parse_args()
+    if not all(p.is_file() for p in CLIPS.values()):
+        raise SystemExit("OpenCV's sample videos are absent: apt-get install opencv-doc")
+    from vitedge.deploy import BuildOptions, build
+    from vitedge.export import ExportOptions, export_onnx
+
+    rows, token_table = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        checkpoint = ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"
+        demo = work / "demo.onnx"
+        export_onnx(checkpoint, demo, ExportOptions())
+        models = {"demo model (FP32)": demo}
+        if not args.skip_vits:
+            (work / "vits").mkdir()
+            vits = export_random("vit_small_patch16_224", work / "vits")
+            models["ViT-S/16 INT8"] = build(vits, work / "vits.int8.ort.onnx", BuildOptions(
+                precision="int8", data=str(CALIBRATION))).artifact
+        for title, artifact in models.items():
+            k = threshold(artifact, CLIPS["vtest.avi (fixed camera)"])
+            for clip, path in CLIPS.items():
+                cams = Cameras(path, CAMERAS)
+                try:
+                    for reuse in (None, k):
+                        r = run_live(artifact, cams.urls, args.seconds, reuse)
+                        row = (f"| {title} | {clip} | {'off' if reuse is None else f'{reuse:g}'}"
+                               f" | {r['fps']:.1f} | {r['inferred']:.1f} | {r['dropped']:.1f} | "
+                               f"{r['p50']:.0f} / {r['p99']:.0f} | {r['agree']:.2%} | "
+                               f"{r['cos']:.4f} ({r['checked']}) |")
+                        rows.append(row)
+                        print(row, flush=True)
+                finally:
+                    cams.close()
+        (work / "tokens").mkdir()
+        token_table = token_rows("demo model", checkpoint, demo, work / "tokens", [13, 25])
+        if not args.skip_vits:
+            (work / "vits-tokens").mkdir()
+            token_table += token_rows("ViT-S/16", work / "vits" / "model.safetensors",
+                                      work / "vits" / "fp32.onnx", work / "vits-tokens",
+                                      [50, 100], arch="vit_small_patch16_224")
+    section = (
+        "\n## Frame and token reuse on real footage (`benchmarks/reuse.py`)\n\n"
+        f"Machine: {machine()} (shared with other jobs: absolute figures are noisy, rows of "
+        f"one model are comparable). {CAMERAS} loopback MJPEG cameras at {FPS} fps each "
+        f"(offered: {CAMERAS * FPS} frames/s), each playing the clip from its own offset, "
+        f"through one `pipe.multi_stream` (batch 1), {args.seconds:.0f} s after 3 s of "
+        "warm-up. Reuse: the threshold `tune_reuse` picked on vtest.avi's first 200 frames "
+        "(1 % budget, max age 30 frames). Delivered: results per second, all cameras; "
+        "inferred: of which the model ran; latency: capture to result, ms. Top-1 agreement: "
+        "with full inference of the same frame, over all delivered frames (from a sample of "
+        "reused results, each re-inferred); worst cosine: of the sampled reused logits (how "
+        "many in brackets).\n\n"
+        "| model | clip | reuse | delivered/s | inferred/s | dropped/s | latency p50 / p99 | "
+        "top-1 agreement | worst cosine (checked) |\n|---|---|---|---|---|---|---|---|---|\n"
+        + "\n".join(rows) + "\n\n"
+        "Token reuse, one camera, offline (streaming graph in FP32 through ONNX Runtime, "
+        "not quantized yet, a full pass every 30 frames, against the plain FP32 graph; cosine "
+        "of the logits on vtest.avi's first 200 frames):\n\n"
+        "| model | graph | tokens per gate | frames/s | worst cosine | mean cosine |\n"
+        "|---|---|---|---|---|---|\n"
+        + "\n".join(token_table) + "\n")
+    publish(section)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    main()
