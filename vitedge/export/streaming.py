@@ -38,8 +38,8 @@ def export_streaming(checkpoint: str | Path, output: str | Path, k: int | None =
     import torch
 
     from vitedge.fileio import atomic_path
-    from vitedge.inputs import refuse_overwriting_inputs
     from vitedge.graph import save_onnx
+    from vitedge.inputs import refuse_overwriting_inputs
     from vitedge.model.eventful import STATE_PER_BLOCK, StreamingViT
     from vitedge.model.importer import ImportOptions, load_checkpoint
 
