@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,19 @@ def test_doctor_names_this_cpus_int8_class(capsys):
     cpu = next(c for c in json.loads(out)["checks"] if c["name"] == "cpu")
     expected = os.environ.get("VITEDGE_EXPECT_KERNEL") or cpu_int8().kernel
     assert f"({expected})" in cpu["detail"], cpu
+
+
+def test_doctor_points_a_jetson_virtualenv_at_jetpacks_tensorrt(tmp_path, monkeypatch, capsys):
+    """JetPack's TensorRT lives in the system Python's packages; a virtualenv made without
+    --system-site-packages cannot import it, and doctor says how to fix that."""
+    from vitedge.backends.tensorrt import backend
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # not importable here
+    code, out, _ = run_cli(["doctor", "--json"], capsys)
+    trt = next(c for c in json.loads(out)["checks"] if c["name"] == "tensorrt")
+    assert code == 0 and not trt["ok"] and "--system-site-packages" not in trt["fix"]
+    (tmp_path / "tensorrt").mkdir()
+    monkeypatch.setattr(backend, "JETPACK_PACKAGES", tmp_path)
+    code, out, _ = run_cli(["doctor", "--json"], capsys)
+    trt = next(c for c in json.loads(out)["checks"] if c["name"] == "tensorrt")
+    assert not trt["ok"] and "--system-site-packages" in trt["fix"] and str(tmp_path) in trt["fix"]
