@@ -6,6 +6,7 @@
 # built: VITEDGE_DEMO_ARTIFACTS).
 # Usage: tools/runtime_python.sh VERSION   (e.g. 3.10; found under $(pyenv root)/versions)
 set -euo pipefail
+unset PYTHONPATH  # the installed package, not a checkout on the path
 version=$1
 root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
 python=$(ls -d "$root"/versions/"$version".*/bin/python"$version" 2>/dev/null | sort -V | tail -1 || true)
