@@ -9,7 +9,7 @@ DEMO    := build/demo
 # OpenVINO, measured on this machine)
 BUILT   = $$(ls $(DEMO)/fmnist.int8.engine $(DEMO)/fmnist.int8.ov.xml $(DEMO)/fmnist.int8.ort.onnx 2>/dev/null | head -1)
 
-.PHONY: setup system demo test lint typecheck clean
+.PHONY: setup system demo test lint typecheck clean test-pythons arm-system test-arm
 
 setup: $(STAMP)
 
@@ -75,6 +75,46 @@ system:
 
 test: setup system lint typecheck
 	$(BIN)/python -m pytest -q
+
+# The runtime where it is deployed: the demo artifacts are built once here, then run by
+# Pythons and CPUs that have no torch. `make test-pythons`: Python 3.10 (JetPack 6) and 3.12
+# (JetPack 7) from pyenv, each in a runtime-only virtualenv under build/.
+# `make test-arm`: arm64 under QEMU's cortex-a72, cortex-a76 and max CPU models (no
+# dot-product; dot-product; i8mm + SVE), in a Debian arm64 root file system cached under
+# build/arm64 (tests/test_arm.py; results in build/arm64/results.json). Timings under QEMU
+# are not performance.
+PYTHONS      ?= 3.10 3.12 3.13
+RUNTIME_DEMO := build/runtime-demo
+ARM          := build/arm64
+
+$(RUNTIME_DEMO)/.built: $(STAMP) examples/fashion_mnist/vit_fmnist.safetensors
+	@rm -rf $(RUNTIME_DEMO) && mkdir -p $(RUNTIME_DEMO)
+	cp examples/fashion_mnist/vit_fmnist.safetensors $(RUNTIME_DEMO)/fmnist.safetensors
+	$(BIN)/vitedge build $(RUNTIME_DEMO)/fmnist.safetensors --precision int8 \
+		--data calibration/fashion-mnist --backend onnxruntime \
+		-o $(RUNTIME_DEMO)/fmnist.int8.ort.onnx >/dev/null
+	touch $@
+
+test-pythons: $(RUNTIME_DEMO)/.built
+	@for v in $(PYTHONS); do \
+		VITEDGE_DEMO_ARTIFACTS=$(CURDIR)/$(RUNTIME_DEMO) tools/runtime_python.sh $$v || exit 1; \
+	done
+
+# mmdebstrap and QEMU's user-mode emulator, from the OS packages
+arm-system:
+	@command -v mmdebstrap >/dev/null 2>&1 && \
+		{ command -v qemu-aarch64-static || command -v qemu-aarch64; } >/dev/null 2>&1 || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		  { apt-get install -y -qq mmdebstrap qemu-user-static >/dev/null 2>&1 || \
+		    { apt-get update -qq >/dev/null 2>&1 && \
+		      apt-get install -y -qq mmdebstrap qemu-user-static >/dev/null 2>&1; }; }; } || \
+		{ echo "make test-arm needs mmdebstrap and qemu-user-static (apt-get install mmdebstrap qemu-user-static)"; exit 1; }
+
+test-arm: setup arm-system $(RUNTIME_DEMO)/.built
+	tools/arm_root.sh $(ARM) $(BIN)/python
+	rm -f $(ARM)/results.json
+	VITEDGE_ARM_ROOT=$(CURDIR)/$(ARM) VITEDGE_DEMO_ARTIFACTS=$(CURDIR)/$(RUNTIME_DEMO) \
+		VITEDGE_ARM_RESULTS=$(CURDIR)/$(ARM)/results.json $(BIN)/python -m pytest -q tests/test_arm.py
 
 clean:
 	rm -rf $(VENV) build typings .pytest_cache .mypy_cache .ruff_cache

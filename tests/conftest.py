@@ -67,6 +67,31 @@ def demo_images(demo_fp32: Path) -> np.ndarray:
     return np.stack(list(model_inputs(source, OnnxRuntimeRunner(demo_fp32).manifest)))
 
 
+@pytest.fixture(scope="session")
+def demo_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The demo model's FP32 ONNX, its Q/DQ INT8 graph and its ONNX Runtime INT8 artifact:
+    from VITEDGE_DEMO_ARTIFACTS (built once by the main environment, for Pythons and CPUs
+    without torch: `make test-pythons`, `make test-arm`), else built here."""
+    given = os.environ.get("VITEDGE_DEMO_ARTIFACTS")
+    if given:
+        folder = Path(given)
+    else:
+        pytest.importorskip("torch", reason="builds the demo artifacts from the checkpoint "
+                                            "(or set VITEDGE_DEMO_ARTIFACTS)")
+        from vitedge.cli import main
+
+        folder = tmp_path_factory.mktemp("demo-artifacts")
+        (folder / "fmnist.safetensors").write_bytes(DEMO_CHECKPOINT.read_bytes())
+        assert main(["build", str(folder / "fmnist.safetensors"), "--precision", "int8",
+                     "--data", str(DEMO_CALIBRATION), "--backend", "onnxruntime",
+                     "-o", str(folder / "fmnist.int8.ort.onnx")]) == 0
+    paths = {"fp32": folder / "fmnist.onnx", "qdq": folder / "fmnist.int8.onnx",
+             "artifact": folder / "fmnist.int8.ort.onnx"}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    assert not missing, f"demo artifacts missing: {missing}"
+    return paths
+
+
 def images_from_pixels(pixels: np.ndarray) -> np.ndarray:
     """The fixture script's expression, uint8 pixels to [-1, 1] floats."""
     return pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0)

@@ -199,6 +199,44 @@ def test_cpu_classes_follow_onnx_runtimes_kernels(arch, numpy_features, flags, k
     assert ("saturating" in cpu.describe()) == saturates
 
 
+ORIN = ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc "
+        "dcpop asimddp uscat ilrcpc flagm paca pacg")
+GRAVITON3 = ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm "
+             "jscvt fcma lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc "
+             "flagm ssbs paca pacg dcpodp svei8mm svebf16 i8mm bf16 dgh rng")
+PI4 = "fp asimd evtstrm crc32 cpuid"
+
+
+@pytest.mark.parametrize("features, kernel, named", [
+    (PI4, "arm64", ("NEON",)),  # Raspberry Pi 4, Cortex-A72: plain NEON
+    (ORIN, "arm64-dotprod", ("NEON", "DOTPROD")),  # Jetson Orin's Cortex-A78AE, Pi 5's A76
+    (GRAVITON3, "arm64-i8mm", ("NEON", "DOTPROD", "I8MM", "SVE", "BF16")),  # Neoverse V1
+])
+def test_arm_classes_from_proc_cpuinfo(features, kernel, named):
+    """/proc/cpuinfo as Arm Linux writes it (each device's Features line) names the kernel
+    class ONNX Runtime's MLAS picks: SMMLA where i8mm is, SDOT where dot-product is."""
+    from vitedge.backends.cpu_int8 import cpuinfo_flags
+
+    text = (f"processor\t: 0\nBogoMIPS\t: 62.50\nFeatures\t: {features}\n"
+            "CPU implementer\t: 0x41\nCPU part\t: 0xd42\n\n")
+    cpu = classify("aarch64", {}, cpuinfo_flags(text))
+    assert cpu.kernel == kernel and cpu.features == named and not cpu.saturates
+    assert kernel in cpu.describe() and "32 bits" in cpu.describe()
+    assert "KleidiAI" in classify("aarch64", {}, cpuinfo_flags(text), kleidiai=True).describe()
+
+
+def test_arm_hwcap_words_name_the_extensions():
+    """The HWCAP bits of Linux's arm64 uapi/asm/hwcap.h: HWCAP_ASIMDDP (1 << 20),
+    HWCAP_SVE (1 << 22); HWCAP2_SVE2 (1 << 1), HWCAP2_I8MM (1 << 13), HWCAP2_BF16 (1 << 14)."""
+    from vitedge.backends.cpu_int8 import hwcap_flags
+
+    assert hwcap_flags(0, 0) == set()
+    assert hwcap_flags(1 << 20, 0) == {"asimddp"}
+    assert hwcap_flags((1 << 20) | (1 << 22), (1 << 13) | (1 << 14) | (1 << 1)) == \
+        {"asimddp", "sve", "i8mm", "bf16", "sve2"}
+    assert hwcap_flags(~(1 << 20) & 0xFFFFFFFF, 0) == {"sve"}  # no dot-product: A72
+
+
 def test_doctor_reports_the_cpu(capsys):
     import json
 

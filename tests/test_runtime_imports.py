@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import tomllib
 
 import vitedge
 
@@ -102,11 +101,15 @@ def test_export_without_torch_names_the_extra():
 
 def test_every_module_imports():
     """The walk found the package (not an empty list), and each module imports, is the module
-    of that name, and says what it is for."""
-    import importlib
+    of that name, and says what it is for (the PyTorch model's modules where torch is
+    installed: a runtime-only environment has none)."""
+    import importlib.util
 
     assert len(MODULES) > 50 and "vitedge.runtime.pipeline" in MODULES
+    has_torch = importlib.util.find_spec("torch") is not None
     for name in MODULES:
+        if name in RULES["torch"] and not has_torch:
+            continue
         module = importlib.import_module(name)
         assert module.__name__ == name and (module.__doc__ or "").strip(), f"{name}: no docstring"
 

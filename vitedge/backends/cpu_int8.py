@@ -11,8 +11,16 @@ with one of these kernels (MLAS, `qgemm_kernel_*`):
   activations against large weights are clipped: the result is not the Q/DQ graph's.
   With weights in -64..64 (7 bits) a pair is at most 2 * 255 * 64 = 32640, which fits.
 - AVX-512 VNNI, AVX-VNNI (`vpdpbusd`) and AMX accumulate in 32 bits: exact.
-- ARM64 with the dot-product extension (SDOT/UDOT, Jetson's Cortex-A78AE) and the plain
-  NEON kernels widen to 16/32 bits before adding: exact.
+- ARM64: the plain NEON kernels (Cortex-A72, Raspberry Pi 4) widen products to 16/32
+  bits before adding; the dot-product kernels (SDOT/UDOT, Armv8.2: Cortex-A76 / Raspberry Pi
+  5, Jetson Orin's Cortex-A78AE) and the i8mm kernels (SMMLA/UMMLA, Armv8.6: Neoverse V1/V2,
+  Graviton 3/4, Jetson Thor) accumulate in 32 bits: exact (measured under QEMU's cortex-a72,
+  cortex-a76 and max models on the demo model: `make test-arm`). ONNX Runtime's Arm builds
+  also carry KleidiAI kernels, which it uses for 4-bit and dynamically quantized MatMuls,
+  not for the static Q/DQ graphs vitedge builds.
+
+On Arm the features come from the kernel's HWCAP words (getauxval), which are right on the
+hardware and under QEMU alike (QEMU's user mode shows the host's /proc/cpuinfo).
 
 Read through numpy's own CPUID-based dispatch table (numpy is already here, and it asks
 the processor rather than the OS, so it is right under emulation too); AVX-VNNI and AMX,
@@ -43,7 +51,7 @@ class CpuInt8:
     """The instruction sets that matter here, e.g. ("AVX2", "AVX512F", "AVX512_VNNI")."""
     kernel: str
     """The class of u8 x s8 kernel ONNX Runtime picks: avx2, avx512, avx512-vnni,
-    avx-vnni, amx, arm64-dotprod, arm64, sse, other."""
+    avx-vnni, amx, arm64-i8mm, arm64-dotprod, arm64, sse, other."""
     saturates: bool
     """True where that kernel adds product pairs in saturating 16-bit lanes."""
 
@@ -73,11 +81,9 @@ def _numpy_features() -> dict[str, bool]:
     return {}
 
 
-def _linux_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return set()
+def cpuinfo_flags(text: str) -> set[str]:
+    """The first processor's feature flags in /proc/cpuinfo's text ("flags" on x86,
+    "Features" on Arm)."""
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
@@ -85,14 +91,76 @@ def _linux_flags() -> set[str]:
     return set()
 
 
-def classify(arch: str, numpy_features: dict[str, bool], linux_flags: set[str]) -> CpuInt8:
-    """The kernel class from what numpy's CPUID dispatch and /proc/cpuinfo report."""
+def _linux_flags() -> set[str]:
+    try:
+        return cpuinfo_flags(Path("/proc/cpuinfo").read_text(errors="replace"))
+    except OSError:
+        return set()
+
+
+ARM_FEATURES = (("DOTPROD", "asimddp", "ASIMDDP"), ("I8MM", "i8mm", ""), ("SVE", "sve", "SVE"),
+                ("SVE2", "sve2", ""), ("BF16", "bf16", ""), ("SME", "sme", ""))
+"""(name vitedge shows, Linux's feature name, numpy's) of the Arm extensions that matter to
+INT8: SDOT/UDOT, SMMLA (i8mm), SVE, BF16 and SME (KleidiAI's matrix kernels)."""
+
+HWCAP_BITS = {"asimddp": (1, 20), "sve": (1, 22), "sve2": (2, 1), "i8mm": (2, 13),
+              "bf16": (2, 14), "sme": (2, 23)}
+"""Linux's feature name -> (HWCAP word 1 or 2, bit): arch/arm64/include/uapi/asm/hwcap.h."""
+
+
+def hwcap_flags(hwcap: int, hwcap2: int) -> set[str]:
+    """Linux's feature names set in the two HWCAP words."""
+    words = {1: hwcap, 2: hwcap2}
+    return {name for name, (word, bit) in HWCAP_BITS.items() if words[word] >> bit & 1}
+
+
+def _hwcap_words() -> tuple[int, int]:
+    """AT_HWCAP and AT_HWCAP2 of this process (0, 0 where getauxval is missing)."""
+    import ctypes
+
+    try:
+        getauxval = ctypes.CDLL(None).getauxval
+    except (OSError, AttributeError):
+        return 0, 0
+    getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+    return int(getauxval(16)), int(getauxval(26))
+
+
+def _onnxruntime_has_kleidiai() -> bool:
+    """Whether the installed ONNX Runtime was built with Arm's KleidiAI kernels (its build
+    info does not say: its library is searched for them, without importing it)."""
+    import importlib.util
+    import mmap
+
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    for folder in spec.submodule_search_locations:
+        for lib in sorted(Path(folder, "capi").glob("onnxruntime_pybind11_state*.so")):
+            try:
+                with lib.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                    if m.find(b"ArmKleidiAI") >= 0:
+                        return True
+            except (OSError, ValueError):
+                continue
+    return False
+
+
+def classify(arch: str, numpy_features: dict[str, bool], linux_flags: set[str],
+             kleidiai: bool = False) -> CpuInt8:
+    """The kernel class from what numpy's CPUID dispatch and /proc/cpuinfo (on Arm also
+    HWCAP) report; `kleidiai`: ONNX Runtime's build carries Arm's KleidiAI kernels."""
     arch = {"AMD64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
     has = {k for k, v in numpy_features.items() if v}
     if arch == "aarch64":
-        dot = "ASIMDDP" in has or "asimddp" in linux_flags
-        return CpuInt8(arch, ("NEON", "DOTPROD") if dot else ("NEON",),
-                       "arm64-dotprod" if dot else "arm64", False)
+        # Linux's names (HWCAP or /proc/cpuinfo "Features"), numpy's where it has one
+        found = [name for name, flag, key in ARM_FEATURES
+                 if flag in linux_flags or (key and key in has)]
+        kernel = "arm64-i8mm" if "I8MM" in found else \
+            "arm64-dotprod" if "DOTPROD" in found else "arm64"
+        if kleidiai:
+            found.append("KleidiAI")
+        return CpuInt8(arch, ("NEON", *found), kernel, False)
     if arch not in ("x86_64", "i686", "x86"):
         return CpuInt8(arch, (), "other", False)
     # /proc/cpuinfo describes the host; under an emulator numpy's CPUID may say less.
@@ -120,22 +188,43 @@ def classify(arch: str, numpy_features: dict[str, bool], linux_flags: set[str]) 
     return CpuInt8("x86_64", tuple(features), kernel, kernel in ("avx2", "avx512", "sse"))
 
 
+ARM_PARTS = {"0xd03": "Cortex-A53", "0xd07": "Cortex-A57", "0xd08": "Cortex-A72",
+             "0xd0b": "Cortex-A76", "0xd0c": "Neoverse-N1", "0xd40": "Neoverse-V1",
+             "0xd41": "Cortex-A78", "0xd42": "Cortex-A78AE", "0xd49": "Neoverse-N2",
+             "0xd4f": "Neoverse-V2", "0xd83": "Neoverse-V3AE", "0xd84": "Neoverse-V3"}
+"""Arm Ltd's CPU part numbers (/proc/cpuinfo "CPU part", implementer 0x41), which Arm Linux
+reports instead of a model name."""
+
+
 def cpu_name() -> str:
-    """The processor's model name, e.g. 'Intel(R) Xeon(R) Platinum 8488C'."""
+    """The processor's model name, e.g. 'Intel(R) Xeon(R) Platinum 8488C', or on Arm the
+    core's, e.g. 'Arm Cortex-A78AE'."""
+    arm: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")
             if key.strip() in ("model name", "Model", "Hardware") and value.strip():
                 return value.strip()
+            if key.strip() in ("CPU implementer", "CPU part"):
+                arm.setdefault(key.strip(), value.strip().lower())
     except OSError:
         pass
+    if "CPU part" in arm:
+        part, maker = arm["CPU part"], arm.get("CPU implementer", "")
+        if maker == "0x41" and part in ARM_PARTS:
+            return f"Arm {ARM_PARTS[part]}"
+        return f"Arm CPU (implementer {maker or '?'}, part {part})"
     return platform.processor() or platform.machine()
 
 
 @lru_cache(maxsize=1)
 def cpu_int8() -> CpuInt8:
     """This machine's answer (asked once per process)."""
-    return classify(platform.machine(), _numpy_features(), _linux_flags())
+    arch = platform.machine()
+    if arch in ("aarch64", "arm64"):
+        return classify(arch, _numpy_features(), _linux_flags() | hwcap_flags(*_hwcap_words()),
+                        _onnxruntime_has_kleidiai())
+    return classify(arch, _numpy_features(), _linux_flags())
 
 
 # --- the INT8 encoding every CPU class computes exactly --------------------------------------

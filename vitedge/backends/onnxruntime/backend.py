@@ -69,7 +69,9 @@ class OnnxRuntimeBackend(Backend):
 
         from vitedge.backends.cpu_int8 import cpu_int8, cpu_name
 
-        return f"CPU: {cpu_name()}, {os.cpu_count()} cores, INT8 kernels {cpu_int8().kernel}"
+        cpu = cpu_int8()
+        extensions = f" ({', '.join(cpu.features)})" if cpu.arch == "aarch64" else ""
+        return f"CPU: {cpu_name()}, {os.cpu_count()} cores, INT8 kernels {cpu.kernel}{extensions}"
 
     def machine_facts(self) -> dict[str, Any]:
         from vitedge.backends.cpu_int8 import cpu_int8, cpu_name

@@ -56,6 +56,8 @@ class OpenVINOBackend(Backend):
         return f"CPU: {cpu_name()}, {os.cpu_count()} cores (OpenVINO)"
 
     def machine_facts(self) -> dict[str, Any]:
+        if self.version() is None:
+            return {}  # not installed (a Jetson, a Pi): `bench` runs without it
         import openvino as ov
 
         from vitedge.backends.openvino.runner import cpu_capabilities

@@ -27,6 +27,9 @@ from vitedge.errors import VitedgeError
 if TYPE_CHECKING:
     from vitedge.profiles import Profile
 
+JETPACK_PACKAGES = Path("/usr/lib/python3/dist-packages")
+"""Where JetPack installs TensorRT's Python bindings (the system Python's packages)."""
+
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
@@ -107,6 +110,9 @@ class TensorRTBackend(Backend):
 
     def doctor(self) -> list[Check]:
         fix = "Jetson: it comes with JetPack; desktop: pip install tensorrt (NVIDIA's index)"
+        if (JETPACK_PACKAGES / "tensorrt").is_dir():  # JetPack's, hidden from a virtualenv
+            fix = (f"JetPack's TensorRT is in {JETPACK_PACKAGES}, which this Python does not "
+                   "see: create the virtualenv with --system-site-packages")
         try:
             trt = importlib.import_module("tensorrt")
         except Exception as exc:  # noqa: BLE001 - a broken install is reported, not raised

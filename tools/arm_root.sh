@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The arm64 root file system `make test-arm` runs vitedge in under QEMU, kept between runs:
+#   ARM/rootfs  Debian's python3 (and the C++ runtime the wheels need) for arm64, unpacked
+#               from the mirror this machine's apt uses (no chroot or binfmt_misc needed:
+#               QEMU's -L prefix serves these files to the emulated program)
+#   ARM/site    aarch64 wheels from PyPI for that python: this package's dependencies,
+#               opencv-python-headless (video) and pytest; the package's own wheel is
+#               reinstalled on every run
+# Usage: tools/arm_root.sh ARM HOST_PYTHON
+set -euo pipefail
+ARM=$1
+PY=$2
+ROOTFS=$ARM/rootfs
+SITE=$ARM/site
+PIP=("$PY" -m pip install --quiet --disable-pip-version-check --no-warn-conflicts)
+
+if [ ! -f "$ARM/.rootfs" ]; then
+  # the host's own apt sources (a deb822 .sources file or sources.list), and its release
+  sources=$(ls /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | head -1 || true)
+  suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+  [ -n "$sources" ] || { echo "no apt sources in /etc/apt: cannot make the arm64 root file system" >&2; exit 1; }
+  rm -rf "$ROOTFS" && mkdir -p "$ARM"
+  mmdebstrap --quiet --arch=arm64 --variant=extract --include=python3,libstdc++6,libgomp1 \
+    "$suite" "$ROOTFS" "$sources"
+  mkdir -p "$ROOTFS/proc"  # proc/cpuinfo: written per CPU model by tests/helpers/arm_device.py
+  touch "$ARM/.rootfs"
+fi
+
+version=$(readlink "$ROOTFS/usr/bin/python3" | sed 's/^python//')
+wheels=$ARM/wheels
+rm -rf "$wheels" && mkdir -p "$wheels"
+"$PY" -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation . -w "$wheels"
+QEMU=$(command -v qemu-aarch64-static || command -v qemu-aarch64)
+# the wheels' manylinux tags this glibc runs (asked of the root file system's python)
+glibc=$("$QEMU" -L "$ROOTFS" "$ROOTFS/usr/bin/python3" -c \
+        'import platform; print(platform.libc_ver()[1].split(".")[1])')
+platform=(--python-version "$version" --implementation cp --only-binary=:all:
+          --platform manylinux2014_aarch64)
+for minor in $(seq 17 "$glibc"); do platform+=(--platform "manylinux_2_${minor}_aarch64"); done
+if [ ! -f "$SITE/.installed" ] || [ pyproject.toml -nt "$SITE/.installed" ]; then
+  rm -rf "$SITE"
+  "${PIP[@]}" "${platform[@]}" --target "$SITE" "$wheels"/vitedge-*.whl \
+    opencv-python-headless pytest
+  touch "$SITE/.installed"
+fi
+"${PIP[@]}" "${platform[@]}" --no-deps --upgrade --target "$SITE" "$wheels"/vitedge-*.whl
+echo "arm64 root: $ROOTFS (python $version), wheels: $SITE"
