@@ -35,6 +35,7 @@ from vitedge.options import (
     QuantizeOptions,
     VerifyOptions,
 )
+from vitedge.placement import place_artifact
 from vitedge.profiles import BatchRange, Profile, load_profile, suggested_profile
 from vitedge.report import Reporter, reporter
 
@@ -124,10 +125,15 @@ def build(input_path: str | Path, output: str | Path | None = None,
     src = Path(input_path)
     if not src.exists():
         raise VitedgeError(f"no such file or folder: {src}")
+    named = _backend_named_by(output, options)
+    if named is not None:  # -o x.ov.xml: the user's choice among the CPU backends
+        options = replace(options, backend=named.name)
     profile, name, reason = choose_profile_and_backend(options)
+    if named is not None:
+        reason = (f"-o {Path(str(output)).name} names an {named.product} artifact "
+                  f"({named.suffix}): your choice, not measured against the other CPU backends")
     backend = backends.get(name)
-    measure = options.backend == "auto" and options.profile is None and output is None and \
-        backend.runs_on_cpu
+    measure = options.backend == "auto" and options.profile is None and backend.runs_on_cpu
     precision = options.precision or profile.precision
     if precision not in PRECISIONS:
         raise VitedgeError(f"unknown precision '{precision}'", f"use one of {', '.join(PRECISIONS)}")
@@ -136,9 +142,13 @@ def build(input_path: str | Path, output: str | Path | None = None,
     backend.require()  # fail before any work, with what is missing
     is_onnx = src.suffix == ".onnx"
     stem = src.stem if is_onnx else (src.stem if src.is_file() else src.name)
+    explicit = output is not None
     output = Path(output) if output else src.parent / f"{stem}.{precision}{backend.suffix}"
     _check_output_names_backend(output, backend)
     _check_writable(output)
+    placed: list[str] = []  # an artifact for another target there is never replaced silently
+    output = place_artifact(output, name, profile.name, backend.suffix, explicit, options.force,
+                            placed)
     refuse_overwriting_inputs(output, src, options.data, options.calib)
     intermediates = ([] if is_onnx else [output.parent / f"{stem}.onnx"]) + (
         [output.parent / f"{stem}.{precision}.onnx"] if precision != "fp32" else [])
@@ -146,7 +156,7 @@ def build(input_path: str | Path, output: str | Path | None = None,
         raise VitedgeError(f"-o {output} is where the build writes an intermediate model",
                            f"choose another name, e.g. {stem}.{precision}{backend.suffix}")
     result = BuildResult(output, name, reason, precision, profile.name, backend.device(), 0)
-    result.notes.extend(precision_notes)
+    result.notes.extend(precision_notes + placed)
     files = Intermediates(output.parent, options.force, result, rep,
                           profile.path or profile.name)
     fp32 = src if is_onnx else files.export(src, stem)
@@ -168,7 +178,11 @@ def build(input_path: str | Path, output: str | Path | None = None,
     quantized_manifest = require_manifest(load_onnx(model_for_backend), model_for_backend)
     contenders = [(backend, profile, output)]
     if measure:
-        contenders += _cpu_contenders(backend, precision, src.parent, stem)
+        for b, prof, out in _cpu_contenders(backend, precision, src.parent, stem):
+            if explicit:  # -o m.int8 or m.onnx: m.int8.ov.xml, m.ov.xml for OpenVINO
+                out = output.with_name(output.name.removesuffix(".onnx") + b.suffix)
+            contenders.append((b, prof, place_artifact(out, b.name, prof.name, b.suffix,
+                                                       explicit, options.force, result.notes)))
     made = []
     try:
         for b, prof, out in contenders:
@@ -322,6 +336,15 @@ def choose_profile_and_backend(options: BuildOptions) -> tuple[Profile, str, str
                             f"for the CPU (profile {fallback.name})")
 
 
+def _backend_named_by(output: str | Path | None, options: BuildOptions) -> Backend | None:
+    """The CPU backend whose artifact suffix `-o` ends with (`.ort.onnx`, `.ov.xml`),
+    where neither --backend nor --profile chose one: the name is the user's choice."""
+    if output is None or options.backend != "auto" or options.profile is not None:
+        return None
+    named = [b for b in backends.all_backends() if Path(output).name.endswith(b.suffix)]
+    return named[0] if len(named) == 1 and named[0].runs_on_cpu else None
+
+
 def _check_output_names_backend(output: Path, backend: Backend) -> None:
     """-o x.engine names an engine: a build that makes another backend's artifact refuses
     it instead of writing, say, an ONNX Runtime model called .engine."""
@@ -358,6 +381,7 @@ class Intermediates:
         t = time.perf_counter()
         value = fn()
         self.result.steps[name] = round(time.perf_counter() - t, 2)
+        self.report.step_done(name, self.result.steps[name])
         return value
 
     def place(self, path: Path, key: Any, matches: Callable[[Path], bool],

@@ -410,7 +410,8 @@ class BuildOptions:
                              "agreement with FP32 at least 100 - D %; cosine at least 1 - D/100 "
                              "without classes).", least=0, most=100)
     force: bool = option(False, "Replace intermediate models beside the artifact (MODEL.onnx, "
-                         "MODEL.PRECISION.onnx) even when this build did not make them.")
+                         "MODEL.PRECISION.onnx) even when this build did not make them, and an "
+                         "artifact at -o built for another profile or backend.")
     """Replace intermediates (MODEL.onnx, MODEL.PRECISION.onnx) that a build did not make."""
     calibration: CalibrationOptions = CalibrationOptions()
     qdq: QuantizeOptions = QuantizeOptions()

@@ -16,7 +16,7 @@ import sys
 import click
 
 from vitedge.cli import build, info, run, serve
-from vitedge.cli.common import debug_option, err
+from vitedge.cli.common import Activity, debug_option, err
 from vitedge.errors import VitedgeError
 from vitedge.version import __version__
 
@@ -66,10 +66,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str] | None) -> int:
+    Activity.start(None)
     try:
         cli.main(args=argv, prog_name="vitedge", standalone_mode=False)
-    except click.exceptions.Abort:
-        err.print("aborted")
+    except click.exceptions.Abort:  # click's name for a KeyboardInterrupt
+        err.print(Activity.interrupted() or "aborted", highlight=False)
         return 130
     except click.ClickException as exc:
         exc.show()
@@ -79,7 +80,7 @@ def _run(argv: list[str] | None) -> int:
     except VitedgeError as exc:
         return _fail(exc, EXIT_USER_ERROR, f"error: {exc}")
     except KeyboardInterrupt:
-        err.print("interrupted")
+        err.print(Activity.interrupted() or "interrupted", highlight=False)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
         return _fail(exc, EXIT_INTERNAL_ERROR,

@@ -164,7 +164,7 @@ def build(input_path: str, output: str | None, as_json: bool, **kw: Any) -> None
     if json_or_notes(result, as_json):
         return
     out.print(f"backend: [bold]{result.backend}[/] ({result.backend_reason})")
-    for name, seconds in result.steps.items():
+    for name, seconds in result.steps.items() if not bar.lines else ():  # piped: shown already
         out.print(f"  {name:<22} {seconds:7.2f} s")
     for line in [*result.quantization.get("summary", []), *result.quantization.get("check_lines", [])]:
         out.print(Text(line))
