@@ -146,10 +146,10 @@ def build(input_path: str | Path, output: str | Path | None = None,
     output = Path(output) if output else src.parent / f"{stem}.{precision}{backend.suffix}"
     _check_output_names_backend(output, backend)
     _check_writable(output)
+    refuse_overwriting_inputs(output, src, options.data, options.calib)
     placed: list[str] = []  # an artifact for another target there is never replaced silently
     output = place_artifact(output, name, profile.name, backend.suffix, explicit, options.force,
                             placed)
-    refuse_overwriting_inputs(output, src, options.data, options.calib)
     intermediates = ([] if is_onnx else [output.parent / f"{stem}.onnx"]) + (
         [output.parent / f"{stem}.{precision}.onnx"] if precision != "fp32" else [])
     if output.resolve() in [p.resolve() for p in intermediates]:

@@ -46,7 +46,44 @@ def load_onnx(path: str | Path, verify: bool = True) -> Any:
 
 
 def external_tensors(model: onnx.ModelProto) -> list[Any]:
-    return [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    return [t for t in all_tensors(model.graph) if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def all_tensors(graph: onnx.GraphProto) -> list[Any]:
+    """Every tensor of `graph`: initializers and node attributes (a Constant's value), in
+    subgraphs too; onnx's external-data writer moves any of them to a data file."""
+    found = list(graph.initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                found.append(attr.t)
+            found.extend(attr.tensors)
+            if attr.HasField("g"):
+                found.extend(all_tensors(attr.g))
+            for sub in attr.graphs:
+                found.extend(all_tensors(sub))
+    return found
+
+
+def tensors_digest(model: onnx.ModelProto) -> str:
+    """sha256 of the graph as its values are, not as a file stores them: every tensor's
+    bytes inline, no data-file reference (the external tensors must have been read in).
+    A model re-saved with its weights in a data file, or back in one file, keeps it."""
+    import hashlib
+
+    def stored_apart(t: Any) -> bool:
+        return t.HasField("data_location") or len(t.external_data) > 0
+
+    if not any(stored_apart(t) for t in all_tensors(model.graph)):
+        return hashlib.sha256(model.graph.SerializeToString()).hexdigest()
+    canonical = onnx.GraphProto()
+    canonical.CopyFrom(model.graph)
+    for tensor in all_tensors(canonical):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            raise ValueError(f"tensor '{tensor.name}' is not read in")
+        tensor.ClearField("data_location")
+        del tensor.external_data[:]
+    return hashlib.sha256(canonical.SerializeToString()).hexdigest()
 
 
 def external_file(model_path: Path, location: str) -> Path:

@@ -24,6 +24,8 @@ def built_for(path: Path) -> tuple[str, str] | None:
         if backends.is_onnx_artifact(path):
             manifest = manifest_from_file(path, verify=False)
             source = manifest.source if manifest is not None else {}
+            if "backend" not in source:
+                return None  # an export or a quantized graph, not a build's artifact
         else:
             described = backend.describe(path)
             source = (described.get("engine") or (described.get("manifest") or {}).get("source")
@@ -44,7 +46,7 @@ def place_artifact(output: Path, backend: str, profile: str, suffix: str, explic
     if there == (backend, profile):
         return output  # a rebuild for the same target
     what = (f"an artifact built for profile {there[1]} ({there[0]})" if there
-            else "a file vitedge did not build")
+            else "a file no vitedge build made")
     ours = f"profile {profile} ({backend})"
     if explicit:
         raise VitedgeError(f"{output} holds {what}; this build is for {ours} and does not "

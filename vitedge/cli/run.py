@@ -304,9 +304,11 @@ def explain(artifact: str, images: tuple[str, ...], out_dir: str, as_json: bool,
     files = image_files(images)
     with progress("explaining", enabled=not as_json) as bar:
         results = explain_images(artifact, files, out_dir, opts, bar)
+    warn([f"skipped {name}: {why}" for name, why in results.skipped], False)
     if as_json:
         print_json({"artifact": artifact, "output": out_dir,
-                    "explanations": [r.to_dict() for r in results]})
+                    "explanations": [r.to_dict() for r in results],
+                    "skipped": [{"image": name, "error": why} for name, why in results.skipped]})
         return
     compare = opts.compare
     table = Table("image", "prediction", "grid", *(["vs " + Path(compare).name] if compare else []),
