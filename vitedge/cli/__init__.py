@@ -72,8 +72,13 @@ def _run(argv: list[str] | None) -> int:
     except click.exceptions.Abort:  # click's name for a KeyboardInterrupt
         err.print(Activity.interrupted() or "aborted", highlight=False)
         return 130
-    except click.ClickException as exc:
-        exc.show()
+    except click.ClickException as exc:  # one line that starts as vitedge's own errors do
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (`{exc.ctx.command_path} --help` lists what it takes)"
+        message = exc.format_message().rstrip(".")
+        message = message[:1].lower() + message[1:]
+        click.echo(f"error: {message}{hint}".replace("\n", " "), err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code

@@ -144,7 +144,8 @@ def quantize(model: str, output: str, as_json: bool, **kw: Any) -> None:
 @flags(VerifyOptions, "images", "min_agreement", "min_fp32_agreement", "enabled")
 @flags(BuildOptions, "force")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="The artifact [default: INPUT.PRECISION.engine or INPUT.PRECISION.ort.onnx].")
+              help="The artifact [default: INPUT.PRECISION.engine, INPUT.PRECISION.ort.onnx or "
+              "INPUT.PRECISION.ov.xml, by backend].")
 def build(input_path: str, output: str | None, as_json: bool, **kw: Any) -> None:
     """Build the deployable artifact for this machine from INPUT (a checkpoint, exported
     first, or a vitedge ONNX model): a TensorRT engine (+ ENGINE.json) where TensorRT and a
