@@ -111,3 +111,101 @@ def test_click_s_errors_begin_as_vitedge_s_do(capsys):
                                         "--help` lists what it takes)"]
     code, _, err = run_cli(["build", "missing.onnx"], capsys)
     assert code == 1 and err.strip().startswith("error: ")
+
+
+def test_build_without_precision_says_the_profile_chose_int8(tmp_path, capsys):
+    ckpt = tmp_path / "fm.safetensors"
+    shutil.copy(DEMO_CHECKPOINT, ckpt)
+    code, _, err = run_cli(["build", str(ckpt), "--backend", "onnxruntime"], capsys)
+    assert code == 1
+    assert err.strip().splitlines() == [
+        "error: profile cpu builds INT8 when no --precision is given, and that needs activation "
+        "ranges from images (give --data IMAGES (or --calib TABLE), or choose --precision fp16 "
+        "or fp32)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fm.safetensors"]  # no export first
+
+
+def test_building_an_int8_model_names_the_artifact_once(demo_fp32, tmp_path, capsys):
+    from tests.conftest import DEMO_CALIBRATION
+
+    int8 = tmp_path / "fm.int8.onnx"
+    code, _, err = run_cli(["quantize", str(demo_fp32), "--precision", "int8", "--data",
+                            str(DEMO_CALIBRATION), "--num-images", "32", "-o", str(int8)], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["build", str(int8), "--backend", "onnxruntime"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "fm.int8.ort.onnx").is_file()
+    assert not (tmp_path / "fm.int8.int8.ort.onnx").exists()
+
+
+def test_calibrate_counts_the_unreadable_image_it_skipped(demo_fp32, tmp_path, capsys):
+    from tests.conftest import DEMO_CALIBRATION
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in sorted(DEMO_CALIBRATION.rglob("*.png"))[:9]:
+        shutil.copy(f, data / f.name)
+    (data / "zz_broken.png").write_bytes(b"not a png")
+    code, out, err = run_cli(["calibrate", str(demo_fp32), "--data", str(data), "-o",
+                              str(tmp_path / "t.calib.json")], capsys)
+    assert code == 0, err
+    assert "10 images from folder" in out
+    assert "9 of the 10 images read in " in out and ", 1 unreadable skipped" in out
+
+
+def test_an_image_is_an_image(tmp_path):
+    import pytest
+
+    from vitedge.errors import VitedgeError
+    from vitedge.fileio import require_regular_file
+
+    with pytest.raises(VitedgeError) as info:
+        require_regular_file(tmp_path, "image")
+    assert str(info.value) == f"{tmp_path} is a folder, not an image"
+    with pytest.raises(VitedgeError) as info:
+        require_regular_file(tmp_path, "model file")
+    assert str(info.value) == f"{tmp_path} is a folder, not a model file"
+
+
+def test_build_summary_and_inspect_lead_with_the_same_agreement():
+    from vitedge.describe import verification_line
+    from vitedge.verification import verification_lines
+
+    a = {"images": 256, "decided": 200, "top1_agreement": 0.9922, "decided_agreement": 1.0,
+         "mean_kl": 1e-4, "cosine": 0.999, "cosine_min": 0.99}
+    v = {"data": "128 held-out images", "backend": "onnxruntime", "device": "CPU",
+         "graph": "fm.int8.onnx", "vs_graph": a, "vs_fp32": a, "vs_tensorrt_graph": None,
+         "min_agreement": 0.99, "min_fp32_agreement": 0.98, "judged": True, "classifier": True}
+    summary = verification_lines(v)[1]
+    assert summary.startswith("  vs fm.int8.onnx: top-1 agreement 99.22% of all inputs (100.00% "
+                              "of the 200 decided ones, which is judged, at least 99%)"), summary
+    assert "top-1 agreement vs fm.int8.onnx 99.22% of all (100.00% of the 200 decided)" in \
+        verification_line(v), verification_line(v)
+
+
+def test_bench_table_keeps_the_artifact_names_whole_at_150_columns(demo_fp32, tmp_path, capsys,
+                                                                   monkeypatch):
+    from vitedge.cli import common
+
+    longer = tmp_path / "fashion_mnist_vit.int8.ort.onnx"
+    shutil.copy(demo_fp32, longer)
+    monkeypatch.setattr(common.out, "width", 150)
+    code, out, err = run_cli(["bench", str(longer), str(demo_fp32), "--iterations", "3",
+                              "--warmup", "1"], capsys)
+    assert code == 0, err
+    assert "fashion_mnist_vit.int8.ort.onnx" in out and "fmnist.onnx" in out
+
+
+def test_the_cpu_profile_and_the_readme_quote_the_same_int8_speed_up():
+    import re
+
+    from tests.conftest import ROOT
+
+    notes = (ROOT / "vitedge" / "profiles" / "cpu.toml").read_text()
+    readme = (ROOT / "README.md").read_text()
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    (profile,) = re.findall(r"INT8 artifact vitedge builds (\d\.\d\d)x faster", notes)
+    (said,) = re.findall(r"the built INT8 artifact runs (\d\.\d\d)x faster", readme)
+    assert profile == said
+    newest = results.split("## INT8 on ONNX Runtime CPU")[1].split("### Earlier runs")[0]
+    assert f"(vitedge build) | 24.8 MB | 20.8 ms | {said}x |" in newest

@@ -138,10 +138,13 @@ def build(input_path: str | Path, output: str | Path | None = None,
     if precision not in PRECISIONS:
         raise VitedgeError(f"unknown precision '{precision}'", f"use one of {', '.join(PRECISIONS)}")
     precision_notes = _check_precision(backend, profile, precision)
+    _check_profile_precision_has_ranges(options, profile, precision, src)
     batch = BatchRange.parse(options.batch) if options.batch else profile.batch
     backend.require()  # fail before any work, with what is missing
     is_onnx = src.suffix == ".onnx"
     stem = src.stem if is_onnx else (src.stem if src.is_file() else src.name)
+    if is_onnx:  # fm.int8.onnx builds fm.int8.ort.onnx, not fm.int8.int8.ort.onnx
+        stem = stem.removesuffix(f".{precision}")
     explicit = output is not None
     output = Path(output) if output else src.parent / f"{stem}.{precision}{backend.suffix}"
     _check_output_names_backend(output, backend)
@@ -343,6 +346,22 @@ def _backend_named_by(output: str | Path | None, options: BuildOptions) -> Backe
         return None
     named = [b for b in backends.all_backends() if Path(output).name.endswith(b.suffix)]
     return named[0] if len(named) == 1 and named[0].runs_on_cpu else None
+
+
+def _check_profile_precision_has_ranges(options: BuildOptions, profile: Profile, precision: str,
+                                        src: Path) -> None:
+    """The profile's precision, not asked for, needs activation ranges the build was not
+    given: say that the profile chose it, before any work (an export) is done."""
+    if options.precision is not None or precision in ("fp32", "fp16") or options.data or \
+            options.calib:
+        return
+    if src.suffix == ".onnx" and src.is_file():
+        there = _manifest_of(src)
+        if there is not None and there.precision == precision:
+            return  # quantized already: nothing to calibrate
+    raise VitedgeError(f"profile {profile.name} builds {precision.upper()} when no --precision "
+                       "is given, and that needs activation ranges from images",
+                       "give --data IMAGES (or --calib TABLE), or choose --precision fp16 or fp32")
 
 
 def _check_output_names_backend(output: Path, backend: Backend) -> None:

@@ -160,7 +160,13 @@ def verification_line(v: dict[str, Any]) -> str:
         return str(v["skipped"])
     if not v:
         return "no (built without verification, or by an older vitedge)"
-    parts = [f"vs {v['graph']} {v['vs_graph']['top1_agreement']:.2%}"]
+    def agreement(a: dict[str, Any]) -> str:  # as the build's summary says it: all, then decided
+        decided = a.get("decided_agreement")
+        return f"{a['top1_agreement']:.2%}" + (
+            f" of all ({decided:.2%} of the {a['decided']} decided)"
+            if decided is not None and a.get("decided") not in (None, a.get("images")) else "")
+
+    parts = [f"vs {v['graph']} {agreement(v['vs_graph'])}"]
     if v.get("vs_fp32"):
-        parts.append(f"vs FP32 {v['vs_fp32']['top1_agreement']:.2%} (KL {v['vs_fp32']['mean_kl']:.1e})")
+        parts.append(f"vs FP32 {agreement(v['vs_fp32'])} (KL {v['vs_fp32']['mean_kl']:.1e})")
     return f"on {v['data']} with {v['backend']} on {v['device']}: top-1 agreement " + ", ".join(parts)

@@ -90,8 +90,11 @@ def calibrate(model: str, data: str, output: str | None, as_json: bool, **kw: An
     out.print(f"[green]{verb}[/] {result.cache} (TensorRT calibration cache, FP32 model as given)")
     s = t.stats
     if s and not result.reused:
-        out.print(f"{s['images']} images in {s['seconds']:.1f}s, peak memory {s['peak_rss_mb']:.0f} MB"
-                  + (f", {len(s['broken'])} unreadable skipped" if s["broken"] else ""))
+        skipped = max(t.data["count"] - s["images"], len(s["broken"]))
+        read = (f"{s['images']} of the {s['images'] + skipped} images read" if skipped else
+                f"{s['images']} images")  # the count above, less the ones skipped
+        out.print(f"{read} in {s['seconds']:.1f}s, peak memory {s['peak_rss_mb']:.0f} MB"
+                  + (f", {skipped} unreadable skipped" if skipped else ""))
 
 
 @command()

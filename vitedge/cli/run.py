@@ -258,7 +258,11 @@ def bench(artifacts: tuple[str, ...], json_path: str | None, csv_path: str | Non
         return
     warn(list(dict.fromkeys(w for r in results for w in r.warnings)), False)
     first = results[0]
-    table = Table("artifact", "batch", *(f"{s} ms" for s in STAGES), "end-to-end ms",
+    from rich.table import Column
+
+    longest = max(len(Path(r.artifact).name) for r in results)  # a name is never cut short
+    table = Table(Column("artifact", min_width=min(longest, 60), overflow="fold"), "batch",
+                  *(f"{s} ms" for s in STAGES), "end-to-end ms",
                   "frame path", "p99 ms", "frames/s", "vs first",
                   title=f"mean per call over {first.iterations} iterations, artifacts interleaved "
                         f"({first.preprocessing} preprocessing)")
