@@ -209,3 +209,16 @@ def test_the_cpu_profile_and_the_readme_quote_the_same_int8_speed_up():
     assert profile == said
     newest = results.split("## INT8 on ONNX Runtime CPU")[1].split("### Earlier runs")[0]
     assert f"(vitedge build) | 24.8 MB | 20.8 ms | {said}x |" in newest
+
+
+def test_the_readme_says_how_to_bring_timm_in_with_the_versions_the_fixtures_use():
+    import re
+
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    fixture = (ROOT / "tests" / "fixtures" / "make_reference_fixtures.py").read_text()
+    torch = re.search(r"(?m)^torch==([\d.]+)", (ROOT / "constraints.txt").read_text()).group(1)
+    for pin in re.findall(r"(timm==[\d.]+|torchvision==[\d.]+)", fixture):
+        assert pin in readme, pin
+    assert "pip install --no-deps timm==" in readme and f"# for torch {torch}" in readme
