@@ -222,3 +222,41 @@ def test_the_readme_says_how_to_bring_timm_in_with_the_versions_the_fixtures_use
     for pin in re.findall(r"(timm==[\d.]+|torchvision==[\d.]+)", fixture):
         assert pin in readme, pin
     assert "pip install --no-deps timm==" in readme and f"# for torch {torch}" in readme
+
+
+def test_inspect_a_checkpoint_before_export(tmp_path, capsys):
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    labels = ["cat", "dog", "owl"]
+    config = transformers.ViTConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                    intermediate_size=96, image_size=32, patch_size=8,
+                                    num_labels=3, id2label=dict(enumerate(labels)))
+    folder = tmp_path / "hf_vit"
+    transformers.ViTForImageClassification(config).save_pretrained(folder)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.1, 0.2, 0.3],
+                                   image_std=[0.4, 0.5, 0.6]).save_pretrained(folder)
+    code, out, err = run_cli(["inspect", str(folder), "--json"], capsys)
+    assert code == 0, err
+    info = json.loads(out)
+    a, p = info["manifest"]["architecture"], info["manifest"]["preprocess"]
+    assert info["format"] == "hf" and info["family"].startswith("Hugging Face ViT")
+    assert (a["depth"], a["embed_dim"], a["num_heads"], a["patch_size"], a["img_size"]) == \
+        (config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
+         config.patch_size, [32, 32])
+    assert info["manifest"]["labels"] == labels
+    assert p["mean"] == pytest.approx([0.1, 0.2, 0.3]) and p["std"] == pytest.approx([0.4, 0.5, 0.6])
+    assert info["next"] == f"vitedge export {folder} -o hf_vit.onnx"
+    code, out, err = run_cli(["inspect", str(DEMO_CHECKPOINT)], capsys)
+    assert code == 0, err
+    assert "a checkpoint" in out and "not yet exported" in out and "vitedge export" in out
+
+
+def test_inspect_of_a_file_that_is_not_onnx_says_so_once(tmp_path, capsys):
+    bogus = tmp_path / "x.onnx"
+    bogus.write_bytes(DEMO_CHECKPOINT.read_bytes()[:4096])
+    code, _, err = run_cli(["inspect", str(bogus)], capsys)
+    assert code == 1
+    assert err.count("not an ONNX model") == 1, err

@@ -394,8 +394,9 @@ def manifest_from_file(path: str | Path, verify: bool = True) -> Manifest | None
     try:
         meta, graph_digest = _read_onnx_fields(path, hash_graph=verify)
     except (ValueError, OSError) as exc:
-        raise VitedgeError(f"{path} is not an ONNX model: {exc}",
-                           "vitedge export makes one") from exc
+        why = str(exc).removeprefix("not an ONNX model ").strip("()")
+        raise VitedgeError(f"{path} is not an ONNX model ({why})",
+                           "vitedge export makes one from a checkpoint") from exc
     if MANIFEST_KEY not in meta:
         return None
     try:

@@ -16,9 +16,22 @@ from vitedge.cli.common import command, out, print_json, rows_table
 def inspect(artifact: str, pos_embed: str | None, as_json: bool) -> None:
     """Show what ARTIFACT holds: manifest, inputs and outputs, parameters, GMACs, tokens,
     operator histogram and precision; for a TensorRT engine, what its description records
-    (GPU, TensorRT, precision, batch range, I/O)."""
-    from vitedge.describe import describe
+    (GPU, TensorRT, precision, batch range, I/O). For a checkpoint (a weights file or a
+    model folder), before export: the format and family detected, the architecture, the
+    labels and preprocessing the export will carry, and the command that exports it."""
+    from pathlib import Path
 
+    from vitedge.describe import describe, is_checkpoint
+
+    if is_checkpoint(Path(artifact)):  # before export: what export would read from it
+        from vitedge.model.summary import describe_checkpoint
+
+        d = describe_checkpoint(Path(artifact))
+        if as_json:
+            print_json(d.data)
+        else:
+            out.print(rows_table(d.rows, d.title))
+        return
     figure = None
     if pos_embed:
         from vitedge.explain import write_position_embedding_figure
