@@ -82,3 +82,30 @@ def test_an_output_suffix_that_names_a_backend_is_the_user_s_choice(model, capsy
     assert "backend: openvino (-o m.ov.xml names an OpenVINO artifact (.ov.xml): your choice, " \
            "not measured against the other CPU backends)" in out
     assert "  measure " not in out  # no race step
+
+
+def test_build_reuses_the_users_calibration_of_the_same_data_and_says_what_differs_otherwise(
+        model, capsys):
+    from tests.conftest import DEMO_CALIBRATION
+
+    data = str(DEMO_CALIBRATION)
+    code, _, err = run_cli(["calibrate", str(model), "--data", data], capsys)
+    assert code == 0, err
+    table = model.with_name("fm.calib.json")
+    made = table.read_bytes()
+    result = build(model, options=BuildOptions(precision="int8", data=data, backend="onnxruntime"))
+    assert any(n.startswith("fm.calib.json reused: `vitedge calibrate` made it from this model, "
+                            "the same images of") for n in result.notes), result.notes
+    assert "calibrate" not in result.steps and table.read_bytes() == made
+    assert sorted(p.name for p in model.parent.glob("*.calib.json")) == ["fm.calib.json"]
+    assert result.verification["vs_fp32"]["images"] > 0
+
+    other = model.with_name("other.onnx")
+    shutil.copy(model, other)
+    code, _, err = run_cli(["calibrate", str(other), "--data", data, "--num-images", "64"], capsys)
+    assert code == 0, err
+    result = build(other, options=BuildOptions(precision="int8", data=data, backend="onnxruntime"))
+    (note,) = [n for n in result.notes if n.startswith("other.calib.json is not what")]
+    assert "other options (num_images 64 here 512)" in note
+    assert "it was calibrated on 64 images of " in note and "(the others are held out to verify " \
+           "on)" in note, note

@@ -168,6 +168,9 @@ def build(input_path: str | Path, output: str | Path | None = None,
         raise VitedgeError(f"{fp32} is already {manifest.precision}; cannot build {precision}",
                            "start from the FP32 export")
     calibrating = precision != "fp32" and manifest.precision == "fp32" and options.calib is None
+    if calibrating and precision != "auto" and options.data is not None and not options.force:
+        options = _reuse_own_table(fp32, options, result)  # `vitedge calibrate` on the same data
+        calibrating = options.calib is None
     calib_source, held_out = _split_data(options, calibrating)
     model_for_backend = fp32
     if precision != "fp32" and manifest.precision == "fp32":
@@ -230,6 +233,25 @@ def build(input_path: str | Path, output: str | Path | None = None,
             b.discard(tmp)
             release(tmp)
     return result
+
+
+def _reuse_own_table(fp32: Path, options: BuildOptions, result: BuildResult) -> BuildOptions:
+    """The user's MODEL.calib.json, made by `vitedge calibrate` from the same model, the same
+    images of --data and the same options, is this build's calibration (as --calib would
+    give it): it differs only in having seen the images the build would hold out."""
+    from vitedge.quantize.calibrate import own_table_for
+
+    calibration = replace(options.calibration, data=options.data)
+    table = own_table_for(fp32, calibration)
+    if table is None:
+        return options
+    held = options.verify.images if options.verify.enabled else 0
+    result.notes.append(f"{table.name} reused: `vitedge calibrate` made it from this model, the "
+                        f"same images of {options.data} and the same options; it has seen the "
+                        f"images verification uses (instead of holding {held} out, the build "
+                        "verifies on a sample of --data, as with --calib)")
+    result.reused.append(str(table))
+    return replace(options, calib=str(table))
 
 
 def replace_manifest(manifest: Manifest) -> Manifest:
@@ -404,8 +426,10 @@ class Intermediates:
         return value
 
     def place(self, path: Path, key: Any, matches: Callable[[Path], bool],
-              ours: Callable[[Path], bool]) -> tuple[Path, bool]:
-        """(where to write, whether what is there already is it)."""
+              ours: Callable[[Path], bool], why: Callable[[Path], str | None] | None = None
+              ) -> tuple[Path, bool]:
+        """(where to write, whether what is there already is it); `why`: what makes the
+        file there other than this build's, for the note."""
         if not path.exists() or self.force:
             return path, False
         if matches(path):
@@ -414,8 +438,9 @@ class Intermediates:
             return path, False
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
         mine = path.with_name(f"{_stem(path)}.{digest[:8]}{_suffix(path)}")
-        self.result.notes.append(f"{path.name} is not what this build makes (yours, from other "
-                                 f"options or data): left as it is; the build's is {mine.name}")
+        differs = (why(path) if why else None) or "yours, from other options or data"
+        self.result.notes.append(f"{path.name} is not what this build makes ({differs}): left "
+                                 f"as it is; the build's is {mine.name}")
         return mine, mine.exists() and matches(mine)
 
     def _record(self, path: Path, reused: bool, also: tuple[Path, ...] = ()) -> None:
@@ -447,6 +472,7 @@ class Intermediates:
             calibrate,
             calibration_source,
             default_table_path,
+            table_differences,
             table_matches,
             tensorrt_cache_path,
         )
@@ -469,8 +495,13 @@ class Intermediates:
             t = table(p)
             return t is not None and t.stats.get("made_by") == BUILD
 
+        def why(p: Path) -> str | None:
+            t = table(p)
+            return "; ".join(table_differences(t, model_sha, source, options)) if t else None
+
         path, reused = self.place(default_table_path(fp32),
-                                  [model_sha, source.fingerprint, options.key()], matches, ours)
+                                  [model_sha, source.fingerprint, options.key()], matches, ours,
+                                  why)
         made = self.timed("calibrate", lambda: calibrate(fp32, path, options, self.report,
                                                          made_by=BUILD))
         self._record(path, made.reused, (tensorrt_cache_path(path),))

@@ -334,17 +334,24 @@ def explain(artifact: str, images: tuple[str, ...], out_dir: str, as_json: bool,
 @click.argument("artifact", type=click.Path(path_type=str))
 @flag(EvalOptions, "data", required=True, default=None, show_default=False)
 @flags(EvalOptions, "reference", "limit", "batch")
-def eval_(artifact: str, as_json: bool, **kw: Any) -> None:
-    """Top-1 / top-5 accuracy of ARTIFACT on a labelled image folder and, with --reference,
-    top-1 agreement, mean KL divergence and logit cosine against the reference model."""
-    from vitedge.evaluate import evaluate
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Write the confusion matrix as a picture (PNG); needs matplotlib.")
+def eval_(artifact: str, as_json: bool, plot_path: str | None, **kw: Any) -> None:
+    """Top-1 / top-5 accuracy of ARTIFACT on a labelled image folder, per class and as a
+    confusion matrix, and, with --reference, top-1 agreement, mean KL divergence and logit
+    cosine against the reference model."""
+    from vitedge.evaluate import confusion_lines, evaluate, write_confusion_plot
+    from vitedge.fileio import refuse_overwriting_inputs
 
     opts = options(EvalOptions, kw)
+    refuse_overwriting_inputs(plot_path, artifact, opts.reference)
     with progress("evaluating", not as_json) as bar:
         r = evaluate(artifact, opts, bar)
+    if plot_path:
+        write_confusion_plot(plot_path, r)
     warn(r.warnings, as_json)
     if as_json:
-        print_json(r.to_dict())
+        print_json({**r.to_dict(), **({"plot": plot_path} if plot_path else {})})
         return
     table = Table("model", "precision", "images", "top-1", "top-5", title=f"accuracy on {opts.data}")
     table.add_row(r.model, r.precision, str(r.images), f"{r.top1:.2%}", f"{r.top5:.2%}")
@@ -356,6 +363,16 @@ def eval_(artifact: str, as_json: bool, **kw: Any) -> None:
         out.print(f"vs reference: top-1 agreement {a.top1_agreement:.2%}, mean KL {a.mean_kl:.2e}, "
                   f"logit cosine {a.cosine:.5f}; top-1 change "
                   f"{(r.top1 - (r.reference_top1 or 0)) * 100:+.2f} points")
+    classes = Table("class", "images", "correct", "top-1", title="per class")
+    for c in r.per_class:
+        classes.add_row(c["label"], str(c["images"]), str(c["correct"]),
+                        "-" if c["accuracy"] is None else f"{c['accuracy']:.2%}")
+    out.print(classes)
+    out.print("confusion matrix (rows: true class, columns: predicted class number):")
+    for line in confusion_lines(r):
+        out.print(line, highlight=False)
+    if plot_path:
+        out.print(f"[green]wrote[/] {plot_path}")
     out.print(f"{r.seconds:.1f}s")
 
 
