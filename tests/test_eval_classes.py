@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,3 +60,38 @@ def test_eval_prints_the_per_class_table_and_the_matrix(demo_fp32, labelled, cap
     assert code == 0, err
     assert "per class" in out and "confusion matrix (rows: true class, columns: predicted" in out
     assert "Bag" in out
+
+
+def test_compare_puts_accuracy_agreement_size_and_speed_of_several_artifacts_in_one_table(
+        demo_fp32, labelled, tmp_path, capsys):
+    from tests.conftest import DEMO_CALIBRATION
+    from vitedge.compare import agreement
+
+    int8 = tmp_path / "fm.int8.onnx"
+    code, _, err = run_cli(["quantize", str(demo_fp32), "--precision", "int8", "--data",
+                            str(DEMO_CALIBRATION), "--num-images", "32", "-o", str(int8)], capsys)
+    assert code == 0, err
+    fp16 = tmp_path / "fm.fp16.onnx"
+    code, _, err = run_cli(["quantize", str(demo_fp32), "--precision", "fp16", "-o", str(fp16)],
+                           capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["compare", str(demo_fp32), str(int8), str(fp16), "--data",
+                              str(labelled), "--iterations", "5", "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    assert [Path(a["artifact"]).name for a in r["artifacts"]] == ["fmnist.onnx", "fm.int8.onnx",
+                                                                 "fm.fp16.onnx"]
+    manifest = manifest_from_file(demo_fp32)
+    files = sorted(labelled.glob("*/*.png"))
+    x = np.stack([model_input(load_image(f), manifest) for f in files])
+    reference = OnnxRuntimeRunner(demo_fp32).infer(x)
+    for row, path in zip(r["artifacts"], (demo_fp32, int8, fp16), strict=True):
+        assert row["size_bytes"] == path.stat().st_size and row["latency_ms"] > 0
+        logits = OnnxRuntimeRunner(path).infer(x)
+        expected = None if path == demo_fp32 else agreement(reference, logits).top1_agreement
+        assert row["agreement"] == (None if expected is None else pytest.approx(expected))
+    assert r["images"] == len(files)
+    code, out, err = run_cli(["compare", str(demo_fp32), str(int8), "--data", str(labelled),
+                              "--iterations", "3"], capsys)
+    assert code == 0, err
+    assert "fm.int8.onnx" in out and "ms / image" in out and "reference" in out

@@ -543,6 +543,19 @@ class EvalOptions:
         check_fields(self)
 
 
+@dataclass(frozen=True)
+class CompareOptions:
+    data: str | Path = option("", "A labelled folder (one sub-folder of images per class) every "
+                              "artifact is evaluated on.", path="any")
+    """The labelled folder every artifact is evaluated on."""
+    limit: int | None = option(help="Evaluate a seeded sample of this many.", least=1, kind=int)
+    iterations: int = option(30, "Timed single-image inferences per artifact (after 3 "
+                             "untimed), for its median latency.", least=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
 def parse_head(text: str | int) -> str | int:
     """`mean`, `max`, or a head index."""
     if isinstance(text, int) or text in HEAD_REDUCTIONS:

@@ -132,4 +132,24 @@ def archs(as_json: bool) -> None:
     out.print(table)
 
 
-COMMANDS = [inspect, doctor, profiles, archs]
+@command(name="demo-data", json_help="Print what was written as JSON.")
+@click.option("-o", "--output", "folder", required=True,
+              type=click.Path(file_okay=False, path_type=str),
+              help="The folder to write into (made where missing; must not hold them yet).")
+def demo_data(folder: str, as_json: bool) -> None:
+    """Write the README tour's demo files into FOLDER (-o): the Fashion-MNIST checkpoint
+    (vit_fmnist.safetensors), calibration/fashion-mnist (512 training images) and
+    evaluation/fashion-mnist (2,000 test images), as a git clone has them."""
+    from vitedge.demo import write_demo_data
+
+    result = write_demo_data(folder)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    out.print(f"[green]wrote[/] {result.checkpoint}")
+    for name, count in result.images.items():
+        out.print(f"[green]wrote[/] {result.folder / name} ({count} images)")
+    out.print(f"next: cd {result.folder} && vitedge export {result.checkpoint.name} -o fm.onnx")
+
+
+COMMANDS = [inspect, doctor, profiles, archs, demo_data]

@@ -1,4 +1,4 @@
-"""Running a model: `predict`, `embed`, `run`, `bench`, `explain`, `eval`."""
+"""Running a model: `predict`, `embed`, `run`, `bench`, `explain`, `eval`, `compare`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from vitedge.errors import VitedgeError
 from vitedge.options import (
     BenchOptions,
     CameraOptions,
+    CompareOptions,
     EvalOptions,
     ExplainOptions,
     PipelineOptions,
@@ -376,4 +377,34 @@ def eval_(artifact: str, as_json: bool, plot_path: str | None, **kw: Any) -> Non
     out.print(f"{r.seconds:.1f}s")
 
 
-COMMANDS = [predict, embed, run, bench, explain, eval_]
+@command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=str))
+@flag(CompareOptions, "data", required=True, default=None, show_default=False)
+@flags(CompareOptions, "limit", "iterations")
+def compare(artifacts: tuple[str, ...], as_json: bool, **kw: Any) -> None:
+    """Several ARTIFACTS of one model side by side: top-1 / top-5 accuracy on a labelled
+    folder, top-1 agreement and KL with the first artifact, size on disk and median latency
+    per image at batch 1 on this machine."""
+    from vitedge.comparison import compare_artifacts
+
+    opts = options(CompareOptions, kw)
+    with progress("comparing", not as_json) as bar:
+        r = compare_artifacts(list(artifacts), opts, bar)
+    warn(r.warnings, as_json)
+    if as_json:
+        print_json(r.to_dict())
+        return
+    from rich.table import Column
+
+    table = Table(Column("artifact", overflow="fold"), "backend", "precision", "size MB", "top-1",
+                  "top-5", f"agreement vs {Path(artifacts[0]).name}", "mean KL", "ms / image",
+                  title=f"{r.images} images of {r.data}; latency: model alone, batch 1, median")
+    for c in r.rows:
+        table.add_row(Path(c.artifact).name, c.backend, c.precision, f"{c.size_bytes / 1e6:.2f}",
+                      f"{c.top1:.2%}", f"{c.top5:.2%}",
+                      "reference" if c.agreement is None else f"{c.agreement:.2%}",
+                      "" if c.mean_kl is None else f"{c.mean_kl:.1e}", f"{c.latency_ms:.2f}")
+    out.print(table)
+
+
+COMMANDS = [predict, embed, run, bench, explain, eval_, compare]
