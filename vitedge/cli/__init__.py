@@ -3,9 +3,9 @@
 its result. User errors end as one line on stderr and a non-zero exit code.
 
     build.py   export, calibrate, quantize, build     (the build path)
-    run.py     predict, embed, run, bench, explain, eval
+    run.py     predict, embed, run, bench, explain, eval, compare
     serve.py   serve, export-triton, export-deepstream
-    info.py    inspect, doctor, profiles, archs
+    info.py    inspect, doctor, profiles, archs, demo-data
     common.py  consoles, --json / --debug, the progress bar; flags.py: options -> flags"""
 
 from __future__ import annotations
@@ -33,11 +33,14 @@ def cli() -> None:
 
     \b
     Typical path:
+      vitedge demo-data -o demo                   the tour's demo checkpoint and images
+      vitedge inspect CHECKPOINT                  what export will read from a checkpoint
       vitedge export CHECKPOINT -o model.onnx     verified ONNX with preprocessing + labels
       vitedge inspect model.onnx                  what is inside
       vitedge calibrate model.onnx --data IMAGES  INT8 ranges from real images
       vitedge quantize model.onnx --precision int8 --calib model.calib.json -o int8.onnx
       vitedge eval int8.onnx --data LABELLED --reference model.onnx
+      vitedge compare model.onnx int8.onnx --data LABELLED   accuracy, agreement, size, speed
       vitedge build model.onnx --precision int8 --data IMAGES   engine or ONNX Runtime model
       vitedge profiles                            device build profiles
       vitedge predict model.int8.ort.onnx photo.jpg   classify images
