@@ -129,7 +129,7 @@ def test_unsupported_timm_option(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,expected", [
     (["inspect", "missing.onnx"], "no such file"),
-    (["inspect", "noise.pth"], "is not an ONNX model"),
+    (["inspect", "noise.pth"], "is not a checkpoint vitedge can read"),  # read as a checkpoint
 ])
 def test_bad_inspect_input(args, expected, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(make_bad_inputs(tmp_path))

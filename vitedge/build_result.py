@@ -72,4 +72,5 @@ def timed(result: BuildResult, report: Reporter, name: str, fn: Callable[[], T])
     t = time.perf_counter()
     value = fn()
     result.steps[name] = round(time.perf_counter() - t, 2)
+    report.step_done(name, result.steps[name])
     return value

@@ -29,7 +29,8 @@ from vitedge.inputs import refuse_overwriting_inputs
 from vitedge.intermediates import Intermediates
 from vitedge.manifest import Manifest, require_manifest
 from vitedge.options import BuildOptions, CalibrationOptions, QuantizeOptions, VerifyOptions
-from vitedge.precisions import FP32, FROM_FP32
+from vitedge.placement import place_artifact
+from vitedge.precisions import AUTO, FP16, FP32, FROM_FP32
 from vitedge.report import Reporter, reporter
 from vitedge.target import Target, build_target
 
@@ -48,18 +49,27 @@ def build(input_path: str | Path, output: str | Path | None = None,
     src = Path(input_path)
     if not src.exists():
         raise VitedgeError(f"no such file or folder: {src}")
-    target = build_target(options, output_given=output is not None)
-    stem, artifact = _artifact_path(src, output, target, options)
+    target = build_target(options, output)
+    _check_profile_precision_has_ranges(options, target, src)
+    placed: list[str] = []  # an artifact for another target there is never replaced silently
+    stem, artifact = _artifact_path(src, output, target, options, placed)
     result = BuildResult(artifact, target.backend.name, target.reason, target.precision,
                          target.profile.name, target.backend.device(), 0,
-                         notes=list(target.notes))
+                         notes=[*target.notes, *placed])
     files = Intermediates(artifact.parent, options.force, result, reporter(report), target)
     fp32 = src if src.suffix == ".onnx" else files.export(src, stem)
-    graph = _graph_for_backend(files, fp32, stem, options, target.precision)
+    graph = _graph_for_backend(files, fp32, stem, options, target.precision, result)
     inputs = _verification_inputs(options, graph.manifest, graph.held_out)
     contenders = [Contender(target, artifact)]
     if target.measured:
-        contenders += cpu_contenders(target, src.parent, stem)
+        for other in cpu_contenders(target, src.parent, stem):
+            out = other.output
+            if output is not None:  # -o m.int8 or m.onnx: m.int8.ov.xml, m.ov.xml for OpenVINO
+                out = artifact.with_name(artifact.name.removesuffix(".onnx")
+                                         + other.target.backend.suffix)
+            contenders.append(replace(other, output=place_artifact(
+                out, other.target.backend.name, other.target.profile.name,
+                other.target.backend.suffix, output is not None, options.force, result.notes)))
     _build_verified(files, graph, inputs, contenders, options)
     return result
 
@@ -68,17 +78,22 @@ def build(input_path: str | Path, output: str | Path | None = None,
 
 
 def _artifact_path(src: Path, output: str | Path | None, target: Target,
-                   options: BuildOptions) -> tuple[str, Path]:
+                   options: BuildOptions, placed: list[str]) -> tuple[str, Path]:
     """(the model's stem, the artifact's path), refused before any work where the artifact
     could not be written, would overwrite an input or an intermediate, or is named as
-    another backend's."""
+    another backend's; an artifact for another target already there is never replaced
+    silently (`placement.place_artifact`: beside it, or refused for -o; notes in `placed`)."""
     backend, precision = target.backend, target.precision
     is_onnx = src.suffix == ".onnx"
     stem = src.stem if is_onnx else (src.stem if src.is_file() else src.name)
+    if is_onnx:  # fm.int8.onnx builds fm.int8.ort.onnx, not fm.int8.int8.ort.onnx
+        stem = stem.removesuffix(f".{precision}")
     artifact = Path(output) if output else src.parent / f"{stem}.{precision}{backend.suffix}"
     _check_output_names_backend(artifact, backend)
     _check_writable(artifact)
     refuse_overwriting_inputs(artifact, src, options.data, options.calib)
+    artifact = place_artifact(artifact, backend.name, target.profile.name, backend.suffix,
+                              output is not None, options.force, placed)
     intermediates = ([] if is_onnx else [artifact.parent / f"{stem}.onnx"]) + (
         [artifact.parent / f"{stem}.{precision}.onnx"] if precision not in FROM_FP32 else [])
     if artifact.resolve() in [p.resolve() for p in intermediates]:
@@ -136,13 +151,16 @@ class Graph:
 
 
 def _graph_for_backend(files: Intermediates, fp32: Path, stem: str, options: BuildOptions,
-                       precision: str) -> Graph:
+                       precision: str, result: BuildResult) -> Graph:
     manifest = require_manifest(load_onnx(fp32), fp32)
     if manifest.precision not in (FP32, precision):
         raise VitedgeError(f"{fp32} is already {manifest.precision}; cannot build {precision}",
                            "start from the FP32 export")
     quantizing = precision not in FROM_FP32 and manifest.precision == FP32
     calibrating = quantizing and options.calib is None
+    if calibrating and precision != AUTO and options.data is not None and not options.force:
+        options = _reuse_own_table(fp32, options, result)  # `vitedge calibrate` on the same data
+        calibrating = options.calib is None
     calib_source, held_out = _split_data(options, calibrating)
     model = fp32
     if quantizing:
@@ -152,6 +170,44 @@ def _graph_for_backend(files: Intermediates, fp32: Path, stem: str, options: Bui
         model = files.quantize(fp32, stem, precision, calib, options, held_out)
     reference = fp32 if manifest.precision == FP32 and model != fp32 else None
     return Graph(model, manifest, reference, held_out)
+
+
+def _reuse_own_table(fp32: Path, options: BuildOptions, result: BuildResult) -> BuildOptions:
+    """The user's MODEL.calib.json, made by `vitedge calibrate` from the same model, the same
+    images of --data and the same options, is this build's calibration (as --calib would
+    give it): it differs only in having seen the images the build would hold out."""
+    from vitedge.quantize.calibrate import own_table_for
+
+    calibration = replace(options.calibration, data=options.data)
+    table = own_table_for(fp32, calibration)
+    if table is None:
+        return options
+    held = options.verify.images if options.verify.enabled else 0
+    result.notes.append(f"{table.name} reused: `vitedge calibrate` made it from this model, the "
+                        f"same images of {options.data} and the same options; it has seen the "
+                        f"images verification uses (instead of holding {held} out, the build "
+                        "verifies on a sample of --data, as with --calib)")
+    result.reused.append(str(table))
+    return replace(options, calib=str(table))
+
+
+def _check_profile_precision_has_ranges(options: BuildOptions, target: Target, src: Path
+                                        ) -> None:
+    """The profile's precision, not asked for, needs activation ranges the build was not
+    given: say that the profile chose it, before any work (an export) is done."""
+    precision = target.precision
+    if options.precision is not None or precision in (FP32, FP16) or options.data or \
+            options.calib:
+        return
+    if src.suffix == ".onnx" and src.is_file():
+        from vitedge.intermediates import manifest_of
+
+        there = manifest_of(src)
+        if there is not None and there.precision == precision:
+            return  # quantized already: nothing to calibrate
+    raise VitedgeError(f"profile {target.profile.name} builds {precision.upper()} when no "
+                       "--precision is given, and that needs activation ranges from images",
+                       "give --data IMAGES (or --calib TABLE), or choose --precision fp16 or fp32")
 
 
 def _split_data(options: BuildOptions, calibrating: bool) -> tuple[Any, Any]:

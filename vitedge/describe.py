@@ -94,6 +94,9 @@ def describe(path: str | Path) -> Description:
     from vitedge.backends import claimant
 
     p = Path(path)
+    if is_checkpoint(p):
+        raise VitedgeError(f"{p} is a checkpoint, not a deployed artifact",
+                           "vitedge.model.summary.describe_checkpoint describes it")
     backend = claimant(p) if p.is_file() else None
     if backend is not None and not backend.onnx_artifact:
         data = backend.describe(p)
@@ -107,7 +110,7 @@ def describe(path: str | Path) -> Description:
     rows = [("parameters", f"{info['parameters'] / 1e6:.2f} M")]
     manifest = info["manifest"]
     if manifest:
-        rows += _manifest_rows(info, manifest)
+        rows += manifest_rows(info, manifest)
     else:
         rows.append(("manifest", "none (not made by vitedge)"))
     prec = info["precision"]
@@ -119,7 +122,19 @@ def describe(path: str | Path) -> Description:
                        ", ".join(f"{k} {v}" for k, v in info["op_histogram"].items()))
 
 
-def _manifest_rows(info: dict[str, Any], manifest: dict[str, Any]) -> list[tuple[str, str]]:
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar")
+FORMATS = {"timm": "timm", "hf": "Hugging Face ViT (ViT, DeiT, DINOv2)",
+           "hf-clip": "Hugging Face CLIP image tower", "hf-siglip": "Hugging Face SigLIP image tower",
+           "torchvision": "torchvision VisionTransformer", "vitedge": "vitedge's own checkpoint"}
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A training checkpoint (a weights file, or a model folder), not a deployed artifact."""
+    return path.is_dir() or (path.is_file() and path.suffix in CHECKPOINT_SUFFIXES
+                             and not path.name.endswith(".ort.onnx"))
+
+
+def manifest_rows(info: dict[str, Any], manifest: dict[str, Any]) -> list[tuple[str, str]]:
     from vitedge.backends import get, names
 
     a, p = manifest["architecture"], manifest["preprocess"]
@@ -160,7 +175,13 @@ def verification_line(v: dict[str, Any]) -> str:
         return str(v["skipped"])
     if not v:
         return "no (built without verification, or by an older vitedge)"
-    parts = [f"vs {v['graph']} {v['vs_graph']['top1_agreement']:.2%}"]
+    def agreement(a: dict[str, Any]) -> str:  # as the build's summary says it: all, then decided
+        decided = a.get("decided_agreement")
+        return f"{a['top1_agreement']:.2%}" + (
+            f" of all ({decided:.2%} of the {a['decided']} decided)"
+            if decided is not None and a.get("decided") not in (None, a.get("images")) else "")
+
+    parts = [f"vs {v['graph']} {agreement(v['vs_graph'])}"]
     if v.get("vs_fp32"):
-        parts.append(f"vs FP32 {v['vs_fp32']['top1_agreement']:.2%} (KL {v['vs_fp32']['mean_kl']:.1e})")
+        parts.append(f"vs FP32 {agreement(v['vs_fp32'])} (KL {v['vs_fp32']['mean_kl']:.1e})")
     return f"on {v['data']} with {v['backend']} on {v['device']}: top-1 agreement " + ", ".join(parts)

@@ -35,6 +35,12 @@ class EvalResult:
     warnings: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     """Test images that could not be read (left out of every figure)."""
+    labels: list[str] = field(default_factory=list)
+    per_class: list[dict[str, Any]] = field(default_factory=list)
+    """Each class's `label`, `images`, `correct` and top-1 `accuracy` (None without images)."""
+    confusion: list[list[int]] = field(default_factory=list)
+    """confusion[true][predicted]: images of class `true` predicted as `predicted`, in
+    `labels` order."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -111,8 +117,63 @@ def _evaluate(model: Runner, ref: Runner | None, data: str | Path, batch: int,
     result = EvalResult(model.name, model.precision_label, len(truth),
                         topk_accuracy(logits, truth, 1), topk_accuracy(logits, truth, 5), 0.0,
                         warnings=list(model.warnings), skipped=skipped)
+    names = labels or [str(i) for i in range(logits.shape[-1])]
+    confusion = np.zeros((len(names), len(names)), np.int64)
+    np.add.at(confusion, (truth, logits.argmax(-1)), 1)
+    result.labels, result.confusion = list(names), confusion.tolist()
+    result.per_class = [{"label": name, "images": int(confusion[i].sum()),
+                         "correct": int(confusion[i, i]),
+                         "accuracy": float(confusion[i, i] / confusion[i].sum())
+                         if confusion[i].sum() else None} for i, name in enumerate(names)]
     if ref is not None:
         ref_logits = np.concatenate(ref_outs)
         result.reference_top1 = topk_accuracy(ref_logits, truth, 1)
         result.agreement = agreement(ref_logits, logits)
     return result
+
+
+def confusion_lines(result: EvalResult) -> list[str]:
+    """The confusion matrix as text: one row per true class, one column per prediction."""
+    names = result.labels
+    width = max(5, *(len(str(n)) for row in result.confusion for n in row))
+    tags = [str(i) for i in range(len(names))]
+    lines = ["true \\ predicted  " + " ".join(t.rjust(width) for t in tags)]
+    for i, row in enumerate(result.confusion):
+        lines.append(f"{tags[i]:>2} {names[i][:15]:<15} " + " ".join(str(n).rjust(width) for n in row))
+    return lines
+
+
+def write_confusion_plot(path: str | Path, result: EvalResult) -> None:
+    """The confusion matrix as a picture (rows: true class, columns: prediction; each row
+    as shares of its images), with per-class accuracy in the row labels."""
+    from vitedge.errors import require
+
+    require("matplotlib", "plot", "--plot")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.array(result.confusion, dtype=np.float64)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(result.labels)
+    fig, ax = plt.subplots(figsize=(3 + 0.5 * n, 2.5 + 0.45 * n))
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    rows = [f"{c['label']} ({c['accuracy']:.0%})" if c["accuracy"] is not None else c["label"]
+            for c in result.per_class]
+    ax.set_yticks(range(n), rows)
+    ax.set_xticks(range(n), result.labels, rotation=60, ha="right")
+    for i in range(n):
+        for j in range(n):
+            if counts[i, j]:
+                ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=7,
+                        color="white" if shares[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true class (top-1 accuracy)")
+    ax.set_title(f"{Path(result.model).name}: top-1 {result.top1:.2%} on {result.images} images")
+    fig.tight_layout()
+    from vitedge.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

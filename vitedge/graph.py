@@ -12,6 +12,12 @@ import onnx
 
 from vitedge.errors import VitedgeError
 from vitedge.onnx_file import external_file
+from vitedge.onnx_tensors import (  # noqa: F401 - the graph's tensors, re-exported here
+    all_tensors,
+    external_tensors,
+    load_external_weights,
+    tensors_digest,
+)
 
 PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2
 """A model larger than this cannot be one protobuf (2 GB): its weights go to a data file."""
@@ -44,49 +50,6 @@ def load_onnx(path: str | Path, verify: bool = True) -> Any:
             manifest_from_file(p)  # a vitedge model's data files are checked before use
         load_external_weights(model, p)
     return model
-
-
-def external_tensors(model: onnx.ModelProto) -> list[Any]:
-    return [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-
-
-def load_external_weights(model: onnx.ModelProto, model_path: Path) -> None:
-    """Read each external tensor's bytes (location, offset, length checked against the
-    file) into the model, in place."""
-    import numpy as np
-
-    sizes: dict[Path, int] = {}
-    for tensor in external_tensors(model):
-        info = {e.key: e.value for e in tensor.external_data}
-        location = info.get("location", "")
-        file = external_file(model_path, location)
-        if file not in sizes:
-            if not file.is_file():
-                raise VitedgeError(f"{model_path} keeps its weights in {location}, which is "
-                                   "missing", "copy the model's data files beside it")
-            sizes[file] = file.stat().st_size
-        try:
-            offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
-        except ValueError:
-            raise VitedgeError(f"{model_path}: tensor '{tensor.name}' has a bad offset or "
-                               "length for its external data") from None
-        if length < 0:
-            length = sizes[file] - offset
-        if offset < 0 or offset + length > sizes[file]:
-            raise VitedgeError(f"{model_path}: tensor '{tensor.name}' reads bytes {offset}..."
-                               f"{offset + length} of {location}, which has {sizes[file]}",
-                               "the data file does not belong to this model")
-        with open(file, "rb") as f:
-            f.seek(offset)
-            tensor.raw_data = f.read(length)
-        del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
-        expected = int(np.prod(tensor.dims)) * onnx.helper.tensor_dtype_to_np_dtype(
-            tensor.data_type).itemsize if tensor.data_type != onnx.TensorProto.STRING else None
-        if expected is not None and len(tensor.raw_data) != expected:
-            raise VitedgeError(f"{model_path}: tensor '{tensor.name}' needs {expected} bytes; "
-                               f"{location} gives {len(tensor.raw_data)}",
-                               "the data file does not belong to this model")
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:

@@ -41,17 +41,18 @@ def require_regular_file(path: str | os.PathLike[str], what: str = "file") -> Pa
     import stat
 
     p = Path(path)
+    a = "an" if what[:1].lower() in "aeiou" else "a"  # an image, a model file
     try:
         mode = p.stat().st_mode
     except FileNotFoundError:
-        raise VitedgeError(f"no such file: {p}", f"give the path of a {what}") from None
+        raise VitedgeError(f"no such file: {p}", f"give the path of {a} {what}") from None
     except OSError as exc:
         raise VitedgeError(f"cannot read {p}: {exc.strerror or exc}") from exc
     if stat.S_ISDIR(mode):
-        raise VitedgeError(f"{p} is a folder, not a {what}")
+        raise VitedgeError(f"{p} is a folder, not {a} {what}")
     if not stat.S_ISREG(mode):
         raise VitedgeError(f"{p} is not a regular file (a pipe, device or socket)",
-                           f"give a {what} on disk")
+                           f"give {a} {what} on disk")
     return p
 
 

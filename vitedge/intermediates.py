@@ -41,8 +41,10 @@ class Intermediates:
         return timed(self.result, self.report, name, fn)
 
     def place(self, path: Path, key: Any, matches: Callable[[Path], bool],
-              ours: Callable[[Path], bool]) -> tuple[Path, bool]:
-        """(where to write, whether what is there already is it)."""
+              ours: Callable[[Path], bool], why: Callable[[Path], str | None] | None = None
+              ) -> tuple[Path, bool]:
+        """(where to write, whether what is there already is it); `why`: what makes the
+        file there other than this build's, for the note."""
         if not path.exists() or self.force:
             return path, False
         if matches(path):
@@ -51,8 +53,9 @@ class Intermediates:
             return path, False
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
         mine = path.with_name(f"{_stem(path)}.{digest[:8]}{_suffix(path)}")
-        self.result.notes.append(f"{path.name} is not what this build makes (yours, from other "
-                                 f"options or data): left as it is; the build's is {mine.name}")
+        differs = (why(path) if why else None) or "yours, from other options or data"
+        self.result.notes.append(f"{path.name} is not what this build makes ({differs}): left "
+                                 f"as it is; the build's is {mine.name}")
         return mine, mine.exists() and matches(mine)
 
     def _record(self, path: Path, reused: bool, also: tuple[Path, ...] = ()) -> None:
@@ -66,7 +69,7 @@ class Intermediates:
         sha = sha256_file(checkpoint) if checkpoint.is_file() else None
 
         def matches(p: Path) -> bool:
-            m = _manifest_of(p)
+            m = manifest_of(p)
             return m is not None and m.source.get("file") == checkpoint.name and (
                 sha is None or m.source.get("sha256") == sha) and \
                 m.source.get("export") == export.key()
@@ -84,6 +87,7 @@ class Intermediates:
             calibrate,
             calibration_source,
             default_table_path,
+            table_differences,
             table_matches,
             tensorrt_cache_path,
         )
@@ -106,8 +110,13 @@ class Intermediates:
             t = table(p)
             return t is not None and t.stats.get("made_by") == BUILD
 
+        def why(p: Path) -> str | None:
+            t = table(p)
+            return "; ".join(table_differences(t, model_sha, source, options)) if t else None
+
         path, reused = self.place(default_table_path(fp32),
-                                  [model_sha, source.fingerprint, options.key()], matches, ours)
+                                  [model_sha, source.fingerprint, options.key()], matches, ours,
+                                  why)
         made = self.timed("calibrate", lambda: calibrate(fp32, path, options, self.report,
                                                          made_by=BUILD))
         self._record(path, made.reused, (tensorrt_cache_path(path),))
@@ -130,7 +139,7 @@ class Intermediates:
         key = request.key(CalibrationTable.read(calib).checksum() if calib else None)
 
         def matches(p: Path) -> bool:
-            m = _manifest_of(p)
+            m = manifest_of(p)
             return m is not None and m.source.get("fp32_sha256") == fp32_sha and \
                 m.source.get("quantize") == key
 
@@ -154,7 +163,7 @@ BUILD = "build"
 """What a file `vitedge build` made records as its maker."""
 
 
-def _manifest_of(path: Path) -> Manifest | None:
+def manifest_of(path: Path) -> Manifest | None:
     from vitedge.manifest import manifest_from_file
 
     try:
@@ -164,7 +173,7 @@ def _manifest_of(path: Path) -> Manifest | None:
 
 
 def _made_by_build(path: Path) -> bool:
-    m = _manifest_of(path)
+    m = manifest_of(path)
     return m is not None and m.source.get("made_by") == BUILD
 
 

@@ -315,8 +315,9 @@ def manifest_from_file(path: str | Path, verify: bool = True) -> Manifest | None
     try:
         meta, graph_digest = read_onnx_fields(path, hash_graph=verify)
     except (ValueError, OSError) as exc:
-        raise VitedgeError(f"{path} is not an ONNX model: {exc}",
-                           "vitedge export makes one") from exc
+        why = str(exc).removeprefix("not an ONNX model ").strip("()")
+        raise VitedgeError(f"{path} is not an ONNX model ({why})",
+                           "vitedge export makes one from a checkpoint") from exc
     if MANIFEST_KEY not in meta:
         return None
     try:
@@ -325,6 +326,8 @@ def manifest_from_file(path: str | Path, verify: bool = True) -> Manifest | None
         raise type(exc)(f"{Path(path).name}: {exc.message}", exc.hint) from exc
     wanted = manifest.integrity.get("graph_sha256")
     if verify and wanted is not None and wanted != graph_digest:
+        if _same_values(Path(path), manifest):  # re-saved (weights moved to or from a data file)
+            return manifest
         raise IntegrityError(f"{path} was changed since vitedge wrote it: its graph (weights or "
                              "operators) is not the one its manifest records",
                              "export, quantize or build it again")
@@ -334,6 +337,26 @@ def manifest_from_file(path: str | Path, verify: bool = True) -> Manifest | None
     for location, digest in external.items():
         _check_data_file(Path(path), str(location), str(digest), verify)
     return manifest
+
+
+def _same_values(path: Path, manifest: Manifest) -> bool:
+    """Whether the model at `path`, its stored bytes not the ones vitedge wrote, still holds
+    the graph and tensor values its manifest records (`tensors_sha256`; a manifest older
+    than it: the graph vitedge wrote in one file), wherever the file now keeps its weights."""
+    import onnx
+
+    from vitedge.onnx_tensors import external_tensors, load_external_weights, tensors_digest
+
+    wanted = manifest.integrity.get("tensors_sha256") or manifest.integrity.get("graph_sha256")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        if external_tensors(model):
+            load_external_weights(model, path)
+        return bool(tensors_digest(model) == wanted)
+    except VitedgeError:
+        raise  # a data file missing or out of place: said as such
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError and the like: not the model it was
+        return False
 
 
 def _check_data_file(model: Path, location: str, digest: str, verify: bool) -> None:
@@ -363,8 +386,14 @@ def set_onnx_manifest(model: Any, manifest: Manifest,
     itself, so that a later change to any is caught when the file is read. The graph must
     be final: call this last, before writing (`vitedge.graph.save_onnx` does it again for
     a model it stores with a data file)."""
+    from vitedge.onnx_tensors import external_tensors, tensors_digest
+
+    tensors = (manifest.integrity.get("tensors_sha256") if external_tensors(model)
+               else tensors_digest(model))  # stored apart: the value saved before it was
     manifest.integrity = {"graph_sha256": hashlib.sha256(model.graph.SerializeToString()).hexdigest(),
                           "manifest_sha256": manifest.digest()}
+    if tensors:
+        manifest.integrity["tensors_sha256"] = tensors
     if external:
         manifest.integrity["external_sha256"] = dict(external)
     _store_manifest(model, manifest)

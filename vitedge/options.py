@@ -176,7 +176,8 @@ class ExportOptions:
                                   "(bicubic) to it.", least=1, kind=int)
     labels: str | Path | None = option(help="Class names: a text file, one per line, or JSON.",
                                        path="file")
-    batch: int | None = option(help="'dynamic' or a fixed batch size.", parse=parse_batch,
+    batch: int | None = option(help="The exported model's batch dimension: 'dynamic' or a fixed "
+                               "size.", parse=parse_batch,
                                shown="dynamic")
     """None: a dynamic batch dimension."""
     opset: int = option(17, "ONNX opset (17-20).")
@@ -280,7 +281,8 @@ class CalibrationOptions:
                                "unclipped.")
     num_images: int = option(512, "Images to calibrate on (a seeded sample when the source has "
                              "more).", least=1)
-    batch: int = option(8, "Images per ONNX Runtime run.", least=1)
+    batch: int = option(8, "Calibration images per ONNX Runtime run while ranges are measured "
+                        "(memory, not results).", least=1)
     smooth_alpha: float = option(0.5, "Channel-equalisation strength alpha (SmoothQuant); 0 "
                                  "turns it off.", name="--smooth")
     """Channel-equalisation strength (SmoothQuant); 0 turns it off."""
@@ -431,10 +433,14 @@ class BuildOptions:
                                  "default: the one `vitedge doctor` suggests for this machine.",
                                  kind=str)
     """A profile name or TOML path; None: the one doctor suggests for this machine."""
-    backend: str = option("auto", "auto: TensorRT when it and a GPU are present, else ONNX "
-                          "Runtime.", choices=build_backends)
-    batch: str | None = option(help="TensorRT optimization profile's batch range (default: the "
-                               "profile's).", metavar="MIN:OPT:MAX", kind=str)
+    backend: str = option("auto", "auto: the device profile's backend (TensorRT where it and a "
+                          "GPU are present); on the CPU it builds with each installed CPU "
+                          "backend (ONNX Runtime, OpenVINO), measures them here and keeps the "
+                          "fastest; an -o suffix (.ort.onnx, .ov.xml) picks one instead.",
+                          choices=build_backends)
+    batch: str | None = option(help="A TensorRT engine's optimization-profile batch range "
+                               "(default: the device profile's); not the calibration batch.",
+                               metavar="MIN:OPT:MAX", kind=str)
     """MIN:OPT:MAX for the engine's optimization profile; None: the profile's."""
     timing_cache: str | None = option(help="TensorRT timing cache to load and save (faster "
                                       "rebuilds).", path="file")
@@ -442,7 +448,8 @@ class BuildOptions:
                              "agreement with FP32 at least 100 - D %; cosine at least 1 - D/100 "
                              "without classes).", least=0, most=100)
     force: bool = option(False, "Replace intermediate models beside the artifact (MODEL.onnx, "
-                         "MODEL.PRECISION.onnx) even when this build did not make them.")
+                         "MODEL.PRECISION.onnx) even when this build did not make them, and an "
+                         "artifact at -o built for another profile or backend.")
     """Replace intermediates (MODEL.onnx, MODEL.PRECISION.onnx) that a build did not make."""
     calibration: CalibrationOptions = CalibrationOptions()
     qdq: QuantizeOptions = QuantizeOptions()
@@ -476,7 +483,7 @@ class PipelineOptions:
     threads: int | None = option(help="ONNX Runtime intra-op threads [default: every core, or "
                                  "cores / streams].", least=1, most=MAX_THREADS, kind=int)
     """ONNX Runtime intra-op threads; None: every core, or cores / streams."""
-    batch: int = option(1, "Images per inference.", least=1)
+    batch: int = option(1, "Images the model runs together, per inference.", least=1)
     """Frames `stream()` runs together."""
     cuda_graph: bool = False
     """Replay a TensorRT engine's execution as a CUDA graph."""
@@ -635,8 +642,22 @@ class EvalOptions:
     """A folder with one sub-folder of images per class, named after the labels."""
     reference: str | Path | None = option(help="Another model (e.g. the FP32 export) to compare "
                                           "with on the same images.", path="any")
-    batch: int = option(64, least=1)
+    batch: int = option(64, "Images the model runs together, per inference, while evaluating "
+                        "(speed and memory, not results).", least=1)
     limit: int | None = option(help="Evaluate a seeded sample of this many.", least=1, kind=int)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    data: str | Path = option("", "A labelled folder (one sub-folder of images per class) every "
+                              "artifact is evaluated on.", path="any")
+    """The labelled folder every artifact is evaluated on."""
+    limit: int | None = option(help="Evaluate a seeded sample of this many.", least=1, kind=int)
+    iterations: int = option(30, "Timed single-image inferences per artifact (after 3 "
+                             "untimed), for its median latency.", least=1)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -662,7 +683,8 @@ class ExplainOptions:
     head: str | int = option("mean", "mean or max over the heads, or one head's number (0 is "
                              "the first).")
     """`mean` or `max` over heads, or one head's index."""
-    topk: int = option(3, least=1)
+    topk: int = option(3, "Classes named in each figure's title (the top-k prediction).",
+                       least=1)
     fast: bool = option(False, "OpenCV preprocessing (faster on a weak CPU; not bit-exact with "
                         "the reference libraries, see `vitedge bench`).")
     compare: str | Path | None = option(help="Draw OTHER_ARTIFACT's map beside it (e.g. the FP32 "
@@ -688,10 +710,12 @@ def parse_counts(text: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class BenchOptions:
-    batches: tuple[int, ...] = option((1,), "Batch sizes, comma-separated (1,8).", name="--batch",
+    batches: tuple[int, ...] = option((1,), "Batch sizes to time, comma-separated (1,8): each "
+                                      "is timed as its own run.", name="--batch",
                                       parse=parse_counts, shown="1", least=1)
-    warmup: int = option(10, least=0)
-    iterations: int | None = option(100, least=1)
+    warmup: int = option(10, "Untimed runs first, per artifact and batch (caches, lazy "
+                         "initialisation).", least=0)
+    iterations: int | None = option(100, "Timed runs per artifact and batch.", least=1)
     duration: float | None = option(help="Run for this many seconds instead of --iterations.",
                                     least=0, above=True, kind=float)
     """Seconds to run instead of a number of iterations."""

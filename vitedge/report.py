@@ -14,6 +14,9 @@ class Reporter:
     def step(self, name: str) -> None:
         """A new step begins (export, calibrate, quantize, ...)."""
 
+    def step_done(self, name: str, seconds: float) -> None:
+        """Step `name` ended after `seconds` (a piped log shows each as it ends)."""
+
     def progress(self, done: int, total: int) -> None:
         """`done` of `total` units of the current step."""
 

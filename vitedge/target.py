@@ -124,13 +124,20 @@ def target_for(profile: Profile, backend: Backend | None = None, precision: str 
                   backend.nvfp4_activations(profile), reason, measured)
 
 
-def build_target(options: BuildOptions, output_given: bool = False) -> Target:
+def build_target(options: BuildOptions, output: str | Path | None = None) -> Target:
     """The target of `vitedge build` with `options`: the profile and backend chosen
-    (`choose_profile_and_backend`), the precision checked against the precision table, the
-    backend's own requirements checked before any work."""
+    (`choose_profile_and_backend`; an `-o` whose suffix names a CPU backend is the user's
+    choice of it), the precision checked against the precision table, the backend's own
+    requirements checked before any work. An output name never changes what is measured:
+    with nothing pinned, the CPU backends race with `-o` as without it."""
+    named = backend_named_by(output, options)
+    if named is not None:  # -o x.ov.xml: the user's choice among the CPU backends
+        options = replace(options, backend=named.name)
     profile, backend, reason = choose_profile_and_backend(options)
-    measured = options.backend == "auto" and options.profile is None and not output_given \
-        and backend.runs_on_cpu
+    if named is not None:
+        reason = (f"-o {Path(str(output)).name} names an {named.product} artifact "
+                  f"({named.suffix}): your choice, not measured against the other CPU backends")
+    measured = options.backend == "auto" and options.profile is None and backend.runs_on_cpu
     precision = options.precision or profile.precision
     if precision not in BUILD:
         raise VitedgeError(f"unknown precision '{precision}'", f"use one of {', '.join(BUILD)}")
@@ -143,6 +150,15 @@ def build_target(options: BuildOptions, output_given: bool = False) -> Target:
     batch = BatchRange.parse(options.batch) if options.batch else profile.batch
     backend.require()  # fail before any work, with what is missing
     return replace(target, batch=batch, notes=tuple(notes))
+
+
+def backend_named_by(output: str | Path | None, options: BuildOptions) -> Backend | None:
+    """The CPU backend whose artifact suffix `-o` ends with (`.ort.onnx`, `.ov.xml`),
+    where neither --backend nor --profile chose one: the name is the user's choice."""
+    if output is None or options.backend != "auto" or options.profile is not None:
+        return None
+    named = [b for b in backends.all_backends() if Path(output).name.endswith(b.suffix)]
+    return named[0] if len(named) == 1 and named[0].runs_on_cpu else None
 
 
 def _check_precision(target: Target) -> list[str]:

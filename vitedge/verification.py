@@ -176,8 +176,9 @@ def verification_lines(v: dict[str, Any]) -> list[str]:
             top1 = ""  # an embedding: judged by cosine
         elif decided >= MIN_DECIDED:
             bar = f", at least {least:.0%}" if least is not None and v["judged"] else ""
-            top1 = (f"top-1 agreement {a.get('decided_agreement', a['top1_agreement']):.2%} "
-                    f"({decided} decided inputs{bar}; {a['top1_agreement']:.2%} of all), ")
+            top1 = (f"top-1 agreement {a['top1_agreement']:.2%} of all inputs "
+                    f"({a.get('decided_agreement', a['top1_agreement']):.2%} of the {decided} "
+                    f"decided ones, which is judged{bar}), ")
         else:
             top1 = (f"top-1 agreement {a['top1_agreement']:.2%} (near ties: the reference "
                     f"decides only {decided} inputs, so cosine is judged), ")

@@ -3,10 +3,10 @@
 its result. User errors end as one line on stderr and a non-zero exit code.
 
     build.py   export, calibrate, quantize, build     (the build path)
-    run.py     predict, embed, run, bench, explain, eval
+    run.py     predict, embed, run, bench, explain, eval, compare
     reuse.py   tune-reuse (the frame-reuse threshold of run --reuse)
     serve.py   serve, export-triton, export-deepstream
-    info.py    inspect, doctor, profiles, archs
+    info.py    inspect, doctor, profiles, archs, demo-data
     common.py  consoles, --json / --debug, the progress bar; flags.py: options -> flags"""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 import click
 
 from vitedge.cli import build, info, reuse, run, serve
-from vitedge.cli.common import debug_option, err
+from vitedge.cli.common import Activity, debug_option, err
 from vitedge.errors import VitedgeError
 from vitedge.version import __version__
 
@@ -34,11 +34,14 @@ def cli() -> None:
 
     \b
     Typical path:
+      vitedge demo-data -o demo                   the tour's demo checkpoint and images
+      vitedge inspect CHECKPOINT                  what export will read from a checkpoint
       vitedge export CHECKPOINT -o model.onnx     verified ONNX with preprocessing + labels
       vitedge inspect model.onnx                  what is inside
       vitedge calibrate model.onnx --data IMAGES  INT8 ranges from real images
       vitedge quantize model.onnx --precision int8 --calib model.calib.json -o int8.onnx
       vitedge eval int8.onnx --data LABELLED --reference model.onnx
+      vitedge compare model.onnx int8.onnx --data LABELLED   accuracy, agreement, size, speed
       vitedge build model.onnx --precision int8 --data IMAGES   engine or ONNX Runtime model
       vitedge profiles                            device build profiles
       vitedge predict model.int8.ort.onnx photo.jpg   classify images
@@ -75,20 +78,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str] | None) -> int:
+    Activity.start(None)
     try:
         cli.main(args=argv, prog_name="vitedge", standalone_mode=False)
-    except click.exceptions.Abort:
-        err.print("aborted")
+    except click.exceptions.Abort:  # click's name for a KeyboardInterrupt
+        err.print(Activity.interrupted() or "aborted", highlight=False)
         return 130
-    except click.ClickException as exc:
-        exc.show()
+    except click.ClickException as exc:  # one line that starts as vitedge's own errors do
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (`{exc.ctx.command_path} --help` lists what it takes)"
+        message = exc.format_message().rstrip(".")
+        message = message[:1].lower() + message[1:]
+        click.echo(f"error: {message}{hint}".replace("\n", " "), err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except VitedgeError as exc:
         return _fail(exc, EXIT_USER_ERROR, f"error: {exc}")
     except KeyboardInterrupt:
-        err.print("interrupted")
+        err.print(Activity.interrupted() or "interrupted", highlight=False)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
         return _fail(exc, EXIT_INTERNAL_ERROR,

@@ -90,8 +90,11 @@ def calibrate(model: str, data: str, output: str | None, as_json: bool, **kw: An
     out.print(f"[green]{verb}[/] {result.cache} (TensorRT calibration cache, FP32 model as given)")
     s = t.stats
     if s and not result.reused:
-        out.print(f"{s['images']} images in {s['seconds']:.1f}s, peak memory {s['peak_rss_mb']:.0f} MB"
-                  + (f", {len(s['broken'])} unreadable skipped" if s["broken"] else ""))
+        skipped = max(t.data["count"] - s["images"], len(s["broken"]))
+        read = (f"{s['images']} of the {s['images'] + skipped} images read" if skipped else
+                f"{s['images']} images")  # the count above, less the ones skipped
+        out.print(f"{read} in {s['seconds']:.1f}s, peak memory {s['peak_rss_mb']:.0f} MB"
+                  + (f", {skipped} unreadable skipped" if skipped else ""))
 
 
 @command()
@@ -144,7 +147,8 @@ def quantize(model: str, output: str, as_json: bool, **kw: Any) -> None:
 @flags(VerifyOptions, "images", "min_agreement", "min_fp32_agreement", "enabled")
 @flags(BuildOptions, "force")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="The artifact [default: INPUT.PRECISION.engine or INPUT.PRECISION.ort.onnx].")
+              help="The artifact [default: INPUT.PRECISION.engine, INPUT.PRECISION.ort.onnx or "
+              "INPUT.PRECISION.ov.xml, by backend].")
 def build(input_path: str, output: str | None, as_json: bool, **kw: Any) -> None:
     """Build the deployable artifact for this machine from INPUT (a checkpoint, exported
     first, or a vitedge ONNX model): a TensorRT engine (+ ENGINE.json) where TensorRT and a
@@ -164,7 +168,7 @@ def build(input_path: str, output: str | None, as_json: bool, **kw: Any) -> None
     if json_or_notes(result, as_json):
         return
     out.print(f"backend: [bold]{result.backend}[/] ({result.backend_reason})")
-    for name, seconds in result.steps.items():
+    for name, seconds in result.steps.items() if not bar.lines else ():  # piped: shown already
         out.print(f"  {name:<22} {seconds:7.2f} s")
     for line in [*result.quantization.get("summary", []), *result.quantization.get("check_lines", [])]:
         out.print(Text(line))

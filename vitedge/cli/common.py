@@ -96,12 +96,40 @@ def stage_table(stages: dict[str, Any], title: str) -> Table:
     return table
 
 
+class Activity:
+    """What the running command is doing (its label, the step it is on, the steps it has
+    finished), so that a Ctrl-C can say what it interrupted."""
+
+    label: str | None = None
+    step: str | None = None
+    done: list[tuple[str, float]] = []
+
+    @classmethod
+    def start(cls, label: str | None) -> None:
+        cls.label, cls.step, cls.done = label, None, []
+
+    @classmethod
+    def interrupted(cls) -> str | None:
+        """The line a Ctrl-C leaves, or None when no stage was running."""
+        if cls.label is None:
+            return None
+        line = f"interrupted while {cls.label}"
+        if cls.step and cls.step != cls.label:
+            line += f", during {cls.step}"
+        if cls.done:
+            line += " (finished: " + ", ".join(f"{n} {s:.2f} s" for n, s in cls.done) + ")"
+        return line + "; no partial file is left"
+
+
 class Bar(Reporter):
     """The stages' reporter on stderr: a progress bar named after the step, and warnings
-    as yellow lines. With --json the bar is off and warnings still go to stderr."""
+    as yellow lines. With --json the bar is off and warnings still go to stderr. With
+    `lines` (stdout piped into a log or `| cat`), each step's line is printed on stdout as
+    the step ends, where the bar and the final summary would show nothing until the end."""
 
-    def __init__(self, bar: Any = None):
+    def __init__(self, bar: Any = None, lines: bool = False):
         self.bar = bar
+        self.lines = lines
         self.task = bar.add_task("", total=None) if bar else None
 
     def progress(self, done: int, total: int) -> None:
@@ -109,8 +137,16 @@ class Bar(Reporter):
             self.bar.update(self.task, completed=done, total=total)
 
     def step(self, name: str) -> None:
+        Activity.step = name
         if self.bar:
             self.bar.update(self.task, description=name, completed=0, total=None)
+
+    def step_done(self, name: str, seconds: float) -> None:
+        Activity.done.append((name, seconds))
+        Activity.step = None  # between steps, until the next begins
+        if self.lines:
+            out.print(f"  {name:<22} {seconds:7.2f} s", highlight=False)
+            out.file.flush()
 
     def warning(self, message: str) -> None:
         err.print(f"[yellow]warning:[/] {message}")
@@ -118,8 +154,10 @@ class Bar(Reporter):
 
 @contextlib.contextmanager
 def progress(label: str, enabled: bool = True) -> Iterator[Bar]:
+    Activity.start(label)
     if not enabled:
         yield Bar()
+        Activity.start(None)
         return
     from rich.progress import (
         BarColumn,
@@ -133,6 +171,7 @@ def progress(label: str, enabled: bool = True) -> Iterator[Bar]:
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
                   console=err, transient=True) as bar:
-        reporter = Bar(bar)
+        reporter = Bar(bar, lines=not out.is_terminal)
         reporter.step(label)
         yield reporter
+    Activity.start(None)

@@ -16,9 +16,22 @@ from vitedge.cli.common import command, out, print_json, rows_table
 def inspect(artifact: str, pos_embed: str | None, as_json: bool) -> None:
     """Show what ARTIFACT holds: manifest, inputs and outputs, parameters, GMACs, tokens,
     operator histogram and precision; for a TensorRT engine, what its description records
-    (GPU, TensorRT, precision, batch range, I/O)."""
-    from vitedge.describe import describe
+    (GPU, TensorRT, precision, batch range, I/O). For a checkpoint (a weights file or a
+    model folder), before export: the format and family detected, the architecture, the
+    labels and preprocessing the export will carry, and the command that exports it."""
+    from pathlib import Path
 
+    from vitedge.describe import describe, is_checkpoint
+
+    if is_checkpoint(Path(artifact)):  # before export: what export would read from it
+        from vitedge.model.summary import describe_checkpoint
+
+        d = describe_checkpoint(Path(artifact))
+        if as_json:
+            print_json(d.data)
+        else:
+            out.print(rows_table(d.rows, d.title))
+        return
     figure = None
     if pos_embed:
         from vitedge.explain import write_position_embedding_figure
@@ -120,4 +133,24 @@ def archs(as_json: bool) -> None:
     out.print(table)
 
 
-COMMANDS = [inspect, doctor, profiles, archs]
+@command(name="demo-data", json_help="Print what was written as JSON.")
+@click.option("-o", "--output", "folder", required=True,
+              type=click.Path(file_okay=False, path_type=str),
+              help="The folder to write into (made where missing; must not hold them yet).")
+def demo_data(folder: str, as_json: bool) -> None:
+    """Write the README tour's demo files into FOLDER (-o): the Fashion-MNIST checkpoint
+    (vit_fmnist.safetensors), calibration/fashion-mnist (512 training images) and
+    evaluation/fashion-mnist (2,000 test images), as a git clone has them."""
+    from vitedge.demo import write_demo_data
+
+    result = write_demo_data(folder)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    out.print(f"[green]wrote[/] {result.checkpoint}")
+    for name, count in result.images.items():
+        out.print(f"[green]wrote[/] {result.folder / name} ({count} images)")
+    out.print(f"next: cd {result.folder} && vitedge export {result.checkpoint.name} -o fm.onnx")
+
+
+COMMANDS = [inspect, doctor, profiles, archs, demo_data]

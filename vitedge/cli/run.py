@@ -1,4 +1,4 @@
-"""Running a model: `predict`, `embed`, `run`, `bench`, `explain`, `eval`."""
+"""Running a model: `predict`, `embed`, `run`, `bench`, `explain`, `eval`, `compare`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from vitedge.errors import VitedgeError
 from vitedge.options import (
     BenchOptions,
     CameraOptions,
+    CompareOptions,
     EvalOptions,
     ExplainOptions,
     PipelineOptions,
@@ -271,7 +272,11 @@ def bench(artifacts: tuple[str, ...], json_path: str | None, csv_path: str | Non
         return
     warn(list(dict.fromkeys(w for r in results for w in r.warnings)), False)
     first = results[0]
-    table = Table("artifact", "batch", *(f"{s} ms" for s in STAGES), "end-to-end ms",
+    from rich.table import Column
+
+    longest = max(len(Path(r.artifact).name) for r in results)  # a name is never cut short
+    table = Table(Column("artifact", min_width=min(longest, 60), overflow="fold"), "batch",
+                  *(f"{s} ms" for s in STAGES), "end-to-end ms",
                   "frame path", "p99 ms", "frames/s", "vs first",
                   title=f"mean per call over {first.iterations} iterations, artifacts interleaved "
                         f"({first.preprocessing} preprocessing)")
@@ -317,9 +322,11 @@ def explain(artifact: str, images: tuple[str, ...], out_dir: str, as_json: bool,
     files = image_files(images)
     with progress("explaining", enabled=not as_json) as bar:
         results = explain_images(artifact, files, out_dir, opts, bar)
+    warn([f"skipped {name}: {why}" for name, why in results.skipped], False)
     if as_json:
         print_json({"artifact": artifact, "output": out_dir,
-                    "explanations": [r.to_dict() for r in results]})
+                    "explanations": [r.to_dict() for r in results],
+                    "skipped": [{"image": name, "error": why} for name, why in results.skipped]})
         return
     compare = opts.compare
     table = Table("image", "prediction", "grid", *(["vs " + Path(compare).name] if compare else []),
@@ -341,17 +348,24 @@ def explain(artifact: str, images: tuple[str, ...], out_dir: str, as_json: bool,
 @click.argument("artifact", type=click.Path(path_type=str))
 @flag(EvalOptions, "data", required=True, default=None, show_default=False)
 @flags(EvalOptions, "reference", "limit", "batch")
-def eval_(artifact: str, as_json: bool, **kw: Any) -> None:
-    """Top-1 / top-5 accuracy of ARTIFACT on a labelled image folder and, with --reference,
-    top-1 agreement, mean KL divergence and logit cosine against the reference model."""
-    from vitedge.evaluate import evaluate
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Write the confusion matrix as a picture (PNG); needs matplotlib.")
+def eval_(artifact: str, as_json: bool, plot_path: str | None, **kw: Any) -> None:
+    """Top-1 / top-5 accuracy of ARTIFACT on a labelled image folder, per class and as a
+    confusion matrix, and, with --reference, top-1 agreement, mean KL divergence and logit
+    cosine against the reference model."""
+    from vitedge.evaluate import confusion_lines, evaluate, write_confusion_plot
+    from vitedge.inputs import refuse_overwriting_inputs
 
     opts = options(EvalOptions, kw)
+    refuse_overwriting_inputs(plot_path, artifact, opts.reference)
     with progress("evaluating", not as_json) as bar:
         r = evaluate(artifact, opts, bar)
+    if plot_path:
+        write_confusion_plot(plot_path, r)
     warn(r.warnings, as_json)
     if as_json:
-        print_json(r.to_dict())
+        print_json({**r.to_dict(), **({"plot": plot_path} if plot_path else {})})
         return
     table = Table("model", "precision", "images", "top-1", "top-5", title=f"accuracy on {opts.data}")
     table.add_row(r.model, r.precision, str(r.images), f"{r.top1:.2%}", f"{r.top5:.2%}")
@@ -363,7 +377,47 @@ def eval_(artifact: str, as_json: bool, **kw: Any) -> None:
         out.print(f"vs reference: top-1 agreement {a.top1_agreement:.2%}, mean KL {a.mean_kl:.2e}, "
                   f"logit cosine {a.cosine:.5f}; top-1 change "
                   f"{(r.top1 - (r.reference_top1 or 0)) * 100:+.2f} points")
+    classes = Table("class", "images", "correct", "top-1", title="per class")
+    for c in r.per_class:
+        classes.add_row(c["label"], str(c["images"]), str(c["correct"]),
+                        "-" if c["accuracy"] is None else f"{c['accuracy']:.2%}")
+    out.print(classes)
+    out.print("confusion matrix (rows: true class, columns: predicted class number):")
+    for line in confusion_lines(r):
+        out.print(line, highlight=False)
+    if plot_path:
+        out.print(f"[green]wrote[/] {plot_path}")
     out.print(f"{r.seconds:.1f}s")
 
 
-COMMANDS = [predict, embed, run, bench, explain, eval_]
+@command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=str))
+@flag(CompareOptions, "data", required=True, default=None, show_default=False)
+@flags(CompareOptions, "limit", "iterations")
+def compare(artifacts: tuple[str, ...], as_json: bool, **kw: Any) -> None:
+    """Several ARTIFACTS of one model side by side: top-1 / top-5 accuracy on a labelled
+    folder, top-1 agreement and KL with the first artifact, size on disk and median latency
+    per image at batch 1 on this machine."""
+    from vitedge.comparison import compare_artifacts
+
+    opts = options(CompareOptions, kw)
+    with progress("comparing", not as_json) as bar:
+        r = compare_artifacts(list(artifacts), opts, bar)
+    warn(r.warnings, as_json)
+    if as_json:
+        print_json(r.to_dict())
+        return
+    from rich.table import Column
+
+    table = Table(Column("artifact", overflow="fold"), "backend", "precision", "size MB", "top-1",
+                  "top-5", f"agreement vs {Path(artifacts[0]).name}", "mean KL", "ms / image",
+                  title=f"{r.images} images of {r.data}; latency: model alone, batch 1, median")
+    for c in r.rows:
+        table.add_row(Path(c.artifact).name, c.backend, c.precision, f"{c.size_bytes / 1e6:.2f}",
+                      f"{c.top1:.2%}", f"{c.top5:.2%}",
+                      "reference" if c.agreement is None else f"{c.agreement:.2%}",
+                      "" if c.mean_kl is None else f"{c.mean_kl:.1e}", f"{c.latency_ms:.2f}")
+    out.print(table)
+
+
+COMMANDS = [predict, embed, run, bench, explain, eval_, compare]

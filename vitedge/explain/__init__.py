@@ -80,21 +80,31 @@ def _save_grid(grid: np.ndarray, out: Path) -> None:
         np.save(f, grid.astype(np.float32))
 
 
+class Explanations(list[ExplainResult]):
+    """`explain_images`' results, and the images it could not read."""
+
+    skipped: list[tuple[str, str]]
+    """(image, why) of each image left out because it could not be read."""
+
+
 def explain_images(artifact: str | Path, images: Iterable[str | Path], out_dir: str | Path,
                    opts: ExplainOptions | None = None, report: Reporter | None = None
-                   ) -> list[ExplainResult]:
+                   ) -> Explanations:
     """For each image: `NAME.METHOD.png` (the image, the map over it, the top-k as the title)
     and `NAME.METHOD.npy` (the raw grid); with `opts.compare`, the other artifact's map
-    beside it, their cosine similarity, and `NAME.METHOD.compare.npy`."""
+    beside it, their cosine similarity, and `NAME.METHOD.compare.npy`. An image that cannot
+    be read is left out and named (a warning, and `skipped`), as predict and eval do."""
     opts = opts or ExplainOptions()
     compare = opts.compare
     images = list(images)
     rep = reporter(report)
     from vitedge.explain.figures import Panel, explanation_figure
+    from vitedge.runtime.decode import decode_frame
     from vitedge.runtime.pipeline import open_pipeline
 
     out = Path(out_dir)
-    results = []
+    results = Explanations()
+    results.skipped = []
     with open_pipeline(artifact, fast=opts.fast, topk=opts.topk) as pipe:
         other = open_pipeline(compare, fast=opts.fast, topk=opts.topk) if compare else None
         try:
@@ -103,6 +113,11 @@ def explain_images(artifact: str | Path, images: Iterable[str | Path], out_dir: 
                                   Path(artifact).name, Path(str(compare)).name)
             used: set[str] = set()
             for image in images:
+                try:
+                    decode_frame(image, pipe.color, pipe.fast)
+                except VitedgeError as exc:
+                    results.skipped.append((str(image), exc.message))
+                    continue
                 name = _unique(Path(image).stem, used)
                 e = pipe.explanation(image, opts.method, opts.layer, opts.head)
                 stem = f"{name}.{opts.method}"
@@ -129,10 +144,14 @@ def explain_images(artifact: str | Path, images: Iterable[str | Path], out_dir: 
                 explanation_figure(e.pixels, panels, title, png)
                 _save_grid(e.grid, npy)
                 results.append(result)
-                rep.progress(len(results), len(images))
+                rep.progress(len(results) + len(results.skipped), len(images))
         finally:
             if other is not None:
                 other.close()
+    if images and not results:
+        name, why = results.skipped[0]
+        raise VitedgeError(f"none of the {len(images)} images could be read ({name}: {why})",
+                           "check the files")
     return results
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitedge.errors import ExportError, require
+from vitedge.errors import ExportError, VitedgeError, require
 from vitedge.export.onnx_graph import onnx_from_vit
 from vitedge.export.tensorrt_ops import tensorrt_check
 from vitedge.export.verify import FP32_RELATIVE_TOLERANCE, Comparison, verify_onnx_against_torch
@@ -58,6 +58,7 @@ def export_onnx(
     make again)."""
     opts = options or ExportOptions()
     rep = reporter(report)
+    refuse_artifact_name(output)
     refuse_overwriting_inputs(output, checkpoint, opts.labels, opts.zero_shot,
                               opts.zero_shot_embeddings)
     require("torch", "export", "exporting a checkpoint")
@@ -122,6 +123,23 @@ def export_onnx(
                                "beside the model (keep them together)"] if external else [])
     size = Path(output).stat().st_size + sum(f.stat().st_size for f in data_files(Path(output)))
     return ExportResult(Path(output), manifest, comparisons, timings, notes, size)
+
+
+def refuse_artifact_name(output: str | Path) -> None:
+    """`-o x.engine` (or `x.ov.xml`) names a backend's artifact, which an export is not: one
+    line, as `vitedge build` refuses a name another backend's artifact has."""
+    import vitedge.backends as backends
+
+    name = Path(output).name
+    named = [b for b in backends.all_backends()
+             if name.endswith(b.suffix) and not b.suffix.endswith(".onnx")]
+    if named:
+        which = " or ".join(b.name for b in named)
+        base = name.removesuffix(named[0].suffix)
+        raise VitedgeError(f"-o {name} names a {which} artifact ({named[0].suffix}), but export "
+                           "writes an ONNX model",
+                           f"name it {base}.onnx; `vitedge build {base}.onnx` makes the "
+                           f"{named[0].suffix}")
 
 
 def check_onnx(model: Any) -> None:

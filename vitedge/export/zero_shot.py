@@ -14,6 +14,8 @@ an image tower alone (timm's), with the scale and bias given too."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,8 +115,9 @@ def _from_text_tower(folder: Path, family: str, labels: list[str], prompts: tupl
                            f"{family.upper()} model with its text tower",
                            "give the two-tower checkpoint, or --zero-shot-embeddings TEXT.npy")
     try:
-        model = getattr(transformers, classes[family]).from_pretrained(folder).eval()
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        with _quiet(transformers):  # vitedge's bar says what is going on; not transformers'
+            model = getattr(transformers, classes[family]).from_pretrained(folder).eval()
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as exc:
         raise VitedgeError(f"transformers cannot load the text tower or tokenizer of {folder}: "
                            f"{str(exc).splitlines()[0]}",
@@ -133,6 +136,22 @@ def _from_text_tower(folder: Path, family: str, labels: list[str], prompts: tupl
     text = per_prompt.mean(axis=1)
     return text, scale, bias, {"prompts": list(prompts), "text_tower": model_type,
                                "transformers": transformers.__version__}
+
+
+@contextlib.contextmanager
+def _quiet(transformers: Any) -> Iterator[None]:
+    """transformers' own progress bars ("Loading weights") and info lines off while it
+    loads, as they were after."""
+    log = transformers.utils.logging
+    bars, level = log.is_progress_bar_enabled(), log.get_verbosity()
+    log.disable_progress_bar()
+    log.set_verbosity_error()
+    try:
+        yield
+    finally:
+        log.set_verbosity(level)
+        if bars:
+            log.enable_progress_bar()
 
 
 def tower_family(config: Any) -> str:

@@ -46,16 +46,20 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
         raise CheckpointError(f"no such file or folder: {path}")
     if path.is_dir():
         return _read_folder(path)
+    if path.name in WEIGHT_FILES and (path.parent / "config.json").is_file():
+        return _read_folder(path.parent, path)  # hf_vit/model.safetensors: its folder's config
     tensors, metadata = _read_file(path)
     return _finish(tensors, [path], metadata=metadata)
 
 
-def _read_folder(folder: Path) -> RawCheckpoint:
+def _read_folder(folder: Path, weights: Path | None = None) -> RawCheckpoint:
+    """A model folder (config.json, preprocessor_config.json, the weights); `weights`: the
+    weights file of it the user named."""
     config = _read_json(folder / "config.json") if (folder / "config.json").exists() else None
     prep_file = folder / "preprocessor_config.json"
     preprocessor = _read_json(prep_file) if prep_file.exists() else None
     for name in WEIGHT_FILES:
-        candidate = folder / name
+        candidate = weights or folder / name
         if candidate.exists():
             break
     else:

@@ -134,7 +134,7 @@ def _convert(
         if raw.config is not None:
             config = formats.config_from_hf(raw.config, tensors)
         else:
-            config = _config_without_file(tensors, opts, notes, norm_eps=1e-12)
+            config = _config_without_file(tensors, opts, notes, norm_eps=1e-12, hf=True)
         return tensors, config, _hf_preprocess(raw, config, notes), _hf_labels(raw.config)
     if fmt in ("hf-clip", "hf-siglip"):
         tensors = formats.timm_layout_from_hf_tower(raw.tensors)
@@ -167,9 +167,11 @@ def _convert(
 
 
 def _config_without_file(
-    tensors: formats.Tensors, opts: ImportOptions, notes: list[str], norm_eps: float = 1e-6
+    tensors: formats.Tensors, opts: ImportOptions, notes: list[str], norm_eps: float = 1e-6,
+    hf: bool = False,
 ) -> ViTConfig:
-    """The architecture of a bare state dict: `--arch`, else shapes plus `--num-heads`."""
+    """The architecture of a bare state dict: `--arch`, else shapes plus `--num-heads`
+    (`hf`: Hugging Face weights, whose config.json says it all; no timm name is offered)."""
     grid_prefix = int("cls_token" in tensors) + int("dist_token" in tensors) + (
         tensors["reg_token"].shape[1] if "reg_token" in tensors else 0)
     if opts.arch:
@@ -190,6 +192,11 @@ def _config_without_file(
         dim = tensors["patch_embed.proj.weight"].shape[0]
         usual = {192: 3, 384: 6, 512: 8, 768: 12, 1024: 16, 1280: 16}.get(dim)
         hint = f"--num-heads {usual} is usual for embed dim {dim}; " if usual else ""
+        if hf:
+            raise CheckpointError(
+                "Hugging Face ViT weights without their config.json: the number of attention "
+                "heads (and the labels) cannot be read from the weights",
+                f"put its config.json beside the weights, or {hint}pass --num-heads N")
         raise CheckpointError(
             "the number of attention heads cannot be read from the weights",
             f"{hint}pass --num-heads N or --arch NAME (e.g. vit_small_patch16_224)",

@@ -156,6 +156,43 @@ def table_matches(table: CalibrationTable, model_sha: str, source: ImageSource,
         source.fingerprint and table.options == options.key()
 
 
+def table_differences(table: CalibrationTable, model_sha: str, source: ImageSource,
+                      options: CalibrationOptions) -> list[str]:
+    """What makes `table` other than what calibrating that model on that data with those
+    options makes, in words; [] when it is that."""
+    found = []
+    if table.model_sha256 != model_sha:
+        found.append("it was calibrated on another FP32 model")
+    changed = [k for k, v in options.key().items() if table.options.get(k) != v]
+    if changed:
+        found.append("other options (" + ", ".join(
+            f"{k} {table.options.get(k)} here {options.key()[k]}" for k in changed) + ")")
+    if table.data.get("fingerprint") != source.fingerprint:
+        same_place = Path(str(table.data.get("source", ""))).resolve() == Path(source.path).resolve()
+        found.append(f"it was calibrated on {table.data.get('count')} images of "
+                     f"{table.data.get('source')}, this calibration takes {source.count} of "
+                     f"{source.path}" + (" (the others are held out to verify on)"
+                                         if same_place else ""))
+    return found
+
+
+def own_table_for(model_path: str | Path, options: CalibrationOptions) -> Path | None:
+    """The table at MODEL.calib.json when it is what `vitedge calibrate MODEL --data D` with
+    `options` makes (same model, the same images of D, same options): a build on the same
+    data may reuse it instead of calibrating on D less its held-out images."""
+    path = default_table_path(model_path)
+    if not path.is_file():
+        return None
+    try:
+        table = CalibrationTable.read(path)
+    except VitedgeError:
+        return None
+    if table.stats.get("made_by") == "build":
+        return None
+    same = table_matches(table, sha256_file(model_path), calibration_source(options), options)
+    return path if same else None
+
+
 class _Steps:
     def __init__(self, total: int, report: Reporter):
         self.done, self.total, self.report = 0, total, report
