@@ -88,6 +88,9 @@ def export_onnx(
         from vitedge.model.importer import without_head
 
         imported = without_head(imported)
+    if opts.merge is not None:
+        with step("merge schedule"):
+            imported = merged(imported, opts, rep)
     cfg = imported.config
 
     with step("build graph"):
@@ -122,6 +125,25 @@ def export_onnx(
                                "beside the model (keep them together)"] if external else [])
     size = Path(output).stat().st_size + sum(f.stat().st_size for f in data_files(Path(output)))
     return ExportResult(Path(output), manifest, comparisons, timings, notes, size)
+
+
+def merged(imported: Any, opts: ExportOptions, rep: Reporter) -> Any:
+    """The imported model with the token merging `opts.merge` asks for."""
+    from vitedge.architecture import merge_schedule
+    from vitedge.model.importer import with_merge
+
+    cfg = imported.config
+    if cfg.rope:
+        raise ExportError("token merging is undefined for rotary position embedding (EVA-02): "
+                          "a merged token has no position to rotate by", "export without --merge")
+    if opts.merge == "auto":
+        from vitedge.export.merge_choice import choose_schedule
+
+        schedule = choose_schedule(imported, opts.max_drop, rep)
+    else:
+        assert not isinstance(opts.merge, str) and opts.merge is not None
+        schedule = merge_schedule(cfg, opts.merge)
+    return with_merge(imported, schedule)
 
 
 def check_onnx(model: Any) -> None:

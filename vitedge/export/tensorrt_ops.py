@@ -23,14 +23,17 @@ TENSORRT_OPS: dict[str, str | None] = {
     "Conv": None,
     "DequantizeLinear": "x_zero_point must be zero; int8 input",
     "Div": None,
+    "Equal": None,  # token merging's one-hot matrices
     "Erf": None,
     "Exp": None,
     "Expand": None,
     "Gather": None,
+    "GatherElements": None,  # token merging: the kept and the merged tokens
     "Gelu": None,
     "Gemm": None,
     "Identity": None,
     "LayerNormalization": "only the first output Y",
+    "Log": None,  # token merging's proportional attention
     "MatMul": None,
     "Max": None,  # the L2 norm's floor in a zero-shot head
     "Mul": None,
@@ -48,6 +51,7 @@ TENSORRT_OPS: dict[str, str | None] = {
     "Sqrt": None,
     "Sub": None,
     "Tanh": None,  # GELU's tanh approximation (SigLIP)
+    "TopK": "K must be an initializer",  # token merging's matches (K <= 3840)
     "Transpose": None,
     "Unsqueeze": "axes must be a constant tensor",
     "Squeeze": "axes must be an initializer",
@@ -58,8 +62,9 @@ TRT_DOMAIN_OPS: dict[str, str] = {
 }
 """TensorRT's own ONNX operators (domain "trt"), which its parser knows without a plugin."""
 AXES_INPUT = {"Slice": 3, "ReduceMean": 1, "ReduceMax": 1, "ReduceSum": 1, "Squeeze": 1,
-              "Unsqueeze": 1, "Split": 1}
-"""Ops whose axes (or split sizes) come as an input, which TensorRT needs to be constant."""
+              "Unsqueeze": 1, "Split": 1, "TopK": 1}
+"""Ops whose axes (or split sizes, or TopK's K) come as an input, which TensorRT needs to be
+constant."""
 UNSUPPORTED_TYPES = {TensorProto.DOUBLE, TensorProto.STRING, TensorProto.UINT16,
                      TensorProto.UINT32, TensorProto.UINT64, TensorProto.COMPLEX64}
 
@@ -89,7 +94,7 @@ def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
         axes_index = AXES_INPUT.get(node.op_type)
         if axes_index is not None and len(node.input) > axes_index and \
                 node.input[axes_index] and node.input[axes_index] not in constants:
-            problems.append(f"{where}: input {axes_index} (axes / split) must be an initializer")
+            problems.append(f"{where}: input {axes_index} (axes / split / K) must be an initializer")
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             scale = constants.get(node.input[1], scales.get(node.input[1]))
             if scale is None:
