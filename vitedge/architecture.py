@@ -178,7 +178,7 @@ class ViTConfig:
         n, d, hid = self.num_patches, self.embed_dim, self.mlp_hidden
         counts = self.tokens_per_block()
         blocks = sum(t * d * 3 * d + 2 * t * t * d + t * d * d + self.mlp_matrices * after * d * hid
-                     for t, after in zip(counts, counts[1:]))
+                     for t, after in zip(counts, counts[1:], strict=False))
         heads = 2 if self.dist_head else 1
         n_out = counts[-1] - self.num_prefix_tokens
         pool = (d * d + n_out * 2 * d * d + 2 * n_out * d + d * d + 2 * d * hid

@@ -228,6 +228,9 @@ class ExportOptions:
     max_drop: float = option(0.5, "--merge auto: the most top-1 agreement with the unmerged "
                              "model may fall, in points (embeddings: mean cosine, in hundredths).",
                              least=0, most=100)
+    merge_data: str | Path | None = option(
+        help="--merge auto: held-out images to judge the schedules on (a folder, an image "
+        "list or an array).", path="any", metavar="IMAGES")
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -241,6 +244,8 @@ class ExportOptions:
             raise VitedgeError("--no-head leaves the classes out; drop --zero-shot and --labels")
         if isinstance(self.merge, str) and self.merge != "auto":
             raise VitedgeError("--merge takes a token count, one count per block, or auto")
+        if self.merge_data is not None and self.merge != "auto":
+            raise VitedgeError("--merge-data goes with --merge auto")
         if self.logit_scale is not None and not 0 < self.logit_scale < 1e6:
             raise VitedgeError("--logit-scale must be a positive number")
         if not self.prompts:

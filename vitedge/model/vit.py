@@ -326,7 +326,8 @@ class VisionTransformer(nn.Module):
         orders: list[torch.Tensor] = []
         size = None
         merge = self.cfg.merge or (0,) * len(self.blocks)
-        for block, r in zip(self.blocks, merge):
+        for module, r in zip(self.blocks, merge, strict=True):
+            block: Block = module  # type: ignore[assignment]
             if self.cfg.merge:
                 x, size, probs, order = block.forward_merging(
                     x, size, r, self.cfg.num_prefix_tokens, want_probs)

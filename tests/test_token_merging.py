@@ -1,0 +1,232 @@
+"""Token merging (ToMe) in the exported graph against an independent reference: a ViT in
+timm's layout and Bolya et al.'s algorithm written here from the paper and its reference
+code (facebookresearch/ToMe: `tome/merge.py`, `tome/patch/timm.py`), with PyTorch's own
+scatter_reduce, not vitedge's model or graph. vitedge's merged ONNX must give its logits on
+ONNX Runtime and OpenVINO, merge input-dependently, and pass TensorRT's parser."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from torch import nn
+
+from tests.conftest import FIXTURES, ROOT, relative_error, run_cli
+from vitedge.export import ExportOptions, export_onnx
+
+PHOTOS = sorted((ROOT / "vitedge" / "data" / "photos").glob("*.jpg"))
+DIM, HEADS, DEPTH, PATCH, SIZE, CLASSES = 96, 3, 4, 8, 64, 7
+TOL = 1e-4
+
+
+# --- the reference: a timm-layout ViT and ToMe, in plain PyTorch ------------------------------
+
+def bipartite_soft_matching(metric: torch.Tensor, r: int) -> tuple[torch.Tensor, ...]:
+    """ToMe's matching with a class token (tome/merge.py): A = even tokens, B = odd; the
+    class token's edges -inf; the r best edges (A token -> its most similar B token by the
+    cosine of the metric) merged. Returns the kept A tokens (sorted), the merged A tokens
+    and their B partners, each (n, k, 1)."""
+    t = metric.shape[1]
+    r = min(r, (t - 1) // 2)
+    metric = metric / metric.norm(dim=-1, keepdim=True)
+    a, b = metric[..., ::2, :], metric[..., 1::2, :]
+    scores = a @ b.transpose(-1, -2)
+    scores[..., 0, :] = -math.inf
+    node_max, node_idx = scores.max(dim=-1)
+    edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
+    unm_idx = edge_idx[..., r:, :].sort(dim=1)[0]
+    src_idx = edge_idx[..., :r, :]
+    dst_idx = node_idx[..., None].gather(dim=-2, index=src_idx)
+    return unm_idx, src_idx, dst_idx
+
+
+def merge(indices: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
+    """Kept A tokens, then B with the merged A tokens summed into their partners."""
+    unm_idx, src_idx, dst_idx = indices
+    src, dst = x[..., ::2, :], x[..., 1::2, :]
+    n, t1, c = src.shape
+    r = src_idx.shape[1]
+    unm = src.gather(dim=-2, index=unm_idx.expand(n, t1 - r, c))
+    src = src.gather(dim=-2, index=src_idx.expand(n, r, c))
+    dst = dst.scatter_reduce(-2, dst_idx.expand(n, r, c), src, reduce="sum")
+    return torch.cat([unm, dst], dim=1)
+
+
+class RefBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(DIM, eps=1e-6), nn.LayerNorm(DIM, eps=1e-6)
+        self.attn = nn.Module()
+        self.attn.qkv, self.attn.proj = nn.Linear(DIM, 3 * DIM), nn.Linear(DIM, DIM)
+        self.mlp = nn.Module()
+        self.mlp.fc1, self.mlp.fc2 = nn.Linear(DIM, 2 * DIM), nn.Linear(2 * DIM, DIM)
+
+    def attention(self, x: torch.Tensor, size: torch.Tensor | None):
+        """tome/patch/timm.py's ToMeAttention: proportional attention, keys' head mean."""
+        b, n, c = x.shape
+        qkv = self.attn.qkv(x).reshape(b, n, 3, HEADS, c // HEADS).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q @ k.transpose(-2, -1)) * (c // HEADS) ** -0.5
+        if size is not None:
+            attn = attn + size.log()[:, None, None, :, 0]
+        x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, c)
+        return self.attn.proj(x), k.mean(1)
+
+    def forward(self, x, size, r, record, replay):
+        """tome/patch/timm.py's ToMeBlock: merge (size-weighted) between attention and MLP;
+        `replay`: the merges to make instead of matching (a pattern fixed in advance)."""
+        a, metric = self.attention(self.norm1(x), size)
+        x = x + a
+        if r > 0:
+            indices = replay if replay is not None else bipartite_soft_matching(metric, r)
+            record.append(indices)
+            size = torch.ones_like(x[..., 0, None]) if size is None else size
+            x, size = merge(indices, x * size), merge(indices, size)
+            x = x / size
+        return x + self.mlp.fc2(torch.nn.functional.gelu(self.mlp.fc1(self.norm2(x)))), size
+
+
+class RefViT(nn.Module):
+    """timm's VisionTransformer (class token, pre-norm blocks, token pooling), small."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, DIM, PATCH, PATCH)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, DIM) * 0.5)
+        self.pos_embed = nn.Parameter(torch.randn(1, 1 + (SIZE // PATCH) ** 2, DIM) * 0.5)
+        self.blocks = nn.ModuleList(RefBlock() for _ in range(DEPTH))
+        self.norm = nn.LayerNorm(DIM, eps=1e-6)
+        self.head = nn.Linear(DIM, CLASSES)
+
+    def forward(self, images: torch.Tensor, r: int = 0, record: list | None = None,
+                replay: list | None = None) -> torch.Tensor:
+        x = self.patch_embed.proj(images).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        size, record = None, [] if record is None else record
+        for i, block in enumerate(self.blocks):
+            x, size = block(x, size, r, record, None if replay is None else replay[i])
+        return self.head(self.norm(x)[:, 0])
+
+
+def reference(tmp_path: Path) -> tuple[RefViT, Path]:
+    torch.manual_seed(0)
+    model = RefViT()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape) * 0.05)
+    path = tmp_path / "vit_timm.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model.eval(), path
+
+
+def photos() -> np.ndarray:
+    """The bundled photos at 64x64, scaled to about [-2, 2]: real images, whose neighbouring
+    patches are alike, as merging expects."""
+    return np.stack([(np.asarray(Image.open(p).convert("RGB").resize((SIZE, SIZE)), np.float32)
+                      .transpose(2, 0, 1) / 255.0 - 0.5) / 0.25 for p in PHOTOS])
+
+
+def export(checkpoint: Path, out: Path, merge: int | None) -> Path:
+    export_onnx(checkpoint, out, ExportOptions(num_heads=HEADS, merge=merge))
+    return out
+
+
+# --- the tests ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("r", [4, 12])
+def test_merged_onnx_equals_tome_on_a_timm_vit_and_merges_by_input(r, tmp_path):
+    model, checkpoint = reference(tmp_path)
+    onnx_path = export(checkpoint, tmp_path / "merged.onnx", r)
+    x = photos()
+    got = ort.InferenceSession(str(onnx_path)).run(None, {"images": x})[0]
+    merges: list[tuple[torch.Tensor, ...]] = []
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x), r, merges).numpy()
+        unmerged = model(torch.from_numpy(x)).numpy()
+    assert relative_error(expected, got) < TOL
+    assert relative_error(unmerged, got) > 100 * TOL  # merging changed the answer
+
+    # input dependence: the photos merge different tokens, and the first photo's merges
+    # made on the second (what a pattern fixed at export computes) are not its answer
+    merged_away = [[set(src[i, :, 0].tolist()) for i in range(len(x))] for _, src, _ in merges]
+    assert any(sets[0] != sets[1] for sets in merged_away)
+    assert any(sets[1] != sets[2] for sets in merged_away)
+    first = [tuple(t[:1] for t in indices) for indices in merges]
+    with torch.no_grad():
+        frozen = model(torch.from_numpy(x[1:2]), r, replay=first).numpy()
+    assert relative_error(frozen, got[1:2]) > 100 * TOL
+
+
+def test_r_zero_is_the_unmerged_model(tmp_path):
+    model, checkpoint = reference(tmp_path)
+    plain = onnx.load(str(export(checkpoint, tmp_path / "plain.onnx", None)))
+    zero = onnx.load(str(export(checkpoint, tmp_path / "zero.onnx", 0)))
+    assert [n.op_type for n in zero.graph.node] == [n.op_type for n in plain.graph.node]
+    x = photos()
+    got = ort.InferenceSession(zero.SerializeToString()).run(None, {"images": x})[0]
+    with torch.no_grad():
+        assert relative_error(model(torch.from_numpy(x)).numpy(), got) < TOL
+
+
+def test_openvino_runs_the_merged_graph(tmp_path):
+    ov = pytest.importorskip("openvino")
+    model, checkpoint = reference(tmp_path)
+    onnx_path = export(checkpoint, tmp_path / "merged.onnx", 8)
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "f32"})
+    x = photos()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x), 8).numpy()
+    got = np.concatenate([compiled(x[i:i + 1])[0] for i in range(len(x))])
+    assert relative_error(expected, got) < TOL
+
+
+def test_tensorrt_parser_accepts_the_merged_graph(tmp_path):
+    pytest.importorskip("tensorrt_rtx")
+    from vitedge.backends.tensorrt_rtx.parser import parser_problems
+
+    _, checkpoint = reference(tmp_path)
+    model = onnx.load(str(export(checkpoint, tmp_path / "merged.onnx", 8)))
+    assert {"TopK", "GatherElements", "Equal", "Log"} <= {n.op_type for n in model.graph.node}
+    assert not {"ScatterElements", "ScatterND", "NonZero"} & {n.op_type for n in model.graph.node}
+    assert parser_problems(model) == []
+
+
+def test_the_manifest_records_the_schedule_and_inspect_shows_tokens(tmp_path, capsys):
+    _, checkpoint = reference(tmp_path)
+    onnx_path = export(checkpoint, tmp_path / "merged.onnx", 12)
+    from vitedge.manifest import manifest_from_file
+
+    cfg = manifest_from_file(onnx_path).architecture
+    # 65 tokens: 12, 12, 12, then 8 left to merge at most ((29 - 1) // 2 = 14, so 12)
+    assert cfg.merge == (12, 12, 12, 12)
+    assert cfg.tokens_per_block() == [65, 53, 41, 29, 17]
+    code, out, _ = run_cli(["inspect", str(onnx_path)], capsys)
+    assert code == 0 and "65 53 41 29 17" in out
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--merge", "x"], "use a token count"),
+    (["--merge", "1,2"], "one count per block: 4, not 2"),
+    (["--merge", "40,0,0,0"], "block 0 can merge 0..32 of its 65 tokens, not 40"),
+])
+def test_bad_schedules_are_refused_in_one_line(args, expected, tmp_path, capsys):
+    _, checkpoint = reference(tmp_path)
+    code, out, err = run_cli(["export", str(checkpoint), "-o", str(tmp_path / "m.onnx"),
+                              "--num-heads", str(HEADS), *args], capsys)
+    assert code != 0 and expected in err and "Traceback" not in err
+
+
+def test_rotary_models_refuse_merging_in_one_line(tmp_path, capsys):
+    code, _, err = run_cli(["export", str(FIXTURES / "eva02_small"), "-o",
+                            str(tmp_path / "m.onnx"), "--merge", "4"], capsys)
+    assert code != 0 and "rotary position embedding" in err and len(err.strip().splitlines()) <= 2
