@@ -230,3 +230,76 @@ def test_rotary_models_refuse_merging_in_one_line(tmp_path, capsys):
     code, _, err = run_cli(["export", str(FIXTURES / "eva02_small"), "-o",
                             str(tmp_path / "m.onnx"), "--merge", "4"], capsys)
     assert code != 0 and "rotary position embedding" in err and len(err.strip().splitlines()) <= 2
+
+
+# --- the families ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", ["dinov2", "dinov2_reg4", "clip", "siglip", "vit_reg4_gap",
+                                    "deit3_ls"])
+def test_each_family_exports_merged_and_its_embedding_stays_close(family, tmp_path):
+    """Class token, registers, GAP, attention pooling, layer scale: the merged export passes
+    its verification against PyTorch (inside export_onnx), every block keeps its static
+    token count, and the runtime's output stays close to the unmerged model's."""
+    import vitedge
+
+    outputs = []
+    for merge in (None, 4):
+        path = tmp_path / f"{family}.{merge}.onnx"
+        result = export_onnx(FIXTURES / family, path, ExportOptions(merge=merge))
+        assert max(c.relative for c in result.comparisons) < TOL
+        with vitedge.open(path, keep_logits=True) as pipe:
+            outputs.append(np.stack([p.logits if p.logits is not None else p.embedding
+                                     for p in pipe.batch(PHOTOS)]))
+    cfg = result.manifest.architecture
+    t = cfg.num_tokens
+    assert cfg.tokens_per_block() == [t, t - 4, t - 8]
+    a, b = outputs
+    cosine = np.sum(a * b, -1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    assert cosine.min() > 0.95, cosine
+
+
+# --- the schedule chosen within a budget ------------------------------------------------------
+
+def test_merge_auto_stays_within_the_budget_on_its_images(tmp_path, capsys):
+    """The chooser's recorded agreement is what ONNX Runtime measures for that schedule on
+    the same held-out images; what it chose is within --max-drop and was timed faster than
+    the unmerged model here, or nothing within the budget was faster and nothing merges."""
+    from tests.conftest import DEMO_CALIBRATION, DEMO_CHECKPOINT
+    from vitedge.datasets import image_source, model_inputs
+    from vitedge.export.merge_choice import CHOICE_IMAGES
+    from vitedge.manifest import manifest_from_file
+
+    out = tmp_path / "auto.onnx"
+    code, _, err = run_cli(["export", str(DEMO_CHECKPOINT), "-o", str(out), "--merge", "auto",
+                            "--max-drop", "2", "--merge-data", str(DEMO_CALIBRATION), "--json"],
+                           capsys)
+    assert code == 0, err
+    manifest = manifest_from_file(out)
+    choice = manifest.source["merge_auto"]
+    assert tuple(choice["schedule"]) == manifest.architecture.merge
+    unmerged, *judged = choice["candidates"]
+    timed = [c for c in judged if c["ms"] is not None]
+    assert timed and all(c["within"] and 100 - c["score"] <= 2 for c in timed)
+    if choice["schedule"]:
+        chosen = next(c for c in judged if c["schedule"] == choice["schedule"])
+        assert chosen["ms"] == min(c["ms"] for c in timed) < unmerged["ms"]
+    else:
+        assert all(c["ms"] >= unmerged["ms"] for c in timed)
+
+    x = np.stack(list(model_inputs(image_source(DEMO_CALIBRATION, CHOICE_IMAGES, seed=1),
+                                   manifest)))
+    plain, merged = tmp_path / "plain.onnx", tmp_path / "merged.onnx"
+    export_onnx(DEMO_CHECKPOINT, plain, ExportOptions())
+    export_onnx(DEMO_CHECKPOINT, merged, ExportOptions(merge=tuple(judged[-1]["schedule"])))
+    a = ort.InferenceSession(str(plain)).run(None, {"images": x})[0]
+    b = ort.InferenceSession(str(merged)).run(None, {"images": x})[0]
+    assert 100 * np.mean(a.argmax(-1) == b.argmax(-1)) == pytest.approx(judged[-1]["score"],
+                                                                         abs=0.01)
+
+
+def test_merge_auto_needs_images(tmp_path, capsys):
+    from tests.conftest import DEMO_CHECKPOINT
+
+    code, _, err = run_cli(["export", str(DEMO_CHECKPOINT), "-o", str(tmp_path / "m.onnx"),
+                            "--merge", "auto"], capsys)
+    assert code != 0 and "--merge-data" in err and "Traceback" not in err

@@ -100,30 +100,32 @@ def choose_schedule(imported: Any, max_drop: float, data: Any, rep: Reporter) ->
     if not fits:
         return MergeChoice((), max_drop, len(x), measure, found)
     rep.step(f"merge auto: timing {len(fits)} schedules and the unmerged model")
-    unmerged_ms = _latency_ms(imported.config, imported.model.state_dict())
-    for c in fits:
-        c.ms = _latency_ms(imported.config.replace(merge=tuple(c.schedule)),
-                           imported.model.state_dict())
+    weights = imported.model.state_dict()
+    unmerged_ms, *times = _latencies_ms([imported.config] + [
+        imported.config.replace(merge=tuple(c.schedule)) for c in fits], weights)
+    for c, ms in zip(fits, times, strict=True):
+        c.ms = ms
     best = min(fits, key=lambda c: c.ms or 0.0)
-    unmerged = Candidate(0, [], round(base_flops, 4), 100.0, True, unmerged_ms)
-    found.insert(0, unmerged)
+    found.insert(0, Candidate(0, [], round(base_flops, 4), 100.0, True, unmerged_ms))
     if best.ms is None or best.ms >= unmerged_ms:
         return MergeChoice((), max_drop, len(x), measure, found)
     return MergeChoice(tuple(best.schedule), max_drop, len(x), measure, found)
 
 
-def _latency_ms(cfg: ViTConfig, weights: Any, runs: int = 15) -> float:
-    """Median ONNX Runtime latency of the graph at batch 1 on this machine, in ms."""
+def _latencies_ms(configs: list[ViTConfig], weights: Any, rounds: int = 40) -> list[float]:
+    """Median ONNX Runtime latency of each graph at batch 1 on this machine, in ms, the
+    graphs run in turn round after round, so that a busy spell hits all alike."""
     from vitedge.export.onnx_graph import onnx_from_vit
     from vitedge.sessions import ort_session
 
-    session = ort_session(onnx_from_vit(cfg, weights, "images", batch=1))
+    sessions = [ort_session(onnx_from_vit(cfg, weights, "images", batch=1)) for cfg in configs]
+    cfg = configs[0]
     x = np.random.default_rng(0).standard_normal((1, cfg.in_chans, *cfg.img_size)).astype(np.float32)
-    for _ in range(3):
-        session.run(None, {"images": x})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, {"images": x})
-        times.append(time.perf_counter() - start)
-    return round(1000 * float(np.median(times)), 3)
+    times: list[list[float]] = [[] for _ in sessions]
+    for i in range(rounds + 3):
+        for session, spent in zip(sessions, times, strict=True):
+            start = time.perf_counter()
+            session.run(None, {"images": x})
+            if i >= 3:  # warm-up rounds left out
+                spent.append(time.perf_counter() - start)
+    return [round(1000 * float(np.median(t)), 3) for t in times]
