@@ -303,3 +303,29 @@ def test_merge_auto_needs_images(tmp_path, capsys):
     code, _, err = run_cli(["export", str(DEMO_CHECKPOINT), "-o", str(tmp_path / "m.onnx"),
                             "--merge", "auto"], capsys)
     assert code != 0 and "--merge-data" in err and "Traceback" not in err
+
+
+def test_explain_refuses_a_merged_model_in_one_line(tmp_path, capsys):
+    _, checkpoint = reference(tmp_path)
+    model = export(checkpoint, tmp_path / "merged.onnx", 8)
+    code, _, err = run_cli(["explain", str(model), str(PHOTOS[0]), "-o", str(tmp_path / "maps")],
+                           capsys)
+    assert code != 0 and "merges tokens" in err and "Traceback" not in err
+    assert not (tmp_path / "maps").exists() or not any((tmp_path / "maps").iterdir())
+
+
+def test_bench_shows_tokens_and_gflops_next_to_latency(tmp_path, capsys):
+    import json
+
+    _, checkpoint = reference(tmp_path)
+    merged = export(checkpoint, tmp_path / "merged.onnx", 8)
+    plain = export(checkpoint, tmp_path / "plain.onnx", None)
+    code, out, err = run_cli(["bench", str(merged), str(plain), "--iterations", "3", "--json"],
+                             capsys)
+    assert code == 0, err
+    merged_row, plain_row = json.loads(out)["results"]
+    assert merged_row["tokens"] == [65, 57, 49, 41, 33]
+    assert plain_row["tokens"] == [65] * 5
+    assert 0 < merged_row["gflops"] < plain_row["gflops"]
+    code, out, _ = run_cli(["bench", str(merged), "--iterations", "3"], capsys)
+    assert code == 0 and "tokens 65>57>49>41>33" in out

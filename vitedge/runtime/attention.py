@@ -74,6 +74,10 @@ def attention_rollout(probs: list[np.ndarray], cfg: ViTConfig, head: str | int =
 
 def attention_grid(probs: list[np.ndarray], cfg: ViTConfig, method: str = "cls",
                    layer: int = -1, head: str | int = "mean") -> np.ndarray:
+    if cfg.merge:
+        raise VitedgeError("this model merges tokens (ToMe): after its first merge a token "
+                           "stands for several patches, so its attention has no place on the "
+                           "patch grid", "explain the same checkpoint exported without --merge")
     if method == "cls":
         return cls_attention(probs, cfg, layer, head)
     if method == "rollout":
