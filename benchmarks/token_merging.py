@@ -28,7 +28,7 @@ from vitedge.options import CalibrationOptions, EvalOptions, QuantizeRequest
 from vitedge.quantize import quantize_model, with_outlier_channels
 
 CHECKPOINT = ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"
-DEMO_R = [0, 2, 4, 6]
+DEMO_R = [0, 1, 2, 4]
 SPEED_ARCH = "vit_small_patch16_224"
 SPEED_R = [0, 4, 8, 13]
 CALIBRATION_IMAGES = 64

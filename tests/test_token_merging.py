@@ -76,7 +76,8 @@ class RefBlock(nn.Module):
         attn = (q @ k.transpose(-2, -1)) * (c // HEADS) ** -0.5
         if size is not None:
             attn = attn + size.log()[:, None, None, :, 0]
-        x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, c)
+        self.probs = attn.softmax(dim=-1)
+        x = (self.probs @ v).transpose(1, 2).reshape(b, n, c)
         return self.attn.proj(x), k.mean(1)
 
     def forward(self, x, size, r, record, replay):
@@ -201,6 +202,19 @@ def test_tensorrt_parser_accepts_the_merged_graph(tmp_path):
     assert parser_problems(model) == []
 
 
+def test_tensorrt_for_rtx_builds_an_engine_of_the_merged_graph(tmp_path):
+    """TensorRT for RTX's real builder (ahead of time, no GPU needed) takes the merging ops."""
+    pytest.importorskip("tensorrt_rtx")
+    from vitedge.deploy import BuildOptions, build
+
+    _, checkpoint = reference(tmp_path)
+    merged = export(checkpoint, tmp_path / "merged.onnx", 8)
+    engine = tmp_path / "merged.engine"
+    result = build(merged, engine, BuildOptions(precision="fp32", backend="tensorrt-rtx",
+                                                profile="rtx-portable"))
+    assert result.backend == "tensorrt-rtx" and engine.stat().st_size > 100_000
+
+
 def test_the_manifest_records_the_schedule_and_inspect_shows_tokens(tmp_path, capsys):
     _, checkpoint = reference(tmp_path)
     onnx_path = export(checkpoint, tmp_path / "merged.onnx", 12)
@@ -305,13 +319,51 @@ def test_merge_auto_needs_images(tmp_path, capsys):
     assert code != 0 and "--merge-data" in err and "Traceback" not in err
 
 
-def test_explain_refuses_a_merged_model_in_one_line(tmp_path, capsys):
+def test_explain_maps_a_merged_models_attention_back_to_the_patch_grid(tmp_path, capsys):
+    """The class token's last-block attention, each merged token's share spread over the
+    patches it holds, as ToMe's source tracking (`merge_source`: the identity merged along
+    with the tokens) gives it on the reference."""
+    from vitedge.backends import load_runner
+    from vitedge.runtime.attention import attention_grid
+
+    model, checkpoint = reference(tmp_path)
+    onnx_path = export(checkpoint, tmp_path / "merged.onnx", 8)
+    x = photos()
+    merges: list[tuple[torch.Tensor, ...]] = []
+    with torch.no_grad():
+        model(torch.from_numpy(x), 8, merges)
+        tokens = 1 + (SIZE // PATCH) ** 2
+        source = torch.eye(tokens).expand(len(x), tokens, tokens)
+        for indices in merges[:-1]:  # what each token before the last block holds
+            source = merge(indices, source)
+        last = model.blocks[-1].probs.mean(1)[:, 0]  # (B, T_last): the class token's row
+        per_patch = (last[..., None] * source / source.sum(-1, keepdim=True)).sum(1)
+    expected = per_patch[:, 1:].reshape(len(x), SIZE // PATCH, SIZE // PATCH).numpy()
+    with load_runner(onnx_path) as runner:
+        _, probs = runner.attention(x)
+        got = attention_grid(probs, runner.manifest.architecture, "cls")
+    assert relative_error(expected, got) < TOL
+    assert all(p.shape[-1] == tokens for p in probs)
+
+    code, out, err = run_cli(["explain", str(onnx_path), str(PHOTOS[0]), "-o",
+                              str(tmp_path / "maps"), "--method", "rollout"], capsys)
+    assert code == 0, err
+    assert np.load(next((tmp_path / "maps").glob("*.npy"))).shape == (SIZE // PATCH,) * 2
+
+
+def test_explain_refuses_merged_attention_it_cannot_place(tmp_path, capsys):
     _, checkpoint = reference(tmp_path)
-    model = export(checkpoint, tmp_path / "merged.onnx", 8)
-    code, _, err = run_cli(["explain", str(model), str(PHOTOS[0]), "-o", str(tmp_path / "maps")],
-                           capsys)
+    model = tmp_path / "merged.onnx"
+    export_onnx(checkpoint, model, ExportOptions(num_heads=HEADS, merge=8, attention_outputs=True))
+    from vitedge.backends.base import Runner
+
+    with pytest.MonkeyPatch.context() as patch:  # a backend that reads only attn.N outputs
+        from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
+
+        patch.setattr(OnnxRuntimeRunner, "attention", Runner.attention)
+        code, _, err = run_cli(["explain", str(model), str(PHOTOS[0]), "-o",
+                                str(tmp_path / "maps")], capsys)
     assert code != 0 and "merges tokens" in err and "Traceback" not in err
-    assert not (tmp_path / "maps").exists() or not any((tmp_path / "maps").iterdir())
 
 
 def test_bench_shows_tokens_and_gflops_next_to_latency(tmp_path, capsys):

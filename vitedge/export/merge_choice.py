@@ -49,9 +49,10 @@ class MergeChoice:
 
 
 def candidate_schedules(cfg: ViTConfig, steps: int = CANDIDATES) -> list[tuple[int, tuple[int, ...]]]:
-    """(r, schedule) for `steps` values of r spread up to the most the first block allows."""
+    """(r, schedule) for `steps` values of r up to the most the first block allows, spaced
+    quadratically: a small budget is met by a small r, so the small values come densely."""
     most = max_merge(cfg.num_tokens, cfg.num_prefix_tokens)
-    values = sorted({max(1, round(most * i / steps)) for i in range(1, steps + 1)})
+    values = sorted({max(1, round(most * (i / steps) ** 2)) for i in range(1, steps + 1)})
     return [(r, merge_schedule(cfg, r)) for r in values]
 
 
