@@ -381,3 +381,29 @@ def test_bench_shows_tokens_and_gflops_next_to_latency(tmp_path, capsys):
     assert 0 < merged_row["gflops"] < plain_row["gflops"]
     code, out, _ = run_cli(["bench", str(merged), "--iterations", "3"], capsys)
     assert code == 0 and "tokens 65>57>49>41>33" in out
+
+
+def test_a_merged_model_quantizes_to_int8_and_fp16(tmp_path):
+    """Calibration and quantization run on the merged graph; the one-hot and matching
+    MatMuls stay in float (only the Linears and the patch embedding get Q/DQ)."""
+    from tests.conftest import DEMO_CALIBRATION, DEMO_CHECKPOINT, DEMO_TEST_IMAGES
+    from vitedge.datasets import image_source, model_inputs
+    from vitedge.manifest import manifest_from_file
+    from vitedge.options import CalibrationOptions, QuantizeRequest
+    from vitedge.quantize.quantizer import quantize_model
+
+    fp32 = tmp_path / "merged.onnx"
+    export_onnx(DEMO_CHECKPOINT, fp32, ExportOptions(merge=2))
+    manifest = manifest_from_file(fp32)
+    x = np.stack(list(model_inputs(image_source(DEMO_TEST_IMAGES, 200), manifest)))
+    reference = ort.InferenceSession(str(fp32)).run(None, {"images": x})[0]
+    for precision, least in (("int8", 0.95), ("fp16", 0.99)):
+        out = tmp_path / f"merged.{precision}.onnx"
+        quantize_model(fp32, out, QuantizeRequest(precision, data=str(DEMO_CALIBRATION),
+                                                  calibration=CalibrationOptions(num_images=64)))
+        model = onnx.load(str(out))
+        if precision == "int8":
+            quantized = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+            assert not any(".merge." in name for name in quantized)
+        got = ort.InferenceSession(str(out)).run(None, {"images": x})[0]
+        assert np.mean(reference.argmax(-1) == got.argmax(-1)) >= least, precision
