@@ -171,18 +171,17 @@ class AttentionPool(nn.Module):
 
 def bipartite_merge(
     x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int, prefix: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """ToMe's bipartite soft matching (Bolya et al. 2023) on tokens x (B, T, D) of sizes
     (B, T, 1): tokens alternately into sets A (even) and B (odd); each A token's most similar
     B token by the cosine of `metric` (the keys averaged over heads); the r best of these
     edges merged by size-weighted mean. The first `prefix` tokens (class, distillation,
     registers) never merge and stay first; then the kept A tokens in their original order,
-    then B. Returns the tokens, their sizes and `order` (B, T - r): for each output token the
-    input token it comes from (a merged A token's partner)."""
-    batch, t, _ = x.shape
+    then B. Returns the tokens (B, T - r, D) and their sizes (B, T - r, 1)."""
+    batch = x.shape[0]
     m = metric / metric.norm(dim=-1, keepdim=True)
     scores = m[:, ::2] @ m[:, 1::2].transpose(1, 2)
-    ta, tb = scores.shape[1:]
+    ta = scores.shape[1]
     scores[:, : (prefix + 1) // 2] = -math.inf
     scores[:, :, : prefix // 2] = -math.inf
     best, partner = scores.max(dim=-1)
@@ -198,9 +197,7 @@ def bipartite_merge(
     a = a.gather(1, unm[..., None].expand(-1, -1, c))
     ka, kb = (prefix + 1) // 2, prefix // 2
     out = torch.cat([a[:, :ka], b[:, :kb], a[:, ka:], b[:, kb:]], dim=1)
-    a_pos, b_pos = 2 * unm, 2 * torch.arange(tb, device=x.device).expand(batch, -1) + 1
-    order = torch.cat([a_pos[:, :ka], b_pos[:, :kb], a_pos[:, ka:], b_pos[:, kb:]], dim=1)
-    return out[..., :-1] / out[..., -1:], out[..., -1:], order
+    return out[..., :-1] / out[..., -1:], out[..., -1:]
 
 
 class Block(nn.Module):
@@ -227,18 +224,17 @@ class Block(nn.Module):
     def forward_merging(
         self, x: torch.Tensor, size: torch.Tensor | None, r: int, prefix: int,
         want_probs: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The block with ToMe: proportional attention on the tokens' sizes (None: all 1),
-        then r tokens merged. Returns tokens, sizes, probabilities and the merge's order."""
+        then r tokens merged. Returns tokens, sizes and probabilities."""
         log_size = None if size is None else size[..., 0].log()
         a, probs, metric = self.attn(self.norm1(x), want_probs, None, log_size)
         x = x + self.ls1(a)
-        order = None
         if r:
             ones = torch.ones_like(x[..., :1]) if size is None else size
-            x, size, order = bipartite_merge(x, ones, metric, r, prefix)
+            x, size = bipartite_merge(x, ones, metric, r, prefix)
         x = x + self.ls2(self.mlp(self.norm2(x)))
-        return x, size, probs, order
+        return x, size, probs
 
 
 class PatchEmbed(nn.Module):
@@ -313,31 +309,28 @@ class VisionTransformer(nn.Module):
     def forward_features(
         self, x: torch.Tensor, want_probs: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x, all_probs, _, _ = self.forward_tokens(x, want_probs)
+        x, all_probs, _ = self.forward_tokens(x, want_probs)
         return x, all_probs
 
     def forward_tokens(
         self, x: torch.Tensor, want_probs: bool = False
-    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None, list[torch.Tensor]]:
-        """The normed final tokens, each block's attention probabilities (when asked), the
-        tokens' sizes (None without merging) and each merge's order (`bipartite_merge`)."""
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+        """The normed final tokens, each block's attention probabilities (when asked) and the
+        tokens' sizes (None without merging)."""
         x = self.embed(x)
         all_probs: list[torch.Tensor] = []
-        orders: list[torch.Tensor] = []
         size = None
         merge = self.cfg.merge or (0,) * len(self.blocks)
         for module, r in zip(self.blocks, merge, strict=True):
             block: Block = module  # type: ignore[assignment]
             if self.cfg.merge:
-                x, size, probs, order = block.forward_merging(
+                x, size, probs = block.forward_merging(
                     x, size, r, self.cfg.num_prefix_tokens, want_probs)
-                if order is not None:
-                    orders.append(order)
             else:
                 x, probs = block(x, want_probs, self.rope)
             if probs is not None:
                 all_probs.append(probs)
-        return self.norm(x), all_probs, size, orders
+        return self.norm(x), all_probs, size
 
     def pool(self, x: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor:
         """The sequence (B, T, D) to the features the head reads (B, pooled_dim). Merged
@@ -366,7 +359,7 @@ class VisionTransformer(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens, _, size, _ = self.forward_tokens(x)
+        tokens, _, size = self.forward_tokens(x)
         return self.forward_head(tokens, size)
 
     def attention_probs(self, x: torch.Tensor) -> list[torch.Tensor]:
