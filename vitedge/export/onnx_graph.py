@@ -444,7 +444,7 @@ def _merge(g: GraphBuilder, p: str, x: str, size: str | None, keys: str, cfg: Vi
     g.nodes.append(helper.make_node("TopK", [order_key, g.ints(f"{p}.kept", [ta - r])],
                                     [f"{p}.kept_key", f"{p}.unm"], name=f"{p}.keep", axis=-1,
                                     largest=0))
-    # size-weighted: (x * size, size) as one (B, T, D + 1) tensor merged as sums
+    # size-weighted: x * size and size merged as sums, then divided
     if size is None:  # every token stands for itself: sizes of one
         shape = g.node("Shape", [x], f"{p}.ones.input_shape")
         bdim = g.node("Slice", [shape, g.ints(f"{p}.ones.start", [0]), g.ints(f"{p}.ones.end", [1]),
@@ -453,40 +453,46 @@ def _merge(g: GraphBuilder, p: str, x: str, size: str | None, keys: str, cfg: Vi
                         axis=0)
         size = g.node("Expand", [g.const(f"{p}.ones.value", np.ones((1, t, 1))), target],
                       f"{p}.ones")
-        weighted = g.node("Concat", [x, size], f"{p}.weighted", axis=2)
+        weighted = x
     else:
-        weighted = g.node("Concat", [g.node("Mul", [x, size], f"{p}.scaled"), size],
-                          f"{p}.weighted", axis=2)
-    a, b = split(f"{p}.tokens", weighted)
-    width = g.ints(f"{p}.width", [1, 1, d + 1])
-
-    def gather(name: str, v: str, index: str) -> str:
-        col = g.node("Unsqueeze", [index, g.ints(f"{name}.last", [-1])], f"{name}.col")
-        wide = g.node("Expand", [col, width], f"{name}.index")
-        return g.node("GatherElements", [v, wide], name, axis=1)
-
-    kept_a = gather(f"{p}.kept_a", a, f"{p}.unm")
-    moved = gather(f"{p}.moved", a, src)
+        weighted = g.node("Mul", [x, size], f"{p}.scaled")
     dst_hot = g.node("Cast", [g.node("Equal", [
         g.node("Unsqueeze", [dst, g.ints(f"{p}.dst.last", [-1])], f"{p}.dst.col"),
         g.ints(f"{p}.b_positions", list(range(tb)))], f"{p}.dst.eq")], f"{p}.dst.onehot",
         to=TensorProto.FLOAT)
-    into_b = g.node("MatMul", [g.node("Transpose", [dst_hot], f"{p}.dst.onehot.t", perm=[0, 2, 1]),
-                               moved], f"{p}.into_b")
-    b = g.node("Add", [b, into_b], f"{p}.b_merged")
-    parts = []  # prefix (A's, then B's), then the kept A tokens, then B
-    for name, v, lo, hi, n in (("a_prefix", kept_a, 0, ka, ta - r), ("b_prefix", b, 0, kb, tb),
-                               ("a_rest", kept_a, ka, ta - r, ta - r), ("b_rest", b, kb, tb, tb)):
-        if hi > lo:
-            parts.append(v if hi - lo == n else g.node(
-                "Slice", [v, g.ints(f"{p}.{name}.start", [lo]), g.ints(f"{p}.{name}.end", [hi]),
-                          g.ints(f"{p}.{name}.axis", [1])], f"{p}.{name}"))
-    out = parts[0] if len(parts) == 1 else g.node("Concat", parts, f"{p}.out", axis=1)
-    axis = g.ints(f"{p}.out.axis", [2])
-    sums = g.node("Slice", [out, g.ints(f"{p}.x.start", [0]), g.ints(f"{p}.x.end", [d]), axis],
-                  f"{p}.sums")
-    new_size = g.node("Slice", [out, g.ints(f"{p}.size.start", [d]),
-                                g.ints(f"{p}.size.end", [d + 1]), axis], f"{p}.size")
+    into_b_hot = g.node("Transpose", [dst_hot], f"{p}.dst.onehot.t", perm=[0, 2, 1])
+    indices = {}
+    for which, index in (("kept", f"{p}.unm"), ("moved", src)):
+        indices[which] = g.node("Unsqueeze", [index, g.ints(f"{p}.{which}.last", [-1])],
+                                f"{p}.{which}.col")
+
+    def merged(name: str, v: str, width: int) -> str:
+        """v (B, T, width) summed as the merge says: (B, T - r, width)."""
+        a, b = split(name, v)
+
+        def gather(which: str) -> str:
+            wide = indices[which] if width == 1 else g.node(
+                "Expand", [indices[which], g.ints(f"{name}.{which}.width", [1, 1, width])],
+                f"{name}.{which}.index")
+            return g.node("GatherElements", [a, wide], f"{name}.{which}", axis=1)
+
+        kept = gather("kept")
+        into_b = g.node("MatMul", [into_b_hot, gather("moved")], f"{name}.into_b")
+        b = g.node("Add", [b, into_b], f"{name}.b_merged")
+        if not kb:  # the prefix is all in A: kept A (prefix first), then B
+            return g.node("Concat", [kept, b], f"{name}.out", axis=1)
+        parts = []  # prefix (A's, then B's), then the kept A tokens, then B
+        for part, v2, lo, hi in (("a_prefix", kept, 0, ka), ("b_prefix", b, 0, kb),
+                                 ("a_rest", kept, ka, ta - r), ("b_rest", b, kb, tb)):
+            if hi > lo:
+                parts.append(g.node("Slice", [v2, g.ints(f"{name}.{part}.start", [lo]),
+                                              g.ints(f"{name}.{part}.end", [hi]),
+                                              g.ints(f"{name}.{part}.axis", [1])],
+                                    f"{name}.{part}"))
+        return g.node("Concat", parts, f"{name}.out", axis=1)
+
+    sums = merged(f"{p}.sums", weighted, d)
+    new_size = merged(f"{p}.size", size, 1)
     return g.node("Div", [sums, new_size], f"{p}.tokens"), new_size
 
 
