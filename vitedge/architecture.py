@@ -79,6 +79,9 @@ class ViTConfig:
     visual_projection); 0: none."""
     head_l2norm: bool = False
     """The head reads the L2-normalised embedding (a zero-shot head made of text embeddings)."""
+    merge: tuple[int, ...] = ()
+    """Token merging (ToMe, Bolya et al. 2023): the tokens each block merges between its
+    attention and its MLP, one count per block; empty: none (`merge_schedule`)."""
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -108,6 +111,7 @@ class ViTConfig:
             problems.append("a distillation token needs a class token")
         if self.dist_head and not self.dist_token:
             problems.append("a distillation head needs a distillation token")
+        problems += _merge_problems(self)
         if problems:
             raise VitedgeError("invalid ViT architecture: " + "; ".join(problems))
 
@@ -160,14 +164,26 @@ class ViTConfig:
         """Weight matrices of d x hidden in one MLP: 2, or 3 for SwiGLU."""
         return 3 if self.mlp == "swiglu" else 2
 
+    def tokens_per_block(self) -> list[int]:
+        """The tokens each block's attention sees, then the tokens the head reads (token
+        merging removes `merge[i]` after block i's attention)."""
+        tokens, counts = self.num_tokens, [self.num_tokens]
+        for r in self.merge or (0,) * self.depth:
+            tokens -= r
+            counts.append(tokens)
+        return counts
+
     def macs(self) -> int:
         """Multiply-accumulates of one image through the model (matrix products only)."""
-        n, t, d, hid = self.num_patches, self.num_tokens, self.embed_dim, self.mlp_hidden
-        per_block = t * d * 3 * d + 2 * t * t * d + t * d * d + self.mlp_matrices * t * d * hid
+        n, d, hid = self.num_patches, self.embed_dim, self.mlp_hidden
+        counts = self.tokens_per_block()
+        blocks = sum(t * d * 3 * d + 2 * t * t * d + t * d * d + self.mlp_matrices * after * d * hid
+                     for t, after in zip(counts, counts[1:], strict=False))
         heads = 2 if self.dist_head else 1
-        pool = (d * d + n * 2 * d * d + 2 * n * d + d * d + 2 * d * hid
+        n_out = counts[-1] - self.num_prefix_tokens
+        pool = (d * d + n_out * 2 * d * d + 2 * n_out * d + d * d + 2 * d * hid
                 if self.global_pool == "map" else 0)
-        return (n * d * self.patch_dim + self.depth * per_block + pool
+        return (n * d * self.patch_dim + blocks + pool
                 + self.pooled_dim * self.embed_proj + heads * self.feature_dim * self.num_classes)
 
     def num_params(self) -> int:
@@ -195,6 +211,8 @@ class ViTConfig:
                 del d[f.name]
         if d.get("rope_ref_grid") is not None:
             d["rope_ref_grid"] = list(d["rope_ref_grid"])
+        if "merge" in d:
+            d["merge"] = list(d["merge"])
         return d
 
     @classmethod
@@ -209,6 +227,8 @@ class ViTConfig:
                 "was this made by a newer vitedge?",
             )
         values = dict(data)
+        if isinstance(values.get("merge"), list):
+            values["merge"] = tuple(values["merge"])
         grid = values.get("rope_ref_grid")
         if isinstance(grid, list) and len(grid) == 2:
             values["rope_ref_grid"] = tuple(grid)
@@ -227,7 +247,46 @@ class ViTConfig:
 
 
 LATER_FIELDS = ("act", "mlp", "mlp_norm", "attn_norm", "patch_bias", "rope", "rope_ref_grid",
-                "rope_temperature", "embed_proj", "head_l2norm")
+                "rope_temperature", "embed_proj", "head_l2norm", "merge")
+
+
+def max_merge(tokens: int, prefix: int) -> int:
+    """The most tokens one block can merge: half the unprotected ones (ToMe's bound; each
+    merged token of the first set needs a partner in the second)."""
+    return max(0, (tokens - prefix) // 2)
+
+
+def merge_schedule(cfg: ViTConfig, r: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """Tokens to merge per block: `r` in every block (capped, as ToMe caps it, at half the
+    unprotected tokens left) or one count per block as given; () when nothing merges."""
+    if isinstance(r, int):
+        counts, tokens = [], cfg.num_tokens
+        for _ in range(cfg.depth):
+            counts.append(min(r, max_merge(tokens, cfg.num_prefix_tokens)))
+            tokens -= counts[-1]
+    else:
+        counts = list(r)
+    if len(counts) != cfg.depth:
+        raise VitedgeError(f"a merge schedule needs one count per block: {cfg.depth}, not "
+                           f"{len(counts)}")
+    return tuple(counts) if any(counts) else ()
+
+
+def _merge_problems(cfg: ViTConfig) -> list[str]:
+    if not cfg.merge:
+        return []
+    if cfg.rope:
+        return ["token merging is undefined with rotary position embedding (EVA-02): a merged "
+                "token has no position to rotate by"]
+    if len(cfg.merge) != cfg.depth:
+        return [f"the merge schedule has {len(cfg.merge)} counts for {cfg.depth} blocks"]
+    tokens = cfg.num_tokens
+    for i, r in enumerate(cfg.merge):
+        most = max_merge(tokens, cfg.num_prefix_tokens)
+        if not 0 <= r <= most:
+            return [f"block {i} can merge 0..{most} of its {tokens} tokens, not {r}"]
+        tokens -= r
+    return []
 
 
 def rope_tables(cfg: ViTConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -292,6 +351,11 @@ def _check_types(cfg: ViTConfig) -> None:
                     isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_IMAGE_SIDE
                     for v in value)):
                 raise VitedgeError(f"architecture rope_ref_grid must be two whole numbers, not "
+                                   f"{value!r}")
+        elif f.name == "merge":
+            if not (isinstance(value, tuple) and all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in value)):
+                raise VitedgeError(f"architecture merge must be whole numbers, one per block, not "
                                    f"{value!r}")
         elif isinstance(f.default, str) and not isinstance(value, str):
             raise VitedgeError(f"architecture {f.name} must be a string, not {value!r}")

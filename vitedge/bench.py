@@ -47,9 +47,19 @@ class BenchResult:
     postprocessing and the call path add to the model, as a share of it."""
     layers: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    gflops: float = 0.0
+    """Per image, from the manifest's architecture (matrix products)."""
+    tokens: list[int] = field(default_factory=list)
+    """Tokens each block sees, then the head (fewer with token merging)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def model_line(self) -> str:
+        """`GFLOPs`, and the tokens per block of a model that merges tokens."""
+        merged = f", tokens {'>'.join(map(str, self.tokens))}" if len(set(self.tokens)) > 1 else ""
+        return f"{self.gflops:.2f} GFLOPs{merged}"
 
 
 def machine_info() -> dict[str, Any]:
@@ -179,7 +189,8 @@ def _bench(pipelines: list[Pipeline], options: BenchOptions, rep: Reporter,
             streams=pipe.streams, frame_path_share=frame_path_share(
                 total.mean, {s: Stats.of(samples[i][s]).mean for s in STAGES}),
             layers=layer_times(pipe, frames[:b]) if options.layers else {},
-            warnings=list(pipe.warnings)))
+            warnings=list(pipe.warnings), gflops=round(2 * pipe.manifest.architecture.macs() / 1e9, 3),
+            tokens=pipe.manifest.architecture.tokens_per_block()))
     return results
 
 

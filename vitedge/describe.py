@@ -63,6 +63,11 @@ def describe_onnx(path: str | Path) -> dict[str, Any]:
         info["gmacs"] = round(cfg.macs() / 1e9, 3)
         info["tokens"] = {"patches": cfg.num_patches, "prefix": cfg.num_prefix_tokens,
                           "total": cfg.num_tokens, "grid": list(cfg.grid)}
+        if cfg.merge:
+            info["tokens"]["merge"] = list(cfg.merge)
+            info["tokens"]["per_block"] = cfg.tokens_per_block()
+            info["gflops"] = round(2 * cfg.macs() / 1e9, 3)
+            info["gflops_unmerged"] = round(2 * cfg.replace(merge=()).macs() / 1e9, 3)
     return info
 
 
@@ -152,6 +157,10 @@ def manifest_rows(info: dict[str, Any], manifest: dict[str, Any]) -> list[tuple[
             ("architecture", f"dim {a['embed_dim']}, depth {a['depth']}, heads "
                              f"{a['num_heads']}, mlp {a['mlp_hidden']}, patch {a['patch_size']}, "
                              f"pool {a['global_pool']}" + "".join(f", {x}" for x in extras if x))]
+    if t.get("merge"):
+        rows.insert(2, ("token merging", f"r {','.join(map(str, t['merge']))}: tokens per block "
+                        f"{' '.join(map(str, t['per_block']))}; {info['gflops']:.3f} GFLOPs "
+                        f"against {info['gflops_unmerged']:.3f} unmerged"))
     rows += [(f"output {name}", what) for name, what in (manifest.get("outputs") or {}).items()]
     labels = manifest["labels"]
     src = manifest["source"]

@@ -165,6 +165,17 @@ def parse_batch(text: str) -> int | None:
     raise ValueError("use 'dynamic' or a positive number")
 
 
+def parse_merge(text: str) -> int | tuple[int, ...] | str:
+    """`--merge 8` (r in every block), `--merge 8,8,4,...` (one per block) or `auto`."""
+    if text == "auto":
+        return text
+    parts = text.split(",")
+    if all(p.strip().isdigit() for p in parts):
+        counts = tuple(int(p) for p in parts)
+        return counts[0] if len(counts) == 1 else counts
+    raise ValueError("use a token count (8), one count per block (8,8,4,...) or 'auto'")
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     arch: str | None = option(help="Architecture name (timm or torchvision, e.g. "
@@ -215,6 +226,18 @@ class ExportOptions:
     logit_bias: float | None = option(help="SigLIP's logit bias [default: the text tower's].",
                                       kind=float)
     """SigLIP's logit bias (default: the text tower's)."""
+    merge: int | tuple[int, ...] | str | None = option(
+        help="Token merging (ToMe) in the graph: tokens merged per block (8), one count per "
+        "block (8,8,4,...), or auto: the fastest schedule on this machine within --max-drop.",
+        parse=parse_merge, metavar="R")
+    """Token merging: r per block (int), one r per block (tuple), or "auto" (`vitedge.
+    export.merge_schedule`); None: none."""
+    max_drop: float = option(0.5, "--merge auto: the most top-1 agreement with the unmerged "
+                             "model may fall, in points (embeddings: mean cosine, in hundredths).",
+                             least=0, most=100)
+    merge_data: str | Path | None = option(
+        help="--merge auto: held-out images to judge the schedules on (a folder, an image "
+        "list or an array).", path="any", metavar="IMAGES")
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -226,6 +249,10 @@ class ExportOptions:
             raise VitedgeError("--zero-shot names the classes itself; drop --labels")
         if not self.head and (self.zero_shot is not None or self.labels is not None):
             raise VitedgeError("--no-head leaves the classes out; drop --zero-shot and --labels")
+        if isinstance(self.merge, str) and self.merge != "auto":
+            raise VitedgeError("--merge takes a token count, one count per block, or auto")
+        if self.merge_data is not None and self.merge != "auto":
+            raise VitedgeError("--merge-data goes with --merge auto")
         if self.logit_scale is not None and not 0 < self.logit_scale < 1e6:
             raise VitedgeError("--logit-scale must be a positive number")
         if not self.prompts:

@@ -28,7 +28,7 @@ CALIBRATION_FLAGS = ("num_images", "method", "percentile", "batch", "smooth_alph
               help="Where to write the ONNX model (written atomically).")
 @flags(ExportOptions, "arch", "num_heads", "img_size", "batch", "opset", "input_kind", "labels",
        "attention_outputs", "head", "external_data", "zero_shot", "prompts", "zero_shot_embeddings", "logit_scale",
-       "logit_bias", "verify")
+       "logit_bias", "merge", "max_drop", "merge_data", "verify")
 def export(checkpoint: str, output: str, as_json: bool, **kw: Any) -> None:
     """Export CHECKPOINT (timm, Hugging Face, torchvision or vitedge; a file or a folder)
     to an ONNX model with its preprocessing and labels inside, verified against PyTorch.
@@ -47,6 +47,10 @@ def export(checkpoint: str, output: str, as_json: bool, **kw: Any) -> None:
               f"{m.source.get('format')} checkpoint, {cfg.depth} blocks, dim {cfg.embed_dim}, "
               f"{cfg.num_heads} heads, {cfg.img_size[0]}x{cfg.img_size[1]} / patch {cfg.patch_size}, "
               f"input '{m.input}', output '{m.output_name}': {m.outputs()[m.output_name]}")
+    if cfg.merge:
+        out.print(f"token merging {', '.join(map(str, cfg.merge))}: tokens per block "
+                  f"{' '.join(map(str, cfg.tokens_per_block()))}, {cfg.macs() / 5e8:.2f} GFLOPs "
+                  f"({cfg.macs() / cfg.replace(merge=()).macs():.0%} of unmerged)")
     if result.comparisons:
         table = Table(title="verification: ONNX Runtime vs PyTorch (float32, tolerance 1e-4 rel.)")
         for col in ("inputs", "max abs", "relative", "cosine", "top-1 agree"):

@@ -288,6 +288,10 @@ def bench(artifacts: tuple[str, ...], json_path: str | None, csv_path: str | Non
                       f"{r.end_to_end.p99:.2f}",
                       f"{r.throughput_fps:.1f}", f"{r.throughput_fps / first.throughput_fps:.2f}x")
     out.print(table)
+    for r in results:
+        if len(set(r.tokens)) > 1:  # token merging: its tokens next to its latency
+            out.print(f"{Path(r.artifact).name}: {r.model_line}, {r.stages['infer'].mean:.2f} ms "
+                      "inference")
     out.print(f"on {benchmark.machine_line()}; frame path: end to end less inference and "
               "copies (decode, preprocess, patchify, postprocess, the call)")
     for r in results:

@@ -89,6 +89,10 @@ def export_onnx(
         from vitedge.model.importer import without_head
 
         imported = without_head(imported)
+    choice = None
+    if opts.merge is not None:
+        with step("merge schedule"):
+            imported, choice = merged(imported, opts, rep)
     cfg = imported.config
 
     with step("build graph"):
@@ -97,6 +101,8 @@ def export_onnx(
                               opts.opset, opts.attention_outputs, (prep.mean, prep.std))
         manifest = imported.manifest(opts.input_kind)
         manifest.source = {**manifest.source, "export": opts.key(), "made_by": made_by}
+        if choice is not None:
+            manifest.source["merge_auto"] = choice.to_dict()
         set_onnx_manifest(model, manifest)
 
     with step("check"):
@@ -119,6 +125,8 @@ def export_onnx(
     with step("write"):
         external = opts.external_data or needs_external_data(model)
         save_onnx(model, output, external=external)
+    if choice is not None:
+        imported.notes.append(merge_note(choice))
     notes = imported.notes + ([f"the weights are in {', '.join(f.name for f in data_files(Path(output)))} "
                                "beside the model (keep them together)"] if external else [])
     size = Path(output).stat().st_size + sum(f.stat().st_size for f in data_files(Path(output)))
@@ -140,6 +148,40 @@ def refuse_artifact_name(output: str | Path) -> None:
                            "writes an ONNX model",
                            f"name it {base}.onnx; `vitedge build {base}.onnx` makes the "
                            f"{named[0].suffix}")
+
+
+def merged(imported: Any, opts: ExportOptions, rep: Reporter) -> tuple[Any, Any]:
+    """The imported model with the token merging `opts.merge` asks for, and for `auto` the
+    choice (`vitedge.export.merge_choice.MergeChoice`)."""
+    from vitedge.architecture import merge_schedule
+    from vitedge.model.importer import with_merge
+
+    cfg = imported.config
+    if cfg.rope:
+        raise ExportError("token merging is undefined for rotary position embedding (EVA-02): "
+                          "a merged token has no position to rotate by", "export without --merge")
+    choice = None
+    if opts.merge == "auto":
+        from vitedge.export.merge_choice import choose_schedule
+
+        choice = choose_schedule(imported, opts.max_drop, opts.merge_data, rep)
+        schedule = choice.schedule
+    else:
+        assert not isinstance(opts.merge, str) and opts.merge is not None
+        schedule = merge_schedule(cfg, opts.merge)
+    return with_merge(imported, schedule), choice
+
+
+def merge_note(choice: Any) -> str:
+    """`--merge auto`'s choice in one line."""
+    if not choice.schedule:
+        return (f"--merge auto: no schedule within --max-drop {choice.max_drop} on "
+                f"{choice.images} images is faster than the unmerged model; exported unmerged")
+    best = next(c for c in choice.candidates if c.schedule == list(choice.schedule))
+    base = choice.candidates[0]
+    return (f"--merge auto: r {best.r} ({best.gflops} GFLOPs, {base.gflops} unmerged), "
+            f"{choice.measure} {best.score} on {choice.images} held-out images, "
+            f"{best.ms} ms against {base.ms} ms unmerged (ONNX Runtime, batch 1, here)")
 
 
 def check_onnx(model: Any) -> None:

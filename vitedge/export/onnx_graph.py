@@ -144,13 +144,16 @@ def onnx_from_vit(
         sin, cos = rope_tables(cfg)
         rope = (g.const("rope.sin", sin), g.const("rope.cos", cos))
     attn_names = []
+    size: str | None = None
+    counts = cfg.tokens_per_block()
     for i in range(cfg.depth):
-        x, probs = _block(g, f"blocks.{i}", x, w, cfg, rope)
+        merge = (cfg.merge[i], counts[i], opset) if cfg.merge else None
+        x, probs, size = _block(g, f"blocks.{i}", x, w, cfg, rope, merge, size)
         attn_names.append(probs)
 
     if not cfg.fc_norm:
         x = _layer_norm(g, "norm", x, w, cfg.norm_eps)
-    pooled = _pool(g, x, w, cfg, opset)
+    pooled = _pool(g, x, w, cfg, opset, counts[-1], size)
     if cfg.fc_norm:
         pooled = _layer_norm(g, "fc_norm", pooled, w, cfg.norm_eps)
     if cfg.embed_proj:
@@ -176,7 +179,7 @@ def onnx_from_vit(
         for i, probs in enumerate(attn_names):
             name = g.node("Identity", [probs], f"attn.{i}")
             outputs.append(helper.make_tensor_value_info(
-                name, TensorProto.FLOAT, [batch_dim, cfg.num_heads, cfg.num_tokens, cfg.num_tokens]))
+                name, TensorProto.FLOAT, [batch_dim, cfg.num_heads, counts[i], counts[i]]))
 
     graph = helper.make_graph(g.nodes, "vit", [x_in], outputs, initializer=g.initializers)
     model = helper.make_model(
@@ -212,18 +215,30 @@ def _heads(g: GraphBuilder, name: str, x: str, cfg: ViTConfig, perm: list[int]) 
     return g.node("Transpose", [split], f"{name}.heads", perm=perm)
 
 
-def _pool(g: GraphBuilder, x: str, w: Mapping[str, np.ndarray], cfg: ViTConfig, opset: int) -> str:
-    """The normed sequence (B, T, D) to the pooled features (B, pooled_dim)."""
+def _pool(g: GraphBuilder, x: str, w: Mapping[str, np.ndarray], cfg: ViTConfig, opset: int,
+          tokens: int, size: str | None = None) -> str:
+    """The normed sequence (B, T, D) to the pooled features (B, pooled_dim). Merged tokens
+    (sizes `size` (B, T, 1)) count by their size: a size-weighted mean, or their log size
+    added to the attention pool's logits."""
     k = cfg.num_prefix_tokens
+
+    def patch_tokens(t: str, name: str) -> str:
+        return t if not k else g.node(
+            "Slice", [t, g.ints(f"{name}.start", [k]), g.ints(f"{name}.end", [tokens]),
+                      g.ints(f"{name}.axis", [1])], name)
+
     if cfg.global_pool == "token":
         return g.node("Gather", [x, g.ints("pool.index", 0)], "pool", axis=1)  # type: ignore[arg-type]
-    body = x if not k else g.node(
-        "Slice", [x, g.ints("pool.start", [k]), g.ints("pool.end", [cfg.num_tokens]),
-                  g.ints("pool.axis", [1])], "pool.patch_tokens")
+    body = patch_tokens(x, "pool.patch_tokens")
+    sizes = None if size is None else patch_tokens(size, "pool.patch_sizes")
     if cfg.global_pool == "map":
-        return _attention_pool(g, "attn_pool", body, w, cfg)
+        return _attention_pool(g, "attn_pool", body, w, cfg, sizes)
     name = "pool" if cfg.global_pool == "avg" else "pool.mean"
-    if opset >= 18:
+    if sizes is not None:  # sum of x * size over the patch tokens / the patch count
+        weighted = g.node("Mul", [body, sizes], "pool.weighted")
+        total = g.node("ReduceSum", [weighted, g.ints("pool.axes", [1])], "pool.sum", keepdims=0)
+        mean = g.node("Mul", [total, g.const("pool.inv_patches", 1.0 / cfg.num_patches)], name)
+    elif opset >= 18:
         mean = g.node("ReduceMean", [body, g.ints("pool.axes", [1])], name, keepdims=0)
     else:
         mean = g.node("ReduceMean", [body], name, axes=[1], keepdims=0)
@@ -234,7 +249,7 @@ def _pool(g: GraphBuilder, x: str, w: Mapping[str, np.ndarray], cfg: ViTConfig, 
 
 
 def _attention_pool(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray],
-                    cfg: ViTConfig) -> str:
+                    cfg: ViTConfig, sizes: str | None = None) -> str:
     """SigLIP's head: a learned query attends over the patch tokens (one query, so the
     query's projection is a constant), then a residual MLP. (B, N, D) -> (B, D)."""
     d = cfg.embed_dim
@@ -249,6 +264,8 @@ def _attention_pool(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray]
     kt = _heads(g, f"{p}.k", k, cfg, [0, 2, 3, 1])
     vh = _heads(g, f"{p}.v", v, cfg, [0, 2, 1, 3])
     scores = g.node("MatMul", [q_heads, kt], f"{p}.qk")
+    if sizes is not None:
+        scores = g.node("Add", [scores, _log_size(g, p, sizes)], f"{p}.proportional")
     probs = g.node("Softmax", [scores], f"{p}.softmax", axis=-1)
     ctx = g.node("MatMul", [probs, vh], f"{p}.context")
     merged = g.node("Transpose", [ctx], f"{p}.merge_heads", perm=[0, 2, 1, 3])
@@ -302,7 +319,10 @@ def _rotate(g: GraphBuilder, name: str, x: str, cfg: ViTConfig, rope: tuple[str,
 
 
 def _block(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray], cfg: ViTConfig,
-           rope: tuple[str, str] | None = None) -> tuple[str, str]:
+           rope: tuple[str, str] | None = None, merge: tuple[int, int, int] | None = None,
+           size: str | None = None) -> tuple[str, str, str | None]:
+    """One encoder block; with `merge` = (r, tokens, opset), ToMe between attention and
+    MLP (`_merge`), proportional attention on the tokens' sizes `size` (B, T, 1)."""
     d = cfg.embed_dim
     h = _layer_norm(g, f"{p}.norm1", x, w, cfg.norm_eps)
     if cfg.fused_qkv:
@@ -332,6 +352,8 @@ def _block(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray], cfg: Vi
     scores = g.node("MatMul", [qh, kt], f"{p}.attn.qk")
     scaled = g.node("Mul", [scores, g.const(f"{p}.attn.scale", cfg.head_dim ** -0.5)],
                     f"{p}.attn.scaled")
+    if size is not None:
+        scaled = g.node("Add", [scaled, _log_size(g, f"{p}.attn", size)], f"{p}.attn.proportional")
     probs = g.node("Softmax", [scaled], f"{p}.attn.softmax", axis=-1)
     ctx = g.node("MatMul", [probs, vh], f"{p}.attn.context")
     merged = g.node("Transpose", [ctx], f"{p}.attn.merge_heads", perm=[0, 2, 1, 3])
@@ -342,12 +364,137 @@ def _block(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray], cfg: Vi
     if cfg.layer_scale:
         a = g.node("Mul", [a, g.const(f"{p}.ls1.gamma", w[f"{p}.ls1.gamma"])], f"{p}.ls1")
     x = g.node("Add", [x, a], f"{p}.residual1")
+    if merge is not None and merge[0]:
+        x, size = _merge(g, f"{p}.merge", x, size, k, cfg, *merge)
 
     h = _layer_norm(g, f"{p}.norm2", x, w, cfg.norm_eps)
     h = _mlp(g, f"{p}.mlp", h, w, cfg)
     if cfg.layer_scale:
         h = g.node("Mul", [h, g.const(f"{p}.ls2.gamma", w[f"{p}.ls2.gamma"])], f"{p}.ls2")
-    return g.node("Add", [x, h], f"{p}.residual2"), probs
+    return g.node("Add", [x, h], f"{p}.residual2"), probs, size
+
+
+def _log_size(g: GraphBuilder, p: str, size: str) -> str:
+    """Sizes (B, T, 1) -> their logs as (B, 1, 1, T), added to attention logits (ToMe's
+    proportional attention: a token standing for n patches counts n times)."""
+    logs = g.node("Log", [size], f"{p}.log_size")
+    return g.node("Reshape", [logs, g.ints(f"{p}.log_size.shape", [0, 1, 1, -1])],
+                  f"{p}.log_size.keys")
+
+
+def _merge(g: GraphBuilder, p: str, x: str, size: str | None, keys: str, cfg: ViTConfig,
+           r: int, t: int, opset: int) -> tuple[str, str]:
+    """ToMe's bipartite soft matching of the T tokens x (B, T, D), static shapes, ops every
+    backend runs: tokens alternately into A (even) and B (odd); similarity = cosine of the
+    keys averaged over heads; each A token's best B partner (TopK 1); the r best edges
+    (TopK r) merged into their partners by size-weighted mean, the sum a one-hot MatMul (no
+    scatter with a reduction). The prefix tokens (class, registers) never merge and stay
+    first, then the kept A tokens in their original order (TopK on position), then B.
+    Returns the tokens (B, T - r, D) and their sizes (B, T - r, 1)."""
+    d, prefix = cfg.embed_dim, cfg.num_prefix_tokens
+    ta, tb = (t + 1) // 2, t // 2
+    ka, kb = (prefix + 1) // 2, prefix // 2
+    # the metric: keys (B, T, D) averaged over heads, L2-normalised
+    heads = g.node("Reshape", [keys, g.ints(f"{p}.keys.shape", [0, 0, cfg.num_heads, cfg.head_dim])],
+                   f"{p}.keys.heads")
+    if opset >= 18:
+        metric = g.node("ReduceMean", [heads, g.ints(f"{p}.keys.axes", [2])], f"{p}.metric.raw",
+                        keepdims=0)
+    else:
+        metric = g.node("ReduceMean", [heads], f"{p}.metric.raw", axes=[2], keepdims=0)
+    square = g.node("Mul", [metric, metric], f"{p}.metric.square")
+    norm = g.node("Sqrt", [g.node("ReduceSum", [square, g.ints(f"{p}.metric.axes", [-1])],
+                                  f"{p}.metric.sum", keepdims=1)], f"{p}.metric.norm")
+    metric = g.node("Div", [metric, norm], f"{p}.metric")
+
+    def split(name: str, v: str) -> tuple[str, str]:
+        sets = []
+        for which, start in (("a", 0), ("b", 1)):
+            sets.append(g.node("Slice", [v, g.ints(f"{name}.{which}.start", [start]),
+                                         g.ints(f"{name}.{which}.end", [t]),
+                                         g.ints(f"{name}.{which}.axis", [1]),
+                                         g.ints(f"{name}.{which}.step", [2])], f"{name}.{which}"))
+        return sets[0], sets[1]
+
+    ma, mb = split(f"{p}.metric", metric)
+    mbt = g.node("Transpose", [mb], f"{p}.metric.b.t", perm=[0, 2, 1])
+    scores = g.node("MatMul", [ma, mbt], f"{p}.scores")
+    if prefix:  # protected tokens: never a source (A rows), never a destination (B columns)
+        mask = np.zeros((1, ta, tb), np.float32)
+        mask[:, :ka] = -1e4
+        mask[:, :, :kb] = -1e4
+        scores = g.node("Add", [scores, g.const(f"{p}.protect", mask)], f"{p}.scores.protected")
+    g.nodes.append(helper.make_node("TopK", [scores, g.ints(f"{p}.one", [1])],
+                                    [f"{p}.best", f"{p}.partner"], name=f"{p}.match", axis=-1))
+    best = g.node("Reshape", [f"{p}.best", g.ints(f"{p}.flat", [0, -1])], f"{p}.best.flat")
+    partner = g.node("Reshape", [f"{p}.partner", g.ints(f"{p}.flat2", [0, -1])], f"{p}.partner.flat")
+    g.nodes.append(helper.make_node("TopK", [best, g.ints(f"{p}.r", [r])],
+                                    [f"{p}.edges", f"{p}.src"], name=f"{p}.choose", axis=-1))
+    src = f"{p}.src"  # (B, r): A positions merged away, best edge first
+    dst = g.node("GatherElements", [partner, src], f"{p}.dst", axis=1)
+    # the kept A positions in their original order: sort position + ta * chosen, smallest first
+    src_hot = g.node("Cast", [g.node("Equal", [
+        g.node("Unsqueeze", [src, g.ints(f"{p}.last", [-1])], f"{p}.src.col"),
+        g.ints(f"{p}.a_positions", list(range(ta)))], f"{p}.src.eq")], f"{p}.src.onehot",
+        to=TensorProto.FLOAT)
+    chosen = g.node("ReduceSum", [src_hot, g.ints(f"{p}.rows", [1])], f"{p}.chosen", keepdims=0)
+    order_key = g.node("Add", [g.node("Mul", [chosen, g.const(f"{p}.ta", float(ta))],
+                                      f"{p}.chosen.scaled"),
+                               g.const(f"{p}.a_order", np.arange(ta, dtype=np.float32))],
+                       f"{p}.order_key")
+    g.nodes.append(helper.make_node("TopK", [order_key, g.ints(f"{p}.kept", [ta - r])],
+                                    [f"{p}.kept_key", f"{p}.unm"], name=f"{p}.keep", axis=-1,
+                                    largest=0))
+    # size-weighted: x * size and size merged as sums, then divided
+    if size is None:  # every token stands for itself: sizes of one
+        shape = g.node("Shape", [x], f"{p}.ones.input_shape")
+        bdim = g.node("Slice", [shape, g.ints(f"{p}.ones.start", [0]), g.ints(f"{p}.ones.end", [1]),
+                                g.ints(f"{p}.ones.axis", [0])], f"{p}.ones.batch")
+        target = g.node("Concat", [bdim, g.ints(f"{p}.ones.tail", [t, 1])], f"{p}.ones.shape",
+                        axis=0)
+        size = g.node("Expand", [g.const(f"{p}.ones.value", np.ones((1, t, 1))), target],
+                      f"{p}.ones")
+        weighted = x
+    else:
+        weighted = g.node("Mul", [x, size], f"{p}.scaled")
+    dst_hot = g.node("Cast", [g.node("Equal", [
+        g.node("Unsqueeze", [dst, g.ints(f"{p}.dst.last", [-1])], f"{p}.dst.col"),
+        g.ints(f"{p}.b_positions", list(range(tb)))], f"{p}.dst.eq")], f"{p}.dst.onehot",
+        to=TensorProto.FLOAT)
+    into_b_hot = g.node("Transpose", [dst_hot], f"{p}.dst.onehot.t", perm=[0, 2, 1])
+    indices = {}
+    for which, index in (("kept", f"{p}.unm"), ("moved", src)):
+        indices[which] = g.node("Unsqueeze", [index, g.ints(f"{p}.{which}.last", [-1])],
+                                f"{p}.{which}.col")
+
+    def merged(name: str, v: str, width: int) -> str:
+        """v (B, T, width) summed as the merge says: (B, T - r, width)."""
+        a, b = split(name, v)
+
+        def gather(which: str) -> str:
+            wide = indices[which] if width == 1 else g.node(
+                "Expand", [indices[which], g.ints(f"{name}.{which}.width", [1, 1, width])],
+                f"{name}.{which}.index")
+            return g.node("GatherElements", [a, wide], f"{name}.{which}", axis=1)
+
+        kept = gather("kept")
+        into_b = g.node("MatMul", [into_b_hot, gather("moved")], f"{name}.into_b")
+        b = g.node("Add", [b, into_b], f"{name}.b_merged")
+        if not kb:  # the prefix is all in A: kept A (prefix first), then B
+            return g.node("Concat", [kept, b], f"{name}.out", axis=1)
+        parts = []  # prefix (A's, then B's), then the kept A tokens, then B
+        for part, v2, lo, hi in (("a_prefix", kept, 0, ka), ("b_prefix", b, 0, kb),
+                                 ("a_rest", kept, ka, ta - r), ("b_rest", b, kb, tb)):
+            if hi > lo:
+                parts.append(g.node("Slice", [v2, g.ints(f"{name}.{part}.start", [lo]),
+                                              g.ints(f"{name}.{part}.end", [hi]),
+                                              g.ints(f"{name}.{part}.axis", [1])],
+                                    f"{name}.{part}"))
+        return g.node("Concat", parts, f"{name}.out", axis=1)
+
+    sums = merged(f"{p}.sums", weighted, d)
+    new_size = merged(f"{p}.size", size, 1)
+    return g.node("Div", [sums, new_size], f"{p}.tokens"), new_size
 
 
 def _mlp(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray], cfg: ViTConfig) -> str:

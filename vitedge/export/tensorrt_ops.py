@@ -23,7 +23,7 @@ TENSORRT_OPS: dict[str, str | None] = {
     "Clip": None,  # token reuse: the class token's change raised above any other
     "Concat": None,
     "ConstantOfShape": None,  # these three: how torch exports expand(-1, ...) (token reuse)
-    "Equal": None,
+    "Equal": None,  # and token merging's one-hot matrices
     "Constant": "no sparse_value / value_string(s)",
     "Conv": None,
     "DequantizeLinear": "x_zero_point must be zero; int8 input",
@@ -32,11 +32,12 @@ TENSORRT_OPS: dict[str, str | None] = {
     "Exp": None,
     "Expand": None,
     "Gather": None,
-    "GatherElements": None,  # token reuse: the tokens a gate picked
+    "GatherElements": None,  # token reuse's picked tokens, token merging's kept and merged ones
     "Gelu": None,
     "Gemm": None,
     "Identity": None,
     "LayerNormalization": "only the first output Y",
+    "Log": None,  # token merging's proportional attention
     "MatMul": None,
     "Max": None,  # the L2 norm's floor in a zero-shot head
     "Mul": None,
@@ -55,7 +56,7 @@ TENSORRT_OPS: dict[str, str | None] = {
     "Sqrt": None,
     "Sub": None,
     "Tanh": None,  # GELU's tanh approximation (SigLIP)
-    "TopK": "k a constant of at most 3840",  # token reuse: a gate's k most changed tokens
+    "TopK": "k a constant of at most 3840",  # token reuse's most changed tokens, token merging's matches
     "Transpose": None,
     "Unsqueeze": "axes must be a constant tensor",
     "Where": None,
@@ -67,8 +68,9 @@ TRT_DOMAIN_OPS: dict[str, str] = {
 }
 """TensorRT's own ONNX operators (domain "trt"), which its parser knows without a plugin."""
 AXES_INPUT = {"Slice": 3, "ReduceMean": 1, "ReduceMax": 1, "ReduceSum": 1, "Squeeze": 1,
-              "Unsqueeze": 1, "Split": 1}
-"""Ops whose axes (or split sizes) come as an input, which TensorRT needs to be constant."""
+              "Unsqueeze": 1, "Split": 1, "TopK": 1}
+"""Ops whose axes (or split sizes, or TopK's K) come as an input, which TensorRT needs to be
+constant."""
 UNSUPPORTED_TYPES = {TensorProto.DOUBLE, TensorProto.STRING, TensorProto.UINT16,
                      TensorProto.UINT32, TensorProto.UINT64, TensorProto.COMPLEX64}
 
@@ -98,7 +100,7 @@ def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
         axes_index = AXES_INPUT.get(node.op_type)
         if axes_index is not None and len(node.input) > axes_index and \
                 node.input[axes_index] and node.input[axes_index] not in constants:
-            problems.append(f"{where}: input {axes_index} (axes / split) must be an initializer")
+            problems.append(f"{where}: input {axes_index} (axes / split / K) must be an initializer")
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             scale = constants.get(node.input[1], scales.get(node.input[1]))
             if scale is None:

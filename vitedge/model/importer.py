@@ -123,6 +123,18 @@ def without_head(imported: ImportedViT) -> ImportedViT:
                           f"left out: the model outputs its {config.feature_dim}-float features"])
 
 
+def with_merge(imported: ImportedViT, schedule: tuple[int, ...]) -> ImportedViT:
+    """The model with token merging (ToMe) at `schedule` (tokens merged per block,
+    `vitedge.architecture.merge_schedule`); the weights are unchanged."""
+    from dataclasses import replace
+
+    config = imported.config.replace(merge=schedule)
+    model = VisionTransformer(config)
+    load_weights_strict(model, dict(imported.model.state_dict()))
+    model.eval()
+    return replace(imported, model=model, config=config)
+
+
 def _convert(
     fmt: str, raw: RawCheckpoint, opts: ImportOptions, notes: list[str]
 ) -> tuple[formats.Tensors, ViTConfig, Preprocess, list[str] | None]:

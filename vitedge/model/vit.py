@@ -95,8 +95,12 @@ class Attention(nn.Module):
         return x.reshape(b, t, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(
-        self, x: torch.Tensor, want_probs: bool = False, rope: RotaryEmbedding | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self, x: torch.Tensor, want_probs: bool = False, rope: RotaryEmbedding | None = None,
+        log_size: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The attention's output, its probabilities (when asked) and its keys averaged over
+        the heads (token merging's similarity metric). `log_size` (B, T): each token's log
+        size, added to the logits of the keys (ToMe's proportional attention)."""
         b, t, d = x.shape
         if self.fused:
             q, k, v = self.qkv(x).split(d, dim=-1)
@@ -105,13 +109,15 @@ class Attention(nn.Module):
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         if rope is not None:
             q, k = rope(q), rope(k)
+        bias = None if log_size is None else log_size[:, None, None, :]
         if want_probs:
-            probs = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+            logits = (q @ k.transpose(-2, -1)) * self.scale
+            probs = (logits if bias is None else logits + bias).softmax(dim=-1)
             out = probs @ v
         else:
             probs = None
-            out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(self.norm(out.transpose(1, 2).reshape(b, t, d))), probs
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.proj(self.norm(out.transpose(1, 2).reshape(b, t, d))), probs, k.mean(1)
 
 
 class Mlp(nn.Module):
@@ -152,18 +158,51 @@ class AttentionPool(nn.Module):
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.mlp = Mlp(cfg.replace(mlp="mlp", mlp_norm=False))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, log_size: torch.Tensor | None = None) -> torch.Tensor:
         b, n, d = x.shape
         q = self.q(self.latent.expand(b, -1, -1)).reshape(b, 1, self.num_heads, self.head_dim)
         kv = self.kv(x).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), kv[0], kv[1])
+        bias = None if log_size is None else log_size[:, None, None, :]
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), kv[0], kv[1], attn_mask=bias)
         out = self.proj(out.transpose(1, 2).reshape(b, 1, d))
         out = out + self.mlp(self.norm(out))
         return out[:, 0]
 
 
+def bipartite_merge(
+    x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int, prefix: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ToMe's bipartite soft matching (Bolya et al. 2023) on tokens x (B, T, D) of sizes
+    (B, T, 1): tokens alternately into sets A (even) and B (odd); each A token's most similar
+    B token by the cosine of `metric` (the keys averaged over heads); the r best of these
+    edges merged by size-weighted mean. The first `prefix` tokens (class, distillation,
+    registers) never merge and stay first; then the kept A tokens in their original order,
+    then B. Returns the tokens (B, T - r, D) and their sizes (B, T - r, 1)."""
+    batch = x.shape[0]
+    m = metric / metric.norm(dim=-1, keepdim=True)
+    scores = m[:, ::2] @ m[:, 1::2].transpose(1, 2)
+    ta = scores.shape[1]
+    scores[:, : (prefix + 1) // 2] = -math.inf
+    scores[:, :, : prefix // 2] = -math.inf
+    best, partner = scores.max(dim=-1)
+    src = best.topk(r, dim=-1).indices  # (B, r), A positions merged away
+    kept = torch.ones(batch, ta, dtype=torch.bool, device=x.device)
+    kept[torch.arange(batch)[:, None], src] = False
+    unm = torch.nonzero(kept)[:, 1].reshape(batch, ta - r)  # ascending: original order
+    dst = partner.gather(1, src)
+    weighted = torch.cat([x * size, size], dim=-1)
+    a, b = weighted[:, ::2], weighted[:, 1::2]
+    c = weighted.shape[-1]
+    b = b.scatter_add(1, dst[..., None].expand(-1, -1, c), a.gather(1, src[..., None].expand(-1, -1, c)))
+    a = a.gather(1, unm[..., None].expand(-1, -1, c))
+    ka, kb = (prefix + 1) // 2, prefix // 2
+    out = torch.cat([a[:, :ka], b[:, :kb], a[:, ka:], b[:, kb:]], dim=1)
+    return out[..., :-1] / out[..., -1:], out[..., -1:]
+
+
 class Block(nn.Module):
-    """Pre-norm encoder block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm encoder block: x + Attn(LN(x)), then x + MLP(LN(x)); with token merging
+    (`merge` > 0), `merge` tokens merged between the two (`bipartite_merge`)."""
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
@@ -177,10 +216,25 @@ class Block(nn.Module):
     def forward(
         self, x: torch.Tensor, want_probs: bool = False, rope: RotaryEmbedding | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        a, probs = self.attn(self.norm1(x), want_probs, rope)
+        a, probs, _ = self.attn(self.norm1(x), want_probs, rope)
         x = x + self.ls1(a)
         x = x + self.ls2(self.mlp(self.norm2(x)))
         return x, probs
+
+    def forward_merging(
+        self, x: torch.Tensor, size: torch.Tensor | None, r: int, prefix: int,
+        want_probs: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The block with ToMe: proportional attention on the tokens' sizes (None: all 1),
+        then r tokens merged. Returns tokens, sizes and probabilities."""
+        log_size = None if size is None else size[..., 0].log()
+        a, probs, metric = self.attn(self.norm1(x), want_probs, None, log_size)
+        x = x + self.ls1(a)
+        if r:
+            ones = torch.ones_like(x[..., :1]) if size is None else size
+            x, size = bipartite_merge(x, ones, metric, r, prefix)
+        x = x + self.ls2(self.mlp(self.norm2(x)))
+        return x, size, probs
 
 
 class PatchEmbed(nn.Module):
@@ -255,29 +309,46 @@ class VisionTransformer(nn.Module):
     def forward_features(
         self, x: torch.Tensor, want_probs: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x, all_probs, _ = self.forward_tokens(x, want_probs)
+        return x, all_probs
+
+    def forward_tokens(
+        self, x: torch.Tensor, want_probs: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+        """The normed final tokens, each block's attention probabilities (when asked) and the
+        tokens' sizes (None without merging)."""
         x = self.embed(x)
-        all_probs = []
-        for block in self.blocks:
-            x, probs = block(x, want_probs, self.rope)
+        all_probs: list[torch.Tensor] = []
+        size = None
+        merge = self.cfg.merge or (0,) * len(self.blocks)
+        for module, r in zip(self.blocks, merge, strict=True):
+            block: Block = module  # type: ignore[assignment]
+            if self.cfg.merge:
+                x, size, probs = block.forward_merging(
+                    x, size, r, self.cfg.num_prefix_tokens, want_probs)
+            else:
+                x, probs = block(x, want_probs, self.rope)
             if probs is not None:
                 all_probs.append(probs)
-        return self.norm(x), all_probs
+        return self.norm(x), all_probs, size
 
-    def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """The sequence (B, T, D) to the features the head reads (B, pooled_dim)."""
+    def pool(self, x: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor:
+        """The sequence (B, T, D) to the features the head reads (B, pooled_dim). Merged
+        tokens (sizes (B, T, 1)) count by their size: the mean weighs them, attention
+        pooling adds their log size to its logits."""
         cfg, k = self.cfg, self.cfg.num_prefix_tokens
         if self.attn_pool is not None:
-            return self.attn_pool(x[:, k:])
-        if cfg.global_pool == "avg":
-            return x[:, k:].mean(dim=1)
-        if cfg.global_pool == "token_avg":
-            return torch.cat([x[:, 0], x[:, k:].mean(dim=1)], dim=-1)
+            return self.attn_pool(x[:, k:], None if size is None else size[:, k:, 0].log())
+        if cfg.global_pool in ("avg", "token_avg"):
+            mean = (x[:, k:].mean(dim=1) if size is None else
+                    (x[:, k:] * size[:, k:]).sum(dim=1) / cfg.num_patches)
+            return mean if cfg.global_pool == "avg" else torch.cat([x[:, 0], mean], dim=-1)
         return x[:, 0]
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_head(self, x: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor:
         """Pool, normalise, project; then the classifier, or the embedding when there is
         none."""
-        features = self.fc_norm(self.pool(x))
+        features = self.fc_norm(self.pool(x, size))
         if self.embed_proj is not None:
             features = self.embed_proj(features)
         if self.cfg.head_l2norm:
@@ -288,7 +359,8 @@ class VisionTransformer(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x)[0])
+        tokens, _, size = self.forward_tokens(x)
+        return self.forward_head(tokens, size)
 
     def attention_probs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each block's attention probabilities, (B, heads, T, T)."""

@@ -93,6 +93,10 @@ def attention_rollout(probs: list[np.ndarray], cfg: ViTConfig, head: str | int =
 
 def attention_grid(probs: list[np.ndarray], cfg: ViTConfig, method: str = "cls",
                    layer: int = -1, head: str | int = "mean") -> np.ndarray:
+    if any(p.shape[-1] != cfg.num_tokens for p in probs):
+        raise VitedgeError("this model merges tokens (ToMe) and its runner does not say which "
+                           "patches each merged token holds, so its attention has no place on "
+                           "the patch grid", "explain the ONNX model (ONNX Runtime tracks them)")
     if method == "cls":
         return cls_attention(probs, cfg, layer, head)
     if method == "rollout":
@@ -116,3 +120,4 @@ def position_similarity(pos_embed: np.ndarray, grid: tuple[int, int]) -> np.ndar
         raise VitedgeError(f"{len(pos)} position embeddings do not fill a {gh}x{gw} patch grid")
     unit = pos / np.maximum(np.linalg.norm(pos, axis=1, keepdims=True), 1e-30)
     return (unit @ unit.T).reshape(gh, gw, gh, gw).astype(np.float32)
+

@@ -132,7 +132,7 @@ class OnnxRuntimeRunner(Runner):
         MultiHeadAttention (softmax(q k^T * scale), the op's definition); an INT8 artifact's
         QAttention is split back into its integer MatMul and MultiHeadAttention first. A
         second session, opened on first use."""
-        if attention_outputs(self.output_names):
+        if attention_outputs(self.output_names) and not self.manifest.architecture.merge:
             return super().attention(x)
         if self._taps is None:
             self._taps = _Taps(self)
@@ -140,6 +140,12 @@ class OnnxRuntimeRunner(Runner):
                        strict=True))
         probs = [out[t.probs].astype(np.float32, copy=False) if t.probs else
                  _softmax_qk(out[t.query], out[t.key], t.heads, t.scale) for t in self._taps.taps]
+        if self._taps.merges:  # token merging: attention among the original tokens
+            from vitedge.merging import merge_members, on_original_tokens
+
+            merges = [tuple(out[n] for n in names) for names in self._taps.merges]
+            members = merge_members(merges, self.manifest.architecture)  # type: ignore[arg-type]
+            probs = on_original_tokens(probs, members)
         return out[self.output_name], probs
 
     def _release(self) -> None:
@@ -196,6 +202,15 @@ class _Taps:
                                "explain the model as vitedge exported it")
         present = {o.name for o in graph.graph.output}
         wanted = [n for t in self.taps for n in ((t.probs,) if t.probs else (t.query, t.key))]
+        cfg = runner.manifest.architecture
+        made = {o for node in graph.graph.node for o in node.output}
+        self.merges = [tuple(f"blocks.{i}.merge.{n}" for n in ("unm", "src", "dst"))
+                       for i, r in enumerate(cfg.merge) if r]
+        if any(n not in made for names in self.merges for n in names):
+            raise VitedgeError(f"{runner.name} merges tokens but its graph no longer shows "
+                               "which (an optimizer renamed them)",
+                               "explain the model as vitedge exported it")
+        wanted += [n for names in self.merges for n in names]
         for name in wanted:
             if name not in present:
                 graph.graph.output.append(onnx.ValueInfoProto(name=name))

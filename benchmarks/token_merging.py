@@ -1,0 +1,155 @@
+"""Token merging (ToMe, `vitedge export --merge`): accuracy against r on the demo model
+(examples/fashion_mnist) and its stress copy on the 10,000 test images (FP32 and INT8, and
+what `--merge auto --max-drop 0.5` chooses), and speed against r at ViT-S/16 (random
+weights; the speed does not depend on them): the model alone, batch 1, FP32 and INT8 on
+ONNX Runtime and OpenVINO, measured interleaved in one run.
+
+Run on demand (the test split needs `apt-get install dataset-fashion-mnist`):
+    .venv/bin/python benchmarks/token_merging.py [--data FOLDER]
+Appends a section to benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from common import CALIBRATION, ROOT, build_unverified, latency_ms
+from fashion_mnist_accuracy import full_test_split
+from results import machine, publish
+
+from vitedge.backends import load_runner
+from vitedge.evaluate import evaluate
+from vitedge.export import ExportOptions, export_onnx
+from vitedge.model import random_checkpoint
+from vitedge.options import CalibrationOptions, EvalOptions, QuantizeRequest
+from vitedge.quantize import quantize_model, with_outlier_channels
+
+CHECKPOINT = ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"
+DEMO_R = [0, 1, 2, 4]
+SPEED_ARCH = "vit_small_patch16_224"
+SPEED_R = [0, 4, 8, 13]
+CALIBRATION_IMAGES = 64
+
+
+def int8(model: Path, out: Path) -> Path:
+    quantize_model(model, out, QuantizeRequest("int8", data=str(CALIBRATION),
+                                               calibration=CalibrationOptions(
+                                                   num_images=CALIBRATION_IMAGES)))
+    return out
+
+
+def accuracy(work: Path, data: Path) -> list[str]:
+    """Rows: r, GFLOPs, then top-1 (change) per variant; agreement with the unmerged model."""
+    plain = work / "demo.0.onnx"
+    export_onnx(CHECKPOINT, plain, ExportOptions())
+    stress_plain = work / "stress.0.onnx"
+    stress_plain.write_bytes(with_outlier_channels(onnx.load(str(plain))).SerializeToString())
+    base: dict[str, float] = {}
+    rows = []
+    auto = work / "demo.auto.onnx"
+    export_onnx(CHECKPOINT, auto, ExportOptions(
+        merge="auto", max_drop=0.5, merge_data=str(CALIBRATION)))
+    merges: list[tuple[str, object, Path | None]] = [
+        (str(r), r, None) for r in DEMO_R] + [("auto, --max-drop 0.5", "auto", auto)]
+    for label, r, given in merges:
+        fp32 = given or work / f"demo.{r}.onnx"
+        if given is None and r:
+            export_onnx(CHECKPOINT, fp32, ExportOptions(merge=r))  # type: ignore[arg-type]
+        stress = work / f"stress.{label}.onnx"
+        if fp32 != plain:
+            stress.write_bytes(with_outlier_channels(onnx.load(str(fp32))).SerializeToString())
+        else:
+            stress = stress_plain
+        cells = []
+        for name, model, reference in (
+                ("fp32", fp32, plain), ("int8", int8(fp32, work / f"q.{label}.onnx"), plain),
+                ("stress int8", int8(stress, work / f"sq.{label}.onnx"), stress_plain)):
+            result = evaluate(model, EvalOptions(data=data, reference=reference))
+            assert result.agreement is not None
+            base.setdefault(name, result.top1)
+            cells.append(f"{result.top1:.2%} ({(result.top1 - base[name]) * 100:+.2f}) / "
+                         f"{result.agreement.top1_agreement:.2%}")
+            print(label, name, cells[-1], flush=True)
+        with load_runner(fp32) as runner:
+            cfg = runner.manifest.architecture
+        schedule = ",".join(map(str, cfg.merge)) or "none"
+        rows.append(f"| {label} | {schedule} | {2 * cfg.macs() / 1e6:.1f} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def speed(work: Path) -> list[str]:
+    """Rows: r, tokens left, GFLOPs, then median batch-1 ms per runtime and precision."""
+    checkpoint = random_checkpoint(SPEED_ARCH, work / "vits.safetensors")
+    runners = {}
+    flops = {}
+    for r in SPEED_R:
+        fp32 = work / f"vits.{r}.onnx"
+        result = export_onnx(checkpoint, fp32, ExportOptions(arch=SPEED_ARCH, merge=r or None,
+                                                             verify=False))
+        cfg = result.manifest.architecture
+        flops[r] = (2 * cfg.macs() / 1e9, cfg.tokens_per_block()[-1])
+        q = int8(fp32, work / f"vits.{r}.int8.onnx")
+        for precision, model in (("fp32", fp32), ("int8", q)):
+            ort = build_unverified(model, work / f"vits.{r}.{precision}.ort.onnx", "cpu")
+            runners[(r, "onnxruntime", precision)] = load_runner(ort)
+            ov = build_unverified(model, work / f"vits.{r}.{precision}.ov.xml", "cpu-openvino")
+            runners[(r, "openvino", precision)] = load_runner(ov)
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+
+    class Timed:
+        def __init__(self, runner: object) -> None:
+            self.runner = runner
+
+        def run(self, _outputs: object, feed: dict[str, np.ndarray]) -> object:
+            return self.runner.infer(feed["images"])  # type: ignore[attr-defined]
+
+    times = latency_ms({k: Timed(v) for k, v in runners.items()}, x, rounds=30)
+    for runner in runners.values():
+        runner.close()
+    rows = []
+    columns = [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"),
+               ("openvino", "int8")]
+    for r in SPEED_R:
+        cells = [f"{times[(r, *c)]:.1f} ({times[(0, *c)] / times[(r, *c)]:.2f}x)" for c in columns]
+        rows.append(f"| {r} | {flops[r][1]} | {flops[r][0]:.2f} ({1 - flops[r][0] / flops[0][0]:.0%} "
+                    f"fewer) | " + " | ".join(cells) + " |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", help="labelled test folder (default: the full test split)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data = Path(args.data) if args.data else full_test_split(work / "test")
+        images = sum(1 for _ in data.rglob("*.png"))
+        accuracy_rows = accuracy(work, data)
+        speed_rows = speed(work)
+    section = (
+        "\n## Token merging: accuracy and speed against r (`benchmarks/token_merging.py`)\n\n"
+        f"Machine: {machine()}. Token merging (ToMe, `vitedge export --merge R`) in the "
+        "exported graph, r tokens merged per block (capped at half the tokens left).\n\n"
+        f"Demo model (Fashion-MNIST, 50 tokens, 6 blocks) on {images} test images: top-1 "
+        "(change against r = 0, points) / top-1 agreement with the unmerged model of the same "
+        f"precision; INT8 calibrated on {CALIBRATION_IMAGES} images of "
+        "`calibration/fashion-mnist`, run on ONNX Runtime; the stress copy (outlier channels, "
+        "the same function) INT8 against its own FP32. `auto` chose on 256 held-out images of "
+        "`calibration/fashion-mnist`, timing ONNX Runtime here.\n\n"
+        "| r | schedule | MFLOPs | FP32 | INT8 | stress copy INT8 |\n|---|---|---|---|---|---|\n"
+        + "\n".join(accuracy_rows) + "\n\n"
+        f"Speed at ViT-S/16 ({SPEED_ARCH}, random weights, 197 tokens): the model alone, batch "
+        "1, median ms of 30 interleaved rounds (speed-up against r = 0), artifacts of `vitedge "
+        "build` (profiles `cpu` and `cpu-openvino`, INT8 calibrated on "
+        f"{CALIBRATION_IMAGES} images).\n\n"
+        "| r | tokens at the head | GFLOPs | ONNX Runtime FP32 | ONNX Runtime INT8 | "
+        "OpenVINO FP32 | OpenVINO INT8 |\n|---|---|---|---|---|---|---|\n"
+        + "\n".join(speed_rows) + "\n")
+    publish(section)
+
+
+if __name__ == "__main__":
+    main()
