@@ -51,7 +51,8 @@ def logits_on(models: list[Path], x: np.ndarray, work: Path, emulate: str | None
     cmd = [sys.executable, str(work / "run.py"), str(work / "x.npy"), str(work / "out.npz"),
            *map(str, models)]
     if emulate:
-        cmd = [shutil.which("qemu-x86_64") or "qemu-x86_64", "-cpu", emulate, *cmd]
+        cmd = [shutil.which("qemu-x86_64") or shutil.which("qemu-x86_64-static")
+               or "qemu-x86_64", "-cpu", emulate, *cmd]
     subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
     out = np.load(work / "out.npz")
@@ -79,7 +80,7 @@ def main() -> None:
     from vitedge.export import ExportOptions, export_onnx
     from vitedge.quantize import with_outlier_channels
 
-    if not shutil.which("qemu-x86_64"):
+    if not (shutil.which("qemu-x86_64") or shutil.which("qemu-x86_64-static")):
         sys.exit("needs QEMU's user-mode emulator: apt-get install qemu-user")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

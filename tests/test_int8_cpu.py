@@ -246,14 +246,14 @@ def test_doctor_reports_the_cpu(capsys):
     assert cpu_int8().kernel in cpu["detail"] and "INT8" in cpu["detail"]
 
 
-QEMU = shutil.which("qemu-x86_64")
+QEMU = shutil.which("qemu-x86_64") or shutil.which("qemu-x86_64-static")
 AVX2_CPU = "EPYC-Rome"
 """An AMD Zen 2: AVX2, no AVX-512, no VNNI (QEMU's TCG emulates AVX2)."""
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(QEMU is None or os.uname().machine != "x86_64",
-                    reason="needs QEMU's user-mode emulator (apt-get install qemu-user)")
+                    reason="needs QEMU's user-mode emulator (apt-get install qemu-user-static)")
 def test_avx2_emulated(built, test_images, tmp_path):
     """Under an emulated AVX2-only CPU, 8-bit weights on ONNX Runtime's integer kernels
     disagree with their Q/DQ graph (the saturation this fixes: the test can fail), and
