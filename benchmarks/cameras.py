@@ -26,6 +26,7 @@ import tempfile
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from common import CALIBRATION, ROOT, export_random
@@ -37,37 +38,47 @@ PHOTO = ROOT / "vitedge" / "data" / "photos"
 
 def serve_cameras(count: int, fps: float, ready: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     """`count` MJPEG cameras on loopback (each its own port), `fps` frames a second each,
-    until the process is killed."""
-    import threading
-
+    each sending the same photo, until the process is killed."""
     from PIL import Image
 
     photo = sorted(PHOTO.glob("*.jpg"))[0]
     buf = io.BytesIO()
     Image.open(photo).convert("RGB").resize((320, 240)).save(buf, "JPEG", quality=85)
-    jpg = buf.getvalue()
+    serve_mjpeg([buf.getvalue()], count, fps, ready)
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *_args: object) -> None:
-            pass
 
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-            self.end_headers()
-            due = time.monotonic()
-            try:
-                while True:
-                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                                     b"%d\r\n\r\n" % len(jpg) + jpg + b"\r\n")
-                    due += 1.0 / fps
-                    time.sleep(max(due - time.monotonic(), 0.0))
-            except (BrokenPipeError, ConnectionResetError):
-                return
+def serve_mjpeg(frames: list[bytes], count: int, fps: float,
+                ready: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    """`count` MJPEG cameras on loopback (each its own port, the ports put on `ready`), `fps`
+    frames a second each, playing the JPEG `frames` in a loop, camera i from frame
+    i * len / count, until the process is killed."""
+    import threading
+
+    def handler(offset: int) -> type:
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                due, i = time.monotonic(), offset
+                try:
+                    while True:
+                        jpg = frames[i % len(frames)]
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                         b"Content-Length: %d\r\n\r\n" % len(jpg) + jpg + b"\r\n")
+                        i += 1
+                        due += 1.0 / fps
+                        time.sleep(max(due - time.monotonic(), 0.0))
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+        return Handler
 
     ports = []
-    for _ in range(count):
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    for c in range(count):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler(c * len(frames) // count))
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
         ports.append(server.server_address[1])
@@ -77,12 +88,16 @@ def serve_cameras(count: int, fps: float, ready: multiprocessing.Queue) -> None:
 
 
 class Cameras:
-    def __init__(self, count: int):
+    """Loopback MJPEG cameras in a process of their own: `serve(*args, count, fps, ready)`
+    (`serve_cameras` by default) serves them; `urls` are theirs."""
+
+    def __init__(self, count: int, serve: Any = serve_cameras, args: tuple[Any, ...] = (),
+                 fps: float = FPS):
         self.ready: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
-        self.process = multiprocessing.Process(target=serve_cameras,
-                                               args=(count, FPS, self.ready), daemon=True)
+        self.process = multiprocessing.Process(target=serve, args=(*args, count, fps, self.ready),
+                                               daemon=True)
         self.process.start()
-        self.urls = [f"http://127.0.0.1:{p}/stream" for p in self.ready.get(timeout=30)]
+        self.urls = [f"http://127.0.0.1:{p}/stream" for p in self.ready.get(timeout=60)]
 
     def close(self) -> None:
         self.process.kill()

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from cameras import Cameras, serve_mjpeg
 from common import CALIBRATION, ROOT, export_random
 from results import machine, publish
 
@@ -53,55 +54,7 @@ def jpegs(path: Path) -> list[bytes]:
 def serve(path: Path, count: int, fps: float, ready: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     """`count` MJPEG cameras on loopback playing the clip in a loop, camera i from frame
     i * len / count, until the process is killed."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    frames = jpegs(path)
-
-    def handler(offset: int) -> type:
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *_args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.end_headers()
-                due, i = time.monotonic(), offset
-                try:
-                    while True:
-                        jpg = frames[i % len(frames)]
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
-                                         b"Content-Length: %d\r\n\r\n" % len(jpg) + jpg + b"\r\n")
-                        i += 1
-                        due += 1.0 / fps
-                        time.sleep(max(due - time.monotonic(), 0.0))
-                except (BrokenPipeError, ConnectionResetError):
-                    return
-        return Handler
-
-    ports = []
-    for c in range(count):
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler(c * len(frames) // count))
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        ports.append(server.server_address[1])
-    ready.put(ports)
-    while True:
-        time.sleep(3600)
-
-
-class Cameras:
-    def __init__(self, path: Path, count: int):
-        self.ready: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
-        self.process = multiprocessing.Process(target=serve, args=(path, count, FPS, self.ready),
-                                               daemon=True)
-        self.process.start()
-        self.urls = [f"http://127.0.0.1:{p}/stream" for p in self.ready.get(timeout=60)]
-
-    def close(self) -> None:
-        self.process.kill()
-        self.process.join()
+    serve_mjpeg(jpegs(path), count, fps, ready)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -225,7 +178,7 @@ def main() -> None:
         for title, artifact in models.items():
             k = threshold(artifact, CLIPS["vtest.avi (fixed camera)"])
             for clip, path in CLIPS.items():
-                cams = Cameras(path, CAMERAS)
+                cams = Cameras(CAMERAS, serve, (path,), FPS)
                 try:
                     for reuse in (None, k):
                         r = run_live(artifact, cams.urls, args.seconds, reuse)

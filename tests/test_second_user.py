@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.conftest import DEMO_CHECKPOINT, DEMO_TEST_IMAGES, run_cli
 
@@ -42,18 +46,23 @@ def test_explain_skips_a_corrupt_image_and_names_it(demo_fp32, tmp_path, capsys)
     assert f"warning: skipped {images / 'broken.png'}: " in err
 
 
-def test_export_of_the_weights_file_in_a_hugging_face_folder_reads_its_config(tmp_path, capsys):
-    import pytest
-
+def hf_vit_folder(tmp_path: Path, labels: list[str]) -> tuple[Path, Any, Any]:
+    """A small Hugging Face ViT classifier saved as a folder (config.json with id2label,
+    model.safetensors), random weights; the transformers module and the model's config."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    labels = ["cat", "dog", "owl"]
     config = transformers.ViTConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
                                     intermediate_size=96, image_size=32, patch_size=8,
-                                    num_labels=3, id2label=dict(enumerate(labels)))
+                                    num_labels=len(labels), id2label=dict(enumerate(labels)))
     folder = tmp_path / "hf_vit"
     transformers.ViTForImageClassification(config).eval().save_pretrained(folder)
+    return folder, transformers, config
+
+
+def test_export_of_the_weights_file_in_a_hugging_face_folder_reads_its_config(tmp_path, capsys):
+    labels = ["cat", "dog", "owl"]
+    folder, transformers, config = hf_vit_folder(tmp_path, labels)
     out = tmp_path / "m.onnx"
     code, _, err = run_cli(["export", str(folder / "model.safetensors"), "-o", str(out), "--json"],
                            capsys)
@@ -225,17 +234,8 @@ def test_the_readme_says_how_to_bring_timm_in_with_the_versions_the_fixtures_use
 
 
 def test_inspect_a_checkpoint_before_export(tmp_path, capsys):
-    import pytest
-
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
     labels = ["cat", "dog", "owl"]
-    config = transformers.ViTConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-                                    intermediate_size=96, image_size=32, patch_size=8,
-                                    num_labels=3, id2label=dict(enumerate(labels)))
-    folder = tmp_path / "hf_vit"
-    transformers.ViTForImageClassification(config).save_pretrained(folder)
+    folder, transformers, config = hf_vit_folder(tmp_path, labels)
     transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.1, 0.2, 0.3],
                                    image_std=[0.4, 0.5, 0.6]).save_pretrained(folder)
     code, out, err = run_cli(["inspect", str(folder), "--json"], capsys)
