@@ -143,3 +143,95 @@ def test_runtime_tests_pass_on_arm(demo_artifacts, tmp_path, model):
     summary = result.stdout.strip().splitlines()[-1]
     assert " passed" in summary and not any(w in summary for w in ("skipped", "failed", "error")), \
         result.stdout[-2000:]
+
+
+VITS = "vit_small_patch16_224"
+VITS_IMAGES = int(os.environ.get("VITEDGE_ARM_VITS_IMAGES", "8"))
+"""ViT-S/16 images per CPU model: a few seconds each under emulation."""
+
+
+@pytest.fixture(scope="module")
+def vits(tmp_path_factory) -> dict[str, object]:
+    """An INT8 ViT-S/16 (random weights, timm's layout) built on the host for ONNX Runtime,
+    its Q/DQ graph, VITS_IMAGES test images at 224, and the host's float references."""
+    pytest.importorskip("torch", reason="builds ViT-S/16 on the host")
+    from tests.test_runtime_portable import float_graph
+    from vitedge.cli import main
+    from vitedge.export import ExportOptions, export_onnx
+    from vitedge.model import random_checkpoint
+
+    work = tmp_path_factory.mktemp("arm-vits")
+    fp32 = work / "vits.onnx"
+    export_onnx(random_checkpoint(VITS, work / "vits.safetensors"), fp32,
+                ExportOptions(arch=VITS, verify=False))
+    artifact = work / "vits.int8.ort.onnx"
+    assert main(["build", str(fp32), "--precision", "int8", "--data", str(DEMO_TEST_IMAGES),
+                 "--num-images", "64", "--verify-images", "16", "--backend", "onnxruntime",
+                 "-o", str(artifact)]) == 0
+    qdq = work / "vits.int8.onnx"
+    manifest = OnnxRuntimeRunner(fp32).manifest
+    x = np.stack(list(model_inputs(image_source(DEMO_TEST_IMAGES, VITS_IMAGES, seed=1),
+                                   manifest)))
+    np.save(work / "x.npy", x)
+    own = onnx.load(str(qdq))
+    seven_bit_weights(own)
+    return {"work": work, "x": work / "x.npy", "artifact": artifact, "qdq": qdq,
+            "own": float_graph(own, x), "eight": float_graph(qdq, x)}
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_int8_vit_s_computes_its_qdq_graph_on_each_arm_class(vits, model):
+    """An INT8 ViT-S/16 (vitedge's 7-bit CPU encoding) on each Arm kernel class under QEMU,
+    against its own Q/DQ graph computed in float on the host: the same answer on every image
+    whose answer is decided, and the logits' cosine of a correct integer computation."""
+    work = vits["work"]
+    out = work / f"{model}.npz"
+    result = qemu(model, [str(DEVICE), str(ARM / "rootfs" / "proc" / "cpuinfo"),
+                          str(vits["x"]), str(vits["artifact"]), str(vits["qdq"]), str(out)],
+                  work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = np.load(out)
+    assert json.loads(str(got["facts"]))["cpu"]["kernel"] == MODELS[model][0]
+    built = agreement(vits["own"], got["artifact"])
+    eight = agreement(vits["eight"], got["eight_bit"])
+    record(f"{model} ViT-S/16", {"images": VITS_IMAGES, "artifact_vs_own_qdq_graph": {
+        "top1": built.top1_agreement, "decided": built.decided,
+        "decided_top1": built.decided_agreement, "cosine_min": built.cosine_min},
+        "eight_bit_vs_its_graph": {"top1": eight.top1_agreement, "cosine_min": eight.cosine_min}})
+    assert built.decided_agreement == 1.0 and built.cosine_min > 0.999, built
+
+
+def test_an_openvino_fp32_ir_built_here_computes_fp32_on_arm(demo_artifacts, inputs, tmp_path):
+    """The FP32 demo model built into an OpenVINO IR on this x86 host, run by OpenVINO's
+    aarch64 wheel under QEMU (cortex-a76, which has FP16 arithmetic: OpenVINO's Arm default
+    would compute in FP16): it computes in FP32, as its precision says, and matches the FP32
+    graph to float rounding."""
+    assert ARM is not None
+    if not (ARM / "site" / "openvino").is_dir():
+        pytest.skip("OpenVINO's aarch64 wheel did not install (tools/arm_root.sh said why)")
+    pytest.importorskip("openvino")
+    from tests.test_runtime_portable import float_graph
+    from vitedge.deploy import BuildOptions, build
+
+    ir = tmp_path / "fm.fp32.ov.xml"
+    build(demo_artifacts["fp32"], ir, BuildOptions(precision="fp32", backend="openvino"))
+    cpuinfo_of("cortex-a76", tmp_path)
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import json, sys, numpy as np\n"
+        "from vitedge.backends import load_runner\n"
+        "x = np.load(sys.argv[1])[:32]\n"
+        "with load_runner(sys.argv[2]) as r:\n"
+        "    np.savez(sys.argv[3], logits=r.infer(x), facts=json.dumps({\n"
+        "        'backend': r.backend, 'float_parts': r.float_parts}))\n")
+    out = tmp_path / "out.npz"
+    result = qemu("cortex-a76", [str(script), str(inputs["x"]), str(ir), str(out)], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = np.load(out)
+    facts = json.loads(str(got["facts"]))
+    x = np.load(inputs["x"])[:32]
+    same = agreement(float_graph(onnx.load(str(demo_artifacts["fp32"])), x), got["logits"])
+    record("cortex-a76 OpenVINO FP32", {"images": len(x), **facts, "relative": same.relative,
+                                        "top1": same.top1_agreement})
+    assert facts == {"backend": "openvino", "float_parts": "fp32"}, facts
+    assert same.top1_agreement == 1.0 and same.relative <= 1e-4, same.describe()

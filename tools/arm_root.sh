@@ -43,5 +43,12 @@ if [ ! -f "$SITE/.installed" ] || [ pyproject.toml -nt "$SITE/.installed" ]; the
     opencv-python-headless pytest
   touch "$SITE/.installed"
 fi
+# OpenVINO's aarch64 wheel, the host's version (an IR built here runs there); optional: its
+# test skips where it does not install
+ov=$("$PY" -c 'import openvino; print(openvino.__version__.split("-")[0])' 2>/dev/null || true)
+if [ -n "$ov" ] && [ ! -d "$SITE/openvino" ]; then
+  "${PIP[@]}" "${platform[@]}" --no-deps --target "$SITE" "openvino==$ov" openvino-telemetry || \
+    echo "note: OpenVINO $ov for aarch64 did not install; its arm64 test will skip"
+fi
 "${PIP[@]}" "${platform[@]}" --no-deps --upgrade --target "$SITE" "$wheels"/vitedge-*.whl
 echo "arm64 root: $ROOTFS (python $version), wheels: $SITE"
