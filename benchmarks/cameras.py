@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import CALIBRATION, ROOT, export_random
+from common import ROOT, camera_models
 from results import machine, publish
 
 FPS = 15
@@ -180,21 +180,10 @@ def main() -> None:
     parser.add_argument("--skip-vits", action="store_true")
     parser.add_argument("--soak-frames", type=int, default=50_000)
     args = parser.parse_args()
-    from vitedge.deploy import BuildOptions, build
-    from vitedge.export import ExportOptions, export_onnx
-
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        demo = work / "demo.onnx"
-        export_onnx(ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors", demo,
-                    ExportOptions())
-        models = {"demo model (FP32)": demo}
-        if not args.skip_vits:
-            (work / "vits").mkdir()
-            vits = export_random("vit_small_patch16_224", work / "vits")
-            models["ViT-S/16 INT8"] = build(vits, work / "vits.int8.ort.onnx", BuildOptions(
-                precision="int8", data=str(CALIBRATION))).artifact
+        models = camera_models(work, args.skip_vits)
         for title, artifact in models.items():
             for count in (1, 4, 8, 16):
                 cams = Cameras(count)
@@ -211,7 +200,7 @@ def main() -> None:
                        f"{batched['rss']:.0f} |")
                 rows.append(row)
                 print(row, flush=True)
-        samples = soak(demo, args.soak_frames)
+        samples = soak(models["demo model (FP32)"], args.soak_frames)
     soak_line = ", ".join(f"{n}: {mb:.0f} MB" for n, mb in samples)
     section = (
         "\n## Many cameras, one model (`benchmarks/cameras.py`)\n\n"

@@ -25,6 +25,24 @@ def export_random(arch: str, folder: Path) -> Path:
     return out
 
 
+def camera_models(work: Path, skip_vits: bool) -> dict[str, Path]:
+    """The models the camera benchmarks run, in `work`: the demo model in FP32, and (unless
+    `skip_vits`) a random-weight ViT-S/16 built INT8 for this CPU."""
+    from vitedge.deploy import BuildOptions, build
+    from vitedge.export import ExportOptions, export_onnx
+
+    demo = work / "demo.onnx"
+    export_onnx(ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors", demo,
+                ExportOptions())
+    models = {"demo model (FP32)": demo}
+    if not skip_vits:
+        (work / "vits").mkdir()
+        vits = export_random("vit_small_patch16_224", work / "vits")
+        models["ViT-S/16 INT8"] = build(vits, work / "vits.int8.ort.onnx", BuildOptions(
+            precision="int8", data=str(CALIBRATION))).artifact
+    return models
+
+
 def cpu_profile(folder: Path, name: str, **onnxruntime: object) -> str:
     """A copy of the `cpu` device profile with these [onnxruntime] settings (e.g.
     fusions=False, int8_weight_bits=8), as a TOML file `vitedge build --profile` takes."""

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from cameras import Cameras, serve_mjpeg
-from common import CALIBRATION, ROOT, export_random
+from common import ROOT, camera_models
 from results import machine, publish
 
 DATA = Path("/usr/share/doc/opencv-doc/examples/data")
@@ -160,21 +160,10 @@ def main() -> None:
     args = parser.parse_args()
     if not all(p.is_file() for p in CLIPS.values()):
         raise SystemExit("OpenCV's sample videos are absent: apt-get install opencv-doc")
-    from vitedge.deploy import BuildOptions, build
-    from vitedge.export import ExportOptions, export_onnx
-
     rows, token_table = [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        checkpoint = ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"
-        demo = work / "demo.onnx"
-        export_onnx(checkpoint, demo, ExportOptions())
-        models = {"demo model (FP32)": demo}
-        if not args.skip_vits:
-            (work / "vits").mkdir()
-            vits = export_random("vit_small_patch16_224", work / "vits")
-            models["ViT-S/16 INT8"] = build(vits, work / "vits.int8.ort.onnx", BuildOptions(
-                precision="int8", data=str(CALIBRATION))).artifact
+        models = camera_models(work, args.skip_vits)
         for title, artifact in models.items():
             k = threshold(artifact, CLIPS["vtest.avi (fixed camera)"])
             for clip, path in CLIPS.items():
@@ -191,7 +180,9 @@ def main() -> None:
                 finally:
                     cams.close()
         (work / "tokens").mkdir()
-        token_table = token_rows("demo model", checkpoint, demo, work / "tokens", [13, 25])
+        token_table = token_rows("demo model", ROOT / "examples" / "fashion_mnist" /
+                                 "vit_fmnist.safetensors", models["demo model (FP32)"],
+                                 work / "tokens", [13, 25])
         if not args.skip_vits:
             (work / "vits-tokens").mkdir()
             token_table += token_rows("ViT-S/16", work / "vits" / "model.safetensors",

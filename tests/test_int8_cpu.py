@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
 from tests.conftest import DEMO_CALIBRATION, DEMO_TEST_IMAGES, collapsing_table, run_cli
+from tests.test_runtime_portable import float_graph
 from vitedge.backends.cpu_int8 import classify, cpu_int8
 from vitedge.backends.onnxruntime.int8 import seven_bit_weights
 from vitedge.backends.onnxruntime.runner import OnnxRuntimeRunner
@@ -60,15 +60,6 @@ def test_images(demo_fp32) -> np.ndarray:
     """The 2,000 shipped test images, preprocessed for the demo model."""
     manifest = OnnxRuntimeRunner(demo_fp32).manifest
     return np.stack(list(model_inputs(image_source(DEMO_TEST_IMAGES), manifest)))
-
-
-def float_graph(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
-    """A graph's logits with every ONNX Runtime optimization off: Q/DQ computed in float."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
-    return session.run(["logits"], {session.get_inputs()[0].name: x})[0]
 
 
 def integer_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
