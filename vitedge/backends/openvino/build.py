@@ -93,7 +93,8 @@ def choose_float_parts(ov: Any, model: Any, precision: str, policy: str, threads
     bf16 and needs a CPU with BF16 arithmetic; an INT8 build's float parts follow the
     profile's `precision_hint`, where `auto` measures both on this CPU and keeps BF16 only if
     it is faster (the build's verification then judges what was kept)."""
-    caps = cpu_capabilities(ov.Core())
+    core = ov.Core()
+    caps = cpu_capabilities(core)
     if precision == "bf16":
         if "BF16" not in caps:
             raise VitedgeError("this CPU has no BF16 arithmetic (AVX-512 BF16 or AMX): OpenVINO "
@@ -108,7 +109,7 @@ def choose_float_parts(ov: Any, model: Any, precision: str, policy: str, threads
         return "f32", {}, notes
     if policy != "auto" or "BF16" not in caps:
         return ("bf16" if policy == "bf16" and "BF16" in caps else "f32"), {}, []
-    measured = {name: _median_ms(ov, model, hint, threads)
+    measured = {name: _median_ms(core, model, hint, threads)
                 for name, hint in (("fp32", "f32"), ("bf16", "bf16"))}
     hint = "bf16" if measured["bf16"] < measured["fp32"] else "f32"
     return hint, measured, [f"OpenVINO's float parts in {'BF16' if hint == 'bf16' else 'FP32'}: "
@@ -116,14 +117,14 @@ def choose_float_parts(ov: Any, model: Any, precision: str, policy: str, threads
                             f"{measured['fp32']:.2f} ms, BF16 {measured['bf16']:.2f} ms)"]
 
 
-def _median_ms(ov: Any, model: Any, hint: str, threads: int) -> float:
+def _median_ms(core: Any, model: Any, hint: str, threads: int) -> float:
     """Median milliseconds of a batch-1 inference of `model` on the CPU with `hint`."""
     import statistics
     import time
 
     import numpy as np
 
-    compiled = compile_model(ov.Core(), model, "CPU", hint, threads or None, "the model")
+    compiled = compile_model(core, model, "CPU", hint, threads or None, "the model")
     port = compiled.inputs[0]
     shape = [d.get_length() if d.is_static else 1 for d in port.get_partial_shape()]
     x = np.zeros(shape, np.dtype(port.get_element_type().to_dtype()))
