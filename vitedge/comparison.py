@@ -4,8 +4,6 @@ on disk and median latency per image, measured here in one process."""
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,19 +75,9 @@ def compare_artifacts(artifacts: list[str | Path], options: CompareOptions,
 
 def _latency_ms(artifact: str | Path, iterations: int) -> float:
     """Median time of one batch-1 inference of the model alone (a zero input)."""
-    import numpy as np
-
     from vitedge.backends import load_runner
+    from vitedge.backends.base import median_ms
 
     with load_runner(artifact) as runner:
-        spec = runner.inputs[0]
-        shape = [1 if not isinstance(d, int) or d < 1 else d for d in spec.shape]
-        x = np.zeros(shape, np.uint8 if spec.dtype == "uint8" else np.float32)
-        for _ in range(3):
-            runner.infer(x)
-        laps = []
-        for _ in range(iterations):
-            t = time.perf_counter()
-            runner.infer(x)
-            laps.append((time.perf_counter() - t) * 1e3)
-    return round(statistics.median(laps), 3)
+        x = runner.zero_input()
+        return median_ms(lambda: runner.infer(x), least=iterations)

@@ -4,15 +4,14 @@ batch 1 on this machine is kept (measured, never guessed)."""
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import vitedge.backends as backends
-from vitedge.backends.base import BuiltArtifact, Runner
+from vitedge.backends.base import BuiltArtifact, median_ms
 from vitedge.target import Target, load_profile, target_for
 
 MEASURE_SECONDS = 1.0
@@ -82,7 +81,8 @@ def fastest(candidates: list[Candidate], inputs: Any,
             backend = c.contender.target.backend
             with backend.load_built(c.built) as runner:
                 floats[backend.name] = runner.float_parts
-                times[backend.name] = _median_ms(runner, x if x is not None else _zeros(runner))
+                sample = x if x is not None else runner.zero_input()
+                times[backend.name] = median_ms(partial(runner.infer, sample), MEASURE_SECONDS)
         return times
 
     times = timed("measure", measure)
@@ -92,22 +92,3 @@ def fastest(candidates: list[Candidate], inputs: Any,
                       for name, ms in sorted(times.items(), key=lambda kv: kv[1]))
     return Measurement(kept, times, f"the fastest CPU backend here, measured on the verified "
                                     f"artifacts (median per image at batch 1: {words})", floats)
-
-
-def _median_ms(runner: Runner, sample: Any) -> float:
-    for _ in range(3):
-        runner.infer(sample)
-    laps: list[float] = []
-    end = time.perf_counter() + MEASURE_SECONDS
-    while time.perf_counter() < end or len(laps) < 5:
-        t = time.perf_counter()
-        runner.infer(sample)
-        laps.append((time.perf_counter() - t) * 1e3)
-    return round(statistics.median(laps), 3)
-
-
-def _zeros(runner: Runner) -> Any:
-    import numpy as np
-
-    shape = [1 if not isinstance(d, int) or d < 1 else d for d in runner.inputs[0].shape]
-    return np.zeros(shape, np.uint8 if runner.inputs[0].dtype == "uint8" else np.float32)

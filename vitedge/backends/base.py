@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -45,6 +46,24 @@ def attention_outputs(names: list[str]) -> list[str]:
     """The `attn.N` names among `names`, in block order."""
     found = sorted((int(m.group(1)), name) for name in names if (m := ATTENTION_OUTPUT.match(name)))
     return [name for _, name in found]
+
+
+def median_ms(run: Callable[[], object], seconds: float = 0.0, least: int = 5,
+              warmup: int = 3) -> float:
+    """Median milliseconds of one `run()`, after `warmup` untimed calls: timed at least
+    `least` times, and for at least `seconds`."""
+    import statistics
+    import time
+
+    for _ in range(warmup):
+        run()
+    laps: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(laps) < least:
+        t = time.perf_counter()
+        run()
+        laps.append((time.perf_counter() - t) * 1e3)
+    return round(statistics.median(laps), 3)
 
 
 class Runner(ABC):
@@ -93,6 +112,12 @@ class Runner(ABC):
     @property
     def output_names(self) -> list[str]:
         return [o.name for o in self.outputs]
+
+    def zero_input(self) -> np.ndarray:
+        """A batch-1 input of zeros (a dynamic dimension taken as 1), for timing."""
+        spec = self.inputs[0]
+        shape = [1 if not isinstance(d, int) or d < 1 else d for d in spec.shape]
+        return np.zeros(shape, np.uint8 if spec.dtype == "uint8" else np.float32)
 
     @abstractmethod
     def infer_all(self, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -119,25 +119,16 @@ def choose_float_parts(ov: Any, model: Any, precision: str, policy: str, threads
 
 def _median_ms(core: Any, model: Any, hint: str, threads: int) -> float:
     """Median milliseconds of a batch-1 inference of `model` on the CPU with `hint`."""
-    import statistics
-    import time
-
     import numpy as np
+
+    from vitedge.backends.base import median_ms
 
     compiled = compile_model(core, model, "CPU", hint, threads or None, "the model")
     port = compiled.inputs[0]
     shape = [d.get_length() if d.is_static else 1 for d in port.get_partial_shape()]
     x = np.zeros(shape, np.dtype(port.get_element_type().to_dtype()))
     request = compiled.create_infer_request()
-    for _ in range(3):
-        request.infer({0: x})
-    laps: list[float] = []
-    end = time.perf_counter() + MEASURE_SECONDS
-    while time.perf_counter() < end or len(laps) < 5:
-        t = time.perf_counter()
-        request.infer({0: x})
-        laps.append((time.perf_counter() - t) * 1e3)
-    return round(statistics.median(laps), 3)
+    return median_ms(lambda: request.infer({0: x}), MEASURE_SECONDS)
 
 
 def build_openvino(onnx_path: Path, xml: Path, manifest: Manifest, profile: Profile
