@@ -29,6 +29,7 @@ def graphs(tmp_path_factory):
     d = tmp_path_factory.mktemp("tokens")
     full = export_streaming(DEMO_CHECKPOINT, d / "full.onnx")
     part = export_streaming(DEMO_CHECKPOINT, d / "k13.onnx", K)
+    assert part.full == d / "k13.full.onnx" and full.full == full.output
     return full, part
 
 
@@ -110,10 +111,29 @@ def test_token_reuse_runtime_refreshes_and_keeps_cameras_apart(graphs, inputs, d
         runner.run(inputs[-1 - i], "yard")  # another camera's frames in between
     assert shares == [1.0, K / 50, K / 50, K / 50] * 2 + [1.0, K / 50]
     assert runner.full_passes == 3 + 3 and runner.frames == 20
+    opened, paired = TokenReuse.open(part.output, refresh=4), TokenReuse(part.output, full.output,
+                                                                        refresh=4)
+    for x in inputs[:6]:  # the full pass its manifest names, found beside it
+        a, b = opened.run(x, "door"), paired.run(x, "door")
+        np.testing.assert_array_equal(a[0], b[0])
+        assert a[1] == b[1]
+    assert opened.full_passes == 2
     with pytest.raises(VitedgeError, match="not a streaming graph"):
         TokenReuse(demo_fp32, full.output)
     with pytest.raises(VitedgeError, match="not the full pass"):
         TokenReuse(part.output, part.output)
+
+
+def test_a_streaming_graph_without_its_full_pass_says_so(graphs, tmp_path):
+    import shutil
+
+    from vitedge.runtime.tokens import TokenReuse
+
+    _, part = graphs
+    alone = tmp_path / "k13.onnx"
+    shutil.copy(part.output, alone)
+    with pytest.raises(VitedgeError, match=r"full pass of .* is missing \(k13.full.onnx\)"):
+        TokenReuse.open(alone)
 
 
 def test_tensorrt_parser_accepts_the_streaming_graph(graphs):

@@ -2,7 +2,8 @@
 graph that takes the frame and the previous state and returns the result and the new
 state, `k` tokens recomputed per gate, every shape static. Run it with
 `vitedge.runtime.tokens.TokenReuse`, beside the same graph at k = every token (the full
-pass that starts a stream and refreshes it every N frames)."""
+pass that starts a stream and refreshes it every N frames), which an export with fewer
+tokens writes next to it (`full_pass_path`) and names in its manifest."""
 
 from __future__ import annotations
 
@@ -15,7 +16,16 @@ from vitedge.manifest import set_onnx_manifest
 STATE_INPUT = "state.{block}.{name}"
 STATE_OUTPUT = "new_state.{block}.{name}"
 TOKEN_REUSE_KEY = "token_reuse"
-"""The manifest's `source` entry: tokens per gate and the token count."""
+"""The manifest's `source` entry: tokens per gate (`k`), the token count (`tokens`) and,
+where k is fewer, the file name of the full pass beside it (`full`)."""
+
+
+def full_pass_path(streaming: str | Path) -> Path:
+    """Where the full pass of a streaming graph lives: `cam.stream.onnx` ->
+    `cam.stream.full.onnx` (the same folder, so the two travel together)."""
+    path = Path(streaming)
+    suffix = ".onnx" if path.suffix == ".onnx" else path.suffix
+    return path.with_name(path.name.removesuffix(suffix) + ".full" + suffix)
 
 
 @dataclass
@@ -24,6 +34,8 @@ class StreamingExport:
     k: int
     tokens: int
     state_names: list[str]
+    full: Path
+    """The full pass (k = every token): `output` itself, or the graph written beside it."""
 
 
 def export_streaming(checkpoint: str | Path, output: str | Path, k: int | None = None,
@@ -32,7 +44,8 @@ def export_streaming(checkpoint: str | Path, output: str | Path, k: int | None =
     """Write the streaming graph of `checkpoint` (of architecture `arch` where the file
     does not say, as `ExportOptions.arch`) with `k` tokens per gate (None: every token, the
     full pass) for images (B, C, H, W) preprocessed as the manifest says, at a fixed batch
-    (one state per camera)."""
+    (one state per camera). With fewer tokens than the model has, its full pass is written
+    too, at `full_pass_path(output)`, and the manifest names it."""
     require("torch", "export", "exporting a streaming graph")
     import onnx
     import torch
@@ -66,9 +79,15 @@ def export_streaming(checkpoint: str | Path, output: str | Path, k: int | None =
     from vitedge.export.exporter import check_onnx
 
     check_onnx(graph)  # the ONNX checker, shape inference, TensorRT's operators and parser
+    full = Path(output)
+    entry: dict[str, int | str] = {"k": stream.k, "tokens": tokens}
+    if stream.k < tokens:
+        full = export_streaming(checkpoint, full_pass_path(output), None, opset, batch,
+                                arch).output
+        entry["full"] = full.name
     manifest = imported.manifest("images")
-    manifest.source = {**manifest.source, TOKEN_REUSE_KEY: {"k": stream.k, "tokens": tokens}}
+    manifest.source = {**manifest.source, TOKEN_REUSE_KEY: entry}
     set_onnx_manifest(graph, manifest)
     save_onnx(graph, output)
-    return StreamingExport(Path(output), stream.k, tokens, inputs[1:])
+    return StreamingExport(Path(output), stream.k, tokens, inputs[1:], full)
 

@@ -24,13 +24,13 @@ class _Camera:
     since_full: int = 0
 
 
-def _token_reuse(path: str | Path) -> tuple[Any, dict[str, int]]:
+def _token_reuse(path: str | Path) -> tuple[Any, dict[str, Any]]:
     manifest = manifest_from_file(path)
     entry = manifest.source.get("token_reuse") if manifest is not None else None
     if not isinstance(entry, dict):
         raise VitedgeError(f"{path} is not a streaming graph (no token_reuse in its manifest)",
                            "make one with vitedge.export.streaming.export_streaming")
-    return manifest, {"k": int(entry["k"]), "tokens": int(entry["tokens"])}
+    return manifest, {**entry, "k": int(entry["k"]), "tokens": int(entry["tokens"])}
 
 
 class TokenReuse:
@@ -52,6 +52,22 @@ class TokenReuse:
         self.inputs = [i.name for i in self.stream.get_inputs()]
         self.cameras: dict[Any, _Camera] = {}
         self.frames = self.full_passes = 0
+
+    @classmethod
+    def open(cls, streaming: str | Path, refresh: int = 30, threads: int | None = None
+             ) -> TokenReuse:
+        """The streaming graph at `streaming` with the full pass its manifest names beside
+        it (itself where it recomputes every token)."""
+        _, entry = _token_reuse(streaming)
+        full = Path(streaming)
+        if entry["k"] < entry["tokens"]:
+            name = entry.get("full")
+            full = full.with_name(str(name)) if name else full
+            if not name or not full.is_file():
+                raise VitedgeError(f"the full pass of {streaming} is missing "
+                                   f"({full.name if name else 'not named in its manifest'})",
+                                   "keep the .full file that export wrote beside it")
+        return cls(streaming, full, refresh, threads)
 
     def run(self, x: np.ndarray, camera: Any = None) -> tuple[np.ndarray, float]:
         x = np.ascontiguousarray(x, np.float32)
