@@ -2,7 +2,8 @@
 Hugging Face eager FP32 (+ its `ViTImageProcessor`), OpenVINO FP32 and OpenVINO INT8 made by
 NNCF's post-training quantization (+ `cv2.dnn.blobFromImage`, as OpenVINO's samples do),
 ONNX Runtime's own static quantizer (QDQ, per channel; + the same blob), and vitedge's INT8
-artifact on each CPU backend installed (`vitedge.open`, exact and fast preprocessing).
+artifact on each CPU backend installed (`vitedge.open`, exact and fast preprocessing), and
+the same with token merging in the graph (`vitedge export --merge 13`, issue 32).
 
 All start from the same random-weight Hugging Face `ViTForImageClassification` (ViT-S/16 or
 ViT-B/16 at 224) and calibrate on the same images. Each contender runs in a process of its
@@ -37,6 +38,9 @@ CALIBRATION = ROOT / "calibration" / "fashion-mnist"
 HELD_OUT = ROOT / "evaluation" / "fashion-mnist"
 CALIBRATION_IMAGES, FIDELITY_IMAGES = 128, 64
 ROUNDS, FRAMES, WARMUP, THREADS = 5, 20, 3, 2
+MERGE_R = 13
+"""Tokens merged per block (ToMe, `vitedge export --merge`) for the merged contenders: at
+12 blocks of 197 tokens, about 40 % of the FLOPs removed."""
 CONTENDERS = {
     "hf": "HF eager FP32 (+ ViTImageProcessor)",
     "ov-fp32": "OpenVINO FP32 (+ cv2 blob)",
@@ -45,7 +49,14 @@ CONTENDERS = {
     "vitedge-onnxruntime": "vitedge INT8, onnxruntime (`vitedge.open`, exact / fast)",
     "vitedge-openvino": "vitedge INT8, openvino (`vitedge.open`, exact / fast)",
     "vitedge-fp32": "vitedge FP32, onnxruntime (exact / fast)",
+    "vitedge-merged-onnxruntime": f"vitedge INT8 + token merging r = {MERGE_R}, onnxruntime (exact / fast)",
+    "vitedge-merged-openvino": f"vitedge INT8 + token merging r = {MERGE_R}, openvino (exact / fast)",
 }
+ARTIFACTS = {"vitedge-onnxruntime": ["vitedge.int8.ort.onnx"],
+             "vitedge-openvino": ["vitedge.int8.ov.xml", "vitedge.int8.ov.bin"],
+             "vitedge-fp32": ["vitedge.fp32.ort.onnx"],
+             "vitedge-merged-onnxruntime": ["vitedge.merged.int8.ort.onnx"],
+             "vitedge-merged-openvino": ["vitedge.merged.int8.ov.xml", "vitedge.merged.int8.ov.bin"]}
 
 
 # --- made once (the Hugging Face model in a child process: torch stays out of this one) ---
@@ -82,14 +93,20 @@ def make_all(size: str, work: Path) -> dict[str, str]:
                 "-o", str(work / "vitedge.int8.ort.onnx"))
     vitedge_cli("build", str(fp32), "--precision", "fp32", "--backend", "onnxruntime",
                 "-o", str(work / "vitedge.fp32.ort.onnx"))
+    merged = work / "merged.fp32.onnx"
+    vitedge_cli("export", str(hf), "--merge", str(MERGE_R), "-o", str(merged))
+    vitedge_cli("build", str(merged), *common, "--backend", "onnxruntime",
+                "-o", str(work / "vitedge.merged.int8.ort.onnx"))
     try:
         import openvino  # noqa: F401
     except ImportError:
         missing.update({k: "openvino is not installed" for k in
-                        ("ov-fp32", "ov-nncf", "vitedge-openvino")})
+                        ("ov-fp32", "ov-nncf", "vitedge-openvino", "vitedge-merged-openvino")})
     else:
         vitedge_cli("build", str(fp32), *common, "--backend", "openvino",
                     "-o", str(work / "vitedge.int8.ov.xml"))
+        vitedge_cli("build", str(merged), *common, "--backend", "openvino",
+                    "-o", str(work / "vitedge.merged.int8.ov.xml"))
         try:
             make_nncf(fp32, work)
         except ImportError:
@@ -200,9 +217,7 @@ def load(name: str, work: Path) -> tuple[Callable[[np.ndarray], np.ndarray],
         return ort_model, {"": lambda frame: int(ort_model(blob(frame)).argmax())}
     from vitedge.runtime import open_pipeline
 
-    artifact = {"vitedge-onnxruntime": "vitedge.int8.ort.onnx",
-                "vitedge-openvino": "vitedge.int8.ov.xml",
-                "vitedge-fp32": "vitedge.fp32.ort.onnx"}[name]
+    artifact = ARTIFACTS[name][0]
     exact = open_pipeline(work / artifact, threads=THREADS)
     fast = open_pipeline(work / artifact, threads=THREADS, fast=True)
     return exact.model.infer, {"exact": lambda f: int(exact(f).class_id),
@@ -246,9 +261,7 @@ def fidelity_of(logits: np.ndarray, reference: np.ndarray) -> tuple[float, float
 def size_mb(work: Path, name: str) -> str:
     files = {"hf": ["hf/model.safetensors"], "ov-fp32": ["fp32.onnx"],
              "ov-nncf": ["nncf.int8.xml", "nncf.int8.bin"], "ort-quantizer": ["ort.int8.onnx"],
-             "vitedge-onnxruntime": ["vitedge.int8.ort.onnx"],
-             "vitedge-openvino": ["vitedge.int8.ov.xml", "vitedge.int8.ov.bin"],
-             "vitedge-fp32": ["vitedge.fp32.ort.onnx"]}[name]
+             **ARTIFACTS}[name]
     paths = [work / f for f in files]
     return f"{sum(p.stat().st_size for p in paths) / 1e6:.1f} MB" if all(
         p.is_file() for p in paths) else "-"
@@ -289,12 +302,20 @@ def run(size: str, work: Path) -> str:
         if peer in best and ours:
             fastest = min(ours, key=best.get)  # type: ignore[arg-type]
             ratios.append(f"{CONTENDERS[peer].split(' (')[0]} {best[peer] / best[fastest]:.2f}x")
+    merging = []
+    for ours in ("onnxruntime", "openvino"):
+        m = f"vitedge-merged-{ours}"
+        if m in best:
+            merging.append(f"{ours}: {best[f'vitedge-{ours}'] / best[m]:.2f}x vitedge INT8 "
+                           f"unmerged" + (f", {best['ov-nncf'] / best[m]:.2f}x OpenVINO INT8, "
+                                          "NNCF" if "ov-nncf" in best else ""))
     return (f"\n### ViT-{size[0].upper()}/16 at 224\n\n"
             "| contender | model ms | frame -> top-1 ms | logits cosine vs FP32 | top-1 agreement "
             "vs FP32 | size |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
             "vitedge's faster INT8 artifact, frame -> top-1 (its faster path), against each "
             "peer's (above 1.00x: vitedge is faster): " + ", ".join(ratios)
-            + f". Making every model took {made:.0f} s.\n")
+            + ". With token merging (r = " + str(MERGE_R) + "), frame -> top-1 (faster path): "
+            + "; ".join(merging) + f". Making every model took {made:.0f} s.\n")
 
 
 def main(sizes: list[str]) -> None:
