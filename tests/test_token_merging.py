@@ -270,6 +270,11 @@ def test_each_family_exports_merged_and_its_embedding_stays_close(family, tmp_pa
     a, b = outputs
     cosine = np.sum(a * b, -1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
     assert cosine.min() > 0.95, cosine
+    # the export reports what merging costs: its worst cosine with the unmerged model on the
+    # photos is the one measured here from the two runtimes' outputs
+    reported = {c.case: c for c in result.vs_unmerged}
+    assert set(reported) == {"random", "photos"}
+    assert reported["photos"].cosine == pytest.approx(cosine.min(), abs=1e-4)
 
 
 # --- the schedule chosen within a budget ------------------------------------------------------

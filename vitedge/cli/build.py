@@ -51,6 +51,10 @@ def export(checkpoint: str, output: str, as_json: bool, **kw: Any) -> None:
         out.print(f"token merging {', '.join(map(str, cfg.merge))}: tokens per block "
                   f"{' '.join(map(str, cfg.tokens_per_block()))}, {cfg.macs() / 5e8:.2f} GFLOPs "
                   f"({cfg.macs() / cfg.replace(merge=()).macs():.0%} of unmerged)")
+        for c in result.vs_unmerged:
+            top1 = f", top-1 agreement {c.top1_agreement:.0%}" if m.output_name == "logits" else ""
+            out.print(f"  against the unmerged model, {c.case} inputs: worst cosine "
+                      f"{c.cosine:.5f}{top1}")
     if result.comparisons:
         table = Table(title="verification: ONNX Runtime vs PyTorch (float32, tolerance 1e-4 rel.)")
         for col in ("inputs", "max abs", "relative", "cosine", "top-1 agree"):

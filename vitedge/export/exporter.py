@@ -29,6 +29,9 @@ class ExportResult:
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     size_bytes: int = 0
+    vs_unmerged: list[Comparison] = field(default_factory=list)
+    """With token merging: the merged PyTorch model against the unmerged one on the
+    verification inputs (what merging costs: cosine, top-1 agreement)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -36,6 +39,7 @@ class ExportResult:
             "size_bytes": self.size_bytes,
             "verified": bool(self.comparisons),
             "comparisons": [c.to_dict() for c in self.comparisons],
+            "vs_unmerged": [c.to_dict() for c in self.vs_unmerged],
             "tolerance_relative": FP32_RELATIVE_TOLERANCE,
             "timings_s": self.timings,
             "seconds": round(sum(self.timings.values()), 3),
@@ -89,7 +93,7 @@ def export_onnx(
         from vitedge.model.importer import without_head
 
         imported = without_head(imported)
-    choice = None
+    choice, unmerged = None, imported
     if opts.merge is not None:
         with step("merge schedule"):
             imported, choice = merged(imported, opts, rep)
@@ -121,6 +125,10 @@ def export_onnx(
                 f"{FP32_RELATIVE_TOLERANCE:.0e}, max abs {worst.max_abs:.3e})",
                 "please report this with the checkpoint's config; --no-verify skips the check",
             )
+    vs_unmerged = []
+    if opts.verify and cfg.merge:
+        with step("vs unmerged"):
+            vs_unmerged = merged_against_unmerged(imported, unmerged)
 
     with step("write"):
         external = opts.external_data or needs_external_data(model)
@@ -130,7 +138,23 @@ def export_onnx(
     notes = imported.notes + ([f"the weights are in {', '.join(f.name for f in data_files(Path(output)))} "
                                "beside the model (keep them together)"] if external else [])
     size = Path(output).stat().st_size + sum(f.stat().st_size for f in data_files(Path(output)))
-    return ExportResult(Path(output), manifest, comparisons, timings, notes, size)
+    return ExportResult(Path(output), manifest, comparisons, timings, notes, size, vs_unmerged)
+
+
+def merged_against_unmerged(merged: Any, unmerged: Any) -> list[Comparison]:
+    """The merged model's outputs against the unmerged model's, both in PyTorch, on the
+    verification inputs (random and the bundled photos): what merging costs."""
+    import torch
+
+    from vitedge.export.verify import compare, verification_inputs
+
+    found = []
+    for case, x in verification_inputs(merged.config, merged.preprocess).items():
+        with torch.no_grad():
+            want = unmerged.model(torch.from_numpy(x)).numpy()
+            got = merged.model(torch.from_numpy(x)).numpy()
+        found.append(compare(case, want, got))
+    return found
 
 
 def refuse_artifact_name(output: str | Path) -> None:
