@@ -164,7 +164,7 @@ def test_openvino_fewer_tokens_is_onnx_runtimes_streaming_graph(work, built, fra
             state = [want[n] for n in outputs[1:]]
 
 
-def test_the_built_streaming_artifact_names_its_built_full_pass(work, built):
+def test_the_built_streaming_artifact_names_its_built_full_pass(work, built, capsys):
     from vitedge.backends import load_runner
 
     for backend, suffix in (("onnxruntime", ".ort.onnx"), ("openvino", ".ov.xml")):
@@ -179,6 +179,9 @@ def test_the_built_streaming_artifact_names_its_built_full_pass(work, built):
         v = result.verification
         assert v["graph"] == "streaming graph" and v["full_pass"]["graph"] == "full pass"
         assert v["worst_relative"] <= v["tolerance_relative"] == RELATIVE["fp32"]
+        code, out, err = run_cli(["inspect", str(result.artifact)], capsys)
+        assert code == 0, err
+        assert f"streaming graph: {v['frames']} frames" in out  # the build's own words
     alone = built["onnxruntime", "cam.full"]  # every token: its own full pass, one artifact
     assert alone.details["token_reuse"]["full"] == str(alone.artifact)
     assert alone.verification["graph"] == "streaming graph (every token)"
@@ -208,10 +211,9 @@ def test_token_reuse_over_built_artifacts_gives_what_it_gave_over_the_onnx(work,
 def test_infer_named_says_which_inputs_it_takes(built):
     from vitedge.backends import load_runner
 
-    with load_runner(built["onnxruntime", "cam.full"].artifact) as runner:
-        with pytest.raises(VitedgeError, match=r"takes the inputs images, state.0.ref_qkv.*"
-                                               r"missing state"):
-            runner.infer_named({"images": np.zeros((1, 1, 28, 28), np.float32)})
+    with load_runner(built["onnxruntime", "cam.full"].artifact) as runner, pytest.raises(
+            VitedgeError, match=r"takes the inputs images, state.0.ref_qkv.*missing state"):
+        runner.infer_named({"images": np.zeros((1, 1, 28, 28), np.float32)})
 
 
 def test_build_refuses_int8_for_a_streaming_graph(work, capsys):
@@ -244,3 +246,31 @@ def test_tensorrt_rtx_builds_engines_for_both_graphs(work, capsys):
     assert EngineInfo.read(sidecar_path(engine)).manifest["source"]["token_reuse"]["full"] == \
         full.name
     assert result["verification"]["skipped"].startswith("not verified")
+
+
+def test_a_rebuild_replaces_its_pair_but_not_a_file_in_the_full_passs_place(work, built, capsys):
+    from vitedge.deploy import build
+
+    out = built["onnxruntime", "cam"].artifact
+    again = build(work / "cam.onnx", out, BuildOptions(backend="onnxruntime"))
+    assert again.artifact == out  # the same target: replaced, pair and all
+    mine = work / "mine.fp32.full.ort.onnx"
+    mine.write_text("a file of the user's")
+    code, _, err = run_cli(["build", str(work / "cam.onnx"), "--backend", "onnxruntime", "-o",
+                            str(work / "mine.fp32.ort.onnx")], capsys)
+    assert code == 1 and "mine.fp32.full.ort.onnx, where the full pass" in err
+    assert mine.read_text() == "a file of the user's"
+    assert not (work / "mine.fp32.ort.onnx").exists()
+
+
+def test_a_pair_that_fails_verification_writes_nothing(work, monkeypatch, capsys):
+    """The check is wired: with a tolerance nothing meets, the build stops in one line and
+    neither artifact appears."""
+    import vitedge.streaming_build as streaming_build
+
+    monkeypatch.setattr(streaming_build, "FP32_TOLERANCE", -1.0)
+    out = work / "strict.fp32.ort.onnx"
+    code, _, err = run_cli(["build", str(work / "cam.onnx"), "--backend", "onnxruntime", "-o",
+                            str(out)], capsys)
+    assert code == 1 and "the built full pass differs from its ONNX graph" in err
+    assert not out.exists() and not (work / "strict.fp32.full.ort.onnx").exists()

@@ -78,6 +78,11 @@ def build_streaming(src: Path, output: str | Path | None, options: BuildOptions,
     if options.calib:
         raise VitedgeError("--calib is for INT8 builds; a streaming graph builds in FP32",
                            "drop --calib")
+    if options.batch not in (None, "1", "1:1:1"):
+        raise VitedgeError(f"a streaming graph's batch is fixed at 1 (one state per camera), "
+                           f"not {options.batch}", "drop --batch")
+    if options.timing_cache:
+        notes.append("--timing-cache is not used for a streaming graph's build")
     target = build_target(options, output)
     backend = target.backend
     manifest = require_manifest(load_onnx(src), src)
@@ -89,13 +94,18 @@ def build_streaming(src: Path, output: str | Path | None, options: BuildOptions,
         raise VitedgeError(f"-o {artifact.name} is not named as a {backend.name} artifact",
                            f"end it with {backend.suffix}")
     from vitedge.inputs import refuse_overwriting_inputs
+    from vitedge.placement import built_for, place_artifact
 
+    refuse_overwriting_inputs(artifact, src, full_src, options.data)
+    artifact = place_artifact(artifact, backend.name, target.profile.name, backend.suffix,
+                              output is not None, options.force, notes)
     paired = full_src != src
     full_artifact = companion_path(artifact, backend.suffix) if paired else artifact
-    for path in {artifact, full_artifact}:
-        refuse_overwriting_inputs(path, src, full_src, options.data)
-        if path.exists() and not options.force:
-            raise VitedgeError(f"{path} exists", "--force replaces it, or choose another -o")
+    refuse_overwriting_inputs(full_artifact, src, full_src, options.data)
+    if full_artifact.exists() and not options.force and \
+            built_for(full_artifact) != (backend.name, target.profile.name):
+        raise VitedgeError(f"{full_artifact}, where the full pass of this build goes, holds "
+                           "another file", "give another -o, or add --force to replace it")
     result = BuildResult(artifact, backend.name, target.reason, FP32, target.profile.name,
                          backend.device(), 0, notes=[*target.notes, *notes])
     frames = _frames(options, manifest)
@@ -105,7 +115,7 @@ def build_streaming(src: Path, output: str | Path | None, options: BuildOptions,
             graphs = [(full_src, full_artifact, "full pass")] if paired else []
             graphs.append((_naming(src, full_artifact.name, Path(tmp)) if paired else src,
                            artifact, "streaming graph"))
-            built: list[tuple[BuiltArtifact, Path, dict[str, Any]]] = []
+            built: list[tuple[BuiltArtifact, Path]] = []
             for graph, final, what in graphs:
                 request = BuildRequest(graph, require_manifest(load_onnx(graph), graph),
                                        target.profile, _one(), None, rep)
@@ -113,10 +123,10 @@ def build_streaming(src: Path, output: str | Path | None, options: BuildOptions,
                 made.append((backend, part))
                 one = timed(result, rep, f"{backend.build_step} ({what})",
                             partial(backend.build, request, part))
-                built.append((one, final, {}))
-            verification = _verify(backend, [b for b, _, _ in built], full_src, src, frames,
+                built.append((one, final))
+            verification = _verify(backend, [b for b, _ in built], full_src, src, frames,
                                    result, rep)
-            for (one, final, _), record in zip(built, verification, strict=True):
+            for (one, final), record in zip(built, verification, strict=True):
                 backend.record(one, record)
                 result.notes.extend(n for n in one.notes if n not in result.notes)
                 result.details.update(one.details)
@@ -135,6 +145,7 @@ def build_streaming(src: Path, output: str | Path | None, options: BuildOptions,
     result.details[TOKEN_REUSE_KEY] = {"k": entry["k"], "tokens": entry["tokens"],
                                        "full": str(full_artifact)}
     if paired:
+        result.intermediate.append(str(full_artifact))
         result.notes.append(f"its full pass is {full_artifact.name} beside it (keep them "
                             "together; TokenReuse.open runs the pair)")
     return result
@@ -199,18 +210,19 @@ def _verify(backend: Backend, built: list[BuiltArtifact], full_src: Path, src: P
     lines = [f"verified on {frames[1]} as a sequence of frames ({backend.name}, "
              f"{result.device}), against ONNX Runtime on the ONNX graphs with the same states:"]
     for r in records:
-        lines.append(f"  {r['graph']}: {r['frames']} frames, worst difference "
+        r["line"] = (f"{r['graph']}: {r['frames']} frames, worst difference "
                      f"{r['worst_relative']:.2e} of its largest value in {r['worst']} "
                      f"(tolerance {r['tolerance_relative']:.0e}), top-1 agreement "
                      f"{r['top1_agreement']:.0%}, cosine min {r['cosine_min']:.6f}")
-    for record in records:
-        record["lines"] = lines
-        if record["worst_relative"] > record["tolerance_relative"]:
+        lines.append("  " + r["line"])
+    for r in records:
+        r["lines"] = lines
+        r["line"] += f" ({backend.name} against ONNX Runtime on {frames[1]})"
+        if r["worst_relative"] > r["tolerance_relative"]:
             raise VitedgeError(
-                f"the built {record['graph']} differs from its ONNX graph by "
-                f"{record['worst_relative']:.2e} relative in {record['worst']} (tolerance "
-                f"{record['tolerance_relative']:.0e}; float parts "
-                f"{record['float_parts'] or 'fp32'})",
+                f"the built {r['graph']} differs from its ONNX graph by "
+                f"{r['worst_relative']:.2e} relative in {r['worst']} (tolerance "
+                f"{r['tolerance_relative']:.0e}; float parts {r['float_parts'] or 'fp32'})",
                 f"{backend.product} computes something else than the graph; please report it, "
                 "or build with --backend onnxruntime")
     return records
