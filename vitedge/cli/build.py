@@ -165,7 +165,9 @@ def build(input_path: str, output: str | None, as_json: bool, **kw: Any) -> None
     build them the same way; a precision the profile's targets cannot run is refused
     (`vitedge profiles NAME` shows what they run). The artifact is then
     verified on this machine, with the backend that will run it, on images of --data held
-    out of calibration: against the graph it was built from and against FP32."""
+    out of calibration: against the graph it was built from and against FP32. A streaming
+    graph (`export --token-reuse K`) builds in FP32 with its full pass beside it
+    (NAME.fp32.full + suffix), both verified frame after frame against their ONNX graphs."""
     from vitedge.deploy import build as run_build
     from vitedge.verification import verification_lines
 

@@ -73,8 +73,30 @@ class TokenReuse:
                  threads: int | None = None):
         if refresh < 1:
             raise VitedgeError("refresh must be 1 or more frames")
+        self._start(load_runner(streaming, threads), streaming, full, refresh, threads)
+
+    @classmethod
+    def open(cls, streaming: str | Path, refresh: int = 30, threads: int | None = None
+             ) -> TokenReuse:
+        """The streaming graph or artifact at `streaming` with the full pass its manifest
+        names beside it (itself where it recomputes every token)."""
+        if refresh < 1:
+            raise VitedgeError("refresh must be 1 or more frames")
+        runner = load_runner(streaming, threads)
+        try:
+            full = full_pass_beside(streaming, token_reuse_entry(runner.manifest, streaming))
+        except BaseException:
+            runner.close()
+            raise
+        made = cls.__new__(cls)
+        made._start(runner, streaming, full, refresh, threads)
+        return made
+
+    def _start(self, stream: Runner, streaming: str | Path, full: str | Path, refresh: int,
+               threads: int | None) -> None:
+        """Adopt the loaded streaming runner (closed again on failure) and load the full pass."""
         self.refresh = refresh
-        self.stream = load_runner(streaming, threads)
+        self.stream = stream
         try:
             self.manifest = self.stream.manifest
             self.reuse = token_reuse_entry(self.manifest, streaming)
@@ -98,15 +120,6 @@ class TokenReuse:
         self.output_name = self.manifest.output_name
         self.cameras: dict[Any, _Camera] = {}
         self.frames = self.full_passes = 0
-
-    @classmethod
-    def open(cls, streaming: str | Path, refresh: int = 30, threads: int | None = None
-             ) -> TokenReuse:
-        """The streaming graph or artifact at `streaming` with the full pass its manifest
-        names beside it (itself where it recomputes every token)."""
-        with load_runner(streaming, threads) as runner:
-            entry = token_reuse_entry(runner.manifest, streaming)
-        return cls(streaming, full_pass_beside(streaming, entry), refresh, threads)
 
     def run(self, x: np.ndarray, camera: Any = None) -> tuple[np.ndarray, float]:
         x = np.ascontiguousarray(x, np.float32)
