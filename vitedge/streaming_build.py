@@ -67,10 +67,12 @@ def build_streaming(src: Path, output: str | Path | None, options: BuildOptions,
     rep = reporter(report)
     notes: list[str] = []
     if options.precision not in (None, FP32):
+        why = ("its state inputs would need ranges from real states, which calibration does "
+               "not collect yet" if options.precision not in ("fp16", "bf16") else
+               "that build is not verified for it yet")
         raise VitedgeError(f"a streaming graph (token reuse) builds in FP32 only, not "
-                           f"{options.precision} (its state inputs have no calibration yet)",
-                           "--precision fp32, or build the plain export for "
-                           f"{options.precision}")
+                           f"{options.precision}: {why}", "--precision fp32, or build the "
+                           f"plain export for {options.precision}")
     if options.precision is None:
         options = replace(options, precision=FP32)
         notes.append("a streaming graph (token reuse) builds in FP32, whatever the profile's "
