@@ -70,37 +70,39 @@ class TokenReuse:
     releases both runners."""
 
     def __init__(self, streaming: str | Path, full: str | Path, refresh: int = 30,
-                 threads: int | None = None):
+                 threads: int | None = None, device: str | None = None):
         if refresh < 1:
             raise VitedgeError("refresh must be 1 or more frames")
-        self._start(load_runner(streaming, threads), streaming, full, refresh, threads)
+        self._start(load_runner(streaming, threads, device), streaming, full, refresh,
+                    threads, device)
 
     @classmethod
-    def open(cls, streaming: str | Path, refresh: int = 30, threads: int | None = None
-             ) -> TokenReuse:
+    def open(cls, streaming: str | Path, refresh: int = 30, threads: int | None = None,
+             device: str | None = None) -> TokenReuse:
         """The streaming graph or artifact at `streaming` with the full pass its manifest
-        names beside it (itself where it recomputes every token)."""
+        names beside it (itself where it recomputes every token). `threads` and `device`:
+        as `vitedge.backends.load_runner` takes them."""
         if refresh < 1:
             raise VitedgeError("refresh must be 1 or more frames")
-        runner = load_runner(streaming, threads)
+        runner = load_runner(streaming, threads, device)
         try:
             full = full_pass_beside(streaming, token_reuse_entry(runner.manifest, streaming))
         except BaseException:
             runner.close()
             raise
         made = cls.__new__(cls)
-        made._start(runner, streaming, full, refresh, threads)
+        made._start(runner, streaming, full, refresh, threads, device)
         return made
 
     def _start(self, stream: Runner, streaming: str | Path, full: str | Path, refresh: int,
-               threads: int | None) -> None:
+               threads: int | None, device: str | None) -> None:
         """Adopt the loaded streaming runner (closed again on failure) and load the full pass."""
         self.refresh = refresh
         self.stream = stream
         try:
             self.manifest = self.stream.manifest
             self.reuse = token_reuse_entry(self.manifest, streaming)
-            self.full = load_runner(full, threads)
+            self.full = load_runner(full, threads, device)
         except BaseException:
             self.stream.close()
             raise
