@@ -49,6 +49,10 @@ def build(input_path: str | Path, output: str | Path | None = None,
     src = Path(input_path)
     if not src.exists():
         raise VitedgeError(f"no such file or folder: {src}")
+    from vitedge.streaming_build import build_streaming, is_streaming
+
+    if is_streaming(src):  # token reuse: the streaming graph and its full pass, side by side
+        return build_streaming(src, output, options, report)
     target = build_target(options, output)
     _check_profile_precision_has_ranges(options, target, src)
     placed: list[str] = []  # an artifact for another target there is never replaced silently

@@ -184,6 +184,9 @@ def verification_line(v: dict[str, Any]) -> str:
         return str(v["skipped"])
     if not v:
         return "no (built without verification, or by an older vitedge)"
+    if v.get("line"):  # a build that words its own (a streaming graph: `streaming_build`)
+        return str(v["line"])
+
     def agreement(a: dict[str, Any]) -> str:  # as the build's summary says it: all, then decided
         decided = a.get("decided_agreement")
         return f"{a['top1_agreement']:.2%}" + (

@@ -238,6 +238,12 @@ class ExportOptions:
     merge_data: str | Path | None = option(
         help="--merge auto: held-out images to judge the schedules on (a folder, an image "
         "list or an array).", path="any", metavar="IMAGES")
+    token_reuse: int | None = option(
+        help="Token reuse across a camera's frames: a streaming graph that takes the frame and "
+        "the previous state and recomputes only the K tokens per gate that changed most (its "
+        "full pass, every token, is written beside it as OUT.full.onnx).", least=1, kind=int,
+        metavar="K")
+    """Eventful token reuse (`vitedge.export.streaming`): K tokens per gate; None: none."""
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -266,13 +272,29 @@ class ExportOptions:
                                f"{MIN_OPSET}..{MAX_OPSET} (TensorRT 10 parses up to 20)")
         if self.batch is not None and self.batch < 1:
             raise VitedgeError("--batch must be 'dynamic' or a positive number")
+        if self.token_reuse is not None:
+            self._check_token_reuse()
+
+    def _check_token_reuse(self) -> None:
+        """--token-reuse makes a streaming graph of images, one state per camera."""
+        others = {"--merge": self.merge is not None, "--attention-outputs": self.attention_outputs,
+                  "--zero-shot": self.zero_shot is not None, "--no-head": not self.head,
+                  "--external-data": self.external_data,
+                  f"--input {self.input_kind}": self.input_kind != "images",
+                  f"--batch {self.batch}": self.batch not in (None, 1)}
+        given = [name for name, on in others.items() if on]
+        if given:
+            raise VitedgeError(f"--token-reuse does not combine with {', '.join(given)}",
+                               "export the streaming graph (images, batch 1, one state per "
+                               "camera) on its own")
 
     def key(self) -> dict[str, Any]:
         """What shapes the exported graph, as the manifest records it (`source.export`):
         an export is reused by `vitedge build` only when this matches."""
         return {f.name: (Path(v).name if isinstance(v, (str, Path)) and f.metadata.get(
                     "flag", Flag()).path else list(v) if isinstance(v, tuple) else v)
-                for f in fields(self) if f.name != "verify" for v in (getattr(self, f.name),)}
+                for f in fields(self) if f.name != "verify" for v in (getattr(self, f.name),)
+                if f.name != "token_reuse" or v is not None}
 
 
 def _same_field(cls: type, name: str) -> Any:

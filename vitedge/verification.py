@@ -162,6 +162,8 @@ def verification_lines(v: dict[str, Any]) -> list[str]:
         return []
     if v.get("skipped"):
         return [str(v["skipped"])]
+    if v.get("lines"):  # a build that words its own (a streaming graph: `streaming_build`)
+        return [str(line) for line in v["lines"]]
     lines = [f"verified on {v['data']} ({v['backend']}, {v['device']}):"]
     rows = [("vs " + v["graph"], v["vs_graph"], v["min_agreement"]),
             ("vs the FP32 model", v["vs_fp32"], v["min_fp32_agreement"]),

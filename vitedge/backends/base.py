@@ -66,6 +66,13 @@ def median_ms(run: Callable[[], object], seconds: float = 0.0, least: int = 5,
     return round(statistics.median(laps), 3)
 
 
+def _numpy_dtype(name: str) -> np.dtype[Any]:
+    """An element type as the backends name it (ONNX Runtime's `float`, TensorRT's `HALF`,
+    numpy's `float32`) as numpy's."""
+    name = name.lower()
+    return np.dtype({"float": "float32", "half": "float16", "double": "float64"}.get(name, name))
+
+
 class Runner(ABC):
     """A loaded artifact. Subclasses set `path`, `manifest`, `inputs`, `outputs` in their
     constructor and implement `infer_all` and `_release`."""
@@ -126,6 +133,22 @@ class Runner(ABC):
     def infer(self, x: np.ndarray) -> np.ndarray:
         """The main output for a batch of model inputs."""
         return self.infer_all(x)[self.output_name]
+
+    def infer_named(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output, by name, for a graph of several inputs fed by name (a streaming
+        graph's frame and state: `vitedge.runtime.tokens`), as given: no batch split."""
+        raise VitedgeError(f"the {self.backend} backend cannot run a graph of several inputs "
+                           f"({self.name})", "build it with --backend onnxruntime or openvino")
+
+    def _feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`feeds` checked against the inputs by name, as contiguous arrays of their types."""
+        wanted = {i.name: i.dtype for i in self.inputs}
+        if set(feeds) != set(wanted):
+            missing, extra = sorted(set(wanted) - set(feeds)), sorted(set(feeds) - set(wanted))
+            raise VitedgeError(f"{self.name} takes the inputs {', '.join(wanted)}"
+                               + (f"; missing {', '.join(missing)}" if missing else "")
+                               + (f"; not its own: {', '.join(extra)}" if extra else ""))
+        return {k: np.ascontiguousarray(v, _numpy_dtype(wanted[k])) for k, v in feeds.items()}
 
     def infer_timed(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         """The main output and the device stages' times in ms (host_to_device,

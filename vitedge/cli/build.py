@@ -28,17 +28,21 @@ CALIBRATION_FLAGS = ("num_images", "method", "percentile", "batch", "smooth_alph
               help="Where to write the ONNX model (written atomically).")
 @flags(ExportOptions, "arch", "num_heads", "img_size", "batch", "opset", "input_kind", "labels",
        "attention_outputs", "head", "external_data", "zero_shot", "prompts", "zero_shot_embeddings", "logit_scale",
-       "logit_bias", "merge", "max_drop", "merge_data", "verify")
+       "logit_bias", "merge", "max_drop", "merge_data", "token_reuse", "verify")
 def export(checkpoint: str, output: str, as_json: bool, **kw: Any) -> None:
     """Export CHECKPOINT (timm, Hugging Face, torchvision or vitedge; a file or a folder)
     to an ONNX model with its preprocessing and labels inside, verified against PyTorch.
     A model without a classification head (DINOv2, CLIP / SigLIP image towers) outputs its
-    embedding; with --zero-shot, a CLIP / SigLIP tower becomes a classifier."""
+    embedding; with --zero-shot, a CLIP / SigLIP tower becomes a classifier. With
+    --token-reuse K, the streaming graph for token reuse across a camera's frames (frame and
+    state in, result and state out), with its full pass beside it."""
     from vitedge.export import export_onnx
+    from vitedge.export.streaming import export_token_reuse
 
     opts = options(ExportOptions, kw)
     with progress("exporting", not as_json) as bar:
-        result = export_onnx(checkpoint, output, opts, bar)
+        run = export_onnx if opts.token_reuse is None else export_token_reuse
+        result = run(checkpoint, output, opts, bar)
     if json_or_notes(result, as_json):
         return
     m = result.manifest
@@ -165,7 +169,9 @@ def build(input_path: str, output: str | None, as_json: bool, **kw: Any) -> None
     build them the same way; a precision the profile's targets cannot run is refused
     (`vitedge profiles NAME` shows what they run). The artifact is then
     verified on this machine, with the backend that will run it, on images of --data held
-    out of calibration: against the graph it was built from and against FP32."""
+    out of calibration: against the graph it was built from and against FP32. A streaming
+    graph (`export --token-reuse K`) builds in FP32 with its full pass beside it
+    (NAME.fp32.full + suffix), both verified frame after frame against their ONNX graphs."""
     from vitedge.deploy import build as run_build
     from vitedge.verification import verification_lines
 

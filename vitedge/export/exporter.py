@@ -66,6 +66,10 @@ def export_onnx(
     refuse_overwriting_inputs(output, checkpoint, opts.labels, opts.zero_shot,
                               opts.zero_shot_embeddings)
     require("torch", "export", "exporting a checkpoint")
+    if opts.token_reuse is not None:
+        raise VitedgeError("a streaming graph (token reuse) is exported by "
+                           "vitedge.export.streaming.export_token_reuse",
+                           "call that with these options")
     from vitedge.model.importer import load_checkpoint
 
     timings: dict[str, float] = {}

@@ -32,12 +32,18 @@ CLASS_TOKEN_CHANGE = 3e38
 
 
 def check_streamable(model: VisionTransformer) -> None:
+    """One line naming what the model has that the streaming module does not define."""
     cfg = model.cfg
-    if (not cfg.class_token or cfg.dist_token or cfg.reg_tokens or cfg.rope
-            or cfg.global_pool not in ("token", "") or not cfg.fused_qkv or cfg.attn_norm):
+    found = {"no class token": not cfg.class_token, "a distillation token": cfg.dist_token,
+             "register tokens": bool(cfg.reg_tokens), "rotary position embedding": cfg.rope,
+             f"{cfg.global_pool} pooling": cfg.global_pool not in ("token", ""),
+             "separate Q, K, V projections": not cfg.fused_qkv,
+             "a norm inside attention": bool(cfg.attn_norm)}
+    has = [what for what, present in found.items() if present]
+    if has:
         raise VitedgeError("token reuse supports the classic ViT (a class token read by the "
-                           "head, learned position embeddings, fused QKV); this model is not one",
-                           "export it without token reuse")
+                           "head, learned position embeddings, fused QKV); this model has "
+                           + ", ".join(has), "export it without --token-reuse")
 
 
 def gate(x: torch.Tensor, ref: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +91,8 @@ class StreamingViT(nn.Module):
         self.model = model
         self.tokens = model.cfg.num_tokens
         if not 1 <= k <= self.tokens:
-            raise VitedgeError(f"tokens per gate must be 1 to {self.tokens}, not {k}")
+            raise VitedgeError(f"tokens per gate must be 1 to {self.tokens} (the model's "
+                               f"tokens), not {k}", f"--token-reuse 1 to {self.tokens}")
         self.k = k
 
     def initial_state(self, batch: int = 1) -> list[torch.Tensor]:

@@ -111,6 +111,11 @@ class OnnxRuntimeRunner(Runner):
     def infer_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self._run(self.session, x, None), strict=True))
 
+    def infer_named(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._check_open()
+        got = self.session.run(None, self._feeds(feeds))
+        return dict(zip(self.output_names, got, strict=True))
+
     def layer_times(self, x: np.ndarray, runs: int = 10) -> dict[str, float]:
         """ONNX Runtime's profile of a session opened exactly as this one (same model,
         threads, optimization level), fed as `infer` feeds it."""

@@ -123,6 +123,13 @@ class OpenVINORunner(Runner):
         return {name: np.array(request.get_output_tensor(i).data)
                 for i, name in enumerate(self.output_names)}
 
+    def infer_named(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._check_open()
+        request = self._request()
+        request.infer(self._feeds(feeds))
+        return {name: np.array(request.get_output_tensor(i).data)
+                for i, name in enumerate(self.output_names)}
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "device": self.device,
                 "precision_hint": self.precision_hint, "float_parts": self.float_parts,

@@ -164,22 +164,33 @@ class TensorRTRunner(Runner):
         chunks = [self._run(x[i:i + step]) for i in range(0, len(x), step)]
         return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
+    def infer_named(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Untested in vitedge's suite (no GPU there): `_run` with every input fed by name."""
+        self._check_open()
+        self.last_timings = {"host_to_device": 0.0, "infer": 0.0, "device_to_host": 0.0}
+        return self._run_feeds(self._feeds(feeds))
+
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return self._run_feeds({self.input_name: x})
+
+    def _run_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cuda, ev = self.cuda, self.events
-        host_in = self._host(self.input_name, x.shape, self._dtype(self.input_name))
-        host_in[...] = x
-        self.context.set_input_shape(self.input_name, host_in.shape)
-        d_in = self._buffer(self.input_name, host_in.nbytes)
-        self.context.set_tensor_address(self.input_name, d_in)
+        hosts: dict[str, np.ndarray] = {}
+        for name, x in feeds.items():
+            host_in = hosts[name] = self._host(name, x.shape, self._dtype(name))
+            host_in[...] = x
+            self.context.set_input_shape(name, host_in.shape)
+            self.context.set_tensor_address(name, self._buffer(name, host_in.nbytes))
         outputs: dict[str, np.ndarray] = {}
         for name in self.output_names:
             shape = tuple(self.context.get_tensor_shape(name))
             outputs[name] = self._host(name, shape, self._dtype(name))
             self.context.set_tensor_address(name, self._buffer(name, outputs[name].nbytes))
         cuda.record(ev[0], self.stream)
-        cuda.htod_async(d_in, host_in, self.stream)
+        for name, host_in in hosts.items():
+            cuda.htod_async(self.buffers[name][0], host_in, self.stream)
         cuda.record(ev[1], self.stream)
-        self._execute(host_in.shape)
+        self._execute(hosts[self.input_name].shape)
         cuda.record(ev[2], self.stream)
         for name, host in outputs.items():
             cuda.dtoh_async(host, self.buffers[name][0], self.stream)
