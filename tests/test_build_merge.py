@@ -216,3 +216,34 @@ def test_merge_auto_times_the_schedules_with_the_builds_backend(folder, tmp_path
     assert list(export.architecture.merge) == choice["schedule"]
     assert result["merge"]["schedule"] == choice["schedule"]
     assert all(c["within"] for c in timed) and choice["images"] == 64
+
+
+def test_an_embedding_models_build_is_compared_with_the_unmerged_one_by_cosine(tmp_path,
+                                                                               capsys):
+    """A SigLIP image tower (no head, attention pooling) from its folder, merged: the
+    recorded comparison with the unmerged FP32 model is the embeddings' cosine, as the
+    two exports give it in ONNX Runtime."""
+    from tests.conftest import FIXTURES
+    from vitedge.export.verify import photo_files
+    from vitedge.runtime.preprocess import load_image, model_input
+
+    shutil.copytree(FIXTURES / "siglip", tmp_path / "siglip")
+    code, out, err = run_cli(["build", str(tmp_path / "siglip"), "--merge", "4", "--precision",
+                              "fp32", "--backend", "onnxruntime", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["output"] == str(tmp_path / "siglip.merge4.fp32.ort.onnx")
+    v = result["verification"]
+    assert not v["classifier"] and v["unmerged_fp32_missing"] is None
+
+    plain = tmp_path / "plain.onnx"
+    export_onnx(FIXTURES / "siglip", plain, ExportOptions())
+    manifest = manifest_from_file(plain)
+    x = np.stack([model_input(load_image(str(p)), manifest) for p in photo_files()])
+    a = ort.InferenceSession(str(plain)).run(None, {"images": x})[0]
+    with load_runner(result["output"]) as runner:
+        b = runner.infer(x)
+    cosine = np.sum(a * b, -1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    assert v["vs_unmerged_fp32"]["cosine"] == pytest.approx(float(cosine.mean()), abs=1e-6)
+    assert v["vs_unmerged_fp32"]["cosine_min"] == pytest.approx(float(cosine.min()), abs=1e-6)
+    assert cosine.min() < 0.999  # merging changed the embedding

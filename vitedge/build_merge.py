@@ -77,7 +77,8 @@ def merge_timer(target: Target, report: Any) -> Any:
     """`--merge auto`'s schedules timed with the build's backend (`merge_choice.backend_timer`),
     as FP32 graphs, or at the precision where the backend computes it from the FP32 graph
     (bf16): a quantized precision needs a calibration per schedule, which timing does not
-    pay for."""
+    pay for. Where the CPU backends race (`cpu_race`), the schedule is chosen first, with
+    the profile's backend, and the race then runs on the merged graph."""
     from vitedge.export.merge_choice import backend_timer
 
     backend = target.backend
