@@ -160,6 +160,10 @@ def test_a_merged_onnx_input_builds_and_a_contradicting_merge_is_refused(folder,
                             "fp32", "--backend", "onnxruntime"], capsys)
     assert code != 0 and "unmerged graph" in err and "build the checkpoint" in err
     assert len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["build", str(merged), "--merge", "auto", "--data",
+                            str(DEMO_CALIBRATION), "--precision", "fp32"], capsys)
+    assert code != 0 and "--merge auto chooses a schedule at export" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_without_its_checkpoint_the_unmerged_comparison_says_why(folder, builds, tmp_path,
