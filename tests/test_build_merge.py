@@ -166,6 +166,17 @@ def test_a_merged_onnx_input_builds_and_a_contradicting_merge_is_refused(folder,
     assert len(err.strip().splitlines()) == 1
 
 
+def test_a_merge_that_loses_the_model_fails_the_build(folder, builds, capsys):
+    """The unmerged comparison is judged: below --min-fp32-agreement nothing is written."""
+    code, _, err = run_cli(["build", str(folder / "fm.safetensors"), "--merge", "9",
+                            "--precision", "fp32", "--backend", "onnxruntime", "--data",
+                            str(DEMO_CALIBRATION), "--verify-images", str(HELD),
+                            "--min-fp32-agreement", "0.99"], capsys)
+    assert code != 0 and "Traceback" not in err
+    assert "agrees with the unmerged FP32 model" in err and "token merging collapsed" in err
+    assert not (folder / "fm.merge9.fp32.ort.onnx").exists()
+
+
 def test_without_its_checkpoint_the_unmerged_comparison_says_why(folder, builds, tmp_path,
                                                                  capsys):
     """A merged ONNX alone: built and verified against its own graph, and one line says

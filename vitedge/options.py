@@ -435,9 +435,11 @@ class VerifyOptions:
                                   "build fails and writes nothing.", least=0, most=1)
     """Least top-1 agreement with the graph the artifact computes."""
     min_fp32_agreement: float = option(MIN_FP32_AGREEMENT, "Least top-1 agreement with the FP32 model; below "
-                                       "it quantization collapsed and the build fails.",
+                                       "it quantization collapsed and the build fails (with "
+                                       "--merge, also with the unmerged FP32 model).",
                                        least=0, most=1)
-    """Least top-1 agreement with the FP32 model (below: quantization collapsed)."""
+    """Least top-1 agreement with the FP32 model (below: quantization collapsed), and of a
+    merged graph's artifact with the unmerged FP32 model (below: merging collapsed it)."""
 
     def __post_init__(self) -> None:
         check_fields(self)
