@@ -206,9 +206,9 @@ def test_merge_auto_times_the_schedules_with_the_builds_backend(folder, tmp_path
     from vitedge.backends.openvino.backend import OpenVINOBackend
 
     shutil.copy(DEMO_CHECKPOINT, tmp_path / "fm.safetensors")
-    judge = tmp_path / "judge"  # 64 images to judge the schedules on (a quick choice)
+    judge = tmp_path / "judge"  # 32 images to judge the schedules on (a quick choice)
     judge.mkdir()
-    for image in image_source(DEMO_CALIBRATION, 64, seed=5).items:
+    for image in image_source(DEMO_CALIBRATION, 32, seed=5).items:
         shutil.copy(image, judge / f"{len(list(judge.iterdir()))}{Path(image).suffix}")
     built: list[Path] = []
     real = OpenVINOBackend.build
@@ -217,7 +217,7 @@ def test_merge_auto_times_the_schedules_with_the_builds_backend(folder, tmp_path
                       lambda self, request, path: built.append(request.model) or
                       real(self, request, path))
         code, out, err = run_cli(["build", str(tmp_path / "fm.safetensors"), "--merge", "auto",
-                                  "--merge-max-drop", "3", "--precision", "fp32", "--backend",
+                                  "--merge-max-drop", "10", "--precision", "fp32", "--backend",
                                   "openvino", "--data", str(DEMO_CALIBRATION),
                                   "--merge-data", str(judge),
                                   "--verify-images", "32", "--json"], capsys)
@@ -225,12 +225,12 @@ def test_merge_auto_times_the_schedules_with_the_builds_backend(folder, tmp_path
     result = json.loads(out)
     choice = result["merge"]["auto"]
     timed = [c for c in choice["candidates"] if c["ms"] is not None]
-    assert choice["timed_on"].startswith("OpenVINO")
+    assert len(timed) >= 2 and choice["timed_on"].startswith("OpenVINO")  # unmerged and r
     assert len(built) == len(timed) + 1  # each timed schedule (and the unmerged one), then the artifact
     export = manifest_from_file(tmp_path / "fm.merge-auto.onnx")
     assert list(export.architecture.merge) == choice["schedule"]
     assert result["merge"]["schedule"] == choice["schedule"]
-    assert all(c["within"] for c in timed) and choice["images"] == 64
+    assert all(c["within"] for c in timed) and choice["images"] == 32
 
 
 def test_an_embedding_models_build_is_compared_with_the_unmerged_one_by_cosine(tmp_path,
