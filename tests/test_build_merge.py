@@ -262,3 +262,29 @@ def test_an_embedding_models_build_is_compared_with_the_unmerged_one_by_cosine(t
     assert v["vs_unmerged_fp32"]["cosine"] == pytest.approx(float(cosine.mean()), abs=1e-6)
     assert v["vs_unmerged_fp32"]["cosine_min"] == pytest.approx(float(cosine.min()), abs=1e-6)
     assert cosine.min() < 0.999  # merging changed the embedding
+
+
+def test_an_onnx_input_of_frames_is_compared_with_an_unmerged_export_of_frames(tmp_path,
+                                                                                 capsys):
+    """The unmerged twin of a merged ONNX input repeats its recorded export options (here
+    --input frames) and goes beside it under its own name; options a build cannot repeat
+    (a labels file, recorded by name only) are said in one line."""
+    shutil.copy(DEMO_CHECKPOINT, tmp_path / "fm.safetensors")
+    frames = tmp_path / "frames.onnx"
+    export_onnx(tmp_path / "fm.safetensors", frames, ExportOptions(merge=2, input_kind="frames"))
+    args = ["--precision", "fp32", "--backend", "onnxruntime", "--data", str(DEMO_CALIBRATION),
+            "--verify-images", "32", "--json"]
+    code, out, err = run_cli(["build", str(frames), *args], capsys)
+    assert code == 0, err
+    assert json.loads(out)["verification"]["vs_unmerged_fp32"]["images"] == 32
+    twin = manifest_from_file(tmp_path / "fm.unmerged.onnx")
+    assert twin.input == "frames" and not twin.architecture.merge
+
+    (tmp_path / "labels.txt").write_text("".join(f"class {i}\n" for i in range(10)))
+    labelled = tmp_path / "labelled.onnx"
+    export_onnx(tmp_path / "fm.safetensors", labelled,
+                ExportOptions(merge=2, labels=tmp_path / "labels.txt"))
+    code, out, err = run_cli(["build", str(labelled), *args], capsys)
+    assert code == 0, err
+    assert "a build does not repeat (labels)" in json.loads(out)["verification"][
+        "unmerged_fp32_missing"]

@@ -21,8 +21,13 @@ from vitedge.precisions import FP32
 from vitedge.target import Target
 
 MERGE_FIELDS = ("merge", "max_drop", "merge_data")
-"""The export options that make a graph merged: the rest must match for an export of the
-same checkpoint to be the unmerged model."""
+"""The export options that make a graph merged."""
+FORM_FIELDS = ("batch", "opset", "external_data", "attention_outputs")
+"""Export options that change the graph's form, not what its main output computes."""
+REPEATED = ("arch", "num_heads", "img_size", "input_kind", "head")
+"""Export options a build repeats from an ONNX model's record for its unmerged twin (plain
+values; a file the export read, such as --labels, is recorded by name only). The other
+options must match the defaults for an export of the same checkpoint to be that model."""
 
 
 def merge_tag(merge: int | tuple[int, ...] | str | None) -> str:
@@ -109,18 +114,20 @@ def unmerged_reference(files: Intermediates, src: Path, manifest: Manifest, stem
     if checkpoint.is_file() and sha and sha256_file(checkpoint) != sha:
         return None, (f"{what}: {checkpoint.name} beside {src.name} is not the checkpoint it "
                       "was exported from (its sha256 differs)")
-    unmerged = ExportOptions(batch=None).key()
     recorded = manifest.source.get("export") or {}
-    differs = sorted(k for k in unmerged if k not in MERGE_FIELDS
-                     and recorded.get(k, unmerged[k]) != unmerged[k])
+    export = ExportOptions(batch=None, **{k: recorded[k] for k in REPEATED if k in recorded})
+    key = export.key()
+    differs = sorted(k for k in key if k not in MERGE_FIELDS + FORM_FIELDS
+                     and recorded.get(k, key[k]) != key[k])
     if differs:
         return None, (f"{what}: {src.name} was exported with options a build does not repeat "
-                      f"({', '.join(differs)}); build its checkpoint with --merge to have it")
+                      f"({', '.join(differs)}); `vitedge compare` compares it with an unmerged "
+                      "export of your own")
     base = checkpoint.stem if checkpoint.is_file() else checkpoint.name
-    if (src.parent / f"{base}.onnx").resolve() == src.resolve():
-        base += ".unmerged"  # never in the place of the input
-    return files.export(checkpoint, base, ExportOptions(batch=None),
-                        step="export unmerged"), None
+    if export != ExportOptions(batch=None) or \
+            (src.parent / f"{base}.onnx").resolve() == src.resolve():
+        base += ".unmerged"  # not a build's usual export, and never in the place of the input
+    return files.export(checkpoint, base, export, step="export unmerged"), None
 
 
 def merge_record(manifest: Manifest) -> dict[str, Any]:
