@@ -360,3 +360,11 @@ def _check_types(cfg: ViTConfig) -> None:
         elif isinstance(f.default, str) and not isinstance(value, str):
             raise VitedgeError(f"architecture {f.name} must be a string, not {value!r}")
 
+
+
+def merge_words(schedule: list[int] | tuple[int, ...], per_block: list[int], gflops: float,
+                unmerged: float) -> str:
+    """A merged model's schedule in words, as `inspect` and the build summary show it."""
+    return (f"r {','.join(map(str, schedule))}: tokens per block "
+            f"{' '.join(map(str, per_block))}; {gflops:.3f} GFLOPs against {unmerged:.3f} "
+            "unmerged")

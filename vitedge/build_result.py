@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vitedge.architecture import merge_words
 from vitedge.precisions import precision_words
 from vitedge.report import Reporter
 
@@ -42,6 +43,9 @@ class BuildResult:
     float_parts: str | None = None
     """What the artifact's float arithmetic runs in here, where the backend decides it
     (OpenVINO: fp32, or bf16 for --precision bf16 and where an INT8 build measured it faster)."""
+    merge: dict[str, Any] = field(default_factory=dict)
+    """A merged graph's token merging (`vitedge.build_merge.merge_record`): schedule, tokens
+    per block, GFLOPs against unmerged, --merge auto's choice; empty without merging."""
 
     @property
     def seconds(self) -> float:
@@ -59,6 +63,10 @@ class BuildResult:
                 ("backend", self.backend),
                 ("profile", self.profile), ("device", self.device),
                 ("build time", f"{self.seconds:.1f} s")]
+        if self.merge.get("schedule"):
+            m = self.merge
+            rows.insert(2, ("token merging", merge_words(m["schedule"], m["tokens_per_block"],
+                                                         m["gflops"], m["gflops_unmerged"])))
         if self.intermediate:
             rows.append(("also wrote", ", ".join(self.intermediate)))
         if self.reused:

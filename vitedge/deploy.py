@@ -20,6 +20,13 @@ from typing import Any
 
 import vitedge.backends as backends
 from vitedge.backends.base import Backend, BuildRequest, BuiltArtifact
+from vitedge.build_merge import (
+    check_onnx_merge,
+    merge_record,
+    merge_tag,
+    merge_timer,
+    unmerged_reference,
+)
 from vitedge.build_result import BuildResult
 from vitedge.cpu_race import Candidate, Contender, cpu_contenders, fastest
 from vitedge.errors import VitedgeError, write_error
@@ -55,14 +62,21 @@ def build(input_path: str | Path, output: str | Path | None = None,
         return build_streaming(src, output, options, report)
     target = build_target(options, output)
     _check_profile_precision_has_ranges(options, target, src)
+    if src.suffix == ".onnx":
+        check_onnx_merge(src, options.merge)  # merged at export or not at all
     placed: list[str] = []  # an artifact for another target there is never replaced silently
     stem, artifact = _artifact_path(src, output, target, options, placed)
     result = BuildResult(artifact, target.backend.name, target.reason, target.precision,
                          target.profile.name, target.backend.device(), 0,
                          notes=[*target.notes, *placed])
     files = Intermediates(artifact.parent, options.force, result, reporter(report), target)
-    fp32 = src if src.suffix == ".onnx" else files.export(src, stem)
+    fp32 = src if src.suffix == ".onnx" else files.export(
+        src, stem, options.export_options(),
+        merge_timer(target, files.report) if options.merge == "auto" else None)
     graph = _graph_for_backend(files, fp32, stem, options, target.precision, result)
+    result.merge = merge_record(graph.manifest)
+    graph.unmerged = unmerged_reference(files, src, graph.manifest,
+                                        stem.removesuffix(merge_tag(options.merge)), options)
     inputs = _verification_inputs(options, graph.manifest, graph.held_out)
     contenders = [Contender(target, artifact)]
     if target.measured:
@@ -92,6 +106,8 @@ def _artifact_path(src: Path, output: str | Path | None, target: Target,
     stem = src.stem if is_onnx else (src.stem if src.is_file() else src.name)
     if is_onnx:  # fm.int8.onnx builds fm.int8.ort.onnx, not fm.int8.int8.ort.onnx
         stem = stem.removesuffix(f".{precision}")
+    base = stem  # a merged build's unmerged reference is exported as base.onnx
+    stem += "" if is_onnx else merge_tag(options.merge)  # fm.merge8.onnx, never fm.onnx
     artifact = Path(output) if output else src.parent / f"{stem}.{precision}{backend.suffix}"
     _check_output_names_backend(artifact, backend)
     _check_writable(artifact)
@@ -99,7 +115,8 @@ def _artifact_path(src: Path, output: str | Path | None, target: Target,
     artifact = place_artifact(artifact, backend.name, target.profile.name, backend.suffix,
                               output is not None, options.force, placed)
     intermediates = ([] if is_onnx else [artifact.parent / f"{stem}.onnx"]) + (
-        [artifact.parent / f"{stem}.{precision}.onnx"] if precision not in FROM_FP32 else [])
+        [artifact.parent / f"{stem}.{precision}.onnx"] if precision not in FROM_FP32 else []) + (
+        [artifact.parent / f"{base}.onnx"] if base != stem and not is_onnx else [])
     if artifact.resolve() in [p.resolve() for p in intermediates]:
         raise VitedgeError(f"-o {artifact} is where the build writes an intermediate model",
                            f"choose another name, e.g. {stem}.{precision}{backend.suffix}")
@@ -152,6 +169,8 @@ class Graph:
     """The FP32 model, where `model` is a quantized graph made from it."""
     held_out: Any
     """The images of --data kept out of calibration to verify on."""
+    unmerged: tuple[Path | None, str | None] = (None, None)
+    """A merged graph's unmerged FP32 model, or why there is none (`build_merge`)."""
 
 
 def _graph_for_backend(files: Intermediates, fp32: Path, stem: str, options: BuildOptions,
@@ -262,7 +281,7 @@ def _build_verified(files: Intermediates, graph: Graph, inputs: tuple[Any, str, 
                 built = files.timed(backend.build_step, partial(backend.build, request, tmp))
                 verification = ({"skipped": "not verified (--no-verify)"} if inputs is None else
                                 _verify(backend, built, graph.reference, inputs, options, result,
-                                        files.timed, "verify" + several))
+                                        files.timed, "verify" + several, graph.unmerged))
             except VitedgeError as exc:
                 if len(contenders) == 1:
                     raise
@@ -317,10 +336,11 @@ def replace_manifest(manifest: Manifest, precision: str | None = None) -> Manife
 
 def _verify(backend: Backend, built: BuiltArtifact, reference: Path | None,
             inputs: tuple[Any, str, bool], options: BuildOptions, result: BuildResult,
-            timed: Callable[[str, Callable[[], Any]], Any], step: str = "verify"
-            ) -> dict[str, Any]:
-    """The built artifact run by its own runner against the graph it came from and FP32;
-    what was measured (or why nothing could be) for the artifact to record."""
+            timed: Callable[[str, Callable[[], Any]], Any], step: str = "verify",
+            unmerged: tuple[Path | None, str | None] = (None, None)) -> dict[str, Any]:
+    """The built artifact run by its own runner against the graph it came from, FP32 and a
+    merged graph's unmerged FP32 model; what was measured (or why nothing could be) for
+    the artifact to record."""
     skipped = backend.cannot_run_here()
     if skipped is not None:
         return {"skipped": skipped}
@@ -333,7 +353,8 @@ def _verify(backend: Backend, built: BuiltArtifact, reference: Path | None,
             float_parts.append(runner.float_parts)
             return verify_artifact(runner, built.graph, built.graph_name, reference, *inputs,
                                    options.verify, backend.name, result.device,
-                                   tensorrt_graph=built.portable_graph, cpu=built.cpu)
+                                   tensorrt_graph=built.portable_graph, cpu=built.cpu,
+                                   unmerged=unmerged)
 
     verification = timed(step, run)
     check_verification(verification, lambda v: backend.disagreement(v, built))

@@ -64,11 +64,37 @@ def describe_onnx(path: str | Path) -> dict[str, Any]:
         info["tokens"] = {"patches": cfg.num_patches, "prefix": cfg.num_prefix_tokens,
                           "total": cfg.num_tokens, "grid": list(cfg.grid)}
         if cfg.merge:
-            info["tokens"]["merge"] = list(cfg.merge)
-            info["tokens"]["per_block"] = cfg.tokens_per_block()
+            info["tokens"].update(merge_info(cfg))
             info["gflops"] = round(2 * cfg.macs() / 1e9, 3)
             info["gflops_unmerged"] = round(2 * cfg.replace(merge=()).macs() / 1e9, 3)
     return info
+
+
+def merge_info(cfg: Any) -> dict[str, Any]:
+    """A merged model's schedule and tokens per block (`vitedge.architecture.ViTConfig`)."""
+    return {"merge": list(cfg.merge), "per_block": cfg.tokens_per_block()}
+
+
+def merge_row(tokens: dict[str, Any], gflops: float, unmerged: float) -> tuple[str, str]:
+    """`inspect`'s token-merging row."""
+    from vitedge.architecture import merge_words
+
+    return ("token merging", merge_words(tokens["merge"], tokens["per_block"], gflops, unmerged))
+
+
+def _engine_merge_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """A merged model's schedule for an artifact its backend describes (an OpenVINO IR, an
+    engine), from the manifest it carries; added to `data` as an ONNX model's are."""
+    manifest = data.get("manifest") or (data.get("engine") or {}).get("manifest")
+    if not isinstance(manifest, dict) or not manifest.get("architecture", {}).get("merge"):
+        return []
+    from vitedge.manifest import Manifest
+
+    cfg = Manifest.from_json(json.dumps(manifest)).architecture
+    data["tokens"] = merge_info(cfg)
+    data["gflops"] = round(2 * cfg.macs() / 1e9, 3)
+    data["gflops_unmerged"] = round(2 * cfg.replace(merge=()).macs() / 1e9, 3)
+    return [merge_row(data["tokens"], data["gflops"], data["gflops_unmerged"])]
 
 
 def describe_engine(path: str | Path) -> dict[str, Any]:
@@ -108,7 +134,8 @@ def describe(path: str | Path) -> Description:
         verification = data.get("verification") or \
             data.get("engine", {}).get("verification") or {}
         return Description(data, f"{path} ({data['size_bytes'] / 1e6:.1f} MB)",
-                           [*backend.inspect_rows(data), ("verified", verification_line(verification))])
+                           [*backend.inspect_rows(data), *_engine_merge_rows(data),
+                            ("verified", verification_line(verification))])
     info = describe_onnx(path)
     io = [(kind[:-1], v["name"], str(v["shape"]), v["dtype"])
           for kind in ("inputs", "outputs") for v in info[kind]]
@@ -158,9 +185,7 @@ def manifest_rows(info: dict[str, Any], manifest: dict[str, Any]) -> list[tuple[
                              f"{a['num_heads']}, mlp {a['mlp_hidden']}, patch {a['patch_size']}, "
                              f"pool {a['global_pool']}" + "".join(f", {x}" for x in extras if x))]
     if t.get("merge"):
-        rows.insert(2, ("token merging", f"r {','.join(map(str, t['merge']))}: tokens per block "
-                        f"{' '.join(map(str, t['per_block']))}; {info['gflops']:.3f} GFLOPs "
-                        f"against {info['gflops_unmerged']:.3f} unmerged"))
+        rows.insert(2, merge_row(t, info["gflops"], info["gflops_unmerged"]))
     rows += [(f"output {name}", what) for name, what in (manifest.get("outputs") or {}).items()]
     labels = manifest["labels"]
     src = manifest["source"]
@@ -196,4 +221,9 @@ def verification_line(v: dict[str, Any]) -> str:
     parts = [f"vs {v['graph']} {agreement(v['vs_graph'])}"]
     if v.get("vs_fp32"):
         parts.append(f"vs FP32 {agreement(v['vs_fp32'])} (KL {v['vs_fp32']['mean_kl']:.1e})")
-    return f"on {v['data']} with {v['backend']} on {v['device']}: top-1 agreement " + ", ".join(parts)
+    if v.get("vs_unmerged_fp32"):
+        u = v["vs_unmerged_fp32"]
+        parts.append(f"vs the unmerged FP32 model {agreement(u)} (cosine {u['cosine']:.5f})")
+    missing = f"; {v['unmerged_fp32_missing']}" if v.get("unmerged_fp32_missing") else ""
+    return (f"on {v['data']} with {v['backend']} on {v['device']}: top-1 agreement "
+            + ", ".join(parts) + missing)

@@ -14,7 +14,7 @@ from vitedge.build_result import BuildResult, timed
 from vitedge.errors import VitedgeError
 from vitedge.fileio import sha256_file
 from vitedge.manifest import Manifest
-from vitedge.options import BuildOptions, CalibrationOptions
+from vitedge.options import BuildOptions, CalibrationOptions, ExportOptions
 from vitedge.precisions import AUTO
 from vitedge.report import Reporter
 from vitedge.target import Target
@@ -62,23 +62,37 @@ class Intermediates:
         target = self.result.reused if reused else self.result.intermediate
         target.extend(str(p) for p in (path, *also))
 
-    def export(self, checkpoint: Path, stem: str) -> Path:
-        from vitedge.export import ExportOptions, export_onnx
+    def export(self, checkpoint: Path, stem: str, export: ExportOptions | None = None,
+               merge_timer: Any = None, step: str = "export") -> Path:
+        """STEM.onnx: the checkpoint exported with `export` (default: a dynamic batch);
+        --merge auto's schedules timed by `merge_timer` (`merge_choice.ScheduleTimer`), and
+        an export reused only where they were timed the same way."""
+        from vitedge.export import export_onnx
 
-        export = ExportOptions(batch=None)
+        export = export or ExportOptions(batch=None)
         sha = sha256_file(checkpoint) if checkpoint.is_file() else None
+        timed_on = getattr(merge_timer, "where", None) if export.merge == "auto" else None
 
         def matches(p: Path) -> bool:
             m = manifest_of(p)
             return m is not None and m.source.get("file") == checkpoint.name and (
                 sha is None or m.source.get("sha256") == sha) and \
-                m.source.get("export") == export.key()
+                m.source.get("export") == export.key() and (
+                timed_on is None or m.source.get("merge_auto", {}).get("timed_on") == timed_on)
 
-        path, reused = self.place(self.folder / f"{stem}.onnx", [sha, export.key()], matches,
-                                  _made_by_build)
-        if not reused:
-            self.timed("export", lambda: export_onnx(checkpoint, path, export, self.report,
-                                                     made_by=BUILD))
+        path, reused = self.place(self.folder / f"{stem}.onnx", [sha, export.key(), timed_on],
+                                  matches, _made_by_build)
+        if reused:
+            there = manifest_of(path)
+            choice = there.source.get("merge_auto") if there is not None else None
+            if choice is not None:
+                self.result.notes.append(f"{path.name} reused: its --merge auto schedule "
+                                         f"{choice['schedule']} was chosen on the same images "
+                                         f"and timed the same way ({timed_on})")
+        else:
+            made = self.timed(step, lambda: export_onnx(checkpoint, path, export, self.report,
+                                                        made_by=BUILD, merge_timer=merge_timer))
+            self.result.notes.extend(n for n in made.notes if n.startswith("--merge auto"))
         self._record(path, reused)
         return path
 

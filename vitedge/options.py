@@ -457,9 +457,11 @@ class VerifyOptions:
                                   "build fails and writes nothing.", least=0, most=1)
     """Least top-1 agreement with the graph the artifact computes."""
     min_fp32_agreement: float = option(MIN_FP32_AGREEMENT, "Least top-1 agreement with the FP32 model; below "
-                                       "it quantization collapsed and the build fails.",
+                                       "it quantization collapsed and the build fails (with "
+                                       "--merge, also with the unmerged FP32 model).",
                                        least=0, most=1)
-    """Least top-1 agreement with the FP32 model (below: quantization collapsed)."""
+    """Least top-1 agreement with the FP32 model (below: quantization collapsed), and of a
+    merged graph's artifact with the unmerged FP32 model (below: merging collapsed it)."""
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -495,7 +497,22 @@ class BuildOptions:
                                       "rebuilds).", path="file")
     max_drop: float = option(0.5, "--precision auto: the accuracy budget, in points (top-1 "
                              "agreement with FP32 at least 100 - D %; cosine at least 1 - D/100 "
-                             "without classes).", least=0, most=100)
+                             "without classes); token merging has its own, --merge-max-drop.",
+                             least=0, most=100)
+    merge: int | tuple[int, ...] | str | None = option(
+        help="Token merging (ToMe) in the graph, for a checkpoint INPUT (exported merged, as "
+        "MODEL.mergeR.onnx): tokens merged per block (8), one count per block (8,8,4,...), or "
+        "auto: the schedule within --merge-max-drop that runs fastest with this build's backend "
+        "here. An ONNX INPUT is merged at export or not at all: --merge must then agree with it.",
+        parse=parse_merge, metavar="R")
+    """Token merging at export (`ExportOptions.merge`); None: none."""
+    merge_max_drop: float = option(
+        0.5, "--merge auto: the most top-1 agreement with the unmerged FP32 model may fall, in "
+        "points (embeddings: mean cosine, in hundredths); apart from --max-drop, which is "
+        "--precision auto's budget against the FP32 model the build quantizes.", least=0,
+        most=100)
+    merge_data: str | None = option(help="--merge auto: images to judge the schedules on "
+                                    "[default: --data].", path="any", metavar="IMAGES")
     force: bool = option(False, "Replace intermediate models beside the artifact (MODEL.onnx, "
                          "MODEL.PRECISION.onnx) even when this build did not make them, and an "
                          "artifact at -o built for another profile or backend.")
@@ -506,6 +523,22 @@ class BuildOptions:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if isinstance(self.merge, str) and self.merge != "auto":
+            raise VitedgeError("--merge takes a token count, one count per block, or auto")
+        if self.merge_data is not None and self.merge != "auto":
+            raise VitedgeError("--merge-data goes with --merge auto")
+        if self.merge == "auto" and self.merge_data is None and self.data is None:
+            raise VitedgeError("--merge auto needs images to judge the schedules on",
+                               "give --data IMAGES (or --merge-data IMAGES)")
+
+    def export_options(self, merged: bool = True) -> ExportOptions:
+        """The export a checkpoint INPUT gets (a dynamic batch), with this build's token
+        merging (`merged`) or without it (the unmerged FP32 reference)."""
+        if not merged or self.merge is None:
+            return ExportOptions(batch=None)
+        data = (self.merge_data or self.data) if self.merge == "auto" else None
+        return ExportOptions(batch=None, merge=self.merge, max_drop=self.merge_max_drop,
+                             merge_data=data)
 
 
 # --- run side -----------------------------------------------------------------------------

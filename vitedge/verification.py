@@ -12,7 +12,10 @@ any change of arithmetic may flip); an embedding model, or a reference that deci
 few inputs (random weights, data far from training), is judged by cosine similarity
 instead (`vitedge.compare.judge`);
 - for the ONNX Runtime INT8 artifact, whose weights are re-encoded for the CPU, also the
-  8-bit Q/DQ graph TensorRT is given (reported, not judged).
+  8-bit Q/DQ graph TensorRT is given (reported, not judged);
+- for a token-merging graph, the unmerged FP32 model: what merging (and quantization) cost
+  together, judged by the same collapse bar `min_fp32_agreement`; where that model cannot be
+  had (an ONNX input without its checkpoint), one line says why.
 The figures go into the artifact (manifest or engine sidecar), the build summary and
 `vitedge inspect`.
 """
@@ -60,6 +63,10 @@ class Verification:
     notes: list[str] = field(default_factory=list)
     classifier: bool = True
     """False for an embedding model: judged by cosine, not top-1."""
+    vs_unmerged_fp32: Agreement | None = None
+    """A merged graph's artifact against the unmerged FP32 model."""
+    unmerged_fp32_missing: str | None = None
+    """Why a merged graph's artifact was not compared with the unmerged FP32 model."""
 
     @property
     def images(self) -> int:
@@ -73,7 +80,9 @@ class Verification:
                 "vs_tensorrt_graph": self.vs_tensorrt_graph.to_dict() if self.vs_tensorrt_graph
                 else None, "min_agreement": self.min_agreement,
                 "min_fp32_agreement": self.min_fp32_agreement, "judged": self.judged,
-                "cpu": self.cpu, "notes": self.notes, "classifier": self.classifier}
+                "cpu": self.cpu, "notes": self.notes, "classifier": self.classifier,
+                "vs_unmerged_fp32": self.vs_unmerged_fp32.to_dict() if self.vs_unmerged_fp32
+                else None, "unmerged_fp32_missing": self.unmerged_fp32_missing}
 
 
 def verification_inputs(manifest: Manifest, held_out: ImageSource | None
@@ -95,8 +104,10 @@ def verification_inputs(manifest: Manifest, held_out: ImageSource | None
 def verify_artifact(runner: Any, graph: Any, graph_name: str, fp32: Path | None,
                     inputs: np.ndarray, data: str, held_out: bool, options: VerifyOptions,
                     backend: str, device: str, tensorrt_graph: Any = None,
-                    cpu: dict[str, Any] | None = None) -> Verification:
-    """Run the artifact (through `runner`, as the pipeline will) and its references."""
+                    cpu: dict[str, Any] | None = None,
+                    unmerged: tuple[Path | None, str | None] = (None, None)) -> Verification:
+    """Run the artifact (through `runner`, as the pipeline will) and its references;
+    `unmerged`: a merged graph's unmerged FP32 model, or why there is none."""
     from vitedge.backends import embedded
     from vitedge.sessions import graph_output
 
@@ -114,10 +125,13 @@ def verify_artifact(runner: Any, graph: Any, graph_name: str, fp32: Path | None,
 
     out = runner.infer(inputs)
     classifier = bool(runner.manifest.is_classifier)
-    vs_fp32 = None
+    vs_fp32 = vs_unmerged = None
     if fp32 is not None:
         with embedded().load(fp32) as reference:
             vs_fp32 = agreement(reference.infer(inputs), out)
+    if unmerged[0] is not None:
+        with embedded().load(unmerged[0]) as reference:
+            vs_unmerged = agreement(reference.infer(inputs), out)
     return Verification(
         backend=backend, device=device, data=data, held_out=held_out, graph=graph_name,
         vs_graph=agreement(in_float(graph), out), vs_fp32=vs_fp32,
@@ -125,6 +139,7 @@ def verify_artifact(runner: Any, graph: Any, graph_name: str, fp32: Path | None,
         if tensorrt_graph is not None else None,
         min_agreement=options.min_agreement, min_fp32_agreement=options.min_fp32_agreement,
         judged=len(inputs) >= MIN_JUDGED, cpu=cpu, classifier=classifier,
+        vs_unmerged_fp32=vs_unmerged, unmerged_fp32_missing=unmerged[1],
         notes=[] if len(inputs) >= MIN_JUDGED else
         [f"verified on {len(inputs)} inputs only: too few to judge agreement (at least "
          f"{MIN_JUDGED}; " + ("give --data with more images: a build that calibrates holds at "
@@ -153,6 +168,14 @@ def check_verification(v: Verification, cause: Callable[[Verification], str] | N
             "recalibrate (more --num-images, --method entropy), keep sensitive layers in float "
             "(vitedge quantize --sensitivity N), or build --precision fp16; "
             "--min-fp32-agreement lowers the bar")
+    merged = judge(v.vs_unmerged_fp32, v.min_fp32_agreement, COLLAPSE_COSINE, v.classifier,
+                   worst=False) if v.vs_unmerged_fp32 is not None else None
+    if merged is not None and not merged.ok:
+        raise VerificationError(
+            f"the artifact agrees with the unmerged FP32 model on {v.data} by only "
+            f"{merged.measure}: token merging collapsed the model",
+            "merge fewer tokens (--merge auto --merge-max-drop D chooses within a budget); "
+            "--min-fp32-agreement lowers the bar")
 
 
 def verification_lines(v: dict[str, Any]) -> list[str]:
@@ -167,6 +190,7 @@ def verification_lines(v: dict[str, Any]) -> list[str]:
     lines = [f"verified on {v['data']} ({v['backend']}, {v['device']}):"]
     rows = [("vs " + v["graph"], v["vs_graph"], v["min_agreement"]),
             ("vs the FP32 model", v["vs_fp32"], v["min_fp32_agreement"]),
+            ("vs the unmerged FP32 model", v.get("vs_unmerged_fp32"), v["min_fp32_agreement"]),
             ("vs the 8-bit Q/DQ graph TensorRT gets", v["vs_tensorrt_graph"], None)]
     from vitedge.compare import MIN_DECIDED
 
@@ -186,4 +210,6 @@ def verification_lines(v: dict[str, Any]) -> list[str]:
                     f"decides only {decided} inputs, so cosine is judged), ")
         lines.append(f"  {what}: {top1}mean KL {a['mean_kl']:.2e}, cosine {a['cosine']:.5f} "
                      f"(min {a['cosine_min']:.5f})")
+    if v.get("unmerged_fp32_missing"):
+        lines.append(f"  {v['unmerged_fp32_missing']}")
     return lines

@@ -154,7 +154,7 @@ def quantize(model: str, output: str, as_json: bool, **kw: Any) -> None:
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=str))
 @flags(BuildOptions, "precision", "data", "calib", "profile", "backend", "batch", "timing_cache")
 @flags(QuantizeOptions, "scheme", "attention", "ends", "fp4_activations")
-@flags(BuildOptions, "max_drop")
+@flags(BuildOptions, "max_drop", "merge", "merge_max_drop", "merge_data")
 @flags(CalibrationOptions, "num_images", "method")
 @flags(VerifyOptions, "images", "min_agreement", "min_fp32_agreement", "enabled")
 @flags(BuildOptions, "force")
@@ -169,9 +169,10 @@ def build(input_path: str, output: str | None, as_json: bool, **kw: Any) -> None
     build them the same way; a precision the profile's targets cannot run is refused
     (`vitedge profiles NAME` shows what they run). The artifact is then
     verified on this machine, with the backend that will run it, on images of --data held
-    out of calibration: against the graph it was built from and against FP32. A streaming
-    graph (`export --token-reuse K`) builds in FP32 with its full pass beside it
-    (NAME.fp32.full + suffix), both verified frame after frame against their ONNX graphs."""
+    out of calibration: against the graph it was built from and against FP32 (with --merge,
+    also against the unmerged FP32 model). A streaming graph (`export --token-reuse K`)
+    builds in FP32 with its full pass beside it (NAME.fp32.full + suffix), both verified
+    frame after frame against their ONNX graphs."""
     from vitedge.deploy import build as run_build
     from vitedge.verification import verification_lines
 

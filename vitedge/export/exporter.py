@@ -54,12 +54,14 @@ def export_onnx(
     options: ExportOptions | None = None,
     report: Reporter | None = None,
     made_by: str = "export",
+    merge_timer: Any = None,
 ) -> ExportResult:
     """Import a checkpoint, write the ViT as ONNX, check it and verify it against PyTorch.
 
     Nothing is written unless every check passes. The manifest records the options that
     shape the graph and who made it (`made_by`: an export `vitedge build` made is its own to
-    make again)."""
+    make again). `merge_timer` (`vitedge.export.merge_choice.ScheduleTimer`): how --merge
+    auto times its schedules (default: ONNX Runtime; `vitedge build`: its backend)."""
     opts = options or ExportOptions()
     rep = reporter(report)
     refuse_artifact_name(output)
@@ -100,7 +102,7 @@ def export_onnx(
     choice, unmerged = None, imported
     if opts.merge is not None:
         with step("merge schedule"):
-            imported, choice = merged(imported, opts, rep)
+            imported, choice = merged(imported, opts, rep, merge_timer)
     cfg = imported.config
 
     with step("build graph"):
@@ -178,7 +180,8 @@ def refuse_artifact_name(output: str | Path) -> None:
                            f"{named[0].suffix}")
 
 
-def merged(imported: Any, opts: ExportOptions, rep: Reporter) -> tuple[Any, Any]:
+def merged(imported: Any, opts: ExportOptions, rep: Reporter, timer: Any = None
+           ) -> tuple[Any, Any]:
     """The imported model with the token merging `opts.merge` asks for, and for `auto` the
     choice (`vitedge.export.merge_choice.MergeChoice`)."""
     from vitedge.architecture import merge_schedule
@@ -192,7 +195,7 @@ def merged(imported: Any, opts: ExportOptions, rep: Reporter) -> tuple[Any, Any]
     if opts.merge == "auto":
         from vitedge.export.merge_choice import choose_schedule
 
-        choice = choose_schedule(imported, opts.max_drop, opts.merge_data, rep)
+        choice = choose_schedule(imported, opts.max_drop, opts.merge_data, rep, timer)
         schedule = choice.schedule
     else:
         assert not isinstance(opts.merge, str) and opts.merge is not None
@@ -203,13 +206,14 @@ def merged(imported: Any, opts: ExportOptions, rep: Reporter) -> tuple[Any, Any]
 def merge_note(choice: Any) -> str:
     """`--merge auto`'s choice in one line."""
     if not choice.schedule:
-        return (f"--merge auto: no schedule within --max-drop {choice.max_drop} on "
-                f"{choice.images} images is faster than the unmerged model; exported unmerged")
+        return (f"--merge auto: no schedule within the budget ({choice.max_drop} points) on "
+                f"{choice.images} images is faster than the unmerged model ({choice.timed_on}, "
+                "here); exported unmerged")
     best = next(c for c in choice.candidates if c.schedule == list(choice.schedule))
     base = choice.candidates[0]
     return (f"--merge auto: r {best.r} ({best.gflops} GFLOPs, {base.gflops} unmerged), "
             f"{choice.measure} {best.score} on {choice.images} held-out images, "
-            f"{best.ms} ms against {base.ms} ms unmerged (ONNX Runtime, batch 1, here)")
+            f"{best.ms} ms against {base.ms} ms unmerged ({choice.timed_on}, here)")
 
 
 def check_onnx(model: Any) -> None:
