@@ -80,6 +80,23 @@ def test_the_ir_computes_the_graph_it_was_built_from(work, demo_images, precisio
     assert code == 0, err
 
 
+def test_an_fp16_ir_builds_and_answers_to_the_graphs_output_name(work, demo_images):
+    """OpenVINO names an fp16 model's compiled output after the Cast in front of it as well
+    ('logits.fp16_out'), and may list that name first: the runner keeps the graph's name, so
+    the build verifies and `infer` finds 'logits'. The IR computes the fp16 graph (whose
+    Cast-wrapped float16 layers the CPU runs in FP32) as ONNX Runtime does, to FP16's
+    rounding."""
+    out = work / "m.fp16.ov.xml"
+    result = build(work / "m.onnx", out, BuildOptions(precision="fp16", backend="openvino"))
+    assert result.backend == "openvino" and result.verification["vs_graph"]["top1_agreement"] >= 0.99
+    reference = graph_output(onnx.load(str(work / "m.fp16.onnx")), demo_images, "none")
+    with load_runner(out) as runner:
+        assert runner.output_names == [o.name for o in onnx.load(str(work / "m.fp16.onnx")).graph.output]
+        got = runner.infer(demo_images)
+    same = agreement(reference, got)
+    assert same.top1_agreement >= 0.99 and same.cosine > 0.999, same.describe()
+
+
 def test_8_bit_weights_are_what_openvinos_avx2_kernels_get_wrong(work, demo_images):
     """On a CPU without VNNI, OpenVINO's integer kernels saturate as ONNX Runtime's do; with
     the 7-bit encoding every CPU class computes the graph's numbers."""

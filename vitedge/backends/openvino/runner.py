@@ -104,8 +104,11 @@ class OpenVINORunner(Runner):
         elif self.manifest.precision == "int8" and self.float_parts == "bf16":
             self.warnings.append(f"{self.path.name}: its float parts run in BF16 on this CPU "
                                  "(measured faster than FP32 at build, and verified)")
-        self.inputs = [_info(p) for p in self.compiled.inputs]
-        self.outputs = [_info(p) for p in self.compiled.outputs]
+        # named as the graph names them: a compiled port may carry several names (an fp16
+        # model's output also answers to its Cast's), and any one of them may come first
+        self.inputs = [_info(p, m) for p, m in zip(self.compiled.inputs, model.inputs, strict=True)]
+        self.outputs = [_info(p, m) for p, m in zip(self.compiled.outputs, model.outputs,
+                                                    strict=True)]
         self.input_dtype = np.uint8 if self.inputs[0].dtype == "uint8" else np.float32
         self._local = threading.local()
 
@@ -140,7 +143,8 @@ class OpenVINORunner(Runner):
         self._local = threading.local()
 
 
-def _info(port: Any) -> TensorInfo:
+def _info(port: Any, named: Any) -> TensorInfo:
+    """The compiled `port`'s shape and type under the name the model's port `named` has."""
     shape = tuple(int(d.get_length()) if d.is_static else "?" for d in port.get_partial_shape())
     dtype = np.dtype(port.get_element_type().to_dtype()).name
-    return TensorInfo(port.get_any_name(), shape, dtype)
+    return TensorInfo(named.get_any_name(), shape, dtype)
