@@ -142,10 +142,11 @@ class FrameReuse:
         return float(change(v, s.reference).max()) <= self.threshold * s.floor()
 
     def run(self, x: np.ndarray, timings: dict[str, float], keys: Iterable[Any] | None,
-            infer: Callable[[np.ndarray, dict[str, float]], list[Prediction]]
+            infer: Callable[[np.ndarray, dict[str, float], list[Any]], list[Prediction]]
             ) -> list[Prediction]:
         """One prediction per frame of the prepared batch `x` (camera `keys`, None: one
-        stream): reused where nothing changed, the others inferred together by `infer`."""
+        stream): reused where nothing changed, the others inferred together by `infer`
+        (given their frames, the timings and their camera keys)."""
         keys = [None] * len(x) if keys is None else list(keys)
         now = self.clock()
         out: list[Prediction | None] = [None] * len(x)
@@ -161,14 +162,16 @@ class FrameReuse:
                     s.reused += 1
                     out[i] = replace(s.result, reused=True, age=s.age,
                                      age_ms=(now - s.inferred_at) * 1e3,
-                                     timings={**timings, "infer": 0.0})
+                                     timings={**timings, "infer": 0.0},
+                                     tokens_recomputed=None if s.result.tokens_recomputed
+                                     is None else 0.0)  # token reuse: nothing recomputed
                 else:
                     s.reference, s.pending, s.age = v, True, 0
                     s.inferred += 1
                     run_idx.append(i)
         if run_idx:
             try:
-                predictions = infer(x[run_idx], timings)
+                predictions = infer(x[run_idx], timings, [keys[i] for i in run_idx])
             except BaseException:
                 with self._lock:
                     for i in run_idx:
@@ -250,7 +253,8 @@ def tune_reuse(pipe: Any, frames: Iterable[Any], budget: float = 0.01, max_age: 
     best = None
     index = {"i": 0}
 
-    def infer(_x: np.ndarray, _timings: dict[str, float]) -> list[Prediction]:
+    def infer(_x: np.ndarray, _timings: dict[str, float], _keys: list[Any]
+              ) -> list[Prediction]:
         return [replace(full[index["i"]])]
 
     for k in sorted(candidates):
