@@ -248,6 +248,9 @@ def test_cli_run_and_bench_say_what_was_recomputed(streaming, plain, demo_fp32, 
     code, out, err = run_cli(["run", str(streaming), "--source", str(VTEST), "--token-refresh",
                               "0"], capsys)
     assert code != 0 and "--token-refresh" in err and "Traceback" not in err
+    code, out, err = run_cli(["tune-reuse", str(streaming), str(VTEST), "--max-frames", "5"],
+                             capsys)
+    assert code == 1 and "streaming graph" in err and "Traceback" not in err
 
 
 @needs_footage

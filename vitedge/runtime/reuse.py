@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from vitedge.errors import VitedgeError
 from vitedge.options import parse_max_age
 from vitedge.runtime.postprocess import Prediction
 
@@ -242,6 +243,10 @@ def tune_reuse(pipe: Any, frames: Iterable[Any], budget: float = 0.01, max_age: 
     at least 1 - `budget` of them. Every frame is inferred once; each candidate then replays
     the clip through a real `FrameReuse` gate whose inferences are those results, so a
     reused frame is scored against its own full inference."""
+    if getattr(pipe, "tokens", None) is not None:
+        raise VitedgeError(f"{pipe.model.name} is a streaming graph (token reuse): the threshold "
+                           "is measured against full inference",
+                           "tune it on the plain graph of the same checkpoint; it holds for both")
     inputs, full = [], []
     for i, frame in enumerate(frames):
         x = pipe.prepare([frame])
