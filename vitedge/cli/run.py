@@ -232,9 +232,10 @@ def token_lines(tokens: dict[str, Any], reuse: dict[str, Any] | None = None) -> 
              f"at least every {tokens['refresh']} frames): {delivered} frames delivered, "
              f"{tokens['frames']} inferred ({tokens['full_passes']} full passes); tokens "
              f"recomputed {tokens['tokens_recomputed']:.1%} ({tokens['saving']:.1%} saved)"]
-    if tokens["full_pass_ms"] is not None and tokens["partial_pass_ms"] is not None:
-        lines.append(f"  full pass {tokens['full_pass_ms']:.2f} ms, partial pass "
-                     f"{tokens['partial_pass_ms']:.2f} ms (medians)")
+    times = [f"{kind} pass {tokens[f'{kind}_pass_ms']:.2f} ms" for kind in ("full", "partial")
+             if tokens[f"{kind}_pass_ms"] is not None]
+    if times:
+        lines.append("  " + ", ".join(times) + " (medians)")
     if reuse and delivered:
         work = tokens["tokens_recomputed"] * tokens["frames"] / delivered
         lines.append(f"  frame + token reuse: {work:.1%} of the tokens of full inference on "

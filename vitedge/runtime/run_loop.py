@@ -42,8 +42,9 @@ def run_loop(artifact: str, source: str, output: str | None = None, display: boo
         if display:
             outputs.append(stack.enter_context(open_output("display://0")))
         stack.callback(frames.close)
-        gated = pipe.reuse is not None or pipe.tokens is not None
-        # with reuse, a reconnect or a new resolution restarts it, as the frame is read
+        # with reuse, a reconnect or a new resolution (never in a video file) restarts it, as
+        # the frame is read: unbuffered
+        gated = (pipe.reuse is not None or pipe.tokens is not None) and frames.kind != "video"
         for frame, p in pipe.stream(restarting(pipe, frames) if gated else frames,
                                     max_frames=max_frames, prefetch=0 if gated else 2):
             count += 1

@@ -5,9 +5,11 @@ one state per camera, and marks each result with the share of tokens it recomput
 The streaming graph is batch 1 and its state belongs to one camera, so a batch (several
 cameras in `multi_stream`, or `batch=N`) is run frame by frame, each frame with its own
 camera's state. A camera's first frame, one after a reconnect or a change of resolution
-(`restart`), and every `token_refresh`-th frame go through the full pass. With frame reuse
-as well (`reuse=K`), a frame reused whole never reaches the streaming graph (its result
-says 0.0 tokens recomputed); one that is inferred goes through token reuse. Torch-free."""
+(`restart`: `multi_stream` and `vitedge run` see them; around `pipe.stream` of a live
+source, wrap it in `restarting` with `prefetch=0`), and every `token_refresh`-th frame go
+through the full pass. With frame reuse as well (`reuse=K`), a frame reused whole never
+reaches the streaming graph (its result says 0.0 tokens recomputed); one that is inferred
+goes through token reuse. Torch-free."""
 
 from __future__ import annotations
 
