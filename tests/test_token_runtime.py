@@ -3,7 +3,7 @@ one): on OpenCV's vtest.avi (a fixed camera over a plaza) every result is compar
 full inference of the same frame by the plain exported graph in ONNX Runtime: a full pass
 equals it (1e-5), a partial one agrees on top-1 for at least 99 % of the frames (the demo
 model; the agreement measured here was 100 %). Two cameras batched keep their own states (each
-gives what it gives alone); a resolution change and a reconnect start from a full pass;
+gives what it gives alone); a resolution change, a reconnect and a moving camera make full passes;
 the metrics endpoint serves the share of tokens recomputed per camera."""
 
 from __future__ import annotations
@@ -89,9 +89,29 @@ def test_stream_from_the_file_agrees_with_full_inference(streaming, plain):
     assert shares == ([1.0] + [pytest.approx(PARTIAL)] * 9) * 15
     assert partial == 135 and agree / partial >= MIN_AGREEMENT
     assert differs > 1e-4  # the partial passes really reused tokens
-    assert counters["frames"] == 150 and counters["full_passes"] == 15
+    assert counters["frames"] == 150 and counters["full_passes"] == 15 and counters["moved"] == 0
     assert counters["tokens_recomputed"] == pytest.approx((15 + 135 * PARTIAL) / 150, abs=1e-4)
     assert counters["full_pass_ms"] > 0 and counters["partial_pass_ms"] > 0
+
+
+@needs_footage
+def test_a_moving_camera_falls_back_to_full_passes(streaming, plain):
+    """Megamind.avi (a moving camera): where more patches moved than a partial pass
+    recomputes, the frame is a full pass; the partial passes left agree with full inference
+    (measured: 99.5 %; bound 98 %), more than fixed-k token reuse alone does on the same
+    frames (TokenReuse without the check; measured: 94 %)."""
+    from vitedge.runtime.tokens import TokenReuse
+
+    with vitedge.open(streaming, keep_logits=True) as pipe:
+        pairs = list(pipe.stream(str(MEGAMIND), max_frames=270))
+        counters = pipe.tokens.counters()
+        partial, agree = judged(pipe, plain, pairs)
+        xs = [pipe.prepare([f]) for f, _ in pairs]
+    alone = TokenReuse.open(streaming)
+    blind = [(int(np.argmax(alone.run(x, "film")[0])), int(np.argmax(plain(x)))) for x in xs]
+    blind_agree = sum(a == b for a, b in blind[1:]) / (len(blind) - 1)
+    assert counters["moved"] > 20 and counters["full_passes"] > counters["moved"]
+    assert partial > 100 and agree / partial >= 0.98 and agree / partial > blind_agree
 
 
 @needs_footage
@@ -131,7 +151,6 @@ def test_two_cameras_batched_keep_their_own_states(streaming):
             np.testing.assert_allclose(r.prediction.logits, p.logits, rtol=0, atol=1e-5)
         # the batch that gave the last result may have run one more frame
         assert len(mine) <= per[name]["frames"] <= len(mine) + 1
-        assert per[name]["full_passes"] == 1 + (per[name]["frames"] - 1) // 30  # the refresh
 
 
 @needs_footage
@@ -157,14 +176,13 @@ def test_a_new_resolution_starts_from_a_full_pass(streaming, plain, tmp_path):
 
 def test_a_reconnect_starts_from_a_full_pass(streaming, plain):
     """A live camera that drops and comes back: its first frame after the reconnect is a
-    full pass, through `multi_stream` and through `vitedge run` on one source."""
-    from tests.conftest import DEMO_TEST_IMAGES
+    full pass, through `multi_stream` and through `vitedge run` on one source. The camera
+    shows one still image, so nothing moves: the reconnect alone makes that full pass."""
     from tests.helpers.cameras import FlakyCamera
     from vitedge.options import PipelineOptions, SourceOptions
     from vitedge.runtime.run_loop import run_loop
 
-    images = sorted(DEMO_TEST_IMAGES.rglob("*.png"))[:10]
-    door = FlakyCamera(frames=20, outage=1.0, fps=25, images=images)
+    door = FlakyCamera(frames=20, outage=1.0, fps=25)
     try:
         with vitedge.open(streaming, keep_logits=True, token_refresh=1000) as pipe:
             multi = pipe.multi_stream({"door": door.url},
@@ -187,7 +205,7 @@ def test_a_reconnect_starts_from_a_full_pass(streaming, plain):
     assert before[0] == 1.0 and all(s == pytest.approx(PARTIAL) for s in before[1:])
     assert after and all(s == pytest.approx(PARTIAL) for s in after)
 
-    door = FlakyCamera(frames=20, outage=1.0, fps=25, images=images)
+    door = FlakyCamera(frames=20, outage=1.0, fps=25)
     try:
         summary = run_loop(str(streaming), door.url, max_frames=40,
                            pipeline=PipelineOptions(token_refresh=1000),
@@ -296,6 +314,6 @@ def test_metrics_serve_the_tokens_recomputed_per_camera(streaming):
             frames = samples[("vitedge_camera_token_frames_total", name)]
             full = samples[("vitedge_camera_token_full_passes_total", name)]
             assert frames == r["processed"]
-            assert full == 1 + (frames - 1) // 8
+            assert full >= 1 + (frames - 1) // 8  # the refresh, and the moving camera's
             share = samples[("vitedge_camera_tokens_recomputed_ratio", name)]
             assert share == pytest.approx((full + (frames - full) * PARTIAL) / frames, abs=1e-4)

@@ -224,8 +224,9 @@ def reuse_figures(pipe: Pipeline, start: dict[str, Any] | None) -> dict[str, Any
         tokens = pipe.tokens.counters()
         figures.setdefault("frames", tokens["frames"])
         figures.update(inferred=tokens["frames"], token_reuse={
-            k: tokens[k] for k in ("k", "tokens", "refresh", "full_passes", "tokens_recomputed",
-                                   "saving", "full_pass_ms", "partial_pass_ms")})
+            k: tokens[k] for k in ("k", "tokens", "refresh", "full_passes", "moved",
+                                   "tokens_recomputed", "saving", "full_pass_ms",
+                                   "partial_pass_ms")})
     return figures
 
 

@@ -230,7 +230,8 @@ def token_lines(tokens: dict[str, Any], reuse: dict[str, Any] | None = None) -> 
     delivered = reuse["frames"] if reuse else tokens["frames"]
     lines = [f"token reuse ({tokens['k']} of {tokens['tokens']} tokens per gate, a full pass "
              f"at least every {tokens['refresh']} frames): {delivered} frames delivered, "
-             f"{tokens['frames']} inferred ({tokens['full_passes']} full passes); tokens "
+             f"{tokens['frames']} inferred ({tokens['full_passes']} full passes, "
+             f"{tokens['moved']} of them as more patches moved than k); tokens "
              f"recomputed {tokens['tokens_recomputed']:.1%} ({tokens['saving']:.1%} saved)"]
     times = [f"{kind} pass {tokens[f'{kind}_pass_ms']:.2f} ms" for kind in ("full", "partial")
              if tokens[f"{kind}_pass_ms"] is not None]
@@ -251,7 +252,7 @@ def reuse_line(r: Any) -> str:
     t = f.get("token_reuse")
     if t:
         parts.append(f"tokens recomputed {t['tokens_recomputed']:.1%} ({t['k']} of {t['tokens']} "
-                     f"per gate, {t['full_passes']} full passes)")
+                     f"per gate, {t['full_passes']} full passes, {t['moved']} for motion)")
         times = [f"{kind} pass {t[f'{kind}_pass_ms']:.2f} ms" for kind in ("full", "partial")
                  if t[f"{kind}_pass_ms"] is not None]
         if times:

@@ -113,7 +113,8 @@ class FrameReuse:
         with self._lock:
             self.streams.pop(key, None)
 
-    def _observe(self, s: StreamReuse, v: np.ndarray) -> None:
+    @staticmethod
+    def observe(s: StreamReuse, v: np.ndarray) -> None:
         """Learn the noise floor from the changes since the two previous frames: noise is
         as large over two frames as over one, motion grows, so 2 * (change over one frame) -
         (change over two) keeps the noise and cancels a steady motion (a panning camera
@@ -157,7 +158,7 @@ class FrameReuse:
             for i, (key, v) in enumerate(zip(keys, views, strict=True)):
                 s = self.streams.setdefault(key, StreamReuse())
                 s.frames += 1
-                self._observe(s, v)
+                self.observe(s, v)
                 if self._reusable(s, v, now) and s.result is not None:
                     s.age += 1
                     s.reused += 1
