@@ -10,11 +10,17 @@ Frames/s delivered (all cameras), frames inferred/s, dropped/s, p50 / p99 captur
 latency, and fidelity: up to 150 reused results, sampled as they come, are compared after
 the run with a full inference of the same frame (top-1 agreement, scaled to all delivered
 frames, and the worst logit cosine; an inferred result is full inference by construction).
-Token reuse (the streaming graph, FP32, not yet quantized) is measured offline on one camera:
-frames/s and cosine with the plain graph on the first 200 frames of vtest.avi.
+Frame + token reuse: the same 8 cameras through the streaming graph (`vitedge.open` on it:
+one state per camera, each batch run frame by frame) with frame reuse in front, against
+the plain graph of the same precision with no reuse, in FP32: a streaming graph in INT8
+does not exist yet, so ViT-S/16 runs FP32 here (the demo model and ViT-S/16 at the k the
+offline table below favours). Fidelity: every sampled result that was reused whole or
+recomputed only some tokens, re-inferred by the plain graph. Token reuse offline on one
+camera: frames/s and cosine with the plain graph on the first 200 frames of vtest.avi.
 
-Run on demand: `.venv/bin/python benchmarks/reuse.py [--seconds 20] [--skip-vits]`.
-Appends a section to benchmarks/RESULTS.md."""
+Run on demand: `.venv/bin/python benchmarks/reuse.py [--seconds 20] [--skip-vits]
+[--only-token-rows]`. Appends a section to benchmarks/RESULTS.md; `--only-token-rows` runs
+and prints the frame + token reuse rows alone (publishing nothing)."""
 
 from __future__ import annotations
 
@@ -61,8 +67,11 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
 
 
-def run_live(artifact: Path, urls: list[str], seconds: float, reuse: float | None
-             ) -> dict[str, float]:
+def run_live(artifact: Path, urls: list[str], seconds: float, reuse: float | None,
+             reference: Path | None = None) -> dict[str, float]:
+    """One row: `artifact` (a streaming graph runs token reuse) with frame reuse at `reuse`;
+    its approximate results (reused whole, or some tokens reused) are sampled and judged
+    against full inference by `reference` (default: the artifact)."""
     import vitedge
 
     rng = random.Random(0)
@@ -73,6 +82,8 @@ def run_live(artifact: Path, urls: list[str], seconds: float, reuse: float | Non
         while time.monotonic() - t0 < 3:  # warm-up (and the noise floors): counted from here
             next(results)
         before = pipe.reuse.counters() if pipe.reuse else None
+        if pipe.tokens is not None:
+            pipe.tokens.zero()
         dropped0 = sum(s.dropped for s in multi.stats.values())
         latencies: list[float] = []
         sample: list[tuple[np.ndarray, object]] = []
@@ -81,7 +92,8 @@ def run_live(artifact: Path, urls: list[str], seconds: float, reuse: float | Non
         while time.monotonic() - t0 < seconds:
             r = next(results)
             latencies.append(r.latency_ms)
-            if r.prediction.reused:  # reservoir sample of the reused results
+            p = r.prediction
+            if p.reused or (p.tokens_recomputed or 1.0) < 1.0:  # reservoir sample
                 reused_seen += 1
                 if len(sample) < CHECKED:
                     sample.append((r.frame, r.prediction))
@@ -90,13 +102,16 @@ def run_live(artifact: Path, urls: list[str], seconds: float, reuse: float | Non
         elapsed = time.monotonic() - t0
         dropped = sum(s.dropped for s in multi.stats.values()) - dropped0
         after = pipe.reuse.counters() if pipe.reuse else None
+        tokens = pipe.tokens.counters() if pipe.tokens else None
         multi.close()
     delivered = len(latencies)
     inferred = delivered if after is None or before is None else \
         after["inferred"] - before["inferred"]
+    if tokens is not None:
+        inferred = tokens["frames"]
     agree, cosines = 1.0, [1.0]
     if sample:
-        with vitedge.open(artifact, keep_logits=True) as full:
+        with vitedge.open(reference or artifact, keep_logits=True) as full:
             checks = [(full(frame), p) for frame, p in sample]
         wrong = sum(q.class_id != p.class_id for q, p in checks) / len(checks)  # type: ignore[attr-defined]
         agree = 1.0 - wrong * reused_seen / max(delivered, 1)
@@ -105,7 +120,8 @@ def run_live(artifact: Path, urls: list[str], seconds: float, reuse: float | Non
     return {"fps": delivered / elapsed, "inferred": inferred / elapsed,
             "dropped": dropped / elapsed, "p50": float(np.percentile(lat, 50)),
             "p99": float(np.percentile(lat, 99)), "agree": agree, "cos": min(cosines),
-            "checked": len(sample)}
+            "checked": len(sample),
+            "tokens": tokens["tokens_recomputed"] if tokens else 1.0}
 
 
 def threshold(artifact: Path, clip: Path) -> float | None:
@@ -153,13 +169,81 @@ def token_rows(title: str, checkpoint: Path, plain: Path, work: Path, ks: list[i
     return rows
 
 
+TOKEN_K = {"demo model (FP32)": 13, "ViT-S/16 (FP32)": 50}
+"""Tokens per gate in the live rows: the demo model's smallest export; ViT-S/16's k that
+ran faster than its plain graph offline (100 of 197 did not)."""
+
+
+def token_models(work: Path, skip_vits: bool) -> dict[str, tuple[Path, Path, str | None]]:
+    """Per model of the frame + token rows: (its plain FP32 graph, checkpoint, arch)."""
+    from common import export_random
+
+    from vitedge.export import ExportOptions, export_onnx
+
+    demo = ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"
+    export_onnx(demo, work / "demo-plain.onnx", ExportOptions())
+    models: dict[str, tuple[Path, Path, str | None]] = {
+        "demo model (FP32)": (work / "demo-plain.onnx", demo, None)}
+    if not skip_vits:
+        folder = work / "vits-fp32"
+        folder.mkdir()
+        plain = export_random("vit_small_patch16_224", folder)
+        models["ViT-S/16 (FP32)"] = (plain, folder / "model.safetensors",
+                                     "vit_small_patch16_224")
+    return models
+
+
+def token_live_rows(work: Path, seconds: float, skip_vits: bool) -> list[str]:
+    """The 8 cameras on each clip: the plain FP32 graph with no reuse, then its streaming
+    graph with frame reuse in front (the threshold `tune_reuse` picks on the plain graph)."""
+    from vitedge.export import export_streaming
+
+    rows = []
+    for title, (plain, checkpoint, arch) in token_models(work, skip_vits).items():
+        k = TOKEN_K[title]
+        slug = title.split()[0].lower().replace("/", "")
+        stream = export_streaming(checkpoint, work / f"{slug}.k{k}.onnx", k,
+                                  arch=arch)
+        threshold_k = threshold(plain, CLIPS["vtest.avi (fixed camera)"])
+        for clip, path in CLIPS.items():
+            cams = Cameras(CAMERAS, serve, (path,), FPS)
+            try:
+                for label, artifact, reuse in (
+                        ("off", plain, None),
+                        (f"frame {threshold_k:g} + tokens {k} of {stream.tokens}", stream.output,
+                         threshold_k)):
+                    r = run_live(artifact, cams.urls, seconds, reuse, reference=plain)
+                    row = (f"| {title} | {clip} | {label} | {r['fps']:.1f} | "
+                           f"{r['inferred']:.1f} | {r['tokens']:.1%} | {r['dropped']:.1f} | "
+                           f"{r['p50']:.0f} / {r['p99']:.0f} | {r['agree']:.2%} | "
+                           f"{r['cos']:.4f} ({r['checked']}) |")
+                    rows.append(row)
+                    print(row, flush=True)
+            finally:
+                cams.close()
+    return rows
+
+
+TOKEN_LIVE_HEADER = (
+    "| model | clip | reuse | delivered/s | inferred/s | tokens recomputed | dropped/s | "
+    "latency p50 / p99 | top-1 agreement | worst cosine (checked) |\n"
+    "|---|---|---|---|---|---|---|---|---|---|\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--skip-vits", action="store_true")
+    parser.add_argument("--only-token-rows", action="store_true",
+                        help="Run and print the frame + token reuse rows alone.")
     args = parser.parse_args()
     if not all(p.is_file() for p in CLIPS.values()):
         raise SystemExit("OpenCV's sample videos are absent: apt-get install opencv-doc")
+    if args.only_token_rows:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = token_live_rows(Path(tmp), args.seconds, args.skip_vits)
+        print(f"\nMachine: {machine()}\n\n{TOKEN_LIVE_HEADER}" + "\n".join(rows))
+        return
     rows, token_table = [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -179,6 +263,8 @@ def main() -> None:
                         print(row, flush=True)
                 finally:
                     cams.close()
+        (work / "live-tokens").mkdir()
+        token_live = token_live_rows(work / "live-tokens", args.seconds, args.skip_vits)
         (work / "tokens").mkdir()
         token_table = token_rows("demo model", ROOT / "examples" / "fashion_mnist" /
                                  "vit_fmnist.safetensors", models["demo model (FP32)"],
@@ -203,6 +289,12 @@ def main() -> None:
         "| model | clip | reuse | delivered/s | inferred/s | dropped/s | latency p50 / p99 | "
         "top-1 agreement | worst cosine (checked) |\n|---|---|---|---|---|---|---|---|---|\n"
         + "\n".join(rows) + "\n\n"
+        "Frame + token reuse: the same cameras through the streaming graph (FP32: INT8 "
+        "streaming does not exist yet), frame reuse in front at the threshold `tune_reuse` "
+        "picked on the plain graph, against the plain FP32 graph with no reuse; tokens "
+        "recomputed: the mean share per inferred frame (a full pass every 30 frames of a "
+        "camera); fidelity judged against the plain graph.\n\n"
+        + TOKEN_LIVE_HEADER + "\n".join(token_live) + "\n\n"
         "Token reuse, one camera, offline (streaming graph in FP32 through ONNX Runtime, "
         "not quantized yet, a full pass every 30 frames, against the plain FP32 graph; cosine "
         "of the logits on vtest.avi's first 200 frames):\n\n"

@@ -17,7 +17,7 @@ import numpy as np
 
 from vitedge.errors import VitedgeError
 from vitedge.fileio import write_text_atomic
-from vitedge.options import BenchOptions
+from vitedge.options import BenchOptions, PipelineOptions
 from vitedge.report import Reporter, reporter
 from vitedge.runtime.pipeline import STAGES, Pipeline
 from vitedge.runtime.stats import Stats
@@ -51,6 +51,10 @@ class BenchResult:
     """Per image, from the manifest's architecture (matrix products)."""
     tokens: list[int] = field(default_factory=list)
     """Tokens each block sees, then the head (fewer with token merging)."""
+    reuse: dict[str, Any] | None = None
+    """Frame reuse (`--reuse`) and token reuse (a streaming graph) over the measured
+    iterations: frames delivered and inferred, the mean share of tokens recomputed per
+    inferred frame, median ms of full and partial passes (`reuse_figures`); None: neither."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,10 +114,12 @@ def bench_frames(source: str | None, count: int = 32, seed: int = 0) -> list[Any
 
 def bench(artifacts: list[str], options: BenchOptions | None = None,
           report: Reporter | None = None, clock: Callable[[], float] = time.perf_counter,
-          pipelines: list[Pipeline] | None = None) -> list[BenchResult]:
+          pipelines: list[Pipeline] | None = None,
+          pipeline: PipelineOptions | None = None) -> list[BenchResult]:
     """Run every (artifact, batch) in turn, iteration by iteration. `pipelines` may be
     given instead of opening the artifacts (tests pass pipelines with a fake clock); the
-    ones opened here are closed at the end."""
+    ones opened here are closed at the end, opened as `pipeline` says (frame reuse,
+    token refresh) with bench's own preprocessing and streams."""
     options = options or BenchOptions()
     if not artifacts and not pipelines:
         raise VitedgeError("nothing to benchmark", "give one or more artifacts")
@@ -121,7 +127,8 @@ def bench(artifacts: list[str], options: BenchOptions | None = None,
         if pipelines is None:
             from vitedge.runtime.pipeline import open_pipeline
 
-            pipelines = [stack.enter_context(open_pipeline(a, fast=options.fast, streams=s))
+            pipelines = [stack.enter_context(open_pipeline(a, pipeline, fast=options.fast,
+                                                           streams=s))
                          for a in artifacts for s in options.streams]
         return _bench(pipelines, options, reporter(report), clock)
 
@@ -160,6 +167,7 @@ def _bench(pipelines: list[Pipeline], options: BenchOptions, rep: Reporter,
     for _ in range(options.warmup):
         for i in range(len(cases)):
             run_once(i, record=False)
+    before = [reuse_start(pipe) for pipe, _ in cases]
     done, start = 0, (clock() if options.duration is not None else 0.0)
     planned = options.iterations or 0
     while True:
@@ -190,8 +198,36 @@ def _bench(pipelines: list[Pipeline], options: BenchOptions, rep: Reporter,
                 total.mean, {s: Stats.of(samples[i][s]).mean for s in STAGES}),
             layers=layer_times(pipe, frames[:b]) if options.layers else {},
             warnings=list(pipe.warnings), gflops=round(2 * pipe.manifest.architecture.macs() / 1e9, 3),
-            tokens=pipe.manifest.architecture.tokens_per_block()))
+            tokens=pipe.manifest.architecture.tokens_per_block(),
+            reuse=reuse_figures(pipe, before[i])))
     return results
+
+
+def reuse_start(pipe: Pipeline) -> dict[str, Any] | None:
+    """Where the measured iterations start: the frame-reuse counters then (token reuse's
+    go back to zero, its cameras' states kept)."""
+    if pipe.tokens is not None:
+        pipe.tokens.zero()
+    return pipe.reuse.counters() if pipe.reuse is not None else None
+
+
+def reuse_figures(pipe: Pipeline, start: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What bench measured with reuse (see `BenchResult.reuse`)."""
+    if pipe.reuse is None and pipe.tokens is None:
+        return None
+    figures: dict[str, Any] = {}
+    if pipe.reuse is not None and start is not None:
+        now = pipe.reuse.counters()
+        figures.update(threshold=now["threshold"], frames=now["frames"] - start["frames"],
+                       inferred=now["inferred"] - start["inferred"])
+    if pipe.tokens is not None:
+        tokens = pipe.tokens.counters()
+        figures.setdefault("frames", tokens["frames"])
+        figures.update(inferred=tokens["frames"], token_reuse={
+            k: tokens[k] for k in ("k", "tokens", "refresh", "full_passes", "moved",
+                                   "tokens_recomputed", "saving", "full_pass_ms",
+                                   "partial_pass_ms")})
+    return figures
 
 
 def frame_path_share(end_to_end_ms: float, stage_ms: dict[str, float]) -> float:

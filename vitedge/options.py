@@ -584,6 +584,11 @@ class PipelineOptions:
                           "every N seconds written Ns (e.g. 2s).", metavar="N|Ns",
                           parse=lambda text: _max_age_text(text))
     """With `reuse`: frames ("30") or seconds ("2s") after which a frame is always inferred."""
+    token_refresh: int = option(30, "With a streaming graph (token reuse): a full pass, every "
+                                "token recomputed, at least every N frames of a camera.",
+                                least=1, metavar="N")
+    """Token reuse (`vitedge.runtime.token_gate`): frames between a camera's full passes,
+    which bound the drift of its cached tokens."""
 
     def __post_init__(self) -> None:
         parse_max_age(self.max_age)

@@ -111,7 +111,7 @@ def embed(artifact: str, images: tuple[str, ...], output: str, as_json: bool, **
        "mqtt_drop_undelivered", "events_min_score", "events_on_change", "events_max_rate",
        "output_dir", "status", "metrics_port", "metrics_host")
 @flags(SourceOptions, "reconnect_for")
-@flags(PipelineOptions, "color", *RUNTIME_FLAGS, "reuse", "max_age")
+@flags(PipelineOptions, "color", *RUNTIME_FLAGS, "reuse", "max_age", "token_refresh")
 def run(artifact: str, sources: tuple[str, ...], sources_file: str | None, output: str | None,
         display: bool, max_frames: int | None, as_json: bool, **kw: Any) -> None:
     """The camera loop: classify every frame of --source, draw the label and FPS on it,
@@ -175,7 +175,7 @@ def _run_one(artifact: str, source: str, output: str | None, display: bool,
         return
     out.print(stage_table(summary["stages"], f"{summary['frames']} frames, {summary['fps']:.1f} "
                           f"FPS ({summary['dropped']} dropped)"))
-    _print_reuse(summary.get("reuse"))
+    _print_reuse(summary.get("reuse"), summary.get("tokens"))
 
 
 def _run_several(artifact: str, cameras: list[Any], cams: CameraOptions,
@@ -208,15 +208,56 @@ def _run_several(artifact: str, cameras: list[Any], cams: CameraOptions,
     shown.print(stage_table(summary["stages"], f"{summary['frames']} frames, "
                           f"{summary['fps']:.1f} FPS in all, batches "
                           + ", ".join(f"{n} x {k}" for k, n in summary["batch_sizes"].items())))
-    _print_reuse(summary.get("reuse"))
+    _print_reuse(summary.get("reuse"), summary.get("tokens"))
 
 
-def _print_reuse(reuse: dict[str, Any] | None) -> None:
-    """Frames delivered vs inferred and the saving (`--reuse`)."""
+def _print_reuse(reuse: dict[str, Any] | None, tokens: dict[str, Any] | None = None) -> None:
+    """Frames delivered vs inferred and the saving (`--reuse`); with a streaming graph, the
+    tokens recomputed and their saving, and the two together."""
     if reuse:
         out.print(f"frame reuse (--reuse {reuse['threshold']:g}): {reuse['frames']} frames "
                   f"delivered, {reuse['inferred']} inferred, {reuse['reused']} reused "
                   f"({reuse['saving']:.1%} of the inferences saved)")
+    if tokens:
+        for line in token_lines(tokens, reuse):
+            out.print(line)
+
+
+def token_lines(tokens: dict[str, Any], reuse: dict[str, Any] | None = None) -> list[str]:
+    """Token reuse in words: frames through the streaming graph, full passes, the share of
+    tokens recomputed and the saving; with frame reuse, the work left of full inference on
+    every delivered frame."""
+    delivered = reuse["frames"] if reuse else tokens["frames"]
+    lines = [f"token reuse ({tokens['k']} of {tokens['tokens']} tokens per gate, a full pass "
+             f"at least every {tokens['refresh']} frames): {delivered} frames delivered, "
+             f"{tokens['frames']} inferred ({tokens['full_passes']} full passes, "
+             f"{tokens['moved']} of them as more patches moved than k); tokens "
+             f"recomputed {tokens['tokens_recomputed']:.1%} ({tokens['saving']:.1%} saved)"]
+    times = [f"{kind} pass {tokens[f'{kind}_pass_ms']:.2f} ms" for kind in ("full", "partial")
+             if tokens[f"{kind}_pass_ms"] is not None]
+    if times:
+        lines.append("  " + ", ".join(times) + " (medians)")
+    if reuse and delivered:
+        work = tokens["tokens_recomputed"] * tokens["frames"] / delivered
+        lines.append(f"  frame + token reuse: {work:.1%} of the tokens of full inference on "
+                     f"every frame recomputed ({1 - work:.1%} saved)")
+    return lines
+
+
+def reuse_line(r: Any) -> str:
+    """What `bench` measured with frame or token reuse, one line (and its pass times)."""
+    f = r.reuse
+    parts = [f"{Path(r.artifact).name}: {f['frames']} frames delivered, {f['inferred']} "
+             "inferred" + (f" (frame reuse {f['threshold']:g})" if "threshold" in f else "")]
+    t = f.get("token_reuse")
+    if t:
+        parts.append(f"tokens recomputed {t['tokens_recomputed']:.1%} ({t['k']} of {t['tokens']} "
+                     f"per gate, {t['full_passes']} full passes, {t['moved']} for motion)")
+        times = [f"{kind} pass {t[f'{kind}_pass_ms']:.2f} ms" for kind in ("full", "partial")
+                 if t[f"{kind}_pass_ms"] is not None]
+        if times:
+            parts.append(", ".join(times) + " (medians)")
+    return "; ".join(parts)
 
 
 def camera_table(rows: list[dict[str, Any]], stages: bool = False) -> Table:
@@ -242,6 +283,7 @@ def _p50_p99(stages: dict[str, Any], stage: str) -> str:
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=str))
 @flags(BenchOptions, "batches", "warmup", "iterations", "duration", "source", "fast",
        "streams", "layers")
+@flags(PipelineOptions, "reuse", "max_age", "token_refresh")
 @click.option("--json-file", "json_path", type=click.Path(dir_okay=False),
               help="Write the results, machine and versions as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write a CSV table.")
@@ -251,7 +293,10 @@ def bench(artifacts: tuple[str, ...], json_path: str | None, csv_path: str | Non
           plot_path: str | None, as_json: bool, **kw: Any) -> None:
     """Latency of the whole pipeline per stage (decode, preprocess, patchify, infer,
     postprocess) and end to end: mean, p50, p90, p99, max and throughput. Several
-    ARTIFACTS run interleaved in one process and are compared as ratios."""
+    ARTIFACTS run interleaved in one process and are compared as ratios. With --reuse, or
+    on a streaming graph (token reuse), it also shows the frames delivered and inferred,
+    the share of tokens recomputed and the latency of full and partial passes (give
+    --source a video: random frames change everywhere)."""
     import vitedge.bench as benchmark
     from vitedge.inputs import refuse_overwriting_inputs
     from vitedge.runtime.pipeline import STAGES
@@ -262,7 +307,8 @@ def bench(artifacts: tuple[str, ...], json_path: str | None, csv_path: str | Non
     for path in (json_path, csv_path, plot_path):
         refuse_overwriting_inputs(path, *artifacts, opts.source)
     with progress("benchmarking", not as_json) as bar:
-        results = benchmark.bench(list(artifacts), opts, bar)
+        results = benchmark.bench(list(artifacts), opts, bar,
+                                  pipeline=options(PipelineOptions, kw))
     for path, write in ((json_path, benchmark.write_json), (csv_path, benchmark.write_csv),
                         (plot_path, benchmark.write_plot)):
         if path:
@@ -294,6 +340,9 @@ def bench(artifacts: tuple[str, ...], json_path: str | None, csv_path: str | Non
                       "inference")
     out.print(f"on {benchmark.machine_line()}; frame path: end to end less inference and "
               "copies (decode, preprocess, patchify, postprocess, the call)")
+    for r in results:
+        if r.reuse:
+            out.print(reuse_line(r))
     for r in results:
         if r.layers:
             top = list(r.layers.items())[:10]

@@ -15,7 +15,8 @@ scheduler.py saying when frames run (prefetch, frames in flight); `open_source` 
 `FrameSource` (sources.py: files, folders, video, cameras, streams, GStreamer; outages
 ridden out), `open_output` (outputs.py: video file, window, none), frame reuse on a fixed
 camera (reuse.py: `vitedge.open(..., reuse=K)`, `tune_reuse`) and token reuse (tokens.py:
-`TokenReuse` runs the streaming graph of `vitedge.export.export_streaming`), attention maps
+`TokenReuse` runs the streaming graph of `vitedge.export.export_streaming`; token_gate.py
+puts it behind `vitedge.open`, one state per camera), attention maps
 (attention.py), stage statistics (stats.py), the camera loop (run_loop.py), and the
 library calls of `vitedge predict` and `vitedge embed` (predict.py, embed.py)."""
 

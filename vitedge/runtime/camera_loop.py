@@ -84,7 +84,8 @@ def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | N
 
             metrics = CameraMetrics(lambda: [s.to_dict() for s in multi.stats.values()],
                                     pipe.reuse.counters if pipe.reuse else lambda: None,
-                                    opts.metrics_port, opts.metrics_host)
+                                    opts.metrics_port, opts.metrics_host,
+                                    pipe.tokens.counters if pipe.tokens else None)
             stack.callback(metrics.close)
             log(f"metrics on http://{metrics.host}:{metrics.port}/metrics")
         last_status = 0.0
@@ -120,6 +121,7 @@ def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | N
         batch_sizes = {str(k): v for k, v in sorted(multi.batch_sizes.items())}
         batch = multi.batch
         reuse = pipe.reuse.counters() if pipe.reuse is not None else None
+        tokens = pipe.tokens.counters() if pipe.tokens is not None else None
     if status is not None:
         status(per_camera)
     summary: dict[str, Any] = {
@@ -129,7 +131,7 @@ def run_cameras(artifact: str, cameras: list[Camera], options: CameraOptions | N
         "stages": stages, "events": {"json_lines": opts.events,
                                      "mqtt": mqtt.counters() if mqtt else None,
                                      "filter": event_filter.to_dict() if event_filter else None},
-        "output_dir": opts.output_dir, "warnings": warnings, "reuse": reuse}
+        "output_dir": opts.output_dir, "warnings": warnings, "reuse": reuse, "tokens": tokens}
     gone = [c for c in per_camera if c["gone"]]
     log(f"{count} frames from {plural(len(cameras), 'camera')} in {elapsed:.1f} s, batches of "
         f"up to {batch}" + (f"; gone: {', '.join(c['camera'] for c in gone)}" if gone else ""))

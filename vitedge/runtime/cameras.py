@@ -13,6 +13,7 @@ others; cameras can be added and removed while it runs.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import threading
 import time
@@ -28,6 +29,7 @@ from vitedge.errors import VitedgeError
 from vitedge.options import COLOR_ORDERS, MAX_WAIT_MS, SourceOptions
 from vitedge.runtime.sources import FrameSource, describe, source_of
 from vitedge.runtime.stats import StageTimes, Stats
+from vitedge.runtime.token_gate import Restarts, restart
 
 if TYPE_CHECKING:
     from vitedge.runtime.pipeline import Pipeline
@@ -196,6 +198,9 @@ class _Reader:
         self.flip, self.wake, self.depth = flip, wake, depth
         self.stopped = False
         self.done = False
+        self.restarts: list[int] = []
+        """The index of the first frame read after each reconnect."""
+        self._reconnects = 0
         self.thread = threading.Thread(target=self._run, name=f"vitedge-camera-{camera.name}",
                                        daemon=True)
 
@@ -221,6 +226,9 @@ class _Reader:
                 next_due = max(next_due + interval, now) if interval else 0.0
                 if self.flip and isinstance(frame, np.ndarray) and frame.ndim == 3:
                     frame = frame[..., ::-1]
+                if self.source.stats.reconnects != self._reconnects:
+                    self._reconnects = self.source.stats.reconnects
+                    self.restarts.append(index)
                 with self.wake:
                     self.stats.read += 1
                     if self.live:
@@ -283,6 +291,7 @@ class MultiStream:
         self.stats: dict[str, CameraStats] = {}
         self.batch_sizes: Counter[int] = Counter()
         self._turn = 0
+        self._restarts = Restarts()
         self._closed = False
         self._started = False
         for camera in specs:
@@ -313,8 +322,8 @@ class MultiStream:
                                    f"cameras: {', '.join(self.readers) or 'none'}")
             reader.stop()
             reader.pending.clear()
-            if self.pipe.reuse is not None:  # a camera added again starts from a full inference
-                self.pipe.reuse.reset(name)
+            restart(self.pipe, name)  # a camera added again starts from a full inference
+            self._restarts.forget(name)
             self.wake.notify_all()
 
     def __iter__(self) -> Iterator[CameraResult]:
@@ -378,7 +387,10 @@ class MultiStream:
         frames = [frame for _, _, _, frame in chunk]
         formed = time.monotonic()
         _kept, x, timings = self.pipe._prepare(frames, skip_unreadable=False)
-        predictions = self.pipe._infer(x, timings, [name for name, _, _, _ in chunk])
+        names = [name for name, _, _, _ in chunk]
+        predictions: list[Prediction] = []
+        for a, b in self._parts(chunk):  # a stream's state is per camera: see _parts
+            predictions += self.pipe._infer(x[a:b], dict(timings), names[a:b])
         done = time.monotonic()
         to_unix = time.time() - time.monotonic()
         results = []
@@ -395,6 +407,23 @@ class MultiStream:
                 results.append(CameraResult(name, frame, p, index, captured + to_unix, latency,
                                             captured))
         return results
+
+    def _parts(self, chunk: list[tuple[str, int, float, Any]]) -> Iterator[tuple[int, int]]:
+        """The batch as parts run in turn: a camera whose source reconnected or whose frames
+        changed size has its reuse states restarted (`token_gate.restart`) before that frame,
+        and a part ends before such a frame where the part already holds one of its camera's
+        (so that the restart comes between the two)."""
+        start, seen = 0, set[str]()
+        for i, (name, index, _, frame) in enumerate(chunk):
+            reader = self.readers.get(name)
+            epoch = bisect.bisect_right(reader.restarts, index) if reader is not None else 0
+            if self._restarts.check(name, frame, epoch):
+                if name in seen:
+                    yield start, i
+                    start, seen = i, set[str]()
+                restart(self.pipe, name)
+            seen.add(name)
+        yield start, len(chunk)
 
     def close(self) -> None:
         with self.wake:

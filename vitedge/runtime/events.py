@@ -42,6 +42,8 @@ def event_of(result: Any) -> dict[str, Any]:
                         for i, label, score in p.topk]
     if getattr(p, "age", None) is not None:  # frame reuse on: whether this result was reused
         event.update(reused=p.reused, age=p.age, age_ms=round(p.age_ms, 1))
+    if getattr(p, "tokens_recomputed", None) is not None:  # token reuse: the share recomputed
+        event["tokens_recomputed"] = round(p.tokens_recomputed, 4)
     return event
 
 

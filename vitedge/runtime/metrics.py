@@ -3,7 +3,8 @@ Triton, Frigate and most camera stacks expose, so a fleet's Prometheus can scrap
 
 Per camera: frames read, delivered, inferred and reused (frame reuse), dropped (a live
 camera's frames replaced by newer ones), capped, failed reads, reconnects, whether it is
-gone, and a histogram of capture-to-result latency. Counters are read from the camera
+gone, a histogram of capture-to-result latency, and with a streaming graph (token reuse)
+the frames through it, its full passes and the mean share of tokens recomputed. Counters are read from the camera
 loop's own statistics when Prometheus scrapes (nothing is counted twice); latencies are
 observed as results are delivered. The server binds loopback unless told otherwise.
 """
@@ -30,12 +31,14 @@ COUNTERS = (("read", "Frames the camera's capture thread read."),
 class CameraMetrics:
     """A Prometheus endpoint on `host:port` (port 0: any free one, see `port`) over a
     camera loop's statistics: `stats()` gives the per-camera dicts (`CameraStats.to_dict`),
-    `reuse()` the frame-reuse counters or None; `observe(camera, seconds)` records one
-    result's latency. `close()` stops the server."""
+    `reuse()` the frame-reuse counters or None, `tokens()` the token-reuse counters
+    (`TokenGate.counters`) or None; `observe(camera, seconds)` records one result's
+    latency. `close()` stops the server."""
 
     def __init__(self, stats: Callable[[], list[dict[str, Any]]],
                  reuse: Callable[[], dict[str, Any] | None], port: int = 0,
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1",
+                 tokens: Callable[[], dict[str, Any] | None] | None = None):
         try:
             import prometheus_client
         except ImportError:
@@ -45,6 +48,7 @@ class CameraMetrics:
 
         self.registry = CollectorRegistry()
         self._stats, self._reuse = stats, reuse
+        self._tokens = tokens or (lambda: None)
         self.latency = Histogram("vitedge_camera_latency_seconds",
                                  "Capture-to-result latency of each delivered frame.",
                                  ["camera"], buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -88,6 +92,7 @@ class _Collector:
         for r in rows:
             gone.add_metric([r["camera"]], 1.0 if r["gone"] else 0.0)
         yield gone
+        yield from _token_families(self.metrics._tokens())
         reuse = self.metrics._reuse()
         if reuse is None:
             return
@@ -99,3 +104,26 @@ class _Collector:
             for camera, counts in per.items():
                 family.add_metric([camera], float(counts[key]))
             yield family
+
+
+def _token_families(tokens: dict[str, Any] | None) -> Iterator[Any]:
+    """Token reuse per camera: frames through the streaming graph, full passes, and the
+    mean share of tokens recomputed (1.0: every frame a full pass)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    if tokens is None:
+        return
+    per = tokens["cameras"]
+    for key, name, text in (
+            ("frames", "token_frames", "Frames run through the streaming graph (token reuse)."),
+            ("full_passes", "token_full_passes", "Frames of those that were a full pass.")):
+        family = CounterMetricFamily(f"vitedge_camera_{name}", text, labels=["camera"])
+        for camera, counts in per.items():
+            family.add_metric([camera], float(counts[key]))
+        yield family
+    share = GaugeMetricFamily("vitedge_camera_tokens_recomputed_ratio",
+                              "Mean share of tokens recomputed per frame through the streaming "
+                              "graph (1: full inference).", labels=["camera"])
+    for camera, counts in per.items():
+        share.add_metric([camera], float(counts["tokens_recomputed"]))
+    yield share

@@ -9,12 +9,9 @@ and when frames run is the scheduler's (scheduler.py); `Pipeline` composes them.
         print(p.label, p.score, p.timings)
 
 Torch-free. Thread safety: a pipeline runs at most `streams` inferences at once (default 1:
-threads sharing it take turns). With ONNX Runtime, `vitedge.open(..., streams=N)` keeps N
-frames in flight in `stream()` and `batches()`, each on its own share of the cores: more
-frames per second on a CPU, each frame slower (see `open_pipeline`). A TensorRT engine has
-one execution context, so one inference at a time; its `stream()` overlaps preparing the
-next frame with the current one's inference. For parallel TensorRT inference open one
-pipeline per thread.
+threads sharing it take turns); with ONNX Runtime, `streams=N` keeps N frames in flight,
+each on its share of the cores (see `open_pipeline`). A TensorRT engine has one context: its
+`stream()` overlaps preparing the next frame with inference; open one pipeline per thread.
 """
 
 from __future__ import annotations
@@ -39,9 +36,9 @@ from vitedge.runtime.decode import decode_frame, frames_of, is_frame
 from vitedge.runtime.patchify import patches_from_images
 from vitedge.runtime.postprocess import Postprocessor, Prediction
 from vitedge.runtime.preprocess import Preprocessor, input_from_pixels
-from vitedge.runtime.reuse import reuse_gate
 from vitedge.runtime.scheduler import available_cores
 from vitedge.runtime.stats import StageTimes
+from vitedge.runtime.token_gate import reuse_gates
 
 __all__ = ["STAGES", "Explanation", "Pipeline", "Prediction", "available_cores",
            "open_pipeline"]
@@ -84,8 +81,8 @@ class Pipeline:
         self._slots = threading.BoundedSemaphore(opts.streams)
         self._workers: Any = None
         self._closed = False
-        self.reuse = reuse_gate(self)
-        """The frame-reuse gate (`reuse=K`): its `counters()` say what was reused."""
+        self.reuse, self.tokens = reuse_gates(self)
+        """Frame reuse (`reuse=K`), token reuse (a streaming graph), or None: `counters()`."""
 
     # --- the stages ------------------------------------------------------------------
 
@@ -139,20 +136,24 @@ class Pipeline:
         (reuse.py) only the frames that changed on their camera (None: this pipeline's)."""
         if self.reuse is not None:
             return self.reuse.run(x, timings, cameras, self._infer_all)
-        return self._infer_all(x, timings)
+        return self._infer_all(x, timings, cameras)
 
-    def _infer_all(self, x: np.ndarray, timings: dict[str, float]) -> list[Prediction]:
+    def _infer_all(self, x: np.ndarray, timings: dict[str, float],
+                   cameras: list[Any] | None = None) -> list[Prediction]:
         self._check_open()
         clock = self.clock
         t = clock()
         with self._slots:
-            logits, device = self.model.infer_timed(x)
+            logits, device = self.model.infer_timed(x) if self.tokens is None \
+                else self.tokens.infer_timed(x, cameras)
         t2 = clock()
         total = (t2 - t) * 1e3
         timings["host_to_device"] = device.get("host_to_device", 0.0)
         timings["device_to_host"] = device.get("device_to_host", 0.0)
         timings["infer"] = max(total - timings["host_to_device"] - timings["device_to_host"], 0.0)
         predictions = self.postprocess(logits, timings)
+        if self.tokens is not None:
+            self.tokens.mark(predictions)
         timings["postprocess"] = (clock() - t2) * 1e3
         self.times.add(timings, len(x))
         return predictions
@@ -299,7 +300,7 @@ def open_pipeline(path: str | Path, options: PipelineOptions | None = None,
     """A pipeline on a built artifact (an engine or an ONNX model; `load_runner` decides the
     backend from the file), run as `options` (`vitedge.options.PipelineOptions`) or keyword
     changes to its defaults say: device, color, fast, topk, keep_logits, threads, batch,
-    cuda_graph, streams, reuse and max_age (frame reuse, reuse.py).
+    cuda_graph, streams, reuse, max_age (reuse.py) and token_refresh (token_gate.py).
 
     `streams`: frames in flight at once in `stream()`; 1, the default, puts every core on
     one frame (the lowest latency); more split the cores (`threads` = cores / streams) for

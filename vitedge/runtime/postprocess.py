@@ -38,6 +38,9 @@ class Prediction:
     age: int | None = None
     """Frames since the inferred frame this result is from (0: this one); None: reuse off."""
     age_ms: float = 0.0
+    tokens_recomputed: float | None = None
+    """Token reuse (a streaming graph): the share of tokens this frame recomputed, 1.0 on a
+    full pass, 0.0 for a frame reused whole; None: not a streaming graph."""
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"class_id": self.class_id, "label": self.label, "score": self.score,
@@ -52,6 +55,8 @@ class Prediction:
             d["source"] = self.source
         if self.age is not None:
             d.update(reused=self.reused, age=self.age, age_ms=round(self.age_ms, 2))
+        if self.tokens_recomputed is not None:
+            d["tokens_recomputed"] = round(self.tokens_recomputed, 4)
         return d
 
     def describe(self) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from vitedge.errors import VitedgeError
 from vitedge.options import parse_max_age
 from vitedge.runtime.postprocess import Prediction
 
@@ -112,7 +113,8 @@ class FrameReuse:
         with self._lock:
             self.streams.pop(key, None)
 
-    def _observe(self, s: StreamReuse, v: np.ndarray) -> None:
+    @staticmethod
+    def observe(s: StreamReuse, v: np.ndarray) -> None:
         """Learn the noise floor from the changes since the two previous frames: noise is
         as large over two frames as over one, motion grows, so 2 * (change over one frame) -
         (change over two) keeps the noise and cancels a steady motion (a panning camera
@@ -142,10 +144,11 @@ class FrameReuse:
         return float(change(v, s.reference).max()) <= self.threshold * s.floor()
 
     def run(self, x: np.ndarray, timings: dict[str, float], keys: Iterable[Any] | None,
-            infer: Callable[[np.ndarray, dict[str, float]], list[Prediction]]
+            infer: Callable[[np.ndarray, dict[str, float], list[Any]], list[Prediction]]
             ) -> list[Prediction]:
         """One prediction per frame of the prepared batch `x` (camera `keys`, None: one
-        stream): reused where nothing changed, the others inferred together by `infer`."""
+        stream): reused where nothing changed, the others inferred together by `infer`
+        (given their frames, the timings and their camera keys)."""
         keys = [None] * len(x) if keys is None else list(keys)
         now = self.clock()
         out: list[Prediction | None] = [None] * len(x)
@@ -155,20 +158,22 @@ class FrameReuse:
             for i, (key, v) in enumerate(zip(keys, views, strict=True)):
                 s = self.streams.setdefault(key, StreamReuse())
                 s.frames += 1
-                self._observe(s, v)
+                self.observe(s, v)
                 if self._reusable(s, v, now) and s.result is not None:
                     s.age += 1
                     s.reused += 1
                     out[i] = replace(s.result, reused=True, age=s.age,
                                      age_ms=(now - s.inferred_at) * 1e3,
-                                     timings={**timings, "infer": 0.0})
+                                     timings={**timings, "infer": 0.0},
+                                     tokens_recomputed=None if s.result.tokens_recomputed
+                                     is None else 0.0)  # token reuse: nothing recomputed
                 else:
                     s.reference, s.pending, s.age = v, True, 0
                     s.inferred += 1
                     run_idx.append(i)
         if run_idx:
             try:
-                predictions = infer(x[run_idx], timings)
+                predictions = infer(x[run_idx], timings, [keys[i] for i in run_idx])
             except BaseException:
                 with self._lock:
                     for i in run_idx:
@@ -239,6 +244,10 @@ def tune_reuse(pipe: Any, frames: Iterable[Any], budget: float = 0.01, max_age: 
     at least 1 - `budget` of them. Every frame is inferred once; each candidate then replays
     the clip through a real `FrameReuse` gate whose inferences are those results, so a
     reused frame is scored against its own full inference."""
+    if getattr(pipe, "tokens", None) is not None:
+        raise VitedgeError(f"{pipe.model.name} is a streaming graph (token reuse): the threshold "
+                           "is measured against full inference",
+                           "tune it on the plain graph of the same checkpoint; it holds for both")
     inputs, full = [], []
     for i, frame in enumerate(frames):
         x = pipe.prepare([frame])
@@ -250,7 +259,8 @@ def tune_reuse(pipe: Any, frames: Iterable[Any], budget: float = 0.01, max_age: 
     best = None
     index = {"i": 0}
 
-    def infer(_x: np.ndarray, _timings: dict[str, float]) -> list[Prediction]:
+    def infer(_x: np.ndarray, _timings: dict[str, float], _keys: list[Any]
+              ) -> list[Prediction]:
         return [replace(full[index["i"]])]
 
     for k in sorted(candidates):

@@ -17,6 +17,7 @@ from vitedge.runtime.outputs import FrameOutput, open_output
 from vitedge.runtime.pipeline import open_pipeline
 from vitedge.runtime.sources import FrameSource, SourceOptions
 from vitedge.runtime.stats import Stats
+from vitedge.runtime.token_gate import restarting
 
 
 def run_loop(artifact: str, source: str, output: str | None = None, display: bool = False,
@@ -41,7 +42,11 @@ def run_loop(artifact: str, source: str, output: str | None = None, display: boo
         if display:
             outputs.append(stack.enter_context(open_output("display://0")))
         stack.callback(frames.close)
-        for frame, p in pipe.stream(frames, max_frames=max_frames):
+        # with reuse, a reconnect or a new resolution (never in a video file) restarts it, as
+        # the frame is read: unbuffered
+        gated = (pipe.reuse is not None or pipe.tokens is not None) and frames.kind != "video"
+        for frame, p in pipe.stream(restarting(pipe, frames) if gated else frames,
+                                    max_frames=max_frames, prefetch=0 if gated else 2):
             count += 1
             if count == 1:  # the source is open now: a video plays at its rate
                 for out in outputs:
@@ -54,10 +59,12 @@ def run_loop(artifact: str, source: str, output: str | None = None, display: boo
         stages = {k: asdict(Stats.of(v)) for k, v in pipe.times.samples.items() if len(v)}
         warnings = list(pipe.warnings)
         reuse = pipe.reuse.counters() if pipe.reuse is not None else None
+        tokens = pipe.tokens.counters() if pipe.tokens is not None else None
     summary = {"artifact": str(artifact), "source": str(source), "frames": count,
                "seconds": round(elapsed, 3),
                "fps": count / elapsed if elapsed else 0.0, **frames.stats.to_dict(),
-               "stages": stages, "output": output, "warnings": warnings, "reuse": reuse}
+               "stages": stages, "output": output, "warnings": warnings, "reuse": reuse,
+               "tokens": tokens}
     if log:
         log(f"{count} frames from {frames.kind} {source} in {elapsed:.1f} s"
             + (f", written to {output}" if output else "")
