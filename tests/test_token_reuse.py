@@ -149,3 +149,23 @@ def test_tensorrt_parser_accepts_the_streaming_graph(graphs):
         assert parser_problems(model) == []
         assert tensorrt_problems(model) == []
         assert {"TopK", "ScatterElements", "GatherElements"} <= {n.op_type for n in model.graph.node}
+
+
+def test_adopt_borrows_a_loaded_streaming_runner_and_leaves_it_open(graphs, inputs):
+    """A pipeline's own runner serves as the streaming graph (no second copy loaded): the
+    same answers as `TokenReuse.open`, and closing the reuse leaves the borrowed runner
+    open for its owner."""
+    from vitedge.backends import load_runner
+    from vitedge.runtime.tokens import TokenReuse
+
+    _, part = graphs
+    with load_runner(part.output) as runner, TokenReuse.open(part.output, refresh=4) as opened:
+        borrowed = TokenReuse.adopt(runner, refresh=4)
+        for x in inputs[:5]:
+            a, b = borrowed.run(x, "door"), opened.run(x, "door")
+            np.testing.assert_array_equal(a[0], b[0])
+            assert a[1] == b[1]
+        borrowed.close()
+        assert borrowed.full.closed and not runner.closed
+        runner.infer_named({i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
+                                             np.float32) for i in runner.inputs})

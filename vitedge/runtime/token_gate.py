@@ -186,8 +186,8 @@ def token_gate(pipe: Any) -> TokenGate | None:
         raise VitedgeError(f"{pipe.model.name} is a streaming graph: each camera's state goes "
                            "from one frame to the next, so streams must be 1",
                            "several cameras share it through multi_stream (vitedge run)")
-    return TokenGate(TokenReuse.open(pipe.model.path, refresh=opts.token_refresh,
-                                     threads=opts.threads), opts.token_refresh,
+    return TokenGate(TokenReuse.adopt(pipe.model, refresh=opts.token_refresh,
+                                      threads=opts.threads), opts.token_refresh,
                      int(entry["k"]), int(entry["tokens"]), pipe.manifest)
 
 

@@ -94,6 +94,22 @@ class TokenReuse:
         made._start(runner, streaming, full, refresh, threads, device)
         return made
 
+    @classmethod
+    def adopt(cls, stream: Runner, refresh: int = 30, threads: int | None = None,
+              device: str | None = None) -> TokenReuse:
+        """Token reuse over a streaming artifact already loaded (a pipeline's own runner,
+        which its owner keeps and closes): only the full pass beside it is loaded."""
+        if refresh < 1:
+            raise VitedgeError("refresh must be 1 or more frames")
+        full = full_pass_beside(stream.path, token_reuse_entry(stream.manifest, stream.path))
+        made = cls.__new__(cls)
+        made._borrowed = True
+        made._start(stream, stream.path, full, refresh, threads, device)
+        return made
+
+    _borrowed = False
+    """Whether the streaming runner belongs to someone else (`adopt`): close leaves it open."""
+
     def _start(self, stream: Runner, streaming: str | Path, full: str | Path, refresh: int,
                threads: int | None, device: str | None) -> None:
         """Adopt the loaded streaming runner (closed again on failure) and load the full pass."""
@@ -104,7 +120,8 @@ class TokenReuse:
             self.reuse = token_reuse_entry(self.manifest, streaming)
             self.full = load_runner(full, threads, device)
         except BaseException:
-            self.stream.close()
+            if not self._borrowed:
+                self.stream.close()
             raise
         try:
             full_reuse = token_reuse_entry(self.full.manifest, full)
@@ -146,7 +163,8 @@ class TokenReuse:
         self.cameras.pop(camera, None)
 
     def close(self) -> None:
-        for runner in (getattr(self, "stream", None), getattr(self, "full", None)):
+        for runner in (None if self._borrowed else getattr(self, "stream", None),
+                       getattr(self, "full", None)):
             if runner is not None:
                 runner.close()
 
