@@ -376,18 +376,15 @@ def _block(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray], cfg: Vi
     return g.node("Add", [x, h], f"{p}.residual2"), probs, size
 
 
-def _log_size(g: GraphBuilder, p: str, size: str, queries: int = 1) -> str:
-    """Sizes (B, T, 1) -> their logs as (B, 1, queries, T), added to attention logits
-    (ToMe's proportional attention: a token standing for n patches counts n times). A
-    block's bias has a row per query, the shape ONNX Runtime's fused attention takes as
-    its attention bias."""
+def _log_size(g: GraphBuilder, p: str, size: str, tokens: int = -1) -> str:
+    """Sizes (B, T, 1) -> their logs as (B, 1, 1, T), added to attention logits (ToMe's
+    proportional attention: a token standing for n patches counts n times). A block gives
+    its token count, written into the shape, where ONNX Runtime's build reads it to expand
+    the bias to the (B, 1, T, T) its fused attention takes (a (B, 1, T, T) bias in the graph
+    would stop OpenVINO fusing the attention)."""
     logs = g.node("Log", [size], f"{p}.log_size")
-    keys = g.node("Reshape", [logs, g.ints(f"{p}.log_size.shape", [0, 1, 1, -1])],
+    return g.node("Reshape", [logs, g.ints(f"{p}.log_size.shape", [0, 1, 1, tokens])],
                   f"{p}.log_size.keys")
-    if queries == 1:
-        return keys
-    return g.node("Expand", [keys, g.ints(f"{p}.log_size.rows", [1, 1, queries, 1])],
-                  f"{p}.log_size.bias")
 
 
 def _merge(g: GraphBuilder, p: str, x: str, size: str | None, keys: str, cfg: ViTConfig,

@@ -92,10 +92,35 @@ def _replace_matches(model: onnx.ModelProto, op_type: str,
 
 def fuse_attention(model: onnx.ModelProto) -> int:
     """Replace each matched attention core by MultiHeadAttention, in place; returns how many."""
+    _expand_attention_bias(model)
     count = _replace_matches(model, "Softmax", _match_attention)
     if count and not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return count
+
+
+def _expand_attention_bias(model: onnx.ModelProto) -> None:
+    """Token merging's log sizes, added to a block's logits as (B, 1, 1, T) (a Reshape to
+    [0, 1, 1, T]), expanded to the (B, 1, T, T) MultiHeadAttention takes as attention bias;
+    in place."""
+    g = _Graph(model)
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        nodes.append(node)
+        shape = _const(g.inits, node.input[1]) if node.op_type == "Reshape" else None
+        if shape is None or shape.tolist()[:3] != [0, 1, 1] or len(shape) != 4 or shape[3] <= 0:
+            continue
+        add = g.only_use(node.output[0])
+        softmax = g.only_use(add.output[0]) if add is not None and add.op_type == "Add" else None
+        if add is None or softmax is None or softmax.op_type != "Softmax":
+            continue
+        rows, bias = f"{node.output[0]}.rows", f"{node.output[0]}.bias"
+        model.graph.initializer.append(
+            numpy_helper.from_array(np.array([1, 1, shape[3], 1], np.int64), rows))
+        nodes.append(helper.make_node("Expand", [node.output[0], rows], [bias], name=bias))
+        add.input[list(add.input).index(node.output[0])] = bias
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
 
 
 def _attention_bias(g: _Graph, add: onnx.NodeProto | None) -> tuple[onnx.NodeProto, str] | None:
