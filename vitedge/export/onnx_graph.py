@@ -395,7 +395,7 @@ def _merge(g: GraphBuilder, p: str, x: str, size: str | None, keys: str, cfg: Vi
     best edges (TopK r) merged into their partners by size-weighted mean. The output's
     order (prefix tokens first: class, registers, A's then B's; then the kept A tokens in
     their original order, then B) is one TopK of a constant rank plus T for each merged
-    token; the tokens are gathered in that order in one GatherND, and the merged ones
+    token; the tokens are gathered in that order in one Gather, and the merged ones
     added to their partners' rows by a one-hot MatMul (B, T - r, r) (no scatter with a
     reduction). For `explain` the graph names `order` (B, T - r): each output token's
     input position, `moved` (B, r): the merged tokens' input positions, and `into` (B, r):
@@ -459,26 +459,44 @@ def _merge(g: GraphBuilder, p: str, x: str, size: str | None, keys: str, cfg: Vi
         g.node("Unsqueeze", [into, g.ints(f"{p}.middle", [1])], f"{p}.into.row"),
         g.const(f"{p}.out_rows", np.arange(t - r).reshape(t - r, 1), np.int64)], f"{p}.into.eq")],
         f"{p}.into.onehot", to=TensorProto.FLOAT)  # (B, T - r, r)
-    order_index = g.node("Unsqueeze", [order, last], f"{p}.order.index")
-    moved_index = g.node("Unsqueeze", [moved, last], f"{p}.moved.index")
+    # rows of the batch's tokens flattened to (B * T, width): position + T * image
+    offsets = g.node("Mul", [_batch_rows(g, x), g.ints(f"{p}.token_count", [t])], f"{p}.offsets")
+    order_index = g.node("Add", [order, offsets], f"{p}.order.index")
+    moved_index = g.node("Add", [moved, offsets], f"{p}.moved.index")
 
-    def merged(name: str, v: str) -> str:
+    def merged(name: str, v: str, width: int) -> str:
         """v (B, T, width) in the output order, the merged tokens summed into their
         partners: (B, T - r, width)."""
-        base = g.node("GatherND", [v, order_index], f"{name}.kept", batch_dims=1)
-        joining = g.node("GatherND", [v, moved_index], f"{name}.moved", batch_dims=1)
+        rows = g.node("Reshape", [v, g.ints(f"{name}.rows.shape", [-1, width])], f"{name}.rows")
+        base = g.node("Gather", [rows, order_index], f"{name}.kept", axis=0)
+        joining = g.node("Gather", [rows, moved_index], f"{name}.moved", axis=0)
         return g.node("Add", [base, g.node("MatMul", [into_hot, joining], f"{name}.into")],
                       f"{name}.out")
 
     # size-weighted: x * size and size merged as sums, then divided
     if size is None:  # every token stands for itself: sizes of one
-        sums = merged(f"{p}.sums", x)
+        sums = merged(f"{p}.sums", x, cfg.embed_dim)
         joined = g.node("ReduceSum", [into_hot, last], f"{p}.size.joined", keepdims=1)
         new_size = g.node("Add", [joined, g.const(f"{p}.size.one", 1.0)], f"{p}.size.out")
     else:
-        sums = merged(f"{p}.sums", g.node("Mul", [x, size], f"{p}.scaled"))
-        new_size = merged(f"{p}.size", size)
+        sums = merged(f"{p}.sums", g.node("Mul", [x, size], f"{p}.scaled"), cfg.embed_dim)
+        new_size = merged(f"{p}.size", size, 1)
     return g.node("Div", [sums, new_size], f"{p}.tokens"), new_size
+
+
+def _batch_rows(g: GraphBuilder, x: str) -> str:
+    """(B, 1): 0, 1, ..., B - 1, the image index of each row of x (B, ...); made once per
+    graph (a flat Gather of the batch's rows, rather than GatherND with batch_dims, which
+    OpenVINO turns into a shape subgraph per use)."""
+    name = "merge.batch_rows"
+    if name in g._names:
+        return name
+    shape = g.node("Shape", [x], "merge.input_shape")
+    batch = g.node("Gather", [shape, g.ints("merge.batch_axis", 0)], "merge.batch",  # type: ignore[arg-type]
+                   axis=0)
+    rows = g.node("Range", [g.ints("merge.first_row", 0), batch, g.ints("merge.row_step", 1)],  # type: ignore[arg-type]
+                  "merge.rows")
+    return g.node("Unsqueeze", [rows, g.ints("merge.rows.axis", [1])], name)
 
 
 def _mlp(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray], cfg: ViTConfig) -> str:

@@ -34,7 +34,6 @@ TENSORRT_OPS: dict[str, str | None] = {
     "Expand": None,
     "Gather": None,
     "GatherElements": None,  # token reuse's picked tokens, token merging's partners
-    "GatherND": None,  # token merging's kept and merged tokens (batch_dims 1)
     "Gelu": None,
     "Gemm": None,
     "Identity": None,
@@ -46,6 +45,7 @@ TENSORRT_OPS: dict[str, str | None] = {
     "Mul": None,
     "Neg": None,  # rotary embedding's pair rotation (EVA-02)
     "QuantizeLinear": "y_zero_point must be zero",
+    "Range": None,  # token merging: the image index of each row of the batch
     "ReduceMax": "axes must be an initializer",
     "ReduceMean": "axes must be an initializer",
     "ReduceSum": "axes must be an initializer",
