@@ -5,8 +5,9 @@ weights; the speed does not depend on them): the model alone, batch 1, FP32 and 
 ONNX Runtime and OpenVINO, measured interleaved in one run.
 
 Run on demand (the test split needs `apt-get install dataset-fashion-mnist`):
-    .venv/bin/python benchmarks/token_merging.py [--data FOLDER]
-Appends a section to benchmarks/RESULTS.md."""
+    .venv/bin/python benchmarks/token_merging.py [--data FOLDER] [--speed-only]
+Appends a section to benchmarks/RESULTS.md (`--speed-only`: the ViT-S/16 speed table alone,
+a few minutes)."""
 
 from __future__ import annotations
 
@@ -122,17 +123,21 @@ def speed(work: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", help="labelled test folder (default: the full test split)")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="only the ViT-S/16 speed table (no accuracy on the demo model)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        data = Path(args.data) if args.data else full_test_split(work / "test")
-        images = sum(1 for _ in data.rglob("*.png"))
-        accuracy_rows = accuracy(work, data)
+        accuracy_rows: list[str] = []
+        images = 0
+        if not args.speed_only:
+            data = Path(args.data) if args.data else full_test_split(work / "test")
+            images = sum(1 for _ in data.rglob("*.png"))
+            accuracy_rows = accuracy(work, data)
         speed_rows = speed(work)
-    section = (
-        "\n## Token merging: accuracy and speed against r (`benchmarks/token_merging.py`)\n\n"
-        f"Machine: {machine()}. Token merging (ToMe, `vitedge export --merge R`) in the "
-        "exported graph, r tokens merged per block (capped at half the tokens left).\n\n"
+    demo = ("Accuracy against r on the demo model: the earlier run below (a speed-only run; "
+            "the merging's arithmetic is checked against the reference by "
+            "tests/test_token_merging.py).\n\n") if args.speed_only else (
         f"Demo model (Fashion-MNIST, 50 tokens, 6 blocks) on {images} test images: top-1 "
         "(change against r = 0, points) / top-1 agreement with the unmerged model of the same "
         f"precision; INT8 calibrated on {CALIBRATION_IMAGES} images of "
@@ -140,7 +145,13 @@ def main() -> None:
         "the same function) INT8 against its own FP32. `auto` chose on 256 held-out images of "
         "`calibration/fashion-mnist`, timing ONNX Runtime here.\n\n"
         "| r | schedule | MFLOPs | FP32 | INT8 | stress copy INT8 |\n|---|---|---|---|---|---|\n"
-        + "\n".join(accuracy_rows) + "\n\n"
+        + "\n".join(accuracy_rows) + "\n\n")
+    section = (
+        f"\n## Token merging: {'speed' if args.speed_only else 'accuracy and speed'} against r "
+        "(`benchmarks/token_merging.py`)\n\n"
+        f"Machine: {machine()}. Token merging (ToMe, `vitedge export --merge R`) in the "
+        "exported graph, r tokens merged per block (capped at half the tokens left).\n\n"
+        + demo +
         f"Speed at ViT-S/16 ({SPEED_ARCH}, random weights, 197 tokens): the model alone, batch "
         "1, median ms of 30 interleaved rounds (speed-up against r = 0), artifacts of `vitedge "
         "build` (profiles `cpu` and `cpu-openvino`, INT8 calibrated on "

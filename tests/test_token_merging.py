@@ -324,16 +324,31 @@ def test_merge_auto_needs_images(tmp_path, capsys):
     assert code != 0 and "--merge-data" in err and "Traceback" not in err
 
 
-def test_explain_maps_a_merged_models_attention_back_to_the_patch_grid(tmp_path, capsys):
+@pytest.mark.parametrize("built", [False, True], ids=["exported", "onnxruntime-build"])
+def test_explain_maps_a_merged_models_attention_back_to_the_patch_grid(built, tmp_path, capsys):
     """The class token's last-block attention, each merged token's share spread over the
     patches it holds, as ToMe's source tracking (`merge_source`: the identity merged along
-    with the tokens) gives it on the reference."""
+    with the tokens) gives it on the reference; also read from ONNX Runtime's build, where
+    proportional attention is MultiHeadAttention's attention bias."""
     from vitedge.backends import load_runner
     from vitedge.runtime.attention import attention_grid
 
     model, checkpoint = reference(tmp_path)
     onnx_path = export(checkpoint, tmp_path / "merged.onnx", 8)
     x = photos()
+    if built:
+        from vitedge.deploy import BuildOptions, build
+        from vitedge.options import VerifyOptions
+
+        onnx_path = build_path = tmp_path / "merged.cpu.onnx"
+        build(export(checkpoint, tmp_path / "merged.onnx", 8), build_path,
+              BuildOptions(precision="fp32", profile="cpu", verify=VerifyOptions(enabled=False)))
+        fused = [n for n in onnx.load(str(build_path)).graph.node if n.op_type == "MultiHeadAttention"]
+        # every block fused; all but the first (sizes of one) with the log sizes as bias
+        assert len(fused) == DEPTH and sum(len(n.input) > 5 and bool(n.input[5]) for n in fused) == DEPTH - 1
+        with load_runner(build_path) as runner, torch.no_grad():
+            got_logits = np.concatenate([runner.infer(x[i:i + 1]) for i in range(len(x))])
+            assert relative_error(model(torch.from_numpy(x), 8).numpy(), got_logits) < TOL
     merges: list[tuple[torch.Tensor, ...]] = []
     with torch.no_grad():
         model(torch.from_numpy(x), 8, merges)
@@ -349,7 +364,8 @@ def test_explain_maps_a_merged_models_attention_back_to_the_patch_grid(tmp_path,
         got = attention_grid(probs, runner.manifest.architecture, "cls")
     assert relative_error(expected, got) < TOL
     assert all(p.shape[-1] == tokens for p in probs)
-
+    if built:
+        return
     code, out, err = run_cli(["explain", str(onnx_path), str(PHOTOS[0]), "-o",
                               str(tmp_path / "maps"), "--method", "rollout"], capsys)
     assert code == 0, err

@@ -12,25 +12,24 @@ from vitedge.architecture import ViTConfig
 def merge_members(merges: list[tuple[np.ndarray, np.ndarray, np.ndarray]], cfg: ViTConfig
                   ) -> list[np.ndarray]:
     """Which original tokens each token holds, before each block: (B, T_i, T_0) 0/1 per
-    block, from each merging block's kept A positions, merged A positions and their B
-    partners (the graph's `blocks.N.merge.unm / src / dst`), in the graph's order: prefix
-    tokens (A's then B's), kept A tokens, then B (`vitedge.export.onnx_graph._merge`)."""
-    counts, prefix = cfg.tokens_per_block(), cfg.num_prefix_tokens
-    ka, kb = (prefix + 1) // 2, prefix // 2
+    block, from each merging block's `order` (B, T - r: each output token's input
+    position), `moved` (B, r: the merged tokens' input positions) and `into` (B, r: the
+    output row each joins), the graph's `blocks.N.merge.order / moved / into`
+    (`vitedge.export.onnx_graph._merge`)."""
+    counts = cfg.tokens_per_block()
     batch = len(merges[0][0]) if merges else 1
     held = np.broadcast_to(np.eye(counts[0], dtype=np.float32), (batch, counts[0], counts[0]))
     members, found = [], iter(merges)
-    rows = np.arange(batch)[:, None]
+    rows = np.arange(batch)
     for r in cfg.merge:
         members.append(held)
         if not r:
             continue
-        unm, src, dst = next(found)
-        a, b = held[:, ::2], held[:, 1::2].copy()
-        for j in range(src.shape[1]):  # several A tokens may join one B token
-            b[rows[:, 0], dst[:, j]] += a[rows[:, 0], src[:, j]]
-        kept = a[rows, unm]
-        held = np.concatenate([kept[:, :ka], b[:, :kb], kept[:, ka:], b[:, kb:]], axis=1)
+        order, moved, into = next(found)
+        out = held[rows[:, None], order]
+        for j in range(moved.shape[1]):  # several tokens may join one
+            out[rows, into[:, j]] += held[rows, moved[:, j]]
+        held = out
     return members
 
 

@@ -353,7 +353,9 @@ def _block(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray], cfg: Vi
     scaled = g.node("Mul", [scores, g.const(f"{p}.attn.scale", cfg.head_dim ** -0.5)],
                     f"{p}.attn.scaled")
     if size is not None:
-        scaled = g.node("Add", [scaled, _log_size(g, f"{p}.attn", size)], f"{p}.attn.proportional")
+        assert merge is not None  # sizes exist only after a merging block
+        scaled = g.node("Add", [scaled, _log_size(g, f"{p}.attn", size, merge[1])],
+                        f"{p}.attn.proportional")
     probs = g.node("Softmax", [scaled], f"{p}.attn.softmax", axis=-1)
     ctx = g.node("MatMul", [probs, vh], f"{p}.attn.context")
     merged = g.node("Transpose", [ctx], f"{p}.attn.merge_heads", perm=[0, 2, 1, 3])
@@ -374,11 +376,14 @@ def _block(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray], cfg: Vi
     return g.node("Add", [x, h], f"{p}.residual2"), probs, size
 
 
-def _log_size(g: GraphBuilder, p: str, size: str) -> str:
+def _log_size(g: GraphBuilder, p: str, size: str, tokens: int = -1) -> str:
     """Sizes (B, T, 1) -> their logs as (B, 1, 1, T), added to attention logits (ToMe's
-    proportional attention: a token standing for n patches counts n times)."""
+    proportional attention: a token standing for n patches counts n times). A block gives
+    its token count, written into the shape, where ONNX Runtime's build reads it to expand
+    the bias to the (B, 1, T, T) its fused attention takes (a (B, 1, T, T) bias in the graph
+    would stop OpenVINO fusing the attention)."""
     logs = g.node("Log", [size], f"{p}.log_size")
-    return g.node("Reshape", [logs, g.ints(f"{p}.log_size.shape", [0, 1, 1, -1])],
+    return g.node("Reshape", [logs, g.ints(f"{p}.log_size.shape", [0, 1, 1, tokens])],
                   f"{p}.log_size.keys")
 
 
@@ -386,12 +391,16 @@ def _merge(g: GraphBuilder, p: str, x: str, size: str | None, keys: str, cfg: Vi
            r: int, t: int, opset: int) -> tuple[str, str]:
     """ToMe's bipartite soft matching of the T tokens x (B, T, D), static shapes, ops every
     backend runs: tokens alternately into A (even) and B (odd); similarity = cosine of the
-    keys averaged over heads; each A token's best B partner (TopK 1); the r best edges
-    (TopK r) merged into their partners by size-weighted mean, the sum a one-hot MatMul (no
-    scatter with a reduction). The prefix tokens (class, registers) never merge and stay
-    first, then the kept A tokens in their original order (TopK on position), then B.
-    Returns the tokens (B, T - r, D) and their sizes (B, T - r, 1)."""
-    d, prefix = cfg.embed_dim, cfg.num_prefix_tokens
+    keys averaged over heads; each A token's best B partner (ReduceMax / ArgMax); the r
+    best edges (TopK r) merged into their partners by size-weighted mean. The output's
+    order (prefix tokens first: class, registers, A's then B's; then the kept A tokens in
+    their original order, then B) is one TopK of a constant rank plus T for each merged
+    token; the tokens are gathered in that order in one Gather, and the merged ones
+    added to their partners' rows by a one-hot MatMul (B, T - r, r) (no scatter with a
+    reduction). For `explain` the graph names `order` (B, T - r): each output token's
+    input position, `moved` (B, r): the merged tokens' input positions, and `into` (B, r):
+    the output row each joins. Returns the tokens (B, T - r, D) and sizes (B, T - r, 1)."""
+    prefix = cfg.num_prefix_tokens
     ta, tb = (t + 1) // 2, t // 2
     ka, kb = (prefix + 1) // 2, prefix // 2
     # the metric: keys (B, T, D) averaged over heads, L2-normalised
@@ -402,21 +411,11 @@ def _merge(g: GraphBuilder, p: str, x: str, size: str | None, keys: str, cfg: Vi
                         keepdims=0)
     else:
         metric = g.node("ReduceMean", [heads], f"{p}.metric.raw", axes=[2], keepdims=0)
-    square = g.node("Mul", [metric, metric], f"{p}.metric.square")
-    norm = g.node("Sqrt", [g.node("ReduceSum", [square, g.ints(f"{p}.metric.axes", [-1])],
-                                  f"{p}.metric.sum", keepdims=1)], f"{p}.metric.norm")
-    metric = g.node("Div", [metric, norm], f"{p}.metric")
-
-    def split(name: str, v: str) -> tuple[str, str]:
-        sets = []
-        for which, start in (("a", 0), ("b", 1)):
-            sets.append(g.node("Slice", [v, g.ints(f"{name}.{which}.start", [start]),
-                                         g.ints(f"{name}.{which}.end", [t]),
-                                         g.ints(f"{name}.{which}.axis", [1]),
-                                         g.ints(f"{name}.{which}.step", [2])], f"{name}.{which}"))
-        return sets[0], sets[1]
-
-    ma, mb = split(f"{p}.metric", metric)
+    metric = g.node("LpNormalization", [metric], f"{p}.metric", axis=-1, p=2)
+    ma, mb = (g.node("Slice", [metric, g.ints(f"{p}.metric.{n}.start", [start]),
+                               g.ints(f"{p}.metric.{n}.end", [t]), g.ints(f"{p}.metric.{n}.axis", [1]),
+                               g.ints(f"{p}.metric.{n}.step", [2])], f"{p}.metric.{n}")
+              for n, start in (("a", 0), ("b", 1)))
     mbt = g.node("Transpose", [mb], f"{p}.metric.b.t", perm=[0, 2, 1])
     scores = g.node("MatMul", [ma, mbt], f"{p}.scores")
     if prefix:  # protected tokens: never a source (A rows), never a destination (B columns)
@@ -424,77 +423,80 @@ def _merge(g: GraphBuilder, p: str, x: str, size: str | None, keys: str, cfg: Vi
         mask[:, :ka] = -1e4
         mask[:, :, :kb] = -1e4
         scores = g.node("Add", [scores, g.const(f"{p}.protect", mask)], f"{p}.scores.protected")
-    g.nodes.append(helper.make_node("TopK", [scores, g.ints(f"{p}.one", [1])],
-                                    [f"{p}.best", f"{p}.partner"], name=f"{p}.match", axis=-1))
-    best = g.node("Reshape", [f"{p}.best", g.ints(f"{p}.flat", [0, -1])], f"{p}.best.flat")
-    partner = g.node("Reshape", [f"{p}.partner", g.ints(f"{p}.flat2", [0, -1])], f"{p}.partner.flat")
+    if opset >= 18:
+        best = g.node("ReduceMax", [scores, g.ints(f"{p}.last_axis", [-1])], f"{p}.best", keepdims=0)
+    else:
+        best = g.node("ReduceMax", [scores], f"{p}.best", axes=[-1], keepdims=0)
+    partner = g.node("ArgMax", [scores], f"{p}.partner", axis=-1, keepdims=0)  # (B, ta)
     g.nodes.append(helper.make_node("TopK", [best, g.ints(f"{p}.r", [r])],
                                     [f"{p}.edges", f"{p}.src"], name=f"{p}.choose", axis=-1))
-    src = f"{p}.src"  # (B, r): A positions merged away, best edge first
-    dst = g.node("GatherElements", [partner, src], f"{p}.dst", axis=1)
-    # the kept A positions in their original order: sort position + ta * chosen, smallest first
-    src_hot = g.node("Cast", [g.node("Equal", [
-        g.node("Unsqueeze", [src, g.ints(f"{p}.last", [-1])], f"{p}.src.col"),
-        g.ints(f"{p}.a_positions", list(range(ta)))], f"{p}.src.eq")], f"{p}.src.onehot",
-        to=TensorProto.FLOAT)
-    chosen = g.node("ReduceSum", [src_hot, g.ints(f"{p}.rows", [1])], f"{p}.chosen", keepdims=0)
-    order_key = g.node("Add", [g.node("Mul", [chosen, g.const(f"{p}.ta", float(ta))],
-                                      f"{p}.chosen.scaled"),
-                               g.const(f"{p}.a_order", np.arange(ta, dtype=np.float32))],
+    src = f"{p}.src"  # (B, r): A indices merged away, best edge first
+    dst = g.node("GatherElements", [partner, src], f"{p}.dst", axis=1)  # their B partners
+    moved = g.node("Mul", [src, g.ints(f"{p}.two", 2)], f"{p}.moved")  # type: ignore[arg-type]
+    # the output order: rank of each input position among the kept tokens, + T if merged
+    order_of = [*range(0, 2 * ka, 2), *range(1, 2 * kb, 2), *range(2 * ka, t, 2),
+                *range(2 * kb + 1, t, 2)]
+    rank = np.empty(t, np.float32)
+    rank[order_of] = np.arange(t, dtype=np.float32)
+    last = g.ints(f"{p}.last", [-1])
+    merged_hot = g.node("Cast", [g.node("Equal", [
+        g.node("Unsqueeze", [moved, last], f"{p}.moved.col"),
+        g.ints(f"{p}.positions", list(range(t)))], f"{p}.moved.eq")], f"{p}.moved.onehot",
+        to=TensorProto.FLOAT)  # (B, r, T)
+    merged_away = g.node("ReduceSum", [merged_hot, g.ints(f"{p}.rows", [1])], f"{p}.merged_away",
+                         keepdims=0)  # (B, T): 1 where merged
+    order_key = g.node("Add", [g.node("Mul", [merged_away, g.const(f"{p}.t", float(t))],
+                                      f"{p}.merged_away.scaled"), g.const(f"{p}.rank", rank)],
                        f"{p}.order_key")
-    g.nodes.append(helper.make_node("TopK", [order_key, g.ints(f"{p}.kept", [ta - r])],
-                                    [f"{p}.kept_key", f"{p}.unm"], name=f"{p}.keep", axis=-1,
-                                    largest=0))
-    # size-weighted: x * size and size merged as sums, then divided
-    if size is None:  # every token stands for itself: sizes of one
-        shape = g.node("Shape", [x], f"{p}.ones.input_shape")
-        bdim = g.node("Slice", [shape, g.ints(f"{p}.ones.start", [0]), g.ints(f"{p}.ones.end", [1]),
-                                g.ints(f"{p}.ones.axis", [0])], f"{p}.ones.batch")
-        target = g.node("Concat", [bdim, g.ints(f"{p}.ones.tail", [t, 1])], f"{p}.ones.shape",
-                        axis=0)
-        size = g.node("Expand", [g.const(f"{p}.ones.value", np.ones((1, t, 1))), target],
-                      f"{p}.ones")
-        weighted = x
-    else:
-        weighted = g.node("Mul", [x, size], f"{p}.scaled")
-    dst_hot = g.node("Cast", [g.node("Equal", [
-        g.node("Unsqueeze", [dst, g.ints(f"{p}.dst.last", [-1])], f"{p}.dst.col"),
-        g.ints(f"{p}.b_positions", list(range(tb)))], f"{p}.dst.eq")], f"{p}.dst.onehot",
-        to=TensorProto.FLOAT)
-    into_b_hot = g.node("Transpose", [dst_hot], f"{p}.dst.onehot.t", perm=[0, 2, 1])
-    indices = {}
-    for which, index in (("kept", f"{p}.unm"), ("moved", src)):
-        indices[which] = g.node("Unsqueeze", [index, g.ints(f"{p}.{which}.last", [-1])],
-                                f"{p}.{which}.col")
+    g.nodes.append(helper.make_node("TopK", [order_key, g.ints(f"{p}.kept", [t - r])],
+                                    [f"{p}.order_key.kept", f"{p}.order"], name=f"{p}.keep",
+                                    axis=-1, largest=0))
+    order = f"{p}.order"
+    # B token j's output row: prefix B after prefix A, the rest after the kept A tokens
+    b_rows = [ka + j if j < kb else ta - r + j for j in range(tb)]
+    into = g.node("Gather", [g.ints(f"{p}.b_rows", b_rows), dst], f"{p}.into", axis=0)
+    into_hot = g.node("Cast", [g.node("Equal", [
+        g.node("Unsqueeze", [into, g.ints(f"{p}.middle", [1])], f"{p}.into.row"),
+        g.const(f"{p}.out_rows", np.arange(t - r).reshape(t - r, 1), np.int64)], f"{p}.into.eq")],
+        f"{p}.into.onehot", to=TensorProto.FLOAT)  # (B, T - r, r)
+    # rows of the batch's tokens flattened to (B * T, width): position + T * image
+    offsets = g.node("Mul", [_batch_rows(g, x), g.ints(f"{p}.token_count", [t])], f"{p}.offsets")
+    order_index = g.node("Add", [order, offsets], f"{p}.order.index")
+    moved_index = g.node("Add", [moved, offsets], f"{p}.moved.index")
 
     def merged(name: str, v: str, width: int) -> str:
-        """v (B, T, width) summed as the merge says: (B, T - r, width)."""
-        a, b = split(name, v)
+        """v (B, T, width) in the output order, the merged tokens summed into their
+        partners: (B, T - r, width)."""
+        rows = g.node("Reshape", [v, g.ints(f"{name}.rows.shape", [-1, width])], f"{name}.rows")
+        base = g.node("Gather", [rows, order_index], f"{name}.kept", axis=0)
+        joining = g.node("Gather", [rows, moved_index], f"{name}.moved", axis=0)
+        return g.node("Add", [base, g.node("MatMul", [into_hot, joining], f"{name}.into")],
+                      f"{name}.out")
 
-        def gather(which: str) -> str:
-            wide = indices[which] if width == 1 else g.node(
-                "Expand", [indices[which], g.ints(f"{name}.{which}.width", [1, 1, width])],
-                f"{name}.{which}.index")
-            return g.node("GatherElements", [a, wide], f"{name}.{which}", axis=1)
-
-        kept = gather("kept")
-        into_b = g.node("MatMul", [into_b_hot, gather("moved")], f"{name}.into_b")
-        b = g.node("Add", [b, into_b], f"{name}.b_merged")
-        if not kb:  # the prefix is all in A: kept A (prefix first), then B
-            return g.node("Concat", [kept, b], f"{name}.out", axis=1)
-        parts = []  # prefix (A's, then B's), then the kept A tokens, then B
-        for part, v2, lo, hi in (("a_prefix", kept, 0, ka), ("b_prefix", b, 0, kb),
-                                 ("a_rest", kept, ka, ta - r), ("b_rest", b, kb, tb)):
-            if hi > lo:
-                parts.append(g.node("Slice", [v2, g.ints(f"{name}.{part}.start", [lo]),
-                                              g.ints(f"{name}.{part}.end", [hi]),
-                                              g.ints(f"{name}.{part}.axis", [1])],
-                                    f"{name}.{part}"))
-        return g.node("Concat", parts, f"{name}.out", axis=1)
-
-    sums = merged(f"{p}.sums", weighted, d)
-    new_size = merged(f"{p}.size", size, 1)
+    # size-weighted: x * size and size merged as sums, then divided
+    if size is None:  # every token stands for itself: sizes of one
+        sums = merged(f"{p}.sums", x, cfg.embed_dim)
+        joined = g.node("ReduceSum", [into_hot, last], f"{p}.size.joined", keepdims=1)
+        new_size = g.node("Add", [joined, g.const(f"{p}.size.one", 1.0)], f"{p}.size.out")
+    else:
+        sums = merged(f"{p}.sums", g.node("Mul", [x, size], f"{p}.scaled"), cfg.embed_dim)
+        new_size = merged(f"{p}.size", size, 1)
     return g.node("Div", [sums, new_size], f"{p}.tokens"), new_size
+
+
+def _batch_rows(g: GraphBuilder, x: str) -> str:
+    """(B, 1): 0, 1, ..., B - 1, the image index of each row of x (B, ...); made once per
+    graph (a flat Gather of the batch's rows, rather than GatherND with batch_dims, which
+    OpenVINO turns into a shape subgraph per use)."""
+    name = "merge.batch_rows"
+    if name in g._names:
+        return name
+    shape = g.node("Shape", [x], "merge.input_shape")
+    batch = g.node("Gather", [shape, g.ints("merge.batch_axis", 0)], "merge.batch",  # type: ignore[arg-type]
+                   axis=0)
+    rows = g.node("Range", [g.ints("merge.first_row", 0), batch, g.ints("merge.row_step", 1)],  # type: ignore[arg-type]
+                  "merge.rows")
+    return g.node("Unsqueeze", [rows, g.ints("merge.rows.axis", [1])], name)
 
 
 def _mlp(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray], cfg: ViTConfig) -> str:

@@ -19,6 +19,7 @@ from onnx import TensorProto, numpy_helper
 # op -> restriction vitedge relies on (None: none that matters to a ViT graph)
 TENSORRT_OPS: dict[str, str | None] = {
     "Add": None,
+    "ArgMax": None,  # token merging: each token's best partner
     "Cast": None,
     "Clip": None,  # token reuse: the class token's change raised above any other
     "Concat": None,
@@ -32,17 +33,19 @@ TENSORRT_OPS: dict[str, str | None] = {
     "Exp": None,
     "Expand": None,
     "Gather": None,
-    "GatherElements": None,  # token reuse's picked tokens, token merging's kept and merged ones
+    "GatherElements": None,  # token reuse's picked tokens, token merging's partners
     "Gelu": None,
     "Gemm": None,
     "Identity": None,
     "LayerNormalization": "only the first output Y",
     "Log": None,  # token merging's proportional attention
+    "LpNormalization": None,  # token merging's cosine similarity
     "MatMul": None,
     "Max": None,  # the L2 norm's floor in a zero-shot head
     "Mul": None,
     "Neg": None,  # rotary embedding's pair rotation (EVA-02)
     "QuantizeLinear": "y_zero_point must be zero",
+    "Range": None,  # token merging: the image index of each row of the batch
     "ReduceMax": "axes must be an initializer",
     "ReduceMean": "axes must be an initializer",
     "ReduceSum": "axes must be an initializer",

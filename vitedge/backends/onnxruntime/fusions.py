@@ -4,7 +4,9 @@ attention fusion to float rounding, the two folds exactly) and each is skipped w
 pattern is not met exactly, so an unusual graph is left as it was, never changed wrongly.
 
 - `fuse_attention`: reshape/transpose/Q*K^T/scale/softmax/*V/merge of each block becomes
-  one `com.microsoft.MultiHeadAttention`, which runs the heads without the transposes.
+  one `com.microsoft.MultiHeadAttention`, which runs the heads without the transposes;
+  token merging's proportional attention (log sizes added to the logits) becomes its
+  attention bias.
   Skipped where the attention probabilities are a graph output (`explain` reads them) or
   quantized (Q/DQ inside the pattern), and for float16.
 - `fold_bias_adds`: the bias Add after an integer MatMul goes into its bias input.
@@ -90,14 +92,62 @@ def _replace_matches(model: onnx.ModelProto, op_type: str,
 
 def fuse_attention(model: onnx.ModelProto) -> int:
     """Replace each matched attention core by MultiHeadAttention, in place; returns how many."""
+    _expand_attention_bias(model)
     count = _replace_matches(model, "Softmax", _match_attention)
     if count and not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return count
 
 
+def _expand_attention_bias(model: onnx.ModelProto) -> None:
+    """Token merging's log sizes, added to a block's logits as (B, 1, 1, T) (a Reshape to
+    [0, 1, 1, T]), expanded to the (B, 1, T, T) MultiHeadAttention takes as attention bias;
+    in place."""
+    g = _Graph(model)
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        nodes.append(node)
+        shape = _const(g.inits, node.input[1]) if node.op_type == "Reshape" else None
+        if shape is None or shape.tolist()[:3] != [0, 1, 1] or len(shape) != 4 or shape[3] <= 0:
+            continue
+        add = g.only_use(node.output[0])
+        softmax = g.only_use(add.output[0]) if add is not None and add.op_type == "Add" else None
+        if add is None or softmax is None or softmax.op_type != "Softmax":
+            continue
+        rows, bias = f"{node.output[0]}.rows", f"{node.output[0]}.bias"
+        model.graph.initializer.append(
+            numpy_helper.from_array(np.array([1, 1, shape[3], 1], np.int64), rows))
+        nodes.append(helper.make_node("Expand", [node.output[0], rows], [bias], name=bias))
+        add.input[list(add.input).index(node.output[0])] = bias
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+def _attention_bias(g: _Graph, add: onnx.NodeProto | None) -> tuple[onnx.NodeProto, str] | None:
+    """Add(scaled scores, bias) where the bias is token merging's proportional attention
+    as vitedge exports it, Expand(..., [1, 1, queries, 1]) to (B, 1, queries, keys): the
+    shape MultiHeadAttention takes as its attention bias. (Mul node, bias) or None."""
+    if add is None or add.op_type != "Add":
+        return None
+    for scores_in, bias in ((add.input[0], add.input[1]), (add.input[1], add.input[0])):
+        expand = g.made_by.get(bias)
+        rows = _const(g.inits, expand.input[1]) if expand is not None and expand.op_type == "Expand" else None
+        scaled = g.made_by.get(scores_in)
+        if (rows is not None and rows.ndim == 1 and len(rows) == 4 and rows[0] == rows[1] == rows[3] == 1
+                and scaled is not None and scaled.op_type == "Mul"
+                and g.only_use(scaled.output[0]) is add):
+            return scaled, bias
+    return None
+
+
 def _match_attention(g: _Graph, softmax: onnx.NodeProto) -> _Match | None:
     scaled = g.made_by.get(softmax.input[0])
+    bias_add, bias = None, None
+    proportional = _attention_bias(g, scaled)
+    if proportional is not None:  # token merging: log sizes added to the logits
+        if g.only_use(softmax.input[0]) is None:
+            return None
+        bias_add, (scaled, bias) = scaled, proportional
     if scaled is None or scaled.op_type != "Mul" or g.only_use(scaled.output[0]) is None:
         return None
     scale = g.inits.get(scaled.input[1])
@@ -127,8 +177,12 @@ def _match_attention(g: _Graph, softmax: onnx.NodeProto) -> _Match | None:
     if flat_shape is None or flat_shape.tolist()[:2] != [0, 0] or len(flat_shape) != 3:
         return None
     nodes = [*q[1], *k[1], *v[1], scores, scaled, softmax, context, merge, flatten]
+    inputs = [q[0], k[0], v[0]]
+    if bias_add is not None and bias is not None:
+        nodes.append(bias_add)
+        inputs += ["", "", bias]  # MultiHeadAttention's input 5: attention_bias
     mha = helper.make_node(
-        "MultiHeadAttention", [q[0], k[0], v[0]], [flatten.output[0]],
+        "MultiHeadAttention", inputs, [flatten.output[0]],
         name=softmax.name.removesuffix(".softmax") + ".mha", domain=MS_DOMAIN,
         num_heads=q[2], scale=float(scale_value[0]))
     return nodes, flatten, mha

@@ -144,7 +144,8 @@ class OnnxRuntimeRunner(Runner):
         out = dict(zip(self._taps.names, self._run(self._taps.session, x, self._taps.names),
                        strict=True))
         probs = [out[t.probs].astype(np.float32, copy=False) if t.probs else
-                 _softmax_qk(out[t.query], out[t.key], t.heads, t.scale) for t in self._taps.taps]
+                 _softmax_qk(out[t.query], out[t.key], t.heads, t.scale,
+                             out[t.bias] if t.bias else None) for t in self._taps.taps]
         if self._taps.merges:  # token merging: attention among the original tokens
             from vitedge.merging import merge_members, on_original_tokens
 
@@ -172,6 +173,7 @@ class _Tap:
     key: str = ""
     heads: int = 0
     scale: float = 0.0
+    bias: str = ""  # MultiHeadAttention's attention bias (token merging's log sizes)
 
 
 class _Taps:
@@ -199,17 +201,19 @@ class _Taps:
                 attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
                 self.taps.append(_Tap(query=node.input[0], key=node.input[1],
                                       heads=int(attrs["num_heads"]),
-                                      scale=float(attrs.get("scale", 0.0))))
+                                      scale=float(attrs.get("scale", 0.0)),
+                                      bias=node.input[5] if len(node.input) > 5 else ""))
         depth = runner.manifest.architecture.depth
         if len(self.taps) != depth:
             raise VitedgeError(f"found the attention of {len(self.taps)} blocks in "
                                f"{runner.name}, but the model has {depth}",
                                "explain the model as vitedge exported it")
         present = {o.name for o in graph.graph.output}
-        wanted = [n for t in self.taps for n in ((t.probs,) if t.probs else (t.query, t.key))]
+        wanted = [n for t in self.taps for n in ((t.probs,) if t.probs else (t.query, t.key, t.bias))
+                  if n]
         cfg = runner.manifest.architecture
         made = {o for node in graph.graph.node for o in node.output}
-        self.merges = [tuple(f"blocks.{i}.merge.{n}" for n in ("unm", "src", "dst"))
+        self.merges = [tuple(f"blocks.{i}.merge.{n}" for n in ("order", "moved", "into"))
                        for i, r in enumerate(cfg.merge) if r]
         if any(n not in made for names in self.merges for n in names):
             raise VitedgeError(f"{runner.name} merges tokens but its graph no longer shows "
@@ -224,8 +228,10 @@ class _Taps:
         self.session = runner._session(graph)
 
 
-def _softmax_qk(q: np.ndarray, k: np.ndarray, heads: int, scale: float) -> np.ndarray:
+def _softmax_qk(q: np.ndarray, k: np.ndarray, heads: int, scale: float,
+                bias: np.ndarray | None = None) -> np.ndarray:
     b, t, d = q.shape
     qh = q.astype(np.float32).reshape(b, t, heads, d // heads).transpose(0, 2, 1, 3)
     kh = k.astype(np.float32).reshape(b, -1, heads, d // heads).transpose(0, 2, 3, 1)
-    return softmax((qh @ kh) * (scale or (d // heads) ** -0.5))
+    logits = (qh @ kh) * (scale or (d // heads) ** -0.5)
+    return softmax(logits if bias is None else logits + bias.astype(np.float32))
