@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import onnx
 import pytest
 
@@ -95,6 +96,24 @@ def test_an_fp16_ir_builds_and_answers_to_the_graphs_output_name(work, demo_imag
         got = runner.infer(demo_images)
     same = agreement(reference, got)
     assert same.top1_agreement >= 0.99 and same.cosine > 0.999, same.describe()
+
+
+def test_an_ir_whose_layers_pass_a_megabyte_is_still_recognised(work, demo_images, tmp_path):
+    """A deep (or merged) model's layers push the manifest, which OpenVINO writes at the end
+    of the .xml, past the first megabyte: the IR is still a vitedge artifact."""
+    from vitedge.backends import backend_of
+
+    out = work / "m.fp32.ov.xml"
+    if not out.is_file():
+        build(work / "m.onnx", out, BuildOptions(precision="fp32", backend="openvino"))
+    big = tmp_path / "big.ov.xml"
+    text = out.read_text()
+    first = text.index(">", text.index("<net ")) + 1  # inside <net>: a comment OpenVINO skips
+    big.write_text(text[:first] + "<!--" + "x" * (2 << 20) + "-->" + text[first:])
+    shutil.copy(out.with_suffix(".bin"), big.with_suffix(".bin"))
+    assert big.stat().st_size > 2 << 20 and backend_of(big) == "openvino"
+    with load_runner(big) as runner, load_runner(out) as same:
+        np.testing.assert_array_equal(runner.infer(demo_images), same.infer(demo_images))
 
 
 def test_8_bit_weights_are_what_openvinos_avx2_kernels_get_wrong(work, demo_images):

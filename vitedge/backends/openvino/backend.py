@@ -94,10 +94,12 @@ class OpenVINOBackend(Backend):
             return False
         try:
             with open(path, "rb") as f:
-                head = f.read(1 << 20)
+                head = f.read(4096)
+                f.seek(max(0, path.stat().st_size - (1 << 20)))
+                tail = f.read()  # the runtime information comes after the layers
         except OSError:
             return False
-        return b"<net " in head[:4096] and b"vitedge" in head
+        return b"<net " in head and b"vitedge" in tail
 
     def load(self, path: str | Path, threads: int | None = None, device: str | None = None,
              cuda_graph: bool = False) -> Runner:
