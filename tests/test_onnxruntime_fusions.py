@@ -144,3 +144,32 @@ def test_quantized_attention_fusion_needs_the_integer_qkv_matmul(demo_fp32, tmp_
     optimized = ort_optimized(model, tmp_path)
     assert ops(optimized)["MultiHeadAttention"] == DEPTH
     assert fuse_quantized_attention(optimized) == 0  # float QKV: nothing to fuse
+
+
+def test_a_static_batch_int8_build_keeps_integer_matmuls(tmp_path, demo_images):
+    """With every shape static (`--batch 1`; a streaming graph), ONNX Runtime's
+    MatMulAddFusion would turn each MatMul + bias into Reshape + Gemm, which then runs in
+    float: the build keeps every weight-quantized MatMul of the Q/DQ graph an integer one,
+    as for a dynamic batch, and computes what the Q/DQ graph computes."""
+    from vitedge.deploy import BuildOptions, build
+    from vitedge.sessions import graph_output
+
+    fp32 = tmp_path / "b1.onnx"
+    export_onnx(DEMO_CHECKPOINT, fp32, ExportOptions(batch=1))
+    out = tmp_path / "b1.int8.ort.onnx"
+    build(fp32, out, BuildOptions(precision="int8", data=str(DEMO_CALIBRATION),
+                                  backend="onnxruntime"))
+    qdq = onnx.load(str(tmp_path / "b1.int8.onnx"))
+    dequantized = {o for n in qdq.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    weight_matmuls = sum(1 for n in qdq.graph.node
+                         if n.op_type == "MatMul" and n.input[1] in dequantized)
+    built = ops(onnx.load(str(out)))
+    assert weight_matmuls > 0 and built["Gemm"] == 0, built
+    integer = built["MatMulIntegerToFloat"] + built["QAttention"]  # QAttention: the QKV MatMul
+    assert integer == weight_matmuls, (built, weight_matmuls)
+    x = demo_images[:1]
+    from vitedge.backends.cpu_int8 import seven_bit_weights
+
+    seven_bit_weights(qdq)  # what the artifact holds
+    same = relative_error(graph_output(qdq, x, "none"), run(onnx.load(str(out)), x)[0])
+    assert same < 1e-2, same

@@ -23,12 +23,14 @@ computed in float, as TensorRT reads them)."""
 def ort_session(model: str | Path | bytes | Any, threads: int | None = None,
                 optimization: str = "all", arena: bool = True,
                 providers: list[str] | None = None, profile_prefix: str | None = None,
-                saved_model: str | Path | None = None) -> Any:
+                saved_model: str | Path | None = None,
+                disabled_optimizers: list[str] | None = None) -> Any:
     """An InferenceSession for a path, serialized model bytes or an onnx.ModelProto (one too
     large for a protobuf goes through a file with its weights beside it, in the scratch
     folder), on the CPU unless `providers` says otherwise. `arena=False` returns memory after each run (calibration
     asks for every activation at once); `profile_prefix` turns ONNX Runtime's profiling
-    on; `saved_model` writes the optimized graph there (what `vitedge build` keeps)."""
+    on; `saved_model` writes the optimized graph there (what `vitedge build` keeps);
+    `disabled_optimizers` names ONNX Runtime graph transformers not to apply."""
     try:
         import onnxruntime as ort
     except ImportError as exc:  # a base dependency, so this is a broken install
@@ -62,11 +64,12 @@ def ort_session(model: str | Path | bytes | Any, threads: int | None = None,
     # sessions alternate). VITEDGE_ORT_SPIN=1 turns spinning back on.
     so.add_session_config_entry("session.intra_op.allow_spinning",
                                 "1" if os.environ.get("VITEDGE_ORT_SPIN") == "1" else "0")
+    extra = {"disabled_optimizers": disabled_optimizers} if disabled_optimizers else {}
     if not isinstance(model, (str, Path, bytes)):
         return _session_for_proto(model, so, providers or ["CPUExecutionProvider"])
     try:
         return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
-                                    providers=providers or ["CPUExecutionProvider"])
+                                    providers=providers or ["CPUExecutionProvider"], **extra)
     except Exception as exc:  # onnxruntime raises its own exception types
         what = model if isinstance(model, (str, Path)) else "the model"
         raise VitedgeError(f"ONNX Runtime cannot load {what}: "
