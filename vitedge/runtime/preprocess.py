@@ -122,8 +122,11 @@ def center_crop(image: Image.Image, prep: Preprocess) -> Image.Image:
 SUPPORT = {"nearest": 0.5, "bilinear": 1.0, "bicubic": 2.0, "lanczos": 3.0}
 """Pillow's filter support radius per interpolation, in source pixels at scale 1."""
 MIN_STRIP_PIXELS = 8192
-"""Output pixels below which a pass runs whole on the calling thread (handing a strip to
-another thread costs tens of microseconds)."""
+"""Output pixels below which a strip is not cut smaller (handing a strip to another thread
+costs tens of microseconds)."""
+STRIPS_PER_THREAD = 2
+"""Strips per thread and pass: more cost about 40 us each (a crop, Pillow's coefficients),
+fewer leave a frame waiting longer on a helper thread the machine preempts."""
 
 
 def needed_span(size_in: int, size_out: int, first: int, count: int,
@@ -172,38 +175,39 @@ def _splits(start: int, stop: int, parts: int) -> list[tuple[int, int]]:
 
 
 def _in_strips(work: Any, start: int, stop: int, pixels_per_line: int) -> None:
-    """work(a, b) over [start, stop) cut in strips, on up to `preprocess_threads()` threads
-    (the calling one included); an error in any strip is raised. A strip no other thread has
-    started when the caller is done with its own, the caller runs itself: on a busy machine
-    a frame never waits for a helper thread to be scheduled."""
-    parts = min(preprocess_threads(),
-                max(1, (stop - start) * pixels_per_line // MIN_STRIP_PIXELS))
-    strips = _splits(start, stop, parts)
-    if len(strips) == 1:
+    """work(a, b) over [start, stop), cut in `STRIPS_PER_THREAD` strips per thread where
+    there are several (`preprocess_threads()`, the calling one included), each thread
+    taking the next strip left until none is: on a busy machine, a helper thread that is
+    not scheduled in time leaves its strips to the others, so a frame waits at most for the
+    one strip a preempted helper holds. An error in any strip is raised here."""
+    threads = preprocess_threads()
+    parts = 1 if threads == 1 else min(threads * STRIPS_PER_THREAD, max(
+        1, (stop - start) * pixels_per_line // MIN_STRIP_PIXELS))
+    if parts == 1:
         work(start, stop)
         return
-
+    strips = _splits(start, stop, parts)
     lock = threading.Lock()
-    taken = [False] * len(strips)
+    left = iter(range(len(strips)))
     done = [threading.Event() for _ in strips]
     errors: list[BaseException] = []
 
-    def run(i: int) -> None:
-        with lock:
-            if taken[i]:
+    def take_strips() -> None:
+        while True:
+            with lock:
+                i = next(left, None)
+            if i is None:
                 return
-            taken[i] = True
-        try:
-            work(*strips[i])
-        except BaseException as exc:  # noqa: BLE001 - raised on the calling thread
-            errors.append(exc)
-        finally:
-            done[i].set()
+            try:
+                work(*strips[i])
+            except BaseException as exc:  # noqa: BLE001 - raised on the calling thread
+                errors.append(exc)
+            finally:
+                done[i].set()
 
-    for i in range(1, len(strips)):
-        _pool().submit(run, i)
-    for i in range(len(strips)):
-        run(i)
+    for _ in range(min(threads, len(strips)) - 1):
+        _pool().submit(take_strips)
+    take_strips()
     for event in done:
         event.wait()
     if errors:
