@@ -136,9 +136,13 @@ def main() -> None:
         median = {k: statistics.median(v) for k, v in cases.items()}
         model = median["model"]
 
-        def added(case: str, model: float = model, median: dict = median) -> str:
-            extra = median[case] - model
-            return f"{median[case]:.1f} (+{extra:.1f}, {extra / model:+.0%})"
+        def added(case: str, model: float = model, median: dict = median,
+                  cases: dict = cases) -> str:
+            # paired: each round's frame call less the same round's model call, measured
+            # back to back, so that load drifting between rounds cancels
+            extra = statistics.median(f - m for f, m in zip(cases[case], cases["model"],
+                                                             strict=True))
+            return f"{median[case]:.1f} ({extra:+.1f}, {extra / model:+.0%})"
 
         rows.append(f"| {name} | {model:.1f} | {added('before')} | {added('exact')} | "
                     f"{added('fast')} | {median['infer']:.1f} | {median['prepare before']:.2f}"
@@ -149,8 +153,9 @@ def main() -> None:
         f"(a shared machine). ViT-S/16 ({ARCH}, random weights) INT8, batch 1, each backend's "
         "default threads; median ms of "
         f"{args.rounds} interleaved rounds; in brackets what the frame path adds to the model "
-        "alone. Frames: random 640x480 BGR; the model's preprocessing: resize the shorter "
-        "side to 248 (bicubic), centre crop 224.\n\n"
+        "alone (the median of each round's difference, and its share of the model's "
+        "median). Frames: random 640x480 BGR; the model's preprocessing: resize the "
+        "shorter side to 248 (bicubic), centre crop 224.\n\n"
         "| backend | model alone | frame -> top-1, exact before | exact now | fast (OpenCV) | "
         "infer stage inside the exact path | decode + preprocess alone, before / now |\n"
         "|---|---|---|---|---|---|---|\n"
