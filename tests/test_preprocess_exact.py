@@ -156,6 +156,19 @@ def test_a_lazily_read_file_is_read_once_before_the_strips(threads):
         assert np.array_equal(ours, plain_pillow(image, prep))
 
 
+def test_a_helper_thread_that_never_runs_leaves_its_strips_to_the_caller(monkeypatch):
+    """A pool whose tasks never start (a machine too busy to schedule them, or a process
+    forked after the pool was made): the caller takes every strip, and the bytes are the
+    same."""
+    class Stalled:
+        def submit(self, *args):
+            return None
+
+    monkeypatch.setattr(pre, "preprocess_threads", lambda: 2)
+    monkeypatch.setattr(pre, "_pool", lambda: Stalled())
+    assert_same(synthetic(640, 480, 4), recipes([((224, 224), (248, 248))]))
+
+
 def test_an_error_in_a_strip_reaches_the_caller(threads):
     def work(a: int, b: int) -> None:
         if b == 100:
