@@ -31,7 +31,7 @@ from vitedge.errors import VitedgeError
 from vitedge.graph import with_outputs
 from vitedge.manifest import Manifest
 from vitedge.options import CalibrationOptions, QuantizeOptions
-from vitedge.quantize.graph import initializer_names, linear_layers
+from vitedge.quantize.graph import linear_layers
 from vitedge.quantize.histogram import TensorHistogram, amax_from_histogram
 from vitedge.quantize.qdq import QuantizationPlan, insert_qdq, plan_quantization
 from vitedge.runtime.tokens import STATE_INPUT, STATE_OUTPUT
@@ -211,20 +211,6 @@ def _measuring(session: Any, tensors: list[str]) -> Callable[[dict[str, np.ndarr
         return out
 
     return run
-
-
-def integer_nodes(model: onnx.ModelProto) -> int:
-    """How many MatMul / Conv read a DequantizeLinear of an int8 initializer: the layers a
-    backend can run on integer kernels."""
-    inits = initializer_names(model)
-    made_by = {o: n for n in model.graph.node for o in n.output}
-    count = 0
-    for node in model.graph.node:
-        if node.op_type in ("MatMul", "Conv") and len(node.input) > 1:
-            src = made_by.get(node.input[1])
-            if src is not None and src.op_type == "DequantizeLinear" and src.input[0] in inits:
-                count += 1
-    return count
 
 
 def describe(result: PairQuantization) -> str:
