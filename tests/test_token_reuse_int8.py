@@ -193,3 +193,21 @@ def test_a_pair_that_collapses_writes_nothing(work, monkeypatch, capsys):
     assert code == 1 and "quantization collapsed the model" in err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists() and not (work / "collapsed.int8.full.ort.onnx").exists()
+
+
+def test_tensorrt_rtx_builds_engines_for_the_int8_pair(work, capsys):
+    """TensorRT for RTX's real parser and builder take both Q/DQ graphs (no GPU runs them
+    here: not verified, and said so)."""
+    pytest.importorskip("tensorrt_rtx")
+    from dataclasses import replace
+
+    from vitedge.backends.tensorrt.engine_info import EngineInfo, sidecar_path
+    from vitedge.deploy import build
+
+    engine = work / "cam.int8.engine"
+    result = build(work / "cam.onnx", engine, replace(OPTIONS, backend="tensorrt-rtx"))
+    for path, k in ((engine, K), (work / "cam.int8.full.engine", 50)):
+        info = EngineInfo.read(sidecar_path(path))
+        assert info.manifest["precision"] == "int8"
+        assert info.manifest["source"]["token_reuse"]["k"] == k
+    assert result.verification["skipped"].startswith("not verified")
