@@ -12,14 +12,14 @@ the run with a full inference of the same frame (top-1 agreement, scaled to all 
 frames, and the worst logit cosine; an inferred result is full inference by construction).
 Frame + token reuse: the same 8 cameras through the streaming graph (`vitedge.open` on it:
 one state per camera, each batch run frame by frame) with frame reuse in front, against
-the plain graph of the same precision with no reuse, in FP32: a streaming graph in INT8
-does not exist yet, so ViT-S/16 runs FP32 here (the demo model and ViT-S/16 at the k the
-offline table below favours). Fidelity: every sampled result that was reused whole or
+the plain graph of the same precision with no reuse, in FP32 (`--int8`: both built INT8
+for ONNX Runtime, the streaming pair calibrated on vtest.avi's first frames in order; the
+demo model and ViT-S/16 at the k the offline table below favours). Fidelity: every sampled result that was reused whole or
 recomputed only some tokens, re-inferred by the plain graph. Token reuse offline on one
 camera: frames/s and cosine with the plain graph on the first 200 frames of vtest.avi.
 
 Run on demand: `.venv/bin/python benchmarks/reuse.py [--seconds 20] [--skip-vits]
-[--only-token-rows]`. Appends a section to benchmarks/RESULTS.md; `--only-token-rows` runs
+[--only-token-rows [--int8]]`. Appends a section to benchmarks/RESULTS.md; `--only-token-rows` runs
 and prints the frame + token reuse rows alone (publishing nothing)."""
 
 from __future__ import annotations
@@ -169,48 +169,71 @@ def token_rows(title: str, checkpoint: Path, plain: Path, work: Path, ks: list[i
     return rows
 
 
-TOKEN_K = {"demo model (FP32)": 13, "ViT-S/16 (FP32)": 50}
+TOKEN_K = {"demo model (FP32)": 13, "ViT-S/16 (FP32)": 50, "demo model (INT8)": 13,
+           "ViT-S/16 INT8": 50}
 """Tokens per gate in the live rows: the demo model's smallest export; ViT-S/16's k that
 ran faster than its plain graph offline (100 of 197 did not)."""
 
 
-def token_models(work: Path, skip_vits: bool) -> dict[str, tuple[Path, Path, str | None]]:
-    """Per model of the frame + token rows: (its plain FP32 graph, checkpoint, arch)."""
-    from common import export_random
+def token_models(work: Path, skip_vits: bool, int8: bool = False
+                 ) -> dict[str, tuple[Path, Path, str | None]]:
+    """Per model of the frame + token rows: (its plain graph, checkpoint, arch); `int8`: the
+    plain graph built INT8 for this CPU (calibrated as `camera_models` does)."""
+    from common import CALIBRATION, export_random
 
+    from vitedge.deploy import BuildOptions, build
     from vitedge.export import ExportOptions, export_onnx
+
+    def plain(graph: Path) -> Path:
+        return build(graph, graph.with_suffix(".int8.ort.onnx"), BuildOptions(
+            backend="onnxruntime", precision="int8", data=str(CALIBRATION))).artifact \
+            if int8 else graph
 
     demo = ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"
     export_onnx(demo, work / "demo-plain.onnx", ExportOptions())
     models: dict[str, tuple[Path, Path, str | None]] = {
-        "demo model (FP32)": (work / "demo-plain.onnx", demo, None)}
+        f"demo model ({'INT8' if int8 else 'FP32'})": (plain(work / "demo-plain.onnx"), demo,
+                                                       None)}
     if not skip_vits:
         folder = work / "vits-fp32"
         folder.mkdir()
-        plain = export_random("vit_small_patch16_224", folder)
-        models["ViT-S/16 (FP32)"] = (plain, folder / "model.safetensors",
-                                     "vit_small_patch16_224")
+        graph = export_random("vit_small_patch16_224", folder)
+        models["ViT-S/16 INT8" if int8 else "ViT-S/16 (FP32)"] = (
+            plain(graph), folder / "model.safetensors", "vit_small_patch16_224")
     return models
 
 
-def token_live_rows(work: Path, seconds: float, skip_vits: bool) -> list[str]:
-    """The 8 cameras on each clip: the plain FP32 graph with no reuse, then its streaming
-    graph with frame reuse in front (the threshold `tune_reuse` picks on the plain graph)."""
+TOKEN_INT8_FRAMES = 200
+"""--int8: the streaming pair's calibration, vtest.avi's first frames (the cameras play the
+whole clip, so these are among the frames judged)."""
+
+
+def token_live_rows(work: Path, seconds: float, skip_vits: bool, int8: bool = False
+                    ) -> list[str]:
+    """The 8 cameras on each clip: the plain graph with no reuse, then its streaming graph
+    with frame reuse in front (the threshold `tune_reuse` picks on the plain graph); `int8`:
+    both built INT8 (the streaming pair calibrated on vtest.avi's first frames in order)."""
+    from vitedge.deploy import BuildOptions, CalibrationOptions, build
     from vitedge.export import export_streaming
 
     rows = []
-    for title, (plain, checkpoint, arch) in token_models(work, skip_vits).items():
+    for title, (plain, checkpoint, arch) in token_models(work, skip_vits, int8).items():
         k = TOKEN_K[title]
         slug = title.split()[0].lower().replace("/", "")
         stream = export_streaming(checkpoint, work / f"{slug}.k{k}.onnx", k,
                                   arch=arch)
+        streaming = stream.output if not int8 else build(
+            stream.output, None, BuildOptions(
+                backend="onnxruntime", precision="int8",
+                data=str(CLIPS["vtest.avi (fixed camera)"]),
+                calibration=CalibrationOptions(num_images=TOKEN_INT8_FRAMES))).artifact
         threshold_k = threshold(plain, CLIPS["vtest.avi (fixed camera)"])
         for clip, path in CLIPS.items():
             cams = Cameras(CAMERAS, serve, (path,), FPS)
             try:
                 for label, artifact, reuse in (
                         ("off", plain, None),
-                        (f"frame {threshold_k:g} + tokens {k} of {stream.tokens}", stream.output,
+                        (f"frame {threshold_k:g} + tokens {k} of {stream.tokens}", streaming,
                          threshold_k)):
                     r = run_live(artifact, cams.urls, seconds, reuse, reference=plain)
                     row = (f"| {title} | {clip} | {label} | {r['fps']:.1f} | "
@@ -236,12 +259,15 @@ def main() -> None:
     parser.add_argument("--skip-vits", action="store_true")
     parser.add_argument("--only-token-rows", action="store_true",
                         help="Run and print the frame + token reuse rows alone.")
+    parser.add_argument("--int8", action="store_true",
+                        help="With --only-token-rows: the plain graph and the streaming pair "
+                             "built INT8 (ONNX Runtime), not FP32.")
     args = parser.parse_args()
     if not all(p.is_file() for p in CLIPS.values()):
         raise SystemExit("OpenCV's sample videos are absent: apt-get install opencv-doc")
     if args.only_token_rows:
         with tempfile.TemporaryDirectory() as tmp:
-            rows = token_live_rows(Path(tmp), args.seconds, args.skip_vits)
+            rows = token_live_rows(Path(tmp), args.seconds, args.skip_vits, args.int8)
         print(f"\nMachine: {machine()}\n\n{TOKEN_LIVE_HEADER}" + "\n".join(rows))
         return
     rows, token_table = [], []

@@ -24,13 +24,13 @@ def ort_session(model: str | Path | bytes | Any, threads: int | None = None,
                 optimization: str = "all", arena: bool = True,
                 providers: list[str] | None = None, profile_prefix: str | None = None,
                 saved_model: str | Path | None = None,
-                disabled_optimizers: list[str] | None = None) -> Any:
+                disabled_optimizers: tuple[str, ...] = ()) -> Any:
     """An InferenceSession for a path, serialized model bytes or an onnx.ModelProto (one too
     large for a protobuf goes through a file with its weights beside it, in the scratch
     folder), on the CPU unless `providers` says otherwise. `arena=False` returns memory after each run (calibration
     asks for every activation at once); `profile_prefix` turns ONNX Runtime's profiling
     on; `saved_model` writes the optimized graph there (what `vitedge build` keeps);
-    `disabled_optimizers` names ONNX Runtime graph transformers not to apply."""
+    `disabled_optimizers`: ONNX Runtime transformers left out, by name."""
     try:
         import onnxruntime as ort
     except ImportError as exc:  # a base dependency, so this is a broken install
@@ -64,9 +64,9 @@ def ort_session(model: str | Path | bytes | Any, threads: int | None = None,
     # sessions alternate). VITEDGE_ORT_SPIN=1 turns spinning back on.
     so.add_session_config_entry("session.intra_op.allow_spinning",
                                 "1" if os.environ.get("VITEDGE_ORT_SPIN") == "1" else "0")
-    extra = {"disabled_optimizers": disabled_optimizers} if disabled_optimizers else {}
+    extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
     if not isinstance(model, (str, Path, bytes)):
-        return _session_for_proto(model, so, providers or ["CPUExecutionProvider"])
+        return _session_for_proto(model, so, providers or ["CPUExecutionProvider"], extra)
     try:
         return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
                                     providers=providers or ["CPUExecutionProvider"], **extra)
@@ -76,7 +76,8 @@ def ort_session(model: str | Path | bytes | Any, threads: int | None = None,
                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
 
 
-def _session_for_proto(model: Any, options: Any, providers: list[str]) -> Any:
+def _session_for_proto(model: Any, options: Any, providers: list[str],
+                       extra: dict[str, Any] | None = None) -> Any:
     """A session for an in-memory model: its bytes, or, too large for one protobuf, a copy
     stored with its weights in a data file (scratch folder) that the session reads."""
     import onnxruntime as ort
@@ -84,18 +85,19 @@ def _session_for_proto(model: Any, options: Any, providers: list[str]) -> Any:
     from vitedge.graph import needs_external_data, save_onnx
 
     if not needs_external_data(model):
-        return ort_session_from(ort, model.SerializeToString(), options, providers)
+        return ort_session_from(ort, model.SerializeToString(), options, providers, extra)
     from vitedge.lifetime import scratch_folder
 
     with scratch_folder("session-") as folder:
         path = Path(folder) / "model.onnx"
         save_onnx(model, path, external=True)
-        return ort_session_from(ort, str(path), options, providers)
+        return ort_session_from(ort, str(path), options, providers, extra)
 
 
-def ort_session_from(ort: Any, model: str | bytes, options: Any, providers: list[str]) -> Any:
+def ort_session_from(ort: Any, model: str | bytes, options: Any, providers: list[str],
+                     extra: dict[str, Any] | None = None) -> Any:
     try:
-        return ort.InferenceSession(model, options, providers=providers)
+        return ort.InferenceSession(model, options, providers=providers, **(extra or {}))
     except Exception as exc:  # onnxruntime raises its own exception types
         raise VitedgeError(f"ONNX Runtime cannot load the model: "
                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc

@@ -4,18 +4,22 @@ into two artifacts side by side (`cam.stream.fp32.ort.onnx` and `cam.stream.fp32
 `.ov.xml`, `.engine`), the streaming artifact's manifest naming its built companion, so
 `vitedge.runtime.tokens.TokenReuse.open(artifact)` runs the pair.
 
-FP32 only: an INT8 streaming graph would need activation ranges of its state inputs, which
-come from real states (a clip run through it), not from images; that calibration does not
-exist yet. Verification, where the artifacts run here: on held-out inputs (or the bundled
-photos), a sequence of frames; the built full pass against the ONNX full pass in ONNX Runtime
-on every frame from a zero state, and the built streaming graph against the ONNX streaming
-graph on every later frame, both given the state the ONNX graphs carried to it (so each step
-is judged alone, not their drift). The main output and every new state, within the FP32
-tolerance of `vitedge export`."""
+FP32, or INT8 with --data (`vitedge.quantize.streaming`): the ranges of both graphs come
+from the FP32 pair run over the frames of --data in order (a video's consecutive frames, a
+folder's images in name order: one camera's sequence), as token reuse runs them, so the
+states the streaming graph reads are real ones; one scale per layer for both graphs.
+Verification, where the artifacts run here: FP32, on held-out inputs (or the bundled
+photos) as a sequence of frames; the built full pass against the ONNX full pass in ONNX
+Runtime on every frame from a zero state, and the built streaming graph against the ONNX
+streaming graph on every later frame, both given the state the ONNX graphs carried to it
+(so each step is judged alone, not their drift). The main output and every new state,
+within the FP32 tolerance of `vitedge export`. INT8: the built pair against the FP32 ONNX
+pair on the frames after those calibrated on (held out), each pair carrying its own state
+as token reuse does; judged by --min-fp32-agreement as the plain INT8 build is."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,7 @@ from vitedge.graph import load_onnx, save_onnx
 from vitedge.lifetime import scratch_folder
 from vitedge.manifest import Manifest, manifest_from_file, require_manifest, set_onnx_manifest
 from vitedge.options import BuildOptions
-from vitedge.precisions import FP32
+from vitedge.precisions import FP32, INT8
 from vitedge.report import Reporter, reporter
 from vitedge.runtime.tokens import STATE_INPUT, STATE_OUTPUT, full_pass_beside, token_reuse_entry
 from vitedge.target import build_target
@@ -66,20 +70,28 @@ def build_streaming(src: Path, output: str | Path | None, options: BuildOptions,
     artifact that names it)."""
     rep = reporter(report)
     notes: list[str] = []
-    if options.precision not in (None, FP32):
-        why = ("its state inputs would need ranges from real states, which calibration does "
-               "not collect yet" if options.precision not in ("fp16", "bf16") else
-               "that build is not verified for it yet")
-        raise VitedgeError(f"a streaming graph (token reuse) builds in FP32 only, not "
-                           f"{options.precision}: {why}", "--precision fp32, or build the "
-                           f"plain export for {options.precision}")
+    if options.precision not in (None, FP32, INT8):
+        raise VitedgeError(f"a streaming graph (token reuse) builds in FP32 or INT8 only, not "
+                           f"{options.precision}: that build is not verified for it yet",
+                           f"--precision fp32 or int8, or build the plain export for "
+                           f"{options.precision}")
     if options.precision is None:
         options = replace(options, precision=FP32)
         notes.append("a streaming graph (token reuse) builds in FP32, whatever the profile's "
-                     "precision")
+                     "precision (--precision int8 --data FRAMES for INT8)")
+    precision = options.precision
+    assert precision is not None
     if options.calib:
-        raise VitedgeError("--calib is for INT8 builds; a streaming graph builds in FP32",
-                           "drop --calib")
+        raise VitedgeError("a streaming graph calibrates on a sequence of frames (its states), "
+                           "not from a calibration table", "drop --calib; give --data FRAMES"
+                           if precision == INT8 else "drop --calib")
+    if precision == INT8 and options.data is None:
+        raise VitedgeError("INT8 for a streaming graph needs frames to measure its states on",
+                           "give --data VIDEO or IMAGES (taken in order, as one camera's frames)")
+    if precision == INT8 and options.qdq.scheme != "vit":
+        raise VitedgeError(f"a streaming graph quantizes with the vit scheme only, not "
+                           f"{options.qdq.scheme} (it would quantize the gates' state "
+                           "arithmetic)", "drop --scheme")
     if options.batch not in (None, "1", "1:1:1"):
         raise VitedgeError(f"a streaming graph's batch is fixed at 1 (one state per camera), "
                            f"not {options.batch}", "drop --batch")
@@ -91,7 +103,7 @@ def build_streaming(src: Path, output: str | Path | None, options: BuildOptions,
     entry = token_reuse_entry(manifest, src)
     full_src = full_pass_beside(src, entry)
     stem = src.name.removesuffix(".onnx")
-    artifact = Path(output) if output else src.parent / f"{stem}.{FP32}{backend.suffix}"
+    artifact = Path(output) if output else src.parent / f"{stem}.{precision}{backend.suffix}"
     if not artifact.name.endswith(backend.suffix):
         raise VitedgeError(f"-o {artifact.name} is not named as a {backend.name} artifact",
                            f"end it with {backend.suffix}")
@@ -108,15 +120,19 @@ def build_streaming(src: Path, output: str | Path | None, options: BuildOptions,
             built_for(full_artifact) != (backend.name, target.profile.name):
         raise VitedgeError(f"{full_artifact}, where the full pass of this build goes, holds "
                            "another file", "give another -o, or add --force to replace it")
-    result = BuildResult(artifact, backend.name, target.reason, FP32, target.profile.name,
+    result = BuildResult(artifact, backend.name, target.reason, precision, target.profile.name,
                          backend.device(), 0, notes=[*target.notes, *notes])
-    frames = _frames(options, manifest)
+    sequence = _sequence(options, manifest) if precision == INT8 else None
+    frames = _frames(options, manifest) if sequence is None else (
+        (sequence.held, sequence.held_what) if options.verify.enabled else None)
     made: list[tuple[Backend, Path]] = []
     try:
         with scratch_folder("stream-") as tmp:
-            graphs = [(full_src, full_artifact, "full pass")] if paired else []
-            graphs.append((_naming(src, full_artifact.name, Path(tmp)) if paired else src,
-                           artifact, "streaming graph"))
+            sources = (full_src, src) if sequence is None else _quantized(
+                full_src, src, sequence, options, Path(tmp), result, rep)
+            graphs = [(sources[0], full_artifact, "full pass")] if paired else []
+            graphs.append((_naming(sources[1], full_artifact.name, Path(tmp)) if paired
+                           else sources[1], artifact, "streaming graph"))
             built: list[tuple[BuiltArtifact, Path]] = []
             for graph, final, what in graphs:
                 request = BuildRequest(graph, require_manifest(load_onnx(graph), graph),
@@ -126,8 +142,11 @@ def build_streaming(src: Path, output: str | Path | None, options: BuildOptions,
                 one = timed(result, rep, f"{backend.build_step} ({what})",
                             partial(backend.build, request, part))
                 built.append((one, final))
-            verification = _verify(backend, [b for b, _ in built], full_src, src, frames,
-                                   result, rep)
+            verify = _verify if sequence is None else partial(
+                _verify_int8, min_fp32=options.verify.min_fp32_agreement,
+                classifier=manifest.is_classifier)
+            verification = verify(backend, [b for b, _ in built], full_src, src, frames,
+                                  result, rep)
             for (one, final), record in zip(built, verification, strict=True):
                 backend.record(one, record)
                 result.notes.extend(n for n in one.notes if n not in result.notes)
@@ -170,6 +189,91 @@ def _naming(src: Path, full_name: str, folder: Path) -> Path:
     copy = folder / src.name
     save_onnx(model, copy)
     return copy
+
+
+@dataclass
+class _Sequence:
+    """The frames of --data in order: those calibrated on, then those held out."""
+
+    calib: np.ndarray
+    held: np.ndarray
+    what: str
+    held_what: str
+
+
+def _sequence(options: BuildOptions, manifest: Manifest) -> _Sequence:
+    """The first frames of --data (up to --num-images) to calibrate on and the next ones
+    (--verify-images, at most a quarter of the source) to verify on, in order: a video's
+    consecutive frames, a folder's or list's images by name, an array's rows."""
+    from vitedge.datasets import HELD_OUT_SHARE, ImageSource, image_source, model_inputs
+
+    assert options.data is not None
+    source = image_source(options.data)
+    total = len(source.items) if source.kind in ("folder", "list") else source.count
+    held = min(options.verify.images, total // HELD_OUT_SHARE) if options.verify.enabled else 0
+    calib = min(options.calibration.num_images, total - held)
+    if calib < 2:
+        raise VitedgeError(f"{options.data} holds {total} frames: too few to calibrate a "
+                           "streaming graph on", "give a video or a folder of consecutive frames")
+    if source.kind == "video":
+        frames = np.stack(list(_video_start(source.path, calib + held, manifest)))
+    else:
+        part = ImageSource(source.path, source.kind, source.items[:calib] + source.items[
+            total - held:total], source.fingerprint, count=calib + held,
+            rows=list(range(calib)) + list(range(total - held, total)))
+        frames = np.stack(list(model_inputs(part, manifest)))
+    video = source.kind == "video"
+    where = "frames" if video else "images in name order"
+    return _Sequence(frames[:calib], frames[calib:],
+                     f"the first {calib} {where} of {source.path}",
+                     f"the {len(frames) - calib} {where} of {source.path} "
+                     + ("after those calibrated on" if video else "at its end (held out)"))
+
+
+def _video_start(path: Path, count: int, manifest: Manifest) -> Any:
+    """The first `count` frames of a video, prepared for the model."""
+    from vitedge.errors import require
+
+    cv2 = require("cv2", "video", "reading video")
+    from PIL import Image
+
+    from vitedge.datasets import model_input
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        for _ in range(count):
+            ok, frame = cap.read()
+            if not ok:
+                break
+            yield model_input(Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)), manifest)
+    finally:
+        cap.release()
+
+
+def _quantized(full_src: Path, src: Path, sequence: _Sequence, options: BuildOptions,
+               folder: Path, result: BuildResult, rep: Reporter) -> tuple[Path, Path]:
+    """The INT8 full pass and streaming graph, calibrated on `sequence.calib`, in `folder`."""
+    from vitedge.quantize.streaming import describe, quantize_pair
+
+    full, stream = load_onnx(full_src), load_onnx(src)
+    manifests = require_manifest(full, full_src), require_manifest(stream, src)
+
+    def run() -> Any:
+        return quantize_pair(full, stream, sequence.calib, options.calibration, options.qdq,
+                             manifests, rep.progress)
+
+    pair = timed(result, rep, f"calibrate on {len(sequence.calib)} frames in sequence and "
+                 "quantize", run)
+    out = folder / "int8"
+    out.mkdir()
+    paths = out / full_src.name, out / src.name
+    save_onnx(pair.full, paths[0])
+    if src != full_src:
+        save_onnx(pair.stream, paths[1])
+    result.notes.append(describe(pair) + f", on {sequence.what}")
+    result.details["quantization"] = {**pair.info, "calibrated_on": sequence.what,
+                                      "method": options.calibration.method}
+    return paths
 
 
 def _frames(options: BuildOptions, manifest: Manifest) -> tuple[np.ndarray, str] | None:
@@ -278,3 +382,86 @@ def _compare(full: Runner, stream: Runner, full_ref: Any, stream_ref: Any, frame
             mains["one"][1].extend(mains[kind][1])
         return [record("one", full, "streaming graph (every token)")]
     return [record("full", full, "full pass"), record("stream", stream, "streaming graph")]
+
+
+def _verify_int8(backend: Backend, built: list[BuiltArtifact], full_src: Path, src: Path,
+                 frames: tuple[np.ndarray, str] | None, result: BuildResult, rep: Reporter,
+                 min_fp32: float, classifier: bool) -> list[dict[str, Any]]:
+    """The built INT8 pair against the FP32 ONNX pair (ONNX Runtime) over the held-out
+    frames, each pair carrying its own state as token reuse does (refreshed every REFRESH
+    frames): one record per artifact (the full pass on its frames, the streaming graph on
+    its), judged together by --min-fp32-agreement, as the plain INT8 build is."""
+    if frames is None:
+        return [{"skipped": "not verified (--no-verify)"} for _ in built]
+    reason = backend.cannot_run_here()
+    if reason is not None:
+        return [{"skipped": reason} for _ in built]
+    from vitedge.compare import COLLAPSE_COSINE, agreement, judge
+    from vitedge.quantize.streaming import REFRESH, ort_step, run_sequence
+    from vitedge.sessions import ort_session
+    from vitedge.verification import MIN_JUDGED, VerificationError
+
+    def run() -> tuple[list[tuple[bool, np.ndarray]], list[np.ndarray], list[str | None]]:
+        refs = ort_session(str(full_src)), ort_session(str(src))
+        main = refs[0].get_outputs()[0].name
+        runners = [backend.load_built(b) for b in built]
+        try:
+            want = [(f, o[main]) for f, o in run_sequence(ort_step(refs[0]), ort_step(refs[1]),
+                                                         frames[0], REFRESH)]
+            got = [o[main] for _, o in run_sequence(_runner_step(runners[0]),
+                                                    _runner_step(runners[-1]), frames[0],
+                                                    REFRESH)]
+            return want, got, [r.float_parts for r in runners]
+        finally:
+            for r in runners:
+                r.close()
+
+    want, got, float_parts = timed(result, rep, "verify", run)
+    overall = agreement(np.concatenate([w for _, w in want]), np.concatenate(got))
+    judged = len(want) >= MIN_JUDGED
+    kept = judge(overall, min_fp32, COLLAPSE_COSINE, classifier, worst=False)
+    what = f"{frames[1]}, as one camera's sequence (a full pass every {REFRESH} frames)"
+    records: list[dict[str, Any]] = []
+    kinds = [("full pass", True), ("streaming graph", False)][-len(built):] if len(built) == 2 \
+        else [("streaming graph (every token)", None)]
+    for (graph, full), parts in zip(kinds, float_parts, strict=True):
+        pick = [i for i, (f, _) in enumerate(want) if full is None or f == full]
+        a = agreement(np.concatenate([want[i][1] for i in pick]),
+                      np.concatenate([got[i] for i in pick])) if pick else overall
+        records.append({
+            "graph": graph, "frames": len(pick), "float_parts": parts, "precision": INT8,
+            "top1_agreement": a.top1_agreement, "cosine": a.cosine, "cosine_min": a.cosine_min,
+            "mean_kl": a.mean_kl, "max_abs": a.max_abs, "relative": a.relative,
+            "min_fp32_agreement": min_fp32, "judged": judged, "state_compared": False,
+            "against": "the FP32 pair (ONNX Runtime on the ONNX graphs), each pair carrying "
+                       "its own state",
+            "line": f"{graph}: {len(pick)} frames, top-1 agreement with FP32 "
+                    f"{a.top1_agreement:.1%}, cosine mean {a.cosine:.5f}, min "
+                    f"{a.cosine_min:.5f}"})
+    lines = [f"verified on {what} ({backend.name}, {result.device}), against the FP32 pair "
+             "in ONNX Runtime, each pair carrying its own state:"]
+    lines += ["  " + r["line"] for r in records]
+    lines.append(f"  together: {kept.measure}" + ("" if judged else
+                                                   f" (not judged: fewer than {MIN_JUDGED} frames)"))
+    for r in records:
+        r["lines"] = lines
+        r["line"] += f" ({backend.name}, INT8 pair against the FP32 pair on {frames[1]})"
+        r["fp32_judgement"] = kept.measure
+    if judged and not kept.ok:
+        raise VerificationError(
+            f"the INT8 streaming pair agrees with the FP32 pair on {what} by only "
+            f"{kept.measure}: quantization collapsed the model",
+            "recalibrate (more frames, --method entropy), or build --precision fp32; "
+            "--min-fp32-agreement lowers the bar")
+    return records
+
+
+def _runner_step(runner: Runner) -> Any:
+    """A built artifact as `run_sequence` calls it (a missing state: zeros)."""
+    def step(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        full = {i.name: feed[i.name] if i.name in feed else np.zeros(
+            [d if isinstance(d, int) else 1 for d in i.shape], np.float32) for i in runner.inputs}
+        out: dict[str, np.ndarray] = runner.infer_named(full)
+        return out
+
+    return step

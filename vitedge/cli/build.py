@@ -172,7 +172,9 @@ def build(input_path: str, output: str | None, as_json: bool, **kw: Any) -> None
     out of calibration: against the graph it was built from and against FP32 (with --merge,
     also against the unmerged FP32 model). A streaming graph (`export --token-reuse K`)
     builds in FP32 with its full pass beside it (NAME.fp32.full + suffix), both verified
-    frame after frame against their ONNX graphs."""
+    frame after frame against their ONNX graphs; or INT8 with --data FRAMES (a video, or
+    images taken in name order), calibrated on the FP32 pair run over the frames (real
+    states) and verified against the FP32 pair on the frames after them."""
     from vitedge.deploy import build as run_build
     from vitedge.verification import verification_lines
 

@@ -33,14 +33,14 @@ if TYPE_CHECKING:
     from vitedge.profiles import Profile
 
 OPTIMIZATION = "extended"
-KEEPS_INTEGER_MATMULS = ["MatMulAddFusion"]
+"""ORT_ENABLE_EXTENDED: the fusions that are the same on every CPU. ORT_ENABLE_ALL adds
+layout changes for the CPU it runs on, which a saved model must not carry to another.
+(The level `vitedge.sessions.ort_session` applies.)"""
+KEEPS_INTEGER_MATMULS = ("MatMulAddFusion",)
 """ONNX Runtime transformers an INT8 build turns off: with every shape static (a `--batch 1`
 export, a streaming graph) MatMulAddFusion rewrites each MatMul + bias into Reshape + Gemm,
 and a DequantizeLinear -> Gemm then runs in float instead of as an integer MatMul (ViT-S
 INT8: 2.5x slower)."""
-"""ORT_ENABLE_EXTENDED: the fusions that are the same on every CPU. ORT_ENABLE_ALL adds
-layout changes for the CPU it runs on, which a saved model must not carry to another.
-(The level `vitedge.sessions.ort_session` applies.)"""
 
 
 @dataclass
@@ -86,7 +86,8 @@ def build_onnxruntime(onnx_path: Path, output: Path, profile: Profile) -> OnnxRu
         fused, optimized = Path(tmp) / "fused.onnx", Path(tmp) / "optimized.onnx"
         save_onnx(model, fused)
         ort_session(fused, settings.threads or None, optimization=OPTIMIZATION,
-                    saved_model=optimized, disabled_optimizers=KEEPS_INTEGER_MATMULS if int8 else None)
+                    saved_model=optimized,
+                    disabled_optimizers=KEEPS_INTEGER_MATMULS if int8 else ())
         result = load_onnx(optimized, verify=False)  # ONNX Runtime's, manifest not yet redone
     folds = {"attention_fused": attention,
              "bias_adds_folded": fold_bias_adds(result) if fusions else 0,
