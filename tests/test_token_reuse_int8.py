@@ -130,11 +130,11 @@ def test_the_int8_sequence_through_token_reuse_agrees_with_the_fp32_sequence(wor
 def test_the_quantized_graphs_run_integer_matmuls(work, int8):
     """ONNX Runtime's optimized model (the artifact) computes every Linear of both graphs as
     MatMulIntegerToFloat over int8 weights; the gates stay float (TopK on float changes)."""
-    for path in (int8.artifact, work / "cam.int8.full.ort.onnx"):
+    for path, gates in ((int8.artifact, 6 * 3), (work / "cam.int8.full.ort.onnx", 0)):
         model = onnx.load(str(path))
         ops = [n.op_type for n in model.graph.node]
         assert ops.count("MatMulIntegerToFloat") == 6 * 4 + 1  # QKV, proj, fc1, fc2; head
-        assert ops.count("TopK") == 6 * 3
+        assert ops.count("TopK") == gates  # three a block; the full pass computes every token
         inits = {t.name: t.data_type for t in model.graph.initializer}
         integer = [n for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"]
         assert all(inits.get(n.input[1]) in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)

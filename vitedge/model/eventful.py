@@ -9,7 +9,8 @@ change, top-k; the class token always): those go through the per-token work (Lay
 QKV; the output projection; LayerNorm + MLP) and are written into that work's output
 buffer, the others keep their cached values. Attention is recomputed over all the queries,
 keys and values in the buffer (the small part at these token counts). With `k` equal to
-the token count every token is recomputed and the result is the plain model's; a run
+the token count every token is recomputed, without gates, and the result is the plain
+model's; a run
 starts from `initial_state` through such a full pass (`full=True`), and so does a refresh
 every N frames, which bounds the drift.
 
@@ -61,11 +62,34 @@ def widen(index: torch.Tensor, width: int) -> torch.Tensor:
     return index[..., :1].expand(index.shape[0], index.shape[1], width)
 
 
+def full_block(block: Block, x: torch.Tensor, state: list[torch.Tensor]
+               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The full pass of a block: every token computed, no gate (what gates at k = every
+    token compute, without their top-k, gathers and scatters: the plain block's cost), and
+    the state it leaves: each gate's reference is its whole input, each buffer its work.
+    The old state is not needed, but stays a graph input (the pair shares one interface):
+    one element of each, times zero, is added to the input."""
+    attn = block.attn
+    b, t, d = x.shape
+    x = x + 0 * sum(s[:, :1, :1] for s in state)
+    qkv = attn.qkv(block.norm1(x))
+    q, key, v = qkv.split(d, dim=-1)
+    q, key, v = attn._heads(q), attn._heads(key), attn._heads(v)
+    heads = ((q @ key.transpose(-2, -1)) * attn.scale).softmax(dim=-1) @ v
+    a = heads.transpose(1, 2).reshape(b, t, d)
+    proj = attn.proj(a)
+    y = x + block.ls1(proj)
+    mlp = block.ls2(block.mlp(block.norm2(y)))
+    return y + mlp, [x, qkv, a, proj, y, mlp]
+
+
 def streaming_block(block: Block, x: torch.Tensor, state: list[torch.Tensor], k: int
                     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     ref_qkv, qkv, ref_proj, proj, ref_mlp, mlp = state
     attn = block.attn
     b, t, d = x.shape
+    if k == t:
+        return full_block(block, x, state)
     index, ref_qkv = gate(x, ref_qkv, k)
     picked = torch.gather(x, 1, index)
     qkv = qkv.scatter(1, widen(index, 3 * d), attn.qkv(block.norm1(picked)))
