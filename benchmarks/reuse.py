@@ -124,6 +124,14 @@ def run_live(artifact: Path, urls: list[str], seconds: float, reuse: float | Non
             "tokens": tokens["tokens_recomputed"] if tokens else 1.0}
 
 
+def live_row(title: str, clip: str, label: str, r: dict, tokens: bool = False) -> str:
+    """One table row of a live run (`run_live`'s result), with the tokens column or not."""
+    share = f" {r['tokens']:.1%} |" if tokens else ""
+    return (f"| {title} | {clip} | {label} | {r['fps']:.1f} | {r['inferred']:.1f} |{share} "
+            f"{r['dropped']:.1f} | {r['p50']:.0f} / {r['p99']:.0f} | {r['agree']:.2%} | "
+            f"{r['cos']:.4f} ({r['checked']}) |")
+
+
 def threshold(artifact: Path, clip: Path) -> float | None:
     """`tune_reuse` on the clip's first 200 frames, 1 % budget."""
     import itertools
@@ -236,10 +244,7 @@ def token_live_rows(work: Path, seconds: float, skip_vits: bool, int8: bool = Fa
                         (f"frame {threshold_k:g} + tokens {k} of {stream.tokens}", streaming,
                          threshold_k)):
                     r = run_live(artifact, cams.urls, seconds, reuse, reference=plain)
-                    row = (f"| {title} | {clip} | {label} | {r['fps']:.1f} | "
-                           f"{r['inferred']:.1f} | {r['tokens']:.1%} | {r['dropped']:.1f} | "
-                           f"{r['p50']:.0f} / {r['p99']:.0f} | {r['agree']:.2%} | "
-                           f"{r['cos']:.4f} ({r['checked']}) |")
+                    row = live_row(title, clip, label, r, tokens=True)
                     rows.append(row)
                     print(row, flush=True)
             finally:
@@ -281,10 +286,8 @@ def main() -> None:
                 try:
                     for reuse in (None, k):
                         r = run_live(artifact, cams.urls, args.seconds, reuse)
-                        row = (f"| {title} | {clip} | {'off' if reuse is None else f'{reuse:g}'}"
-                               f" | {r['fps']:.1f} | {r['inferred']:.1f} | {r['dropped']:.1f} | "
-                               f"{r['p50']:.0f} / {r['p99']:.0f} | {r['agree']:.2%} | "
-                               f"{r['cos']:.4f} ({r['checked']}) |")
+                        label = "off" if reuse is None else f"{reuse:g}"
+                        row = live_row(title, clip, label, r)
                         rows.append(row)
                         print(row, flush=True)
                 finally:
