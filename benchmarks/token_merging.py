@@ -5,8 +5,8 @@ weights; the speed does not depend on them): the model alone, batch 1, FP32 and 
 ONNX Runtime and OpenVINO, measured interleaved in one run.
 
 Run on demand (the test split needs `apt-get install dataset-fashion-mnist`):
-    .venv/bin/python benchmarks/token_merging.py [--data FOLDER] [--speed-only]
-Appends a section to benchmarks/RESULTS.md (`--speed-only`: the ViT-S/16 speed table alone,
+    .venv/bin/python benchmarks/token_merging.py [--data FOLDER] [--speed-only [--arch vit_base_patch16_224]]
+Appends a section to benchmarks/RESULTS.md (`--speed-only`: the speed table alone (ViT-S/16, or --arch),
 a few minutes)."""
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from vitedge.quantize import quantize_model, with_outlier_channels
 CHECKPOINT = ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"
 DEMO_R = [0, 1, 2, 4]
 SPEED_ARCH = "vit_small_patch16_224"
+SPEED_NAMES = {"vit_small_patch16_224": "ViT-S/16", "vit_base_patch16_224": "ViT-B/16"}
 SPEED_R = [0, 4, 8, 13]
 CALIBRATION_IMAGES = 64
 
@@ -81,14 +82,14 @@ def accuracy(work: Path, data: Path) -> list[str]:
     return rows
 
 
-def speed(work: Path) -> list[str]:
+def speed(work: Path, arch: str = SPEED_ARCH) -> list[str]:
     """Rows: r, tokens left, GFLOPs, then median batch-1 ms per runtime and precision."""
-    checkpoint = random_checkpoint(SPEED_ARCH, work / "vits.safetensors")
+    checkpoint = random_checkpoint(arch, work / "vits.safetensors")
     runners = {}
     flops = {}
     for r in SPEED_R:
         fp32 = work / f"vits.{r}.onnx"
-        result = export_onnx(checkpoint, fp32, ExportOptions(arch=SPEED_ARCH, merge=r or None,
+        result = export_onnx(checkpoint, fp32, ExportOptions(arch=arch, merge=r or None,
                                                              verify=False))
         cfg = result.manifest.architecture
         flops[r] = (2 * cfg.macs() / 1e9, cfg.tokens_per_block()[-1])
@@ -124,7 +125,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", help="labelled test folder (default: the full test split)")
     parser.add_argument("--speed-only", action="store_true",
-                        help="only the ViT-S/16 speed table (no accuracy on the demo model)")
+                        help="only the speed table (no accuracy on the demo model)")
+    parser.add_argument("--arch", default=SPEED_ARCH, choices=sorted(SPEED_NAMES),
+                        help="the model of the speed table (random weights)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -134,7 +137,7 @@ def main() -> None:
             data = Path(args.data) if args.data else full_test_split(work / "test")
             images = sum(1 for _ in data.rglob("*.png"))
             accuracy_rows = accuracy(work, data)
-        speed_rows = speed(work)
+        speed_rows = speed(work, args.arch)
     demo = ("Accuracy against r on the demo model: the earlier run below (a speed-only run; "
             "the merging's arithmetic is checked against the reference by "
             "tests/test_token_merging.py).\n\n") if args.speed_only else (
@@ -152,7 +155,8 @@ def main() -> None:
         f"Machine: {machine()}. Token merging (ToMe, `vitedge export --merge R`) in the "
         "exported graph, r tokens merged per block (capped at half the tokens left).\n\n"
         + demo +
-        f"Speed at ViT-S/16 ({SPEED_ARCH}, random weights, 197 tokens): the model alone, batch "
+        f"Speed at {SPEED_NAMES[args.arch]} ({args.arch}, random weights, 197 tokens): the "
+        "model alone, batch "
         "1, median ms of 30 interleaved rounds (speed-up against r = 0), artifacts of `vitedge "
         "build` (profiles `cpu` and `cpu-openvino`, INT8 calibrated on "
         f"{CALIBRATION_IMAGES} images).\n\n"

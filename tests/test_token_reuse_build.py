@@ -92,7 +92,7 @@ def test_export_cli_writes_the_pair_verified(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--token-reuse", "0"], "0 is not in the range x>=1"),
+    (["--token-reuse", "0"], "use a positive token count"),
     (["--token-reuse", "51"], "tokens per gate must be 1 to 50 (the model's tokens), not 51"),
     (["--token-reuse", "8", "--merge", "4"], "--token-reuse does not combine with --merge"),
     (["--token-reuse", "8", "--input", "frames", "--batch", "4"],
@@ -279,3 +279,47 @@ def test_a_pair_that_fails_verification_writes_nothing(work, monkeypatch, capsys
                             str(out)], capsys)
     assert code == 1 and "the built full pass differs from its ONNX graph" in err
     assert not out.exists() and not (work / "strict.fp32.full.ort.onnx").exists()
+
+
+MEGAMIND = VTEST.with_name("Megamind.avi")
+
+
+@pytest.mark.skipif(not MEGAMIND.is_file(), reason="apt-get install opencv-doc for Megamind.avi")
+def test_export_token_reuse_auto_chooses_the_fewest_tokens_within_the_budget(demo_fp32, tmp_path,
+                                                                            capsys):
+    """`--token-reuse auto` on a moving-camera clip: the recorded score of each K is what the
+    exported pair computes in ONNX Runtime through TokenReuse against the plain exported
+    graph on the same frames, the chosen K is within --max-drop and every smaller one is
+    not."""
+    import onnxruntime as ort
+
+    from vitedge.manifest import manifest_from_file
+    from vitedge.runtime.sources import open_source
+    from vitedge.runtime.tokens import TokenReuse
+
+    out = tmp_path / "mm.onnx"
+    code, _, err = run_cli(["export", str(DEMO_CHECKPOINT), "-o", str(out), "--token-reuse",
+                            "auto", "--token-data", str(MEGAMIND), "--max-drop", "1"], capsys)
+    assert code == 0, err
+    entry = manifest_from_file(out).source["token_reuse"]
+    chosen, scores = entry["k"], {c["k"]: c["score"] for c in entry["auto"]["candidates"]}
+    assert entry["auto"]["frames"] == 120 and len(scores) >= 3
+    with vitedge.open(demo_fp32) as pipe:
+        frames = [pipe.prepare([f]) for f in itertools.islice(open_source(MEGAMIND), 120)]
+    plain = ort.InferenceSession(str(demo_fp32))
+    want = [plain.run(None, {"images": x})[0].argmax() for x in frames]
+    for k in (chosen, max(c for c in scores if c < chosen) if min(scores) < chosen else None):
+        if k is None:
+            continue
+        part = tmp_path / f"k{k}.onnx"
+        code, _, err = run_cli(["export", str(DEMO_CHECKPOINT), "-o", str(part),
+                                "--token-reuse", str(k), "--no-verify"], capsys)
+        assert code == 0, err
+        with TokenReuse.open(part, refresh=30) as reuse:
+            got = [reuse.run(x, "cam")[0].argmax() for x in frames]
+        agreement = 100 * np.mean(np.array(got) == np.array(want))
+        assert agreement == pytest.approx(scores[k], abs=1e-3)  # recorded to 4 decimals
+        assert (agreement >= 99.0) == (k == chosen)
+    code, _, err = run_cli(["export", str(DEMO_CHECKPOINT), "-o", str(tmp_path / "x.onnx"),
+                            "--token-reuse", "auto"], capsys)
+    assert code != 0 and "--token-data" in err and "Traceback" not in err

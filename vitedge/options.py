@@ -176,6 +176,15 @@ def parse_merge(text: str) -> int | tuple[int, ...] | str:
     raise ValueError("use a token count (8), one count per block (8,8,4,...) or 'auto'")
 
 
+def parse_token_reuse(text: str) -> int | str:
+    """`--token-reuse 50` (tokens recomputed per gate) or `auto`."""
+    if text == "auto":
+        return text
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise ValueError("use a positive token count (50) or 'auto'")
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     arch: str | None = option(help="Architecture name (timm or torchvision, e.g. "
@@ -232,18 +241,23 @@ class ExportOptions:
         parse=parse_merge, metavar="R")
     """Token merging: r per block (int), one r per block (tuple), or "auto" (`vitedge.
     export.merge_schedule`); None: none."""
-    max_drop: float = option(0.5, "--merge auto: the most top-1 agreement with the unmerged "
-                             "model may fall, in points (embeddings: mean cosine, in hundredths).",
-                             least=0, most=100)
+    max_drop: float = option(0.5, "--merge auto / --token-reuse auto: the most top-1 agreement "
+                             "with the unmerged (plain) model may fall, in points (embeddings: "
+                             "mean cosine, in hundredths).", least=0, most=100)
     merge_data: str | Path | None = option(
         help="--merge auto: held-out images to judge the schedules on (a folder, an image "
         "list or an array).", path="any", metavar="IMAGES")
-    token_reuse: int | None = option(
+    token_reuse: int | str | None = option(
         help="Token reuse across a camera's frames: a streaming graph that takes the frame and "
         "the previous state and recomputes only the K tokens per gate that changed most (its "
-        "full pass, every token, is written beside it as OUT.full.onnx).", least=1, kind=int,
+        "full pass, every token, is written beside it as OUT.full.onnx); auto: the fewest "
+        "within --max-drop on the clip of --token-data.", parse=parse_token_reuse,
         metavar="K")
-    """Eventful token reuse (`vitedge.export.streaming`): K tokens per gate; None: none."""
+    """Eventful token reuse (`vitedge.export.streaming`): K tokens per gate, or "auto"
+    (`vitedge.export.token_choice`); None: none."""
+    token_data: str | Path | None = option(
+        help="--token-reuse auto: the clip to choose K on (a video, or a folder of frames in "
+        "order; its first 120 frames).", path="any", metavar="CLIP")
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -274,6 +288,9 @@ class ExportOptions:
             raise VitedgeError("--batch must be 'dynamic' or a positive number")
         if self.token_reuse is not None:
             self._check_token_reuse()
+        if (self.token_reuse == "auto") != (self.token_data is not None):
+            raise VitedgeError("--token-reuse auto and --token-data CLIP go together",
+                               "give the clip to choose K on, or a K of your own")
 
     def _check_token_reuse(self) -> None:
         """--token-reuse makes a streaming graph of images, one state per camera."""
@@ -294,7 +311,7 @@ class ExportOptions:
         return {f.name: (Path(v).name if isinstance(v, (str, Path)) and f.metadata.get(
                     "flag", Flag()).path else list(v) if isinstance(v, tuple) else v)
                 for f in fields(self) if f.name != "verify" for v in (getattr(self, f.name),)
-                if f.name != "token_reuse" or v is not None}
+                if f.name not in ("token_reuse", "token_data") or v is not None}
 
 
 def _same_field(cls: type, name: str) -> Any:

@@ -28,7 +28,7 @@ CALIBRATION_FLAGS = ("num_images", "method", "percentile", "batch", "smooth_alph
               help="Where to write the ONNX model (written atomically).")
 @flags(ExportOptions, "arch", "num_heads", "img_size", "batch", "opset", "input_kind", "labels",
        "attention_outputs", "head", "external_data", "zero_shot", "prompts", "zero_shot_embeddings", "logit_scale",
-       "logit_bias", "merge", "max_drop", "merge_data", "token_reuse", "verify")
+       "logit_bias", "merge", "max_drop", "merge_data", "token_reuse", "token_data", "verify")
 def export(checkpoint: str, output: str, as_json: bool, **kw: Any) -> None:
     """Export CHECKPOINT (timm, Hugging Face, torchvision or vitedge; a file or a folder)
     to an ONNX model with its preprocessing and labels inside, verified against PyTorch.

@@ -55,14 +55,16 @@ class StreamingExport:
 def export_streaming(checkpoint: str | Path, output: str | Path, k: int | None = None,
                      opset: int = 17, batch: int = 1, arch: str | None = None,
                      imports: ImportOptions | None = None, verify: bool = False,
-                     report: Reporter | None = None) -> StreamingExport:
+                     report: Reporter | None = None, chosen: dict[str, Any] | None = None
+                     ) -> StreamingExport:
     """Write the streaming graph of `checkpoint` (read with `imports`, else of architecture
     `arch` where the file does not say) with `k` tokens per gate (None: every token, the
     full pass) for images (B, C, H, W) preprocessed as the manifest says, at a fixed batch
     (one state per camera). With fewer tokens than the model has, its full pass is written
     too, at `full_pass_path(output)`, and the manifest names it. With `verify`, both graphs
     run in ONNX Runtime against the PyTorch module on sequences of frames first (the full
-    pass, then k tokens with the state carried): nothing is written unless they agree."""
+    pass, then k tokens with the state carried): nothing is written unless they agree.
+    `chosen`: how `--token-reuse auto` chose k, recorded in the manifest's entry."""
     require("torch", "export", "exporting a streaming graph")
     from vitedge.export.exporter import check_onnx
     from vitedge.graph import save_onnx
@@ -109,7 +111,8 @@ def export_streaming(checkpoint: str | Path, output: str | Path, k: int | None =
         done("verify")
     step("write")
     out, full = Path(output), Path(output)
-    entry: dict[str, int | str] = {"k": stream.k, "tokens": tokens}
+    entry: dict[str, Any] = {"k": stream.k, "tokens": tokens,
+                             **({"auto": chosen} if chosen is not None else {})}
     if full_graph is not graph:
         full = full_pass_path(output)
         refuse_overwriting_inputs(full, checkpoint)
@@ -124,7 +127,7 @@ def export_streaming(checkpoint: str | Path, output: str | Path, k: int | None =
                            timings, imported.notes)
 
 
-def _manifest(imported: Any, entry: dict[str, int | str]) -> Manifest:
+def _manifest(imported: Any, entry: dict[str, Any]) -> Manifest:
     manifest: Manifest = imported.manifest("images")
     manifest.source = {**manifest.source, TOKEN_REUSE_KEY: entry}
     return manifest
@@ -203,15 +206,27 @@ def export_token_reuse(checkpoint: str | Path, output: str | Path, opts: ExportO
     from vitedge.export.exporter import ExportResult
 
     assert opts.token_reuse is not None  # the caller's branch
-    made = export_streaming(checkpoint, output, opts.token_reuse, opts.opset, opts.batch or 1,
-                            imports=ImportOptions(arch=opts.arch, num_heads=opts.num_heads,
-                                                  img_size=opts.img_size, labels=opts.labels),
-                            verify=opts.verify, report=report)
+    imports = ImportOptions(arch=opts.arch, num_heads=opts.num_heads, img_size=opts.img_size,
+                            labels=opts.labels)
+    k, choice = opts.token_reuse, None
+    if k == "auto":
+        from vitedge.export.token_choice import choose_tokens
+        from vitedge.model.importer import load_checkpoint
+
+        assert opts.token_data is not None  # ExportOptions checks it
+        choice = choose_tokens(load_checkpoint(checkpoint, imports), opts.token_data,
+                               opts.max_drop, rep=reporter(report))
+        k = choice.k
+    assert isinstance(k, int)
+    made = export_streaming(checkpoint, output, k, opts.opset, opts.batch or 1,
+                            imports=imports, verify=opts.verify, report=report,
+                            chosen=choice.to_dict() if choice is not None else None)
     assert made.manifest is not None
     files = [made.output] + ([made.full] if made.full != made.output else [])
     note = (f"token reuse: {made.k} of {made.tokens} tokens recomputed per gate"
             + (f"; its full pass is {made.full.name} beside it (keep them together; "
                "`vitedge build` builds both)" if made.full != made.output else
                " (every token: this graph is its own full pass)"))
+    notes = [*made.notes, *([choice.note()] if choice is not None else []), note]
     return ExportResult(made.output, made.manifest, made.comparisons, made.timings,
-                        [*made.notes, note], sum(f.stat().st_size for f in files))
+                        notes, sum(f.stat().st_size for f in files))
