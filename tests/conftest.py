@@ -143,3 +143,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         # TensorRT for RTX's gpu tests carry their own condition (an RTX GPU)
         if "gpu" in item.keywords and not has_trt and "tensorrt_rtx" not in item.nodeid:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def rtsp_plaza():
+    """vtest.avi served as H.264 by GStreamer's RTSP server on loopback (system python3)."""
+    import shutil
+    import socket
+    import subprocess
+
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    vtest = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+    if not vtest.is_file() or python is None:
+        pytest.skip("needs opencv-doc and the system python3 (make system)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    helper = Path(__file__).parent / "helpers" / "rtsp_server.py"
+    proc = subprocess.Popen([python, str(helper), str(port), str(vtest)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline().strip() if proc.stdout else ""
+        if line != "ready":
+            pytest.skip(f"GStreamer's RTSP server is not available ({line or 'no answer'}): "
+                        "apt-get install gir1.2-gst-rtsp-server-1.0 python3-gi "
+                        "gstreamer1.0-plugins-ugly (make system)")
+        yield f"rtsp://127.0.0.1:{port}/clip"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -274,31 +274,6 @@ def test_metrics_are_scraped_over_loopback_while_cameras_run(demo_fp32):
                for n in ("plaza", "film")) > 0
 
 
-@pytest.fixture
-def rtsp_plaza():
-    """vtest.avi served as H.264 by GStreamer's RTSP server on loopback (system python3)."""
-    import shutil
-    import subprocess
-
-    python = shutil.which("python3", path="/usr/bin:/bin")
-    if not VTEST.is_file() or python is None:
-        pytest.skip("needs opencv-doc and the system python3 (make system)")
-    port = free_port()
-    helper = Path(__file__).parent / "helpers" / "rtsp_server.py"
-    proc = subprocess.Popen([python, str(helper), str(port), str(VTEST)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        line = proc.stdout.readline().strip() if proc.stdout else ""
-        if line != "ready":
-            pytest.skip(f"GStreamer's RTSP server is not available ({line or 'no answer'}): "
-                        "apt-get install gir1.2-gst-rtsp-server-1.0 python3-gi "
-                        "gstreamer1.0-plugins-ugly (make system)")
-        yield f"rtsp://127.0.0.1:{port}/clip"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def test_reuse_through_a_real_rtsp_server(demo_fp32, rtsp_plaza):
     """The plaza re-encoded as H.264 and read over RTSP (real compression flicker): the
     noise floor is learnt from the stream, frames are reused, and every reused result

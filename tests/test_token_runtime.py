@@ -317,3 +317,14 @@ def test_metrics_serve_the_tokens_recomputed_per_camera(streaming):
             assert full >= 1 + (frames - 1) // 8  # the refresh, and the moving camera's
             share = samples[("vitedge_camera_tokens_recomputed_ratio", name)]
             assert share == pytest.approx((full + (frames - full) * PARTIAL) / frames, abs=1e-4)
+
+
+def test_token_reuse_through_a_real_rtsp_server(streaming, plain, rtsp_plaza):
+    """The plaza re-encoded as H.264 by GStreamer's RTSP server on loopback (real compression
+    flicker): partial passes happen, every full pass equals full inference of the same
+    decoded frame and the partial ones agree with it on top-1."""
+    with vitedge.open(streaming, keep_logits=True) as pipe:
+        pairs = list(pipe.stream(rtsp_plaza, max_frames=60))
+        partial, agree = judged(pipe, plain, pairs)
+    assert len(pairs) == 60 and partial > 0
+    assert agree / partial >= 0.99, (agree, partial)
