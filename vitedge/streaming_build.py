@@ -36,10 +36,16 @@ from vitedge.manifest import Manifest, manifest_from_file, require_manifest, set
 from vitedge.options import BuildOptions
 from vitedge.precisions import FP32, INT8
 from vitedge.report import Reporter, reporter
-from vitedge.runtime.tokens import STATE_INPUT, STATE_OUTPUT, full_pass_beside, token_reuse_entry
+from vitedge.runtime.tokens import (
+    STATE_INPUT,
+    STATE_OUTPUT,
+    TOKEN_REUSE_KEY,
+    full_pass_beside,
+    token_reuse_entry,
+    with_zero_state,
+)
 from vitedge.target import build_target
 
-TOKEN_REUSE_KEY = "token_reuse"
 FP32_TOLERANCE = 1e-4
 """Largest difference to the ONNX graph, relative to its largest value (per output): the
 FP32 tolerance of `vitedge export`."""
@@ -459,9 +465,7 @@ def _verify_int8(backend: Backend, built: list[BuiltArtifact], full_src: Path, s
 def _runner_step(runner: Runner) -> Any:
     """A built artifact as `run_sequence` calls it (a missing state: zeros)."""
     def step(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        full = {i.name: feed[i.name] if i.name in feed else np.zeros(
-            [d if isinstance(d, int) else 1 for d in i.shape], np.float32) for i in runner.inputs}
-        out: dict[str, np.ndarray] = runner.infer_named(full)
+        out: dict[str, np.ndarray] = runner.infer_named(with_zero_state(runner.inputs, feed))
         return out
 
     return step

@@ -17,6 +17,7 @@ from vitedge.errors import ExportError, require
 from vitedge.manifest import Manifest, set_onnx_manifest
 from vitedge.options import ExportOptions, ImportOptions
 from vitedge.report import Reporter, reporter
+from vitedge.runtime.tokens import TOKEN_REUSE_KEY
 
 if TYPE_CHECKING:
     from vitedge.export.exporter import ExportResult
@@ -24,9 +25,6 @@ if TYPE_CHECKING:
 
 STATE_INPUT = "state.{block}.{name}"
 STATE_OUTPUT = "new_state.{block}.{name}"
-TOKEN_REUSE_KEY = "token_reuse"
-"""The manifest's `source` entry: tokens per gate (`k`), the token count (`tokens`) and,
-where k is fewer, the file name of the full pass beside it (`full`)."""
 
 
 def full_pass_path(streaming: str | Path) -> Path:

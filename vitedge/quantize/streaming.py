@@ -34,7 +34,7 @@ from vitedge.options import CalibrationOptions, QuantizeOptions
 from vitedge.quantize.graph import linear_layers
 from vitedge.quantize.histogram import TensorHistogram, amax_from_histogram
 from vitedge.quantize.qdq import QuantizationPlan, insert_qdq, plan_quantization
-from vitedge.runtime.tokens import STATE_INPUT, STATE_OUTPUT
+from vitedge.runtime.tokens import STATE_INPUT, STATE_OUTPUT, with_zero_state
 
 REFRESH = 30
 """Frames between full passes while calibrating and verifying: TokenReuse's default."""
@@ -135,9 +135,7 @@ def ort_step(session: Any) -> Callable[[dict[str, np.ndarray]], dict[str, np.nda
     names = [o.name for o in session.get_outputs()]
 
     def step(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        full = {i.name: feed[i.name] if i.name in feed else np.zeros(
-            [d if isinstance(d, int) else 1 for d in i.shape], np.float32) for i in inputs}
-        return dict(zip(names, session.run(names, full), strict=True))
+        return dict(zip(names, session.run(names, with_zero_state(inputs, feed)), strict=True))
 
     return step
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,10 +28,8 @@ import numpy as np
 from vitedge.errors import VitedgeError
 from vitedge.runtime.postprocess import Prediction
 from vitedge.runtime.reuse import WARMUP, FrameReuse, StreamReuse, change, patch_view, reuse_gate
-from vitedge.runtime.tokens import TokenReuse
+from vitedge.runtime.tokens import TOKEN_REUSE_KEY, TokenReuse
 
-TOKEN_REUSE_KEY = "token_reuse"
-"""The manifest's `source` entry that makes an artifact a streaming graph."""
 MOVED = 32.0
 """A patch has moved when its mean absolute change since its tokens were last computed is
 over this many noise floors (the stream's own, learnt as frame reuse learns it). On the demo
@@ -68,30 +67,40 @@ class _Motion:
 
     noise: StreamReuse = field(default_factory=StreamReuse)
     reference: np.ndarray | None = None
+    moved: np.ndarray | None = None
+    """Each patch's change from `reference`, as `too_much` measured it for this frame."""
 
     def too_much(self, v: np.ndarray, patches: int) -> bool:
         """Whether more than `patches` patches of `v` moved (the next pass must be full)."""
         FrameReuse.observe(self.noise, v)
-        if self.reference is None or self.reference.shape != v.shape or \
-                len(self.noise.samples) < WARMUP:
+        self.moved = None
+        if self.reference is None or self.reference.shape != v.shape:
             return False
-        return int((change(v, self.reference) > MOVED * self.noise.floor()).sum()) > patches
+        self.moved = change(v, self.reference)
+        return len(self.noise.samples) >= WARMUP and \
+            int((self.moved > MOVED * self.noise.floor()).sum()) > patches
 
     def computed(self, v: np.ndarray, full: bool, patches: int) -> None:
-        if full or self.reference is None or self.reference.shape != v.shape:
+        if full or self.moved is None:
             self.reference = v.copy()
             return
-        top = np.argsort(-change(v, self.reference))[:patches]
+        assert self.reference is not None  # `moved` was measured against it
+        top = np.argsort(-self.moved)[:patches]
         self.reference[top] = v[top]
+
+
+LAPS = 1000
+"""Pass times kept for the medians: the latest, so a camera that runs for days keeps a
+bounded list."""
 
 
 @dataclass
 class _Laps:
-    full: list[float] = field(default_factory=list)
-    partial: list[float] = field(default_factory=list)
+    full: deque[float] = field(default_factory=lambda: deque(maxlen=LAPS))
+    partial: deque[float] = field(default_factory=lambda: deque(maxlen=LAPS))
 
 
-def _median(laps: list[float]) -> float | None:
+def _median(laps: deque[float]) -> float | None:
     return round(statistics.median(laps), 3) if laps else None
 
 

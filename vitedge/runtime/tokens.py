@@ -17,6 +17,9 @@ from vitedge.backends import Runner, load_runner
 from vitedge.errors import VitedgeError
 from vitedge.manifest import Manifest
 
+TOKEN_REUSE_KEY = "token_reuse"
+"""The manifest's `source` entry that makes a graph a streaming graph: tokens per gate (`k`),
+the token count (`tokens`) and, where k is fewer, the full pass's file name (`full`)."""
 STATE_INPUT = "state."
 STATE_OUTPUT = "new_state."
 """A state tensor's input name and the name of its next value among the outputs
@@ -33,11 +36,19 @@ class _Camera:
 def token_reuse_entry(manifest: Manifest | None, path: str | Path) -> dict[str, Any]:
     """The manifest's `source.token_reuse` (k, tokens and, with fewer tokens, the file name
     of the full pass beside it), or one line saying the file is no streaming graph."""
-    entry = manifest.source.get("token_reuse") if manifest is not None else None
+    entry = manifest.source.get(TOKEN_REUSE_KEY) if manifest is not None else None
     if not isinstance(entry, dict):
         raise VitedgeError(f"{path} is not a streaming graph (no token_reuse in its manifest)",
                            "export one with `vitedge export CHECKPOINT --token-reuse K`")
     return {**entry, "k": int(entry["k"]), "tokens": int(entry["tokens"])}
+
+
+def with_zero_state(inputs: Any, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`feed` for a graph of these `inputs` (ONNX Runtime's or a runner's: name and shape),
+    each input it lacks given as zeros (a dynamic dimension taken as 1): the state a
+    camera's first full pass reads."""
+    return {i.name: feed[i.name] if i.name in feed else np.zeros(
+        [d if isinstance(d, int) else 1 for d in i.shape], np.float32) for i in inputs}
 
 
 def full_pass_beside(streaming: str | Path, entry: dict[str, Any]) -> Path:
@@ -146,8 +157,7 @@ class TokenReuse:
         full = cam is None or cam.shape != x.shape or cam.since_full + 1 >= self.refresh
         runner = self.full if full else self.stream
         if cam is None or cam.shape != x.shape:
-            state = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
-                                      np.float32) for i in self.full.inputs[1:]}
+            state = with_zero_state(self.full.inputs[1:], {})
         else:
             state = cam.state
         out = runner.infer_named({self.input_name: x, **state})
