@@ -53,8 +53,8 @@ class StreamingExport:
 def export_streaming(checkpoint: str | Path, output: str | Path, k: int | None = None,
                      opset: int = 17, batch: int = 1, arch: str | None = None,
                      imports: ImportOptions | None = None, verify: bool = False,
-                     report: Reporter | None = None, chosen: dict[str, Any] | None = None
-                     ) -> StreamingExport:
+                     report: Reporter | None = None, chosen: dict[str, Any] | None = None,
+                     imported: Any = None) -> StreamingExport:
     """Write the streaming graph of `checkpoint` (read with `imports`, else of architecture
     `arch` where the file does not say) with `k` tokens per gate (None: every token, the
     full pass) for images (B, C, H, W) preprocessed as the manifest says, at a fixed batch
@@ -62,7 +62,8 @@ def export_streaming(checkpoint: str | Path, output: str | Path, k: int | None =
     too, at `full_pass_path(output)`, and the manifest names it. With `verify`, both graphs
     run in ONNX Runtime against the PyTorch module on sequences of frames first (the full
     pass, then k tokens with the state carried): nothing is written unless they agree.
-    `chosen`: how `--token-reuse auto` chose k, recorded in the manifest's entry."""
+    `chosen`: how `--token-reuse auto` chose k, recorded in the manifest's entry;
+    `imported`: the checkpoint already loaded (as `--token-reuse auto` loads it to choose)."""
     require("torch", "export", "exporting a streaming graph")
     from vitedge.export.exporter import check_onnx
     from vitedge.graph import save_onnx
@@ -82,7 +83,8 @@ def export_streaming(checkpoint: str | Path, output: str | Path, k: int | None =
 
     refuse_overwriting_inputs(output, checkpoint)
     step("import")
-    imported = load_checkpoint(checkpoint, imports or ImportOptions(arch=arch))
+    if imported is None:
+        imported = load_checkpoint(checkpoint, imports or ImportOptions(arch=arch))
     model = imported.model.eval()
     tokens = imported.config.num_tokens
     stream = StreamingViT(model, tokens if k is None else k)
@@ -206,19 +208,20 @@ def export_token_reuse(checkpoint: str | Path, output: str | Path, opts: ExportO
     assert opts.token_reuse is not None  # the caller's branch
     imports = ImportOptions(arch=opts.arch, num_heads=opts.num_heads, img_size=opts.img_size,
                             labels=opts.labels)
-    k, choice = opts.token_reuse, None
+    k, choice, imported = opts.token_reuse, None, None
     if k == "auto":
         from vitedge.export.token_choice import choose_tokens
         from vitedge.model.importer import load_checkpoint
 
         assert opts.token_data is not None  # ExportOptions checks it
-        choice = choose_tokens(load_checkpoint(checkpoint, imports), opts.token_data,
-                               opts.max_drop, rep=reporter(report))
+        imported = load_checkpoint(checkpoint, imports)
+        choice = choose_tokens(imported, opts.token_data, opts.max_drop, rep=reporter(report))
         k = choice.k
     assert isinstance(k, int)
     made = export_streaming(checkpoint, output, k, opts.opset, opts.batch or 1,
                             imports=imports, verify=opts.verify, report=report,
-                            chosen=choice.to_dict() if choice is not None else None)
+                            chosen=choice.to_dict() if choice is not None else None,
+                            imported=imported)
     assert made.manifest is not None
     files = [made.output] + ([made.full] if made.full != made.output else [])
     note = (f"token reuse: {made.k} of {made.tokens} tokens recomputed per gate"
