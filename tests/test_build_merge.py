@@ -231,6 +231,8 @@ def test_merge_auto_times_the_schedules_with_the_builds_backend(folder, tmp_path
     assert list(export.architecture.merge) == choice["schedule"]
     assert result["merge"]["schedule"] == choice["schedule"]
     assert all(c["within"] for c in timed) and choice["images"] == 32
+    assert choice["measure"] == "top-1 agreement %"  # the images carry no labels
+    assert all(c["within"] == (100 - c["agreement"] <= 10) for c in choice["candidates"])
 
 
 def test_an_embedding_models_build_is_compared_with_the_unmerged_one_by_cosine(tmp_path,

@@ -20,7 +20,7 @@ from vitedge.options import BuildOptions, ExportOptions
 from vitedge.precisions import FP32
 from vitedge.target import Target
 
-MERGE_FIELDS = ("merge", "max_drop", "merge_data")
+MERGE_FIELDS = ("merge", "max_drop", "merge_data", "merge_images")
 """The export options that make a graph merged."""
 FORM_FIELDS = ("batch", "opset", "external_data", "attention_outputs")
 """Export options that change the graph's form, not what its main output computes."""

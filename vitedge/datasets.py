@@ -285,7 +285,7 @@ def batches(inputs: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
 
 # --- labelled folders (evaluation) -----------------------------------------------------
 
-def _label_key(name: str) -> str:
+def label_key(name: str) -> str:
     return re.sub(r"[^0-9a-z]", "", name.lower())
 
 
@@ -306,12 +306,12 @@ def labelled_folder(folder: str | Path, labels: list[str] | None,
     if not labels:
         raise VitedgeError("the model has no labels to match class folders against",
                            "export it with --labels")
-    keys = {_label_key(lab): i for i, lab in enumerate(labels)}
+    keys = {label_key(lab): i for i, lab in enumerate(labels)}
     classes: dict[str, int] = {}
     unknown: list[str] = []
     for sub in sorted(d for d in root.iterdir() if d.is_dir()):
-        if _label_key(sub.name) in keys:
-            classes[sub.name] = keys[_label_key(sub.name)]
+        if label_key(sub.name) in keys:
+            classes[sub.name] = keys[label_key(sub.name)]
         elif sub.name.isdigit() and int(sub.name) < len(labels):
             classes[sub.name] = int(sub.name)
         else:

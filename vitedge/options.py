@@ -241,12 +241,18 @@ class ExportOptions:
         parse=parse_merge, metavar="R")
     """Token merging: r per block (int), one r per block (tuple), or "auto" (`vitedge.
     export.merge_schedule`); None: none."""
-    max_drop: float = option(0.5, "--merge auto / --token-reuse auto: the most top-1 agreement "
-                             "with the unmerged (plain) model may fall, in points (embeddings: "
+    max_drop: float = option(0.5, "--merge auto / --token-reuse auto: the most the model may "
+                             "lose against the unmerged (plain) one, in points: top-1 accuracy "
+                             "(less two standard errors) where --merge-data's images sit in "
+                             "folders named after the labels, else top-1 agreement (embeddings: "
                              "mean cosine, in hundredths).", least=0, most=100)
     merge_data: str | Path | None = option(
-        help="--merge auto: held-out images to judge the schedules on (a folder, an image "
-        "list or an array).", path="any", metavar="IMAGES")
+        help="--merge auto: held-out images to judge the schedules on (a folder, class "
+        "folders named after the labels, an image list or an array).", path="any",
+        metavar="IMAGES")
+    merge_images: int = option(512, "--merge auto: how many of --merge-data's images judge the "
+                               "schedules (more: a finer judgement, a slower choice).", least=16,
+                               metavar="N")
     token_reuse: int | str | None = option(
         help="Token reuse across a camera's frames: a streaming graph that takes the frame and "
         "the previous state and recomputes only the K tokens per gate that changed most (its "
@@ -524,12 +530,17 @@ class BuildOptions:
         parse=parse_merge, metavar="R")
     """Token merging at export (`ExportOptions.merge`); None: none."""
     merge_max_drop: float = option(
-        0.5, "--merge auto: the most top-1 agreement with the unmerged FP32 model may fall, in "
-        "points (embeddings: mean cosine, in hundredths); apart from --max-drop, which is "
+        0.5, "--merge auto: the most the model may lose against the unmerged FP32 one, in "
+        "points: top-1 accuracy (less two standard errors) where the images sit in folders named "
+        "after the labels, else top-1 agreement (embeddings: mean cosine, in hundredths); apart "
+        "from --max-drop, which is "
         "--precision auto's budget against the FP32 model the build quantizes.", least=0,
         most=100)
     merge_data: str | None = option(help="--merge auto: images to judge the schedules on "
                                     "[default: --data].", path="any", metavar="IMAGES")
+    merge_images: int = option(512, "--merge auto: how many of the images judge the schedules "
+                               "(more: a finer judgement, a slower choice).", least=16,
+                               metavar="N")
     force: bool = option(False, "Replace intermediate models beside the artifact (MODEL.onnx, "
                          "MODEL.PRECISION.onnx) even when this build did not make them, and an "
                          "artifact at -o built for another profile or backend.")
@@ -555,7 +566,7 @@ class BuildOptions:
             return ExportOptions(batch=None)
         data = (self.merge_data or self.data) if self.merge == "auto" else None
         return ExportOptions(batch=None, merge=self.merge, max_drop=self.merge_max_drop,
-                             merge_data=data)
+                             merge_data=data, merge_images=self.merge_images)
 
 
 # --- run side -----------------------------------------------------------------------------

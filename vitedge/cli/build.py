@@ -28,7 +28,7 @@ CALIBRATION_FLAGS = ("num_images", "method", "percentile", "batch", "smooth_alph
               help="Where to write the ONNX model (written atomically).")
 @flags(ExportOptions, "arch", "num_heads", "img_size", "batch", "opset", "input_kind", "labels",
        "attention_outputs", "head", "external_data", "zero_shot", "prompts", "zero_shot_embeddings", "logit_scale",
-       "logit_bias", "merge", "max_drop", "merge_data", "token_reuse", "token_data", "verify")
+       "logit_bias", "merge", "max_drop", "merge_data", "merge_images", "token_reuse", "token_data", "verify")
 def export(checkpoint: str, output: str, as_json: bool, **kw: Any) -> None:
     """Export CHECKPOINT (timm, Hugging Face, torchvision or vitedge; a file or a folder)
     to an ONNX model with its preprocessing and labels inside, verified against PyTorch.
@@ -154,7 +154,7 @@ def quantize(model: str, output: str, as_json: bool, **kw: Any) -> None:
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=str))
 @flags(BuildOptions, "precision", "data", "calib", "profile", "backend", "batch", "timing_cache")
 @flags(QuantizeOptions, "scheme", "attention", "ends", "fp4_activations")
-@flags(BuildOptions, "max_drop", "merge", "merge_max_drop", "merge_data")
+@flags(BuildOptions, "max_drop", "merge", "merge_max_drop", "merge_data", "merge_images")
 @flags(CalibrationOptions, "num_images", "method")
 @flags(VerifyOptions, "images", "min_agreement", "min_fp32_agreement", "enabled")
 @flags(BuildOptions, "force")

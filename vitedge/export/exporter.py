@@ -195,7 +195,8 @@ def merged(imported: Any, opts: ExportOptions, rep: Reporter, timer: Any = None
     if opts.merge == "auto":
         from vitedge.export.merge_choice import choose_schedule
 
-        choice = choose_schedule(imported, opts.max_drop, opts.merge_data, rep, timer)
+        choice = choose_schedule(imported, opts.max_drop, opts.merge_data, rep, timer,
+                                 images=opts.merge_images)
         schedule = choice.schedule
     else:
         assert not isinstance(opts.merge, str) and opts.merge is not None
@@ -211,7 +212,8 @@ def merge_note(choice: Any) -> str:
                 "here); exported unmerged")
     best = next(c for c in choice.candidates if c.schedule == list(choice.schedule))
     base = choice.candidates[0]
-    return (f"--merge auto: r {best.r} ({best.gflops} GFLOPs, {base.gflops} unmerged), "
+    which = f"r {best.r}" if best.r is not None else "schedule " + ",".join(map(str, best.schedule))
+    return (f"--merge auto: {which} ({best.gflops} GFLOPs, {base.gflops} unmerged), "
             f"{choice.measure} {best.score} on {choice.images} held-out images, "
             f"{best.ms} ms against {base.ms} ms unmerged ({choice.timed_on}, here)")
 

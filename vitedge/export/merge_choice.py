@@ -1,10 +1,12 @@
 """`--merge auto`: the token-merging schedule chosen within an accuracy budget, like
-`--precision auto` chooses a precision. Candidates are ToMe's constant-r schedules; each is
-judged on held-out images against the unmerged model (top-1 agreement, or the embedding's
-cosine for a model without a head), and of those within `--max-drop` the one fastest
-*measured here* wins: fewer FLOPs is not always less time. `vitedge export` times the
-schedules with ONNX Runtime; `vitedge build` with the backend it builds for
-(`backend_timer`)."""
+`--precision auto` chooses a precision. Candidates are ToMe's constant-r schedules and the
+per-block schedules a greedy search finds (merging early in one block can remove more FLOPs
+for less accuracy than merging a little everywhere); each is judged on held-out images
+against the unmerged model: the top-1 change against their labels where the images sit in
+folders named after the model's labels, else top-1 agreement (the embedding's cosine for a
+model without a head). Of those within `--max-drop`, the one fastest *measured here* wins:
+fewer FLOPs is not always less time. `vitedge export` times the schedules with ONNX Runtime;
+`vitedge build` with the backend it builds for (`backend_timer`)."""
 
 from __future__ import annotations
 
@@ -24,24 +26,46 @@ from vitedge.report import Reporter
 
 CANDIDATES = 8
 """Constant-r schedules tried, from a little merging to the most a block allows."""
+SEARCHED = 4
+"""The greedy search judges at most this many schedules per block of the model."""
 TIMED = 3
-"""Of the schedules within the budget, the cheapest this many (by FLOPs) are timed."""
-CHOICE_IMAGES = 256
-"""Held-out images the schedules are judged on (a seeded sample of `--merge-data`)."""
+"""Of the schedules within the budget, the cheapest this many (by FLOPs) are timed, with the
+cheapest constant-r one."""
+CHOICE_IMAGES = 512
+"""Held-out images the schedules are judged on by default (a seeded sample of
+`--merge-data`)."""
+CACHE_BYTES = 1 << 30
+"""The tokens entering each block of the unmerged model are kept up to this size, so that
+a schedule whose first merge is late runs only the blocks from there."""
+BATCH = 64
+CONFIDENCE = 2.0
+"""A top-1 change against labels is within the budget when the change less this many
+standard errors is: out of a few hundred images, many schedules would otherwise pass by
+chance (selection among them favours the lucky ones)."""
 
 
 @dataclass
 class Candidate:
-    r: int
+    r: int | None
+    """The constant r of a ToMe schedule; None for one the search found."""
     schedule: list[int]
     gflops: float
     score: float
-    """Top-1 agreement with the unmerged model in % (embeddings: mean cosine x 100)."""
+    """The budget's measure (`MergeChoice.measure`): top-1 change in points against the
+    labels, top-1 agreement with the unmerged model in %, or mean cosine x 100."""
     within: bool
     ms: float | None = None
+    agreement: float | None = None
+    """Top-1 agreement with the unmerged model in % (a classifier's)."""
+    error: float | None = None
+    """One standard error of a top-1 change, in points: within the budget means the change
+    less CONFIDENCE of these is no worse than -max_drop."""
 
 
 ONNXRUNTIME = "ONNX Runtime, batch 1"
+TOP1_CHANGE = "top-1 change against the labels, points"
+AGREEMENT = "top-1 agreement %"
+COSINE = "mean cosine x 100"
 
 
 @dataclass
@@ -79,64 +103,198 @@ def candidate_schedules(cfg: ViTConfig, steps: int = CANDIDATES) -> list[tuple[i
     return [(r, merge_schedule(cfg, r)) for r in values]
 
 
-def choose_schedule(imported: Any, max_drop: float, data: Any, rep: Reporter,
-                    timer: ScheduleTimer | None = None) -> MergeChoice:
-    """The schedule for `imported` (`vitedge.model.importer.ImportedViT`) within `max_drop`
-    on images from `data`, the fastest as `timer` measures (default: ONNX Runtime); ()
-    when no merging stays within it or none is faster."""
-    import torch
+def fits(cfg: ViTConfig, schedule: list[int]) -> bool:
+    """Whether every block of `schedule` merges at most what the tokens entering it allow."""
+    tokens = cfg.num_tokens
+    for r in schedule:
+        if r > max_merge(tokens, cfg.num_prefix_tokens):
+            return False
+        tokens -= r
+    return True
 
+
+class ScheduleJudge:
+    """Judges schedules of one model on fixed held-out images against the unmerged model:
+    `judge(schedule)` is its Candidate. The unmerged model's tokens entering each block are
+    kept (up to CACHE_BYTES), so a schedule runs only from the block before its first merge."""
+
+    def __init__(self, imported: Any, x: np.ndarray, labels: np.ndarray | None,
+                 max_drop: float) -> None:
+        import torch
+
+        self.model, self.cfg, self.max_drop = imported.model, imported.config, max_drop
+        self.labels = labels
+        self.classifier = self.cfg.num_classes > 0
+        self.measure = (TOP1_CHANGE if self.classifier and labels is not None else
+                        AGREEMENT if self.classifier else COSINE)
+        self.base_gflops = 2 * self.cfg.macs() / 1e9
+        with torch.no_grad():
+            tokens = [self.model.embed(torch.from_numpy(x[i:i + BATCH]))
+                      for i in range(0, len(x), BATCH)]
+            self.entering: list[list[Any]] = []
+            per_block = sum(t.numel() * t.element_size() for t in tokens)
+            for module in self.model.blocks:
+                if per_block * (len(self.entering) + 1) <= CACHE_BYTES:
+                    self.entering.append(tokens)
+                tokens = [module(t)[0] for t in tokens]
+            self.reference = self._head(tokens, [None] * len(tokens))
+        self.reference_top1 = self.reference.argmax(-1)
+
+    def _head(self, tokens: list[Any], sizes: list[Any]) -> np.ndarray:
+        return np.concatenate([self.model.forward_head(self.model.norm(t), s).numpy()
+                               for t, s in zip(tokens, sizes, strict=True)])
+
+    def outputs(self, schedule: list[int]) -> np.ndarray:
+        """The model's outputs with `schedule`'s merging on the held-out images."""
+        import torch
+
+        first = next((i for i, r in enumerate(schedule) if r), len(schedule))
+        start = min(first, len(self.entering) - 1)
+        prefix = self.cfg.num_prefix_tokens
+        tokens, sizes = list(self.entering[start]), [None] * len(self.entering[start])
+        with torch.no_grad():
+            for i in range(start, len(schedule)):
+                block = self.model.blocks[i]
+                for j, t in enumerate(tokens):
+                    tokens[j], sizes[j], _ = block.forward_merging(t, sizes[j], schedule[i], prefix)
+            return self._head(tokens, sizes)
+
+    def __call__(self, schedule: list[int], r: int | None = None) -> Candidate:
+        got = self.outputs(schedule)
+        gflops = round(2 * self.cfg.replace(merge=tuple(schedule) if any(schedule) else ())
+                       .macs() / 1e9, 4)
+        agreement = error = None
+        if self.classifier:
+            top1 = got.argmax(-1)
+            agreement = 100.0 * float(np.mean(top1 == self.reference_top1))
+            if self.labels is not None:
+                gained = ((top1 == self.labels).astype(np.float64)
+                          - (self.reference_top1 == self.labels))
+                score = 100.0 * float(gained.mean())
+                error = 100.0 * float(gained.std(ddof=1) / np.sqrt(len(gained)))
+                drop = CONFIDENCE * error - score  # within the budget by chance is not within
+            else:
+                score, drop = agreement, 100.0 - agreement
+        else:
+            ref = self.reference
+            cos = np.sum(ref * got, -1) / np.maximum(
+                np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1), 1e-30)
+            score = 100.0 * float(np.mean(cos))
+            drop = 100.0 - score
+        return Candidate(r, list(schedule), gflops, round(score, 3),
+                         bool(drop <= self.max_drop + 1e-9),
+                         agreement=None if agreement is None else round(agreement, 3),
+                         error=None if error is None else round(error, 3))
+
+    def loss(self, c: Candidate) -> float:
+        """What the search trades FLOPs against: the disagreement with the unmerged model (a
+        steadier guide than a labelled top-1 change, which can rise by chance)."""
+        return 100.0 - (c.agreement if c.agreement is not None else c.score)
+
+
+def searched_schedules(judge: ScheduleJudge, rep: Reporter, evals: int) -> list[Candidate]:
+    """Every schedule a greedy search judged. From no merging, each round adds `step`
+    merges to one block: of the additions within the budget, the one that removes the most
+    FLOPs per point of agreement it costs (plus a budget's worth). When none stays within it, `step` halves (and a
+    block whose addition failed is not tried again at that step). Ends when `step` reaches
+    0 or after `evals` schedules."""
+    cfg = judge.cfg
+    current = [0] * cfg.depth
+    now = Candidate(None, current, judge.base_gflops, 0.0, True, agreement=100.0)
+    step = max(1, max_merge(cfg.num_tokens, cfg.num_prefix_tokens) // 2)
+    tried: list[Candidate] = []
+    failed: set[int] = set()
+    while step >= 1 and len(tried) < evals:
+        moves = []
+        for b in range(cfg.depth):
+            trial = current.copy()
+            trial[b] += step
+            if b in failed or not fits(cfg, trial) or len(tried) >= evals:
+                continue
+            c = judge(trial)
+            tried.append(c)
+            rep.progress(len(tried), evals)
+            if c.within:
+                moves.append(c)
+            else:
+                failed.add(b)
+        if not moves:
+            step, failed = step // 2, set()
+            continue
+        # a move that costs nothing is valued as if it cost a budget's worth: many free
+        # merges in the last block remove less than one merge early on
+        eps = max(judge.max_drop, 100.0 / len(judge.reference))
+        now = max(moves, key=lambda c: (now.gflops - c.gflops)
+                  / (max(judge.loss(c) - judge.loss(now), 0.0) + eps))
+        current = now.schedule
+    return tried
+
+
+def choose_schedule(imported: Any, max_drop: float, data: Any, rep: Reporter,
+                    timer: ScheduleTimer | None = None, images: int = CHOICE_IMAGES
+                    ) -> MergeChoice:
+    """The schedule for `imported` (`vitedge.model.importer.ImportedViT`) within `max_drop`
+    on `images` images from `data`, the fastest as `timer` measures (default: ONNX
+    Runtime); () when no merging stays within it or none is faster."""
     from vitedge.datasets import image_source, model_inputs
-    from vitedge.model.importer import with_merge
 
     if data is None:
         raise VitedgeError("--merge auto needs images to judge the schedules on",
                            "give --merge-data FOLDER (held-out images like the model's inputs)")
-    source = image_source(data, CHOICE_IMAGES, seed=1)
+    source = image_source(data, images, seed=1)
     x = np.stack(list(model_inputs(source, imported.manifest("images"))))
-    classifier = imported.config.num_classes > 0
-    measure = "top-1 agreement %" if classifier else "mean cosine x 100"
-
-    def outputs(model: Any) -> np.ndarray:
-        with torch.no_grad():
-            return np.concatenate([model(torch.from_numpy(x[i:i + 32])).numpy()
-                                   for i in range(0, len(x), 32)])
-
-    rep.step(f"merge auto: judging schedules on {len(x)} images")
-    reference = outputs(imported.model)
-    base_flops = 2 * imported.config.macs() / 1e9
+    labels = _labels(source, imported.labels, len(x))
+    judge = ScheduleJudge(imported, x, labels, max_drop)
+    rep.step(f"merge auto: judging ToMe's schedules on {len(x)} images ({judge.measure})")
     found: list[Candidate] = []
     misses = 0
     for r, schedule in candidate_schedules(imported.config):
-        merged = with_merge(imported, schedule)
-        got = outputs(merged.model)
-        if classifier:
-            score = 100.0 * float(np.mean(reference.argmax(-1) == got.argmax(-1)))
-        else:
-            cos = np.sum(reference * got, -1) / np.maximum(
-                np.linalg.norm(reference, axis=-1) * np.linalg.norm(got, axis=-1), 1e-30)
-            score = 100.0 * float(np.mean(cos))
-        within = 100.0 - score <= max_drop
-        found.append(Candidate(r, list(schedule), round(2 * merged.config.macs() / 1e9, 4),
-                               round(score, 3), within))
-        misses = 0 if within else misses + 1
+        found.append(judge(list(schedule), r))
+        misses = 0 if found[-1].within else misses + 1
         if misses == 2:  # merging more only loses more
             break
-    fits = sorted((c for c in found if c.within), key=lambda c: c.gflops)[:TIMED]
+    evals = SEARCHED * imported.config.depth
+    rep.step(f"merge auto: searching per-block schedules (at most {evals})")
+    seen = {tuple(c.schedule) for c in found}
+    for c in searched_schedules(judge, rep, evals):
+        if tuple(c.schedule) not in seen:
+            seen.add(tuple(c.schedule))
+            found.append(c)
+    within = sorted((c for c in found if c.within), key=lambda c: c.gflops)
+    chosen = within[:TIMED] + [c for c in within[TIMED:] if c.r is not None][:1]
     timer = timer or onnxruntime_timer()
-    if not fits:
-        return MergeChoice((), max_drop, len(x), measure, found, timer.where)
-    rep.step(f"merge auto: timing {len(fits)} schedules and the unmerged model "
+    measure = judge.measure
+    unmerged = Candidate(0, [], round(judge.base_gflops, 4),
+                         0.0 if measure == TOP1_CHANGE else 100.0, True,
+                         agreement=100.0 if judge.classifier else None)
+    if not chosen:
+        return MergeChoice((), max_drop, len(x), measure, [unmerged, *found], timer.where)
+    rep.step(f"merge auto: timing {len(chosen)} schedules and the unmerged model "
              f"({timer.where})")
-    unmerged_ms, *times = timer.latencies([_graph(imported, imported.config)] + [
-        _graph(imported, imported.config.replace(merge=tuple(c.schedule))) for c in fits])
-    for c, ms in zip(fits, times, strict=True):
+    unmerged.ms, *times = timer.latencies([_graph(imported, imported.config)] + [
+        _graph(imported, imported.config.replace(merge=tuple(c.schedule))) for c in chosen])
+    for c, ms in zip(chosen, times, strict=True):
         c.ms = ms
-    best = min(fits, key=lambda c: c.ms or 0.0)
-    found.insert(0, Candidate(0, [], round(base_flops, 4), 100.0, True, unmerged_ms))
-    if best.ms is None or best.ms >= unmerged_ms:
+    best = min(chosen, key=lambda c: c.ms or 0.0)
+    found.insert(0, unmerged)
+    if best.ms is None or unmerged.ms is None or best.ms >= unmerged.ms:
         return MergeChoice((), max_drop, len(x), measure, found, timer.where)
     return MergeChoice(tuple(best.schedule), max_drop, len(x), measure, found, timer.where)
+
+
+def _labels(source: Any, labels: list[str] | None, count: int) -> np.ndarray | None:
+    """Each judged image's class from the folder it sits in, where every image sits in a
+    folder named after one of the model's labels (`vitedge.datasets.labelled_folder`'s
+    matching); None otherwise."""
+    from vitedge.datasets import label_key
+
+    if not labels or source.kind != "folder" or source.broken or len(source.items) != count:
+        return None
+    keys = {label_key(name): i for i, name in enumerate(labels)}
+    found = [keys.get(label_key(Path(item).parent.name)) for item in source.items]
+    if any(k is None for k in found) or any(Path(i).parent == source.path for i in source.items):
+        return None
+    return np.array(found)
 
 
 def _graph(imported: Any, cfg: ViTConfig) -> Any:
