@@ -123,6 +123,30 @@ def test_synthetic_sizes_are_bit_exact(w, h, threads):
     assert_same(synthetic(w, h, w * 1000 + h), preps)
 
 
+@pytest.mark.parametrize("w, h", [(640, 480), (1280, 720), (1920, 1080), (800, 600),
+                                  (1080, 1920)])
+def test_camera_sizes_resize_only_a_window_and_stay_bit_exact(w, h, threads):
+    """At the usual camera sizes the timm recipe's resize repeats every few pixels, so a pass
+    resizes only a window of whole periods around what the crop keeps (a fifth to half of
+    the width): the bytes are plain Pillow's for every filter, mode and offset."""
+    prep = Preprocess(crop=(224, 224), resize=(248, 248))
+    rw, rh = pre.resized_size(w, h, prep)
+    top, left = prep.crop_box(rh, rw)
+    side, size, keep = (w, rw, (left, left + 224)) if w > h else (h, rh, (top, top + 224))
+    o0, o1, i0, i1 = pre._window(side, size, keep, "bicubic")
+    assert o1 - o0 < size and i1 - i0 < side
+    assert_same(synthetic(w, h, w + h), recipes([((224, 224), (248, 248))]))
+
+
+def test_the_window_probe_sees_a_window_that_clips_the_filter():
+    """A window that ends where the kept columns' filters still read (the last ones lose
+    taps) is refused by reading Pillow's coefficients; the window with whole taps is kept."""
+    f = Image.Resampling.BICUBIC
+    assert not pre._window_is_exact(640, 330, (33, 165, 64, 320), (53, 165), f)
+    assert pre._window_is_exact(640, 330, (33, 198, 64, 384), (53, 165), f)
+    assert pre._window(640, 330, (53, 165), "bicubic") == (33, 198, 64, 384)
+
+
 def test_the_pass_order_is_the_one_this_pillow_uses():
     """Pillow 13 resizes the height first when it shrinks by more than twice the width's
     pixels, earlier versions always the width first; `pass_order` found which by running

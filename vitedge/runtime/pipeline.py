@@ -117,7 +117,7 @@ class Pipeline:
         if not kept:
             return [], np.zeros(0), {}
         t1 = clock()
-        x = np.stack([self.preprocess(d) for d in decoded])
+        x = np.stack(xs) if len(xs := [self.preprocess(d) for d in decoded]) > 1 else xs[0][None]
         t2 = clock()
         x = self._patchify(x)
         t3 = clock()

@@ -4,6 +4,7 @@ every stage sees the same pixels."""
 
 from __future__ import annotations
 
+import math
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -232,29 +233,94 @@ def _pool() -> Any:
 
 
 def _horizontal(source: Image.Image, width: int, rows: tuple[int, int],
-                keep: tuple[int, int], resample: int, out: Image.Image, shift: int) -> None:
+                keep: tuple[int, int], interpolation: str, out: Image.Image, shift: int) -> None:
     """Horizontal-only resize of `source`'s `rows` to `width`, columns `keep` of it pasted
-    into `out` at (0, row - shift)."""
-    w = source.width
+    into `out` at (0, row - shift); only the window of columns `_window` allows."""
+    o0, o1, i0, i1 = _window(source.width, width, keep, interpolation)
+    resample = PIL_FILTERS[interpolation]
 
     def strip(a: int, b: int) -> None:
-        piece = source.crop((0, a, w, b)).resize((width, b - a), resample)
-        out.paste(piece.crop((keep[0], 0, keep[1], b - a)), (0, a - shift))
+        piece = source.crop((i0, a, i1, b)).resize((o1 - o0, b - a), resample)
+        out.paste(piece.crop((keep[0] - o0, 0, keep[1] - o0, b - a)), (0, a - shift))
 
-    _in_strips(strip, *rows, width)
+    _in_strips(strip, *rows, o1 - o0)
 
 
 def _vertical(source: Image.Image, height: int, columns: tuple[int, int],
-              keep: tuple[int, int], resample: int, out: Image.Image, shift: int) -> None:
+              keep: tuple[int, int], interpolation: str, out: Image.Image, shift: int) -> None:
     """Vertical-only resize of `source`'s `columns` to `height`, rows `keep` of it pasted
-    into `out` at (column - shift, 0)."""
-    h = source.height
+    into `out` at (column - shift, 0); only the window of rows `_window` allows."""
+    o0, o1, i0, i1 = _window(source.height, height, keep, interpolation)
+    resample = PIL_FILTERS[interpolation]
 
     def strip(a: int, b: int) -> None:
-        piece = source.crop((a, 0, b, h)).resize((b - a, height), resample)
-        out.paste(piece.crop((0, keep[0], b - a, keep[1])), (a - shift, 0))
+        piece = source.crop((a, i0, b, i1)).resize((b - a, o1 - o0), resample)
+        out.paste(piece.crop((0, keep[0] - o0, b - a, keep[1] - o0)), (a - shift, 0))
 
-    _in_strips(strip, *columns, height)
+    _in_strips(strip, *columns, o1 - o0)
+
+
+# A resize from `size_in` to `size_out` pixels repeats its filter every `size_out / g`
+# output pixels (`size_in / g` source pixels, g their gcd). So the output columns
+# [o0, o1), both multiples of that period, are those a resize of source columns [i0, i1)
+# alone (the same multiples of the source period) gives: the same scale, the same filter
+# centres relative to the window. Whether Pillow's coefficients come out the same to the
+# last bit (its centres are rounded doubles, and a window clips the filter at its edges)
+# is not assumed but read from Pillow itself, once per size (`_window_is_exact`).
+
+PROBE_MOST = 4096
+"""Source widths above this are resized whole (the probe is a square of that side)."""
+
+
+def _aligned_window(size_in: int, size_out: int, keep: tuple[int, int], interpolation: str
+                    ) -> tuple[int, int, int, int]:
+    """(o0, o1, i0, i1): the fewest whole periods of output lines that hold the kept ones
+    and whose source lines [i0, i1) hold every line the kept ones read; (0, size_out, 0,
+    size_in) where that is all of them."""
+    g = math.gcd(size_in, size_out)
+    period, source = size_out // g, size_in // g
+    s0, s1 = needed_span(size_in, size_out, keep[0], keep[1] - keep[0], interpolation)
+    i0, i1 = s0 // source * source, min(-(-s1 // source) * source, size_in)
+    o0, o1 = i0 // source * period, size_out if i1 == size_in else i1 // source * period
+    if o1 - o0 >= size_out:
+        return 0, size_out, 0, size_in
+    return o0, o1, i0, i1
+
+
+@lru_cache(maxsize=64)
+def _window_is_exact(size_in: int, size_out: int, window: tuple[int, int, int, int],
+                     keep: tuple[int, int], resample: int) -> bool:
+    """Whether Pillow, resizing only the window's source lines, gives the kept output lines
+    the same integer coefficients as resizing the whole side. Read from Pillow: a 32-bit
+    image whose row j is 2^22 at column j alone resizes, row for row, to each source line's
+    coefficient in every output line, rounded as Pillow rounds its 8-bit coefficients (2^22
+    is its fixed-point one, and the products are exact); both axes share the coefficients."""
+    o0, o1, i0, i1 = window
+    if size_in > PROBE_MOST:
+        return False
+
+    def coefficients(n_in: int, n_out: int) -> np.ndarray:
+        probe = Image.fromarray(np.eye(n_in, dtype=np.int32) * (1 << 22))
+        return np.asarray(probe.resize((n_out, n_in), resample))
+
+    whole = coefficients(size_in, size_out)[:, keep[0]:keep[1]]
+    part = coefficients(i1 - i0, o1 - o0)[:, keep[0] - o0:keep[1] - o0]
+    return (np.array_equal(whole[i0:i1], part) and not whole[:i0].any()
+            and not whole[i1:].any())
+
+
+def _window(size_in: int, size_out: int, keep: tuple[int, int], interpolation: str
+            ) -> tuple[int, int, int, int]:
+    """The window one pass resizes for the kept output lines (`_aligned_window`), where
+    Pillow gives it the same coefficients; else the whole side."""
+    whole = (0, size_out, 0, size_in)
+    if interpolation == "nearest":  # an index lookup, not these coefficients
+        return whole
+    window = _aligned_window(size_in, size_out, keep, interpolation)
+    if window != whole and _window_is_exact(size_in, size_out, window, keep,
+                                            PIL_FILTERS[interpolation]):
+        return window
+    return whole
 
 
 def resized_crop(image: Image.Image, prep: Preprocess) -> Image.Image:
@@ -274,24 +340,23 @@ def resized_crop(image: Image.Image, prep: Preprocess) -> Image.Image:
     if (rw, rh) == (w, h):
         return image.crop((left, top, left + cw, top + ch))
     image.load()  # a lazily decoded file is read once, here, not by two strips at once
-    resample = PIL_FILTERS[prep.interpolation]
     out = Image.new(image.mode, (cw, ch))
     if rh == h:
-        _horizontal(image, rw, rows, cols, resample, out, top)
+        _horizontal(image, rw, rows, cols, prep.interpolation, out, top)
     elif rw == w:
-        _vertical(image, rh, cols, rows, resample, out, left)
+        _vertical(image, rh, cols, rows, prep.interpolation, out, left)
     elif order(w, h, rw, rh):
         # the source rows the kept rows read, at their rows of an image as tall as the
         # source (the rows left blank are never read)
         tall = Image.new(image.mode, (cw, h))
         _horizontal(image, rw, needed_span(h, rh, top, ch, prep.interpolation), cols,
-                    resample, tall, 0)
-        _vertical(tall, rh, (0, cw), rows, resample, out, 0)
+                    prep.interpolation, tall, 0)
+        _vertical(tall, rh, (0, cw), rows, prep.interpolation, out, 0)
     else:
         wide = Image.new(image.mode, (w, ch))
         _vertical(image, rh, needed_span(w, rw, left, cw, prep.interpolation), rows,
-                  resample, wide, 0)
-        _horizontal(wide, rw, (0, ch), cols, resample, out, 0)
+                  prep.interpolation, wide, 0)
+        _horizontal(wide, rw, (0, ch), cols, prep.interpolation, out, 0)
     return out
 
 
