@@ -1,13 +1,13 @@
 """Token merging (ToMe, `vitedge export --merge`): accuracy against r on the demo model
 (examples/fashion_mnist) and its stress copy on the 10,000 test images (FP32 and INT8, and
 what `--merge auto --max-drop 0.5` chooses), and speed against r at ViT-S/16 (random
-weights; the speed does not depend on them): the model alone, batch 1, FP32 and INT8 on
-ONNX Runtime and OpenVINO, measured interleaved in one run.
+weights; the speed does not depend on them): the model alone and frame -> top-1, batch 1,
+FP32 and INT8 on ONNX Runtime and OpenVINO, measured interleaved in one run.
 
 Run on demand (the test split needs `apt-get install dataset-fashion-mnist`):
-    .venv/bin/python benchmarks/token_merging.py [--data FOLDER] [--speed-only [--arch vit_base_patch16_224]]
+    .venv/bin/python benchmarks/token_merging.py [--data FOLDER] [--speed-only [--arch vit_base_patch16_224]] [--accuracy-only]
 Appends a section to benchmarks/RESULTS.md (`--speed-only`: the speed table alone (ViT-S/16, or --arch),
-a few minutes)."""
+a few minutes; `--accuracy-only`: the demo model's table alone)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from vitedge.export import ExportOptions, export_onnx
 from vitedge.model import random_checkpoint
 from vitedge.options import CalibrationOptions, EvalOptions, QuantizeRequest
 from vitedge.quantize import quantize_model, with_outlier_channels
+from vitedge.runtime import Pipeline
 
 CHECKPOINT = ROOT / "examples" / "fashion_mnist" / "vit_fmnist.safetensors"
 DEMO_R = [0, 1, 2, 4]
@@ -116,22 +117,33 @@ def speed(work: Path, arch: str = SPEED_ARCH) -> list[str]:
             ov = build_unverified(model, work / f"vits.{r}.{precision}.ov.xml", "cpu-openvino")
             runners[(r, "openvino", precision)] = load_runner(ov)
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    frame = np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8)
 
     class Timed:
-        def __init__(self, runner: object) -> None:
+        """The model alone (a prepared input), or frame -> top-1 (`frames`: a 640x480 BGR
+        frame through the exact frame path, one `Pipeline` call)."""
+
+        def __init__(self, runner: object, frames: bool) -> None:
             self.runner = runner
+            self.pipe = Pipeline(runner) if frames else None  # type: ignore[arg-type]
 
         def run(self, _outputs: object, feed: dict[str, np.ndarray]) -> object:
+            if self.pipe is not None:
+                return self.pipe(frame)
             return self.runner.infer(feed["images"])  # type: ignore[attr-defined]
 
-    times = latency_ms({k: Timed(v) for k, v in runners.items()}, x, rounds=30)
+    timed = {(*k, frames): Timed(v, frames) for k, v in runners.items()
+             for frames in (False, True)}
+    times = latency_ms(timed, x, rounds=30)
     for runner in runners.values():
         runner.close()
     rows = []
     columns = [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"),
                ("openvino", "int8")]
     for r in SPEED_R:
-        cells = [f"{times[(r, *c)]:.1f} ({times[(0, *c)] / times[(r, *c)]:.2f}x)" for c in columns]
+        cells = [f"{times[(r, *c, False)]:.1f} ({times[(0, *c, False)] / times[(r, *c, False)]:.2f}x)"
+                 f" / {times[(r, *c, True)]:.1f} ({times[(0, *c, True)] / times[(r, *c, True)]:.2f}x)"
+                 for c in columns]
         rows.append(f"| {r} | {flops[r][1]} | {flops[r][0]:.2f} ({1 - flops[r][0] / flops[0][0]:.0%} "
                     f"fewer) | " + " | ".join(cells) + " |")
     return rows
@@ -142,6 +154,8 @@ def main() -> None:
     parser.add_argument("--data", help="labelled test folder (default: the full test split)")
     parser.add_argument("--speed-only", action="store_true",
                         help="only the speed table (no accuracy on the demo model)")
+    parser.add_argument("--accuracy-only", action="store_true",
+                        help="only the demo model's accuracy table (no speed table)")
     parser.add_argument("--arch", default=SPEED_ARCH, choices=sorted(SPEED_NAMES),
                         help="the model of the speed table (random weights)")
     args = parser.parse_args()
@@ -153,7 +167,7 @@ def main() -> None:
             data = Path(args.data) if args.data else full_test_split(work / "test")
             images = sum(1 for _ in data.rglob("*.png"))
             accuracy_rows = accuracy(work, data)
-        speed_rows = speed(work, args.arch)
+        speed_rows = [] if args.accuracy_only else speed(work, args.arch)
     demo = ("Accuracy against r on the demo model: the earlier run below (a speed-only run; "
             "the merging's arithmetic is checked against the reference by "
             "tests/test_token_merging.py).\n\n") if args.speed_only else (
@@ -167,19 +181,19 @@ def main() -> None:
         "| r | schedule | MFLOPs | FP32 | INT8 | stress copy INT8 |\n|---|---|---|---|---|---|\n"
         + "\n".join(accuracy_rows) + "\n\n")
     section = (
-        f"\n## Token merging: {'speed' if args.speed_only else 'accuracy and speed'} against r "
+        f"\n## Token merging: {'speed' if args.speed_only else 'accuracy' if args.accuracy_only else 'accuracy and speed'} against r "
         "(`benchmarks/token_merging.py`)\n\n"
         f"Machine: {machine()}. Token merging (ToMe, `vitedge export --merge R`) in the "
         "exported graph, r tokens merged per block (capped at half the tokens left).\n\n"
-        + demo +
+        + demo + ("" if args.accuracy_only else
         f"Speed at {SPEED_NAMES[args.arch]} ({args.arch}, random weights, 197 tokens): the "
-        "model alone, batch "
+        "model alone / frame -> top-1 (a 640x480 BGR frame, the exact frame path), batch "
         "1, median ms of 30 interleaved rounds (speed-up against r = 0), artifacts of `vitedge "
         "build` (profiles `cpu` and `cpu-openvino`, INT8 calibrated on "
         f"{CALIBRATION_IMAGES} images).\n\n"
         "| r | tokens at the head | GFLOPs | ONNX Runtime FP32 | ONNX Runtime INT8 | "
         "OpenVINO FP32 | OpenVINO INT8 |\n|---|---|---|---|---|---|---|\n"
-        + "\n".join(speed_rows) + "\n")
+        + "\n".join(speed_rows) + "\n"))
     publish(section)
 
 
