@@ -310,6 +310,10 @@ def test_merge_auto_stays_within_the_budget_on_its_images(tmp_path, capsys):
         assert all(c["ms"] >= unmerged["ms"] for c in timed)
     searched = [c for c in judged if c["r"] is None]
     assert searched and any(len(set(c["schedule"])) > 1 for c in searched)
+    code, shown, err = run_cli(["inspect", str(out)], capsys)
+    assert code == 0 and "merge choice" in shown and "on 200 images" in shown, err
+    assert f"{sum(c['within'] for c in judged)} of {len(judged)} schedules within" in \
+        " ".join(shown.replace("│", " ").split())
 
     # the same images, their labels from the folder names, run by ONNX Runtime
     source = image_source(DEMO_CALIBRATION, 200, seed=1)

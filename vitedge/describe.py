@@ -75,6 +75,19 @@ def merge_info(cfg: Any) -> dict[str, Any]:
     return {"merge": list(cfg.merge), "per_block": cfg.tokens_per_block()}
 
 
+def merge_choice_words(choice: dict[str, Any]) -> str:
+    """How `--merge auto` chose (`vitedge.export.merge_choice.MergeChoice.to_dict`), in a line."""
+    judged = choice["candidates"][1:] if choice["candidates"] else []
+    timed = [c for c in judged if c.get("ms") is not None]
+    unmerged = choice["candidates"][0].get("ms") if choice["candidates"] else None
+    kept = ("kept unmerged (nothing within the budget ran faster)" if not choice["schedule"]
+            else "kept the fastest")
+    return (f"--merge auto within {choice['max_drop']} points ({choice['measure']}) on "
+            f"{choice['images']} images: {sum(c['within'] for c in judged)} of {len(judged)} "
+            f"schedules within, {len(timed)} timed against the unmerged model "
+            f"({unmerged} ms, {choice['timed_on']}), {kept}")
+
+
 def merge_row(tokens: dict[str, Any], gflops: float, unmerged: float) -> tuple[str, str]:
     """`inspect`'s token-merging row."""
     from vitedge.architecture import merge_words
@@ -186,6 +199,8 @@ def manifest_rows(info: dict[str, Any], manifest: dict[str, Any]) -> list[tuple[
                              f"pool {a['global_pool']}" + "".join(f", {x}" for x in extras if x))]
     if t.get("merge"):
         rows.insert(2, merge_row(t, info["gflops"], info["gflops_unmerged"]))
+    if manifest["source"].get("merge_auto"):
+        rows.insert(3, ("merge choice", merge_choice_words(manifest["source"]["merge_auto"])))
     rows += [(f"output {name}", what) for name, what in (manifest.get("outputs") or {}).items()]
     labels = manifest["labels"]
     src = manifest["source"]
