@@ -235,3 +235,25 @@ def test_an_fp32_race_compares_fp32_with_fp32(work, tmp_path):
     measured = result.details["measured"]
     assert measured["float_parts"] == {"onnxruntime": "fp32", "openvino": "fp32"}, measured
     assert result.float_parts == "fp32" and result.verification["vs_graph"]["relative"] <= 1e-4
+
+
+def test_a_static_batch_export_builds_verified_and_runs_any_batch(tmp_path, demo_images):
+    """An export with a fixed batch of 1 (a single camera's latency build: every shape
+    static): the IR is built and verified on batches of several images, and a batch of 5
+    runs in chunks, each image's logits those ONNX Runtime gives that image alone."""
+    from tests.conftest import DEMO_CHECKPOINT
+    from vitedge.export import ExportOptions, export_onnx
+
+    model = tmp_path / "b1.onnx"
+    export_onnx(DEMO_CHECKPOINT, model, ExportOptions(batch=1))
+    out = tmp_path / "b1.fp32.ov.xml"
+    result = build(model, out, BuildOptions(precision="fp32", backend="openvino",
+                                            data=str(DEMO_CALIBRATION)))
+    assert result.verification["vs_graph"]["images"] >= 8  # several images per inference
+    x = demo_images[:5]
+    with load_runner(out) as runner:
+        assert runner.fixed_batch == 1
+        got = runner.infer(x)
+    expected = np.concatenate([graph_output(model, x[i:i + 1]) for i in range(len(x))])
+    assert got.shape == expected.shape == (5, 10)
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()

@@ -120,16 +120,24 @@ def static_batch(session: Any) -> int | None:
 def run_in_batches(session: Any, input_name: str, x: np.ndarray, batch: int | None,
                    outputs: list[str] | None = None) -> list[np.ndarray]:
     """`outputs` of `session` on `x` (every output when None); with a static `batch`, run in
-    chunks of that size, the last one padded by repeating its last input."""
+    chunks of that size (`in_fixed_batches`)."""
+    return in_fixed_batches(lambda chunk: list(session.run(outputs, {input_name: chunk})),
+                            x, batch)
+
+
+def in_fixed_batches(run: Any, x: np.ndarray, batch: int | None) -> list[np.ndarray]:
+    """`run(x)` (a list of outputs, batch first) for a model that takes any batch (`batch`
+    None) or exactly `batch`: then in chunks of that size, the last one padded by repeating
+    its last input, the padding's outputs left out. Any backend's static-batch artifact."""
     if batch is None or len(x) == batch:
-        return list(session.run(outputs, {input_name: x}))
+        return list(run(x))
     parts = []
     for start in range(0, len(x), batch):
         chunk = x[start:start + batch]
         pad = batch - len(chunk)
         if pad:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        parts.append([o[:batch - pad] for o in session.run(outputs, {input_name: chunk})])
+        parts.append([o[:batch - pad] for o in run(chunk)])
     return [np.concatenate(col) for col in zip(*parts, strict=True)]
 
 

@@ -18,6 +18,7 @@ from vitedge.backends.openvino.build import (  # noqa: F401 - cpu_capabilities: 
     require_openvino,
 )
 from vitedge.errors import VitedgeError
+from vitedge.sessions import in_fixed_batches
 
 
 def inference_precision(precision: str, policy: str, capabilities: list[str]) -> str:
@@ -110,6 +111,10 @@ class OpenVINORunner(Runner):
         self.outputs = [_info(p, m) for p, m in zip(self.compiled.outputs, model.outputs,
                                                     strict=True)]
         self.input_dtype = np.uint8 if self.inputs[0].dtype == "uint8" else np.float32
+        first = self.compiled.inputs[0].get_partial_shape()[0]
+        self.fixed_batch: int | None = (first.get_length() if first.is_static
+                                        and len(self.compiled.inputs) == 1 else None)
+        """The batch an IR from a static-batch export takes (a larger one runs in chunks)."""
         self._local = threading.local()
 
     def _request(self) -> Any:
@@ -121,10 +126,15 @@ class OpenVINORunner(Runner):
     def infer_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
         self._check_open()
         request = self._request()
-        request.infer({0: np.ascontiguousarray(x, self.input_dtype)})
-        # the request's output buffers are reused by its next inference: copies
-        return {name: np.array(request.get_output_tensor(i).data)
-                for i, name in enumerate(self.output_names)}
+
+        def run(chunk: np.ndarray) -> list[np.ndarray]:
+            request.infer({0: np.ascontiguousarray(chunk, self.input_dtype)})
+            # the request's output buffers are reused by its next inference: copies
+            return [np.array(request.get_output_tensor(i).data)
+                    for i in range(len(self.output_names))]
+
+        outputs = in_fixed_batches(run, np.asarray(x), self.fixed_batch)
+        return dict(zip(self.output_names, outputs, strict=True))
 
     def infer_named(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._check_open()
