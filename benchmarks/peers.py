@@ -3,7 +3,8 @@ Hugging Face eager FP32 (+ its `ViTImageProcessor`), OpenVINO FP32 and OpenVINO 
 NNCF's post-training quantization (+ `cv2.dnn.blobFromImage`, as OpenVINO's samples do),
 ONNX Runtime's own static quantizer (QDQ, per channel; + the same blob), and vitedge's INT8
 artifact on each CPU backend installed (`vitedge.open`, exact and fast preprocessing), and
-the same with token merging in the graph (`vitedge export --merge 13`, issue 32).
+the same with token merging in the graph (`vitedge export --merge 13`, issue 32), each also
+exported for batch 1 (`--batch 1`: every shape static, a single camera's latency build).
 
 All start from the same random-weight Hugging Face `ViTForImageClassification` (ViT-S/16 or
 ViT-B/16 at 224) and calibrate on the same images. Each contender runs in a process of its
@@ -51,12 +52,21 @@ CONTENDERS = {
     "vitedge-fp32": "vitedge FP32, onnxruntime (exact / fast)",
     "vitedge-merged-onnxruntime": f"vitedge INT8 + token merging r = {MERGE_R}, onnxruntime (exact / fast)",
     "vitedge-merged-openvino": f"vitedge INT8 + token merging r = {MERGE_R}, openvino (exact / fast)",
+    "vitedge-b1-onnxruntime": "vitedge INT8, exported for batch 1 (`--batch 1`), onnxruntime (exact / fast)",
+    "vitedge-b1-openvino": "vitedge INT8, exported for batch 1, openvino (exact / fast)",
+    "vitedge-merged-b1-onnxruntime": f"vitedge INT8 + token merging r = {MERGE_R}, exported for batch 1, onnxruntime (exact / fast)",
+    "vitedge-merged-b1-openvino": f"vitedge INT8 + token merging r = {MERGE_R}, exported for batch 1, openvino (exact / fast)",
 }
 ARTIFACTS = {"vitedge-onnxruntime": ["vitedge.int8.ort.onnx"],
              "vitedge-openvino": ["vitedge.int8.ov.xml", "vitedge.int8.ov.bin"],
              "vitedge-fp32": ["vitedge.fp32.ort.onnx"],
              "vitedge-merged-onnxruntime": ["vitedge.merged.int8.ort.onnx"],
-             "vitedge-merged-openvino": ["vitedge.merged.int8.ov.xml", "vitedge.merged.int8.ov.bin"]}
+             "vitedge-merged-openvino": ["vitedge.merged.int8.ov.xml", "vitedge.merged.int8.ov.bin"],
+             "vitedge-b1-onnxruntime": ["vitedge.b1.int8.ort.onnx"],
+             "vitedge-b1-openvino": ["vitedge.b1.int8.ov.xml", "vitedge.b1.int8.ov.bin"],
+             "vitedge-merged-b1-onnxruntime": ["vitedge.merged.b1.int8.ort.onnx"],
+             "vitedge-merged-b1-openvino": ["vitedge.merged.b1.int8.ov.xml",
+                                            "vitedge.merged.b1.int8.ov.bin"]}
 
 
 # --- made once (the Hugging Face model in a child process: torch stays out of this one) ---
@@ -95,18 +105,26 @@ def make_all(size: str, work: Path) -> dict[str, str]:
                 "-o", str(work / "vitedge.fp32.ort.onnx"))
     merged = work / "merged.fp32.onnx"
     vitedge_cli("export", str(hf), "--merge", str(MERGE_R), "-o", str(merged))
-    vitedge_cli("build", str(merged), *common, "--backend", "onnxruntime",
-                "-o", str(work / "vitedge.merged.int8.ort.onnx"))
+    # a single camera's latency build: every shape static (batch 1), merged or not
+    b1, merged_b1 = work / "b1.fp32.onnx", work / "merged.b1.fp32.onnx"
+    vitedge_cli("export", str(hf), "--batch", "1", "-o", str(b1))
+    vitedge_cli("export", str(hf), "--merge", str(MERGE_R), "--batch", "1", "-o", str(merged_b1))
+    static = {"vitedge.merged": merged, "vitedge.b1": b1, "vitedge.merged.b1": merged_b1}
+    for stem in ("vitedge.merged", "vitedge.b1", "vitedge.merged.b1"):
+        vitedge_cli("build", str(static[stem]), *common, "--backend", "onnxruntime",
+                    "-o", str(work / f"{stem}.int8.ort.onnx"))
     try:
         import openvino  # noqa: F401
     except ImportError:
         missing.update({k: "openvino is not installed" for k in
-                        ("ov-fp32", "ov-nncf", "vitedge-openvino", "vitedge-merged-openvino")})
+                        ("ov-fp32", "ov-nncf", "vitedge-openvino", "vitedge-merged-openvino",
+                         "vitedge-b1-openvino", "vitedge-merged-b1-openvino")})
     else:
         vitedge_cli("build", str(fp32), *common, "--backend", "openvino",
                     "-o", str(work / "vitedge.int8.ov.xml"))
-        vitedge_cli("build", str(merged), *common, "--backend", "openvino",
-                    "-o", str(work / "vitedge.merged.int8.ov.xml"))
+        for stem, model in static.items():
+            vitedge_cli("build", str(model), *common, "--backend", "openvino",
+                        "-o", str(work / f"{stem}.int8.ov.xml"))
         try:
             make_nncf(fp32, work)
         except ImportError:
@@ -304,11 +322,15 @@ def run(size: str, work: Path) -> str:
             ratios.append(f"{CONTENDERS[peer].split(' (')[0]} {best[peer] / best[fastest]:.2f}x")
     merging = []
     for ours in ("onnxruntime", "openvino"):
-        m = f"vitedge-merged-{ours}"
-        if m in best:
-            merging.append(f"{ours}: {best[f'vitedge-{ours}'] / best[m]:.2f}x vitedge INT8 "
-                           f"unmerged" + (f", {best['ov-nncf'] / best[m]:.2f}x OpenVINO INT8, "
-                                          "NNCF" if "ov-nncf" in best else ""))
+        for form, unmerged in (("", f"vitedge-{ours}"), ("b1-", f"vitedge-b1-{ours}")):
+            m = f"vitedge-merged-{form}{ours}"
+            if m in best:
+                merging.append(
+                    f"{ours}{' (batch-1 exports)' if form else ''}: {best[f'vitedge-{ours}'] / best[m]:.2f}x "
+                    "vitedge INT8 unmerged" + (
+                        f" ({best[unmerged] / best[m]:.2f}x its batch-1 export)" if form else "")
+                    + (f", {best['ov-nncf'] / best[m]:.2f}x OpenVINO INT8, NNCF"
+                       if "ov-nncf" in best else ""))
     return (f"\n### ViT-{size[0].upper()}/16 at 224\n\n"
             "| contender | model ms | frame -> top-1 ms | logits cosine vs FP32 | top-1 agreement "
             "vs FP32 | size |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
