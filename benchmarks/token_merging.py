@@ -99,7 +99,7 @@ def accuracy(work: Path, data: Path) -> list[str]:
     return rows
 
 
-def speed(work: Path, arch: str = SPEED_ARCH) -> list[str]:
+def speed(work: Path, arch: str = SPEED_ARCH, batch: int | None = None) -> list[str]:
     """Rows: r, tokens left, GFLOPs, then median batch-1 ms per runtime and precision."""
     checkpoint = random_checkpoint(arch, work / "vits.safetensors")
     runners = {}
@@ -107,7 +107,7 @@ def speed(work: Path, arch: str = SPEED_ARCH) -> list[str]:
     for r in SPEED_R:
         fp32 = work / f"vits.{r}.onnx"
         result = export_onnx(checkpoint, fp32, ExportOptions(arch=arch, merge=r or None,
-                                                             verify=False))
+                                                             verify=False, batch=batch))
         cfg = result.manifest.architecture
         flops[r] = (2 * cfg.macs() / 1e9, cfg.tokens_per_block()[-1])
         q = int8(fp32, work / f"vits.{r}.int8.onnx")
@@ -156,6 +156,8 @@ def main() -> None:
                         help="only the speed table (no accuracy on the demo model)")
     parser.add_argument("--accuracy-only", action="store_true",
                         help="only the demo model's accuracy table (no speed table)")
+    parser.add_argument("--batch", type=int, help="export the speed table's models for this "
+                        "fixed batch (1: every shape static) instead of a dynamic one")
     parser.add_argument("--arch", default=SPEED_ARCH, choices=sorted(SPEED_NAMES),
                         help="the model of the speed table (random weights)")
     args = parser.parse_args()
@@ -167,7 +169,7 @@ def main() -> None:
             data = Path(args.data) if args.data else full_test_split(work / "test")
             images = sum(1 for _ in data.rglob("*.png"))
             accuracy_rows = accuracy(work, data)
-        speed_rows = [] if args.accuracy_only else speed(work, args.arch)
+        speed_rows = [] if args.accuracy_only else speed(work, args.arch, args.batch)
     demo = ("Accuracy against r on the demo model: the earlier run below (a speed-only run; "
             "the merging's arithmetic is checked against the reference by "
             "tests/test_token_merging.py).\n\n") if args.speed_only else (
@@ -188,7 +190,9 @@ def main() -> None:
         + demo + ("" if args.accuracy_only else
         f"Speed at {SPEED_NAMES[args.arch]} ({args.arch}, random weights, 197 tokens): the "
         "model alone / frame -> top-1 (a 640x480 BGR frame, the exact frame path), batch "
-        "1, median ms of 30 interleaved rounds (speed-up against r = 0), artifacts of `vitedge "
+        "1, median ms of 30 interleaved rounds (speed-up against r = 0), "
+        + (f"exported for batch {args.batch} (`--batch {args.batch}`: static shapes), "
+           if args.batch else "exported with a dynamic batch, ") + "artifacts of `vitedge "
         "build` (profiles `cpu` and `cpu-openvino`, INT8 calibrated on "
         f"{CALIBRATION_IMAGES} images).\n\n"
         "| r | tokens at the head | GFLOPs | ONNX Runtime FP32 | ONNX Runtime INT8 | "
