@@ -92,6 +92,29 @@ def demo_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
+@pytest.fixture(scope="session")
+def demo_streaming(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo checkpoint's streaming graph at k = 13 of its 50 tokens (`cam.onnx`, verified
+    at export) and its full pass beside it (`cam.full.onnx`), exported once for the token
+    reuse tests; each copies the pair into a folder of its own (`streaming_pair`)."""
+    from vitedge.export.streaming import export_streaming
+
+    out = tmp_path_factory.mktemp("demo-streaming") / "cam.onnx"
+    export_streaming(DEMO_CHECKPOINT, out, 13)
+    return out
+
+
+def streaming_pair(graph: Path, folder: Path) -> Path:
+    """A copy of a streaming graph and its full pass (names kept: the graph names its full
+    pass) in `folder`; the copy of the graph."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (graph.name, graph.name.replace(".onnx", ".full.onnx")):
+        shutil.copy(graph.with_name(name), folder / name)
+    return folder / graph.name
+
+
 def images_from_pixels(pixels: np.ndarray) -> np.ndarray:
     """The fixture script's expression, uint8 pixels to [-1, 1] floats."""
     return pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0)

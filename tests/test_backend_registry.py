@@ -111,6 +111,7 @@ def test_serve_offers_it(built, tmp_path):
         blob = http.InferInput("image", [1, 1], "BYTES")
         blob.set_data_from_numpy(np.array([[image.read_bytes()]], dtype=object))
         got = client.infer("fmnist_basic_image", [blob]).as_numpy("logits")
+        client.close()  # an open connection holds Triton's exit for its 30 s timeout
     np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-4)
 
 

@@ -140,12 +140,33 @@ def export(checkpoint: Path, out: Path, merge: int | None) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory: pytest.TempPathFactory) -> tuple[RefViT, Path]:
+    """The reference model and its checkpoint, made once for the module."""
+    return reference(tmp_path_factory.mktemp("ref"))
+
+
+@pytest.fixture(scope="module")
+def exported(ref, tmp_path_factory: pytest.TempPathFactory):
+    """`exported(r)`: the reference checkpoint exported with r merged per block (None:
+    unmerged), each r exported once for the module's tests that only read the graph."""
+    folder = tmp_path_factory.mktemp("exported")
+    made: dict[int | None, Path] = {}
+
+    def get(r: int | None) -> Path:
+        if r not in made:
+            made[r] = export(ref[1], folder / f"r{r}.onnx", r)
+        return made[r]
+
+    return get
+
+
 # --- the tests ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("r", [4, 12])
-def test_merged_onnx_equals_tome_on_a_timm_vit_and_merges_by_input(r, tmp_path):
-    model, checkpoint = reference(tmp_path)
-    onnx_path = export(checkpoint, tmp_path / "merged.onnx", r)
+def test_merged_onnx_equals_tome_on_a_timm_vit_and_merges_by_input(r, ref, exported):
+    model, _ = ref
+    onnx_path = exported(r)
     x = photos()
     got = ort.InferenceSession(str(onnx_path)).run(None, {"images": x})[0]
     merges: list[tuple[torch.Tensor, ...]] = []
@@ -166,10 +187,10 @@ def test_merged_onnx_equals_tome_on_a_timm_vit_and_merges_by_input(r, tmp_path):
     assert relative_error(frozen, got[1:2]) > 100 * TOL
 
 
-def test_r_zero_is_the_unmerged_model(tmp_path):
-    model, checkpoint = reference(tmp_path)
-    plain = onnx.load(str(export(checkpoint, tmp_path / "plain.onnx", None)))
-    zero = onnx.load(str(export(checkpoint, tmp_path / "zero.onnx", 0)))
+def test_r_zero_is_the_unmerged_model(ref, exported):
+    model, _ = ref
+    plain = onnx.load(str(exported(None)))
+    zero = onnx.load(str(exported(0)))
     assert [n.op_type for n in zero.graph.node] == [n.op_type for n in plain.graph.node]
     x = photos()
     got = ort.InferenceSession(zero.SerializeToString()).run(None, {"images": x})[0]
@@ -177,10 +198,10 @@ def test_r_zero_is_the_unmerged_model(tmp_path):
         assert relative_error(model(torch.from_numpy(x)).numpy(), got) < TOL
 
 
-def test_openvino_runs_the_merged_graph(tmp_path):
+def test_openvino_runs_the_merged_graph(ref, exported):
     ov = pytest.importorskip("openvino")
-    model, checkpoint = reference(tmp_path)
-    onnx_path = export(checkpoint, tmp_path / "merged.onnx", 8)
+    model, _ = ref
+    onnx_path = exported(8)
     core = ov.Core()
     compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU",
                                   {"INFERENCE_PRECISION_HINT": "f32"})
@@ -191,33 +212,30 @@ def test_openvino_runs_the_merged_graph(tmp_path):
     assert relative_error(expected, got) < TOL
 
 
-def test_tensorrt_parser_accepts_the_merged_graph(tmp_path):
+def test_tensorrt_parser_accepts_the_merged_graph(exported):
     pytest.importorskip("tensorrt_rtx")
     from vitedge.backends.tensorrt_rtx.parser import parser_problems
 
-    _, checkpoint = reference(tmp_path)
-    model = onnx.load(str(export(checkpoint, tmp_path / "merged.onnx", 8)))
+    model = onnx.load(str(exported(8)))
     assert {"TopK", "GatherElements", "Equal", "Log"} <= {n.op_type for n in model.graph.node}
     assert not {"ScatterElements", "ScatterND", "NonZero"} & {n.op_type for n in model.graph.node}
     assert parser_problems(model) == []
 
 
-def test_tensorrt_for_rtx_builds_an_engine_of_the_merged_graph(tmp_path):
+def test_tensorrt_for_rtx_builds_an_engine_of_the_merged_graph(exported, tmp_path):
     """TensorRT for RTX's real builder (ahead of time, no GPU needed) takes the merging ops."""
     pytest.importorskip("tensorrt_rtx")
     from vitedge.deploy import BuildOptions, build
 
-    _, checkpoint = reference(tmp_path)
-    merged = export(checkpoint, tmp_path / "merged.onnx", 8)
+    merged = exported(8)
     engine = tmp_path / "merged.engine"
     result = build(merged, engine, BuildOptions(precision="fp32", backend="tensorrt-rtx",
                                                 profile="rtx-portable"))
     assert result.backend == "tensorrt-rtx" and engine.stat().st_size > 100_000
 
 
-def test_the_manifest_records_the_schedule_and_inspect_shows_tokens(tmp_path, capsys):
-    _, checkpoint = reference(tmp_path)
-    onnx_path = export(checkpoint, tmp_path / "merged.onnx", 12)
+def test_the_manifest_records_the_schedule_and_inspect_shows_tokens(exported, capsys):
+    onnx_path = exported(12)
     from vitedge.manifest import manifest_from_file
 
     cfg = manifest_from_file(onnx_path).architecture
@@ -233,8 +251,8 @@ def test_the_manifest_records_the_schedule_and_inspect_shows_tokens(tmp_path, ca
     (["--merge", "1,2"], "one count per block: 4, not 2"),
     (["--merge", "40,0,0,0"], "block 0 can merge 0..32 of its 65 tokens, not 40"),
 ])
-def test_bad_schedules_are_refused_in_one_line(args, expected, tmp_path, capsys):
-    _, checkpoint = reference(tmp_path)
+def test_bad_schedules_are_refused_in_one_line(args, expected, ref, tmp_path, capsys):
+    _, checkpoint = ref
     code, out, err = run_cli(["export", str(checkpoint), "-o", str(tmp_path / "m.onnx"),
                               "--num-heads", str(HEADS), *args], capsys)
     assert code != 0 and expected in err and "Traceback" not in err
@@ -279,7 +297,7 @@ def test_each_family_exports_merged_and_its_embedding_stays_close(family, tmp_pa
 
 # --- the schedule chosen within a budget ------------------------------------------------------
 
-def test_merge_auto_stays_within_the_budget_on_its_images(tmp_path, capsys):
+def test_merge_auto_stays_within_the_budget_on_its_images(demo_fp32, tmp_path, capsys):
     """On images in class folders the budget is the top-1 change against their labels, less
     two standard errors. The chooser's records are what ONNX Runtime measures for those
     schedules on the same images; the greedy search judged per-block schedules beside ToMe's
@@ -321,8 +339,7 @@ def test_merge_auto_stays_within_the_budget_on_its_images(tmp_path, capsys):
     names = [re.sub(r"[^a-z]", "", label.lower()) for label in manifest.labels]
     labels = np.array([names.index(re.sub(r"[^a-z]", "", Path(f).parent.name)) for f in
                        source.items])
-    plain = tmp_path / "plain.onnx"
-    export_onnx(DEMO_CHECKPOINT, plain, ExportOptions())
+    plain = demo_fp32  # the session's unmerged export
     a = ort.InferenceSession(str(plain)).run(None, {"images": x})[0].argmax(-1)
     for i, c in enumerate((searched[-1], judged[0])):
         merged = tmp_path / f"merged{i}.onnx"
@@ -346,7 +363,8 @@ def test_merge_auto_needs_images(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("built", [False, True], ids=["exported", "onnxruntime-build"])
-def test_explain_maps_a_merged_models_attention_back_to_the_patch_grid(built, tmp_path, capsys):
+def test_explain_maps_a_merged_models_attention_back_to_the_patch_grid(built, ref, exported,
+                                                                      tmp_path, capsys):
     """The class token's last-block attention, each merged token's share spread over the
     patches it holds, as ToMe's source tracking (`merge_source`: the identity merged along
     with the tokens) gives it on the reference; also read from ONNX Runtime's build, where
@@ -354,15 +372,15 @@ def test_explain_maps_a_merged_models_attention_back_to_the_patch_grid(built, tm
     from vitedge.backends import load_runner
     from vitedge.runtime.attention import attention_grid
 
-    model, checkpoint = reference(tmp_path)
-    onnx_path = export(checkpoint, tmp_path / "merged.onnx", 8)
+    model, _ = ref
+    onnx_path = exported(8)
     x = photos()
     if built:
         from vitedge.deploy import BuildOptions, build
         from vitedge.options import VerifyOptions
 
         onnx_path = build_path = tmp_path / "merged.cpu.onnx"
-        build(export(checkpoint, tmp_path / "merged.onnx", 8), build_path,
+        build(exported(8), build_path,
               BuildOptions(precision="fp32", profile="cpu", verify=VerifyOptions(enabled=False)))
         fused = [n for n in onnx.load(str(build_path)).graph.node if n.op_type == "MultiHeadAttention"]
         # every block fused; all but the first (sizes of one) with the log sizes as bias
@@ -393,8 +411,8 @@ def test_explain_maps_a_merged_models_attention_back_to_the_patch_grid(built, tm
     assert np.load(next((tmp_path / "maps").glob("*.npy"))).shape == (SIZE // PATCH,) * 2
 
 
-def test_explain_refuses_merged_attention_it_cannot_place(tmp_path, capsys):
-    _, checkpoint = reference(tmp_path)
+def test_explain_refuses_merged_attention_it_cannot_place(ref, tmp_path, capsys):
+    _, checkpoint = ref
     model = tmp_path / "merged.onnx"
     export_onnx(checkpoint, model, ExportOptions(num_heads=HEADS, merge=8, attention_outputs=True))
     from vitedge.backends.base import Runner
@@ -408,12 +426,11 @@ def test_explain_refuses_merged_attention_it_cannot_place(tmp_path, capsys):
     assert code != 0 and "merges tokens" in err and "Traceback" not in err
 
 
-def test_bench_shows_tokens_and_gflops_next_to_latency(tmp_path, capsys):
+def test_bench_shows_tokens_and_gflops_next_to_latency(exported, capsys):
     import json
 
-    _, checkpoint = reference(tmp_path)
-    merged = export(checkpoint, tmp_path / "merged.onnx", 8)
-    plain = export(checkpoint, tmp_path / "plain.onnx", None)
+    merged = exported(8)
+    plain = exported(None)
     code, out, err = run_cli(["bench", str(merged), str(plain), "--iterations", "3", "--json"],
                              capsys)
     assert code == 0, err

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import vitedge
-from tests.conftest import DEMO_CHECKPOINT, DEMO_TEST_IMAGES, FIXTURES, run_cli
+from tests.conftest import DEMO_CHECKPOINT, DEMO_TEST_IMAGES, FIXTURES, run_cli, streaming_pair
 from vitedge.errors import VitedgeError
 from vitedge.options import BuildOptions
 
@@ -29,13 +29,11 @@ OpenVINO reports its float parts run in (an FP32 build: FP32, vitedge export's t
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
+def work(tmp_path_factory, demo_streaming):
     """The demo checkpoint's streaming graph (k = 13) and its full pass beside it (k = every
     token, `cam.full.onnx`), exported by the library the CLI calls."""
-    from vitedge.export.streaming import export_streaming
-
     d = tmp_path_factory.mktemp("stream")
-    export_streaming(DEMO_CHECKPOINT, d / "cam.onnx", K)
+    streaming_pair(demo_streaming, d)
     return d
 
 

@@ -17,7 +17,7 @@ import onnx
 import pytest
 
 import vitedge
-from tests.conftest import DEMO_CHECKPOINT, DEMO_TEST_IMAGES, run_cli
+from tests.conftest import DEMO_CHECKPOINT, DEMO_TEST_IMAGES, run_cli, streaming_pair
 from vitedge.options import BuildOptions, CalibrationOptions, VerifyOptions
 
 pytest.importorskip("torch")
@@ -34,11 +34,10 @@ OPTIONS = BuildOptions(backend="onnxruntime", precision="int8", data=str(DATA),
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    from vitedge.export.streaming import export_streaming
-
+def work(tmp_path_factory, demo_streaming):
+    """The demo checkpoint's streaming pair at k = 13 (`cam.onnx`, `cam.full.onnx`)."""
     d = tmp_path_factory.mktemp("stream8")
-    export_streaming(DEMO_CHECKPOINT, d / "cam.onnx", K)
+    streaming_pair(demo_streaming, d)
     return d
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import vitedge
-from tests.conftest import DEMO_CHECKPOINT, run_cli
+from tests.conftest import run_cli, streaming_pair
 
 pytest.importorskip("torch")
 cv2 = pytest.importorskip("cv2")
@@ -32,12 +32,9 @@ MIN_AGREEMENT = 0.99
 
 
 @pytest.fixture(scope="module")
-def streaming(tmp_path_factory) -> Path:
+def streaming(tmp_path_factory, demo_streaming) -> Path:
     """The demo checkpoint's streaming graph at k = 13 of 50 tokens (its full pass beside)."""
-    from vitedge.export.streaming import export_streaming
-
-    return export_streaming(DEMO_CHECKPOINT, tmp_path_factory.mktemp("stream") / "k13.onnx",
-                            K).output
+    return streaming_pair(demo_streaming, tmp_path_factory.mktemp("stream"))
 
 
 @pytest.fixture(scope="module")
