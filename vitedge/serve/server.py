@@ -37,6 +37,8 @@ INSTALL_HINT = ("pip install --no-deps --target VENV/triton nvidia-pytriton==0.7
                 "--no-deps --target VENV/triton/stub-site 'numpy<2' (make setup does)")
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 20.0
+EXIT_TIMEOUT = 5
+"""Seconds Triton waits at a stop for requests in flight and connected clients."""
 
 
 @dataclass(frozen=True)
@@ -240,7 +242,9 @@ class TritonServer:
                 f"--grpc-address={self.host}", f"--metrics-address={self.host}",
                 f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
                 f"--metrics-port={self.metrics_port}", "--log-verbose=0",
-                "--exit-on-error=true", "--strict-readiness=true", *self.access.arguments()]
+                "--exit-on-error=true", "--strict-readiness=true",
+                # a client still connected at a stop holds Triton's exit for its 30 s default
+                f"--exit-timeout-secs={EXIT_TIMEOUT}", *self.access.arguments()]
         if self.models:
             args += ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models)]
         self._shm_before = _shm_regions()
