@@ -466,3 +466,31 @@ def test_a_merged_model_quantizes_to_int8_and_fp16(tmp_path):
             assert not any(".merge." in name for name in quantized)
         got = ort.InferenceSession(str(out)).run(None, {"images": x})[0]
         assert np.mean(reference.argmax(-1) == got.argmax(-1)) >= least, precision
+
+
+@pytest.mark.parametrize("scheme", ["vit", "all"])
+def test_a_batch_1_merged_export_quantizes_to_int8(scheme, tmp_path):
+    """With every shape static, the merge's row indices are one constant row (a range of
+    0); integer tensors (indices, shapes) are never calibrated or given Q/DQ, whatever the
+    scheme, so the INT8 graph runs and still classifies like its FP32 graph in ONNX Runtime."""
+    from tests.conftest import DEMO_CALIBRATION, DEMO_CHECKPOINT
+    from vitedge.options import CalibrationOptions, QuantizeOptions, QuantizeRequest
+    from vitedge.quantize import quantize_model
+    from vitedge.quantize.qdq import calibration_tensors
+
+    fp32, q = tmp_path / "m.onnx", tmp_path / "m.int8.onnx"
+    export_onnx(DEMO_CHECKPOINT, fp32, ExportOptions(merge=4, batch=1))
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(fp32)))
+    integers = {v.name for v in graph.graph.value_info
+                if v.type.tensor_type.elem_type == onnx.TensorProto.INT64}
+    assert integers and not integers & set(calibration_tensors(onnx.load(str(fp32))))
+    quantize_model(fp32, q, QuantizeRequest("int8", data=str(DEMO_CALIBRATION),
+                                            calibration=CalibrationOptions(num_images=32),
+                                            qdq=QuantizeOptions(scheme=scheme)))
+    x = np.stack([np.asarray(Image.open(p).resize((28, 28)), np.float32)[None] / 255.0
+                  for p in sorted(DEMO_CALIBRATION.rglob("*.png"))[:16]])
+    a = np.concatenate([ort.InferenceSession(str(fp32)).run(None, {"images": x[i:i + 1]})[0]
+                        for i in range(len(x))])
+    b = np.concatenate([ort.InferenceSession(str(q)).run(None, {"images": x[i:i + 1]})[0]
+                        for i in range(len(x))])
+    assert np.mean(a.argmax(-1) == b.argmax(-1)) >= 0.8

@@ -77,15 +77,26 @@ def plan_quantization(model: onnx.ModelProto, options: QuantizeOptions,
         inits = initializer_names(model)
         done = {(n, i) for slots in plan.activations.values() for n, i in slots}
         fused = fused_inside(model)
+        integers = integer_tensors(model)  # token merging's index arithmetic, shapes
         for node in model.graph.node:
             if node.op_type not in COMPUTE_OPS or node.name in fused or excluded(node.name):
                 continue
             for i, tensor in enumerate(node.input):
-                if tensor and tensor not in inits and (node.name, i) not in done:
+                if tensor and tensor not in inits and tensor not in integers and \
+                        (node.name, i) not in done:
                     add(tensor, node, i)
             if node.name not in plan.layers:
                 plan.layers.append(node.name)
     return plan
+
+
+def integer_tensors(model: onnx.ModelProto) -> set[str]:
+    """Tensors ONNX shape inference types as integers or booleans: never quantized."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+              onnx.TensorProto.DOUBLE, onnx.TensorProto.UNDEFINED}
+    return {v.name for v in values if v.type.tensor_type.elem_type not in floats}
 
 
 def fused_inside(model: onnx.ModelProto) -> set[str]:
