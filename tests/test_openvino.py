@@ -257,3 +257,27 @@ def test_a_static_batch_export_builds_verified_and_runs_any_batch(tmp_path, demo
     expected = np.concatenate([graph_output(model, x[i:i + 1]) for i in range(len(x))])
     assert got.shape == expected.shape == (5, 10)
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_bf16_float_parts_are_judged_against_their_graph_with_a_bf16_sized_bar():
+    """Near-tie outputs (random weights: no input's top-1 is decided) are judged by the worst
+    cosine with the graph: 0.999 where the float parts ran in FP32, 0.99 where they ran in
+    BF16, whose 8-bit mantissa alone costs ViT-S's tied logits about 5e-3."""
+    from vitedge.compare import agreement
+    from vitedge.verification import Verification, VerificationError, check_verification
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((64, 1000)) * 0.01  # near ties: nothing decided
+    noise = rng.standard_normal(ref.shape)
+    cand = ref + 0.1 * np.linalg.norm(ref, axis=-1, keepdims=True) * noise / np.linalg.norm(
+        noise, axis=-1, keepdims=True)  # worst cosine about 0.995
+    a = agreement(ref, cand)
+    assert a.decided == 0 and 0.99 < a.cosine_min < 0.999
+    for parts, passes in (("bf16", True), ("fp32", False), (None, False)):
+        v = Verification("openvino", "CPU", "64 inputs", False, "its graph", a, None,
+                         float_parts=parts)
+        if passes:
+            check_verification(v)
+        else:
+            with pytest.raises(VerificationError, match="worst cosine"):
+                check_verification(v)

@@ -29,7 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from vitedge.compare import COLLAPSE_COSINE, SAME_FUNCTION_COSINE, Agreement, agreement, judge
+from vitedge.compare import (
+    COLLAPSE_COSINE,
+    REDUCED_FLOAT_COSINE,
+    SAME_FUNCTION_COSINE,
+    Agreement,
+    agreement,
+    judge,
+)
 from vitedge.datasets import ImageSource, model_inputs
 from vitedge.errors import VitedgeError
 from vitedge.manifest import Manifest
@@ -67,6 +74,15 @@ class Verification:
     """A merged graph's artifact against the unmerged FP32 model."""
     unmerged_fp32_missing: str | None = None
     """Why a merged graph's artifact was not compared with the unmerged FP32 model."""
+    float_parts: str | None = None
+    """What the artifact's float arithmetic ran in (the runner's `float_parts`)."""
+
+    @property
+    def same_function_cosine(self) -> float:
+        """The worst-input cosine with its graph that a judgement by cosine needs: lower
+        where the float parts run in BF16 or FP16."""
+        return REDUCED_FLOAT_COSINE if self.float_parts in ("bf16", "fp16") else \
+            SAME_FUNCTION_COSINE
 
     @property
     def images(self) -> int:
@@ -140,6 +156,7 @@ def verify_artifact(runner: Any, graph: Any, graph_name: str, fp32: Path | None,
         min_agreement=options.min_agreement, min_fp32_agreement=options.min_fp32_agreement,
         judged=len(inputs) >= MIN_JUDGED, cpu=cpu, classifier=classifier,
         vs_unmerged_fp32=vs_unmerged, unmerged_fp32_missing=unmerged[1],
+        float_parts=getattr(runner, "float_parts", None),
         notes=[] if len(inputs) >= MIN_JUDGED else
         [f"verified on {len(inputs)} inputs only: too few to judge agreement (at least "
          f"{MIN_JUDGED}; " + ("give --data with more images: a build that calibrates holds at "
@@ -152,7 +169,7 @@ def check_verification(v: Verification, cause: Callable[[Verification], str] | N
     the failure) and what to try, when `v` fails."""
     if not v.judged:
         return
-    same = judge(v.vs_graph, v.min_agreement, SAME_FUNCTION_COSINE, v.classifier)
+    same = judge(v.vs_graph, v.min_agreement, v.same_function_cosine, v.classifier)
     if not same.ok:
         why = cause(v) if cause is not None else "it computes something else"
         raise VerificationError(
