@@ -110,8 +110,8 @@ def make_all(size: str, work: Path) -> dict[str, str]:
     vitedge_cli("export", str(hf), "--batch", "1", "-o", str(b1))
     vitedge_cli("export", str(hf), "--merge", str(MERGE_R), "--batch", "1", "-o", str(merged_b1))
     static = {"vitedge.merged": merged, "vitedge.b1": b1, "vitedge.merged.b1": merged_b1}
-    for stem in ("vitedge.merged", "vitedge.b1", "vitedge.merged.b1"):
-        vitedge_cli("build", str(static[stem]), *common, "--backend", "onnxruntime",
+    for stem, model in static.items():
+        vitedge_cli("build", str(model), *common, "--backend", "onnxruntime",
                     "-o", str(work / f"{stem}.int8.ort.onnx"))
     try:
         import openvino  # noqa: F401

@@ -346,11 +346,8 @@ def _verify(backend: Backend, built: BuiltArtifact, reference: Path | None,
         return {"skipped": skipped}
     from vitedge.verification import check_verification, verify_artifact
 
-    float_parts: list[str | None] = []
-
     def run() -> Any:
         with backend.load_built(built) as runner:
-            float_parts.append(runner.float_parts)
             return verify_artifact(runner, built.graph, built.graph_name, reference, *inputs,
                                    options.verify, backend.name, result.device,
                                    tensorrt_graph=built.portable_graph, cpu=built.cpu,
@@ -358,4 +355,4 @@ def _verify(backend: Backend, built: BuiltArtifact, reference: Path | None,
 
     verification = timed(step, run)
     check_verification(verification, lambda v: backend.disagreement(v, built))
-    return {**verification.to_dict(), "float_parts": float_parts[0]}
+    return verification.to_dict()

@@ -156,13 +156,19 @@ use 33-40 ms at 25-30 fps; 20 ms keeps a 15 fps camera's result within two frame
 
 # --- export -------------------------------------------------------------------------------
 
-def parse_batch(text: str) -> int | None:
-    """`--batch dynamic` or a fixed batch size."""
-    if text == "dynamic":
-        return None
+def _word_or_count(text: str, word: str, problem: str) -> str | int:
+    """`word` as given, or a positive count; else ValueError(`problem`)."""
+    if text == word:
+        return text
     if text.isdigit() and int(text) > 0:
         return int(text)
-    raise ValueError("use 'dynamic' or a positive number")
+    raise ValueError(problem)
+
+
+def parse_batch(text: str) -> int | None:
+    """`--batch dynamic` or a fixed batch size."""
+    batch = _word_or_count(text, "dynamic", "use 'dynamic' or a positive number")
+    return None if batch == "dynamic" else int(batch)
 
 
 def parse_merge(text: str) -> int | tuple[int, ...] | str:
@@ -178,11 +184,7 @@ def parse_merge(text: str) -> int | tuple[int, ...] | str:
 
 def parse_token_reuse(text: str) -> int | str:
     """`--token-reuse 50` (tokens recomputed per gate) or `auto`."""
-    if text == "auto":
-        return text
-    if text.isdigit() and int(text) > 0:
-        return int(text)
-    raise ValueError("use a positive token count (50) or 'auto'")
+    return _word_or_count(text, "auto", "use a positive token count (50) or 'auto'")
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,8 @@ class Verification:
                 "min_fp32_agreement": self.min_fp32_agreement, "judged": self.judged,
                 "cpu": self.cpu, "notes": self.notes, "classifier": self.classifier,
                 "vs_unmerged_fp32": self.vs_unmerged_fp32.to_dict() if self.vs_unmerged_fp32
-                else None, "unmerged_fp32_missing": self.unmerged_fp32_missing}
+                else None, "unmerged_fp32_missing": self.unmerged_fp32_missing,
+                "float_parts": self.float_parts}
 
 
 def verification_inputs(manifest: Manifest, held_out: ImageSource | None
@@ -156,7 +157,7 @@ def verify_artifact(runner: Any, graph: Any, graph_name: str, fp32: Path | None,
         min_agreement=options.min_agreement, min_fp32_agreement=options.min_fp32_agreement,
         judged=len(inputs) >= MIN_JUDGED, cpu=cpu, classifier=classifier,
         vs_unmerged_fp32=vs_unmerged, unmerged_fp32_missing=unmerged[1],
-        float_parts=getattr(runner, "float_parts", None),
+        float_parts=runner.float_parts,
         notes=[] if len(inputs) >= MIN_JUDGED else
         [f"verified on {len(inputs)} inputs only: too few to judge agreement (at least "
          f"{MIN_JUDGED}; " + ("give --data with more images: a build that calibrates holds at "

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from vitedge.architecture import ViTConfig, max_merge, merge_schedule
+from vitedge.compare import agreement as compare_outputs
 from vitedge.errors import VitedgeError
 from vitedge.report import Reporter
 
@@ -164,11 +165,11 @@ class ScheduleJudge:
         gflops = round(2 * self.cfg.replace(merge=tuple(schedule) if any(schedule) else ())
                        .macs() / 1e9, 4)
         agreement = error = None
+        compared = compare_outputs(self.reference, got)
         if self.classifier:
-            top1 = got.argmax(-1)
-            agreement = 100.0 * float(np.mean(top1 == self.reference_top1))
+            agreement = 100.0 * compared.top1_agreement
             if self.labels is not None:
-                gained = ((top1 == self.labels).astype(np.float64)
+                gained = ((got.argmax(-1) == self.labels).astype(np.float64)
                           - (self.reference_top1 == self.labels))
                 score = 100.0 * float(gained.mean())
                 error = 100.0 * float(gained.std(ddof=1) / np.sqrt(len(gained)))
@@ -176,10 +177,7 @@ class ScheduleJudge:
             else:
                 score, drop = agreement, 100.0 - agreement
         else:
-            ref = self.reference
-            cos = np.sum(ref * got, -1) / np.maximum(
-                np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1), 1e-30)
-            score = 100.0 * float(np.mean(cos))
+            score = 100.0 * compared.cosine
             drop = 100.0 - score
         return Candidate(r, list(schedule), gflops, round(score, 3),
                          bool(drop <= self.max_drop + 1e-9),
@@ -195,9 +193,9 @@ class ScheduleJudge:
 def searched_schedules(judge: ScheduleJudge, rep: Reporter, evals: int) -> list[Candidate]:
     """Every schedule a greedy search judged. From no merging, each round adds `step`
     merges to one block: of the additions within the budget, the one that removes the most
-    FLOPs per point of agreement it costs (plus a budget's worth). When none stays within it, `step` halves (and a
-    block whose addition failed is not tried again at that step). Ends when `step` reaches
-    0 or after `evals` schedules."""
+    FLOPs per point of agreement it costs (plus a budget's worth). When none stays within
+    it, `step` halves (and a block whose addition failed is not tried again at that step).
+    Ends when `step` reaches 0 or after `evals` schedules."""
     cfg = judge.cfg
     current = [0] * cfg.depth
     now = Candidate(None, current, judge.base_gflops, 0.0, True, agreement=100.0)

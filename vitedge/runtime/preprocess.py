@@ -287,7 +287,6 @@ def _aligned_window(size_in: int, size_out: int, keep: tuple[int, int], interpol
     return o0, o1, i0, i1
 
 
-@lru_cache(maxsize=64)
 def _window_is_exact(size_in: int, size_out: int, window: tuple[int, int, int, int],
                      keep: tuple[int, int], resample: int) -> bool:
     """Whether Pillow, resizing only the window's source lines, gives the kept output lines
@@ -309,10 +308,11 @@ def _window_is_exact(size_in: int, size_out: int, window: tuple[int, int, int, i
             and not whole[i1:].any())
 
 
+@lru_cache(maxsize=64)
 def _window(size_in: int, size_out: int, keep: tuple[int, int], interpolation: str
             ) -> tuple[int, int, int, int]:
     """The window one pass resizes for the kept output lines (`_aligned_window`), where
-    Pillow gives it the same coefficients; else the whole side."""
+    Pillow gives it the same coefficients; else the whole side. Found once per size."""
     whole = (0, size_out, 0, size_in)
     if interpolation == "nearest":  # an index lookup, not these coefficients
         return whole
