@@ -147,7 +147,7 @@ def onnx_from_vit(
     size: str | None = None
     counts = cfg.tokens_per_block()
     for i in range(cfg.depth):
-        merge = (cfg.merge[i], counts[i], opset) if cfg.merge else None
+        merge = (cfg.merge[i], counts[i]) if cfg.merge else None
         x, probs, size = _block(g, f"blocks.{i}", x, w, cfg, rope, merge, size)
         attn_names.append(probs)
 
@@ -319,9 +319,9 @@ def _rotate(g: GraphBuilder, name: str, x: str, cfg: ViTConfig, rope: tuple[str,
 
 
 def _block(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray], cfg: ViTConfig,
-           rope: tuple[str, str] | None = None, merge: tuple[int, int, int] | None = None,
+           rope: tuple[str, str] | None = None, merge: tuple[int, int] | None = None,
            size: str | None = None) -> tuple[str, str, str | None]:
-    """One encoder block; with `merge` = (r, tokens, opset), ToMe between attention and
+    """One encoder block; with `merge` = (r, tokens), ToMe between attention and
     MLP (`_merge`), proportional attention on the tokens' sizes `size` (B, T, 1)."""
     d = cfg.embed_dim
     h = _layer_norm(g, f"{p}.norm1", x, w, cfg.norm_eps)
@@ -334,6 +334,9 @@ def _block(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray], cfg: Vi
         biases = [w.get(f"{p}.attn.{n}.bias") for n in "qkv"]
         qkv_bias = None if all(b is None for b in biases) else np.concatenate(
             [b if b is not None else np.zeros(d, np.float32) for b in biases])
+    merging = merge is not None and merge[0] > 0
+    if merging:  # ToMe's metric: head_dim more output columns of the same GEMM
+        qkv_weight, qkv_bias = _with_key_mean(qkv_weight, qkv_bias, cfg)
     qkv = _linear(g, f"{p}.attn.qkv", h, qkv_weight, qkv_bias)
     axis = g.ints(f"{p}.attn.qkv.axis", [2])
     q, k, v = (
@@ -366,8 +369,12 @@ def _block(g: GraphBuilder, p: str, x: str, w: Mapping[str, np.ndarray], cfg: Vi
     if cfg.layer_scale:
         a = g.node("Mul", [a, g.const(f"{p}.ls1.gamma", w[f"{p}.ls1.gamma"])], f"{p}.ls1")
     x = g.node("Add", [x, a], f"{p}.residual1")
-    if merge is not None and merge[0]:
-        x, size = _merge(g, f"{p}.merge", x, size, k, cfg, *merge)
+    if merging:
+        assert merge is not None
+        metric = g.node("Slice", [qkv, g.ints(f"{p}.merge.metric.start", [3 * d]),
+                                  g.ints(f"{p}.merge.metric.end", [3 * d + cfg.head_dim]), axis],
+                        f"{p}.merge.metric.keys")
+        x, size = _merge(g, f"{p}.merge", x, size, metric, cfg, *merge)
 
     h = _layer_norm(g, f"{p}.norm2", x, w, cfg.norm_eps)
     h = _mlp(g, f"{p}.mlp", h, w, cfg)
@@ -387,11 +394,27 @@ def _log_size(g: GraphBuilder, p: str, size: str, tokens: int = -1) -> str:
                   f"{p}.log_size.keys")
 
 
-def _merge(g: GraphBuilder, p: str, x: str, size: str | None, keys: str, cfg: ViTConfig,
-           r: int, t: int, opset: int) -> tuple[str, str]:
+def _with_key_mean(weight: np.ndarray, bias: np.ndarray | None,
+                   cfg: ViTConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """The QKV Linear's weight (3D, D) and bias with ToMe's metric appended: the key rows
+    averaged over heads, so that the one GEMM also yields the keys' head mean (B, T,
+    head_dim). The same numbers as averaging the keys' heads, without the Reshape,
+    ReduceMean and layout change that cost about 60 us a merging block on OpenVINO at
+    ViT-S; the q, k and v columns, and so ONNX Runtime's attention fusion, are untouched."""
+    d, heads = cfg.embed_dim, cfg.num_heads
+    rows = weight[d:2 * d].reshape(heads, cfg.head_dim, -1).mean(axis=0, dtype=np.float64)
+    weight = np.concatenate([weight, rows.astype(weight.dtype)])
+    if bias is not None:
+        mean = bias[d:2 * d].reshape(heads, -1).mean(axis=0, dtype=np.float64)
+        bias = np.concatenate([bias, mean.astype(bias.dtype)])
+    return weight, bias
+
+
+def _merge(g: GraphBuilder, p: str, x: str, size: str | None, metric: str, cfg: ViTConfig,
+           r: int, t: int) -> tuple[str, str]:
     """ToMe's bipartite soft matching of the T tokens x (B, T, D), static shapes, ops every
     backend runs: tokens alternately into A (even) and B (odd); similarity = cosine of the
-    keys averaged over heads; each A token's best B partner (ReduceMax / ArgMax); the r
+    keys averaged over heads; each A token's best B partner (a TopK of 1); the r
     best edges (TopK r) merged into their partners by size-weighted mean. The output's
     order (prefix tokens first: class, registers, A's then B's; then the kept A tokens in
     their original order, then B) is one TopK of a constant rank plus T for each merged
@@ -403,14 +426,7 @@ def _merge(g: GraphBuilder, p: str, x: str, size: str | None, keys: str, cfg: Vi
     prefix = cfg.num_prefix_tokens
     ta, tb = (t + 1) // 2, t // 2
     ka, kb = (prefix + 1) // 2, prefix // 2
-    # the metric: keys (B, T, D) averaged over heads, L2-normalised
-    heads = g.node("Reshape", [keys, g.ints(f"{p}.keys.shape", [0, 0, cfg.num_heads, cfg.head_dim])],
-                   f"{p}.keys.heads")
-    if opset >= 18:
-        metric = g.node("ReduceMean", [heads, g.ints(f"{p}.keys.axes", [2])], f"{p}.metric.raw",
-                        keepdims=0)
-    else:
-        metric = g.node("ReduceMean", [heads], f"{p}.metric.raw", axes=[2], keepdims=0)
+    # the metric (B, T, head_dim): keys averaged over heads (`_with_key_mean`), L2-normalised
     metric = g.node("LpNormalization", [metric], f"{p}.metric", axis=-1, p=2)
     ma, mb = (g.node("Slice", [metric, g.ints(f"{p}.metric.{n}.start", [start]),
                                g.ints(f"{p}.metric.{n}.end", [t]), g.ints(f"{p}.metric.{n}.axis", [1]),
@@ -423,11 +439,14 @@ def _merge(g: GraphBuilder, p: str, x: str, size: str | None, keys: str, cfg: Vi
         mask[:, :ka] = -1e4
         mask[:, :, :kb] = -1e4
         scores = g.node("Add", [scores, g.const(f"{p}.protect", mask)], f"{p}.scores.protected")
-    if opset >= 18:
-        best = g.node("ReduceMax", [scores, g.ints(f"{p}.last_axis", [-1])], f"{p}.best", keepdims=0)
-    else:
-        best = g.node("ReduceMax", [scores], f"{p}.best", axes=[-1], keepdims=0)
-    partner = g.node("ArgMax", [scores], f"{p}.partner", axis=-1, keepdims=0)  # (B, ta)
+    # each A token's best B partner and its score: one TopK of 1 (OpenVINO runs ArgMax as a
+    # TopK six times slower, beside a ReduceMax); ties go to the lower index, as ArgMax's
+    g.nodes.append(helper.make_node("TopK", [scores, g.ints(f"{p}.one", [1])],
+                                    [f"{p}.best.col", f"{p}.partner.col"], name=f"{p}.match",
+                                    axis=-1))
+    flat = g.ints(f"{p}.flat", [0, -1])
+    best = g.node("Reshape", [f"{p}.best.col", flat], f"{p}.best")  # (B, ta)
+    partner = g.node("Reshape", [f"{p}.partner.col", flat], f"{p}.partner")  # (B, ta)
     g.nodes.append(helper.make_node("TopK", [best, g.ints(f"{p}.r", [r])],
                                     [f"{p}.edges", f"{p}.src"], name=f"{p}.choose", axis=-1))
     src = f"{p}.src"  # (B, r): A indices merged away, best edge first
