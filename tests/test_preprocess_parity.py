@@ -67,7 +67,7 @@ def test_exact_preprocessing_matches_hugging_face_processor(size, resample, mean
     ((0.2860,), (0.3530,), (28, 28)),
     ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), (16, 16, 1)),  # a gray frame for an RGB model
 ])
-def test_normalisation_by_table_is_the_per_pixel_arithmetic_exactly(mean, std, shape):
+def test_normalisation_is_the_per_pixel_arithmetic_exactly(mean, std, shape):
     pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     prep = Preprocess(crop=shape[:2], resize=shape[:2], resize_mode="exact",
                       interpolation="bilinear", mean=mean, std=std)

@@ -360,27 +360,22 @@ def resized_crop(image: Image.Image, prep: Preprocess) -> Image.Image:
     return out
 
 
-@lru_cache(maxsize=16)
-def normalize_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """(C, 256) float32: each uint8 level of each channel scaled to [0, 1] and normalised,
-    in the float32 arithmetic the reference libraries use per pixel."""
-    levels = np.arange(256, dtype=np.float32) * np.float32(1 / 255)
-    table = (levels[:, None] - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(table.T, dtype=np.float32)
-
-
 def normalize(pixels: np.ndarray, prep: Preprocess) -> np.ndarray:
     """HxWxC (or HxW grayscale) uint8 to CxHxW float32, scaled to [0, 1] and normalised
-    per channel. Looked up per level in `normalize_table`: the same numbers as computing
-    each pixel, in a sixth of the time (indexing by the uint8 plane itself: `np.take` would
-    first widen every index to 64 bits)."""
+    per channel: (x * float32(1/255) - mean) / std, in float32, one channel plane at a time
+    into the output (the reference libraries' arithmetic, so the same numbers; a third of
+    the time of looking each level up in a table, which widens every index to 64 bits)."""
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
-    table = normalize_table(tuple(prep.mean), tuple(prep.std))
-    channels = max(len(table), pixels.shape[2])
+    mean, std = np.asarray(prep.mean, np.float32), np.asarray(prep.std, np.float32)
+    channels = max(len(mean), pixels.shape[2])
     out = np.empty((channels, *pixels.shape[:2]), np.float32)
     for c in range(channels):
-        out[c] = table[c % len(table)][pixels[:, :, c % pixels.shape[2]]]
+        plane = out[c]
+        np.multiply(pixels[:, :, c % pixels.shape[2]], np.float32(1 / 255), out=plane,
+                    dtype=np.float32)
+        np.subtract(plane, mean[c % len(mean)], out=plane)
+        np.divide(plane, std[c % len(std)], out=plane)
     return out
 
 
