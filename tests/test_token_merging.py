@@ -301,8 +301,9 @@ def test_merge_auto_stays_within_the_budget_on_its_images(demo_fp32, tmp_path, c
     """On images in class folders the budget is the top-1 change against their labels, less
     two standard errors. The chooser's records are what ONNX Runtime measures for those
     schedules on the same images; the greedy search judged per-block schedules beside ToMe's
-    constant ones; what it chose is within --max-drop and was timed faster than the unmerged
-    model here, or nothing within the budget was faster and nothing merges."""
+    constant ones; what it chose is within --max-drop, was timed faster than the unmerged
+    model here and has the fewest FLOPs of those its rounds cannot tell from the fastest, or
+    nothing within the budget was faster and nothing merges."""
     import re
 
     from tests.conftest import DEMO_CALIBRATION, DEMO_CHECKPOINT
@@ -322,8 +323,16 @@ def test_merge_auto_stays_within_the_budget_on_its_images(demo_fp32, tmp_path, c
     timed = [c for c in judged if c["ms"] is not None]
     assert timed and all(c["within"] for c in timed)
     if choice["schedule"]:
+        # the fewest FLOPs of those faster than unmerged that the timings cannot tell from
+        # the fastest: slower in at most half the rounds plus two standard deviations of a
+        # fair coin's count (sqrt(n) / 2 each)
         chosen = next(c for c in judged if c["schedule"] == choice["schedule"])
-        assert chosen["ms"] == min(c["ms"] for c in timed) < unmerged["ms"]
+        fastest = min(timed, key=lambda c: c["ms"])
+        rounds = choice["rounds"]
+        tied = [c for c in timed if c["ms"] < unmerged["ms"]
+                and c["slower"] <= rounds / 2 + math.sqrt(rounds)]
+        assert fastest["slower"] == 0 and fastest in tied and rounds >= 20
+        assert chosen in tied and chosen["gflops"] == min(c["gflops"] for c in tied)
     else:
         assert all(c["ms"] >= unmerged["ms"] for c in timed)
     searched = [c for c in judged if c["r"] is None]
@@ -352,6 +361,44 @@ def test_merge_auto_stays_within_the_budget_on_its_images(demo_fp32, tmp_path, c
         assert c["error"] == pytest.approx(error, abs=0.01)
         assert c["agreement"] == pytest.approx(100 * np.mean(a == b), abs=0.01)
         assert c["within"] == (change - 2 * error >= -2)
+
+
+@pytest.mark.parametrize("one_fastest", [False, True])
+def test_merge_auto_breaks_ties_in_time_by_flops(one_fastest, tmp_path):
+    """Schedules whose paired rounds cannot tell them apart go to the one with the fewest
+    FLOPs; a schedule faster in every round wins, though it has the most. The rounds are
+    this test's own, given through `merge_timer`; the graphs timed have the export's batch
+    (a fixed 4, or the dynamic one, timed at 1)."""
+    from tests.conftest import DEMO_CALIBRATION, DEMO_CHECKPOINT
+    from vitedge.export.merge_choice import ScheduleTimer
+    from vitedge.manifest import manifest_from_onnx
+
+    batches = set()
+
+    def latencies(graphs):
+        batches.update(g.graph.input[0].type.tensor_type.shape.dim[0].dim_value for g in graphs)
+        flops = [manifest_from_onnx(g).architecture.macs() for g in graphs]
+        rounds = [[2.0] * 40]  # the unmerged model, slower than every schedule
+        for i, f in enumerate(flops[1:]):
+            if one_fastest and f == max(flops[1:]):
+                rounds.append([0.5] * 40)
+            else:  # alternately a little faster and a little slower than the others
+                rounds.append([1.0 + 0.01 * (-1) ** (k + i) for k in range(40)])
+        return rounds
+
+    out = tmp_path / "auto.onnx"
+    result = export_onnx(DEMO_CHECKPOINT, out, ExportOptions(
+        merge="auto", max_drop=2.0, merge_data=str(DEMO_CALIBRATION), merge_images=100,
+        batch=4 if one_fastest else None, verify=False),
+        merge_timer=ScheduleTimer("given rounds", latencies))
+    choice = result.manifest.source["merge_auto"]
+    assert batches == ({4} if one_fastest else {0})  # 0: a dynamic dimension
+    assert choice["timed_on"] == f"given rounds, batch {4 if one_fastest else 1}"
+    timed = [c for c in choice["candidates"][1:] if c["ms"] is not None]
+    assert len(timed) >= 2 and choice["rounds"] == 40
+    pick = max if one_fastest else min
+    expected = pick(timed, key=lambda c: c["gflops"])
+    assert choice["schedule"] == expected["schedule"] == list(result.manifest.architecture.merge)
 
 
 def test_merge_auto_needs_images(tmp_path, capsys):

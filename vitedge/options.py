@@ -239,7 +239,8 @@ class ExportOptions:
     """SigLIP's logit bias (default: the text tower's)."""
     merge: int | tuple[int, ...] | str | None = option(
         help="Token merging (ToMe) in the graph: tokens merged per block (8), one count per "
-        "block (8,8,4,...), or auto: the fastest schedule on this machine within --max-drop.",
+        "block (8,8,4,...), or auto: the fastest schedule on this machine within --max-drop "
+        "(timed at --batch, 1 for a dynamic batch).",
         parse=parse_merge, metavar="R")
     """Token merging: r per block (int), one r per block (tuple), or "auto" (`vitedge.
     export.merge_schedule`); None: none."""

@@ -196,7 +196,7 @@ def merged(imported: Any, opts: ExportOptions, rep: Reporter, timer: Any = None
         from vitedge.export.merge_choice import choose_schedule
 
         choice = choose_schedule(imported, opts.max_drop, opts.merge_data, rep, timer,
-                                 images=opts.merge_images)
+                                 images=opts.merge_images, batch=opts.batch)
         schedule = choice.schedule
     else:
         assert not isinstance(opts.merge, str) and opts.merge is not None
@@ -213,9 +213,12 @@ def merge_note(choice: Any) -> str:
     best = next(c for c in choice.candidates if c.schedule == list(choice.schedule))
     base = choice.candidates[0]
     which = f"r {best.r}" if best.r is not None else "schedule " + ",".join(map(str, best.schedule))
+    fastest = min((c for c in choice.candidates[1:] if c.ms is not None), key=lambda c: c.ms)
+    tie = (f"; ties with the fastest ({fastest.ms} ms, slower in {best.slower} of "
+           f"{choice.rounds} rounds) with fewer FLOPs" if fastest is not best else "")
     return (f"--merge auto: {which} ({best.gflops} GFLOPs, {base.gflops} unmerged), "
             f"{choice.measure} {best.score} on {choice.images} held-out images, "
-            f"{best.ms} ms against {base.ms} ms unmerged ({choice.timed_on}, here)")
+            f"{best.ms} ms against {base.ms} ms unmerged ({choice.timed_on}, here){tie}")
 
 
 def check_onnx(model: Any) -> None:

@@ -5,11 +5,14 @@ for less accuracy than merging a little everywhere); each is judged on held-out 
 against the unmerged model: the top-1 change against their labels where the images sit in
 folders named after the model's labels, else top-1 agreement (the embedding's cosine for a
 model without a head). Of those within `--max-drop`, the one fastest *measured here* wins:
-fewer FLOPs is not always less time. `vitedge export` times the schedules with ONNX Runtime;
-`vitedge build` with the backend it builds for (`backend_timer`)."""
+fewer FLOPs is not always less time. Where the timings cannot tell schedules apart (paired
+rounds, a sign test: `TIE_SIGMAS`), the one with fewer FLOPs wins. `vitedge export` times
+the schedules with ONNX Runtime; `vitedge build` with the backend it builds for
+(`backend_timer`)."""
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -43,6 +46,11 @@ CONFIDENCE = 2.0
 """A top-1 change against labels is within the budget when the change less this many
 standard errors is: out of a few hundred images, many schedules would otherwise pass by
 chance (selection among them favours the lucky ones)."""
+TIE_SIGMAS = 2.0
+"""A schedule ties with the fastest unless it ran slower in more of the interleaved rounds
+than half plus this many standard deviations of a fair coin's count (a sign test on paired
+rounds). Of tied schedules the one with the fewest FLOPs wins: the timings cannot tell them
+apart, and fewer FLOPs carry over to a busier machine and to larger batches."""
 
 
 @dataclass
@@ -61,9 +69,12 @@ class Candidate:
     error: float | None = None
     """One standard error of a top-1 change, in points: within the budget means the change
     less CONFIDENCE of these is no worse than -max_drop."""
+    slower: int | None = None
+    """Of the timed rounds (`MergeChoice.rounds`), in how many it ran slower than the
+    fastest schedule (`TIE_SIGMAS`)."""
 
 
-ONNXRUNTIME = "ONNX Runtime, batch 1"
+ONNXRUNTIME = "ONNX Runtime"
 TOP1_CHANGE = "top-1 change against the labels, points"
 AGREEMENT = "top-1 agreement %"
 COSINE = "mean cosine x 100"
@@ -76,24 +87,26 @@ class MergeChoice:
     images: int
     measure: str
     candidates: list[Candidate] = field(default_factory=list)
-    timed_on: str = ONNXRUNTIME
-    """What the schedules' milliseconds were measured with, in words."""
+    timed_on: str = f"{ONNXRUNTIME}, batch 1"
+    """What the schedules' milliseconds were measured with, and at what batch, in words."""
+    rounds: int = 0
+    """Interleaved rounds each timed schedule ran."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"schedule": list(self.schedule), "max_drop": self.max_drop, "images": self.images,
                 "measure": self.measure, "candidates": [asdict(c) for c in self.candidates],
-                "timed_on": self.timed_on}
+                "timed_on": self.timed_on, "rounds": self.rounds}
 
 
 @dataclass(frozen=True)
 class ScheduleTimer:
     """How the schedules within the budget are timed: `latencies(graphs)` is each FP32
-    graph's (an onnx.ModelProto with its manifest) median milliseconds at batch 1 on this
-    machine, the graphs run in turn round after round so that a busy spell hits all alike;
+    graph's (an onnx.ModelProto with its manifest) milliseconds at the graph's batch (1 where
+    it is dynamic) on this machine, round by round, the graphs run in turn each round so that a busy spell hits all alike;
     `where` says with what."""
 
     where: str
-    latencies: Callable[[list[Any]], list[float]]
+    latencies: Callable[[list[Any]], list[list[float]]]
 
 
 def candidate_schedules(cfg: ViTConfig, steps: int = CANDIDATES) -> list[tuple[int, tuple[int, ...]]]:
@@ -229,11 +242,12 @@ def searched_schedules(judge: ScheduleJudge, rep: Reporter, evals: int) -> list[
 
 
 def choose_schedule(imported: Any, max_drop: float, data: Any, rep: Reporter,
-                    timer: ScheduleTimer | None = None, images: int = CHOICE_IMAGES
-                    ) -> MergeChoice:
+                    timer: ScheduleTimer | None = None, images: int = CHOICE_IMAGES,
+                    batch: int | None = None) -> MergeChoice:
     """The schedule for `imported` (`vitedge.model.importer.ImportedViT`) within `max_drop`
     on `images` images from `data`, the fastest as `timer` measures (default: ONNX
-    Runtime); () when no merging stays within it or none is faster."""
+    Runtime) at the export's fixed `batch` (None, a dynamic batch: 1); () when no merging
+    stays within it or none is faster."""
     from vitedge.datasets import image_source, model_inputs
 
     if data is None:
@@ -261,23 +275,38 @@ def choose_schedule(imported: Any, max_drop: float, data: Any, rep: Reporter,
     within = sorted((c for c in found if c.within), key=lambda c: c.gflops)
     chosen = within[:TIMED] + [c for c in within[TIMED:] if c.r is not None][:1]
     timer = timer or onnxruntime_timer()
+    where = f"{timer.where}, batch {batch or 1}"
     measure = judge.measure
     unmerged = Candidate(0, [], round(judge.base_gflops, 4),
                          0.0 if measure == TOP1_CHANGE else 100.0, True,
                          agreement=100.0 if judge.classifier else None)
     if not chosen:
-        return MergeChoice((), max_drop, len(x), measure, [unmerged, *found], timer.where)
-    rep.step(f"merge auto: timing {len(chosen)} schedules and the unmerged model "
-             f"({timer.where})")
-    unmerged.ms, *times = timer.latencies([_graph(imported, imported.config)] + [
-        _graph(imported, imported.config.replace(merge=tuple(c.schedule))) for c in chosen])
-    for c, ms in zip(chosen, times, strict=True):
-        c.ms = ms
-    best = min(chosen, key=lambda c: c.ms or 0.0)
+        return MergeChoice((), max_drop, len(x), measure, [unmerged, *found], where)
+    rep.step(f"merge auto: timing {len(chosen)} schedules and the unmerged model ({where})")
+    base, *times = timer.latencies([_graph(imported, imported.config, batch)] + [
+        _graph(imported, imported.config.replace(merge=tuple(c.schedule)), batch)
+        for c in chosen])
+    unmerged.ms = _median_ms(base)
+    for c, rounds in zip(chosen, times, strict=True):
+        c.ms = _median_ms(rounds)
     found.insert(0, unmerged)
-    if best.ms is None or unmerged.ms is None or best.ms >= unmerged.ms:
-        return MergeChoice((), max_drop, len(x), measure, found, timer.where)
-    return MergeChoice(tuple(best.schedule), max_drop, len(x), measure, found, timer.where)
+    fastest = min(range(len(chosen)), key=lambda i: chosen[i].ms or 0.0)
+    for c, rounds in zip(chosen, times, strict=True):
+        c.slower = sum(a > b for a, b in zip(rounds, times[fastest], strict=True))
+    faster = [c for c in chosen if c.ms is not None and unmerged.ms is not None
+              and c.ms < unmerged.ms and ties(c.slower or 0, len(base))]
+    schedule = tuple(min(faster, key=lambda c: c.gflops).schedule) if faster else ()
+    return MergeChoice(schedule, max_drop, len(x), measure, found, where, len(base))
+
+
+def ties(slower: int, rounds: int) -> bool:
+    """Whether a schedule that ran slower than the fastest in `slower` of `rounds` paired
+    rounds ties with it (`TIE_SIGMAS`)."""
+    return slower <= rounds / 2 + TIE_SIGMAS * math.sqrt(rounds) / 2
+
+
+def _median_ms(rounds: list[float]) -> float:
+    return round(float(np.median(rounds)), 3)
 
 
 def _labels(source: Any, labels: list[str] | None, count: int) -> np.ndarray | None:
@@ -295,12 +324,13 @@ def _labels(source: Any, labels: list[str] | None, count: int) -> np.ndarray | N
     return np.array(found)
 
 
-def _graph(imported: Any, cfg: ViTConfig) -> Any:
-    """The FP32 graph of `imported` with `cfg`'s merging (a dynamic batch), its manifest in."""
+def _graph(imported: Any, cfg: ViTConfig, batch: int | None) -> Any:
+    """The FP32 graph of `imported` with `cfg`'s merging for `batch` (None: dynamic), its
+    manifest in."""
     from vitedge.export.onnx_graph import onnx_from_vit
     from vitedge.manifest import set_onnx_manifest
 
-    model = onnx_from_vit(cfg, imported.model.state_dict(), "images", batch=None)
+    model = onnx_from_vit(cfg, imported.model.state_dict(), "images", batch=batch)
     manifest = imported.manifest("images")
     manifest.architecture = cfg
     set_onnx_manifest(model, manifest)
@@ -311,7 +341,7 @@ def onnxruntime_timer() -> ScheduleTimer:
     """The schedules timed with ONNX Runtime (what `vitedge export` runs them with)."""
     from vitedge.sessions import ort_session
 
-    def latencies(graphs: list[Any]) -> list[float]:
+    def latencies(graphs: list[Any]) -> list[list[float]]:
         sessions = [ort_session(g) for g in graphs]
         return _interleaved_ms([partial(_run_session, s) for s in sessions], graphs[0])
 
@@ -326,7 +356,7 @@ def backend_timer(backend: Any, profile: Any, batch: Any, precision: str,
                   report: Reporter | None = None) -> ScheduleTimer:
     """The schedules timed as `backend` (`vitedge.backends.Backend`) runs them here: each
     graph built by it for `profile` at `precision` (one it computes from the FP32 graph,
-    or fp32), loaded as the build's verification loads it, and timed at batch 1. Where its
+    or fp32), loaded as the build's verification loads it, and timed. Where its
     artifacts cannot run on this machine, ONNX Runtime times them, and `where` says so."""
     from vitedge.backends.base import BuildRequest
     from vitedge.graph import save_onnx
@@ -337,7 +367,7 @@ def backend_timer(backend: Any, profile: Any, batch: Any, precision: str,
         return ScheduleTimer(f"{ort.where} ({backend.product} cannot run here: {cannot})",
                              ort.latencies)
 
-    def latencies(graphs: list[Any]) -> list[float]:
+    def latencies(graphs: list[Any]) -> list[list[float]]:
         with tempfile.TemporaryDirectory(prefix="vitedge-merge-") as folder:
             runners = []
             try:
@@ -355,15 +385,17 @@ def backend_timer(backend: Any, profile: Any, batch: Any, precision: str,
                 for runner in runners:
                     runner.close()
 
-    return ScheduleTimer(f"{backend.product} ({precision}), batch 1", latencies)
+    return ScheduleTimer(f"{backend.product} ({precision})", latencies)
 
 
 def _interleaved_ms(runs: list[Callable[[np.ndarray], Any]], graph: Any, rounds: int = 40
-                    ) -> list[float]:
-    """Median milliseconds of each `run(x)` at batch 1 (x: random images the size `graph`
-    takes), the runs made in turn round after round, warm-up rounds left out."""
+                    ) -> list[list[float]]:
+    """Milliseconds of each `run(x)` in each of `rounds` rounds (x: random images the size
+    `graph` takes, as many as its fixed batch, else one), the runs made in turn round after
+    round, warm-up rounds left out."""
     cfg = _manifest(graph).architecture
-    x = np.random.default_rng(0).standard_normal((1, cfg.in_chans, *cfg.img_size)).astype(np.float32)
+    batch = graph.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1
+    x = np.random.default_rng(0).standard_normal((batch, cfg.in_chans, *cfg.img_size)).astype(np.float32)
     times: list[list[float]] = [[] for _ in runs]
     for i in range(rounds + 3):
         for run, spent in zip(runs, times, strict=True):
@@ -371,7 +403,7 @@ def _interleaved_ms(runs: list[Callable[[np.ndarray], Any]], graph: Any, rounds:
             run(x)
             if i >= 3:  # warm-up rounds left out
                 spent.append(time.perf_counter() - start)
-    return [round(1000 * float(np.median(t)), 3) for t in times]
+    return [[1000 * t for t in spent] for spent in times]
 
 
 def _manifest(graph: Any) -> Any:
