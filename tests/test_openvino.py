@@ -279,5 +279,23 @@ def test_bf16_float_parts_are_judged_against_their_graph_with_a_bf16_sized_bar()
         if passes:
             check_verification(v)
         else:
-            with pytest.raises(VerificationError, match="worst cosine"):
+            with pytest.raises(VerificationError, match="worst cosine") as failed:
                 check_verification(v)
+            # no flag lowers a cosine bar: the hint does not offer --min-agreement
+            assert "--min-agreement lowers" not in failed.value.hint
+            assert "give --data images of the model's own classes" in failed.value.hint
+
+
+def test_a_top1_judged_failure_offers_min_agreement():
+    from vitedge.compare import agreement
+    from vitedge.verification import Verification, VerificationError, check_verification
+
+    ref = np.zeros((64, 10))
+    ref[np.arange(64), np.arange(64) % 10] = 10.0  # every top-1 decided
+    cand = np.roll(ref, 1, axis=-1)  # every top-1 moved
+    a = agreement(ref, cand)
+    assert a.decided == 64 and a.decided_agreement == 0.0
+    v = Verification("openvino", "CPU", "64 inputs", False, "its graph", a, None)
+    with pytest.raises(VerificationError, match="top-1 agreement 0.0%") as failed:
+        check_verification(v)
+    assert "--min-agreement lowers the bar" in failed.value.hint

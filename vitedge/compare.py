@@ -102,6 +102,8 @@ class Judgement:
     ok: bool
     measure: str
     """What was judged, in words, e.g. 'top-1 agreement 99.2% on 120 decided inputs'."""
+    by_top1: bool = False
+    """Judged by top-1 agreement (else by cosine)."""
 
 
 def judge(a: Agreement, least_top1: float, least_cosine: float, classifier: bool,
@@ -114,7 +116,7 @@ def judge(a: Agreement, least_top1: float, least_cosine: float, classifier: bool
         return Judgement(a.decided_agreement >= least_top1,
                          f"top-1 agreement {a.decided_agreement:.1%} on the {a.decided} of "
                          f"{a.images} inputs whose reference top-1 is decided (at least "
-                         f"{least_top1:.1%} needed)")
+                         f"{least_top1:.1%} needed)", by_top1=True)
     cosine = a.cosine_min if worst else a.cosine
     why = "" if not classifier else (f" (the reference's top-1 is decided on only {a.decided} "
                                      f"of {a.images} inputs)")

@@ -176,7 +176,12 @@ def check_verification(v: Verification, cause: Callable[[Verification], str] | N
         raise VerificationError(
             f"the {v.backend} artifact agrees with {v.graph} on {v.data} by only "
             f"{same.measure}: {why}",
-            "nothing was written; --min-agreement lowers the bar if this is expected")
+            "nothing was written; --min-agreement lowers the bar if this is expected"
+            if same.by_top1 else
+            "nothing was written; the bar is a cosine here, which no flag lowers: "
+            + ("give --data images of the model's own classes, on which top-1 agreement can "
+               "judge (and --min-agreement set its bar)" if v.classifier else
+               "try another --precision or backend"))
     kept = judge(v.vs_fp32, v.min_fp32_agreement, COLLAPSE_COSINE, v.classifier, worst=False) \
         if v.vs_fp32 is not None else None
     if kept is not None and not kept.ok:
