@@ -4,7 +4,8 @@ NNCF's post-training quantization (+ `cv2.dnn.blobFromImage`, as OpenVINO's samp
 ONNX Runtime's own static quantizer (QDQ, per channel; + the same blob), and vitedge's INT8
 artifact on each CPU backend installed (`vitedge.open`, exact and fast preprocessing), and
 the same with token merging in the graph (`vitedge export --merge 13`, issue 32), each also
-exported for batch 1 (`--batch 1`: every shape static, a single camera's latency build).
+exported for batch 1 (`--batch 1`: every shape static, a single camera's latency build), and
+the same FLOPs merged in half the blocks (`--merge 24,0,24,0,...`, batch 1).
 
 All start from the same random-weight Hugging Face `ViTForImageClassification` (ViT-S/16 or
 ViT-B/16 at 224) and calibrate on the same images. Each contender runs in a process of its
@@ -42,6 +43,9 @@ ROUNDS, FRAMES, WARMUP, THREADS = 5, 20, 3, 2
 MERGE_R = 13
 """Tokens merged per block (ToMe, `vitedge export --merge`) for the merged contenders: at
 12 blocks of 197 tokens, about 40 % of the FLOPs removed."""
+SPARSE = ",".join(["24", "0"] * 6)
+"""The same 41 % of ViT-S's FLOPs in half the merging blocks (`--merge 24,0,24,0,...`): each
+merge's gathers and one-hot products cost about the same at any r."""
 CONTENDERS = {
     "hf": "HF eager FP32 (+ ViTImageProcessor)",
     "ov-fp32": "OpenVINO FP32 (+ cv2 blob)",
@@ -56,6 +60,8 @@ CONTENDERS = {
     "vitedge-b1-openvino": "vitedge INT8, exported for batch 1, openvino (exact / fast)",
     "vitedge-merged-b1-onnxruntime": f"vitedge INT8 + token merging r = {MERGE_R}, exported for batch 1, onnxruntime (exact / fast)",
     "vitedge-merged-b1-openvino": f"vitedge INT8 + token merging r = {MERGE_R}, exported for batch 1, openvino (exact / fast)",
+    "vitedge-sparse-b1-onnxruntime": "vitedge INT8 + token merging r = 24 in every other block, exported for batch 1, onnxruntime (exact / fast)",
+    "vitedge-sparse-b1-openvino": "vitedge INT8 + token merging r = 24 in every other block, exported for batch 1, openvino (exact / fast)",
 }
 ARTIFACTS = {"vitedge-onnxruntime": ["vitedge.int8.ort.onnx"],
              "vitedge-openvino": ["vitedge.int8.ov.xml", "vitedge.int8.ov.bin"],
@@ -66,7 +72,10 @@ ARTIFACTS = {"vitedge-onnxruntime": ["vitedge.int8.ort.onnx"],
              "vitedge-b1-openvino": ["vitedge.b1.int8.ov.xml", "vitedge.b1.int8.ov.bin"],
              "vitedge-merged-b1-onnxruntime": ["vitedge.merged.b1.int8.ort.onnx"],
              "vitedge-merged-b1-openvino": ["vitedge.merged.b1.int8.ov.xml",
-                                            "vitedge.merged.b1.int8.ov.bin"]}
+                                            "vitedge.merged.b1.int8.ov.bin"],
+             "vitedge-sparse-b1-onnxruntime": ["vitedge.sparse.b1.int8.ort.onnx"],
+             "vitedge-sparse-b1-openvino": ["vitedge.sparse.b1.int8.ov.xml",
+                                            "vitedge.sparse.b1.int8.ov.bin"]}
 
 
 # --- made once (the Hugging Face model in a child process: torch stays out of this one) ---
@@ -109,7 +118,10 @@ def make_all(size: str, work: Path) -> dict[str, str]:
     b1, merged_b1 = work / "b1.fp32.onnx", work / "merged.b1.fp32.onnx"
     vitedge_cli("export", str(hf), "--batch", "1", "-o", str(b1))
     vitedge_cli("export", str(hf), "--merge", str(MERGE_R), "--batch", "1", "-o", str(merged_b1))
-    static = {"vitedge.merged": merged, "vitedge.b1": b1, "vitedge.merged.b1": merged_b1}
+    sparse_b1 = work / "sparse.b1.fp32.onnx"
+    vitedge_cli("export", str(hf), "--merge", SPARSE, "--batch", "1", "-o", str(sparse_b1))
+    static = {"vitedge.merged": merged, "vitedge.b1": b1, "vitedge.merged.b1": merged_b1,
+              "vitedge.sparse.b1": sparse_b1}
     for stem, model in static.items():
         vitedge_cli("build", str(model), *common, "--backend", "onnxruntime",
                     "-o", str(work / f"{stem}.int8.ort.onnx"))
@@ -118,7 +130,8 @@ def make_all(size: str, work: Path) -> dict[str, str]:
     except ImportError:
         missing.update({k: "openvino is not installed" for k in
                         ("ov-fp32", "ov-nncf", "vitedge-openvino", "vitedge-merged-openvino",
-                         "vitedge-b1-openvino", "vitedge-merged-b1-openvino")})
+                         "vitedge-b1-openvino", "vitedge-merged-b1-openvino",
+                         "vitedge-sparse-b1-openvino")})
     else:
         vitedge_cli("build", str(fp32), *common, "--backend", "openvino",
                     "-o", str(work / "vitedge.int8.ov.xml"))
@@ -331,6 +344,14 @@ def run(size: str, work: Path) -> str:
                         f" ({best[unmerged] / best[m]:.2f}x its batch-1 export)" if form else "")
                     + (f", {best['ov-nncf'] / best[m]:.2f}x OpenVINO INT8, NNCF"
                        if "ov-nncf" in best else ""))
+        sparse, unmerged = f"vitedge-sparse-b1-{ours}", f"vitedge-b1-{ours}"
+        if sparse in best and unmerged in best:
+            merging.append(
+                f"{ours}, r = 24 in every other block (batch-1 exports): "
+                f"{best[f'vitedge-{ours}'] / best[sparse]:.2f}x vitedge INT8 unmerged "
+                f"({best[unmerged] / best[sparse]:.2f}x its batch-1 export)"
+                + (f", {best['ov-nncf'] / best[sparse]:.2f}x OpenVINO INT8, NNCF"
+                   if "ov-nncf" in best else ""))
     return (f"\n### ViT-{size[0].upper()}/16 at 224\n\n"
             "| contender | model ms | frame -> top-1 ms | logits cosine vs FP32 | top-1 agreement "
             "vs FP32 | size |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
