@@ -235,6 +235,21 @@ def test_merge_auto_times_the_schedules_with_the_builds_backend(folder, tmp_path
     assert choice["measure"] == "top-1 agreement %"  # the images carry no labels
     assert all(c["within"] == (100 - c["agreement"] <= 10) for c in choice["candidates"])
 
+    # built again (another artifact name): the export chosen and timed the same way is
+    # reused, nothing is re-timed
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(OpenVINOBackend, "build",
+                      lambda self, request, path: built.append(request.model) or
+                      real(self, request, path))
+        code, out, err = run_cli(["build", str(tmp_path / "fm.safetensors"), "--merge", "auto",
+                                  "--merge-max-drop", "10", "--precision", "fp32", "--backend",
+                                  "openvino", "--data", str(DEMO_CALIBRATION),
+                                  "--merge-data", str(judge), "--verify-images", "32",
+                                  "-o", str(tmp_path / "again.ov.xml"), "--json"], capsys)
+    assert code == 0, err
+    assert len(built) == len(timed) + 2  # only the artifact was built again
+    assert any("reused: its --merge auto schedule" in n for n in json.loads(out)["notes"])
+
 
 def test_an_embedding_models_build_is_compared_with_the_unmerged_one_by_cosine(tmp_path,
                                                                                capsys):

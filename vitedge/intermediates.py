@@ -71,7 +71,11 @@ class Intermediates:
 
         export = export or ExportOptions(batch=None)
         sha = sha256_file(checkpoint) if checkpoint.is_file() else None
-        timed_on = getattr(merge_timer, "where", None) if export.merge == "auto" else None
+        timed_on = None
+        if export.merge == "auto" and merge_timer is not None:
+            from vitedge.export.merge_choice import timed_on as merge_timed_on
+
+            timed_on = merge_timed_on(merge_timer, export.batch)
 
         def matches(p: Path) -> bool:
             m = manifest_of(p)

@@ -275,7 +275,7 @@ def choose_schedule(imported: Any, max_drop: float, data: Any, rep: Reporter,
     within = sorted((c for c in found if c.within), key=lambda c: c.gflops)
     chosen = within[:TIMED] + [c for c in within[TIMED:] if c.r is not None][:1]
     timer = timer or onnxruntime_timer()
-    where = f"{timer.where}, batch {batch or 1}"
+    where = timed_on(timer, batch)
     measure = judge.measure
     unmerged = Candidate(0, [], round(judge.base_gflops, 4),
                          0.0 if measure == TOP1_CHANGE else 100.0, True,
@@ -297,6 +297,12 @@ def choose_schedule(imported: Any, max_drop: float, data: Any, rep: Reporter,
               and c.ms < unmerged.ms and ties(c.slower or 0, len(base))]
     schedule = tuple(min(faster, key=lambda c: c.gflops).schedule) if faster else ()
     return MergeChoice(schedule, max_drop, len(x), measure, found, where, len(base))
+
+
+def timed_on(timer: ScheduleTimer, batch: int | None) -> str:
+    """What the schedules of an export for `batch` (None: dynamic) are timed with, in words,
+    as the manifest records it (`MergeChoice.timed_on`)."""
+    return f"{timer.where}, batch {batch or 1}"
 
 
 def ties(slower: int, rounds: int) -> bool:
