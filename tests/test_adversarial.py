@@ -43,7 +43,7 @@ def work(tmp_path_factory) -> dict[str, Path]:
     ckpt = d / "vit.safetensors"
     shutil.copy(DEMO_CHECKPOINT, ckpt)
     assert run_cli(["build", str(ckpt), "--precision", "int8", "--data", str(DEMO_CALIBRATION),
-                    "--json"], _Quiet())[0] == 0
+                    "--backend", "onnxruntime", "--json"], _Quiet())[0] == 0  # its artifact below
     return {"dir": d, "checkpoint": ckpt, "fp32": d / "vit.onnx", "int8": d / "vit.int8.onnx",
             "artifact": d / "vit.int8.ort.onnx", "table": d / "vit.calib.json"}
 
