@@ -213,15 +213,19 @@ def test_merge_auto_times_the_schedules_with_the_builds_backend(folder, tmp_path
         shutil.copy(image, judge / f"{len(list(judge.iterdir()))}{Path(image).suffix}")
     built: list[Path] = []
     real = OpenVINOBackend.build
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(OpenVINOBackend, "build",
-                      lambda self, request, path: built.append(request.model) or
-                      real(self, request, path))
-        code, out, err = run_cli(["build", str(tmp_path / "fm.safetensors"), "--merge", "auto",
-                                  "--merge-max-drop", "10", "--precision", "fp32", "--backend",
-                                  "openvino", "--data", str(DEMO_CALIBRATION),
-                                  "--merge-data", str(judge),
-                                  "--verify-images", "32", "--json"], capsys)
+
+    def build_auto(*extra: str) -> tuple[int, str, str]:
+        """The build, each OpenVINO build it makes recorded in `built`."""
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(OpenVINOBackend, "build",
+                          lambda self, request, path: built.append(request.model) or
+                          real(self, request, path))
+            return run_cli(["build", str(tmp_path / "fm.safetensors"), "--merge", "auto",
+                            "--merge-max-drop", "10", "--precision", "fp32", "--backend",
+                            "openvino", "--data", str(DEMO_CALIBRATION), "--merge-data",
+                            str(judge), "--verify-images", "32", *extra, "--json"], capsys)
+
+    code, out, err = build_auto()
     assert code == 0, err
     result = json.loads(out)
     choice = result["merge"]["auto"]
@@ -237,15 +241,7 @@ def test_merge_auto_times_the_schedules_with_the_builds_backend(folder, tmp_path
 
     # built again (another artifact name): the export chosen and timed the same way is
     # reused, nothing is re-timed
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(OpenVINOBackend, "build",
-                      lambda self, request, path: built.append(request.model) or
-                      real(self, request, path))
-        code, out, err = run_cli(["build", str(tmp_path / "fm.safetensors"), "--merge", "auto",
-                                  "--merge-max-drop", "10", "--precision", "fp32", "--backend",
-                                  "openvino", "--data", str(DEMO_CALIBRATION),
-                                  "--merge-data", str(judge), "--verify-images", "32",
-                                  "-o", str(tmp_path / "again.ov.xml"), "--json"], capsys)
+    code, out, err = build_auto("-o", str(tmp_path / "again.ov.xml"))
     assert code == 0, err
     assert len(built) == len(timed) + 2  # only the artifact was built again
     assert any("reused: its --merge auto schedule" in n for n in json.loads(out)["notes"])
