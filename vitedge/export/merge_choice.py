@@ -102,8 +102,8 @@ class MergeChoice:
 class ScheduleTimer:
     """How the schedules within the budget are timed: `latencies(graphs)` is each FP32
     graph's (an onnx.ModelProto with its manifest) milliseconds at the graph's batch (1 where
-    it is dynamic) on this machine, round by round, the graphs run in turn each round so that a busy spell hits all alike;
-    `where` says with what."""
+    it is dynamic) on this machine, round by round, the graphs run in turn each round so
+    that a busy spell hits all alike; `where` says with what."""
 
     where: str
     latencies: Callable[[list[Any]], list[list[float]]]
@@ -286,15 +286,16 @@ def choose_schedule(imported: Any, max_drop: float, data: Any, rep: Reporter,
     base, *times = timer.latencies([_graph(imported, imported.config, batch)] + [
         _graph(imported, imported.config.replace(merge=tuple(c.schedule)), batch)
         for c in chosen])
-    unmerged.ms = _median_ms(base)
-    for c, rounds in zip(chosen, times, strict=True):
-        c.ms = _median_ms(rounds)
+    unmerged.ms = base_ms = _median_ms(base)
+    medians = [_median_ms(rounds) for rounds in times]
+    fastest = times[int(np.argmin(medians))]
+    faster = []
+    for c, rounds, ms in zip(chosen, times, medians, strict=True):
+        c.ms = ms
+        c.slower = sum(a > b for a, b in zip(rounds, fastest, strict=True))
+        if ms < base_ms and ties(c.slower, len(base)):
+            faster.append(c)
     found.insert(0, unmerged)
-    fastest = min(range(len(chosen)), key=lambda i: chosen[i].ms or 0.0)
-    for c, rounds in zip(chosen, times, strict=True):
-        c.slower = sum(a > b for a, b in zip(rounds, times[fastest], strict=True))
-    faster = [c for c in chosen if c.ms is not None and unmerged.ms is not None
-              and c.ms < unmerged.ms and ties(c.slower or 0, len(base))]
     schedule = tuple(min(faster, key=lambda c: c.gflops).schedule) if faster else ()
     return MergeChoice(schedule, max_drop, len(x), measure, found, where, len(base))
 
