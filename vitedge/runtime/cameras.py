@@ -18,10 +18,10 @@ import contextlib
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -32,8 +32,24 @@ from vitedge.runtime.stats import StageTimes, Stats
 from vitedge.runtime.token_gate import Restarts, restart
 
 if TYPE_CHECKING:
-    from vitedge.runtime.pipeline import Pipeline
     from vitedge.runtime.postprocess import Prediction
+
+
+class PipelineStages(Protocol):
+    """What the cameras use of `vitedge.runtime.Pipeline` (which makes a `MultiStream`, so
+    this module names its stages rather than import it)."""
+
+    model: Any
+    color: str
+
+    def _prepare(self, frames: list[Any], skip_unreadable: bool
+                 ) -> tuple[list[Any], np.ndarray, dict[str, float]]: ...
+
+    def _infer(self, x: np.ndarray, timings: dict[str, float],
+               cameras: list[Any] | None = None) -> list[Prediction]: ...
+
+    def _in_flight(self, chunks: Iterable[list[Any]], run: Callable[[list[Any]], Any]
+                   ) -> Iterator[tuple[list[Any], Any]]: ...
 
 LIVE = ("camera", "stream", "gstreamer")
 
@@ -271,7 +287,7 @@ class MultiStream:
     it runs; `stats` per camera; `batch_sizes`, how many batches of each size the model
     ran. Use `pipe.multi_stream(...)` to make one, and `close()` (or `with`) to stop."""
 
-    def __init__(self, pipe: Pipeline, cameras: dict[str, Any] | list[Any] | list[Camera],
+    def __init__(self, pipe: PipelineStages, cameras: dict[str, Any] | list[Any] | list[Camera],
                  batch: int | None = None, max_wait_ms: float = MAX_WAIT_MS,
                  source_options: SourceOptions | None = None,
                  on_event: Callable[[str], None] | None = None):
@@ -458,7 +474,7 @@ DYNAMIC_MAX_BATCH = 8
 default: ONNX Runtime on the CPU gains little past 8 (`vitedge bench --batch 1,8`)."""
 
 
-def pipe_max_batch(pipe: Pipeline) -> int:
+def pipe_max_batch(pipe: PipelineStages) -> int:
     """The largest batch the model takes: an engine's profile max, an ONNX model's fixed
     batch, else DYNAMIC_MAX_BATCH."""
     model = pipe.model
