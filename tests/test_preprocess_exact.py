@@ -1,8 +1,9 @@
-"""The exact frame path computes only the pixels the centre crop keeps, in strips on two
-threads: it must give the same bytes as plain Pillow (resize the whole image, pad, crop),
-written here as the reference, on real photos, real video frames and synthetic sizes (odd,
-tiny, extreme aspect, upscaled), every filter, both resize modes, both crop offsets, RGB and
-grayscale, with one thread and with several."""
+"""The exact frame path computes only the pixels the centre crop keeps, by the C resampler
+(runtime/resample.py) where it is built, else by Pillow in parts on two threads: both must
+give the same bytes as plain Pillow (resize the whole image, pad, crop), written here as the
+reference, on real photos, real video frames and synthetic sizes (odd, tiny, extreme
+aspect, upscaled), every filter, both resize modes, both crop offsets, RGB and grayscale;
+Pillow's path with one thread and with several."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from PIL import Image
 
 import vitedge.runtime.preprocess as pre
 from vitedge.manifest import Preprocess
+from vitedge.runtime import resample
 from vitedge.runtime.decode import decode_frame
-from vitedge.runtime.preprocess import Preprocessor, crop_pixels, normalize
+from vitedge.runtime.preprocess import FramePixels, Preprocessor, crop_pixels, normalize
 
 PHOTOS = Path(__file__).parents[1] / "vitedge" / "data" / "photos"
 VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -85,9 +87,28 @@ def synthetic(w: int, h: int, seed: int) -> Image.Image:
 
 @pytest.fixture(params=[1, 3], ids=["1 thread", "3 threads"])
 def threads(request, monkeypatch):
-    """The strips run on this many threads (a pool of two helpers, so 3 also runs where the
-    machine has fewer cores), cut as small as the image allows; the default (two threads
-    where two cores are free) runs in `test_the_frame_path_gives_the_reference_input`."""
+    """Pillow's path (the C resampler off), its parts run on this many threads (a pool of
+    two helpers, so 3 also runs where the machine has fewer cores), cut as small as the
+    image allows; the default (two threads where two cores are free) runs in
+    `test_the_frame_path_gives_the_reference_input`."""
+    monkeypatch.setattr(resample, "library", lambda: None)
+    monkeypatch.setattr(pre, "preprocess_threads", lambda: request.param)
+    monkeypatch.setattr(pre, "MIN_STRIP_PIXELS", 1)
+    monkeypatch.setattr(pre, "_pool", lambda: POOL)
+    return request.param
+
+
+@pytest.fixture(params=["native", 1, 3], ids=["C resampler", "Pillow 1 thread",
+                                               "Pillow 3 threads"])
+def engine(request, monkeypatch):
+    """The C resampler (where it is built: `pip install` builds it where a C compiler is),
+    or Pillow's path on 1 or 3 threads (see `threads`)."""
+    if request.param == "native":
+        if resample.library() is None:
+            pytest.skip("the C resampler is not built here (no C compiler when vitedge was "
+                        "installed): Pillow's path is the one used, tested beside")
+        return "native"
+    monkeypatch.setattr(resample, "library", lambda: None)
     monkeypatch.setattr(pre, "preprocess_threads", lambda: request.param)
     monkeypatch.setattr(pre, "MIN_STRIP_PIXELS", 1)
     monkeypatch.setattr(pre, "_pool", lambda: POOL)
@@ -102,7 +123,7 @@ def assert_same(image: Image.Image, preps: list[Preprocess]) -> None:
         assert np.array_equal(ours, reference), (image.size, prep)
 
 
-def test_real_photos_and_video_frames_are_bit_exact(threads):
+def test_real_photos_and_video_frames_are_bit_exact(engine):
     """Model sizes of the timm (248 -> 224) and Hugging Face (224, 384) kinds, a 3:4 input,
     and crops larger than some photos' resized side (upscaled, then padded)."""
     images = [Image.open(p) for p in sorted(PHOTOS.glob("*.jpg"))] + video_frames()
@@ -116,7 +137,7 @@ def test_real_photos_and_video_frames_are_bit_exact(threads):
 @pytest.mark.parametrize("w, h", [
     (640, 480), (480, 640), (333, 251), (251, 333), (7, 5), (1, 1), (9, 40), (600, 37),
     (37, 600), (224, 224), (225, 331), (248, 300), (300, 248), (96, 64), (50, 80)])
-def test_synthetic_sizes_are_bit_exact(w, h, threads):
+def test_synthetic_sizes_are_bit_exact(w, h, engine):
     """Odd, tiny, extreme aspect (the vertical pass first on Pillow 13), upscaled sizes,
     and crops that need padding."""
     preps = recipes([((224, 224), (256, 256)), ((97, 223), (311, 257)), ((17, 9), (17, 9))])
@@ -169,7 +190,7 @@ def test_an_unknown_pass_order_falls_back_to_plain_pillow(monkeypatch):
     assert_same(synthetic(480, 640, 2), recipes([((97, 223), (311, 257))]))
 
 
-def test_a_lazily_read_file_is_read_once_before_the_strips(threads):
+def test_a_lazily_read_file_is_read_once_before_the_strips(engine):
     """An image straight from Image.open, already in the model's mode (no convert copy)."""
     photo = sorted(PHOTOS.glob("*.jpg"))[0]
     prep = Preprocess(crop=(224, 224), resize=(248, 248), interpolation="bicubic")
@@ -202,14 +223,22 @@ def test_an_error_in_a_strip_reaches_the_caller(threads):
         pre._in_strips(work, 0, 100, 1000)
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["C resampler", "Pillow"])
 @pytest.mark.parametrize("color", ["bgr", "rgb"])
-def test_the_frame_path_gives_the_reference_input(color):
+def test_the_frame_path_gives_the_reference_input(color, native, monkeypatch):
     """What the pipeline feeds the model from a camera's BGR (or RGB) array: decode, then
     `Preprocessor`, against plain Pillow and the normalisation's own per-pixel arithmetic."""
+    if native and resample.library() is None:
+        pytest.skip("the C resampler is not built here (no C compiler when vitedge was "
+                    "installed)")
+    if not native:
+        monkeypatch.setattr(resample, "library", lambda: None)
     manifest = type("M", (), {"input": "images", "preprocess": Preprocess()})()
     frame = np.asarray(synthetic(640, 480, 3))
     rgb = frame[:, :, ::-1] if color == "bgr" else frame
-    x = Preprocessor(manifest)(decode_frame(frame, color))
+    decoded = decode_frame(frame, color)
+    assert isinstance(decoded, FramePixels if native else Image.Image)
+    x = Preprocessor(manifest)(decoded)
     crop = plain_pillow(Image.fromarray(np.ascontiguousarray(rgb)), manifest.preprocess)
     levels = crop.astype(np.float32) * np.float32(1 / 255)
     expected = ((levels - np.asarray(manifest.preprocess.mean, np.float32))
@@ -217,3 +246,48 @@ def test_the_frame_path_gives_the_reference_input(color):
     assert x.dtype == np.float32 and x.shape == (3, 224, 224)
     assert np.array_equal(x, expected)
     assert np.array_equal(normalize(crop, manifest.preprocess), expected)
+
+
+@pytest.mark.parametrize("w, h", [(640, 480), (1280, 720), (1920, 1080), (480, 640),
+                                  (333, 251), (96, 64), (300, 1200)])
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "lanczos"])
+def test_the_c_resampler_resizes_itself_at_camera_sizes(w, h, interpolation):
+    """The C resampler, called directly (no fallback to Pillow can hide in it): Pillow's
+    bytes for the timm recipe and an exact resize, from a camera's BGR array (the channels
+    swapped while the pixels are transposed) and from grayscale; 300x1200 has Pillow 13
+    resize its height first."""
+    if w == 300 and pre.pass_order()(300, 1200, 311, 200):
+        pytest.fail("this Pillow resizes 300x1200 -> 311x200 width first: pick another size")
+    if resample.library() is None:
+        pytest.skip("the C resampler is not built here (no C compiler when vitedge was "
+                    "installed)")
+    rgb = np.asarray(synthetic(w, h, w * 7 + h))
+    for prep in (Preprocess(crop=(224, 224), resize=(248, 248), interpolation=interpolation),
+                 Preprocess(crop=(200, 311), resize=(200, 311), resize_mode="exact",
+                            interpolation=interpolation)):
+        ours = pre.native_crop(rgb, prep)
+        assert ours is not None, (w, h, prep)
+        assert np.array_equal(ours, plain_pillow(Image.fromarray(rgb), prep)), (w, h, prep)
+        bgr = FramePixels(np.ascontiguousarray(rgb[:, :, ::-1]), "bgr")
+        assert np.array_equal(crop_pixels(bgr, prep), ours)
+        gray = Preprocess(crop=prep.crop, resize=prep.resize, resize_mode=prep.resize_mode,
+                          interpolation=interpolation, mean=(0.5,), std=(0.25,))
+        L = Image.fromarray(rgb).convert("L")
+        ours_gray = pre.native_crop(np.asarray(L)[:, :, None], gray)
+        assert ours_gray is not None
+        assert np.array_equal(ours_gray, plain_pillow(L, gray))
+
+
+def test_the_c_resampler_leaves_to_pillow_what_it_does_not_cover(monkeypatch):
+    """NEAREST, zero padding and a side over the probe's limit: None, and the frame path
+    then gives Pillow's bytes by Pillow."""
+    rgb = np.asarray(synthetic(300, 200, 5))
+    assert pre.native_crop(rgb, Preprocess(interpolation="nearest")) is None
+    padded = Preprocess(crop=(224, 224), resize=(200, 200))  # resized to 300x200, padded
+    assert pre.native_crop(rgb, padded) is None
+    assert np.array_equal(crop_pixels(Image.fromarray(rgb), padded),
+                          plain_pillow(Image.fromarray(rgb), padded))
+    monkeypatch.setattr(resample, "PROBE_MOST", 100)
+    assert pre.native_crop(rgb, Preprocess()) is None
+    assert np.array_equal(crop_pixels(Image.fromarray(rgb), Preprocess()),
+                          plain_pillow(Image.fromarray(rgb), Preprocess()))

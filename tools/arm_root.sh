@@ -29,7 +29,10 @@ fi
 version=$(readlink "$ROOTFS/usr/bin/python3" | sed 's/^python//')
 wheels=$ARM/wheels
 rm -rf "$wheels" && mkdir -p "$wheels"
-"$PY" -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation . -w "$wheels"
+# a pure-Python wheel (VITEDGE_PURE=1: without the C resampler, which would be built for
+# this machine's x86-64): the arm64 runtime resizes with Pillow, the same bytes
+VITEDGE_PURE=1 "$PY" -m pip wheel --quiet --disable-pip-version-check --no-deps \
+  --no-build-isolation . -w "$wheels"
 QEMU=$(command -v qemu-aarch64-static || command -v qemu-aarch64)
 # the wheels' manylinux tags this glibc runs (asked of the root file system's python)
 glibc=$("$QEMU" -L "$ROOTFS" "$ROOTFS/usr/bin/python3" -c \

@@ -13,12 +13,15 @@ import numpy as np
 from PIL import Image
 
 from vitedge.errors import VitedgeError
-from vitedge.runtime.preprocess import MAX_PIXELS, load_image, upright
+from vitedge.runtime.preprocess import MAX_PIXELS, FramePixels, load_image, upright
 
 
-def decode_frame(frame: Any, color: str = "bgr", fast: bool = False) -> Image.Image | np.ndarray:
-    """One frame, decoded: a PIL image (exact path) or an RGB uint8 array (`fast`).
-    `color` is the channel order of a 3- or 4-channel array (OpenCV gives BGR)."""
+def decode_frame(frame: Any, color: str = "bgr", fast: bool = False
+                 ) -> Image.Image | FramePixels | np.ndarray:
+    """One frame, decoded: a PIL image or, for a 3-channel array where the C resampler is
+    built, the array itself (`FramePixels`: resized as it is, no whole-frame copy) on the
+    exact path; an RGB uint8 array (`fast`). `color` is the channel order of a 3- or
+    4-channel array (OpenCV gives BGR)."""
     if isinstance(frame, (str, Path)):
         return load_image(frame) if not fast else np.asarray(load_image(frame))
     if isinstance(frame, Image.Image):
@@ -38,10 +41,10 @@ def decode_frame(frame: Any, color: str = "bgr", fast: bool = False) -> Image.Im
         raise VitedgeError(f"a frame of {frame.shape[1]}x{frame.shape[0]} is more than "
                            f"{MAX_PIXELS // 1_000_000} megapixels")
     if frame.ndim == 3 and frame.shape[2] == 3 and not fast:
-        # PIL swaps BGR while it copies: no numpy pass over the frame
-        h, w = frame.shape[:2]
-        raw = "BGR" if color == "bgr" else "RGB"
-        return Image.frombuffer("RGB", (w, h), np.ascontiguousarray(frame), "raw", raw, 0, 1)
+        from vitedge.runtime.resample import library
+
+        pixels = FramePixels(frame, "bgr" if color == "bgr" else "rgb")
+        return pixels if library() is not None else pixels.image()
     if fast and (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] in (3, 4))):
         swapped = _rgb_by_opencv(frame, color)
         if swapped is not None:

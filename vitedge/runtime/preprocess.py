@@ -177,17 +177,24 @@ def _splits(start: int, stop: int, parts: int) -> list[tuple[int, int]]:
 
 def _in_strips(work: Any, start: int, stop: int, pixels_per_line: int) -> None:
     """work(a, b) over [start, stop), cut in `STRIPS_PER_THREAD` strips per thread where
-    there are several (`preprocess_threads()`, the calling one included), each thread
-    taking the next strip left until none is: on a busy machine, a helper thread that is
-    not scheduled in time leaves its strips to the others, so a frame waits at most for the
-    one strip a preempted helper holds. An error in any strip is raised here."""
+    there are several (`preprocess_threads()`, the calling one included); see `_run_strips`."""
     threads = preprocess_threads()
     parts = 1 if threads == 1 else min(threads * STRIPS_PER_THREAD, max(
         1, (stop - start) * pixels_per_line // MIN_STRIP_PIXELS))
-    if parts == 1:
-        work(start, stop)
+    _run_strips(work, _splits(start, stop, parts))
+
+
+def _run_strips(work: Any, strips: list[tuple[int, int]]) -> None:
+    """work(a, b) for every strip, on `preprocess_threads()` threads (the calling one
+    included), each thread taking the next strip left until none is: on a busy machine, a
+    helper thread that is not scheduled in time leaves its strips to the others, so a frame
+    waits at most for the one strip a preempted helper holds. An error in any strip is
+    raised here."""
+    threads = preprocess_threads()
+    if threads == 1 or len(strips) == 1:
+        for a, b in strips:
+            work(a, b)
         return
-    strips = _splits(start, stop, parts)
     lock = threading.Lock()
     left = iter(range(len(strips)))
     done = [threading.Event() for _ in strips]
@@ -215,6 +222,10 @@ def _in_strips(work: Any, start: int, stop: int, pixels_per_line: int) -> None:
         raise errors[0]
 
 
+def _one_strip(work: Any, start: int, stop: int, pixels_per_line: int) -> None:
+    work(start, stop)
+
+
 @lru_cache(maxsize=1)
 def preprocess_threads() -> int:
     """Threads one exact resize runs on: two where the process may use two cores or more
@@ -233,9 +244,11 @@ def _pool() -> Any:
 
 
 def _horizontal(source: Image.Image, width: int, rows: tuple[int, int],
-                keep: tuple[int, int], interpolation: str, out: Image.Image, shift: int) -> None:
+                keep: tuple[int, int], interpolation: str, out: Image.Image, shift: int,
+                strips: Any = _in_strips) -> None:
     """Horizontal-only resize of `source`'s `rows` to `width`, columns `keep` of it pasted
-    into `out` at (0, row - shift); only the window of columns `_window` allows."""
+    into `out` at (0, row - shift); only the window of columns `_window` allows, rows cut
+    by `strips`."""
     o0, o1, i0, i1 = _window(source.width, width, keep, interpolation)
     resample = PIL_FILTERS[interpolation]
 
@@ -243,13 +256,15 @@ def _horizontal(source: Image.Image, width: int, rows: tuple[int, int],
         piece = source.crop((i0, a, i1, b)).resize((o1 - o0, b - a), resample)
         out.paste(piece.crop((keep[0] - o0, 0, keep[1] - o0, b - a)), (0, a - shift))
 
-    _in_strips(strip, *rows, o1 - o0)
+    strips(strip, *rows, o1 - o0)
 
 
 def _vertical(source: Image.Image, height: int, columns: tuple[int, int],
-              keep: tuple[int, int], interpolation: str, out: Image.Image, shift: int) -> None:
+              keep: tuple[int, int], interpolation: str, out: Image.Image, shift: int,
+              strips: Any = _in_strips) -> None:
     """Vertical-only resize of `source`'s `columns` to `height`, rows `keep` of it pasted
-    into `out` at (column - shift, 0); only the window of rows `_window` allows."""
+    into `out` at (column - shift, 0); only the window of rows `_window` allows, columns
+    cut by `strips`."""
     o0, o1, i0, i1 = _window(source.height, height, keep, interpolation)
     resample = PIL_FILTERS[interpolation]
 
@@ -257,7 +272,7 @@ def _vertical(source: Image.Image, height: int, columns: tuple[int, int],
         piece = source.crop((a, i0, b, i1)).resize((b - a, o1 - o0), resample)
         out.paste(piece.crop((0, keep[0] - o0, b - a, keep[1] - o0)), (a - shift, 0))
 
-    _in_strips(strip, *columns, o1 - o0)
+    strips(strip, *columns, o1 - o0)
 
 
 # A resize from `size_in` to `size_out` pixels repeats its filter every `size_out / g`
@@ -323,6 +338,76 @@ def _window(size_in: int, size_out: int, keep: tuple[int, int], interpolation: s
     return whole
 
 
+# The first pass of a part can do better than a window: Pillow's `box` sets where the output
+# lines sit in the source, and its filters still read the source past the box, so a pass
+# over source lines [c0, c1) (the lines the kept outputs read, and the box) with the box
+# [i0, i1) gives output lines [o0, o1) with no lines of margin to throw away. The box must
+# start and end on the resize's period (its corners are float32 in Pillow, its centres
+# `box start + (line + 0.5) * scale`): whether that gives the whole resize's coefficients
+# to the last bit is again read from Pillow, once per size (`_boxed`).
+
+@lru_cache(maxsize=64)
+def _boxed(size_in: int, size_out: int, keep: tuple[int, int], interpolation: str
+           ) -> tuple[int, int, int, int, int, int] | None:
+    """(o0, o1, i0, i1, c0, c1): output lines [o0, o1) (whole periods holding the kept
+    ones) are source lines [c0, c1) resized with the box [i0, i1) (both in the source's
+    lines), the kept ones with the whole resize's coefficients; None where Pillow gives
+    other coefficients (then the window is used). Found once per size."""
+    if interpolation == "nearest":
+        return None
+    period, source = size_out // math.gcd(size_in, size_out), size_in // math.gcd(size_in, size_out)
+    o0 = keep[0] // period * period
+    o1 = min(-(-keep[1] // period) * period, size_out)
+    i0, i1 = o0 // period * source, size_in if o1 == size_out else o1 // period * source
+    c0, c1 = needed_span(size_in, size_out, keep[0], keep[1] - keep[0], interpolation)
+    c0, c1 = min(c0, i0), max(c1, i1)
+    if size_in > PROBE_MOST:
+        return None
+    resample = PIL_FILTERS[interpolation]
+    whole = _coefficients(size_in, size_out, resample)[:, keep[0]:keep[1]]
+    probe = Image.fromarray(np.eye(c1 - c0, dtype=np.int32) * (1 << 22))
+    part = np.asarray(probe.resize((o1 - o0, c1 - c0), resample,
+                                   box=(i0 - c0, 0, i1 - c0, c1 - c0)))
+    part = part[:, keep[0] - o0:keep[1] - o0]
+    exact = (np.array_equal(whole[c0:c1], part) and not whole[:c0].any()
+             and not whole[c1:].any())
+    return (o0, o1, i0, i1, c0, c1) if exact else None
+
+
+@lru_cache(maxsize=8)
+def _coefficients(size_in: int, size_out: int, resample: int) -> np.ndarray:
+    """Pillow's integer coefficients of a `size_in` -> `size_out` resize: row j, source
+    line j's weight in each output line (see `_window_is_exact`)."""
+    probe = Image.fromarray(np.eye(size_in, dtype=np.int32) * (1 << 22))
+    return np.asarray(probe.resize((size_out, size_in), resample))
+
+
+def _boxed_parts(size_in: int, size_out: int, keep: tuple[int, int], interpolation: str
+                 ) -> list[tuple[int, int]] | None:
+    """The kept lines `keep` of the first pass cut in parts that each run both passes on
+    their own (`STRIPS_PER_THREAD` per thread of `preprocess_threads()`), at multiples of
+    the resize's period so that no two parts' boxes (`_boxed`) share an output line: one
+    hand-over to the helper threads a frame. None where Pillow's box is not exact at this
+    size, or where several threads would get one part only (a period too long to cut:
+    the passes are then cut in strips one after the other)."""
+    threads = preprocess_threads()
+    period = size_out // math.gcd(size_in, size_out)
+    first, last = keep[0] // period + 1, -(-keep[1] // period) - 1  # interior boundaries
+    if threads == 1:
+        parts = [keep]
+    elif last < first:
+        return None
+    else:
+        wanted = min(threads * STRIPS_PER_THREAD, last - first + 2)
+        cuts = sorted({min(max(round((keep[0] + (keep[1] - keep[0]) * i / wanted) / period),
+                                   first), last) * period for i in range(1, wanted)})
+        edges = [keep[0], *cuts, keep[1]]
+        parts = [(a, b) for a, b in zip(edges, edges[1:], strict=False) if b > a]
+    if any(_boxed(size_in, size_out, part, interpolation) is None for part in parts):
+        return None
+    return parts
+
+
 def resized_crop(image: Image.Image, prep: Preprocess) -> Image.Image:
     """`center_crop(resize_for(image, prep), prep)`, the same bytes, computing only the
     pixels the crop keeps (see above). `image` is "L" or "RGB"."""
@@ -341,21 +426,56 @@ def resized_crop(image: Image.Image, prep: Preprocess) -> Image.Image:
         return image.crop((left, top, left + cw, top + ch))
     image.load()  # a lazily decoded file is read once, here, not by two strips at once
     out = Image.new(image.mode, (cw, ch))
+    resample = PIL_FILTERS[prep.interpolation]
     if rh == h:
         _horizontal(image, rw, rows, cols, prep.interpolation, out, top)
     elif rw == w:
         _vertical(image, rh, cols, rows, prep.interpolation, out, left)
     elif order(w, h, rw, rh):
+        row_span = needed_span(h, rh, top, ch, prep.interpolation)
+        parts = _boxed_parts(w, rw, cols, prep.interpolation)
+        if parts:
+            def columns(a: int, b: int) -> None:
+                # kept columns [a, b) through both passes: the boxed first pass over the
+                # rows the kept rows read, then the second over these columns alone
+                boxed = _boxed(w, rw, (a, b), prep.interpolation)
+                assert boxed is not None  # _boxed_parts checked every part
+                o0, o1, i0, i1, c0, c1 = boxed
+                r0, r1 = row_span
+                piece = image.crop((c0, r0, c1, r1)).resize(
+                    (o1 - o0, r1 - r0), resample, box=(i0 - c0, 0, i1 - c0, r1 - r0))
+                tall = Image.new(image.mode, (b - a, h))  # rows left blank are never read
+                tall.paste(piece.crop((a - o0, 0, b - o0, r1 - r0)), (0, r0))
+                _vertical(tall, rh, (0, b - a), rows, prep.interpolation, out, left - a,
+                          _one_strip)
+
+            _run_strips(columns, parts)
+            return out
         # the source rows the kept rows read, at their rows of an image as tall as the
         # source (the rows left blank are never read)
         tall = Image.new(image.mode, (cw, h))
-        _horizontal(image, rw, needed_span(h, rh, top, ch, prep.interpolation), cols,
-                    prep.interpolation, tall, 0)
+        _horizontal(image, rw, row_span, cols, prep.interpolation, tall, 0)
         _vertical(tall, rh, (0, cw), rows, prep.interpolation, out, 0)
     else:
+        col_span = needed_span(w, rw, left, cw, prep.interpolation)
+        parts = _boxed_parts(h, rh, rows, prep.interpolation)
+        if parts:
+            def lines(a: int, b: int) -> None:
+                boxed = _boxed(h, rh, (a, b), prep.interpolation)
+                assert boxed is not None  # _boxed_parts checked every part
+                o0, o1, i0, i1, c0, c1 = boxed
+                s0, s1 = col_span
+                piece = image.crop((s0, c0, s1, c1)).resize(
+                    (s1 - s0, o1 - o0), resample, box=(0, i0 - c0, s1 - s0, i1 - c0))
+                wide = Image.new(image.mode, (w, b - a))
+                wide.paste(piece.crop((0, a - o0, s1 - s0, b - o0)), (s0, 0))
+                _horizontal(wide, rw, (0, b - a), cols, prep.interpolation, out, top - a,
+                            _one_strip)
+
+            _run_strips(lines, parts)
+            return out
         wide = Image.new(image.mode, (w, ch))
-        _vertical(image, rh, needed_span(w, rw, left, cw, prep.interpolation), rows,
-                  prep.interpolation, wide, 0)
+        _vertical(image, rh, col_span, rows, prep.interpolation, wide, 0)
         _horizontal(wide, rw, (0, ch), cols, prep.interpolation, out, 0)
     return out
 
@@ -379,11 +499,63 @@ def normalize(pixels: np.ndarray, prep: Preprocess) -> np.ndarray:
     return out
 
 
-def crop_pixels(image: Image.Image, prep: Preprocess) -> np.ndarray:
+class FramePixels:
+    """A camera's frame as it came, (H, W, 3) uint8 in `color` order ("bgr" or "rgb"): the
+    native exact path (runtime/resample.py) resizes the array as it is and puts the crop's
+    channels in RGB order, with no PIL image of the whole frame; `image()` is the RGB image
+    Pillow's path takes."""
+
+    def __init__(self, array: np.ndarray, color: str):
+        self.array, self.color = array, color
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.array.shape[1], self.array.shape[0]
+
+    def image(self) -> Image.Image:
+        h, w = self.array.shape[:2]
+        raw = "BGR" if self.color == "bgr" else "RGB"  # PIL swaps while it copies
+        return Image.frombuffer("RGB", (w, h), np.ascontiguousarray(self.array), "raw", raw,
+                                0, 1)
+
+
+def native_crop(pixels: np.ndarray, prep: Preprocess, bgr: bool = False) -> np.ndarray | None:
+    """`resized_crop`'s bytes from an (H, W, C) array by the C resampler (from BGR pixels to
+    RGB ones with `bgr`); None where it is not built or the case is Pillow's (zero padding,
+    NEAREST, an unknown Pillow)."""
+    from vitedge.runtime import resample
+
+    if resample.library() is None:
+        return None
+    h, w = pixels.shape[:2]
+    rw, rh = resized_size(w, h, prep)
+    ch, cw = prep.crop
+    order = pass_order()
+    if rw < cw or rh < ch or (order is None and rw != w and rh != h):
+        return None
+    top, left = prep.crop_box(rh, rw)
+    return resample.resized_crop(pixels, (rw, rh), (left, top, left + cw, top + ch),
+                                 prep.interpolation, order is None or order(w, h, rw, rh), bgr)
+
+
+def crop_pixels(image: Image.Image | FramePixels, prep: Preprocess) -> np.ndarray:
     """Resized and centre-cropped uint8 pixels, (H, W, C): RGB, or grayscale ("L", one
-    channel) for a model whose preprocessing has one mean. What a `frames` model takes."""
+    channel) for a model whose preprocessing has one mean. What a `frames` model takes.
+    By the C resampler where it is built (the same bytes), else by Pillow."""
     mode = "L" if len(prep.mean) == 1 else "RGB"
-    pixels = np.asarray(resized_crop(image if image.mode == mode else image.convert(mode), prep))
+    if isinstance(image, FramePixels):
+        if mode == "RGB" and (pixels := native_crop(image.array, prep, image.color == "bgr")
+                              ) is not None:
+            return pixels
+        image = image.image()
+    if image.mode != mode:
+        image = image.convert(mode)
+    if mode == "RGB" or image.mode == "L":
+        array = np.asarray(image)
+        if (pixels := native_crop(array if array.ndim == 3 else array[:, :, None], prep)
+                ) is not None:
+            return pixels
+    pixels = np.asarray(resized_crop(image, prep))
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
@@ -461,14 +633,15 @@ class Preprocessor:
         self.manifest = manifest
         self.fast = FastPreprocess(manifest.preprocess) if fast else None
 
-    def pixels(self, decoded: Image.Image | np.ndarray) -> np.ndarray:
+    def pixels(self, decoded: Image.Image | FramePixels | np.ndarray) -> np.ndarray:
         """The resized and cropped uint8 (H, W, C) frame the model sees."""
         if self.fast is not None:
-            return self.fast.crop(np.asarray(decoded))
-        if not isinstance(decoded, Image.Image):
+            return self.fast.crop(decoded.array if isinstance(decoded, FramePixels)
+                                  else np.asarray(decoded))
+        if isinstance(decoded, np.ndarray):
             decoded = Image.fromarray(decoded)
         return crop_pixels(decoded, self.manifest.preprocess)
 
-    def __call__(self, decoded: Image.Image | np.ndarray) -> np.ndarray:
+    def __call__(self, decoded: Image.Image | FramePixels | np.ndarray) -> np.ndarray:
         """Float (C, H, W), or for a `frames` model uint8 (H, W, C) (the graph normalises)."""
         return input_from_pixels(self.pixels(decoded), self.manifest)
