@@ -291,3 +291,19 @@ def test_the_c_resampler_leaves_to_pillow_what_it_does_not_cover(monkeypatch):
     assert pre.native_crop(rgb, Preprocess()) is None
     assert np.array_equal(crop_pixels(Image.fromarray(rgb), Preprocess()),
                           plain_pillow(Image.fromarray(rgb), Preprocess()))
+
+
+def test_doctor_says_which_resampler_the_exact_path_runs(monkeypatch, capsys):
+    """`vitedge doctor` names the C resampler where it is loaded, and where it is not, says
+    so and how to get it."""
+    import json
+
+    from tests.conftest import run_cli
+
+    code, out, _ = run_cli(["doctor", "--json"], capsys)
+    check = {c["name"]: c for c in json.loads(out)["checks"]}["exact resize"]
+    assert code == 0 and check["ok"] == (resample.library() is not None)
+    monkeypatch.setattr(resample, "library", lambda: None)
+    code, out, _ = run_cli(["doctor", "--json"], capsys)
+    check = {c["name"]: c for c in json.loads(out)["checks"]}["exact resize"]
+    assert not check["ok"] and "Pillow only" in check["detail"] and "gcc" in check["fix"]
