@@ -307,3 +307,20 @@ def test_doctor_says_which_resampler_the_exact_path_runs(monkeypatch, capsys):
     code, out, _ = run_cli(["doctor", "--json"], capsys)
     check = {c["name"]: c for c in json.loads(out)["checks"]}["exact resize"]
     assert not check["ok"] and "Pillow only" in check["detail"] and "gcc" in check["fix"]
+
+
+def test_the_c_resampler_can_be_turned_off(monkeypatch):
+    """VITEDGE_NATIVE_RESAMPLE=0: the library is not loaded, and a camera's array goes to
+    Pillow as a PIL image (the same bytes)."""
+    resample.library.cache_clear()
+    monkeypatch.setenv(resample.OFF, "0")
+    try:
+        assert resample.library() is None
+        frame = np.ascontiguousarray(np.asarray(synthetic(320, 240, 6))[:, :, ::-1])
+        decoded = decode_frame(frame, "bgr")
+        assert isinstance(decoded, Image.Image)
+        assert np.array_equal(crop_pixels(decoded, Preprocess()),
+                              plain_pillow(Image.fromarray(frame[:, :, ::-1]), Preprocess()))
+    finally:
+        monkeypatch.delenv(resample.OFF)
+        resample.library.cache_clear()

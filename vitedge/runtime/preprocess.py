@@ -538,6 +538,15 @@ def native_crop(pixels: np.ndarray, prep: Preprocess, bgr: bool = False) -> np.n
                                  prep.interpolation, order is None or order(w, h, rw, rh), bgr)
 
 
+def _native_may_cover(size: tuple[int, int], prep: Preprocess) -> bool:
+    """Whether the C resampler is loaded and may take an image of this size: only then is a
+    PIL image copied into an array for it."""
+    from vitedge.runtime import resample
+
+    return (resample.library() is not None and max(size) <= resample.PROBE_MOST
+            and prep.interpolation in resample.FILTERS)
+
+
 def crop_pixels(image: Image.Image | FramePixels, prep: Preprocess) -> np.ndarray:
     """Resized and centre-cropped uint8 pixels, (H, W, C): RGB, or grayscale ("L", one
     channel) for a model whose preprocessing has one mean. What a `frames` model takes.
@@ -550,7 +559,7 @@ def crop_pixels(image: Image.Image | FramePixels, prep: Preprocess) -> np.ndarra
         image = image.image()
     if image.mode != mode:
         image = image.convert(mode)
-    if mode == "RGB" or image.mode == "L":
+    if _native_may_cover(image.size, prep):
         array = np.asarray(image)
         if (pixels := native_crop(array if array.ndim == 3 else array[:, :, None], prep)
                 ) is not None:

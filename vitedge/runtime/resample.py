@@ -39,15 +39,16 @@ def library() -> Any:
         if path.is_file():
             try:
                 lib = ctypes.CDLL(str(path))
-            except OSError:
+                lines, transpose = lib.vitedge_lines, lib.vitedge_transpose
+            except (OSError, AttributeError):  # not loadable here, or not this library
                 return None
             u8, i32, size = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long
-            lib.vitedge_lines.argtypes = [u8, size, u8, size, ctypes.c_int, ctypes.c_int,
-                                          i32, i32, i32, ctypes.c_int]
-            lib.vitedge_lines.restype = ctypes.c_int
-            lib.vitedge_transpose.argtypes = [u8, size, u8, size, ctypes.c_int, ctypes.c_int,
-                                              ctypes.c_int, ctypes.c_int]
-            lib.vitedge_transpose.restype = None
+            lines.argtypes = [u8, size, u8, size, ctypes.c_int, ctypes.c_int, i32, i32, i32,
+                              ctypes.c_int]
+            lines.restype = ctypes.c_int
+            transpose.argtypes = [u8, size, u8, size, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                  ctypes.c_int]
+            transpose.restype = None
             return lib
     return None
 

@@ -19,12 +19,18 @@
 #define VITEDGE_CLONES
 #endif
 
+#if defined(_WIN32)
+#define VITEDGE_EXPORT __declspec(dllexport)
+#else
+#define VITEDGE_EXPORT
+#endif
+
 #define PRECISION_BITS 22
 
 /* Output line j (of `lines`) = sum over t < count[j] of source line first[j] + t times
    coef[j * ksize + t]; a line is `width` bytes, lines `in_stride` / `out_stride` bytes
    apart. Returns 0, or -1 when out of memory. */
-VITEDGE_CLONES int vitedge_lines(const uint8_t *in, long in_stride, uint8_t *out,
+VITEDGE_EXPORT VITEDGE_CLONES int vitedge_lines(const uint8_t *in, long in_stride, uint8_t *out,
                                  long out_stride, int width, int lines, const int32_t *first,
                                  const int32_t *count, const int32_t *coef, int ksize) {
     int32_t *acc = malloc((size_t)(width > 0 ? width : 1) * sizeof(int32_t));
@@ -74,7 +80,7 @@ static inline void copy3_wide(uint8_t *dst, const uint8_t *src, int swap) {
 
 /* (rows, cols) pixels of `px` bytes (1 or 3) -> (cols, rows), in tiles that stay in cache;
    3-byte pixels have their first and third bytes exchanged when `swap`. */
-void vitedge_transpose(const uint8_t *in, long in_stride, uint8_t *out, long out_stride,
+VITEDGE_EXPORT void vitedge_transpose(const uint8_t *in, long in_stride, uint8_t *out, long out_stride,
                        int rows, int cols, int px, int swap) {
     enum { TILE = 32 };
     for (int r0 = 0; r0 < rows; r0 += TILE) {
