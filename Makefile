@@ -100,7 +100,8 @@ test-pythons: $(RUNTIME_DEMO)/.built
 		VITEDGE_DEMO_ARTIFACTS=$(CURDIR)/$(RUNTIME_DEMO) tools/runtime_python.sh $$v || exit 1; \
 	done
 
-# mmdebstrap and QEMU's user-mode emulator, from the OS packages
+# mmdebstrap and QEMU's user-mode emulator, from the OS packages; an aarch64 cross compiler
+# for the C resampler (optional)
 arm-system:
 	@command -v mmdebstrap >/dev/null 2>&1 && \
 		{ command -v qemu-aarch64-static || command -v qemu-aarch64; } >/dev/null 2>&1 || \
@@ -109,6 +110,12 @@ arm-system:
 		    { apt-get update -qq >/dev/null 2>&1 && \
 		      apt-get install -y -qq mmdebstrap qemu-user-static >/dev/null 2>&1; }; }; } || \
 		{ echo "make test-arm needs mmdebstrap and qemu-user-static (apt-get install mmdebstrap qemu-user-static)"; exit 1; }
+	@command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		  { apt-get install -y -qq gcc-aarch64-linux-gnu >/dev/null 2>&1 || \
+		    { apt-get update -qq >/dev/null 2>&1 && \
+		      apt-get install -y -qq gcc-aarch64-linux-gnu >/dev/null 2>&1; }; }; } || \
+		echo "note: gcc-aarch64-linux-gnu did not install: the arm64 tests run Pillow's resize, not the C resampler"
 
 test-arm: setup arm-system $(RUNTIME_DEMO)/.built
 	tools/arm_root.sh $(ARM) $(BIN)/python

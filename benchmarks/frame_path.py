@@ -2,10 +2,10 @@
 for ONNX Runtime and for OpenVINO (`vitedge build`, profiles `cpu` and `cpu-openvino`), each
 run as the model alone (a prepared input) and frame -> top-1 (a 640x480 BGR frame in, one
 `Pipeline` call) on the exact path as it was (Pillow resizes the whole frame, then crops;
-`np.take` normalisation), the exact path by Pillow now (only what the crop keeps, in parts
-on two threads: where the C resampler is not built), the exact path by the C resampler
-(vitedge/runtime/native, the same bytes) and the fast (OpenCV) path, all interleaved round
-by round in one process, one runner per backend shared by its pipelines. The `infer` column is the pipeline's own
+`np.take` normalisation), the exact path now (only what the crop keeps: by the C resampler
+where it is built, else by Pillow in parts on two threads; VITEDGE_NATIVE_RESAMPLE=0 times
+Pillow's) and the fast (OpenCV) path, all interleaved round by round in one process, one
+runner per backend shared by its pipelines. The `infer` column is the pipeline's own
 inference stage inside the exact frame path: the model's time with the preprocessing
 threads around it; the last column times decode + preprocess alone (`Pipeline.prepare`),
 without the model.
@@ -34,9 +34,7 @@ from vitedge.backends import load_runner
 from vitedge.bench import bench_frames
 from vitedge.options import CalibrationOptions, QuantizeRequest
 from vitedge.quantize import quantize_model
-from vitedge.runtime import Pipeline
-from vitedge.runtime.preprocess import FramePixels, normalize, resized_crop
-from vitedge.runtime.resample import library
+from vitedge.runtime import Pipeline, exact_resampler
 
 ARCH = "vit_small_patch16_224"
 PROFILES = {"ONNX Runtime": ("cpu", ".ort.onnx"), "OpenVINO": ("cpu-openvino", ".ov.xml")}
@@ -55,9 +53,10 @@ class PlainPillow:
         self.table = ((levels[:, None] - np.asarray(p.mean, np.float32))
                       / np.asarray(p.std, np.float32)).T.copy()
 
-    def __call__(self, image: Image.Image | FramePixels) -> np.ndarray:
+    def __call__(self, image: Any) -> np.ndarray:
         p = self.prep
-        image = image.image() if isinstance(image, FramePixels) else image.convert("RGB")
+        # a camera's array kept for the C resampler (FramePixels) has its PIL image made
+        image = image.image() if hasattr(image, "image") else image.convert("RGB")
         w, h = image.size
         short = p.resize[0]
         size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
@@ -69,17 +68,6 @@ class PlainPillow:
         for c in range(len(planes)):
             np.take(self.table[c], planes[c], out=out[c])
         return out
-
-
-class PillowParts:
-    """The exact path by Pillow alone, as it runs where the C resampler is not built."""
-
-    def __init__(self, manifest: Any):
-        self.prep = manifest.preprocess
-
-    def __call__(self, image: Image.Image | FramePixels) -> np.ndarray:
-        image = image.image() if isinstance(image, FramePixels) else image
-        return normalize(np.asarray(resized_crop(image, self.prep)), self.prep)
 
 
 def make(work: Path) -> dict[str, Path]:
@@ -107,9 +95,7 @@ def measure(artifacts: dict[str, Path], rounds: int) -> dict[str, dict[str, list
         runner = load_runner(artifact)
         runners.append(runner)
         exact, fast, before = Pipeline(runner), Pipeline(runner, fast=True), Pipeline(runner)
-        pillow = Pipeline(runner)
         before.preprocess = PlainPillow(runner.manifest)  # type: ignore[assignment]
-        pillow.preprocess = PillowParts(runner.manifest)  # type: ignore[assignment]
         x = exact.prepare(frames[:1])
         infer[name] = []
 
@@ -117,9 +103,8 @@ def measure(artifacts: dict[str, Path], rounds: int) -> dict[str, dict[str, list
             infer[name].append(pipe(frame).timings["infer"])
 
         cases[name] = {"model": lambda _f, r=runner, x=x: r.infer(x),
-                       "before": before, "pillow": pillow, "exact": exact_call, "fast": fast,
+                       "before": before, "exact": exact_call, "fast": fast,
                        "prepare before": lambda f, p=before: p.prepare([f]),
-                       "prepare pillow": lambda f, p=pillow: p.prepare([f]),
                        "prepare exact": lambda f, p=exact: p.prepare([f])}
     times = {n: {c: [] for c in (*cs, "infer")} for n, cs in cases.items()}
     for r in range(rounds + 3):
@@ -161,9 +146,8 @@ def main() -> None:
                                                              strict=True))
             return f"{median[case]:.1f} ({extra:+.1f}, {extra / model:+.0%})"
 
-        rows.append(f"| {name} | {model:.1f} | {added('before')} | {added('pillow')} | "
-                    f"{added('exact')} | {added('fast')} | {median['infer']:.1f} | "
-                    f"{median['prepare before']:.2f} / {median['prepare pillow']:.2f}"
+        rows.append(f"| {name} | {model:.1f} | {added('before')} | {added('exact')} | "
+                    f"{added('fast')} | {median['infer']:.1f} | {median['prepare before']:.2f}"
                     f" / {median['prepare exact']:.2f} |")
     section = (
         "\n## The frame path against the model alone (`benchmarks/frame_path.py`)\n\n"
@@ -173,12 +157,11 @@ def main() -> None:
         f"{args.rounds} interleaved rounds; in brackets what the frame path adds to the model "
         "alone (the median of each round's difference, and its share of the model's "
         "median). Frames: random 640x480 BGR; the model's preprocessing: resize the "
-        "shorter side to 248 (bicubic), centre crop 224. The exact path's resampler: "
-        f"{'the C one (vitedge/runtime/native)' if library() else 'NOT BUILT, Pillow'}.\n\n"
-        "| backend | model alone | frame -> top-1, exact before | exact by Pillow now | "
-        "exact (C resampler) | fast (OpenCV) | infer stage inside the exact path | "
-        "decode + preprocess alone, before / Pillow now / C |\n"
-        "|---|---|---|---|---|---|---|---|\n"
+        "shorter side to 248 (bicubic), centre crop 224. The exact path now resizes with "
+        f"the {exact_resampler()} resampler (`vitedge.runtime.exact_resampler()`).\n\n"
+        "| backend | model alone | frame -> top-1, exact before | exact now | fast (OpenCV) | "
+        "infer stage inside the exact path | decode + preprocess alone, before / now |\n"
+        "|---|---|---|---|---|---|---|\n"
         + "\n".join(rows) + "\n")
     publish(section)
 

@@ -153,3 +153,30 @@ def test_doctor_points_a_jetson_virtualenv_at_jetpacks_tensorrt(tmp_path, monkey
     code, out, _ = run_cli(["doctor", "--json"], capsys)
     trt = next(c for c in json.loads(out)["checks"] if c["name"] == "tensorrt")
     assert not trt["ok"] and "--system-site-packages" in trt["fix"] and str(tmp_path) in trt["fix"]
+
+
+def test_the_exact_resize_gives_pillows_bytes_on_this_machine():
+    """The exact path's resize and crop here (the C resampler where it is built for this
+    machine: on arm64 cross-compiled by tools/arm_root.sh, NEON; else Pillow's path)
+    against plain Pillow resizing the whole frame and cropping, from a camera's BGR array:
+    the same bytes, every filter the C resampler takes. VITEDGE_EXPECT_NATIVE=1 (set where
+    the runners built it) makes a missing C resampler a failure, not a quiet fallback."""
+    from PIL import Image
+
+    from vitedge.manifest import Preprocess
+    from vitedge.runtime import resample
+    from vitedge.runtime.decode import decode_frame
+    from vitedge.runtime.preprocess import crop_pixels
+
+    if os.environ.get("VITEDGE_EXPECT_NATIVE") == "1":
+        assert resample.library() is not None, "the C resampler was built but does not load"
+    rgb = np.random.default_rng(7).integers(0, 256, (480, 640, 3), np.uint8)
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    for interpolation in ("bilinear", "bicubic", "lanczos"):
+        prep = Preprocess(crop=(224, 224), resize=(248, 248), interpolation=interpolation)
+        whole = Image.fromarray(rgb).resize((330, 248), getattr(Image.Resampling,
+                                                                  interpolation.upper()))
+        top, left = prep.crop_box(248, 330)
+        reference = np.asarray(whole.crop((left, top, left + 224, top + 224)))
+        assert np.array_equal(crop_pixels(decode_frame(bgr, "bgr"), prep), reference), \
+            (interpolation, resample.library())

@@ -54,4 +54,20 @@ if [ -n "$ov" ] && [ ! -d "$SITE/openvino" ]; then
     echo "note: OpenVINO $ov for aarch64 did not install; its arm64 test will skip"
 fi
 "${PIP[@]}" "${platform[@]}" --no-deps --upgrade --target "$SITE" "$wheels"/vitedge-*.whl
+# the C resampler, cross-compiled for arm64 where a cross compiler is (`make arm-system`
+# installs gcc-aarch64-linux-gnu): its NEON build is what the runtime tests then run; the
+# file records whether it was built (tests/test_arm.py reads it)
+native=$SITE/vitedge/runtime/native
+rm -f "$native"/_resample* "$ARM/native"
+if command -v aarch64-linux-gnu-gcc >/dev/null 2>&1; then
+  suffix=$("$QEMU" -L "$ROOTFS" "$ROOTFS/usr/bin/python3" -c \
+           'import importlib.machinery as m; print(m.EXTENSION_SUFFIXES[0])')
+  mkdir -p "$native"
+  aarch64-linux-gnu-gcc -O3 -shared -fPIC -o "$native/_resample$suffix" \
+    vitedge/runtime/native/resample.c
+  echo "$native/_resample$suffix" > "$ARM/native"
+else
+  echo "note: no aarch64-linux-gnu-gcc (apt-get install gcc-aarch64-linux-gnu): the arm64" \
+       "runtime resizes with Pillow, and its C resampler is not tested"
+fi
 echo "arm64 root: $ROOTFS (python $version), wheels: $SITE"

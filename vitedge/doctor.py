@@ -54,20 +54,6 @@ def _gpu() -> Check:
                  "vitedge runs on the CPU with ONNX Runtime; TensorRT needs an NVIDIA GPU")
 
 
-def _resampler() -> Check:
-    """Which resampler the exact frame path runs: the C one (built at install where a C
-    compiler was) or Pillow's, the same bytes, slower."""
-    from vitedge.runtime.resample import OFF, library
-
-    if library() is not None:
-        return Check("exact resize", True, "C resampler (vitedge/runtime/native), Pillow's bytes")
-    return Check("exact resize", False, "Pillow only: the C resampler is not built (no C "
-                 "compiler when vitedge was installed) or is off (VITEDGE_NATIVE_RESAMPLE=0); "
-                 "the same bytes, about 1.5 ms more a 640x480 frame",
-                 f"install gcc (or cc), then pip install --force-reinstall --no-deps vitedge; "
-                 f"unset {OFF}")
-
-
 def run_checks() -> list[Check]:
     from vitedge.backends import all_backends
     from vitedge.target import suggest_profile
@@ -82,7 +68,6 @@ def run_checks() -> list[Check]:
                         "" if torch else "pip install 'vitedge[export]'"))
     for backend in all_backends():
         checks += backend.doctor()
-    checks.append(_resampler())
     gpu = _gpu()
     checks.append(gpu)
     jetson = jetson_model()

@@ -63,8 +63,9 @@ def doctor(as_json: bool) -> None:
     from dataclasses import asdict
 
     from vitedge.doctor import run_checks
+    from vitedge.runtime.resample import resampler_check
 
-    checks = run_checks()
+    checks = run_checks() + [resampler_check()]
     if as_json:
         print_json({"checks": [asdict(c) for c in checks]})
         return

@@ -9,7 +9,8 @@ onnxruntime or TensorRT (OpenCV for video, cameras and windows).
             out.render(frame, p)                                             # render
 
 What is here: `open_pipeline` (`vitedge.open`) and `Pipeline` (pipeline.py), which composes
-the stages, each timed: decode.py -> preprocess.py (exact and fast) -> patchify.py -> the
+the stages, each timed: decode.py -> preprocess.py (exact and fast; the exact resize by
+resample.py's C library where it is built: `exact_resampler()`) -> patchify.py -> the
 backend's runner (`vitedge.backends`) -> postprocess.py (scores, top-k, embeddings), with
 scheduler.py saying when frames run (prefetch, frames in flight); `open_source` /
 `FrameSource` (sources.py: files, folders, video, cameras, streams, GStreamer; outages
@@ -31,7 +32,7 @@ _EXPORTS = {
     "FrameSource": "vitedge.runtime.sources", "SourceOptions": "vitedge.runtime.sources",
     "open_output": "vitedge.runtime.outputs", "PipelineOptions": "vitedge.options",
     "FrameReuse": "vitedge.runtime.reuse", "tune_reuse": "vitedge.runtime.reuse",
-    "TokenReuse": "vitedge.runtime.tokens",
+    "TokenReuse": "vitedge.runtime.tokens", "exact_resampler": "vitedge.runtime.resample",
 }
 __all__ = sorted(_EXPORTS)
 
