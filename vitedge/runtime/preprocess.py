@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vitedge.errors import VitedgeError
 from vitedge.manifest import Preprocess
+from vitedge.runtime.resample import PROBE_MOST, coefficients
 
 PIL_FILTERS = {
     "nearest": Image.Resampling.NEAREST,
@@ -283,10 +284,6 @@ def _vertical(source: Image.Image, height: int, columns: tuple[int, int],
 # last bit (its centres are rounded doubles, and a window clips the filter at its edges)
 # is not assumed but read from Pillow itself, once per size (`_window_is_exact`).
 
-PROBE_MOST = 4096
-"""Source widths above this are resized whole (the probe is a square of that side)."""
-
-
 def _aligned_window(size_in: int, size_out: int, keep: tuple[int, int], interpolation: str
                     ) -> tuple[int, int, int, int]:
     """(o0, o1, i0, i1): the fewest whole periods of output lines that hold the kept ones
@@ -308,17 +305,13 @@ def _window_is_exact(size_in: int, size_out: int, window: tuple[int, int, int, i
     the same integer coefficients as resizing the whole side. Read from Pillow: a 32-bit
     image whose row j is 2^22 at column j alone resizes, row for row, to each source line's
     coefficient in every output line, rounded as Pillow rounds its 8-bit coefficients (2^22
-    is its fixed-point one, and the products are exact); both axes share the coefficients."""
+    is its fixed-point one, and the products are exact); both axes share the coefficients
+    (`resample.coefficients`). Source sides over `PROBE_MOST` are not probed (False)."""
     o0, o1, i0, i1 = window
     if size_in > PROBE_MOST:
         return False
-
-    def coefficients(n_in: int, n_out: int) -> np.ndarray:
-        probe = Image.fromarray(np.eye(n_in, dtype=np.int32) * (1 << 22))
-        return np.asarray(probe.resize((n_out, n_in), resample))
-
-    whole = coefficients(size_in, size_out)[:, keep[0]:keep[1]]
-    part = coefficients(i1 - i0, o1 - o0)[:, keep[0] - o0:keep[1] - o0]
+    whole = coefficients(size_in, size_out, resample)[:, keep[0]:keep[1]]
+    part = coefficients(i1 - i0, o1 - o0, resample)[:, keep[0] - o0:keep[1] - o0]
     return (np.array_equal(whole[i0:i1], part) and not whole[:i0].any()
             and not whole[i1:].any())
 
@@ -364,7 +357,7 @@ def _boxed(size_in: int, size_out: int, keep: tuple[int, int], interpolation: st
     if size_in > PROBE_MOST:
         return None
     resample = PIL_FILTERS[interpolation]
-    whole = _coefficients(size_in, size_out, resample)[:, keep[0]:keep[1]]
+    whole = coefficients(size_in, size_out, resample)[:, keep[0]:keep[1]]
     probe = Image.fromarray(np.eye(c1 - c0, dtype=np.int32) * (1 << 22))
     part = np.asarray(probe.resize((o1 - o0, c1 - c0), resample,
                                    box=(i0 - c0, 0, i1 - c0, c1 - c0)))
@@ -372,14 +365,6 @@ def _boxed(size_in: int, size_out: int, keep: tuple[int, int], interpolation: st
     exact = (np.array_equal(whole[c0:c1], part) and not whole[:c0].any()
              and not whole[c1:].any())
     return (o0, o1, i0, i1, c0, c1) if exact else None
-
-
-@lru_cache(maxsize=8)
-def _coefficients(size_in: int, size_out: int, resample: int) -> np.ndarray:
-    """Pillow's integer coefficients of a `size_in` -> `size_out` resize: row j, source
-    line j's weight in each output line (see `_window_is_exact`)."""
-    probe = Image.fromarray(np.eye(size_in, dtype=np.int32) * (1 << 22))
-    return np.asarray(probe.resize((size_out, size_in), resample))
 
 
 def _boxed_parts(size_in: int, size_out: int, keep: tuple[int, int], interpolation: str
