@@ -393,6 +393,24 @@ def _boxed_parts(size_in: int, size_out: int, keep: tuple[int, int], interpolati
     return parts
 
 
+def _first_pass(image: Image.Image, horizontal: bool, size_out: int, part: tuple[int, int],
+                span: tuple[int, int], interpolation: str) -> Image.Image:
+    """Lines `part` of resizing `image`'s width (`horizontal`), else its height, to
+    `size_out`, over its lines `span` across that axis: Pillow's box on whole periods
+    (`_boxed`, which `_boxed_parts` found exact for the part), the part's lines kept."""
+    boxed = _boxed(image.width if horizontal else image.height, size_out, part, interpolation)
+    assert boxed is not None  # _boxed_parts checked every part
+    o0, o1, i0, i1, c0, c1 = boxed
+    (a, b), (s0, s1), resample = part, span, PIL_FILTERS[interpolation]
+    if horizontal:
+        piece = image.crop((c0, s0, c1, s1)).resize(
+            (o1 - o0, s1 - s0), resample, box=(i0 - c0, 0, i1 - c0, s1 - s0))
+        return piece.crop((a - o0, 0, b - o0, s1 - s0))
+    piece = image.crop((s0, c0, s1, c1)).resize(
+        (s1 - s0, o1 - o0), resample, box=(0, i0 - c0, s1 - s0, i1 - c0))
+    return piece.crop((0, a - o0, s1 - s0, b - o0))
+
+
 def resized_crop(image: Image.Image, prep: Preprocess) -> Image.Image:
     """`center_crop(resize_for(image, prep), prep)`, the same bytes, computing only the
     pixels the crop keeps (see above). `image` is "L" or "RGB"."""
@@ -411,7 +429,6 @@ def resized_crop(image: Image.Image, prep: Preprocess) -> Image.Image:
         return image.crop((left, top, left + cw, top + ch))
     image.load()  # a lazily decoded file is read once, here, not by two strips at once
     out = Image.new(image.mode, (cw, ch))
-    resample = PIL_FILTERS[prep.interpolation]
     if rh == h:
         _horizontal(image, rw, rows, cols, prep.interpolation, out, top)
     elif rw == w:
@@ -423,14 +440,9 @@ def resized_crop(image: Image.Image, prep: Preprocess) -> Image.Image:
             def columns(a: int, b: int) -> None:
                 # kept columns [a, b) through both passes: the boxed first pass over the
                 # rows the kept rows read, then the second over these columns alone
-                boxed = _boxed(w, rw, (a, b), prep.interpolation)
-                assert boxed is not None  # _boxed_parts checked every part
-                o0, o1, i0, i1, c0, c1 = boxed
-                r0, r1 = row_span
-                piece = image.crop((c0, r0, c1, r1)).resize(
-                    (o1 - o0, r1 - r0), resample, box=(i0 - c0, 0, i1 - c0, r1 - r0))
                 tall = Image.new(image.mode, (b - a, h))  # rows left blank are never read
-                tall.paste(piece.crop((a - o0, 0, b - o0, r1 - r0)), (0, r0))
+                tall.paste(_first_pass(image, True, rw, (a, b), row_span, prep.interpolation),
+                           (0, row_span[0]))
                 _vertical(tall, rh, (0, b - a), rows, prep.interpolation, out, left - a,
                           _one_strip)
 
@@ -446,14 +458,9 @@ def resized_crop(image: Image.Image, prep: Preprocess) -> Image.Image:
         parts = _boxed_parts(h, rh, rows, prep.interpolation)
         if parts:
             def lines(a: int, b: int) -> None:
-                boxed = _boxed(h, rh, (a, b), prep.interpolation)
-                assert boxed is not None  # _boxed_parts checked every part
-                o0, o1, i0, i1, c0, c1 = boxed
-                s0, s1 = col_span
-                piece = image.crop((s0, c0, s1, c1)).resize(
-                    (s1 - s0, o1 - o0), resample, box=(0, i0 - c0, s1 - s0, i1 - c0))
                 wide = Image.new(image.mode, (w, b - a))
-                wide.paste(piece.crop((0, a - o0, s1 - s0, b - o0)), (s0, 0))
+                wide.paste(_first_pass(image, False, rh, (a, b), col_span, prep.interpolation),
+                           (col_span[0], 0))
                 _horizontal(wide, rw, (0, b - a), cols, prep.interpolation, out, top - a,
                             _one_strip)
 
