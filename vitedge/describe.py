@@ -81,7 +81,8 @@ def merge_choice_words(choice: dict[str, Any]) -> str:
     timed = [c for c in judged if c.get("ms") is not None]
     unmerged = choice["candidates"][0].get("ms") if choice["candidates"] else None
     kept = ("kept unmerged (nothing within the budget ran faster)" if not choice["schedule"]
-            else "kept the fastest (of those the timings cannot tell apart, the fewest FLOPs)")
+            else "kept the fastest (of those the timings cannot tell apart or put within "
+            f"{choice.get('tie_percent', 0):g} %, the fewest FLOPs)")
     return (f"--merge auto within {choice['max_drop']} points ({choice['measure']}) on "
             f"{choice['images']} images: {sum(c['within'] for c in judged)} of {len(judged)} "
             f"schedules within, {len(timed)} timed against the unmerged model "

@@ -215,7 +215,8 @@ def merge_note(choice: Any) -> str:
     which = f"r {best.r}" if best.r is not None else "schedule " + ",".join(map(str, best.schedule))
     fastest = min((c for c in choice.candidates[1:] if c.ms is not None), key=lambda c: c.ms)
     tie = (f"; ties with the fastest ({fastest.ms} ms, slower in {best.slower} of "
-           f"{choice.rounds} rounds) with fewer FLOPs" if fastest is not best else "")
+           f"{choice.rounds} rounds, or within {choice.tie_percent:g} %) with fewer FLOPs"
+           if fastest is not best else "")
     return (f"--merge auto: {which} ({best.gflops} GFLOPs, {base.gflops} unmerged), "
             f"{choice.measure} {best.score} on {choice.images} held-out images, "
             f"{best.ms} ms against {base.ms} ms unmerged ({choice.timed_on}, here){tie}")

@@ -6,7 +6,8 @@ against the unmerged model: the top-1 change against their labels where the imag
 folders named after the model's labels, else top-1 agreement (the embedding's cosine for a
 model without a head). Of those within `--max-drop`, the one fastest *measured here* wins:
 fewer FLOPs is not always less time. Where the timings cannot tell schedules apart (paired
-rounds, a sign test: `TIE_SIGMAS`), the one with fewer FLOPs wins. `vitedge export` times
+rounds, a sign test: `TIE_SIGMAS`), or tell them apart by less than `TIE_PERCENT`, the one
+with fewer FLOPs wins. `vitedge export` times
 the schedules with ONNX Runtime; `vitedge build` with the backend it builds for
 (`backend_timer`)."""
 
@@ -51,6 +52,11 @@ TIE_SIGMAS = 2.0
 than half plus this many standard deviations of a fair coin's count (a sign test on paired
 rounds). Of tied schedules the one with the fewest FLOPs wins: the timings cannot tell them
 apart, and fewer FLOPs carry over to a busier machine and to larger batches."""
+TIE_PERCENT = 2.0
+"""A schedule whose median is within this many per cent of the fastest's ties with it too,
+however many rounds tell them apart: the same model measures a few per cent apart from one
+run to the next on one machine (benchmarks/RESULTS.md), so a smaller lead is not one the
+next run keeps, while the fewer FLOPs are."""
 
 
 @dataclass
@@ -71,7 +77,7 @@ class Candidate:
     less CONFIDENCE of these is no worse than -max_drop."""
     slower: int | None = None
     """Of the timed rounds (`MergeChoice.rounds`), in how many it ran slower than the
-    fastest schedule (`TIE_SIGMAS`)."""
+    fastest schedule (`TIE_SIGMAS`, `TIE_PERCENT`)."""
 
 
 ONNXRUNTIME = "ONNX Runtime"
@@ -91,11 +97,14 @@ class MergeChoice:
     """What the schedules' milliseconds were measured with, and at what batch, in words."""
     rounds: int = 0
     """Interleaved rounds each timed schedule ran."""
+    tie_percent: float = TIE_PERCENT
+    """Schedules this close to the fastest's median tied with it (`TIE_PERCENT`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"schedule": list(self.schedule), "max_drop": self.max_drop, "images": self.images,
                 "measure": self.measure, "candidates": [asdict(c) for c in self.candidates],
-                "timed_on": self.timed_on, "rounds": self.rounds}
+                "timed_on": self.timed_on, "rounds": self.rounds,
+                "tie_percent": self.tie_percent}
 
 
 @dataclass(frozen=True)
@@ -293,7 +302,7 @@ def choose_schedule(imported: Any, max_drop: float, data: Any, rep: Reporter,
     for c, rounds, ms in zip(chosen, times, medians, strict=True):
         c.ms = ms
         c.slower = sum(a > b for a, b in zip(rounds, fastest, strict=True))
-        if ms < base_ms and ties(c.slower, len(base)):
+        if ms < base_ms and ties(c.slower, len(base), ms / min(medians)):
             faster.append(c)
     found.insert(0, unmerged)
     schedule = tuple(min(faster, key=lambda c: c.gflops).schedule) if faster else ()
@@ -306,10 +315,11 @@ def timed_on(timer: ScheduleTimer, batch: int | None) -> str:
     return f"{timer.where}, batch {batch or 1}"
 
 
-def ties(slower: int, rounds: int) -> bool:
-    """Whether a schedule that ran slower than the fastest in `slower` of `rounds` paired
-    rounds ties with it (`TIE_SIGMAS`)."""
-    return slower <= rounds / 2 + TIE_SIGMAS * math.sqrt(rounds) / 2
+def ties(slower: int, rounds: int, ratio: float = 1.0) -> bool:
+    """Whether a schedule slower than the fastest in `slower` of `rounds` paired rounds, its
+    median `ratio` times the fastest's, ties with it (`TIE_SIGMAS`, `TIE_PERCENT`)."""
+    return (slower <= rounds / 2 + TIE_SIGMAS * math.sqrt(rounds) / 2
+            or ratio <= 1 + TIE_PERCENT / 100)
 
 
 def _median_ms(rounds: list[float]) -> float:
