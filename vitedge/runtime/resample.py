@@ -67,7 +67,7 @@ def resampler_check() -> Any:
         return Check("exact resize", True, "C resampler (vitedge/runtime/native), Pillow's bytes")
     return Check("exact resize", False, "Pillow only: the C resampler is not built (no C "
                  "compiler when vitedge was installed) or is off (VITEDGE_NATIVE_RESAMPLE=0); "
-                 "the same bytes, about 1.5 ms more a 640x480 frame",
+                 "the same bytes, about 1 ms more a 640x480 frame on 2 cores",
                  f"install gcc (or cc), then pip install --force-reinstall --no-deps vitedge; "
                  f"unset {OFF}")
 
