@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from vitedge.errors import VitedgeError
+from vitedge.runtime import resample
 from vitedge.runtime.preprocess import MAX_PIXELS, FramePixels, load_image, upright
 
 
@@ -41,10 +42,8 @@ def decode_frame(frame: Any, color: str = "bgr", fast: bool = False
         raise VitedgeError(f"a frame of {frame.shape[1]}x{frame.shape[0]} is more than "
                            f"{MAX_PIXELS // 1_000_000} megapixels")
     if frame.ndim == 3 and frame.shape[2] == 3 and not fast:
-        from vitedge.runtime.resample import library
-
         pixels = FramePixels(frame, "bgr" if color == "bgr" else "rgb")
-        return pixels if library() is not None else pixels.image()
+        return pixels if resample.library() is not None else pixels.image()
     if fast and (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] in (3, 4))):
         swapped = _rgb_by_opencv(frame, color)
         if swapped is not None:

@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vitedge.errors import VitedgeError
 from vitedge.manifest import Preprocess
+from vitedge.runtime import resample
 from vitedge.runtime.resample import PROBE_MOST, coefficients
 
 PIL_FILTERS = {
@@ -251,10 +252,10 @@ def _horizontal(source: Image.Image, width: int, rows: tuple[int, int],
     into `out` at (0, row - shift); only the window of columns `_window` allows, rows cut
     by `strips`."""
     o0, o1, i0, i1 = _window(source.width, width, keep, interpolation)
-    resample = PIL_FILTERS[interpolation]
+    pil_filter = PIL_FILTERS[interpolation]
 
     def strip(a: int, b: int) -> None:
-        piece = source.crop((i0, a, i1, b)).resize((o1 - o0, b - a), resample)
+        piece = source.crop((i0, a, i1, b)).resize((o1 - o0, b - a), pil_filter)
         out.paste(piece.crop((keep[0] - o0, 0, keep[1] - o0, b - a)), (0, a - shift))
 
     strips(strip, *rows, o1 - o0)
@@ -267,10 +268,10 @@ def _vertical(source: Image.Image, height: int, columns: tuple[int, int],
     into `out` at (column - shift, 0); only the window of rows `_window` allows, columns
     cut by `strips`."""
     o0, o1, i0, i1 = _window(source.height, height, keep, interpolation)
-    resample = PIL_FILTERS[interpolation]
+    pil_filter = PIL_FILTERS[interpolation]
 
     def strip(a: int, b: int) -> None:
-        piece = source.crop((a, i0, b, i1)).resize((b - a, o1 - o0), resample)
+        piece = source.crop((a, i0, b, i1)).resize((b - a, o1 - o0), pil_filter)
         out.paste(piece.crop((0, keep[0] - o0, b - a, keep[1] - o0)), (a - shift, 0))
 
     strips(strip, *columns, o1 - o0)
@@ -300,7 +301,7 @@ def _aligned_window(size_in: int, size_out: int, keep: tuple[int, int], interpol
 
 
 def _window_is_exact(size_in: int, size_out: int, window: tuple[int, int, int, int],
-                     keep: tuple[int, int], resample: int) -> bool:
+                     keep: tuple[int, int], pil_filter: int) -> bool:
     """Whether Pillow, resizing only the window's source lines, gives the kept output lines
     the same integer coefficients as resizing the whole side. Read from Pillow: a 32-bit
     image whose row j is 2^22 at column j alone resizes, row for row, to each source line's
@@ -310,8 +311,8 @@ def _window_is_exact(size_in: int, size_out: int, window: tuple[int, int, int, i
     o0, o1, i0, i1 = window
     if size_in > PROBE_MOST:
         return False
-    whole = coefficients(size_in, size_out, resample)[:, keep[0]:keep[1]]
-    part = coefficients(i1 - i0, o1 - o0, resample)[:, keep[0] - o0:keep[1] - o0]
+    whole = coefficients(size_in, size_out, pil_filter)[:, keep[0]:keep[1]]
+    part = coefficients(i1 - i0, o1 - o0, pil_filter)[:, keep[0] - o0:keep[1] - o0]
     return (np.array_equal(whole[i0:i1], part) and not whole[:i0].any()
             and not whole[i1:].any())
 
@@ -346,21 +347,18 @@ def _boxed(size_in: int, size_out: int, keep: tuple[int, int], interpolation: st
     ones) are source lines [c0, c1) resized with the box [i0, i1) (both in the source's
     lines), the kept ones with the whole resize's coefficients; None where Pillow gives
     other coefficients (then the window is used). Found once per size."""
-    if interpolation == "nearest":
+    if interpolation == "nearest" or size_in > PROBE_MOST:
         return None
-    period, source = size_out // math.gcd(size_in, size_out), size_in // math.gcd(size_in, size_out)
+    g = math.gcd(size_in, size_out)
+    period, source = size_out // g, size_in // g
     o0 = keep[0] // period * period
     o1 = min(-(-keep[1] // period) * period, size_out)
     i0, i1 = o0 // period * source, size_in if o1 == size_out else o1 // period * source
     c0, c1 = needed_span(size_in, size_out, keep[0], keep[1] - keep[0], interpolation)
     c0, c1 = min(c0, i0), max(c1, i1)
-    if size_in > PROBE_MOST:
-        return None
-    resample = PIL_FILTERS[interpolation]
-    whole = coefficients(size_in, size_out, resample)[:, keep[0]:keep[1]]
-    probe = Image.fromarray(np.eye(c1 - c0, dtype=np.int32) * (1 << 22))
-    part = np.asarray(probe.resize((o1 - o0, c1 - c0), resample,
-                                   box=(i0 - c0, 0, i1 - c0, c1 - c0)))
+    pil_filter = PIL_FILTERS[interpolation]
+    whole = coefficients(size_in, size_out, pil_filter)[:, keep[0]:keep[1]]
+    part = coefficients(c1 - c0, o1 - o0, pil_filter, (i0 - c0, i1 - c0))
     part = part[:, keep[0] - o0:keep[1] - o0]
     exact = (np.array_equal(whole[c0:c1], part) and not whole[:c0].any()
              and not whole[c1:].any())
@@ -401,13 +399,13 @@ def _first_pass(image: Image.Image, horizontal: bool, size_out: int, part: tuple
     boxed = _boxed(image.width if horizontal else image.height, size_out, part, interpolation)
     assert boxed is not None  # _boxed_parts checked every part
     o0, o1, i0, i1, c0, c1 = boxed
-    (a, b), (s0, s1), resample = part, span, PIL_FILTERS[interpolation]
+    (a, b), (s0, s1), pil_filter = part, span, PIL_FILTERS[interpolation]
     if horizontal:
         piece = image.crop((c0, s0, c1, s1)).resize(
-            (o1 - o0, s1 - s0), resample, box=(i0 - c0, 0, i1 - c0, s1 - s0))
+            (o1 - o0, s1 - s0), pil_filter, box=(i0 - c0, 0, i1 - c0, s1 - s0))
         return piece.crop((a - o0, 0, b - o0, s1 - s0))
     piece = image.crop((s0, c0, s1, c1)).resize(
-        (s1 - s0, o1 - o0), resample, box=(0, i0 - c0, s1 - s0, i1 - c0))
+        (s1 - s0, o1 - o0), pil_filter, box=(0, i0 - c0, s1 - s0, i1 - c0))
     return piece.crop((0, a - o0, s1 - s0, b - o0))
 
 
@@ -500,10 +498,6 @@ class FramePixels:
     def __init__(self, array: np.ndarray, color: str):
         self.array, self.color = array, color
 
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.array.shape[1], self.array.shape[0]
-
     def image(self) -> Image.Image:
         h, w = self.array.shape[:2]
         raw = "BGR" if self.color == "bgr" else "RGB"  # PIL swaps while it copies
@@ -515,8 +509,6 @@ def native_crop(pixels: np.ndarray, prep: Preprocess, bgr: bool = False) -> np.n
     """`resized_crop`'s bytes from an (H, W, C) array by the C resampler (from BGR pixels to
     RGB ones with `bgr`); None where it is not built or the case is Pillow's (zero padding,
     NEAREST, an unknown Pillow)."""
-    from vitedge.runtime import resample
-
     if resample.library() is None:
         return None
     h, w = pixels.shape[:2]
@@ -533,8 +525,6 @@ def native_crop(pixels: np.ndarray, prep: Preprocess, bgr: bool = False) -> np.n
 def _native_may_cover(size: tuple[int, int], prep: Preprocess) -> bool:
     """Whether the C resampler is loaded and may take an image of this size: only then is a
     PIL image copied into an array for it."""
-    from vitedge.runtime import resample
-
     return (resample.library() is not None and max(size) <= resample.PROBE_MOST
             and prep.interpolation in resample.FILTERS)
 

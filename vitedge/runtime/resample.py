@@ -73,14 +73,18 @@ def resampler_check() -> Any:
 
 
 @lru_cache(maxsize=8)
-def coefficients(size_in: int, size_out: int, resample: int) -> np.ndarray:
-    """Pillow's integer coefficients of a `size_in` -> `size_out` resize, read from Pillow:
-    a 32-bit image whose row j is 2^22 at column j alone resizes, row for row, to source
-    line j's coefficient in every output line (size_in, size_out), rounded as Pillow rounds
-    its 8-bit coefficients (2^22 is its fixed-point one, and the products are exact); both
-    axes share them."""
+def coefficients(size_in: int, size_out: int, resample: int,
+                 box: tuple[int, int] | None = None) -> np.ndarray:
+    """Pillow's integer coefficients of a `size_in` -> `size_out` resize (of the source
+    lines `box` alone, as Pillow's resize `box` sets them), read from Pillow: a 32-bit image
+    whose row j is 2^22 at column j alone resizes, row for row, to source line j's
+    coefficient in every output line (size_in, size_out), rounded as Pillow rounds its 8-bit
+    coefficients (2^22 is its fixed-point one, and the products are exact); both axes share
+    them."""
     probe = Image.fromarray(np.eye(size_in, dtype=np.int32) * (1 << 22))
-    return np.asarray(probe.resize((size_out, size_in), resample))
+    start, stop = box or (0, size_in)
+    return np.asarray(probe.resize((size_out, size_in), resample,
+                                   box=(start, 0, stop, size_in)))
 
 
 @lru_cache(maxsize=64)
